@@ -1,0 +1,1 @@
+//! Cluster DNS for fairlead (the CoreDNS job). Not built yet: see the "Cluster DNS" issue.

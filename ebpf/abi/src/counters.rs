@@ -1,0 +1,125 @@
+//! The counter map ([`COUNTERS`](crate::maps::COUNTERS)): a per-CPU array of `u64`, one
+//! entry per [`Reason`]. Every translation, refusal and fallback of a program bumps one.
+//!
+//! User space sums the per-CPU values of an index to get the total. Indexes are part of
+//! the pinned contract: new reasons are appended, never inserted or renumbered.
+
+/// Why a program bumped a counter; the discriminant is the index in the counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// A connection to a service was sent to one of its backends.
+    ServiceHit = 0,
+    /// A connection to an address that is not a service went on untouched.
+    NotService = 1,
+    /// A connection to a service without backends (`count == 0`) was refused.
+    NoBackendReject = 2,
+    /// The slot picked for a connection was missing from the service map; refused.
+    BackendSlotMissing = 3,
+    /// The backend named by a slot was missing from the backend map; refused.
+    BackendMissing = 4,
+    /// A socket of a protocol fairlead does not balance went on untouched.
+    UnsupportedProtocol = 5,
+    /// A two-scope service had no internal-scope entry; its external entry was used.
+    InternalScopeMissing = 6,
+}
+
+impl Reason {
+    /// Number of reasons, and so of entries in the counter array.
+    pub const COUNT: u32 = 7;
+
+    /// Every reason, in index order.
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::ServiceHit,
+        Self::NotService,
+        Self::NoBackendReject,
+        Self::BackendSlotMissing,
+        Self::BackendMissing,
+        Self::UnsupportedProtocol,
+        Self::InternalScopeMissing,
+    ];
+
+    /// The index of this reason in the counter array.
+    #[must_use]
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// The reason at `index` of the counter array.
+    #[must_use]
+    pub const fn from_index(index: u32) -> Option<Self> {
+        if index < Self::COUNT {
+            Some(Self::ALL[index as usize])
+        } else {
+            None
+        }
+    }
+
+    /// A stable `snake_case` name, for `fairlead status` and metrics labels.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ServiceHit => "service_hit",
+            Self::NotService => "not_service",
+            Self::NoBackendReject => "no_backend_reject",
+            Self::BackendSlotMissing => "backend_slot_missing",
+            Self::BackendMissing => "backend_missing",
+            Self::UnsupportedProtocol => "unsupported_protocol",
+            Self::InternalScopeMissing => "internal_scope_missing",
+        }
+    }
+
+    /// One line for humans.
+    #[must_use]
+    pub const fn description(self) -> &'static str {
+        match self {
+            Self::ServiceHit => "connections to a service sent to a backend",
+            Self::NotService => "connections to other addresses, untouched",
+            Self::NoBackendReject => "connections refused: service has no backends",
+            Self::BackendSlotMissing => "connections refused: backend slot missing",
+            Self::BackendMissing => "connections refused: backend missing",
+            Self::UnsupportedProtocol => "sockets of an unbalanced protocol, untouched",
+            Self::InternalScopeMissing => {
+                "two-scope services without an internal entry (external used)"
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, size_of};
+
+    use super::Reason;
+
+    #[test]
+    fn reason_layout() {
+        assert_eq!(size_of::<Reason>(), 4);
+        assert_eq!(align_of::<Reason>(), 4);
+    }
+
+    #[test]
+    fn indexes_are_dense_and_names_unique() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index() as usize, i);
+            assert_eq!(Reason::from_index(reason.index()), Some(*reason));
+            assert!(!reason.description().is_empty());
+            let name = reason.name();
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                Reason::ALL[i + 1..]
+                    .iter()
+                    .all(|other| other.name() != name)
+            );
+        }
+        assert_eq!(Reason::from_index(Reason::COUNT), None);
+    }
+
+    #[test]
+    fn indexes_are_stable() {
+        // Pinned maps outlive a binary: these numbers are a contract.
+        assert_eq!(Reason::ServiceHit.index(), 0);
+        assert_eq!(Reason::NoBackendReject.index(), 2);
+        assert_eq!(Reason::InternalScopeMissing.index(), 6);
+    }
+}

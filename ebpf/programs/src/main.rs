@@ -1,0 +1,46 @@
+//! fairlead's eBPF programs: one file per attach point, thin entry points over shared
+//! load-balancing logic ([`lb`]) and map declarations ([`maps`]).
+//!
+//! Built for `bpfel-unknown-none` by fairlead-proxy's build.rs (aya-build, nightly,
+//! bpf-linker) and embedded in fairlead-proxy. A host build compiles the same code as an
+//! empty executable, so `cargo check`/`clippy` lint the programs without nightly.
+
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![allow(
+    unsafe_code,
+    reason = "eBPF programs read and write the kernel's context structures and call helpers; \
+              every unsafe block carries a SAFETY comment"
+)]
+#![allow(
+    clippy::inline_always,
+    reason = "a program is kept one function: no bpf-to-bpf calls, one stack frame for the \
+              verifier to track"
+)]
+
+mod connect4;
+mod lb;
+mod maps;
+mod sock;
+
+/// Panics cannot happen in a verified program: code that could panic leads here, and a
+/// program that can reach this loop is rejected by the verifier rather than loaded.
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+#[expect(
+    clippy::empty_loop,
+    reason = "an unbounded loop makes the verifier reject any program that could panic"
+)]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// The host build has nothing to run.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+/// The license the kernel reads from the object. fairlead is Apache-2.0; the programs call
+/// no GPL-only helper.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 11] = *b"Apache-2.0\0";

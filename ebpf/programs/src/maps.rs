@@ -1,0 +1,52 @@
+//! The maps of the object, as declared in `fairlead_abi::maps` (names, kinds, sizes, flags).
+//!
+//! The `#[map]` names must be literals; fairlead-proxy's kernel test checks that the object
+//! holds exactly the maps of `fairlead_abi::maps::ALL`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use fairlead_abi::{
+    Backend4, Backend6, BackendId, RevNat4, RevNat6, RevNatId, Service4Key, Service6Key,
+    ServiceValue,
+    maps::{
+        BACKEND_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, HASH_MAP_FLAGS, REV_NAT_MAX_ENTRIES,
+        SERVICE_MAX_ENTRIES,
+    },
+};
+
+/// `fairlead_abi::maps::SERVICES4`.
+#[map(name = "fl_lb4_services")]
+pub(crate) static SERVICES4: HashMap<Service4Key, ServiceValue> =
+    HashMap::with_max_entries(SERVICE_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::BACKENDS4`.
+#[map(name = "fl_lb4_backends")]
+pub(crate) static BACKENDS4: HashMap<BackendId, Backend4> =
+    HashMap::with_max_entries(BACKEND_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::REV_NAT4`.
+#[map(name = "fl_lb4_revnat")]
+pub(crate) static REV_NAT4: HashMap<RevNatId, RevNat4> =
+    HashMap::with_max_entries(REV_NAT_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::SERVICES6`.
+#[map(name = "fl_lb6_services")]
+pub(crate) static SERVICES6: HashMap<Service6Key, ServiceValue> =
+    HashMap::with_max_entries(SERVICE_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::BACKENDS6`.
+#[map(name = "fl_lb6_backends")]
+pub(crate) static BACKENDS6: HashMap<BackendId, Backend6> =
+    HashMap::with_max_entries(BACKEND_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::REV_NAT6`.
+#[map(name = "fl_lb6_revnat")]
+pub(crate) static REV_NAT6: HashMap<RevNatId, RevNat6> =
+    HashMap::with_max_entries(REV_NAT_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::COUNTERS`.
+#[map(name = "fl_lb_counters")]
+pub(crate) static COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(COUNTERS_MAX_ENTRIES, 0);

@@ -1,0 +1,180 @@
+//! Kubernetes objects as they arrive from a source, before translation, and
+//! decoding them from untyped JSON/YAML values. Both sources (manifest files and
+//! the apiserver) hand these to the [`crate::ModelWriter`].
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+
+use crate::error::FieldError;
+use crate::types::{Kind, ObjectId};
+
+/// A Kubernetes object of a kind fairlead reads.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(
+    missing_docs,
+    reason = "each variant is the Kubernetes kind of the same name"
+)]
+pub enum KubeObject {
+    Service(Box<core::Service>),
+    EndpointSlice(Box<discovery::EndpointSlice>),
+    Ingress(Box<networking::Ingress>),
+    IngressClass(Box<networking::IngressClass>),
+    Secret(Box<core::Secret>),
+    Node(Box<core::Node>),
+    Namespace(Box<core::Namespace>),
+}
+
+impl KubeObject {
+    /// The object's kind.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        match self {
+            KubeObject::Service(_) => Kind::Service,
+            KubeObject::EndpointSlice(_) => Kind::EndpointSlice,
+            KubeObject::Ingress(_) => Kind::Ingress,
+            KubeObject::IngressClass(_) => Kind::IngressClass,
+            KubeObject::Secret(_) => Kind::Secret,
+            KubeObject::Node(_) => Kind::Node,
+            KubeObject::Namespace(_) => Kind::Namespace,
+        }
+    }
+
+    /// The object's metadata.
+    #[must_use]
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            KubeObject::Service(o) => &o.metadata,
+            KubeObject::EndpointSlice(o) => &o.metadata,
+            KubeObject::Ingress(o) => &o.metadata,
+            KubeObject::IngressClass(o) => &o.metadata,
+            KubeObject::Secret(o) => &o.metadata,
+            KubeObject::Node(o) => &o.metadata,
+            KubeObject::Namespace(o) => &o.metadata,
+        }
+    }
+
+    /// Kind, namespace and name. Namespaced objects without a namespace are in
+    /// `default`, as `kubectl apply` would put them.
+    #[must_use]
+    pub fn id(&self) -> ObjectId {
+        let kind = self.kind();
+        let meta = self.metadata();
+        ObjectId {
+            kind,
+            namespace: if kind.namespaced() {
+                meta.namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned())
+            } else {
+                String::new()
+            },
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Why an untyped value could not become a [`KubeObject`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    /// The object, when kind and name could be read.
+    pub object: Option<ObjectId>,
+    /// What is wrong, and where.
+    pub error: FieldError,
+}
+
+/// Kinds fairlead knows of but does not read; objects of these kinds are
+/// reported as unsupported rather than unknown.
+const KINDS_READ: &str =
+    "Service, EndpointSlice, Ingress, IngressClass, Secret, Node, Namespace (and List)";
+
+/// Decodes one object from an untyped value (one YAML document or one item of a
+/// `kind: List`). Checks `apiVersion`, `kind` and `metadata.name`, then every
+/// field through the k8s-openapi types, naming the field path on error.
+pub fn decode(value: serde_json::Value) -> Result<KubeObject, DecodeError> {
+    let str_field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+    let api_version = str_field("apiVersion").unwrap_or_default().to_owned();
+    let Some(kind_name) = str_field("kind").map(str::to_owned) else {
+        return Err(DecodeError {
+            object: None,
+            error: FieldError::new("kind", "missing: every object needs apiVersion and kind"),
+        });
+    };
+    let meta = value.get("metadata");
+    let meta_str = |name: &str| {
+        meta.and_then(|m| m.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let name = meta_str("name");
+    let namespace = meta_str("namespace");
+
+    let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_name) else {
+        return Err(DecodeError {
+            object: None,
+            error: FieldError::new(
+                "kind",
+                format!(
+                    "unsupported kind {kind_name} ({api_version}) {}{}: fairlead reads {KINDS_READ}",
+                    namespace
+                        .as_deref()
+                        .map(|n| format!("{n}/"))
+                        .unwrap_or_default(),
+                    name.as_deref().unwrap_or("<unnamed>")
+                ),
+            ),
+        });
+    };
+    let object = ObjectId {
+        kind,
+        namespace: if kind.namespaced() {
+            namespace.unwrap_or_else(|| "default".to_owned())
+        } else {
+            String::new()
+        },
+        name: name.clone().unwrap_or_default(),
+    };
+    let fail = |field: &str, message: String| DecodeError {
+        object: Some(object.clone()),
+        error: FieldError::new(field, message),
+    };
+    if api_version != kind.api_version() {
+        return Err(fail(
+            "apiVersion",
+            format!(
+                "{kind} must be apiVersion {}, got {api_version:?}",
+                kind.api_version()
+            ),
+        ));
+    }
+    if name.as_deref().unwrap_or_default().is_empty() {
+        return Err(fail("metadata.name", "missing".to_owned()));
+    }
+
+    let decoded = match kind {
+        Kind::Service => typed(value).map(KubeObject::Service),
+        Kind::EndpointSlice => typed(value).map(KubeObject::EndpointSlice),
+        Kind::Ingress => typed(value).map(KubeObject::Ingress),
+        Kind::IngressClass => typed(value).map(KubeObject::IngressClass),
+        Kind::Secret => typed(value).map(KubeObject::Secret),
+        Kind::Node => typed(value).map(KubeObject::Node),
+        Kind::Namespace => typed(value).map(KubeObject::Namespace),
+    };
+    decoded.map_err(|error| DecodeError {
+        object: Some(object),
+        error,
+    })
+}
+
+/// Deserializes a typed object, naming the field path on error.
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<Box<T>, FieldError> {
+    serde_path_to_error::deserialize::<_, T>(value)
+        .map(Box::new)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            FieldError::new(path, e.into_inner().to_string())
+        })
+}

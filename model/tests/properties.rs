@@ -1,0 +1,151 @@
+//! Property tests of translation and merging invariants.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use fairlead_model::{Change, IpFamily, KubeObject, ModelWriter, TargetPort, decode, dump};
+use proptest::prelude::*;
+use serde_json::json;
+
+fn object(value: serde_json::Value) -> KubeObject {
+    decode(value).expect("test objects decode")
+}
+
+fn service(ns: &str, name: &str, target: &str) -> KubeObject {
+    object(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "http", "port": 80, "targetPort": target}]},
+    }))
+}
+
+/// A slice: (namespace index, service index, port for "http", addresses' last octets).
+type SliceSpec = (usize, usize, u16, Vec<u8>);
+
+fn slice(i: usize, (ns, svc, port, hosts): &SliceSpec) -> KubeObject {
+    let endpoints: Vec<_> = hosts
+        .iter()
+        .map(|h| json!({"addresses": [format!("10.{ns}.{svc}.{h}")]}))
+        .collect();
+    object(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("slice-{i}"), "namespace": format!("ns{ns}"),
+                     "labels": {"kubernetes.io/service-name": format!("svc{svc}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port}],
+        "endpoints": endpoints,
+    }))
+}
+
+fn upsert(object: KubeObject) -> Change {
+    Change::Upsert {
+        object,
+        origin: None,
+    }
+}
+
+fn slices_strategy() -> impl Strategy<Value = Vec<SliceSpec>> {
+    prop::collection::vec(
+        (
+            0..2usize,
+            0..3usize,
+            1..65535u16,
+            prop::collection::vec(1..20u8, 0..5),
+        ),
+        0..12,
+    )
+}
+
+proptest! {
+    /// Every endpoint of a Service comes from a slice labelled with that
+    /// Service's name in its namespace, and the named target port resolves to
+    /// that slice's port.
+    #[test]
+    fn endpoints_belong_to_their_service(slices in slices_strategy()) {
+        let (mut writer, _rx) = ModelWriter::new();
+        let mut changes: Vec<Change> = (0..2)
+            .flat_map(|ns| (0..3).map(move |svc| upsert(service(&format!("ns{ns}"), &format!("svc{svc}"), "web"))))
+            .collect();
+        changes.extend(slices.iter().enumerate().map(|(i, s)| upsert(slice(i, s))));
+        writer.apply(changes);
+        let snapshot = writer.snapshot();
+        let by_name: BTreeMap<String, &SliceSpec> =
+            slices.iter().enumerate().map(|(i, s)| (format!("slice-{i}"), s)).collect();
+        for service in snapshot.services.values() {
+            let port = &service.ports[0];
+            prop_assert_eq!(&port.target_port, &TargetPort::Name("web".into()));
+            for backend in service.backends(port) {
+                let spec = by_name[&backend.endpoint.slice];
+                prop_assert_eq!(format!("ns{}", spec.0), service.key.namespace.clone());
+                prop_assert_eq!(format!("svc{}", spec.1), service.key.name.clone());
+                // Port named "http" in the slice: the slice's number, per endpoint.
+                prop_assert_eq!(backend.port, spec.2);
+                prop_assert!(matches!(backend.address, IpAddr::V4(a) if a.octets()[1] as usize == spec.0 && a.octets()[2] as usize == spec.1));
+            }
+            // No address twice.
+            let mut addresses: Vec<_> = service.endpoints.iter().map(|e| e.address).collect();
+            addresses.dedup();
+            prop_assert_eq!(addresses.len(), service.endpoints.len());
+        }
+    }
+
+    /// The model does not depend on the order objects arrive in, and applying
+    /// the same objects again publishes nothing new.
+    #[test]
+    fn order_independent_and_idempotent(slices in slices_strategy(), seed in any::<u64>()) {
+        let objects: Vec<KubeObject> = (0..3)
+            .map(|svc| service("ns0", &format!("svc{svc}"), "web"))
+            .chain(slices.iter().enumerate().map(|(i, s)| slice(i, s)))
+            .collect();
+        let (mut forward, _rx1) = ModelWriter::new();
+        forward.apply(objects.iter().cloned().map(upsert));
+        // A deterministic shuffle: sort by a seeded hash of each object's id.
+        let mut shuffled = objects.clone();
+        shuffled.sort_by_key(|o| {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&(seed, o.id()), &mut h);
+            std::hash::Hasher::finish(&h)
+        });
+        let (mut other, _rx2) = ModelWriter::new();
+        for o in shuffled {
+            other.apply([upsert(o)]);
+        }
+        prop_assert_eq!(dump::render(&forward.snapshot()), dump::render(&other.snapshot()));
+        let generation = forward.snapshot().generation;
+        prop_assert_eq!(forward.apply(objects.into_iter().map(upsert)), generation);
+    }
+
+    /// Dual-stack cluster IPs come out in `ipFamilies` order, whatever order
+    /// `clusterIPs` lists them in.
+    #[test]
+    fn dual_stack_follows_ip_families(v4 in any::<u32>(), v6 in any::<u128>(), v6_first in any::<bool>(), listed_v6_first in any::<bool>()) {
+        let v4 = IpAddr::V4(Ipv4Addr::from(v4));
+        let v6 = IpAddr::V6(Ipv6Addr::from(v6));
+        let ips = if listed_v6_first { [v6, v4] } else { [v4, v6] };
+        let families = if v6_first { ["IPv6", "IPv4"] } else { ["IPv4", "IPv6"] };
+        let KubeObject::Service(svc) = object(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s", "namespace": "n"},
+            "spec": {"clusterIPs": [ips[0].to_string(), ips[1].to_string()], "ipFamilies": families,
+                     "ports": [{"port": 80}]},
+        })) else { unreachable!() };
+        let model = fairlead_model::translate::service(&svc).unwrap();
+        let expected = if v6_first { IpFamily::V6 } else { IpFamily::V4 };
+        prop_assert_eq!(IpFamily::of(&model.cluster_ips[0]), expected);
+        prop_assert_eq!(model.cluster_ips.len(), 2);
+    }
+
+    /// Arbitrary JSON never panics the decoder or the translation.
+    #[test]
+    fn arbitrary_services_never_panic(port in any::<i64>(), target in ".{0,20}", ip in ".{0,40}", ty in ".{0,12}") {
+        let value = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s"},
+            "spec": {"type": ty, "clusterIP": ip, "ports": [{"port": port, "targetPort": target}]},
+        });
+        if let Ok(object) = decode(value) {
+            let (mut writer, _rx) = ModelWriter::new();
+            writer.apply([upsert(object)]);
+        }
+    }
+}

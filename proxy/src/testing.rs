@@ -1,0 +1,194 @@
+//! Helpers for privileged tests, shared by every crate's tests (feature `testing`).
+//!
+//! # Policy
+//!
+//! A privileged test calls [`privileged`] first. As root it runs. Without root it fails,
+//! saying why, because CI runs these tests as root and a test that silently passes there
+//! proves nothing. A developer without root may opt out explicitly with
+//! `FAIRLEAD_SKIP_PRIVILEGED=1`: the test then prints
+//! `SKIPPED (FAIRLEAD_SKIP_PRIVILEGED=1): <test name>` to stderr (past libtest's output
+//! capture, so the skip shows even without `--nocapture`) and returns.
+//!
+//! ```no_run
+//! #[test]
+//! fn attaches_to_a_cgroup() {
+//!     if !fairlead_proxy::testing::privileged("attaches_to_a_cgroup") {
+//!         return;
+//!     }
+//!     // ...
+//! }
+//! ```
+
+use std::{
+    error::Error as StdError,
+    fmt::Write as _,
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// The opt-out variable: set to `1` to skip privileged tests when not root.
+pub const SKIP_PRIVILEGED_ENV: &str = "FAIRLEAD_SKIP_PRIVILEGED";
+
+/// Whether the privileged test `test_name` should run: `true` as root; `false` (after
+/// printing `SKIPPED ...` to stderr) without root when [`SKIP_PRIVILEGED_ENV`] is `1`.
+///
+/// # Panics
+///
+/// Without root and without the opt-out, so that the test fails and says why.
+#[must_use]
+pub fn privileged(test_name: &str) -> bool {
+    let euid = effective_uid();
+    if euid == Some(0) {
+        return true;
+    }
+    if std::env::var_os(SKIP_PRIVILEGED_ENV).is_some_and(|v| v == "1") {
+        // Straight to the process's stderr: libtest captures `eprintln!` of passing tests,
+        // and a skip must never be silent.
+        let _ = writeln!(
+            io::stderr(),
+            "SKIPPED ({SKIP_PRIVILEGED_ENV}=1): {test_name}"
+        );
+        return false;
+    }
+    let who = euid.map_or_else(|| "an unknown user".to_owned(), |uid| format!("uid {uid}"));
+    panic!(
+        "{test_name} is a privileged test (BPF, cgroups, namespaces) and must run as root, \
+         but runs as {who}. Run it as root (CI does), or set {SKIP_PRIVILEGED_ENV}=1 to skip \
+         privileged tests explicitly."
+    );
+}
+
+/// The effective uid of this process, from `/proc/self/status` (`Uid: real effective ...`).
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|line| line.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// An error and all its sources, one per line: for test failures, where the interesting
+/// part (a verifier log, an errno) is usually a source.
+#[must_use]
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, "\n  caused by: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// The root of the cgroup v2 hierarchy: `/sys/fs/cgroup/unified` on hybrid hosts,
+/// `/sys/fs/cgroup` on unified ones.
+#[must_use]
+pub fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|root| root.join("cgroup.procs").is_file() && is_cgroup2(root))
+}
+
+fn is_cgroup2(dir: &Path) -> bool {
+    // cgroup v1 hierarchies have no cgroup.type / cgroup.controllers files.
+    dir.join("cgroup.controllers").is_file() || dir.join("cgroup.subtree_control").is_file()
+}
+
+/// A unique, throw-away name: `fairlead-test-<label>-<pid>-<n>-<nanos>`.
+fn unique_name(label: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "fairlead-test-{label}-{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A child cgroup v2 with a unique name, removed on drop, for attaching programs without
+/// touching the machine's own cgroups.
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2 root>/fairlead-test-<label>-...`.
+    pub fn new(label: &str) -> io::Result<Self> {
+        let root = cgroup2_root()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy"))?;
+        let path = root.join(unique_name(label));
+        fs::create_dir(&path)?;
+        Ok(Self { path })
+    }
+
+    /// The cgroup directory (what programs attach to).
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its `cgroup.procs`: writing a pid there moves that process into the cgroup.
+    #[must_use]
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // A cgroup can only be removed once empty; a process that just exited may still be
+        // leaving it, so retry for a moment.
+        for _ in 0..50 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        if let Err(e) = fs::remove_dir(&self.path) {
+            eprintln!("cannot remove test cgroup {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Where bpffs is mounted on the machines fairlead runs on.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// A directory on bpffs with a unique name, for pinning maps; removed with everything pinned
+/// in it on drop (unpinning a map frees it once nothing else holds it).
+#[derive(Debug)]
+pub struct TestPinDir {
+    path: PathBuf,
+}
+
+impl TestPinDir {
+    /// Creates `/sys/fs/bpf/fairlead-test-<label>-...`.
+    pub fn new(label: &str) -> io::Result<Self> {
+        let path = Path::new(BPFFS).join(unique_name(label));
+        fs::create_dir(&path)?;
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestPinDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!(
+                "cannot remove test pin directory {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Privileged: loads the embedded eBPF object into the running kernel, so the verifier
+//! checks every program on every run, and drives `connect4` with real sockets in a
+//! throw-away cgroup. Needs root; see `fairlead_proxy::testing` for the skip policy.
+
+use std::{
+    io::{self, Read as _},
+    net::{Ipv4Addr, TcpListener, UdpSocket},
+    path::Path,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use fairlead_proxy::{
+    Datapath, Error, LoadOptions,
+    abi::{
+        Backend4, BackendState, Be16, Be32, Protocol, Reason, RevNat4, Scope, Service4Key,
+        ServiceValue, maps, programs,
+    },
+    testing::{TestCgroup, TestPinDir, error_chain, privileged},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn load() -> Datapath {
+    Datapath::load(&LoadOptions::new()).unwrap_or_else(|e| panic!("{}", error_chain(&e)))
+}
+
+fn check<T>(result: Result<T, Error>) -> T {
+    result.unwrap_or_else(|e| panic!("{}", error_chain(&e)))
+}
+
+#[test]
+fn loads_every_program_and_map() {
+    if !privileged("kernel_load::loads_every_program_and_map") {
+        return;
+    }
+    let mut datapath = load();
+    let names = check(datapath.load_all_programs());
+    assert_eq!(names, programs::ALL, "programs in the object");
+
+    for name in programs::ALL {
+        let program = datapath
+            .ebpf()
+            .program(name)
+            .expect("program in the object");
+        assert!(program.fd().is_ok(), "{name} is not loaded");
+        let info = program.info().expect("program info");
+        assert_eq!(info.name_as_str(), Some(name), "kernel name of {name}");
+    }
+    // Loading again is a no-op, not an error.
+    assert_eq!(check(datapath.load_all_programs()), programs::ALL);
+
+    let mut map_names: Vec<&str> = datapath.ebpf().maps().map(|(name, _)| name).collect();
+    map_names.sort_unstable();
+    let mut expected: Vec<&str> = maps::ALL.iter().map(|spec| spec.name).collect();
+    expected.sort_unstable();
+    assert_eq!(map_names, expected, "maps in the object");
+    for spec in &maps::ALL {
+        let info = check(datapath.map_info(spec.name));
+        let actual = (
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        let declared = (spec.key_size, spec.value_size, spec.max_entries, spec.flags);
+        assert_eq!(
+            actual, declared,
+            "map {} differs from fairlead_abi",
+            spec.name
+        );
+        assert_eq!(info.name_as_str(), Some(spec.name));
+    }
+}
+
+#[test]
+fn pinned_maps_are_adopted_and_checked() {
+    if !privileged("kernel_load::pinned_maps_are_adopted_and_checked") {
+        return;
+    }
+    let pins = TestPinDir::new("pins").expect("create a pin directory on bpffs");
+    let options = LoadOptions::new().pin_maps_under(pins.path().join("maps"));
+    let backend = Backend4::new(
+        Be32::from_ipv4(Ipv4Addr::new(10, 0, 0, 9)),
+        Be16::from_host(8080),
+        Protocol::Tcp.raw(),
+        BackendState::Active,
+    );
+    {
+        let mut first = check(Datapath::load(&options));
+        check(first.backends4())
+            .insert(7, backend, 0)
+            .expect("insert");
+    }
+    for spec in &maps::ALL {
+        assert!(
+            pins.path().join("maps").join(spec.name).exists(),
+            "{} not pinned",
+            spec.name
+        );
+    }
+    // A restart adopts the maps, entries included.
+    let mut second = check(Datapath::load(&options));
+    assert_eq!(
+        check(second.backends4()).get(&7, 0).expect("adopted entry"),
+        backend
+    );
+    drop(second);
+
+    // A pinned map of another layout is refused, not adopted.
+    let bad = pins.path().join("bad");
+    std::fs::create_dir(&bad).expect("mkdir");
+    let datapath = load();
+    let counters = datapath.ebpf().map(maps::COUNTERS).expect("counters map");
+    counters.pin(bad.join(maps::SERVICES4)).expect("pin");
+    let error = Datapath::load(&LoadOptions::new().pin_maps_under(&bad)).expect_err("adopted");
+    assert!(
+        matches!(
+            &error,
+            Error::IncompatiblePin {
+                field: "map type",
+                ..
+            }
+        ),
+        "{}",
+        error_chain(&error)
+    );
+}
+
+#[test]
+fn connect4_balances_refuses_and_passes() {
+    if !privileged("kernel_load::connect4_balances_refuses_and_passes") {
+        return;
+    }
+    assert!(
+        Path::new("/bin/bash").is_file(),
+        "this test drives sockets with bash's /dev/tcp and /dev/udp"
+    );
+    let tcp_backend = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind tcp");
+    let udp_backend = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind udp");
+    let tcp_port = tcp_backend.local_addr().expect("addr").port();
+    let udp_port = udp_backend.local_addr().expect("addr").port();
+
+    let cgroup = TestCgroup::new("connect4").expect("create a test cgroup");
+    let mut datapath = load();
+    check(datapath.attach_connect4(cgroup.path()));
+
+    let vip = Ipv4Addr::new(10, 96, 0, 1);
+    let empty_vip = Ipv4Addr::new(10, 96, 0, 2);
+    add_service(&mut datapath, vip, 80, Protocol::Tcp, 1, &[(1, tcp_port)]);
+    add_service(&mut datapath, vip, 53, Protocol::Udp, 2, &[(2, udp_port)]);
+    add_service(&mut datapath, empty_vip, 80, Protocol::Tcp, 3, &[]);
+
+    // A VIP with a backend: the connection lands on our listener.
+    let out = probe(&cgroup, "tcp", vip, 80, "via-vip");
+    assert!(
+        out.status.success(),
+        "connect to the VIP failed: {}",
+        text(&out)
+    );
+    assert_eq!(accept_payload(&tcp_backend), "via-vip");
+
+    // The same for a connected UDP socket.
+    let out = probe(&cgroup, "udp", vip, 53, "udp-via-vip");
+    assert!(
+        out.status.success(),
+        "UDP send to the VIP failed: {}",
+        text(&out)
+    );
+    assert_eq!(recv_payload(&udp_backend), "udp-via-vip");
+
+    // A service without backends: refused at once with ECONNREFUSED.
+    let started = Instant::now();
+    let out = probe(&cgroup, "tcp", empty_vip, 80, "refused");
+    assert!(
+        !out.status.success(),
+        "connect to a service without backends succeeded"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Connection refused"),
+        "expected ECONNREFUSED, got: {}",
+        text(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refusal was not immediate"
+    );
+
+    // Not a service: untouched.
+    let out = probe(&cgroup, "tcp", Ipv4Addr::LOCALHOST, tcp_port, "direct");
+    assert!(
+        out.status.success(),
+        "direct connect failed: {}",
+        text(&out)
+    );
+    assert_eq!(accept_payload(&tcp_backend), "direct");
+
+    let counters = check(datapath.counters());
+    assert_eq!(counters.get(Reason::ServiceHit), 2, "{counters:?}");
+    assert_eq!(counters.get(Reason::NoBackendReject), 1, "{counters:?}");
+    assert_eq!(counters.get(Reason::NotService), 1, "{counters:?}");
+    assert_eq!(counters.get(Reason::BackendMissing), 0, "{counters:?}");
+    assert_eq!(counters.get(Reason::BackendSlotMissing), 0, "{counters:?}");
+}
+
+/// Programs a service at `vip:port` whose backends are `127.0.0.1:<port>` with the given
+/// ids, in the documented order: backends, rev-NAT, slots, and slot 0 (the count) last.
+fn add_service(
+    datapath: &mut Datapath,
+    vip: Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+    rev_nat_id: u16,
+    backends: &[(u32, u16)],
+) {
+    for &(id, backend_port) in backends {
+        let backend = Backend4::new(
+            Be32::from_ipv4(Ipv4Addr::LOCALHOST),
+            Be16::from_host(backend_port),
+            protocol.raw(),
+            BackendState::Active,
+        );
+        check(datapath.backends4())
+            .insert(id, backend, 0)
+            .expect("insert backend");
+    }
+    let rev_nat = RevNat4::new(Be32::from_ipv4(vip), Be16::from_host(port));
+    check(datapath.rev_nat4())
+        .insert(rev_nat_id, rev_nat, 0)
+        .expect("insert rev-NAT");
+
+    let key = Service4Key::new(
+        Be32::from_ipv4(vip),
+        Be16::from_host(port),
+        protocol.raw(),
+        Scope::External,
+        0,
+    );
+    let mut services = check(datapath.services4());
+    let mut slot = 0_u16;
+    for &(id, _) in backends {
+        slot += 1;
+        let value = ServiceValue::backend(id, rev_nat_id);
+        services
+            .insert(key.with_slot(slot), value, 0)
+            .expect("insert slot");
+    }
+    let head = ServiceValue::service(slot, rev_nat_id, 0, 0);
+    services.insert(key, head, 0).expect("insert service");
+}
+
+/// Runs bash in the test cgroup: it moves itself there, then opens `/dev/<proto>/ip/port`
+/// and writes `payload` to it.
+fn probe(cgroup: &TestCgroup, proto: &str, ip: Ipv4Addr, port: u16, payload: &str) -> Output {
+    let script = r#"echo $$ > "$1" && printf %s "$2" 1<>"/dev/$3/$4/$5""#;
+    let child = Command::new("/bin/bash")
+        .args(["-c", script, "fairlead-probe"])
+        .arg(cgroup.procs_file())
+        .args([payload, proto, &ip.to_string(), &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bash");
+    let deadline = Instant::now() + TIMEOUT;
+    let mut child = child;
+    loop {
+        if child.try_wait().expect("wait for bash").is_some() {
+            return child.wait_with_output().expect("collect bash output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect bash output");
+            panic!("probe to {ip}:{port}/{proto} hung: {}", text(&out));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn accept_payload(listener: &TcpListener) -> String {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + TIMEOUT;
+    let (mut stream, _) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("no connection reached the backend: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut payload = String::new();
+    stream.read_to_string(&mut payload).expect("read payload");
+    payload
+}
+
+fn recv_payload(socket: &UdpSocket) -> String {
+    socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let mut buf = [0; 256];
+    let (len, _) = socket
+        .recv_from(&mut buf)
+        .expect("no datagram reached the backend");
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}

@@ -1,0 +1,121 @@
+//! `fairlead check` against real directories: the exit code, and that every
+//! problem is named precisely while the valid objects are still listed.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn check(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(["check", "--manifests"])
+        .arg(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("fairlead runs")
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn examples_are_valid() {
+    let out = check(&root().join("examples"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "service shop/web NodePort vip=[10.96.10.10] endpoints 2/3 ready",
+        "service data/db Headless",
+        "service data/payments ExternalName -> payments.example.net",
+        "shop.example.com/api Prefix -> service api:http",
+        "secret shop/shop-tls names=[shop.example.com, *.shop.example.com]",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("problems:"), "{stdout}");
+}
+
+#[test]
+fn bad_input_is_named_precisely_and_the_rest_listed() {
+    let out = check(&root().join("model/tests/fixtures/bad"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for expected in [
+        // The YAML syntax error: file, document, line.
+        "error: syntax.yaml (document 1): YAML syntax error: did not find expected '-' indicator at line 9",
+        // The unknown kind.
+        "error: kinds.yaml (document 1): kind: unsupported kind Deployment (apps/v1) shop/web",
+        // The invalid port: file, document, object and field.
+        "error: kinds.yaml (document 3): Service shop/bad-port: spec.ports[0].port: must be a port number in 1..65535, got 70000",
+        "error: kinds.yaml (document 4): Service shop/bad-type: spec.ports[0].port: invalid type: string \"eighty\"",
+        // The mismatched key.
+        "error: tls.yaml (document 1): Secret shop/mismatched: data[tls.key]: does not match the certificate",
+        // The valid objects are still listed.
+        "service shop/ok ClusterIP vip=[10.96.0.50]",
+        "ingress shop/store",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(stderr.contains("6 error(s), 1 warning(s)"), "{stderr}");
+    assert!(
+        !stdout.contains("bad-port ClusterIP"),
+        "an invalid Service is not in the model:\n{stdout}"
+    );
+}
+
+#[test]
+fn missing_directory_is_an_error() {
+    let out = check(&root().join("no/such/dir"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir"));
+}
+
+#[test]
+fn unbuilt_modes_say_so() {
+    for mode in ["node", "proxy", "dns", "ingress", "status"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+            .arg(mode)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{mode}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not built yet"),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn kernel_check_loads_every_program() {
+    if !fairlead_proxy::testing::privileged("check::kernel_check_loads_every_program") {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(["check", "--kernel"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("accepted by the verifier") && stdout.contains("fl_connect4"),
+        "{stdout}"
+    );
+}
