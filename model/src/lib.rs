@@ -12,6 +12,7 @@
 
 pub mod dump;
 pub mod error;
+pub mod health;
 pub mod object;
 pub mod snapshot;
 pub mod source;
@@ -20,6 +21,7 @@ pub mod types;
 mod writer;
 
 pub use error::{Error, FieldError, Origin, Problem, Severity};
+pub use health::Ready;
 pub use object::{KubeObject, decode};
 pub use snapshot::Snapshot;
 pub use types::*;
