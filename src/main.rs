@@ -4,9 +4,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fairlead_model::source::ManifestDir;
 use fairlead_model::{ModelWriter, Severity, dump};
+use runtime::SourceArgs;
+
+// Wired into the long-running modes as their issues land.
+#[allow(
+    dead_code,
+    reason = "the shared runtime of the long-running modes; each mode's issue wires it"
+)]
+mod runtime;
+#[allow(dead_code, reason = "served by the runtime; see `runtime`")]
+mod telemetry;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,20 +60,6 @@ enum Command {
     Ingress(SourceArgs),
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
     Status,
-}
-
-/// Where the model comes from; shared by every long-running mode.
-#[derive(Args, Debug)]
-struct SourceArgs {
-    /// Read objects from a directory of manifests (reloaded on change) instead of the apiserver.
-    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
-    manifests: Option<PathBuf>,
-    /// Kubeconfig for the apiserver; in-cluster config when neither this nor --manifests is given.
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
-    /// This node's name (for node-local endpoints and the Node object).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
