@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use fairlead_model::Ready;
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::Bytes;
+use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -55,16 +55,16 @@ impl Telemetry {
             .collect()
     }
 
-    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
         let text = |status: StatusCode, body: String| {
             let mut response = Response::new(Full::new(Bytes::from(body)));
             *response.status_mut() = status;
             response
         };
-        if request.method() != Method::GET && request.method() != Method::HEAD {
+        if method != Method::GET && method != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned());
         }
-        match request.uri().path() {
+        match path {
             "/metrics" => {
                 let mut body = String::new();
                 if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &self.registry)
@@ -136,10 +136,12 @@ pub(crate) async fn serve(
         let telemetry = Arc::clone(&telemetry);
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let response = telemetry.respond(&request);
-                async move { Ok::<_, Infallible>(response) }
-            });
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let response = telemetry.respond(request.method(), request.uri().path());
+                    async move { Ok::<_, Infallible>(response) }
+                },
+            );
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(5))
@@ -151,5 +153,66 @@ pub(crate) async fn serve(
                 () = cancel.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use prometheus_client::metrics::counter::Counter;
+
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn ready_waits_for_every_component_and_drops_on_shutdown() {
+        let (dns, proxy) = (Ready::new(), Ready::new());
+        let mut registry = Registry::with_prefix("fairlead");
+        let counter: Counter = Counter::default();
+        registry.register("test_events", "events seen by the test", counter.clone());
+        counter.inc();
+        let t = Telemetry::new(
+            registry,
+            vec![("dns", dns.clone()), ("proxy", proxy.clone())],
+        );
+
+        let r = t.respond(&Method::GET, "/ready");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(r).await, "not ready: dns proxy\n");
+        dns.set(true);
+        assert_eq!(
+            body(t.respond(&Method::GET, "/ready")).await,
+            "not ready: proxy\n"
+        );
+        proxy.set(true);
+        assert_eq!(t.respond(&Method::GET, "/ready").status(), StatusCode::OK);
+
+        t.start_shutdown();
+        assert_eq!(
+            t.respond(&Method::GET, "/ready").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            t.respond(&Method::GET, "/health").status(),
+            StatusCode::OK,
+            "alive while draining"
+        );
+
+        let metrics = body(t.respond(&Method::GET, "/metrics")).await;
+        assert!(
+            metrics.contains("fairlead_test_events_total 1"),
+            "{metrics}"
+        );
+        assert_eq!(
+            t.respond(&Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            t.respond(&Method::GET, "/other").status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }
