@@ -7,8 +7,8 @@ use k8s_openapi::api::networking::v1 as networking;
 use super::{Errors, is_dns_subdomain, is_port_name};
 use crate::error::FieldError;
 use crate::types::{
-    Host, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, ObjectKey,
-    PathType, PortRef,
+    Host, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, PathType,
+    PortRef,
 };
 
 /// Annotation that names an Ingress's class (before `spec.ingressClassName`).
@@ -23,14 +23,7 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-defaul
 )]
 pub fn ingress(object: &networking::Ingress) -> Result<Ingress, Vec<FieldError>> {
     let mut errors = Errors::default();
-    let key = ObjectKey::new(
-        object
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
-        object.metadata.name.clone().unwrap_or_default(),
-    );
+    let key = super::object_key(&object.metadata);
     let default_spec = networking::IngressSpec::default();
     let spec = object.spec.as_ref().unwrap_or(&default_spec);
     let class = spec.ingress_class_name.clone().or_else(|| {

@@ -15,14 +15,25 @@ pub use service::{DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT, service};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::error::FieldError;
-use crate::types::{Node, Protocol};
+use crate::types::{Node, ObjectKey, Protocol};
 
 /// Label on an EndpointSlice naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label on a Node naming its zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Namespace (`default` when unset, as `kubectl apply` does) and name.
+fn object_key(meta: &ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
 
 /// Collects the field errors of one object.
 #[derive(Default)]

@@ -11,7 +11,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::Errors;
 use crate::error::FieldError;
-use crate::types::{ObjectKey, TlsCertificate};
+use crate::types::TlsCertificate;
 
 /// The Secret type that carries TLS material.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
@@ -46,14 +46,7 @@ fn secret_value<'a>(object: &'a core::Secret, key: &str) -> Option<&'a [u8]> {
 )]
 pub fn tls_secret(object: &core::Secret) -> Result<TlsCertificate, Vec<FieldError>> {
     let mut errors = Errors::default();
-    let key = ObjectKey::new(
-        object
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
-        object.metadata.name.clone().unwrap_or_default(),
-    );
+    let key = super::object_key(&object.metadata);
     if !is_tls_secret(object) {
         errors.push("type", format!("must be {TLS_SECRET_TYPE}"));
         return Err(errors.0);

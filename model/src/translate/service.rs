@@ -9,8 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{Errors, is_dns_label, is_dns_subdomain, is_port_name};
 use crate::error::FieldError;
 use crate::types::{
-    IpFamily, ObjectKey, Service, ServicePort, ServiceType, SessionAffinity, TargetPort,
-    TrafficPolicy,
+    IpFamily, Service, ServicePort, ServiceType, SessionAffinity, TargetPort, TrafficPolicy,
 };
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
@@ -25,14 +24,7 @@ pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 )]
 pub fn service(object: &core::Service) -> Result<Service, Vec<FieldError>> {
     let mut errors = Errors::default();
-    let key = ObjectKey::new(
-        object
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned()),
-        object.metadata.name.clone().unwrap_or_default(),
-    );
+    let key = super::object_key(&object.metadata);
     let default_spec = core::ServiceSpec::default();
     let spec = object.spec.as_ref().unwrap_or(&default_spec);
 
