@@ -117,4 +117,25 @@ pub enum Error {
         #[source]
         source: notify::Error,
     },
+    /// The apiserver client could not be configured (kubeconfig, in-cluster
+    /// service account, TLS).
+    #[error("configuring the apiserver client{}: {source}", .kubeconfig.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
+    KubeConfig {
+        /// The kubeconfig file, when one was given.
+        kubeconfig: Option<PathBuf>,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A setting of the apiserver source is invalid.
+    #[error("{setting}: {message}")]
+    InvalidSetting {
+        /// The setting (a flag name).
+        setting: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A request to the apiserver failed.
+    #[error("apiserver: {0}")]
+    Kube(#[from] ::kube::Error),
 }
