@@ -428,8 +428,8 @@ async fn ingress_status_is_written_only_on_served_ingresses_and_only_when_it_dif
     let (writer, rx) = ModelWriter::new();
     running.rx = rx.clone();
     let client = server.client();
+    let status_client = server.client();
     let status = IngressStatusWriter::new(
-        server.client(),
         ingresses,
         IngressStatusConfig {
             class: "fairlead".to_owned(),
@@ -443,7 +443,7 @@ async fn ingress_status_is_written_only_on_served_ingresses_and_only_when_it_dif
     );
     running.task = tokio::spawn(async move {
         tokio::join!(async { source.run(client, writer).await.unwrap() }, async {
-            status.run(rx).await.unwrap();
+            status.run(status_client, rx).await.unwrap();
         },);
     });
 

@@ -42,6 +42,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use ::kube::Client;
 
+/// The store of Ingresses the source keeps (status included), for
+/// [`status::IngressStatusWriter`].
+pub type IngressStore = Store<Ingress>;
+
 use crate::error::Error;
 use crate::object::KubeObject;
 use crate::snapshot::Snapshot;
@@ -643,7 +647,7 @@ impl KubeSource {
     /// A read handle of the Ingress store, for the status writer: the full
     /// objects, status included, as last seen by the watch.
     #[must_use]
-    pub fn ingresses(&self) -> Store<Ingress> {
+    pub fn ingresses(&self) -> IngressStore {
         self.stores.ingresses.clone()
     }
 

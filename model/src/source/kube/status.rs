@@ -269,7 +269,6 @@ struct PatchLabels {
 /// [`super::KubeSource`] feeding the model, then [`IngressStatusWriter::run`]
 /// it.
 pub struct IngressStatusWriter {
-    client: Client,
     ingresses: Store<Ingress>,
     config: IngressStatusConfig,
     /// Ingresses whose status the writer set (or found set) to its
@@ -292,11 +291,9 @@ impl fmt::Debug for IngressStatusWriter {
 }
 
 impl IngressStatusWriter {
-    /// A writer patching through `client`, reading current statuses from
-    /// `ingresses`; its metric (`ingress_status_patches`) goes into
-    /// `registry`.
+    /// A writer reading current statuses from `ingresses`; its metric
+    /// (`ingress_status_patches`) goes into `registry`.
     pub fn new(
-        client: Client,
         ingresses: Store<Ingress>,
         config: IngressStatusConfig,
         registry: &mut Registry,
@@ -308,7 +305,6 @@ impl IngressStatusWriter {
             patches.clone(),
         );
         Self {
-            client,
             ingresses,
             config,
             published: BTreeSet::new(),
@@ -319,9 +315,14 @@ impl IngressStatusWriter {
     }
 
     /// Reconciles on every synced model change that concerns Ingresses or the
-    /// published addresses, and every `resync`, until the model's sender is
-    /// dropped. Failed writes are retried after [`RETRY`].
-    pub async fn run(mut self, mut model: watch::Receiver<Arc<Snapshot>>) -> Result<(), Error> {
+    /// published addresses, and every `resync`, writing through `client`,
+    /// until the model's sender is dropped. Failed writes are retried after
+    /// [`RETRY`].
+    pub async fn run(
+        mut self,
+        client: Client,
+        mut model: watch::Receiver<Arc<Snapshot>>,
+    ) -> Result<(), Error> {
         let span = info_span!("ingress_status", class = %self.config.class);
         async move {
             info!(addresses = ?self.config.addresses, "publishing Ingress status");
@@ -342,7 +343,7 @@ impl IngressStatusWriter {
                     || tokio::time::Instant::now() >= deadline;
                 if due {
                     ingress_generation = Some(snapshot.ingress_generation);
-                    let failures = self.reconcile(&snapshot, addresses).await;
+                    let failures = self.reconcile(&client, &snapshot, addresses).await;
                     let wait = if failures > 0 {
                         RETRY
                     } else {
@@ -362,7 +363,12 @@ impl IngressStatusWriter {
 
     /// One pass: plans against the store and writes. Returns the number of
     /// failed writes.
-    pub async fn reconcile(&mut self, snapshot: &Snapshot, addresses: Vec<StatusAddress>) -> usize {
+    pub async fn reconcile(
+        &mut self,
+        client: &Client,
+        snapshot: &Snapshot,
+        addresses: Vec<StatusAddress>,
+    ) -> usize {
         if addresses.is_empty() && self.last_addresses.is_empty() {
             debug!(source = ?self.config.addresses, "no address to publish yet");
         } else if addresses.is_empty() {
@@ -407,7 +413,7 @@ impl IngressStatusWriter {
             let version = by_key
                 .get(&patch.ingress)
                 .and_then(|i| i.metadata.resource_version.clone());
-            match self.write(&patch).await {
+            match self.write(client, &patch).await {
                 Ok(()) => {
                     self.pending.insert(patch.ingress.clone(), version);
                     if patch.addresses.is_empty() {
@@ -425,13 +431,13 @@ impl IngressStatusWriter {
         failures
     }
 
-    async fn write(&self, patch: &StatusPatch) -> Result<(), Error> {
+    async fn write(&self, client: &Client, patch: &StatusPatch) -> Result<(), Error> {
         let op = if patch.addresses.is_empty() {
             "clear"
         } else {
             "set"
         };
-        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &patch.ingress.namespace);
+        let api: Api<Ingress> = Api::namespaced(client.clone(), &patch.ingress.namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
