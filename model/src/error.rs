@@ -119,13 +119,12 @@ pub enum Error {
     },
     /// The apiserver client could not be configured (kubeconfig, in-cluster
     /// service account, TLS).
-    #[error("configuring the apiserver client{}: {source}", .kubeconfig.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
+    #[error("configuring the apiserver client{}: {message}", .kubeconfig.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
     KubeConfig {
         /// The kubeconfig file, when one was given.
         kubeconfig: Option<PathBuf>,
-        /// What went wrong.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// What went wrong (kube-rs's errors already name their causes).
+        message: String,
     },
     /// A setting of the apiserver source is invalid.
     #[error("{setting}: {message}")]

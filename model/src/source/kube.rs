@@ -164,21 +164,21 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
     // kube-rs builds its TLS config from the process-wide rustls provider;
     // ring is the only one compiled in. Installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let fail = |source: Box<dyn std::error::Error + Send + Sync>| Error::KubeConfig {
+    let fail = |error: &dyn std::error::Error| Error::KubeConfig {
         kubeconfig: kubeconfig.map(Path::to_path_buf),
-        source,
+        message: error.to_string(),
     };
     let config = match kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path).map_err(|e| fail(e.into()))?;
+            let file = Kubeconfig::read_from(path).map_err(|e| fail(&e))?;
             Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| fail(e.into()))?
+                .map_err(|e| fail(&e))?
         }
-        None => Config::infer().await.map_err(|e| fail(e.into()))?,
+        None => Config::infer().await.map_err(|e| fail(&e))?,
     };
     info!(apiserver = %config.cluster_url, "apiserver client configured");
-    Client::try_from(config).map_err(|e| fail(e.into()))
+    Client::try_from(config).map_err(|e| fail(&e))
 }
 
 /// A kind the source watches.
