@@ -2,11 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use fairlead_model::source::ManifestDir;
-use fairlead_model::{ModelWriter, Severity, dump};
+use fairlead_model::source::kube::{self as kube_source, KubeOptions, KubeSource};
+use fairlead_model::{ModelWriter, Severity, Snapshot, dump};
+use prometheus_client::registry::Registry;
 use runtime::SourceArgs;
 
 // Wired into the long-running modes as their issues land.
@@ -43,8 +46,12 @@ enum Command {
     /// Validate manifests and print the model they make; exits 1 when anything is invalid.
     Check {
         /// Directory of manifests (*.yaml, *.yml, *.json, read recursively).
-        #[arg(long, value_name = "DIR", required_unless_present = "kernel")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["kernel", "kubeconfig"], conflicts_with = "kubeconfig")]
         manifests: Option<PathBuf>,
+        /// Read the objects from the apiserver of this kubeconfig instead: one
+        /// initial list of every kind, then print the model and exit.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
         /// Also load every eBPF program of this binary into the kernel (the
         /// verifier's verdict), without attaching anything. Needs root.
         #[arg(long)]
@@ -94,16 +101,24 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Check { manifests, kernel } => {
+        Command::Check {
+            manifests,
+            kubeconfig,
+            kernel,
+        } => {
             let mut code = ExitCode::SUCCESS;
             if kernel {
                 code = check_kernel()?;
             }
-            if let Some(dir) = manifests {
-                let manifests_code = check(&dir)?;
-                if manifests_code != ExitCode::SUCCESS {
-                    code = manifests_code;
-                }
+            let model_code = match (manifests, kubeconfig) {
+                (Some(dir), _) => Some(check(&dir)?),
+                (None, Some(file)) => Some(check_apiserver(&file)?),
+                (None, None) => None,
+            };
+            if let Some(model_code) = model_code
+                && model_code != ExitCode::SUCCESS
+            {
+                code = model_code;
             }
             Ok(code)
         }
@@ -145,8 +160,42 @@ fn check(dir: &Path) -> Result<ExitCode> {
     source
         .sync(&mut writer)
         .with_context(|| format!("loading manifests from {}", dir.display()))?;
-    let snapshot = writer.snapshot();
-    print!("{}", dump::render(&snapshot));
+    Ok(report(&writer.snapshot(), &dir.display().to_string()))
+}
+
+/// How long `check --kubeconfig` waits for every initial list.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lists every kind from the apiserver once and reports the model.
+fn check_apiserver(kubeconfig: &Path) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let snapshot = runtime.block_on(async {
+        let client = kube_source::client(Some(kubeconfig)).await?;
+        let source = KubeSource::new(KubeOptions::default(), &mut Registry::default())?;
+        let (writer, mut rx) = ModelWriter::new();
+        let task = tokio::spawn(source.run(client, writer));
+        let synced = tokio::time::timeout(CHECK_TIMEOUT, rx.wait_for(|s| s.synced))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|snapshot| snapshot.clone());
+        task.abort();
+        synced.with_context(|| {
+            format!(
+                "the apiserver did not deliver every initial list within {CHECK_TIMEOUT:?} \
+                 (RUST_LOG=warn shows the watch errors)"
+            )
+        })
+    })?;
+    Ok(report(&snapshot, "the apiserver"))
+}
+
+/// Prints the model and its problems; 1 when anything is invalid.
+fn report(snapshot: &Snapshot, what: &str) -> ExitCode {
+    print!("{}", dump::render(snapshot));
     let errors = snapshot
         .problems
         .iter()
@@ -154,16 +203,10 @@ fn check(dir: &Path) -> Result<ExitCode> {
         .count();
     let warnings = snapshot.problems.len() - errors;
     if errors > 0 {
-        eprintln!(
-            "fairlead check: {errors} error(s), {warnings} warning(s) in {}",
-            dir.display()
-        );
-        Ok(ExitCode::from(1))
+        eprintln!("fairlead check: {errors} error(s), {warnings} warning(s) in {what}");
+        ExitCode::from(1)
     } else {
-        eprintln!(
-            "fairlead check: {} OK ({warnings} warning(s))",
-            dir.display()
-        );
-        Ok(ExitCode::SUCCESS)
+        eprintln!("fairlead check: {what} OK ({warnings} warning(s))");
+        ExitCode::SUCCESS
     }
 }
