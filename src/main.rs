@@ -1,7 +1,13 @@
 //! `fairlead`: the Kubernetes service-networking data plane of one node.
 
+mod telemetry;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -45,7 +51,12 @@ enum Command {
     /// Run the kernel load balancer (ClusterIP, NodePort, LoadBalancer).
     Proxy(SourceArgs),
     /// Run the cluster DNS server.
-    Dns(SourceArgs),
+    Dns {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        dns: fairlead_dns::Args,
+    },
     /// Run the HTTP/TLS ingress gateway.
     Ingress(SourceArgs),
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
@@ -64,11 +75,21 @@ struct SourceArgs {
     /// This node's name (for node-local endpoints and the Node object).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// Where /metrics, /health and /ready are served.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9153")]
+    telemetry_addr: SocketAddr,
+    /// On SIGTERM/SIGINT, keep serving this long with /ready failing before stopping.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    lameduck: f64,
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // hickory-server logs every request at info; keep that for RUST_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default_level},hickory_server=warn,hickory_net=warn"
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -113,7 +134,11 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
         Command::Proxy(_) => not_built("proxy", "ClusterIP in the kernel"),
-        Command::Dns(_) => not_built("dns", "Cluster DNS"),
+        Command::Dns { source, dns } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(run_dns(source, dns)),
         Command::Ingress(_) => not_built("ingress", "Ingress gateway"),
         Command::Status => not_built("status", "ClusterIP in the kernel"),
     }
@@ -170,4 +195,68 @@ fn check(dir: &Path) -> Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+}
+
+/// `fairlead dns`: the model from a manifest directory, the DNS server,
+/// telemetry, and a lameduck period on SIGTERM/SIGINT.
+async fn run_dns(source: SourceArgs, args: fairlead_dns::Args) -> Result<ExitCode> {
+    let Some(dir) = source.manifests else {
+        anyhow::bail!(
+            "reading the apiserver (--kubeconfig or in-cluster) is not built yet; use --manifests DIR"
+        );
+    };
+    let (writer, model) = ModelWriter::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let dns = fairlead_dns::Dns::bind(args, &mut registry).await?;
+    let telemetry = telemetry::bind(source.telemetry_addr).await?;
+    let ready = fairlead_model::Ready::new();
+    let health = telemetry::Health {
+        ready: vec![ready.clone()],
+        ..telemetry::Health::default()
+    };
+    let shutting_down = health.shutting_down.clone();
+    let telemetry = tokio::spawn(telemetry::serve(telemetry, Arc::new(registry), health));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut source_task = tokio::spawn(ManifestDir::new(dir).watch(writer));
+    let mut dns_task = tokio::spawn(dns.run(fairlead_dns::Context {
+        model,
+        ready,
+        cancel: cancel.clone(),
+    }));
+    let lameduck = Duration::try_from_secs_f64(source.lameduck).unwrap_or_default();
+    let result = tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!(?lameduck, "shutting down: /ready fails now, serving until the lameduck period ends");
+            shutting_down.store(true, Ordering::Release);
+            tokio::time::sleep(lameduck).await;
+            cancel.cancel();
+            dns_task.await.context("DNS task")?.map_err(anyhow::Error::from)
+        }
+        done = &mut dns_task => done.context("DNS task")?.map_err(anyhow::Error::from),
+        done = &mut source_task => {
+            cancel.cancel();
+            let _ = dns_task.await;
+            match done.context("manifest source task")? {
+                Ok(()) => Ok(()),
+                Err(e) => Err(anyhow::Error::from(e).context("the manifest source failed")),
+            }
+        }
+    };
+    telemetry.abort();
+    source_task.abort();
+    result.map(|()| ExitCode::SUCCESS)
 }

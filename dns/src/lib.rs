@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn};
+use tracing::{Instrument as _, debug, info, info_span, warn};
 
 pub use error::Error;
 pub use forward::{ForwardConfig, Forwarder};
@@ -260,7 +260,10 @@ impl Dns {
     /// index, answers on every socket, probes the upstreams for loops.
     pub async fn run(self, ctx: Context) -> Result<(), Error> {
         let span = info_span!("dns", listen = ?self.local_addrs, zone = %self.args.zone);
-        let _enter = span.enter();
+        self.serve(ctx).instrument(span).await
+    }
+
+    async fn serve(self, ctx: Context) -> Result<(), Error> {
         forward::log_setup(self.handler.forwarder());
         let mut server = Server::new(self.handler.clone());
         for socket in self.udp {
@@ -269,16 +272,20 @@ impl Dns {
         for listener in self.tcp {
             server.register_listener(listener, self.args.tcp_idle_timeout, 64);
         }
-        info!("serving DNS");
-        let follower = tokio::spawn(follow(
-            ctx.model,
-            self.index.clone(),
-            ctx.ready.clone(),
-            self.metrics.clone(),
-            ctx.cancel.clone(),
-        ));
+        let addrs: Vec<String> = self.local_addrs.iter().map(ToString::to_string).collect();
+        info!(addrs = %addrs.join(","), "serving DNS");
+        let follower = tokio::spawn(
+            follow(
+                ctx.model,
+                self.index.clone(),
+                ctx.ready.clone(),
+                self.metrics.clone(),
+                ctx.cancel.clone(),
+            )
+            .in_current_span(),
+        );
         let forwarder = self.handler.forwarder().clone();
-        let prober = tokio::spawn(async move { forwarder.probe_loops().await });
+        let prober = tokio::spawn(async move { forwarder.probe_loops().await }.in_current_span());
 
         let token = server.shutdown_token().clone();
         let cancel = ctx.cancel.clone();

@@ -149,3 +149,42 @@ pub(crate) fn rcode_name(rcode: ResponseCode) -> &'static str {
         _ => "OTHER",
     }
 }
+
+pub(crate) mod upstream;
+
+/// Sends one query over UDP and waits (at most 5 s) for its response.
+pub(crate) async fn udp_query(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server).await.unwrap();
+    socket
+        .send(&query_bytes(name, qtype, DNSClass::IN, Some(1232)))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .expect("a response within 5 s")
+        .unwrap();
+    Message::from_vec(&buf[..n]).expect("the response parses")
+}
+
+/// Sends one query over TCP and waits (at most 5 s) for its response.
+pub(crate) async fn tcp_query(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+    let bytes = query_bytes(name, qtype, DNSClass::IN, None);
+    let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend(bytes);
+    stream.write_all(&framed).await.unwrap();
+    let read = async {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.unwrap();
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut buf).await.unwrap();
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a response within 5 s");
+    Message::from_vec(&buf).expect("the response parses")
+}
