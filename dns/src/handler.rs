@@ -12,12 +12,15 @@ use arc_swap::ArcSwap;
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::ProtoError;
 use hickory_server::proto::op::{
-    Edns, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode, ResponseCode,
-    emit_message_parts,
+    Edns, EmitAndCount, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode,
+    ResponseCode, emit_message_parts,
 };
-use hickory_server::proto::rr::{DNSClass, LowerName, Record, RecordType};
-use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncoder, NameEncoding,
+};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tracing::{debug, warn};
@@ -233,9 +236,49 @@ impl Handler {
     }
 }
 
+/// The question section exactly as hickory-server writes it in a response:
+/// the asker's bytes, with one compression pointer to them. A trial encoding
+/// must compress the same way to predict the real size.
+struct RawQueries<'q>(&'q Queries);
+
+impl EmitAndCount for RawQueries<'_> {
+    fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
+        let start = encoder.offset();
+        let bytes = self.0.as_bytes();
+        encoder.emit_vec(bytes)?;
+        if matches!(encoder.name_encoding(), NameEncoding::Compressed) && !self.0.is_empty() {
+            encoder.store_label_pointer(start, start + bytes.len());
+        }
+        Ok(self.0.len())
+    }
+}
+
+/// An upper bound of the wire size of `records` without compression, or
+/// `None` for record types whose size is not cheap to bound.
+fn upper_bound<'r>(records: impl Iterator<Item = &'r Record>) -> Option<usize> {
+    let name = |n: &Name| n.len() + 1;
+    records
+        .map(|r| {
+            let rdata = match &r.data {
+                RData::A(_) => 4,
+                RData::AAAA(_) => 16,
+                RData::CNAME(t) => name(&t.0),
+                RData::PTR(t) => name(&t.0),
+                RData::NS(t) => name(&t.0),
+                RData::SRV(srv) => 6 + name(&srv.target),
+                RData::SOA(soa) => name(&soa.mname) + name(&soa.rname) + 20,
+                _ => return None,
+            };
+            Some(name(&r.name) + 10 + rdata)
+        })
+        .sum()
+}
+
 /// How many records of each section fit in `limit` bytes, leaving room for
 /// the OPT record, and whether the answer is truncated. Only answers and the
 /// authority section force TC; additional records are simply left out.
+/// (hickory's encoder, when it runs out of room itself, leaves the partial
+/// record's bytes in the message; sending only what fits avoids that.)
 fn fit(
     queries: &Queries,
     metadata: &Metadata,
@@ -249,8 +292,16 @@ fn fit(
         reply.additionals.len(),
         false,
     );
+    let room =
+        limit.saturating_sub(12 + queries.as_bytes().len() + if with_opt { OPT_LEN } else { 0 });
+    let records = reply
+        .answers
+        .iter()
+        .chain(&reply.authorities)
+        .chain(&reply.additionals)
+        .map(AsRef::as_ref);
     // Small answers always fit; do not pay for a trial encoding.
-    if all.0 + all.1 + all.2 < 4 {
+    if upper_bound(records).is_some_and(|bound| bound <= room) {
         return all;
     }
     let mut buffer = Vec::with_capacity(limit);
@@ -260,7 +311,7 @@ fn fit(
     );
     let header = emit_message_parts(
         metadata,
-        &mut queries.queries().iter(),
+        &mut RawQueries(queries),
         &mut reply.answers.iter().map(AsRef::as_ref),
         &mut reply.authorities.iter().map(AsRef::as_ref),
         &mut reply.additionals.iter().map(AsRef::as_ref),
