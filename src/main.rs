@@ -62,7 +62,12 @@ enum Command {
     /// Run the kernel load balancer (ClusterIP, NodePort, LoadBalancer).
     Proxy(SourceArgs),
     /// Run the cluster DNS server.
-    Dns(SourceArgs),
+    Dns {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        dns: fairlead_dns::Args,
+    },
     /// Run the HTTP/TLS ingress gateway.
     Ingress(SourceArgs),
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
@@ -70,8 +75,12 @@ enum Command {
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // hickory-server logs every request at info; keep that for RUST_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default_level},hickory_server=warn,hickory_net=warn"
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -124,10 +133,44 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
         Command::Proxy(_) => not_built("proxy", "ClusterIP in the kernel"),
-        Command::Dns(_) => not_built("dns", "Cluster DNS"),
+        Command::Dns { source, dns } => serve(&source, |rt| {
+            Box::pin(async move {
+                let component = fairlead_dns::Dns::bind(dns, &mut rt.registry).await?;
+                let ctx = fairlead_dns::Context {
+                    model: rt.model.clone(),
+                    ready: rt.ready_flag("dns"),
+                    cancel: rt.cancel.clone(),
+                };
+                rt.spawn(
+                    "dns",
+                    Box::pin(async move { Ok(component.run(ctx).await?) }),
+                );
+                Ok(())
+            })
+        }),
         Command::Ingress(_) => not_built("ingress", "Ingress gateway"),
         Command::Status => not_built("status", "ClusterIP in the kernel"),
     }
+}
+
+/// Runs a long-running mode: starts the model source, lets `setup` add the
+/// mode's components to the runtime, then serves until a signal.
+fn serve(
+    source: &SourceArgs,
+    setup: impl for<'a> FnOnce(
+        &'a mut runtime::Runtime,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + 'a>>,
+) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async {
+            let mut rt = runtime::Runtime::start(source)?;
+            setup(&mut rt).await?;
+            rt.run().await?;
+            Ok(ExitCode::SUCCESS)
+        })
 }
 
 #[allow(
