@@ -249,6 +249,9 @@ pub struct RouteTable {
     pub problems: Vec<RouteProblem>,
     /// How many routes (paths and default backends) the table holds.
     pub route_count: usize,
+    /// Every Service a backend names, resolved or not: a change to one of
+    /// them calls for a new table.
+    pub referenced_services: std::collections::HashSet<ServiceKey>,
 }
 
 /// The host of a request, ready for [`RouteTable::route`]: the authority's
@@ -396,6 +399,9 @@ impl Compiler<'_> {
         ingress: Option<&ObjectKey>,
     ) -> BackendId {
         let wanted = format!("{namespace}/{name}:{port}");
+        self.table
+            .referenced_services
+            .insert(ObjectKey::new(namespace, name));
         let Some(service) = self.snapshot.service(namespace, name) else {
             return self.unresolved(ingress, wanted, "no such Service".to_owned());
         };
