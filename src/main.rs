@@ -47,7 +47,7 @@ enum Command {
     /// Run the cluster DNS server.
     Dns(SourceArgs),
     /// Run the HTTP/TLS ingress gateway.
-    Ingress(SourceArgs),
+    Ingress(Box<IngressCommand>),
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
     Status,
 }
@@ -64,6 +64,18 @@ struct SourceArgs {
     /// This node's name (for node-local endpoints and the Node object).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+}
+
+/// `fairlead ingress`: the model source, the gateway's own flags, telemetry.
+#[derive(Args, Debug)]
+struct IngressCommand {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    ingress: fairlead_ingress::Args,
+    /// Serve /metrics, /health and /ready here.
+    #[arg(long, value_name = "ADDR")]
+    telemetry_addr: Option<std::net::SocketAddr>,
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -114,7 +126,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
         Command::Proxy(_) => not_built("proxy", "ClusterIP in the kernel"),
         Command::Dns(_) => not_built("dns", "Cluster DNS"),
-        Command::Ingress(_) => not_built("ingress", "Ingress gateway"),
+        Command::Ingress(command) => runtime::block_on(runtime::ingress(*command)),
         Command::Status => not_built("status", "ClusterIP in the kernel"),
     }
 }
@@ -127,6 +139,8 @@ fn not_built(command: &str, issue: &str) -> Result<ExitCode> {
     eprintln!("fairlead {command}: not built yet (see the issue \"{issue}\")");
     Ok(ExitCode::from(2))
 }
+
+mod runtime;
 
 /// Loads every program of the embedded eBPF object into the kernel.
 fn check_kernel() -> Result<ExitCode> {

@@ -319,6 +319,11 @@ async fn proxy(
     let path = normalized.as_deref().unwrap_or(path_and_query.path());
     let routing = shared.routing.load_full();
 
+    let route = routing.table.route(&host, path);
+    if let Some(route) = route {
+        outcome.ingress = Some(route.ingress.clone());
+        outcome.host = Some(route.host.clone());
+    }
     if !conn.tls
         && config.ssl_redirect
         && routing.table.tls_hosts.contains(&host)
@@ -326,11 +331,9 @@ async fn proxy(
     {
         return redirect(&host, path, path_and_query.query(), config.https_port);
     }
-    let Some(route) = routing.table.route(&host, path) else {
+    let Some(route) = route else {
         return local_response(StatusCode::NOT_FOUND);
     };
-    outcome.ingress = Some(route.ingress.clone());
-    outcome.host = Some(route.host.clone());
     let Some(upstream) = routing.upstreams.get(route.backend).cloned().flatten() else {
         outcome.error = Some(format!("backend {}", routing.table.backend(route.backend)));
         return local_response(StatusCode::SERVICE_UNAVAILABLE);
