@@ -305,3 +305,305 @@ pub(crate) async fn run(
     info!("ingress gateway stopped");
     result
 }
+
+#[cfg(test)]
+mod tests {
+    //! The request path against real sockets, in process: retries, timeouts,
+    //! keep-alive reuse, and what a reconcile publishes.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::proxy::ProxyConfig;
+    use crate::server::ServerConfig;
+    use crate::test_support::{endpoints, ingress, ingress_class, model, service};
+
+    /// An upstream that misbehaves in one way, counting connections.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Answers 200 with its address, keep-alive.
+        Good,
+        /// Reads the request head, then closes without answering.
+        Reset,
+        /// Reads the request head and never answers.
+        Silent,
+    }
+
+    /// Starts an upstream on `ip:port` (port 0: any).
+    async fn upstream(
+        ip: [u8; 4],
+        port: u16,
+        behaviour: Behaviour,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind(SocketAddr::from((ip, port)))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    loop {
+                        let mut head = Vec::new();
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        match behaviour {
+                            Behaviour::Good => {
+                                let body = addr.to_string();
+                                let response = format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                if stream.write_all(response.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Behaviour::Reset => return,
+                            Behaviour::Silent => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    struct Harness {
+        addr: SocketAddr,
+        _cancel: tokio_util::sync::DropGuard,
+    }
+
+    async fn harness(backends: &[SocketAddr], proxy: ProxyConfig, pool: PoolConfig) -> Harness {
+        let snapshot = model(vec![
+            ingress_class("fairlead", true),
+            service("t", "web", &[("http", 80)]),
+            endpoints("t", "web", "http", backends),
+            ingress(
+                "t",
+                "web",
+                &serde_json::json!({"rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}),
+            ),
+        ]);
+        harness_on(&snapshot, proxy, pool).await
+    }
+
+    async fn harness_on(snapshot: &Snapshot, proxy: ProxyConfig, pool: PoolConfig) -> Harness {
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared::new(proxy, metrics.clone()));
+        let default = crate::tls::default_certificate(None).unwrap();
+        let certs = ArcSwap::from_pointee(CertStore::with_default(default.clone()));
+        let mut reconciler = Reconciler::new(
+            ClassSelection {
+                class: "fairlead".to_owned(),
+                default_backend: None,
+            },
+            Arc::new(pool),
+            metrics,
+            default,
+        );
+        reconciler.apply(snapshot, &shared.routing, &certs);
+        let cancel = CancellationToken::new();
+        let server = Arc::new(Server::new(
+            shared.clone(),
+            ServerConfig::default(),
+            cancel.clone(),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server.accept_loop(listener, None, "http"));
+        Harness {
+            addr,
+            _cancel: cancel.drop_guard(),
+        }
+    }
+
+    /// Sends requests over one keep-alive connection; returns (status, body).
+    async fn send(
+        addr: SocketAddr,
+        requests: Vec<(http::Method, &'static str)>,
+    ) -> Vec<(u16, String)> {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for (method, body) in requests {
+            sender.ready().await.unwrap();
+            let request = http::Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", "t.test")
+                .body(if body.is_empty() {
+                    Full::new(Bytes::new())
+                } else {
+                    Full::new(Bytes::from_static(body.as_bytes()))
+                })
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            out.push((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        out
+    }
+
+    fn no_ejection() -> PoolConfig {
+        PoolConfig {
+            eject_after: 0,
+            ..PoolConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keep_alive_connections_are_reused() {
+        let (good, connections) = upstream([127, 0, 20, 1], 0, Behaviour::Good).await;
+        let h = harness(&[good], ProxyConfig::default(), no_ejection()).await;
+        let responses = send(h.addr, vec![(http::Method::GET, ""); 20]).await;
+        assert!(responses.iter().all(|(s, _)| *s == 200), "{responses:?}");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "one upstream connection for 20 requests"
+        );
+        // Two clients at once need two upstream connections, then share them.
+        let (a, b) = tokio::join!(
+            send(h.addr, vec![(http::Method::GET, ""); 20]),
+            send(h.addr, vec![(http::Method::GET, ""); 20])
+        );
+        assert!(a.iter().chain(&b).all(|(s, _)| *s == 200));
+        assert!(connections.load(Ordering::SeqCst) <= 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotent_requests_are_retried_after_a_reset_but_posts_are_not() {
+        let (good, _) = upstream([127, 0, 21, 1], 0, Behaviour::Good).await;
+        // Same port: one EndpointSlice port serves both.
+        let (reset, reset_connections) =
+            upstream([127, 0, 21, 2], good.port(), Behaviour::Reset).await;
+        let h = harness(&[good, reset], ProxyConfig::default(), no_ejection()).await;
+        // Fresh connections each time, so every request picks anew.
+        let mut saw_reset = 0;
+        for _ in 0..30 {
+            let before = reset_connections.load(Ordering::SeqCst);
+            let r = send(h.addr, vec![(http::Method::GET, "")]).await;
+            assert_eq!(
+                r[0],
+                (200, good.to_string()),
+                "GET retried on the good endpoint"
+            );
+            saw_reset += reset_connections.load(Ordering::SeqCst) - before;
+        }
+        assert!(saw_reset > 0, "the resetting endpoint was tried");
+        let mut posts = Vec::new();
+        for _ in 0..30 {
+            posts.push(send(h.addr, vec![(http::Method::POST, "data")]).await[0].0);
+        }
+        assert!(
+            posts.contains(&502),
+            "a POST that reached the resetting endpoint is not retried: {posts:?}"
+        );
+        assert!(posts.contains(&200));
+        assert!(posts.iter().all(|s| *s == 200 || *s == 502));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_upstream_times_out_with_504() {
+        let (silent, _) = upstream([127, 0, 22, 1], 0, Behaviour::Silent).await;
+        let proxy = ProxyConfig {
+            response_timeout: Duration::from_millis(300),
+            ..ProxyConfig::default()
+        };
+        let h = harness(&[silent], proxy, no_ejection()).await;
+        let start = std::time::Instant::now();
+        let r = send(h.addr, vec![(http::Method::GET, "")]).await;
+        assert_eq!(r[0].0, 504);
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn reconcile_publishes_only_what_changed() {
+        let web = |addrs: &[SocketAddr]| {
+            vec![
+                ingress_class("fairlead", true),
+                service("t", "web", &[("http", 80)]),
+                service("t", "other", &[("http", 80)]),
+                endpoints("t", "web", "http", addrs),
+                ingress(
+                    "t",
+                    "web",
+                    &serde_json::json!({"rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix",
+                        "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}),
+                ),
+            ]
+        };
+        let a: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let (mut writer, _rx) = fairlead_model::ModelWriter::new();
+        let load = |writer: &mut fairlead_model::ModelWriter, objects: Vec<serde_json::Value>| {
+            let changes = objects
+                .into_iter()
+                .map(|o| fairlead_model::Change::Upsert {
+                    object: fairlead_model::decode(o).unwrap(),
+                    origin: None,
+                })
+                .collect();
+            writer.replace_all(changes, Vec::new(), true);
+            writer.snapshot()
+        };
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(ProxyConfig::default(), metrics.clone());
+        let default = crate::tls::default_certificate(None).unwrap();
+        let certs = ArcSwap::from_pointee(CertStore::with_default(default.clone()));
+        let mut r = Reconciler::new(
+            ClassSelection {
+                class: "fairlead".to_owned(),
+                default_backend: None,
+            },
+            Arc::new(PoolConfig::default()),
+            metrics,
+            default,
+        );
+        let s1 = load(&mut writer, web(&[a]));
+        let applied = r.apply(&s1, &shared.routing, &certs);
+        assert_eq!(
+            applied,
+            Applied {
+                routes: true,
+                endpoints: 1,
+                certificates: true
+            }
+        );
+        let upstream = shared.routing.load().upstreams[0].clone().unwrap();
+        assert_eq!(r.apply(&s1, &shared.routing, &certs), Applied::default());
+        // A change to a Service no route uses: nothing is published.
+        let mut objects = web(&[a]);
+        objects.push(endpoints("t", "other", "http", &[b]));
+        let s2 = load(&mut writer, objects);
+        assert_eq!(r.apply(&s2, &shared.routing, &certs), Applied::default());
+        // Endpoints of the routed Service: the same upstream object gets them.
+        let s3 = load(&mut writer, web(&[a, b]));
+        let applied = r.apply(&s3, &shared.routing, &certs);
+        assert_eq!(applied.endpoints, 1);
+        assert!(!applied.certificates);
+        let now = shared.routing.load().upstreams[0].clone().unwrap();
+        assert!(Arc::ptr_eq(&upstream, &now), "pools survive");
+        assert_eq!(now.endpoints().len(), 2);
+    }
+}

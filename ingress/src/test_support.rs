@@ -27,15 +27,19 @@ pub(crate) fn model(objects: Vec<Value>) -> Arc<Snapshot> {
     snapshot
 }
 
-static NEXT_IP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
 /// A ClusterIP Service with TCP ports (name, port), target port = port.
 pub(crate) fn service(namespace: &str, name: &str, ports: &[(&str, u16)]) -> Value {
     let ports: Vec<Value> = ports
         .iter()
         .map(|(n, p)| json!({"name": n, "port": p, "targetPort": p}))
         .collect();
-    let n = NEXT_IP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Deterministic, so that the same Service built twice is equal.
+    let n = format!("{namespace}/{name}")
+        .bytes()
+        .fold(2_166_136_261_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(16_777_619)
+        })
+        % 62_500;
     let cluster_ip = format!("10.96.{}.{}", n / 250, n % 250 + 1);
     json!({
         "apiVersion": "v1", "kind": "Service",
@@ -44,8 +48,8 @@ pub(crate) fn service(namespace: &str, name: &str, ports: &[(&str, u16)]) -> Val
     })
 }
 
-#[allow(dead_code, reason = "used by the upstream tests")]
-/// An EndpointSlice for `service` with one port and ready endpoints.
+/// An EndpointSlice for `service` with one port (that of the first address)
+/// and ready endpoints.
 pub(crate) fn endpoints(
     namespace: &str,
     service: &str,
