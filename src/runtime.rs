@@ -51,6 +51,7 @@ pub(crate) async fn ingress(command: IngressCommand) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("telemetry listener on {addr}"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
         info!(%addr, "telemetry: /metrics /health /ready");
         tokio::spawn(telemetry(listener, registry.clone(), ready.clone()));
     }

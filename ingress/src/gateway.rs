@@ -217,7 +217,16 @@ pub(crate) async fn run(
         default_cert.clone(),
     )));
     let tls_config = crate::tls::server_config(Arc::new(Resolver(certs.clone())))?;
-    let shared = Arc::new(Shared::new(args.proxy_config(), metrics.clone()));
+    // Bind first, so a taken port fails at once; accept once synced.
+    let http = bind(args.http)?;
+    let https = bind(args.https)?;
+    let local = |l: &TcpListener, configured: SocketAddr| l.local_addr().unwrap_or(configured);
+    let (http_addr, https_addr) = (local(&http, args.http), local(&https, args.https));
+    let mut proxy_config = args.proxy_config();
+    if args.ingress_redirect_port.is_none() {
+        proxy_config.https_port = https_addr.port();
+    }
+    let shared = Arc::new(Shared::new(proxy_config, metrics.clone()));
     let mut reconciler = Reconciler::new(
         args.class_selection(),
         Arc::new(args.pool_config()),
@@ -239,9 +248,7 @@ pub(crate) async fn run(
         }
     }
 
-    let http = bind(args.http)?;
-    let https = bind(args.https)?;
-    info!(http = %args.http, https = %args.https, class = %args.ingress_class, "ingress gateway listening");
+    info!(http = %http_addr, https = %https_addr, class = %args.ingress_class, "ingress gateway listening");
     let server = Arc::new(Server::new(
         shared.clone(),
         args.server_config(),

@@ -463,15 +463,22 @@ fn websocket_and_updates_under_load_lose_nothing() {
         .map(|i| backend(&rt, [127, 0, 5, i], &format!("b{i}"), false))
         .collect();
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    let main_ingress = |extra: bool| {
+    // The Ingress flips between two routes sets and two Secrets (same
+    // certificate, different objects), so routes and certificates change.
+    let main_ingress = |flip: bool| {
         let mut paths = vec![("/", "web"), ("/ws", "web")];
-        if extra {
+        if flip {
             paths.push(("/extra", "web"));
         }
+        let secret = if flip { "shop-tls-2" } else { "shop-tls" };
         ingress(
             "live",
             "web",
-            &format!("  rules:\n{}", rule("live.test", &paths)),
+            &format!(
+                "  tls: [{{hosts: [shop.example.com], secretName: {secret}}}]\n  rules:\n{}{}",
+                rule("live.test", &paths),
+                rule("shop.example.com", &[("/", "web")])
+            ),
         )
     };
     let gw = Gateway::start(
@@ -479,6 +486,11 @@ fn websocket_and_updates_under_load_lose_nothing() {
             ("class.yaml", CLASS.to_owned()),
             ("ns.yaml", namespace("live")),
             ("web.yaml", service("live", "web", None, &addrs[..2])),
+            ("tls.yaml", shop_tls("live")),
+            (
+                "tls2.yaml",
+                shop_tls("live").replace("name: shop-tls", "name: shop-tls-2"),
+            ),
             ("ingress.yaml", main_ingress(false)),
         ],
         &["--ingress-access-log=false"],
@@ -545,24 +557,45 @@ fn websocket_and_updates_under_load_lose_nothing() {
             }
         }));
     }
+    // HTTP/2 over TLS, three streams per connection, certificate checked.
+    let tls_worker = {
+        let stop = stop.clone();
+        let resolve = gw.resolve_https("shop.example.com");
+        let url = format!("https://shop.example.com:{}/", gw.https.port());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let ca = support::example_ca();
+            while !stop.load(Ordering::Relaxed) {
+                let out = std::process::Command::new("curl")
+                    .args(["-sS", "--http2", "--max-time", "10", "--resolve", &resolve])
+                    .arg("--cacert")
+                    .arg(&ca)
+                    .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
+                    .args(["-w", "%{http_code} %{http_version}\n", &url, &url, &url])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if out.status.success() && text.lines().filter(|l| *l == "200 2").count() == 3 {
+                    ok += 3;
+                } else {
+                    failed.push(format!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+                }
+            }
+            (ok, failed)
+        })
+    };
     // Change endpoints, routes and certificates many times.
     let reloads_before = gw.metric("fairlead_ingress_reloads_total");
     let subsets: [&[SocketAddr]; 4] = [&addrs[2..], &addrs[..], &addrs[1..3], &addrs[..2]];
     let changes = 24;
     for i in 0..changes {
-        match i % 3 {
-            0 => gw.write(
+        if i % 2 == 0 {
+            gw.write(
                 "web.yaml",
-                &service("live", "web", None, subsets[(i / 3) % 4]),
-            ),
-            1 => gw.write("ingress.yaml", &main_ingress(i % 2 == 1)),
-            _ => {
-                if i % 2 == 0 {
-                    gw.write("tls.yaml", &shop_tls("live"));
-                } else {
-                    let _ = std::fs::remove_file(gw.dir.path().join("tls.yaml"));
-                }
-            }
+                &service("live", "web", None, subsets[(i / 2) % 4]),
+            );
+        } else {
+            gw.write("ingress.yaml", &main_ingress(i % 4 == 1));
         }
         std::thread::sleep(Duration::from_millis(150));
     }
@@ -571,6 +604,9 @@ fn websocket_and_updates_under_load_lose_nothing() {
     for w in workers {
         rt.block_on(w).unwrap();
     }
+    let (tls_ok, tls_failed) = tls_worker.join().unwrap();
+    assert!(tls_failed.is_empty(), "HTTPS failures: {tls_failed:?}");
+    assert!(tls_ok >= 30, "only {tls_ok} HTTPS requests");
     let failures = failures.lock().unwrap().clone();
     let ok = ok.load(Ordering::Relaxed);
     assert!(

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -415,12 +415,14 @@ pub(crate) fn root() -> &'static Path {
 
 // --- the gateway ----------------------------------------------------------
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// An address field of the first JSON log line whose message starts with
+/// `message`.
+fn logged_addr(log: &str, message: &str, field: &str) -> Option<SocketAddr> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("\"message\":\"{message}")))?;
+    let start = line.find(&format!("\"{field}\":\""))? + field.len() + 4;
+    line[start..].split('"').next()?.parse().ok()
 }
 
 /// The `fairlead ingress` binary on loopback.
@@ -441,43 +443,45 @@ impl Gateway {
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let telemetry = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.path().join(".gateway.log");
+        // Port 0 everywhere: the gateway logs what it bound.
         let child = Command::new(env!("CARGO_BIN_EXE_fairlead"))
-            .arg("ingress")
-            .arg("--manifests")
+            .args(["--log-format", "json", "ingress", "--manifests"])
             .arg(dir.path())
-            .args(["--http", &http.to_string(), "--https", &https.to_string()])
-            .args(["--telemetry-addr", &telemetry.to_string()])
+            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .args(["--telemetry-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("fairlead starts");
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut gateway = Gateway {
             child: Some(child),
-            http,
-            https,
-            telemetry,
+            http: unbound,
+            https: unbound,
+            telemetry: unbound,
             dir,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if gateway.telemetry_get("/ready").starts_with("HTTP/1.0 200") {
-                return gateway;
+            let log = gateway.log();
+            if let (Some(http), Some(https), Some(telemetry)) = (
+                logged_addr(&log, "ingress gateway listening", "http"),
+                logged_addr(&log, "ingress gateway listening", "https"),
+                logged_addr(&log, "telemetry", "addr"),
+            ) {
+                (gateway.http, gateway.https, gateway.telemetry) = (http, https, telemetry);
+                if gateway.telemetry_get("/ready").starts_with("HTTP/1.0 200") {
+                    return gateway;
+                }
             }
             if let Some(status) = gateway.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("fairlead exited with {status}:\n{}", gateway.log());
+                panic!("fairlead exited with {status}:\n{log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "not ready in 30 s:\n{}",
-                gateway.log()
-            );
+            assert!(Instant::now() < deadline, "not ready in 30 s:\n{log}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
