@@ -221,10 +221,10 @@ pub(crate) async fn run(
     let http = bind(args.http)?;
     let https = bind(args.https)?;
     let local = |l: &TcpListener, configured: SocketAddr| l.local_addr().unwrap_or(configured);
-    let (http_addr, https_addr) = (local(&http, args.http), local(&https, args.https));
+    let (plain_addr, tls_addr) = (local(&http, args.http), local(&https, args.https));
     let mut proxy_config = args.proxy_config();
     if args.ingress_redirect_port.is_none() {
-        proxy_config.https_port = https_addr.port();
+        proxy_config.https_port = tls_addr.port();
     }
     let shared = Arc::new(Shared::new(proxy_config, metrics.clone()));
     let mut reconciler = Reconciler::new(
@@ -248,7 +248,7 @@ pub(crate) async fn run(
         }
     }
 
-    info!(http = %http_addr, https = %https_addr, class = %args.ingress_class, "ingress gateway listening");
+    info!(http = %plain_addr, https = %tls_addr, class = %args.ingress_class, "ingress gateway listening");
     let server = Arc::new(Server::new(
         shared.clone(),
         args.server_config(),
