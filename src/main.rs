@@ -69,7 +69,12 @@ enum Command {
         dns: fairlead_dns::Args,
     },
     /// Run the HTTP/TLS ingress gateway.
-    Ingress(SourceArgs),
+    Ingress {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        ingress: fairlead_ingress::Args,
+    },
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
     Status,
 }
@@ -148,7 +153,22 @@ fn run(command: Command) -> Result<ExitCode> {
                 Ok(())
             })
         }),
-        Command::Ingress(_) => not_built("ingress", "Ingress gateway"),
+        Command::Ingress { source, ingress } => serve(&source, |rt| {
+            Box::pin(async move {
+                let ready = rt.ready_flag("ingress");
+                let gateway = fairlead_ingress::run(
+                    ingress,
+                    fairlead_ingress::Context {
+                        snapshots: rt.model.clone(),
+                        registry: &mut rt.registry,
+                        ready,
+                        cancel: rt.cancel.clone(),
+                    },
+                );
+                rt.spawn("ingress", Box::pin(async move { Ok(gateway.await?) }));
+                Ok(())
+            })
+        }),
         Command::Status => not_built("status", "ClusterIP in the kernel"),
     }
 }

@@ -153,7 +153,8 @@ impl Runtime {
         let (writer, model) = ModelWriter::new();
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let mut registry = Registry::with_prefix("fairlead");
+        // Components name their metrics `fairlead_<component>_…` themselves.
+        let mut registry = Registry::default();
         let mut apiserver = None;
         let stop = cancel.clone();
         if let Some(dir) = &args.manifests {
@@ -172,8 +173,9 @@ impl Runtime {
                 node_name: args.node_name.clone(),
                 namespace: args.namespace.clone(),
             };
-            let source = KubeSource::new(options, registry.sub_registry_with_prefix("kube"))
-                .context("apiserver source")?;
+            let source =
+                KubeSource::new(options, registry.sub_registry_with_prefix("fairlead_kube"))
+                    .context("apiserver source")?;
             let (client_tx, client_rx) = watch::channel(None);
             apiserver = Some(Apiserver {
                 client: client_rx,

@@ -86,7 +86,7 @@ fn missing_directory_is_an_error() {
 
 #[test]
 fn unbuilt_modes_say_so() {
-    for mode in ["node", "proxy", "ingress", "status"] {
+    for mode in ["node", "proxy", "status"] {
         let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
             .arg(mode)
             .output()
