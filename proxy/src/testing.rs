@@ -82,20 +82,7 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     text
 }
 
-/// The root of the cgroup v2 hierarchy: `/sys/fs/cgroup/unified` on hybrid hosts,
-/// `/sys/fs/cgroup` on unified ones.
-#[must_use]
-pub fn cgroup2_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|root| root.join("cgroup.procs").is_file() && is_cgroup2(root))
-}
-
-fn is_cgroup2(dir: &Path) -> bool {
-    // cgroup v1 hierarchies have no cgroup.type / cgroup.controllers files.
-    dir.join("cgroup.controllers").is_file() || dir.join("cgroup.subtree_control").is_file()
-}
+pub use crate::datapath::cgroup2_root;
 
 /// A unique, throw-away name: `fairlead-test-<label>-<pid>-<n>-<nanos>`.
 fn unique_name(label: &str) -> String {
