@@ -52,14 +52,31 @@ enum Command {
     },
     /// Run the whole data plane of a node: proxy, DNS and ingress on one model.
     Node(SourceArgs),
-    /// Run the kernel load balancer (ClusterIP, NodePort, LoadBalancer).
-    Proxy(SourceArgs),
+    /// Run the kernel load balancer (ClusterIP at the socket: connect, sendmsg, recvmsg,
+    /// getpeername in a cgroup).
+    Proxy(ProxyArgs),
     /// Run the cluster DNS server.
     Dns(SourceArgs),
     /// Run the HTTP/TLS ingress gateway.
     Ingress(SourceArgs),
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
-    Status,
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// The bpffs directory `fairlead proxy` pins its maps in.
+        #[arg(long, value_name = "DIR", default_value = fairlead_proxy::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+/// `fairlead proxy`: the model source and the proxy's own flags.
+#[derive(clap::Args, Debug)]
+struct ProxyArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    proxy: fairlead_proxy::Args,
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -108,11 +125,55 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(code)
         }
         Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
-        Command::Proxy(_) => not_built("proxy", "ClusterIP in the kernel"),
+        Command::Proxy(args) => run_proxy(args),
         Command::Dns(_) => not_built("dns", "Cluster DNS"),
         Command::Ingress(_) => not_built("ingress", "Ingress gateway"),
-        Command::Status => not_built("status", "ClusterIP in the kernel"),
+        Command::Status { json, bpffs } => status(json, &bpffs),
     }
+}
+
+/// Runs the kernel load balancer until SIGTERM/SIGINT.
+fn run_proxy(args: ProxyArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let mut runtime = runtime::Runtime::start(&args.source)?;
+        let ready = runtime.ready_flag("proxy");
+        let context = fairlead_proxy::Context {
+            model: runtime.model.clone(),
+            registry: &mut runtime.registry,
+            ready,
+            cancel: runtime.cancel.clone(),
+            node_name: args.source.node_name.clone(),
+        };
+        let proxy = fairlead_proxy::Proxy::start(&args.proxy, context)
+            .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
+        runtime.spawn(
+            "proxy",
+            Box::pin(async move { proxy.run().await.map_err(anyhow::Error::from) }),
+        );
+        runtime.run().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Prints what the pinned maps hold.
+fn status(json: bool, bpffs: &Path) -> Result<ExitCode> {
+    let pinned = fairlead_proxy::PinnedMaps::open(bpffs).with_context(|| {
+        format!(
+            "opening the maps pinned under {} (is `fairlead proxy --bpffs {0}` running, or has it run?)",
+            bpffs.display()
+        )
+    })?;
+    let status = fairlead_proxy::status::Status::read(&pinned).context("reading the maps")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(
