@@ -437,3 +437,462 @@ fn tcp_udp_and_ipv6_reach_backends_and_show_the_vip() {
     assert!(hits >= 370, "service_hit {hits}");
     assert_eq!(status["services"].as_array().map(Vec::len), Some(4));
 }
+
+#[test]
+fn endpoint_changes_ports_and_named_target_ports() {
+    if !privileged("proxy::endpoint_changes_ports_and_named_target_ports") {
+        return;
+    }
+    let mut c = Cluster::new("changes", 3, &["tcp:8080", "tcp:9090"]);
+    let web = |pods: &[usize], port: u16| {
+        docs(&[
+            service(
+                "web",
+                &["10.96.0.20"],
+                "[{name: http, port: 80, targetPort: http}]",
+                "",
+            ),
+            slice(
+                "web-1",
+                "web",
+                "IPv4",
+                &format!("[{{name: http, port: {port}}}]"),
+                &pods.iter().map(|i| ready(&pod_ip(*i))).collect::<Vec<_>>(),
+            ),
+        ])
+    };
+    // Multi-port with a named targetPort that differs per endpoint: pod-0 names it 8080,
+    // pod-1 (another slice) 9090.
+    let named = docs(&[
+        service(
+            "multi",
+            &["10.96.0.21"],
+            "[{name: http, port: 80, targetPort: http}, {name: admin, port: 81, targetPort: admin}]",
+            "",
+        ),
+        slice(
+            "multi-a",
+            "multi",
+            "IPv4",
+            "[{name: http, port: 8080}, {name: admin, port: 9090}]",
+            &[ready(&pod_ip(0))],
+        ),
+        slice(
+            "multi-b",
+            "multi",
+            "IPv4",
+            "[{name: http, port: 9090}, {name: admin, port: 8080}]",
+            &[ready(&pod_ip(1))],
+        ),
+    ]);
+    c.write("web.yaml", &web(&[0, 1, 2], 8080));
+    c.write("multi.yaml", &named);
+    c.start_proxy();
+    let addrs = |pods: &[usize], port: u16| -> Vec<String> {
+        pods.iter()
+            .map(|i| format!("{}:{port}", pod_ip(*i)))
+            .collect()
+    };
+    c.wait_backends("10.96.0.20:80/tcp", &addrs(&[0, 1, 2], 8080));
+    c.wait_backends(
+        "10.96.0.21:80/tcp",
+        &[format!("{}:8080", pod_ip(0)), format!("{}:9090", pod_ip(1))],
+    );
+    c.wait_backends(
+        "10.96.0.21:81/tcp",
+        &[format!("{}:9090", pod_ip(0)), format!("{}:8080", pod_ip(1))],
+    );
+
+    let counts = tally(&c.run("tcp", "10.96.0.21", 80, 40));
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["pod-0:8080", "pod-1:9090"],
+        "{counts:?}"
+    );
+    let counts = tally(&c.run("tcp", "10.96.0.21", 81, 40));
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["pod-0:9090", "pod-1:8080"],
+        "{counts:?}"
+    );
+
+    // Endpoint removed: no new connection reaches it.
+    c.write("web.yaml", &web(&[0, 1], 8080));
+    c.wait_backends("10.96.0.20:80/tcp", &addrs(&[0, 1], 8080));
+    let counts = tally(&c.run("tcp", "10.96.0.20", 80, 60));
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["pod-0:8080", "pod-1:8080"],
+        "{counts:?}"
+    );
+
+    // Endpoint added: it starts receiving (60 tries miss it with probability (2/3)^60).
+    c.write("web.yaml", &web(&[0, 1, 2], 8080));
+    c.wait_backends("10.96.0.20:80/tcp", &addrs(&[0, 1, 2], 8080));
+    let counts = tally(&c.run("tcp", "10.96.0.20", 80, 60));
+    assert!(counts.contains_key("pod-2:8080"), "{counts:?}");
+
+    // Port change: every connection goes to the new port.
+    c.write("web.yaml", &web(&[0, 1, 2], 9090));
+    c.wait_backends("10.96.0.20:80/tcp", &addrs(&[0, 1, 2], 9090));
+    let counts = tally(&c.run("tcp", "10.96.0.20", 80, 30));
+    assert!(counts.keys().all(|b| b.ends_with(":9090")), "{counts:?}");
+}
+
+#[test]
+fn readiness_terminating_local_policy_and_refusals() {
+    if !privileged("proxy::readiness_terminating_local_policy_and_refusals") {
+        return;
+    }
+    let mut c = Cluster::new("ready", 2, &["tcp:8080"]);
+    let port = "[{port: 80, targetPort: 8080}]";
+    let sport = "[{port: 8080}]";
+    let ep = |i: usize, conditions: &str, node: &str| {
+        format!(
+            "{{addresses: [\"{}\"], conditions: {conditions}, nodeName: {node}}}",
+            pod_ip(i)
+        )
+    };
+    c.write(
+        "svc.yaml",
+        &docs(&[
+            // pod-1 is not ready: never used.
+            service("mixed", &["10.96.0.30"], port, ""),
+            slice(
+                "mixed-1",
+                "mixed",
+                "IPv4",
+                sport,
+                &[
+                    ep(0, "{ready: true}", "node-a"),
+                    ep(1, "{ready: false, serving: false}", "node-a"),
+                ],
+            ),
+            // No ready endpoint: the terminating one that serves is used, the one that does
+            // not serve is not.
+            service("draining", &["10.96.0.31"], port, ""),
+            slice(
+                "draining-1",
+                "draining",
+                "IPv4",
+                sport,
+                &[
+                    ep(
+                        0,
+                        "{ready: false, serving: true, terminating: true}",
+                        "node-a",
+                    ),
+                    ep(
+                        1,
+                        "{ready: false, serving: false, terminating: true}",
+                        "node-a",
+                    ),
+                ],
+            ),
+            // internalTrafficPolicy Local: only this node's (node-a) endpoint.
+            service(
+                "local",
+                &["10.96.0.32"],
+                port,
+                "  internalTrafficPolicy: Local\n",
+            ),
+            slice(
+                "local-1",
+                "local",
+                "IPv4",
+                sport,
+                &[
+                    ep(0, "{ready: true}", "node-b"),
+                    ep(1, "{ready: true}", "node-a"),
+                ],
+            ),
+            // Local without a local endpoint: refused.
+            service(
+                "remote",
+                &["10.96.0.33"],
+                port,
+                "  internalTrafficPolicy: Local\n",
+            ),
+            slice(
+                "remote-1",
+                "remote",
+                "IPv4",
+                sport,
+                &[ep(0, "{ready: true}", "node-b")],
+            ),
+            // No endpoint at all: refused.
+            service("empty", &["10.96.0.34"], port, ""),
+            // Only a not-ready endpoint: refused.
+            service("unready", &["10.96.0.35"], port, ""),
+            slice(
+                "unready-1",
+                "unready",
+                "IPv4",
+                sport,
+                &[ep(0, "{ready: false, serving: false}", "node-a")],
+            ),
+        ]),
+    );
+    c.start_proxy();
+    c.wait_backends("10.96.0.30:80/tcp", &[format!("{}:8080", pod_ip(0))]);
+    c.wait_backends("10.96.0.31:80/tcp", &[format!("{}:8080", pod_ip(0))]);
+    c.wait_backends("10.96.0.32:80/tcp", &[format!("{}:8080", pod_ip(1))]);
+    c.wait_backends("10.96.0.33:80/tcp", &[]);
+    c.wait_backends("10.96.0.34:80/tcp", &[]);
+    c.wait_backends("10.96.0.35:80/tcp", &[]);
+
+    assert_eq!(
+        tally(&c.run("tcp", "10.96.0.30", 80, 20))
+            .keys()
+            .collect::<Vec<_>>(),
+        ["pod-0:8080"]
+    );
+    assert_eq!(
+        tally(&c.run("tcp", "10.96.0.31", 80, 20))
+            .keys()
+            .collect::<Vec<_>>(),
+        ["pod-0:8080"]
+    );
+    assert_eq!(
+        tally(&c.run("tcp", "10.96.0.32", 80, 20))
+            .keys()
+            .collect::<Vec<_>>(),
+        ["pod-1:8080"]
+    );
+
+    // Refusals: ECONNREFUSED (111) at once, TCP and UDP alike.
+    for vip in ["10.96.0.33", "10.96.0.34", "10.96.0.35"] {
+        for r in c.run("tcp", vip, 80, 5) {
+            assert_eq!(r["errno"], 111, "{vip}: {r}");
+            let ms = r["ms"].as_f64().expect("ms");
+            assert!(ms < 100.0, "{vip}: refused after {ms} ms");
+        }
+    }
+    let pinned = PinnedMaps::open(&c.bpffs()).expect("pins");
+    let counters = pinned.counters().expect("counters");
+    use fairlead_proxy::abi::Reason;
+    assert_eq!(counters.get(Reason::NoLocalBackendReject), 5);
+    assert_eq!(counters.get(Reason::NoBackendReject), 10);
+}
+
+#[test]
+fn session_affinity_sticks_until_the_timeout() {
+    if !privileged("proxy::session_affinity_sticks_until_the_timeout") {
+        return;
+    }
+    let mut c = Cluster::new("affinity", 3, &["tcp:8080"]);
+    c.write(
+        "svc.yaml",
+        &docs(&[
+            service(
+                "sticky",
+                &["10.96.0.40"],
+                "[{port: 80, targetPort: 8080}]",
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n",
+            ),
+            slice("sticky-1", "sticky", "IPv4", "[{port: 8080}]", &(0..3).map(|i| ready(&pod_ip(i))).collect::<Vec<_>>()),
+        ]),
+    );
+    c.start_proxy();
+    c.wait_backends(
+        "10.96.0.40:80/tcp",
+        &(0..3)
+            .map(|i| format!("{}:8080", pod_ip(i)))
+            .collect::<Vec<_>>(),
+    );
+    // All connections of one client (its network namespace) go to one backend.
+    let counts = tally(&c.run("tcp", "10.96.0.40", 80, 40));
+    assert_eq!(counts.len(), 1, "{counts:?}");
+
+    // After the timeout the client is balanced again. Waiting 30 s thirty times is too long
+    // for a test, so age the client's entry instead (last use at second 1 of the clock),
+    // then connect; thirty such rounds spread over all three backends (a backend is missed
+    // with probability 3 × (2/3)^30 < 2e-5). Without the timeout check they would all stick.
+    let mut seen = BTreeMap::new();
+    for _ in 0..30 {
+        age_affinity_entries(&c.bpffs());
+        for (backend, n) in tally(&c.run("tcp", "10.96.0.40", 80, 1)) {
+            *seen.entry(backend).or_insert(0) += n;
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+/// Sets every affinity entry's last use to second 1 of the monotonic clock.
+fn age_affinity_entries(bpffs: &Path) {
+    let data = aya::maps::MapData::from_pin(bpffs.join(maps::AFFINITY)).expect("affinity map");
+    let mut map: aya::maps::HashMap<_, AffinityKey, AffinityValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).expect("hash map");
+    let entries: Vec<(AffinityKey, AffinityValue)> =
+        map.iter().map(|e| e.expect("entry")).collect();
+    assert!(!entries.is_empty(), "no affinity entry to age");
+    for (key, value) in entries {
+        map.insert(key, AffinityValue::new(value.backend_id, 1), 0)
+            .expect("age entry");
+    }
+}
+
+#[test]
+fn restart_keeps_established_connections_and_keeps_balancing() {
+    if !privileged("proxy::restart_keeps_established_connections_and_keeps_balancing") {
+        return;
+    }
+    let mut c = Cluster::new("restart", 3, &["tcp:8080"]);
+    let all: Vec<String> = (0..3).map(|i| format!("{}:8080", pod_ip(i))).collect();
+    c.write(
+        "svc.yaml",
+        &docs(&[
+            service("web", &["10.96.0.50"], "[{port: 80, targetPort: 8080}]", ""),
+            slice(
+                "web-1",
+                "web",
+                "IPv4",
+                "[{port: 8080}]",
+                &(0..3).map(|i| ready(&pod_ip(i))).collect::<Vec<_>>(),
+            ),
+        ]),
+    );
+    c.start_proxy();
+    c.wait_backends("10.96.0.50:80/tcp", &all);
+    let before = c.rendered();
+
+    // One long-lived connection through the VIP.
+    let mut hold = c.client_command(&["hold", "10.96.0.50", "80", "1"]);
+    let mut hold = KillOnDrop(
+        hold.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hold client"),
+    );
+    let mut lines = BufReader::new(hold.0.stdout.take().expect("stdout")).lines();
+    let first: Value =
+        serde_json::from_str(&lines.next().expect("greeting").expect("read")).expect("json");
+    let backend = first["backend"]
+        .as_str()
+        .expect("backend")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(first["peer"], "10.96.0.50:80");
+
+    c.stop_proxy();
+    c.start_proxy();
+    // The restarted proxy adopted the pinned maps and rewrote nothing.
+    let deadline = Instant::now() + TIMEOUT;
+    while !c
+        .log_text()
+        .contains("adopted the pinned load-balancer tables")
+        || !c.log_text().matches("maps synced").nth(1).is_some()
+    {
+        assert!(Instant::now() < deadline, "{}", c.log_text());
+        thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(
+        c.rendered(),
+        before,
+        "ids or slots changed across the restart"
+    );
+
+    // The established connection still works, with the same backend.
+    let stdin = hold.0.stdin.as_mut().expect("stdin");
+    writeln!(stdin, "ping").expect("ping");
+    let answer: Value =
+        serde_json::from_str(&lines.next().expect("answer").expect("read")).expect("json");
+    assert_eq!(answer["answer"], format!("pong:{backend}"));
+
+    // New connections still balance over all three.
+    let counts = tally(&c.run("tcp", "10.96.0.50", 80, 60));
+    assert_eq!(counts.len(), 3, "{counts:?}");
+}
+
+#[test]
+fn five_thousand_endpoints_and_a_full_map() {
+    if !privileged("proxy::five_thousand_endpoints_and_a_full_map") {
+        return;
+    }
+    let mut c = Cluster::new("big", 1, &["tcp:8080"]);
+    // pod-0 answers on every address of 10.250.0.0/16 (a local route), so a Service can have
+    // 5,000 distinct endpoints that all reach it.
+    c.pods[0]
+        .ns
+        .ip(&["route", "add", "local", "10.250.0.0/16", "dev", "lo"])
+        .expect("local route");
+    c.client
+        .ip(&["route", "add", "10.250.0.0/16", "via", &pod_ip(0)])
+        .expect("route");
+    let many = |n: usize, third: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| ready(&format!("10.250.{}.{}", third + i / 250, i % 250 + 1)))
+            .collect()
+    };
+    c.write(
+        "big.yaml",
+        &docs(&[
+            service(
+                "a-big",
+                &["10.96.0.60"],
+                "[{port: 80, targetPort: 8080}]",
+                "",
+            ),
+            slice("a-big-1", "a-big", "IPv4", "[{port: 8080}]", &many(5000, 0)),
+            // Does not fit in --map-backends 6000 next to a-big.
+            service(
+                "b-bigger",
+                &["10.96.0.61"],
+                "[{port: 80, targetPort: 8080}]",
+                "",
+            ),
+            slice(
+                "b-bigger-1",
+                "b-bigger",
+                "IPv4",
+                "[{port: 8080}]",
+                &many(5000, 100),
+            ),
+            service(
+                "c-small",
+                &["10.96.0.62"],
+                "[{port: 80, targetPort: 8080}]",
+                "",
+            ),
+            slice(
+                "c-small-1",
+                "c-small",
+                "IPv4",
+                "[{port: 8080}]",
+                &[ready(&pod_ip(0))],
+            ),
+        ]),
+    );
+    c.proxy_args = vec!["--map-backends".into(), "6000".into()];
+    c.start_proxy();
+    c.wait_backends("10.96.0.62:80/tcp", &[format!("{}:8080", pod_ip(0))]);
+    let text = c.rendered();
+    assert!(
+        text.contains("10.96.0.60:80/tcp  rev-nat 1  backends 5000"),
+        "{text}"
+    );
+    assert!(!text.contains("10.96.0.61"), "{text}");
+    let log = c.log_text();
+    assert!(
+        log.contains("t/b-bigger") && log.contains("fl_lb4_backends is full"),
+        "no clear error for the service that does not fit:\n{log}"
+    );
+    // The 5,000-endpoint Service works; so does the small one; the proxy is still running.
+    let counts = tally(&c.run("tcp", "10.96.0.60", 80, 20));
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["pod-0:8080"]);
+    let counts = tally(&c.run("tcp", "10.96.0.62", 80, 5));
+    assert_eq!(counts.values().sum::<usize>(), 5);
+    assert!(
+        c.proxy
+            .as_mut()
+            .expect("proxy")
+            .0
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "proxy died"
+    );
+}
