@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fairlead_proxy::PinnedMaps;
-use fairlead_proxy::abi::{AffinityKey, AffinityValue, maps};
+use fairlead_proxy::abi::{AffinityKey, AffinityValue, Reason, maps};
 use fairlead_proxy::status::render_contents;
 use fairlead_proxy::tables::LbMaps as _;
 use fairlead_proxy::testing::{KillOnDrop, TestCgroup, TestNetns, TestPinDir, privileged};
@@ -249,14 +249,13 @@ fn run_with_timeout(mut command: Command, timeout: Duration) -> std::process::Ou
     thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out.expect("collect output"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("client hung for {timeout:?}");
-        }
+    if let Ok(out) = rx.recv_timeout(timeout) {
+        out.expect("collect output")
+    } else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("client hung for {timeout:?}");
     }
 }
 
@@ -540,6 +539,10 @@ fn endpoint_changes_ports_and_named_target_ports() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario per Service, listed together"
+)]
 fn readiness_terminating_local_policy_and_refusals() {
     if !privileged("proxy::readiness_terminating_local_policy_and_refusals") {
         return;
@@ -670,7 +673,6 @@ fn readiness_terminating_local_policy_and_refusals() {
     }
     let pinned = PinnedMaps::open(&c.bpffs()).expect("pins");
     let counters = pinned.counters().expect("counters");
-    use fairlead_proxy::abi::Reason;
     assert_eq!(counters.get(Reason::NoLocalBackendReject), 5);
     assert_eq!(counters.get(Reason::NoBackendReject), 10);
 }
@@ -784,7 +786,7 @@ fn restart_keeps_established_connections_and_keeps_balancing() {
     while !c
         .log_text()
         .contains("adopted the pinned load-balancer tables")
-        || !c.log_text().matches("maps synced").nth(1).is_some()
+        || c.log_text().matches("maps synced").nth(1).is_none()
     {
         assert!(Instant::now() < deadline, "{}", c.log_text());
         thread::sleep(Duration::from_millis(25));

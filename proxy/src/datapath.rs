@@ -356,6 +356,21 @@ fn check_pinned(path: &Path, spec: &MapSpec, max_entries: u32) -> Result<(), Err
     Ok(())
 }
 
+/// The root of the cgroup v2 hierarchy: `/sys/fs/cgroup/unified` on hybrid hosts,
+/// `/sys/fs/cgroup` on unified ones.
+#[must_use]
+pub fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|root| root.join("cgroup.procs").is_file() && is_cgroup2(root))
+}
+
+fn is_cgroup2(dir: &Path) -> bool {
+    // cgroup v1 hierarchies have no cgroup.type / cgroup.controllers files.
+    dir.join("cgroup.controllers").is_file() || dir.join("cgroup.subtree_control").is_file()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Datapath, LoadOptions};
@@ -380,19 +395,4 @@ mod tests {
             );
         }
     }
-}
-
-/// The root of the cgroup v2 hierarchy: `/sys/fs/cgroup/unified` on hybrid hosts,
-/// `/sys/fs/cgroup` on unified ones.
-#[must_use]
-pub fn cgroup2_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|root| root.join("cgroup.procs").is_file() && is_cgroup2(root))
-}
-
-fn is_cgroup2(dir: &Path) -> bool {
-    // cgroup v1 hierarchies have no cgroup.type / cgroup.controllers files.
-    dir.join("cgroup.controllers").is_file() || dir.join("cgroup.subtree_control").is_file()
 }

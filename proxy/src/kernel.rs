@@ -235,10 +235,14 @@ fn apply_op(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
             table,
             capacity: capacity(set, table),
         },
-        other => other,
+        e @ WriteError::Kernel { .. } => e,
     })
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one short arm per operation and family reads better than a layer of helpers"
+)]
 fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
     let table = op.table();
     let name = table.map_name();
@@ -399,9 +403,8 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
         }
     };
     let map = set.map(maps::SERVICES4)?;
-    for entry in HashMap::<_, Service4Key, ServiceValue>::try_from(map)
-        .map_err(read(maps::SERVICES4))?
-        .iter()
+    for entry in
+        &HashMap::<_, Service4Key, ServiceValue>::try_from(map).map_err(read(maps::SERVICES4))?
     {
         let (key, value) = entry.map_err(read(maps::SERVICES4))?;
         let frontend = Frontend {
@@ -416,9 +419,8 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
         }
     }
     let map = set.map(maps::SERVICES6)?;
-    for entry in HashMap::<_, Service6Key, ServiceValue>::try_from(map)
-        .map_err(read(maps::SERVICES6))?
-        .iter()
+    for entry in
+        &HashMap::<_, Service6Key, ServiceValue>::try_from(map).map_err(read(maps::SERVICES6))?
     {
         let (key, value) = entry.map_err(read(maps::SERVICES6))?;
         let frontend = Frontend {
@@ -433,10 +435,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
         }
     }
     let map = set.map(maps::BACKENDS4)?;
-    for entry in HashMap::<_, BackendId, Backend4>::try_from(map)
-        .map_err(read(maps::BACKENDS4))?
-        .iter()
-    {
+    for entry in &HashMap::<_, BackendId, Backend4>::try_from(map).map_err(read(maps::BACKENDS4))? {
         let (id, b) = entry.map_err(read(maps::BACKENDS4))?;
         contents.backends.insert(
             (Family::V4, id),
@@ -450,10 +449,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
         );
     }
     let map = set.map(maps::BACKENDS6)?;
-    for entry in HashMap::<_, BackendId, Backend6>::try_from(map)
-        .map_err(read(maps::BACKENDS6))?
-        .iter()
-    {
+    for entry in &HashMap::<_, BackendId, Backend6>::try_from(map).map_err(read(maps::BACKENDS6))? {
         let (id, b) = entry.map_err(read(maps::BACKENDS6))?;
         contents.backends.insert(
             (Family::V6, id),
@@ -467,10 +463,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
         );
     }
     let map = set.map(maps::REV_NAT4)?;
-    for entry in HashMap::<_, RevNatId, RevNat4>::try_from(map)
-        .map_err(read(maps::REV_NAT4))?
-        .iter()
-    {
+    for entry in &HashMap::<_, RevNatId, RevNat4>::try_from(map).map_err(read(maps::REV_NAT4))? {
         let (id, r) = entry.map_err(read(maps::REV_NAT4))?;
         contents.rev_nats.insert(
             (Family::V4, id),
@@ -478,10 +471,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
         );
     }
     let map = set.map(maps::REV_NAT6)?;
-    for entry in HashMap::<_, RevNatId, RevNat6>::try_from(map)
-        .map_err(read(maps::REV_NAT6))?
-        .iter()
-    {
+    for entry in &HashMap::<_, RevNatId, RevNat6>::try_from(map).map_err(read(maps::REV_NAT6))? {
         let (id, r) = entry.map_err(read(maps::REV_NAT6))?;
         contents.rev_nats.insert(
             (Family::V6, id),

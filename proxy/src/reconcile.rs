@@ -287,17 +287,16 @@ impl Reconciler {
         let changed = self
             .applied
             .and_then(|generation| snapshot.changed_services_since(generation));
-        let mut todo: BTreeSet<ServiceKey> = match changed {
-            Some(keys) => keys,
-            None => {
-                report.full = true;
-                snapshot
-                    .services
-                    .keys()
-                    .cloned()
-                    .chain(self.by_service.keys().cloned())
-                    .collect()
-            }
+        let mut todo: BTreeSet<ServiceKey> = if let Some(keys) = changed {
+            keys
+        } else {
+            report.full = true;
+            snapshot
+                .services
+                .keys()
+                .cloned()
+                .chain(self.by_service.keys().cloned())
+                .collect()
         };
         todo.extend(std::mem::take(&mut self.failed));
         let mut done = BTreeSet::new();
@@ -757,10 +756,12 @@ mod tests {
     }
 
     fn service(name: &str, vip: &str, endpoints: &[&str]) -> String {
-        let eps: String = endpoints
-            .iter()
-            .map(|ip| format!("  - addresses: [{ip}]\n"))
-            .collect();
+        let eps: String = endpoints.iter().fold(String::new(), |mut out, ip| {
+            out.push_str("  - addresses: [");
+            out.push_str(ip);
+            out.push_str("]\n");
+            out
+        });
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  clusterIP: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n{eps}"
         )

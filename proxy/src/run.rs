@@ -143,6 +143,10 @@ impl Proxy {
 
     /// Reconciles every model snapshot into the maps until cancelled. The maps stay pinned
     /// when it returns; the programs detach.
+    ///
+    /// # Panics
+    ///
+    /// Never: the maps are handed to a blocking task for each sync and always handed back.
     pub async fn run(self) -> Result<(), Error> {
         let Self {
             datapath,
@@ -174,7 +178,7 @@ impl Proxy {
                     };
                     let capacity = Table::ALL.map(|t| datapath.capacity(t));
                     metrics.observe_sync(elapsed, &report, &reconciler.stats(), &capacity);
-                    let stats = reconciler.stats();
+                    let programmed = reconciler.stats();
                     if report.full || !report.errors.is_empty() {
                         info!(
                             generation,
@@ -183,9 +187,9 @@ impl Proxy {
                             compared = report.services_compared,
                             writes = report.writes,
                             errors = report.errors.len(),
-                            services = stats.services,
-                            frontends = stats.frontends,
-                            backends = stats.backends,
+                            services = programmed.services,
+                            frontends = programmed.frontends,
+                            backends = programmed.backends,
                             "maps synced"
                         );
                     } else {

@@ -66,19 +66,16 @@ pub(crate) fn balance<F: Family>(key: F::ServiceKey, client: Client) -> Verdict<
             rev_nat_id: service.rev_nat_id,
         };
     }
-    let chosen = match select_backend::<F>(key, &service, client.selector) {
-        Ok(chosen) => Ok(chosen),
-        Err(_) => {
-            // User space may be rewriting this service: read slot 0 again and choose once
-            // more before refusing.
-            bump(Reason::SelectionRetried);
-            match copy_of(F::services().get_ptr(key)) {
-                Some(fresh) if fresh.count > 0 => select_backend::<F>(key, &fresh, client.selector),
-                Some(_) => Err(Reason::NoBackendReject),
-                None => Err(Reason::BackendSlotMissing),
-            }
+    let chosen = select_backend::<F>(key, &service, client.selector).or_else(|_| {
+        // User space may be rewriting this service: read slot 0 again and choose once more
+        // before refusing.
+        bump(Reason::SelectionRetried);
+        match copy_of(F::services().get_ptr(key)) {
+            Some(fresh) if fresh.count > 0 => select_backend::<F>(key, &fresh, client.selector),
+            Some(_) => Err(Reason::NoBackendReject),
+            None => Err(Reason::BackendSlotMissing),
         }
-    };
+    });
     match chosen {
         Ok((backend_id, backend)) => {
             if affine {
@@ -119,18 +116,15 @@ fn affinity_backend<F: Family>(
     } else {
         None
     };
-    match backend {
-        Some(backend) => {
-            if value.last_used_secs != now {
-                // SAFETY: as above; a racing writer can at worst store another time.
-                unsafe { (*entry).last_used_secs = now };
-            }
-            Some(backend)
+    if let Some(backend) = backend {
+        if value.last_used_secs != now {
+            // SAFETY: as above; a racing writer can at worst store another time.
+            unsafe { (*entry).last_used_secs = now };
         }
-        None => {
-            bump(Reason::AffinityStale);
-            None
-        }
+        Some(backend)
+    } else {
+        bump(Reason::AffinityStale);
+        None
     }
 }
 
@@ -231,12 +225,8 @@ pub(crate) fn random() -> u32 {
 /// spread over slots (cookies are consecutive numbers).
 #[inline(always)]
 pub(crate) fn hash_cookie(cookie: u64) -> u32 {
-    #[expect(
-        clippy::cast_possible_truncation,
-        reason = "the high half of a 64-bit multiplicative hash"
-    )]
-    let hash = (cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
-    hash
+    let high = cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    u32::try_from(high).unwrap_or(u32::MAX)
 }
 
 /// Seconds of `CLOCK_MONOTONIC`, the affinity clock.
