@@ -898,3 +898,90 @@ fn five_thousand_endpoints_and_a_full_map() {
         "proxy died"
     );
 }
+
+#[test]
+fn connected_udp_socket_to_a_removed_backend_is_destroyed() {
+    if !privileged("proxy::connected_udp_socket_to_a_removed_backend_is_destroyed") {
+        return;
+    }
+    let mut c = Cluster::new("stale", 3, &["udp:5353"]);
+    let dns = |pods: &[usize]| {
+        docs(&[
+            service(
+                "dns",
+                &["10.96.0.70"],
+                "[{port: 53, protocol: UDP, targetPort: 5353}]",
+                "",
+            ),
+            slice(
+                "dns-1",
+                "dns",
+                "IPv4",
+                "[{port: 5353, protocol: UDP}]",
+                &pods.iter().map(|i| ready(&pod_ip(*i))).collect::<Vec<_>>(),
+            ),
+        ])
+    };
+    c.write("dns.yaml", &dns(&[0, 1, 2]));
+    c.start_proxy();
+    c.wait_backends(
+        "10.96.0.70:53/udp",
+        &(0..3)
+            .map(|i| format!("{}:5353", pod_ip(i)))
+            .collect::<Vec<_>>(),
+    );
+    let mut hold = KillOnDrop(
+        c.client_command(&["cudp-hold", "10.96.0.70", "53", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("client"),
+    );
+    let mut lines = BufReader::new(hold.0.stdout.take().expect("stdout")).lines();
+    let mut next = || -> Value {
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("json")
+    };
+    let first = next();
+    assert_eq!(first["peer"], "10.96.0.70:53");
+    let pod: usize = first["backend"].as_str().expect("backend")[4..5]
+        .parse()
+        .expect("pod index");
+
+    // The backend leaves the Service (its pod still runs, so a socket left alone would
+    // still get answers from it).
+    let rest: Vec<usize> = (0..3).filter(|i| *i != pod).collect();
+    c.write("dns.yaml", &dns(&rest));
+    c.wait_backends(
+        "10.96.0.70:53/udp",
+        &rest
+            .iter()
+            .map(|i| format!("{}:5353", pod_ip(*i)))
+            .collect::<Vec<_>>(),
+    );
+    // The socket is destroyed shortly after the sync: the kernel aborts it (the pending
+    // error is ECONNABORTED, 103) and disconnects it, so its next send fails with
+    // EDESTADDRREQ (89) or ECONNABORTED.
+    let deadline = Instant::now() + TIMEOUT;
+    let stdin = hold.0.stdin.as_mut().expect("stdin");
+    loop {
+        writeln!(stdin, "again").expect("write");
+        let answer = next();
+        if answer["errno"] == 103 || answer["errno"] == 89 {
+            break;
+        }
+        assert_eq!(answer["backend"], format!("pod-{pod}:5353"), "{answer}");
+        assert!(
+            Instant::now() < deadline,
+            "the stale socket still talks to pod-{pod}: {}",
+            c.log_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A new socket goes to a remaining backend.
+    let counts = tally(&c.run("cudp", "10.96.0.70", 53, 10));
+    assert!(
+        !counts.contains_key(&format!("pod-{pod}:5353")),
+        "{counts:?}"
+    );
+}

@@ -23,6 +23,7 @@ mod metrics;
 mod object;
 pub mod reconcile;
 mod run;
+mod stale;
 pub mod status;
 pub mod tables;
 #[cfg(feature = "testing")]

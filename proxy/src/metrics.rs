@@ -41,6 +41,7 @@ pub(crate) struct Metrics {
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
     datapath: Family<ReasonLabels, Counter>,
+    stale_sockets: Counter,
     last_counters: Option<Counters>,
 }
 
@@ -55,6 +56,7 @@ impl Metrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             datapath: Family::default(),
+            stale_sockets: Counter::default(),
             last_counters: None,
         };
         let r = registry.sub_registry_with_prefix("proxy");
@@ -97,6 +99,11 @@ impl Metrics {
             "datapath_events",
             "Socket load-balancer events by reason (drops and fallbacks included), from the per-CPU counters",
             this.datapath.clone(),
+        );
+        r.register(
+            "stale_udp_sockets_destroyed",
+            "Connected UDP sockets to a removed backend that were destroyed",
+            this.stale_sockets.clone(),
         );
         this
     }
@@ -147,5 +154,9 @@ impl Metrics {
                 .inc_by(delta);
         }
         self.last_counters = Some(counters);
+    }
+
+    pub(crate) fn stale_sockets_destroyed(&self, n: u64) {
+        self.stale_sockets.inc_by(n);
     }
 }

@@ -103,6 +103,7 @@ pub struct Context<'a> {
 /// A started proxy: maps loaded (or adopted), programs attached, metrics registered.
 #[derive(Debug)]
 pub struct Proxy {
+    cgroup: PathBuf,
     datapath: Datapath,
     reconciler: Reconciler,
     metrics: Metrics,
@@ -132,6 +133,7 @@ impl Proxy {
         let metrics = Metrics::register(ctx.registry);
         info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, "proxy started");
         Ok(Self {
+            cgroup,
             datapath,
             reconciler,
             metrics,
@@ -149,6 +151,7 @@ impl Proxy {
     /// Never: the maps are handed to a blocking task for each sync and always handed back.
     pub async fn run(self) -> Result<(), Error> {
         let Self {
+            cgroup,
             datapath,
             reconciler,
             mut metrics,
@@ -200,6 +203,16 @@ impl Proxy {
                             writes = report.writes,
                             "maps synced"
                         );
+                    }
+                    if !report.removed_udp_backends.is_empty() {
+                        let cgroup = cgroup.clone();
+                        let removed = report.removed_udp_backends;
+                        let destroyed = tokio::task::spawn_blocking(move || {
+                            crate::stale::destroy_udp_sockets(&cgroup, &removed)
+                        })
+                        .await
+                        .unwrap_or(0);
+                        metrics.stale_sockets_destroyed(destroyed as u64);
                     }
                     state = Some((datapath, reconciler));
                     ready.set(true);

@@ -2,7 +2,9 @@
 # each item {"backend": "<reply>", "peer": "<address>:<port>"} or {"errno": n, "ms": t}.
 # MODE: tcp (connect, getpeername, read the greeting), udp (unconnected sendto/recvfrom:
 # "peer" is where the reply came from), cudp (connected UDP), hold (one TCP connection:
-# prints the greeting, then on each stdin line sends a ping and prints the answer).
+# prints the greeting, then on each stdin line sends a ping and prints the answer),
+# cudp-hold (one connected UDP socket: prints the first answer, then on each stdin line
+# sends again and prints the answer or the error).
 import json
 import socket
 import sys
@@ -24,6 +26,20 @@ if mode == "hold":
     for line in sys.stdin:
         s.sendall(b"ping")
         print(json.dumps({"answer": s.recv(100).decode()}), flush=True)
+    sys.exit(0)
+
+if mode == "cudp-hold":
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.connect((host, port))
+    s.send(b"hi")
+    print(json.dumps({"backend": s.recv(100).decode(), "peer": peer_text(s.getpeername())}), flush=True)
+    for line in sys.stdin:
+        try:
+            s.send(b"hi")
+            print(json.dumps({"backend": s.recv(100).decode()}), flush=True)
+        except OSError as e:
+            print(json.dumps({"errno": e.errno or 0}), flush=True)
     sys.exit(0)
 
 out = []
