@@ -59,8 +59,14 @@ enum Command {
     },
     /// Run the whole data plane of a node: proxy, DNS and ingress on one model.
     Node(SourceArgs),
-    /// Run the kernel load balancer (ClusterIP, NodePort, LoadBalancer).
-    Proxy(SourceArgs),
+    /// Run the kernel load balancer (ClusterIP at the socket: connect, sendmsg, recvmsg,
+    /// getpeername in a cgroup).
+    Proxy {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        proxy: fairlead_proxy::Args,
+    },
     /// Run the cluster DNS server.
     Dns {
         #[command(flatten)]
@@ -76,7 +82,14 @@ enum Command {
         ingress: fairlead_ingress::Args,
     },
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
-    Status,
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// The bpffs directory `fairlead proxy` pins its maps in.
+        #[arg(long, value_name = "DIR", default_value = fairlead_proxy::DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -137,7 +150,21 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(code)
         }
         Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
-        Command::Proxy(_) => not_built("proxy", "ClusterIP in the kernel"),
+        Command::Proxy { source, proxy } => serve(&source, |rt| {
+            Box::pin(async move {
+                let context = fairlead_proxy::Context {
+                    model: rt.model.clone(),
+                    ready: rt.ready_flag("proxy"),
+                    cancel: rt.cancel.clone(),
+                    node_name: rt.node_name().map(str::to_owned),
+                    registry: &mut rt.registry,
+                };
+                let component = fairlead_proxy::Proxy::start(&proxy, context)
+                    .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
+                rt.spawn("proxy", Box::pin(async move { Ok(component.run().await?) }));
+                Ok(())
+            })
+        }),
         Command::Dns { source, dns } => serve(&source, |rt| {
             Box::pin(async move {
                 let component = fairlead_dns::Dns::bind(dns, &mut rt.registry).await?;
@@ -169,7 +196,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 Ok(())
             })
         }),
-        Command::Status => not_built("status", "ClusterIP in the kernel"),
+        Command::Status { json, bpffs } => status(json, &bpffs),
     }
 }
 
@@ -200,6 +227,23 @@ fn serve(
 fn not_built(command: &str, issue: &str) -> Result<ExitCode> {
     eprintln!("fairlead {command}: not built yet (see the issue \"{issue}\")");
     Ok(ExitCode::from(2))
+}
+
+/// Prints what the pinned maps hold.
+fn status(json: bool, bpffs: &Path) -> Result<ExitCode> {
+    let pinned = fairlead_proxy::PinnedMaps::open(bpffs).with_context(|| {
+        format!(
+            "opening the maps pinned under {} (is `fairlead proxy --bpffs {0}` running, or has it run?)",
+            bpffs.display()
+        )
+    })?;
+    let status = fairlead_proxy::status::Status::read(&pinned).context("reading the maps")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads every program of the embedded eBPF object into the kernel.

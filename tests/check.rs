@@ -86,7 +86,7 @@ fn missing_directory_is_an_error() {
 
 #[test]
 fn unbuilt_modes_say_so() {
-    for mode in ["node", "proxy", "status"] {
+    for mode in ["node"] {
         let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
             .arg(mode)
             .output()
@@ -97,6 +97,20 @@ fn unbuilt_modes_say_so() {
             "{mode}"
         );
     }
+}
+
+#[test]
+fn status_without_pinned_maps_says_where_it_looked() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(["status", "--bpffs", "/sys/fs/bpf/fairlead-no-such-dir"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/sys/fs/bpf/fairlead-no-such-dir") && stderr.contains("fairlead proxy"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{HashMap, Map, MapData, MapInfo, MapType, PerCpuArray},
+    maps::{HashMap, MapData, MapInfo, MapType},
     programs::{CgroupAttachMode, CgroupSockAddr, Program, cgroup_sock_addr::CgroupSockAddrLinkId},
 };
 use fairlead_abi::{
@@ -24,6 +24,7 @@ use crate::{Error, object::ebpf_object};
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pin_dir: Option<PathBuf>,
+    sizes: Vec<(&'static str, u32)>,
 }
 
 impl LoadOptions {
@@ -47,6 +48,27 @@ impl LoadOptions {
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
     }
+
+    /// Creates the map `name` (one of [`maps::ALL`]) with room for `entries` instead of its
+    /// default size. A pinned map of another size is not adopted (see
+    /// [`Error::IncompatiblePin`]).
+    #[must_use]
+    pub fn map_size(mut self, name: &'static str, entries: u32) -> Self {
+        self.sizes.retain(|(n, _)| *n != name);
+        self.sizes.push((name, entries));
+        self
+    }
+
+    /// The size the map `name` is created with.
+    #[must_use]
+    pub fn size_of(&self, name: &str) -> u32 {
+        self.sizes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, size)| *size)
+            .or_else(|| maps::spec(name).map(|s| s.max_entries))
+            .unwrap_or(0)
+    }
 }
 
 /// The loaded eBPF object: its maps exist in the kernel; its programs are loaded on demand.
@@ -67,6 +89,9 @@ impl Datapath {
             return Err(Error::PlaceholderObject);
         }
         let mut loader = EbpfLoader::new();
+        for (name, entries) in &options.sizes {
+            loader.map_max_entries(name, *entries);
+        }
         if let Some(dir) = options.pin_dir() {
             fs::create_dir_all(dir).map_err(|source| Error::PinDirectory {
                 path: dir.to_owned(),
@@ -75,7 +100,7 @@ impl Datapath {
             for spec in &maps::ALL {
                 let path = dir.join(spec.name);
                 if path.exists() {
-                    check_pinned(&path, spec)?;
+                    check_pinned(&path, spec, options.size_of(spec.name))?;
                     debug!(map = spec.name, path = %path.display(), "adopting pinned map");
                 }
                 loader.map_pin_path(spec.name, path);
@@ -105,14 +130,28 @@ impl Datapath {
         Ok(names)
     }
 
-    /// Attaches the `connect4` program ([`programs::CONNECT4`]) to the cgroup v2 directory
-    /// `cgroup`, loading it first if needed: from then on, `connect()` of IPv4 sockets of
-    /// processes in that cgroup and its descendants is balanced. Detached when `self` drops.
+    /// Attaches every socket program of the object ([`programs::ALL`]: `connect`,
+    /// `sendmsg`, `recvmsg`, `getpeername`, both families) to the cgroup v2 directory
+    /// `cgroup`, loading them first if needed: from then on, sockets of processes in that
+    /// cgroup and its descendants are balanced. Detached when `self` drops.
     ///
-    /// The attachment is a BPF link, so it coexists with programs other tools attached to the
-    /// same cgroup or its ancestors (links are always multi-attach).
-    pub fn attach_connect4(&mut self, cgroup: &Path) -> Result<CgroupSockAddrLinkId, Error> {
-        let name = programs::CONNECT4;
+    /// The attachments are BPF links, so they coexist with programs other tools attached to
+    /// the same cgroup or its ancestors (links are always multi-attach).
+    pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
+        for name in programs::ALL {
+            self.attach_program(name, cgroup)?;
+        }
+        info!(cgroup = %cgroup.display(), programs = programs::ALL.len(), "socket load balancer attached");
+        Ok(())
+    }
+
+    /// Attaches one socket program (a name of [`programs::ALL`]) to the cgroup v2 directory
+    /// `cgroup`, loading it first if needed. Detached when `self` drops.
+    pub fn attach_program(
+        &mut self,
+        name: &str,
+        cgroup: &Path,
+    ) -> Result<CgroupSockAddrLinkId, Error> {
         let cgroup_dir = File::open(cgroup).map_err(|source| Error::Cgroup {
             path: cgroup.to_owned(),
             source,
@@ -145,42 +184,18 @@ impl Datapath {
                 action: "attach",
                 source,
             })?;
-        info!(program = name, cgroup = %cgroup.display(), "attached");
+        debug!(program = name, cgroup = %cgroup.display(), "attached");
         Ok(link)
     }
 
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, Error> {
-        let name = maps::COUNTERS;
-        let map = self.ebpf.map(name).ok_or(Error::MissingMap { name })?;
-        let array = PerCpuArray::<&MapData, u64>::try_from(map).map_err(|source| Error::Map {
-            name,
-            action: "open",
-            source,
-        })?;
-        let mut totals = [0; Reason::COUNT as usize];
-        for (total, reason) in totals.iter_mut().zip(Reason::ALL) {
-            let per_cpu = array.get(&reason.index(), 0).map_err(|source| Error::Map {
-                name,
-                action: "read",
-                source,
-            })?;
-            *total = per_cpu.iter().fold(0, |sum: u64, n| sum.wrapping_add(*n));
-        }
-        Ok(Counters(totals))
+        crate::kernel::counters(self)
     }
 
     /// The kernel's view of one of the object's maps (size, flags, id).
     pub fn map_info(&self, name: &'static str) -> Result<MapInfo, Error> {
-        let map = self.ebpf.map(name).ok_or(Error::MissingMap { name })?;
-        let (Map::HashMap(data) | Map::PerCpuArray(data)) = map else {
-            return Err(Error::UnexpectedMapKind { name });
-        };
-        data.info().map_err(|source| Error::Map {
-            name,
-            action: "inspect",
-            source,
-        })
+        crate::kernel::map_info(self, name)
     }
 
     /// The IPv4 service map ([`maps::SERVICES4`]).
@@ -239,7 +254,7 @@ impl Datapath {
 
 /// The counters of [`Datapath::counters`]: one total per [`Reason`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Counters([u64; Reason::COUNT as usize]);
+pub struct Counters(pub(crate) [u64; Reason::COUNT as usize]);
 
 impl Counters {
     /// The total for `reason`.
@@ -303,8 +318,8 @@ fn load_program(name: &str, program: &mut Program) -> Result<(), Error> {
     })
 }
 
-/// Refuses to adopt a pinned map whose layout differs from `spec`.
-fn check_pinned(path: &Path, spec: &MapSpec) -> Result<(), Error> {
+/// Refuses to adopt a pinned map whose layout or size differs from `spec` and `max_entries`.
+fn check_pinned(path: &Path, spec: &MapSpec, max_entries: u32) -> Result<(), Error> {
     let info = MapInfo::from_pin(path).map_err(|source| Error::InspectPin {
         path: path.to_owned(),
         source,
@@ -318,6 +333,7 @@ fn check_pinned(path: &Path, spec: &MapSpec) -> Result<(), Error> {
     let expected_type = match spec.kind {
         MapKind::Hash => MapType::Hash,
         MapKind::PerCpuArray => MapType::PerCpuArray,
+        MapKind::LruHash => MapType::LruHash,
     };
     match info.map_type() {
         Ok(pinned) if pinned == expected_type => {}
@@ -330,6 +346,7 @@ fn check_pinned(path: &Path, spec: &MapSpec) -> Result<(), Error> {
         ("key size", info.key_size(), spec.key_size),
         ("value size", info.value_size(), spec.value_size),
         ("flags", info.map_flags(), spec.flags),
+        ("max entries", info.max_entries(), max_entries),
     ];
     for (field, pinned, expected) in fields {
         if pinned != expected {
@@ -337,6 +354,21 @@ fn check_pinned(path: &Path, spec: &MapSpec) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The root of the cgroup v2 hierarchy: `/sys/fs/cgroup/unified` on hybrid hosts,
+/// `/sys/fs/cgroup` on unified ones.
+#[must_use]
+pub fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|root| root.join("cgroup.procs").is_file() && is_cgroup2(root))
+}
+
+fn is_cgroup2(dir: &Path) -> bool {
+    // cgroup v1 hierarchies have no cgroup.type / cgroup.controllers files.
+    dir.join("cgroup.controllers").is_file() || dir.join("cgroup.subtree_control").is_file()
 }
 
 #[cfg(test)]

@@ -123,4 +123,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A bug: something that cannot happen did.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }

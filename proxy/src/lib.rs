@@ -1,21 +1,38 @@
-//! User space of fairlead's kernel load balancer: the embedded eBPF object, loading its maps
-//! and programs into the kernel, attaching them, and typed access to the maps.
+//! User space of fairlead's kernel load balancer (the kube-proxy job, at the socket): the
+//! embedded eBPF object, loading and attaching it, the reconciler from the shared model to
+//! the maps, and what `fairlead status` reads back.
 //!
-//! The object is built from `ebpf/programs` by this crate's build.rs and embedded
-//! ([`ebpf_object`]). [`Datapath::load`] creates (or adopts pinned) maps;
-//! [`Datapath::load_all_programs`] puts every program through the verifier;
-//! [`Datapath::attach_connect4`] balances `ClusterIP` connects of one cgroup. The map layout
-//! is the contract in [`fairlead_abi`], re-exported as [`abi`].
+//! - [`Datapath`] loads the object built from `ebpf/programs` ([`ebpf_object`]), creates or
+//!   adopts its maps pinned on bpffs, and attaches the socket programs to a cgroup.
+//! - [`desired`] turns a model Service into the frontends it should have (kube-proxy's
+//!   semantics); [`Reconciler`] diffs them against what the maps hold and writes the
+//!   difference in the order the programs rely on ([`tables::LbMaps`]).
+//! - [`run`] wires it to the model's snapshots, metrics and readiness ([`Args`],
+//!   [`Context`]); [`status`] renders what pinned maps hold.
+//!
+//! The map layout is the contract in [`fairlead_abi`], re-exported as [`abi`].
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod datapath;
+pub mod desired;
 mod error;
+mod kernel;
+mod metrics;
 mod object;
+pub mod reconcile;
+mod run;
+mod stale;
+pub mod status;
+pub mod tables;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use datapath::{Counters, Datapath, LoadOptions};
+pub use datapath::{Counters, Datapath, LoadOptions, cgroup2_root};
 pub use error::Error;
 pub use fairlead_abi as abi;
+pub use kernel::PinnedMaps;
 pub use object::{ebpf_object, ebpf_object_is_placeholder};
+pub use reconcile::{Reconciler, SyncError, SyncReport};
+pub use run::{Args, Context, DEFAULT_BPFFS, Proxy};

@@ -82,20 +82,7 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     text
 }
 
-/// The root of the cgroup v2 hierarchy: `/sys/fs/cgroup/unified` on hybrid hosts,
-/// `/sys/fs/cgroup` on unified ones.
-#[must_use]
-pub fn cgroup2_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|root| root.join("cgroup.procs").is_file() && is_cgroup2(root))
-}
-
-fn is_cgroup2(dir: &Path) -> bool {
-    // cgroup v1 hierarchies have no cgroup.type / cgroup.controllers files.
-    dir.join("cgroup.controllers").is_file() || dir.join("cgroup.subtree_control").is_file()
-}
+pub use crate::datapath::cgroup2_root;
 
 /// A unique, throw-away name: `fairlead-test-<label>-<pid>-<n>-<nanos>`.
 fn unique_name(label: &str) -> String {
@@ -190,5 +177,110 @@ impl Drop for TestPinDir {
                 self.path.display()
             );
         }
+    }
+}
+
+/// A network namespace with a unique name (`flt-<label>-<n>`), deleted on drop with every
+/// interface in it.
+#[derive(Debug)]
+pub struct TestNetns {
+    name: String,
+}
+
+/// A short unique name: interface names have at most 15 bytes.
+fn short_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id() % 100_000;
+    format!("{prefix}{pid}x{n}")
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl TestNetns {
+    /// Creates the namespace and brings its loopback up.
+    pub fn new(label: &str) -> io::Result<Self> {
+        let name = short_name(&format!("flt-{label}-"));
+        ip(&["netns", "add", &name])?;
+        let this = Self { name };
+        this.ip(&["link", "set", "lo", "up"])?;
+        Ok(this)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> io::Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    #[must_use]
+    pub fn command(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Joins `self` and `peer` with a veth pair and gives each end an address with prefix
+    /// (`"10.0.1.1/24"`, `"fd00:1::1/64"`, IPv6 without duplicate-address detection).
+    pub fn link(
+        &self,
+        addresses: &[&str],
+        peer: &TestNetns,
+        peer_addresses: &[&str],
+    ) -> io::Result<()> {
+        let a = short_name("fla");
+        let b = short_name("flb");
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        ip(&["link", "set", &a, "netns", &self.name])?;
+        ip(&["link", "set", &b, "netns", &peer.name])?;
+        for (ns, dev, addrs) in [(self, &a, addresses), (peer, &b, peer_addresses)] {
+            for addr in addrs {
+                if addr.contains(':') {
+                    ns.ip(&["addr", "add", addr, "dev", dev, "nodad"])?;
+                } else {
+                    ns.ip(&["addr", "add", addr, "dev", dev])?;
+                }
+            }
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cannot delete test netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

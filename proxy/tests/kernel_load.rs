@@ -86,6 +86,7 @@ fn pinned_maps_are_adopted_and_checked() {
         Be16::from_host(8080),
         Protocol::Tcp.raw(),
         BackendState::Active,
+        1,
     );
     {
         let mut first = check(Datapath::load(&options));
@@ -144,7 +145,7 @@ fn connect4_balances_refuses_and_passes() {
 
     let cgroup = TestCgroup::new("connect4").expect("create a test cgroup");
     let mut datapath = load();
-    check(datapath.attach_connect4(cgroup.path()));
+    check(datapath.attach(cgroup.path()));
 
     let vip = Ipv4Addr::new(10, 96, 0, 1);
     let empty_vip = Ipv4Addr::new(10, 96, 0, 2);
@@ -220,6 +221,7 @@ fn add_service(
             Be16::from_host(backend_port),
             protocol.raw(),
             BackendState::Active,
+            rev_nat_id,
         );
         check(datapath.backends4())
             .insert(id, backend, 0)

@@ -4,11 +4,17 @@
 //! Ids are allocated by user space, are never 0, and are not reused while a service slot
 //! may still reference them. A backend's address and port never change under the same id:
 //! a changed endpoint gets a new id, so a program never mixes two endpoints.
+//!
+//! A backend id belongs to exactly one service frontend (address, port, protocol): the entry
+//! carries that frontend's [`RevNatId`], and the map holds exactly the backends the
+//! frontend's slots list. So "the id exists and its `rev_nat_id` is the service's" means
+//! "this backend may serve this service now", which is what a session-affinity entry is
+//! checked against.
 
 use core::mem::size_of;
 use core::net::Ipv6Addr;
 
-use crate::{Be16, Be32};
+use crate::{Be16, Be32, RevNatId};
 
 /// Key of the backend maps (host byte order; 0 is never a valid id).
 pub type BackendId = u32;
@@ -69,17 +75,28 @@ pub struct Backend4 {
     pub protocol: u8,
     /// The [`BackendState`] as a `u8`.
     pub state: u8,
+    /// The rev-NAT id of the one service frontend this backend serves.
+    pub rev_nat_id: RevNatId,
+    _pad: u16,
 }
 
 impl Backend4 {
-    /// A backend.
+    /// A backend of the frontend whose rev-NAT id is `rev_nat_id`.
     #[must_use]
-    pub const fn new(address: Be32, port: Be16, protocol: u8, state: BackendState) -> Self {
+    pub const fn new(
+        address: Be32,
+        port: Be16,
+        protocol: u8,
+        state: BackendState,
+        rev_nat_id: RevNatId,
+    ) -> Self {
         Self {
             address,
             port,
             protocol,
             state: state as u8,
+            rev_nat_id,
+            _pad: 0,
         }
     }
 }
@@ -96,17 +113,28 @@ pub struct Backend6 {
     pub protocol: u8,
     /// The [`BackendState`] as a `u8`.
     pub state: u8,
+    /// The rev-NAT id of the one service frontend this backend serves.
+    pub rev_nat_id: RevNatId,
+    _pad: u16,
 }
 
 impl Backend6 {
-    /// A backend.
+    /// A backend of the frontend whose rev-NAT id is `rev_nat_id`.
     #[must_use]
-    pub const fn new(address: [u8; 16], port: Be16, protocol: u8, state: BackendState) -> Self {
+    pub const fn new(
+        address: [u8; 16],
+        port: Be16,
+        protocol: u8,
+        state: BackendState,
+        rev_nat_id: RevNatId,
+    ) -> Self {
         Self {
             address,
             port,
             protocol,
             state: state as u8,
+            rev_nat_id,
+            _pad: 0,
         }
     }
 
@@ -129,22 +157,26 @@ mod tests {
 
     #[test]
     fn backend4_layout() {
-        assert_eq!(size_of::<Backend4>(), 8);
+        assert_eq!(size_of::<Backend4>(), 12);
         assert_eq!(align_of::<Backend4>(), 4);
         assert_eq!(offset_of!(Backend4, address), 0);
         assert_eq!(offset_of!(Backend4, port), 4);
         assert_eq!(offset_of!(Backend4, protocol), 6);
         assert_eq!(offset_of!(Backend4, state), 7);
+        assert_eq!(offset_of!(Backend4, rev_nat_id), 8);
+        assert_eq!(offset_of!(Backend4, _pad), 10);
     }
 
     #[test]
     fn backend6_layout() {
-        assert_eq!(size_of::<Backend6>(), 20);
+        assert_eq!(size_of::<Backend6>(), 24);
         assert_eq!(align_of::<Backend6>(), 2);
         assert_eq!(offset_of!(Backend6, address), 0);
         assert_eq!(offset_of!(Backend6, port), 16);
         assert_eq!(offset_of!(Backend6, protocol), 18);
         assert_eq!(offset_of!(Backend6, state), 19);
+        assert_eq!(offset_of!(Backend6, rev_nat_id), 20);
+        assert_eq!(offset_of!(Backend6, _pad), 22);
     }
 
     #[test]
@@ -154,7 +186,9 @@ mod tests {
             Be16::from_host(8080),
             Protocol::Tcp.raw(),
             BackendState::Terminating,
+            3,
         );
+        assert_eq!(b.rev_nat_id, 3);
         assert_eq!(b.address.to_ipv4(), Ipv4Addr::new(10, 0, 0, 7));
         assert_eq!(b.port.to_host(), 8080);
         assert_eq!(
@@ -166,6 +200,7 @@ mod tests {
             Be16::from_host(8080),
             Protocol::Udp.raw(),
             BackendState::Active,
+            4,
         );
         assert_eq!(b6.ipv6(), Ipv6Addr::LOCALHOST);
     }

@@ -22,11 +22,32 @@ pub enum Reason {
     UnsupportedProtocol = 5,
     /// A two-scope service had no internal-scope entry; its external entry was used.
     InternalScopeMissing = 6,
+    /// A slot or backend was missing (user space was updating the service); the choice was
+    /// made again from a fresh read of the service, once.
+    SelectionRetried = 7,
+    /// A client stuck to its session-affinity backend.
+    AffinityHit = 8,
+    /// A session-affinity entry had expired or named a backend no longer serving the
+    /// service; a new backend was chosen.
+    AffinityStale = 9,
+    /// Recording a session-affinity choice failed; the connection went on unrecorded.
+    AffinityUpdateFailed = 10,
+    /// Recording the reverse translation of a socket failed; the connection was refused
+    /// (replies would otherwise come from an address the application never asked for).
+    RevNatUpdateFailed = 11,
+    /// A reply or peer address was shown as the service address.
+    RevNatHit = 12,
+    /// A reverse translation named a service that is gone or changed; the backend address
+    /// was shown as is.
+    RevNatStale = 13,
+    /// A service with `internalTrafficPolicy: Local` and no endpoint on this node refused a
+    /// connection.
+    NoLocalBackendReject = 14,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 15;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -37,6 +58,14 @@ impl Reason {
         Self::BackendMissing,
         Self::UnsupportedProtocol,
         Self::InternalScopeMissing,
+        Self::SelectionRetried,
+        Self::AffinityHit,
+        Self::AffinityStale,
+        Self::AffinityUpdateFailed,
+        Self::RevNatUpdateFailed,
+        Self::RevNatHit,
+        Self::RevNatStale,
+        Self::NoLocalBackendReject,
     ];
 
     /// The index of this reason in the counter array.
@@ -66,6 +95,14 @@ impl Reason {
             Self::BackendMissing => "backend_missing",
             Self::UnsupportedProtocol => "unsupported_protocol",
             Self::InternalScopeMissing => "internal_scope_missing",
+            Self::SelectionRetried => "selection_retried",
+            Self::AffinityHit => "affinity_hit",
+            Self::AffinityStale => "affinity_stale",
+            Self::AffinityUpdateFailed => "affinity_update_failed",
+            Self::RevNatUpdateFailed => "rev_nat_update_failed",
+            Self::RevNatHit => "rev_nat_hit",
+            Self::RevNatStale => "rev_nat_stale",
+            Self::NoLocalBackendReject => "no_local_backend_reject",
         }
     }
 
@@ -82,6 +119,64 @@ impl Reason {
             Self::InternalScopeMissing => {
                 "two-scope services without an internal entry (external used)"
             }
+            Self::SelectionRetried => "backend choices made again during a service update",
+            Self::AffinityHit => "connections sent to the client's affine backend",
+            Self::AffinityStale => "expired or outdated affinity entries, rebalanced",
+            Self::AffinityUpdateFailed => "affinity choices that could not be recorded",
+            Self::RevNatUpdateFailed => {
+                "connections refused: reverse translation could not be recorded"
+            }
+            Self::RevNatHit => "replies and peers shown as the service address",
+            Self::RevNatStale => "reverse translations of a gone service, not applied",
+            Self::NoLocalBackendReject => {
+                "connections refused: internalTrafficPolicy Local, no local endpoint"
+            }
+        }
+    }
+
+    /// What the event is, for `fairlead status` and metrics: a successful translation, a
+    /// connection left alone, a refusal (drop) or a fallback.
+    #[must_use]
+    pub const fn kind(self) -> ReasonKind {
+        match self {
+            Self::ServiceHit | Self::AffinityHit | Self::RevNatHit => ReasonKind::Translated,
+            Self::NotService | Self::UnsupportedProtocol => ReasonKind::Untouched,
+            Self::NoBackendReject
+            | Self::BackendSlotMissing
+            | Self::BackendMissing
+            | Self::RevNatUpdateFailed
+            | Self::NoLocalBackendReject => ReasonKind::Drop,
+            Self::InternalScopeMissing
+            | Self::SelectionRetried
+            | Self::AffinityStale
+            | Self::AffinityUpdateFailed
+            | Self::RevNatStale => ReasonKind::Fallback,
+        }
+    }
+}
+
+/// The class of a [`Reason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReasonKind {
+    /// The load balancer did its job.
+    Translated,
+    /// Not the load balancer's business.
+    Untouched,
+    /// A connection or datagram was refused.
+    Drop,
+    /// Something unusual happened and a fallback was taken.
+    Fallback,
+}
+
+impl ReasonKind {
+    /// A stable lower-case name.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Translated => "translated",
+            Self::Untouched => "untouched",
+            Self::Drop => "drop",
+            Self::Fallback => "fallback",
         }
     }
 }
@@ -121,5 +216,6 @@ mod tests {
         assert_eq!(Reason::ServiceHit.index(), 0);
         assert_eq!(Reason::NoBackendReject.index(), 2);
         assert_eq!(Reason::InternalScopeMissing.index(), 6);
+        assert_eq!(Reason::NoLocalBackendReject.index(), 14);
     }
 }

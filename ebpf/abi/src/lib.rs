@@ -5,6 +5,7 @@
 //! - [`maps`]: the name, kind, default size and flags of every map;
 //! - [`service`], [`backend`], [`rev_nat`]: the socket load balancer's tables, modelled on
 //!   Cilium's `lb4_key` / `lb4_service` / `lb4_backend` / `lb4_reverse_nat` split;
+//! - [`sock`]: the per-socket LRU maps (reverse socket NAT, session affinity);
 //! - [`counters`]: the per-CPU counter array and the reason behind every index;
 //! - [`programs`]: the names of the programs in the eBPF object.
 //!
@@ -30,6 +31,7 @@ pub mod maps;
 pub mod programs;
 pub mod rev_nat;
 pub mod service;
+pub mod sock;
 
 mod byte_order;
 #[cfg(feature = "user")]
@@ -37,9 +39,12 @@ mod user;
 
 pub use backend::{Backend4, Backend6, BackendId, BackendState};
 pub use byte_order::{Be16, Be32};
-pub use counters::Reason;
+pub use counters::{Reason, ReasonKind};
 pub use rev_nat::{RevNat4, RevNat6, RevNatId};
 pub use service::{Scope, Service4Key, Service6Key, ServiceValue};
+pub use sock::{
+    AffinityKey, AffinityValue, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
+};
 
 /// A transport protocol as the kernel numbers it (`IPPROTO_*`), stored as a `u8` in map keys.
 ///

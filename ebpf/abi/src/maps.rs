@@ -7,13 +7,15 @@
 //! The `*_MAX_ENTRIES` constants are defaults: user space may resize a map at load time
 //! (before it is created). Hash maps are created with [`BPF_F_NO_PREALLOC`]: memory grows
 //! with use, and an update replaces an element under RCU, so a program that looked up the
-//! old value keeps reading a consistent copy instead of one being rewritten in place.
+//! old value keeps reading a consistent copy instead of one being rewritten in place. The
+//! per-socket maps are LRU maps (always preallocated): they evict instead of refusing.
 
 use core::mem::size_of;
 
 use crate::{
-    Backend4, Backend6, BackendId, Reason, RevNat4, RevNat6, RevNatId, Service4Key, Service6Key,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Reason, RevNat4, RevNat6, RevNatId,
+    Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
+    SockRevNat6Key,
 };
 
 /// The longest map or program name the kernel keeps (`BPF_OBJ_NAME_LEN` - 1).
@@ -33,16 +35,26 @@ pub const BACKENDS6: &str = "fl_lb6_backends";
 pub const REV_NAT6: &str = "fl_lb6_revnat";
 /// Per-CPU `u64` counters indexed by [`Reason`].
 pub const COUNTERS: &str = "fl_lb_counters";
+/// IPv4 reverse socket NAT (LRU): [`SockRevNat4Key`] → [`SockRevNat4`].
+pub const SOCK_REV_NAT4: &str = "fl_lb4_skrevnat";
+/// IPv6 reverse socket NAT (LRU): [`SockRevNat6Key`] → [`SockRevNat6`].
+pub const SOCK_REV_NAT6: &str = "fl_lb6_skrevnat";
+/// Session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
+pub const AFFINITY: &str = "fl_lb_affinity";
 
-/// Default size of a service map. Every service takes `1 + backends` entries (one per slot),
-/// so this fits 50,000 services of four backends with room to spare.
+/// Default size of a service map. Every service frontend takes `1 + backends` entries (one
+/// per slot), so this fits 20,000 frontends of ten backends with room to spare.
 pub const SERVICE_MAX_ENTRIES: u32 = 1 << 18;
-/// Default size of a backend map.
-pub const BACKEND_MAX_ENTRIES: u32 = 1 << 17;
+/// Default size of a backend map: one entry per (frontend, endpoint).
+pub const BACKEND_MAX_ENTRIES: u32 = 1 << 18;
 /// Default size of a rev-NAT map: one entry per service address, and ids are `u16`.
 pub const REV_NAT_MAX_ENTRIES: u32 = 1 << 16;
 /// Size of the counter array: one entry per [`Reason`].
 pub const COUNTERS_MAX_ENTRIES: u32 = Reason::COUNT;
+/// Default size of a reverse socket NAT map: one entry per balanced socket and backend.
+pub const SOCK_REV_NAT_MAX_ENTRIES: u32 = 1 << 16;
+/// Default size of the session-affinity map: one entry per client and affine frontend.
+pub const AFFINITY_MAX_ENTRIES: u32 = 1 << 16;
 
 /// `BPF_F_NO_PREALLOC`: hash map elements are allocated on update and freed under RCU.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -57,6 +69,8 @@ pub enum MapKind {
     Hash = 1,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
     PerCpuArray = 6,
+    /// `BPF_MAP_TYPE_LRU_HASH`.
+    LruHash = 9,
 }
 
 /// Everything user space needs to check that a map (for instance one found pinned from a
@@ -86,7 +100,7 @@ const fn size32<T>() -> u32 {
 }
 
 /// Every map of the object.
-pub const ALL: [MapSpec; 7] = [
+pub const ALL: [MapSpec; 10] = [
     MapSpec {
         name: SERVICES4,
         kind: MapKind::Hash,
@@ -143,6 +157,30 @@ pub const ALL: [MapSpec; 7] = [
         max_entries: COUNTERS_MAX_ENTRIES,
         flags: 0,
     },
+    MapSpec {
+        name: SOCK_REV_NAT4,
+        kind: MapKind::LruHash,
+        key_size: size32::<SockRevNat4Key>(),
+        value_size: size32::<SockRevNat4>(),
+        max_entries: SOCK_REV_NAT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: SOCK_REV_NAT6,
+        kind: MapKind::LruHash,
+        key_size: size32::<SockRevNat6Key>(),
+        value_size: size32::<SockRevNat6>(),
+        max_entries: SOCK_REV_NAT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: AFFINITY,
+        kind: MapKind::LruHash,
+        key_size: size32::<AffinityKey>(),
+        value_size: size32::<AffinityValue>(),
+        max_entries: AFFINITY_MAX_ENTRIES,
+        flags: 0,
+    },
 ];
 
 /// The spec of the map called `name`.
@@ -178,7 +216,18 @@ mod tests {
 
     #[test]
     fn sizes_are_what_the_kernel_is_told() {
-        let sizes: [(u32, u32); 7] = [(12, 16), (4, 8), (2, 8), (24, 16), (4, 20), (2, 20), (4, 8)];
+        let sizes: [(u32, u32); 10] = [
+            (12, 16),
+            (4, 12),
+            (2, 8),
+            (24, 16),
+            (4, 24),
+            (2, 20),
+            (4, 8),
+            (16, 8),
+            (32, 20),
+            (16, 8),
+        ];
         for (map, (key, value)) in ALL.iter().zip(sizes) {
             assert_eq!((map.key_size, map.value_size), (key, value), "{}", map.name);
         }

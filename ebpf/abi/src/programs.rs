@@ -7,8 +7,34 @@
 /// kube-proxy REJECT rule had answered.
 pub const CONNECT4: &str = "fl_connect4";
 
+/// `cgroup/connect6`: [`CONNECT4`] for IPv6 sockets (and IPv4-mapped IPv6 addresses).
+pub const CONNECT6: &str = "fl_connect6";
+/// `cgroup/sendmsg4`: balances each datagram an unconnected IPv4 UDP socket sends to a
+/// service address, and records the reverse translation for [`RECVMSG4`].
+pub const SENDMSG4: &str = "fl_sendmsg4";
+/// `cgroup/sendmsg6`: [`SENDMSG4`] for IPv6.
+pub const SENDMSG6: &str = "fl_sendmsg6";
+/// `cgroup/recvmsg4`: shows a reply from a backend to a UDP socket as coming from the
+/// service address the socket sent to.
+pub const RECVMSG4: &str = "fl_recvmsg4";
+/// `cgroup/recvmsg6`: [`RECVMSG4`] for IPv6.
+pub const RECVMSG6: &str = "fl_recvmsg6";
+/// `cgroup/getpeername4`: a balanced socket's peer is the service address, not the backend.
+pub const GETPEERNAME4: &str = "fl_getpeername4";
+/// `cgroup/getpeername6`: [`GETPEERNAME4`] for IPv6.
+pub const GETPEERNAME6: &str = "fl_getpeername6";
+
 /// Every program of the object, sorted by name.
-pub const ALL: [&str; 1] = [CONNECT4];
+pub const ALL: [&str; 8] = [
+    CONNECT4,
+    CONNECT6,
+    GETPEERNAME4,
+    GETPEERNAME6,
+    RECVMSG4,
+    RECVMSG6,
+    SENDMSG4,
+    SENDMSG6,
+];
 
 #[cfg(test)]
 mod tests {

@@ -185,12 +185,19 @@ pub struct ServiceValue {
 }
 
 impl ServiceValue {
-    /// Clients stick to one backend for [`ServiceValue::affinity_timeout_secs`]
-    /// (`sessionAffinity: ClientIP`). Reserved in the layout; the socket programs do not
-    /// honour it yet (they pick a backend at random).
+    /// Clients stick to one backend for [`ServiceValue::affinity_timeout_secs`] after their
+    /// last new connection (`sessionAffinity: ClientIP`). At the socket a client is a network
+    /// namespace (a pod), see [`AffinityKey`](crate::AffinityKey).
     pub const FLAG_SESSION_AFFINITY: u8 = 1 << 0;
     /// Traffic from the node uses the [`Scope::Internal`] entries of this service.
     pub const FLAG_TWO_SCOPES: u8 = 1 << 1;
+    /// The slots list only endpoints on this node (`internalTrafficPolicy: Local`); with
+    /// `count == 0` a refusal is counted as
+    /// [`Reason::NoLocalBackendReject`](crate::Reason::NoLocalBackendReject).
+    pub const FLAG_LOCAL_ONLY: u8 = 1 << 2;
+    /// No endpoint is ready, so the slots list terminating endpoints that still serve
+    /// (kube-proxy's fallback, KEP-1669). Informational: programs treat slots alike.
+    pub const FLAG_TERMINATING_FALLBACK: u8 = 1 << 3;
 
     /// The value of slot 0.
     #[must_use]

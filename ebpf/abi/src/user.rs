@@ -5,7 +5,10 @@
     reason = "aya::Pod is an unsafe marker trait: implementing it asserts the layout rules below"
 )]
 
-use crate::{Backend4, Backend6, RevNat4, RevNat6, Service4Key, Service6Key, ServiceValue};
+use crate::{
+    AffinityKey, AffinityValue, Backend4, Backend6, RevNat4, RevNat6, Service4Key, Service6Key,
+    ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
+};
 
 // SAFETY: `Service4Key` is `#[repr(C)]`, `Copy` and `'static`; its fields are integers
 // (`Be32`/`Be16` are `repr(transparent)` integers) laid out without implicit padding (the
@@ -36,3 +39,26 @@ unsafe impl aya::Pod for RevNat4 {}
 // SAFETY: `#[repr(C)]`, a byte array and integer fields with explicit `_pad`, no implicit
 // padding (layout tests), every bit pattern valid.
 unsafe impl aya::Pod for RevNat6 {}
+
+// SAFETY: `#[repr(C)]`, integer fields with explicit `_pad`, no implicit padding (layout
+// tests in `sock`), every bit pattern valid.
+unsafe impl aya::Pod for SockRevNat4Key {}
+
+// SAFETY: `#[repr(C)]`, integer fields filling all 8 bytes (layout tests), every bit
+// pattern valid.
+unsafe impl aya::Pod for SockRevNat4 {}
+
+// SAFETY: `#[repr(C)]`, integer and byte-array fields with explicit `_pad` (layout tests),
+// every bit pattern valid.
+unsafe impl aya::Pod for SockRevNat6Key {}
+
+// SAFETY: `#[repr(C)]`, a byte array and integer fields filling all 20 bytes (layout
+// tests), every bit pattern valid.
+unsafe impl aya::Pod for SockRevNat6 {}
+
+// SAFETY: `#[repr(C)]`, integer fields with explicit `_pad` (layout tests), every bit
+// pattern valid.
+unsafe impl aya::Pod for AffinityKey {}
+
+// SAFETY: `#[repr(C)]`, two `u32` (layout tests), every bit pattern valid.
+unsafe impl aya::Pod for AffinityValue {}

@@ -1,56 +1,143 @@
-//! Socket load balancing over the service, backend and counter maps: which service an
-//! address is, which backend serves a new connection, and why not.
+//! Socket load balancing over the service, backend, affinity, reverse-NAT and counter maps:
+//! which service an address is, which backend serves a new connection (or datagram), and
+//! why not. Written once for both families ([`Family`]).
 //!
-//! Shared by every socket attach point of a family (`connect4` now; `sendmsg4` next).
-//! Values are copied out of the maps as soon as they are found; the maps are
+//! Values are copied out of the maps as soon as they are found; the hash maps are
 //! `BPF_F_NO_PREALLOC`, so an element found stays readable (RCU) while it is copied even if
 //! user space replaces it at that moment.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
-use fairlead_abi::{Backend4, Reason, Scope, Service4Key, ServiceValue};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use fairlead_abi::{AffinityKey, AffinityValue, Be16, Reason, RevNatId, Scope, ServiceValue};
 
-use crate::maps::{BACKENDS4, COUNTERS, SERVICES4};
+use crate::{
+    family::Family,
+    maps::{AFFINITY, COUNTERS},
+};
 
-/// What to do with a connection.
-pub(crate) enum Verdict4 {
+/// What to do with a connection or datagram.
+pub(crate) enum Verdict<B> {
     /// Not a service: leave the destination alone.
     Pass,
-    /// A service that cannot serve the connection: refuse it.
+    /// A service that cannot serve it: refuse.
     Reject,
-    /// Send the connection to this backend.
-    Translate(Backend4),
+    /// Send it to this backend of the service frontend `rev_nat_id`.
+    Translate {
+        /// The backend.
+        backend: B,
+        /// The frontend's rev-NAT id.
+        rev_nat_id: RevNatId,
+    },
 }
 
-/// Balances a new connection to `key` (slot 0, external scope) for traffic that originates
-/// on this node. Bumps exactly one counter for the outcome.
+/// Who is asking, for affinity and for choosing a backend.
+#[derive(Clone, Copy)]
+pub(crate) struct Client {
+    /// The client's network namespace cookie: the affinity identity.
+    pub(crate) netns: u64,
+    /// A number to choose a slot with: random for TCP (every connection on its own), a hash
+    /// of the socket cookie for UDP, so that the datagrams of one socket keep going to one
+    /// backend while the service does not change.
+    pub(crate) selector: u32,
+}
+
+/// Balances a connection to `key` (slot 0, external scope) from this node. Bumps exactly
+/// one outcome counter (and possibly fallback counters).
 #[inline(always)]
-pub(crate) fn balance4(key: Service4Key) -> Verdict4 {
-    let Some((key, service)) = lookup_service4(key) else {
+pub(crate) fn balance<F: Family>(key: F::ServiceKey, client: Client) -> Verdict<F::Backend> {
+    let Some((key, service)) = lookup_service::<F>(key) else {
         bump(Reason::NotService);
-        return Verdict4::Pass;
+        return Verdict::Pass;
     };
-    match select_backend4(key, &service) {
-        Ok(backend) => {
+    if service.count == 0 {
+        bump(if service.has_flag(ServiceValue::FLAG_LOCAL_ONLY) {
+            Reason::NoLocalBackendReject
+        } else {
+            Reason::NoBackendReject
+        });
+        return Verdict::Reject;
+    }
+    let affine = service.has_flag(ServiceValue::FLAG_SESSION_AFFINITY);
+    let now = now_secs();
+    let affinity_key = AffinityKey::new(client.netns, service.rev_nat_id, F::FAMILY);
+    if affine && let Some(backend) = affinity_backend::<F>(&affinity_key, &service, now) {
+        bump(Reason::AffinityHit);
+        return Verdict::Translate {
+            backend,
+            rev_nat_id: service.rev_nat_id,
+        };
+    }
+    let chosen = select_backend::<F>(key, &service, client.selector).or_else(|_| {
+        // User space may be rewriting this service: read slot 0 again and choose once more
+        // before refusing.
+        bump(Reason::SelectionRetried);
+        match copy_of(F::services().get_ptr(key)) {
+            Some(fresh) if fresh.count > 0 => select_backend::<F>(key, &fresh, client.selector),
+            Some(_) => Err(Reason::NoBackendReject),
+            None => Err(Reason::BackendSlotMissing),
+        }
+    });
+    match chosen {
+        Ok((backend_id, backend)) => {
+            if affine {
+                let value = AffinityValue::new(backend_id, now);
+                if AFFINITY.insert(affinity_key, value, 0).is_err() {
+                    bump(Reason::AffinityUpdateFailed);
+                }
+            }
             bump(Reason::ServiceHit);
-            Verdict4::Translate(backend)
+            Verdict::Translate {
+                backend,
+                rev_nat_id: service.rev_nat_id,
+            }
         }
         Err(reason) => {
             bump(reason);
-            Verdict4::Reject
+            Verdict::Reject
         }
+    }
+}
+
+/// The client's affine backend, if its entry is fresh and the backend still serves the
+/// service (a backend id belongs to one frontend, whose rev-NAT id it carries). Refreshes
+/// the entry's time on a hit.
+#[inline(always)]
+fn affinity_backend<F: Family>(
+    key: &AffinityKey,
+    service: &ServiceValue,
+    now: u32,
+) -> Option<F::Backend> {
+    let entry = AFFINITY.get_ptr_mut(key)?;
+    // SAFETY: a pointer from a successful lookup points to a live element of the map's value
+    // type, valid until the program returns.
+    let value = unsafe { entry.read() };
+    let backend = if value.is_fresh(now, service.affinity_timeout_secs) {
+        copy_of(F::backends().get_ptr(value.backend_id))
+            .filter(|b| F::backend_rev_nat(b) == service.rev_nat_id)
+    } else {
+        None
+    };
+    if let Some(backend) = backend {
+        if value.last_used_secs != now {
+            // SAFETY: as above; a racing writer can at worst store another time.
+            unsafe { (*entry).last_used_secs = now };
+        }
+        Some(backend)
+    } else {
+        bump(Reason::AffinityStale);
+        None
     }
 }
 
 /// Slot 0 of the service at `key`, following the service to its internal-scope entry when
 /// it has two scopes (this node's traffic is internal). Returns the key of the entry used.
 #[inline(always)]
-fn lookup_service4(key: Service4Key) -> Option<(Service4Key, ServiceValue)> {
-    let service = copy_of(SERVICES4.get_ptr(key))?;
+fn lookup_service<F: Family>(key: F::ServiceKey) -> Option<(F::ServiceKey, ServiceValue)> {
+    let service = copy_of(F::services().get_ptr(key))?;
     if !service.has_flag(ServiceValue::FLAG_TWO_SCOPES) {
         return Some((key, service));
     }
-    let internal_key = key.with_scope(Scope::Internal);
-    if let Some(internal) = copy_of(SERVICES4.get_ptr(internal_key)) {
+    let internal_key = F::with_scope(key, Scope::Internal);
+    if let Some(internal) = copy_of(F::services().get_ptr(internal_key)) {
         Some((internal_key, internal))
     } else {
         bump(Reason::InternalScopeMissing);
@@ -58,43 +145,131 @@ fn lookup_service4(key: Service4Key) -> Option<(Service4Key, ServiceValue)> {
     }
 }
 
-/// Picks one of the `count` backend slots of `service` (at random, uniform) and returns its
-/// backend, or the reason the connection must be refused.
+/// Picks slot `selector % count + 1` of `service` and returns its backend, or the reason the
+/// connection must be refused.
 #[inline(always)]
-fn select_backend4(key: Service4Key, service: &ServiceValue) -> Result<Backend4, Reason> {
-    // SAFETY: bpf_get_prandom_u32 takes no arguments and only returns a number.
-    let random = unsafe { bpf_get_prandom_u32() };
+fn select_backend<F: Family>(
+    key: F::ServiceKey,
+    service: &ServiceValue,
+    selector: u32,
+) -> Result<(u32, F::Backend), Reason> {
     // `checked_rem` is `None` exactly when the service has no backends.
-    let Some(index) = random.checked_rem(u32::from(service.count)) else {
+    let Some(index) = selector.checked_rem(u32::from(service.count)) else {
         return Err(Reason::NoBackendReject);
     };
     // index < count <= u16::MAX, so neither the conversion nor `+ 1` can fail.
     let Ok(index) = u16::try_from(index) else {
         return Err(Reason::BackendSlotMissing);
     };
-    let Some(slot) = copy_of(SERVICES4.get_ptr(key.with_slot(index + 1))) else {
+    let Some(slot) = copy_of(F::services().get_ptr(F::with_slot(key, index + 1))) else {
         return Err(Reason::BackendSlotMissing);
     };
     if slot.backend_id == 0 {
         return Err(Reason::BackendSlotMissing);
     }
-    copy_of(BACKENDS4.get_ptr(slot.backend_id)).ok_or(Reason::BackendMissing)
+    copy_of(F::backends().get_ptr(slot.backend_id))
+        .map(|backend| (slot.backend_id, backend))
+        .ok_or(Reason::BackendMissing)
 }
 
-/// Adds one to the per-CPU counter of `reason`.
+/// Records that socket `cookie`, sent to `backend`, asked for the service at
+/// `service_address:service_port`. Writes only when the entry differs, to spare the LRU.
+#[inline(always)]
+pub(crate) fn record_rev_nat<F: Family>(
+    cookie: u64,
+    backend: &F::Backend,
+    service_address: F::Addr,
+    service_port: Be16,
+    rev_nat_id: RevNatId,
+) -> Result<(), ()> {
+    let (address, port) = F::backend_address(backend);
+    let key = F::sock_key(cookie, address, port);
+    if let Some(existing) = copy_of(F::sock_rev_nats().get_ptr(key)) {
+        let (a, p, id) = F::sock_val_parts(&existing);
+        if a == service_address && p == service_port && id == rev_nat_id {
+            return Ok(());
+        }
+    }
+    let value = F::sock_val(service_address, service_port, rev_nat_id);
+    F::sock_rev_nats().insert(key, value, 0).map_err(|_| ())
+}
+
+/// The service address a socket asked for when it was sent to `address:port`, if the
+/// service still exists with that address.
+#[inline(always)]
+pub(crate) fn reverse<F: Family>(
+    cookie: u64,
+    address: F::Addr,
+    port: Be16,
+) -> Option<(F::Addr, Be16)> {
+    let entry = copy_of(F::sock_rev_nats().get_ptr(F::sock_key(cookie, address, port)))?;
+    let (service_address, service_port, rev_nat_id) = F::sock_val_parts(&entry);
+    let current = copy_of(F::rev_nats().get_ptr(rev_nat_id)).map(|r| F::rev_nat_address(&r));
+    if current == Some((service_address, service_port)) {
+        bump(Reason::RevNatHit);
+        Some((service_address, service_port))
+    } else {
+        bump(Reason::RevNatStale);
+        None
+    }
+}
+
+/// A random selector (TCP).
+#[inline(always)]
+pub(crate) fn random() -> u32 {
+    // SAFETY: bpf_get_prandom_u32 takes no arguments and only returns a number.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+/// A selector derived from a socket cookie (UDP): the same for every datagram of a socket,
+/// spread over slots (cookies are consecutive numbers).
+#[inline(always)]
+pub(crate) fn hash_cookie(cookie: u64) -> u32 {
+    let high = cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+    u32::try_from(high).unwrap_or(u32::MAX)
+}
+
+/// Seconds of `CLOCK_MONOTONIC`, the affinity clock.
+#[inline(always)]
+fn now_secs() -> u32 {
+    // SAFETY: bpf_ktime_get_ns takes no arguments and only returns a number.
+    let nanos = unsafe { bpf_ktime_get_ns() };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "seconds since boot fit u32 for 136 years; affinity compares with wrapping"
+    )]
+    let secs = (nanos / 1_000_000_000) as u32;
+    secs
+}
+
+/// Adds one to the per-CPU counter of `reason`, atomically (another program may preempt
+/// this one on the same CPU).
 #[inline(always)]
 pub(crate) fn bump(reason: Reason) {
     if let Some(counter) = COUNTERS.get_ptr_mut(reason.index()) {
-        // SAFETY: the pointer comes from a successful lookup in a per-CPU array, so it points
-        // to this CPU's u64 for the index, valid for the whole program run. Another program
-        // preempting this one on the same CPU could at worst lose one increment.
-        unsafe { *counter += 1 };
+        // SAFETY: the pointer comes from a successful lookup in a per-CPU array: this CPU's
+        // aligned u64 for the index, valid for the whole program run. `lock +=` is the BPF
+        // atomic add (BPF_ATOMIC | BPF_ADD), which the verifier accepts on map values.
+        #[cfg(target_arch = "bpf")]
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({0} + 0) += {1}",
+                in(reg) counter,
+                in(reg) 1_u64,
+                options(nostack),
+            );
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: as above (host builds only lint this code).
+        unsafe {
+            *counter += 1;
+        }
     }
 }
 
 /// Copies a map value out of the map.
 #[inline(always)]
-fn copy_of<T: Copy>(value: Option<*const T>) -> Option<T> {
+pub(crate) fn copy_of<T: Copy>(value: Option<*const T>) -> Option<T> {
     // SAFETY: a pointer returned by a map lookup is non-null, aligned and points to a live
     // element of the map's value type; hash map elements are freed under RCU, so it stays
     // valid until the program returns.

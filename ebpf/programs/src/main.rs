@@ -1,5 +1,6 @@
-//! fairlead's eBPF programs: one file per attach point, thin entry points over shared
-//! load-balancing logic ([`lb`]) and map declarations ([`maps`]).
+//! fairlead's eBPF programs: one file per attach point, thin entry points over the socket
+//! hooks ([`sock`]), shared load-balancing logic ([`lb`]) written once for both address
+//! families ([`family`]), and map declarations ([`maps`]).
 //!
 //! Built for `bpfel-unknown-none` by fairlead-proxy's build.rs (aya-build, nightly,
 //! bpf-linker) and embedded in fairlead-proxy. A host build compiles the same code as an
@@ -7,6 +8,9 @@
 
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF atomic add of the counters is written as inline assembly (core has no 64-bit
+// atomics for bpfel-unknown-none); the object is built with nightly anyway (build-std).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![allow(
     unsafe_code,
     reason = "eBPF programs read and write the kernel's context structures and call helpers; \
@@ -19,8 +23,16 @@
 )]
 
 mod connect4;
+mod connect6;
+mod family;
+mod getpeername4;
+mod getpeername6;
 mod lb;
 mod maps;
+mod recvmsg4;
+mod recvmsg6;
+mod sendmsg4;
+mod sendmsg6;
 mod sock;
 
 /// Panics cannot happen in a verified program: code that could panic leads here, and a

@@ -5,14 +5,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use fairlead_abi::{
-    Backend4, Backend6, BackendId, RevNat4, RevNat6, RevNatId, Service4Key, Service6Key,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, RevNat4, RevNat6, RevNatId,
+    Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
+    SockRevNat6Key,
     maps::{
-        BACKEND_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, HASH_MAP_FLAGS, REV_NAT_MAX_ENTRIES,
-        SERVICE_MAX_ENTRIES,
+        AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, HASH_MAP_FLAGS,
+        REV_NAT_MAX_ENTRIES, SERVICE_MAX_ENTRIES, SOCK_REV_NAT_MAX_ENTRIES,
     },
 };
 
@@ -50,3 +51,18 @@ pub(crate) static REV_NAT6: HashMap<RevNatId, RevNat6> =
 #[map(name = "fl_lb_counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(COUNTERS_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::SOCK_REV_NAT4`.
+#[map(name = "fl_lb4_skrevnat")]
+pub(crate) static SOCK_REV_NAT4: LruHashMap<SockRevNat4Key, SockRevNat4> =
+    LruHashMap::with_max_entries(SOCK_REV_NAT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::SOCK_REV_NAT6`.
+#[map(name = "fl_lb6_skrevnat")]
+pub(crate) static SOCK_REV_NAT6: LruHashMap<SockRevNat6Key, SockRevNat6> =
+    LruHashMap::with_max_entries(SOCK_REV_NAT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::AFFINITY`.
+#[map(name = "fl_lb_affinity")]
+pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);

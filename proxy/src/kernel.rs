@@ -1,0 +1,510 @@
+//! The kernel maps behind [`LbMaps`]: for the loaded object ([`Datapath`]) and for maps
+//! opened from their pins without loading anything ([`PinnedMaps`], what `fairlead status`
+//! reads).
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray};
+use fairlead_abi::{
+    Backend4, Backend6, BackendId, Be16, Be32, Reason, RevNat4, RevNat6, RevNatId, Scope,
+    Service4Key, Service6Key, ServiceValue, maps, maps::MapKind,
+};
+
+use crate::Error;
+use crate::datapath::{Counters, Datapath};
+use crate::tables::{BackendEntry, Contents, Family, Frontend, LbMaps, Op, Table, WriteError};
+
+/// A set of the object's maps by name.
+pub(crate) trait MapSet {
+    fn map(&self, name: &'static str) -> Result<&Map, Error>;
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error>;
+}
+
+impl MapSet for Datapath {
+    fn map(&self, name: &'static str) -> Result<&Map, Error> {
+        self.ebpf().map(name).ok_or(Error::MissingMap { name })
+    }
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
+        self.ebpf_mut()
+            .map_mut(name)
+            .ok_or(Error::MissingMap { name })
+    }
+}
+
+/// The maps pinned under a directory by a running (or earlier) `fairlead proxy`, opened
+/// read-write without loading any program.
+#[derive(Debug)]
+pub struct PinnedMaps {
+    dir: PathBuf,
+    maps: Vec<(&'static str, Map)>,
+}
+
+impl PinnedMaps {
+    /// Opens every map of [`maps::ALL`] pinned under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        let mut out = Vec::new();
+        for spec in &maps::ALL {
+            let path = dir.join(spec.name);
+            let data = MapData::from_pin(&path).map_err(|source| Error::InspectPin {
+                path: path.clone(),
+                source,
+            })?;
+            let map = match spec.kind {
+                MapKind::Hash => Map::HashMap(data),
+                MapKind::LruHash => Map::LruHashMap(data),
+                MapKind::PerCpuArray => Map::PerCpuArray(data),
+            };
+            out.push((spec.name, map));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            maps: out,
+        })
+    }
+
+    /// The pin directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        counters(self)
+    }
+
+    /// The kernel's view of a map.
+    pub fn map_info(&self, name: &'static str) -> Result<MapInfo, Error> {
+        map_info(self, name)
+    }
+
+    /// Entries in a map (by iterating it) and its size.
+    pub fn fill(&self, name: &'static str) -> Result<(usize, u32), Error> {
+        fill(self, name)
+    }
+}
+
+impl MapSet for PinnedMaps {
+    fn map(&self, name: &'static str) -> Result<&Map, Error> {
+        self.maps
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+            .ok_or(Error::MissingMap { name })
+    }
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
+        self.maps
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| m)
+            .ok_or(Error::MissingMap { name })
+    }
+}
+
+fn data<'a>(set: &'a impl MapSet, name: &'static str) -> Result<&'a MapData, Error> {
+    match set.map(name)? {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Ok(d),
+        _ => Err(Error::UnexpectedMapKind { name }),
+    }
+}
+
+pub(crate) fn map_info(set: &impl MapSet, name: &'static str) -> Result<MapInfo, Error> {
+    data(set, name)?.info().map_err(|source| Error::Map {
+        name,
+        action: "inspect",
+        source,
+    })
+}
+
+pub(crate) fn counters(set: &impl MapSet) -> Result<Counters, Error> {
+    let name = maps::COUNTERS;
+    let array =
+        PerCpuArray::<&MapData, u64>::try_from(set.map(name)?).map_err(|source| Error::Map {
+            name,
+            action: "open",
+            source,
+        })?;
+    let mut totals = [0; Reason::COUNT as usize];
+    for (total, reason) in totals.iter_mut().zip(Reason::ALL) {
+        let per_cpu = array.get(&reason.index(), 0).map_err(|source| Error::Map {
+            name,
+            action: "read",
+            source,
+        })?;
+        *total = per_cpu.iter().fold(0, |sum: u64, n| sum.wrapping_add(*n));
+    }
+    Ok(Counters(totals))
+}
+
+pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32), Error> {
+    let max = map_info(set, name)?.max_entries();
+    let map = set.map(name)?;
+    let read = |source| Error::Map {
+        name,
+        action: "read",
+        source,
+    };
+    let count = match name {
+        maps::COUNTERS => return Ok((max as usize, max)),
+        maps::SERVICES4 => HashMap::<_, Service4Key, ServiceValue>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::SERVICES6 => HashMap::<_, Service6Key, ServiceValue>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::BACKENDS4 => HashMap::<_, BackendId, Backend4>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::BACKENDS6 => HashMap::<_, BackendId, Backend6>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::REV_NAT4 => HashMap::<_, RevNatId, RevNat4>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::REV_NAT6 => HashMap::<_, RevNatId, RevNat6>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::SOCK_REV_NAT4 => {
+            HashMap::<_, fairlead_abi::SockRevNat4Key, fairlead_abi::SockRevNat4>::try_from(map)
+                .map_err(read)?
+                .keys()
+                .count()
+        }
+        maps::SOCK_REV_NAT6 => {
+            HashMap::<_, fairlead_abi::SockRevNat6Key, fairlead_abi::SockRevNat6>::try_from(map)
+                .map_err(read)?
+                .keys()
+                .count()
+        }
+        maps::AFFINITY => {
+            HashMap::<_, fairlead_abi::AffinityKey, fairlead_abi::AffinityValue>::try_from(map)
+                .map_err(read)?
+                .keys()
+                .count()
+        }
+        _ => return Err(Error::MissingMap { name }),
+    };
+    Ok((count, max))
+}
+
+fn v4(address: IpAddr) -> Be32 {
+    match address {
+        IpAddr::V4(a) => Be32::from_ipv4(a),
+        IpAddr::V6(_) => Be32::default(),
+    }
+}
+
+fn v6(address: IpAddr) -> [u8; 16] {
+    match address {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+    }
+}
+
+fn write_error(table: Table, error: MapError, capacity: u32) -> WriteError {
+    let io_error = match error {
+        MapError::SyscallError(e) => e.io_error,
+        other => io::Error::other(other.to_string()),
+    };
+    if io_error.raw_os_error() == Some(libc_e2big()) {
+        WriteError::Full { table, capacity }
+    } else {
+        WriteError::Kernel {
+            table,
+            source: io_error,
+        }
+    }
+}
+
+/// `E2BIG`: what a full hash map answers.
+const fn libc_e2big() -> i32 {
+    7
+}
+
+fn apply_op(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
+    apply_inner(set, op).map_err(|e| match e {
+        WriteError::Full { table, .. } => WriteError::Full {
+            table,
+            capacity: capacity(set, table),
+        },
+        e @ WriteError::Kernel { .. } => e,
+    })
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "one short arm per operation and family reads better than a layer of helpers"
+)]
+fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
+    let table = op.table();
+    let name = table.map_name();
+    let capacity = 0;
+    let map = set.map_mut(name).map_err(|e| WriteError::Kernel {
+        table,
+        source: io::Error::other(e.to_string()),
+    })?;
+    let fail = |e| write_error(table, e, capacity);
+    match *op {
+        Op::PutService {
+            frontend,
+            slot,
+            value,
+        } => match frontend.family() {
+            Family::V4 => HashMap::<_, Service4Key, ServiceValue>::try_from(map)
+                .map_err(fail)?
+                .insert(service4_key(frontend, slot), value, 0)
+                .map_err(fail),
+            Family::V6 => HashMap::<_, Service6Key, ServiceValue>::try_from(map)
+                .map_err(fail)?
+                .insert(service6_key(frontend, slot), value, 0)
+                .map_err(fail),
+        },
+        Op::DeleteService { frontend, slot } => match frontend.family() {
+            Family::V4 => ignore_missing(
+                HashMap::<_, Service4Key, ServiceValue>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&service4_key(frontend, slot)),
+            )
+            .map_err(fail),
+            Family::V6 => ignore_missing(
+                HashMap::<_, Service6Key, ServiceValue>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&service6_key(frontend, slot)),
+            )
+            .map_err(fail),
+        },
+        Op::PutBackend { id, backend } => {
+            let state = fairlead_abi::BackendState::from_raw(backend.state)
+                .unwrap_or(fairlead_abi::BackendState::Active);
+            match Family::of(&backend.address) {
+                Family::V4 => HashMap::<_, BackendId, Backend4>::try_from(map)
+                    .map_err(fail)?
+                    .insert(
+                        id,
+                        Backend4::new(
+                            v4(backend.address),
+                            Be16::from_host(backend.port),
+                            backend.protocol,
+                            state,
+                            backend.rev_nat_id,
+                        ),
+                        0,
+                    )
+                    .map_err(fail),
+                Family::V6 => HashMap::<_, BackendId, Backend6>::try_from(map)
+                    .map_err(fail)?
+                    .insert(
+                        id,
+                        Backend6::new(
+                            v6(backend.address),
+                            Be16::from_host(backend.port),
+                            backend.protocol,
+                            state,
+                            backend.rev_nat_id,
+                        ),
+                        0,
+                    )
+                    .map_err(fail),
+            }
+        }
+        Op::DeleteBackend { family, id } => match family {
+            Family::V4 => ignore_missing(
+                HashMap::<_, BackendId, Backend4>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&id),
+            )
+            .map_err(fail),
+            Family::V6 => ignore_missing(
+                HashMap::<_, BackendId, Backend6>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&id),
+            )
+            .map_err(fail),
+        },
+        Op::PutRevNat { id, frontend } => match frontend.family() {
+            Family::V4 => HashMap::<_, RevNatId, RevNat4>::try_from(map)
+                .map_err(fail)?
+                .insert(
+                    id,
+                    RevNat4::new(v4(frontend.address), Be16::from_host(frontend.port)),
+                    0,
+                )
+                .map_err(fail),
+            Family::V6 => HashMap::<_, RevNatId, RevNat6>::try_from(map)
+                .map_err(fail)?
+                .insert(
+                    id,
+                    RevNat6::new(v6(frontend.address), Be16::from_host(frontend.port)),
+                    0,
+                )
+                .map_err(fail),
+        },
+        Op::DeleteRevNat { family, id } => match family {
+            Family::V4 => ignore_missing(
+                HashMap::<_, RevNatId, RevNat4>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&id),
+            )
+            .map_err(fail),
+            Family::V6 => ignore_missing(
+                HashMap::<_, RevNatId, RevNat6>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&id),
+            )
+            .map_err(fail),
+        },
+    }
+}
+
+/// A delete of an entry that is already gone succeeded.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(2) => Ok(()),
+        other => other,
+    }
+}
+
+fn service4_key(frontend: Frontend, slot: u16) -> Service4Key {
+    Service4Key::new(
+        v4(frontend.address),
+        Be16::from_host(frontend.port),
+        frontend.protocol,
+        Scope::External,
+        slot,
+    )
+}
+
+fn service6_key(frontend: Frontend, slot: u16) -> Service6Key {
+    Service6Key::new(
+        v6(frontend.address),
+        Be16::from_host(frontend.port),
+        frontend.protocol,
+        Scope::External,
+        slot,
+    )
+}
+
+fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
+    let mut contents = Contents::default();
+    let read = |name: &'static str| {
+        move |source| Error::Map {
+            name,
+            action: "read",
+            source,
+        }
+    };
+    let map = set.map(maps::SERVICES4)?;
+    for entry in
+        &HashMap::<_, Service4Key, ServiceValue>::try_from(map).map_err(read(maps::SERVICES4))?
+    {
+        let (key, value) = entry.map_err(read(maps::SERVICES4))?;
+        let frontend = Frontend {
+            address: IpAddr::V4(key.address.to_ipv4()),
+            port: key.port.to_host(),
+            protocol: key.protocol,
+        };
+        if Scope::from_raw(key.scope) == Some(Scope::External) {
+            contents.services.insert((frontend, key.slot), value);
+        } else {
+            contents.internal_services.push((frontend, key.slot));
+        }
+    }
+    let map = set.map(maps::SERVICES6)?;
+    for entry in
+        &HashMap::<_, Service6Key, ServiceValue>::try_from(map).map_err(read(maps::SERVICES6))?
+    {
+        let (key, value) = entry.map_err(read(maps::SERVICES6))?;
+        let frontend = Frontend {
+            address: IpAddr::V6(key.ipv6()),
+            port: key.port.to_host(),
+            protocol: key.protocol,
+        };
+        if Scope::from_raw(key.scope) == Some(Scope::External) {
+            contents.services.insert((frontend, key.slot), value);
+        } else {
+            contents.internal_services.push((frontend, key.slot));
+        }
+    }
+    let map = set.map(maps::BACKENDS4)?;
+    for entry in &HashMap::<_, BackendId, Backend4>::try_from(map).map_err(read(maps::BACKENDS4))? {
+        let (id, b) = entry.map_err(read(maps::BACKENDS4))?;
+        contents.backends.insert(
+            (Family::V4, id),
+            BackendEntry {
+                address: IpAddr::V4(b.address.to_ipv4()),
+                port: b.port.to_host(),
+                protocol: b.protocol,
+                state: b.state,
+                rev_nat_id: b.rev_nat_id,
+            },
+        );
+    }
+    let map = set.map(maps::BACKENDS6)?;
+    for entry in &HashMap::<_, BackendId, Backend6>::try_from(map).map_err(read(maps::BACKENDS6))? {
+        let (id, b) = entry.map_err(read(maps::BACKENDS6))?;
+        contents.backends.insert(
+            (Family::V6, id),
+            BackendEntry {
+                address: IpAddr::V6(b.ipv6()),
+                port: b.port.to_host(),
+                protocol: b.protocol,
+                state: b.state,
+                rev_nat_id: b.rev_nat_id,
+            },
+        );
+    }
+    let map = set.map(maps::REV_NAT4)?;
+    for entry in &HashMap::<_, RevNatId, RevNat4>::try_from(map).map_err(read(maps::REV_NAT4))? {
+        let (id, r) = entry.map_err(read(maps::REV_NAT4))?;
+        contents.rev_nats.insert(
+            (Family::V4, id),
+            (IpAddr::V4(r.address.to_ipv4()), r.port.to_host()),
+        );
+    }
+    let map = set.map(maps::REV_NAT6)?;
+    for entry in &HashMap::<_, RevNatId, RevNat6>::try_from(map).map_err(read(maps::REV_NAT6))? {
+        let (id, r) = entry.map_err(read(maps::REV_NAT6))?;
+        contents.rev_nats.insert(
+            (Family::V6, id),
+            (IpAddr::V6(Ipv6Addr::from(r.address)), r.port.to_host()),
+        );
+    }
+    Ok(contents)
+}
+
+fn capacity(set: &impl MapSet, table: Table) -> u32 {
+    map_info(set, table.map_name()).map_or(0, |i| i.max_entries())
+}
+
+impl LbMaps for Datapath {
+    fn apply(&mut self, op: &Op) -> Result<(), WriteError> {
+        apply_op(self, op)
+    }
+    fn contents(&self) -> Result<Contents, Error> {
+        read_contents(self)
+    }
+    fn capacity(&self, table: Table) -> u32 {
+        capacity(self, table)
+    }
+}
+
+impl LbMaps for PinnedMaps {
+    fn apply(&mut self, op: &Op) -> Result<(), WriteError> {
+        apply_op(self, op)
+    }
+    fn contents(&self) -> Result<Contents, Error> {
+        read_contents(self)
+    }
+    fn capacity(&self, table: Table) -> u32 {
+        capacity(self, table)
+    }
+}

@@ -1,0 +1,1026 @@
+//! The reconciler: model snapshot → desired frontends ([`crate::desired`]) → diff against
+//! what the tables hold → ordered writes → prune.
+//!
+//! It keeps a mirror of what it has written (or adopted from pinned maps), updated write by
+//! write, so a failure half-way leaves the mirror true to the kernel and the next sync
+//! carries on from there. Writes follow the order documented in [`fairlead_abi::service`]:
+//! backends and rev-NAT first, then backend slots, the service entry (its count) last; when
+//! shrinking, the count first, then the slots above it, then the backends nothing lists.
+//!
+//! Identifiers are stable: a frontend keeps its rev-NAT id, and a backend (address, port) of
+//! a frontend keeps its id, for as long as they exist — across restarts too, since the ids
+//! found in pinned maps are adopted ([`Reconciler::adopt`]). Backend ids are allocated
+//! upwards and not reused while the 32-bit space lasts; rev-NAT ids are allocated round-robin.
+//!
+//! A sync costs O(changed Services): [`Snapshot::changed_services_since`] names them; only
+//! when the snapshot's change log no longer reaches back to the last applied generation is
+//! every Service compared (and what nobody claims pruned).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use fairlead_abi::{BackendId, RevNatId, ServiceValue};
+use fairlead_model::{ServiceKey, Snapshot};
+use tracing::{debug, error, info, warn};
+
+use crate::desired::{DesiredFrontend, MAX_BACKENDS, desired_frontends};
+use crate::tables::{BackendEntry, Contents, Family, Frontend, LbMaps, Op, Table, WriteError};
+
+/// What is programmed for one frontend (the mirror of its entries).
+#[derive(Clone, Debug, Default)]
+struct Programmed {
+    rev_nat_id: RevNatId,
+    rev_nat: Option<(IpAddr, u16)>,
+    head: Option<ServiceValue>,
+    slots: BTreeMap<u16, ServiceValue>,
+    backends: BTreeMap<BackendId, BackendEntry>,
+}
+
+/// Why a Service (or one of its frontends) could not be programmed. The rest of the model
+/// is programmed regardless; the Service is tried again at the next sync.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A map is full, or the write would overfill it.
+    #[error("service {service} {frontend}: {source}")]
+    Write {
+        /// The Service.
+        service: ServiceKey,
+        /// The frontend.
+        frontend: Frontend,
+        /// What failed.
+        #[source]
+        source: WriteError,
+    },
+    /// More backends than slots.
+    #[error(
+        "service {service} {frontend}: {count} backends, more than the {MAX_BACKENDS} a frontend can have"
+    )]
+    TooManyBackends {
+        /// The Service.
+        service: ServiceKey,
+        /// The frontend.
+        frontend: Frontend,
+        /// How many.
+        count: usize,
+    },
+    /// Another Service holds the same address, port and protocol.
+    #[error("service {service} {frontend}: already served by service {owner}")]
+    Conflict {
+        /// The Service that lost.
+        service: ServiceKey,
+        /// The frontend.
+        frontend: Frontend,
+        /// The Service that holds it.
+        owner: ServiceKey,
+    },
+    /// Every rev-NAT id of the family is taken.
+    #[error("service {service} {frontend}: no free rev-NAT id")]
+    NoRevNatId {
+        /// The Service.
+        service: ServiceKey,
+        /// The frontend.
+        frontend: Frontend,
+    },
+}
+
+impl SyncError {
+    /// A short label for metrics: `map_full`, `kernel`, `too_many_backends`, `conflict`,
+    /// `no_rev_nat_id`.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Write {
+                source: WriteError::Full { .. },
+                ..
+            } => "map_full",
+            SyncError::Write { .. } => "kernel",
+            SyncError::TooManyBackends { .. } => "too_many_backends",
+            SyncError::Conflict { .. } => "conflict",
+            SyncError::NoRevNatId { .. } => "no_rev_nat_id",
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Whether every Service was compared (first sync, or the change log did not reach).
+    pub full: bool,
+    /// Services compared.
+    pub services_compared: usize,
+    /// Writes performed.
+    pub writes: usize,
+    /// What could not be programmed.
+    pub errors: Vec<SyncError>,
+    /// UDP backends removed from a frontend: (address, port). Connected UDP sockets to them
+    /// are stale.
+    pub removed_udp_backends: Vec<(IpAddr, u16)>,
+}
+
+/// Counts of what is programmed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Programmed_ {
+    _p: (),
+}
+
+/// Sizes of what is programmed, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Services with at least one frontend.
+    pub services: usize,
+    /// Frontends.
+    pub frontends: usize,
+    /// Backend entries.
+    pub backends: usize,
+    /// Entries per table, in [`Table::ALL`] order.
+    pub entries: [usize; 6],
+}
+
+/// The one writer of the load-balancer tables.
+#[derive(Debug)]
+pub struct Reconciler {
+    node_name: Option<String>,
+    frontends: BTreeMap<Frontend, Programmed>,
+    owners: HashMap<Frontend, ServiceKey>,
+    by_service: HashMap<ServiceKey, BTreeSet<Frontend>>,
+    contenders: BTreeMap<Frontend, BTreeSet<ServiceKey>>,
+    failed: BTreeSet<ServiceKey>,
+    /// Entries per table (what user space wrote or adopted).
+    entries: [usize; 6],
+    used_backend_ids: HashSet<BackendId>,
+    next_backend_id: BackendId,
+    used_rev_nat: [HashSet<RevNatId>; 2],
+    next_rev_nat: [RevNatId; 2],
+    /// Entries found at adoption that belong to no frontend: deleted at the first full sync.
+    orphans: Vec<Op>,
+    applied: Option<u64>,
+}
+
+fn fam(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
+}
+
+fn table_index(table: Table) -> usize {
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+}
+
+impl Reconciler {
+    /// A reconciler for empty tables, for the node `node_name` (`internalTrafficPolicy:
+    /// Local` keeps endpoints whose `nodeName` is this; without a name no endpoint is local).
+    #[must_use]
+    pub fn new(node_name: Option<String>) -> Self {
+        Self {
+            node_name,
+            frontends: BTreeMap::new(),
+            owners: HashMap::new(),
+            by_service: HashMap::new(),
+            contenders: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            entries: [0; 6],
+            used_backend_ids: HashSet::new(),
+            next_backend_id: 1,
+            used_rev_nat: [HashSet::new(), HashSet::new()],
+            next_rev_nat: [1, 1],
+            orphans: Vec::new(),
+            applied: None,
+        }
+    }
+
+    /// A reconciler that adopts what `maps` hold (pinned maps of an earlier run): frontends
+    /// keep their rev-NAT and backend ids, and nothing is rewritten that the model still
+    /// wants. What the model no longer wants is pruned at the first sync.
+    pub fn adopt(node_name: Option<String>, maps: &impl LbMaps) -> Result<Self, crate::Error> {
+        let mut this = Self::new(node_name);
+        let contents = maps.contents()?;
+        this.load(contents);
+        Ok(this)
+    }
+
+    fn load(&mut self, contents: Contents) {
+        let Contents {
+            services,
+            internal_services,
+            backends,
+            rev_nats,
+        } = contents;
+        // Service entries: group by frontend.
+        for ((frontend, slot), value) in services {
+            let programmed = self.frontends.entry(frontend).or_default();
+            if slot == 0 {
+                programmed.head = Some(value);
+                programmed.rev_nat_id = value.rev_nat_id;
+            } else {
+                programmed.slots.insert(slot, value);
+                if programmed.head.is_none() {
+                    programmed.rev_nat_id = value.rev_nat_id;
+                }
+            }
+            self.entries[table_index(Table::services(frontend.family()))] += 1;
+        }
+        for (frontend, slot) in internal_services {
+            // fairlead writes no internal-scope entries; these are from another version.
+            self.orphans.push(Op::DeleteService { frontend, slot });
+        }
+        let mut by_rev_nat: HashMap<(Family, RevNatId), Frontend> = HashMap::new();
+        for (frontend, programmed) in &self.frontends {
+            by_rev_nat.insert((frontend.family(), programmed.rev_nat_id), *frontend);
+        }
+        for ((family, id), (address, port)) in rev_nats {
+            self.entries[table_index(Table::rev_nat(family))] += 1;
+            match by_rev_nat.get(&(family, id)) {
+                Some(frontend) if frontend.address == address && frontend.port == port => {
+                    let programmed = self.frontends.get_mut(frontend).expect("indexed above");
+                    programmed.rev_nat = Some((address, port));
+                    self.used_rev_nat[fam(family)].insert(id);
+                }
+                _ => self.orphans.push(Op::DeleteRevNat { family, id }),
+            }
+        }
+        for ((family, id), backend) in backends {
+            self.entries[table_index(Table::backends(family))] += 1;
+            self.used_backend_ids.insert(id);
+            self.next_backend_id = self.next_backend_id.max(id.wrapping_add(1)).max(1);
+            match by_rev_nat.get(&(family, backend.rev_nat_id)) {
+                Some(frontend) => {
+                    let programmed = self.frontends.get_mut(frontend).expect("indexed above");
+                    programmed.backends.insert(id, backend);
+                }
+                None => self.orphans.push(Op::DeleteBackend { family, id }),
+            }
+        }
+        for (frontend, programmed) in &self.frontends {
+            self.used_rev_nat[fam(frontend.family())].insert(programmed.rev_nat_id);
+        }
+        info!(
+            frontends = self.frontends.len(),
+            orphans = self.orphans.len(),
+            "adopted the pinned load-balancer tables"
+        );
+    }
+
+    /// Sizes of what is programmed.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        Stats {
+            services: self.by_service.values().filter(|f| !f.is_empty()).count(),
+            frontends: self.frontends.len(),
+            backends: self.frontends.values().map(|p| p.backends.len()).sum(),
+            entries: self.entries,
+        }
+    }
+
+    /// The generation of the last snapshot applied.
+    #[must_use]
+    pub fn applied_generation(&self) -> Option<u64> {
+        self.applied
+    }
+
+    /// Brings the tables to what `snapshot` asks for. Only Services that changed since the
+    /// last sync are compared (all of them on the first sync, which also prunes what no
+    /// Service claims). Failures are reported, logged and retried at the next sync; they
+    /// never stop the rest.
+    pub fn sync(&mut self, snapshot: &Snapshot, maps: &mut impl LbMaps) -> SyncReport {
+        let mut report = SyncReport::default();
+        let changed = self
+            .applied
+            .and_then(|generation| snapshot.changed_services_since(generation));
+        let mut todo: BTreeSet<ServiceKey> = if let Some(keys) = changed {
+            keys
+        } else {
+            report.full = true;
+            snapshot
+                .services
+                .keys()
+                .cloned()
+                .chain(self.by_service.keys().cloned())
+                .collect()
+        };
+        todo.extend(std::mem::take(&mut self.failed));
+        let mut done = BTreeSet::new();
+        // Contenders of released frontends are queued again; each Service at most twice.
+        let mut rounds = 0;
+        while !todo.is_empty() && rounds < 2 {
+            rounds += 1;
+            let mut requeue = BTreeSet::new();
+            for key in std::mem::take(&mut todo) {
+                let service = snapshot.services.get(&key);
+                let desired = service
+                    .map(|s| desired_frontends(s, self.node_name.as_deref()))
+                    .unwrap_or_default();
+                report.services_compared += 1;
+                self.sync_service(&key, desired, maps, &mut report, &mut requeue);
+                done.insert(key);
+            }
+            todo = requeue;
+        }
+        if report.full {
+            self.prune(maps, &mut report);
+        }
+        for error in &report.errors {
+            error!(error = %error, "load-balancer sync: could not program");
+        }
+        self.applied = Some(snapshot.generation);
+        report
+    }
+
+    fn sync_service(
+        &mut self,
+        key: &ServiceKey,
+        desired: Vec<DesiredFrontend>,
+        maps: &mut impl LbMaps,
+        report: &mut SyncReport,
+        requeue: &mut BTreeSet<ServiceKey>,
+    ) {
+        let wanted: BTreeSet<Frontend> = desired.iter().map(|d| d.frontend).collect();
+        let held = self.by_service.remove(key).unwrap_or_default();
+        for frontend in held.difference(&wanted) {
+            if self.owners.get(frontend) == Some(key) {
+                self.owners.remove(frontend);
+                self.remove_frontend(*frontend, maps, report);
+                if let Some(waiting) = self.contenders.remove(frontend) {
+                    requeue.extend(waiting);
+                }
+            }
+        }
+        for waiting in self.contenders.values_mut() {
+            waiting.remove(key);
+        }
+        self.contenders.retain(|_, w| !w.is_empty());
+        let mut owned = BTreeSet::new();
+        let mut failed = false;
+        for d in desired {
+            let frontend = d.frontend;
+            if let Some(owner) = self.owners.get(&frontend)
+                && owner != key
+            {
+                report.errors.push(SyncError::Conflict {
+                    service: key.clone(),
+                    frontend,
+                    owner: owner.clone(),
+                });
+                self.contenders
+                    .entry(frontend)
+                    .or_default()
+                    .insert(key.clone());
+                continue;
+            }
+            self.owners.insert(frontend, key.clone());
+            owned.insert(frontend);
+            if let Err(e) = self.upsert_frontend(key, &d, maps, report) {
+                report.errors.push(e);
+                failed = true;
+            }
+        }
+        if failed {
+            self.failed.insert(key.clone());
+        }
+        if !owned.is_empty() {
+            self.by_service.insert(key.clone(), owned);
+        }
+    }
+
+    /// The writes that make `frontend` what `d` says, in the safe order.
+    fn plan_upsert(&mut self, d: &DesiredFrontend) -> Result<Vec<Op>, ()> {
+        let frontend = d.frontend;
+        let family = frontend.family();
+        let current = self.frontends.get(&frontend).cloned().unwrap_or_default();
+        let rev_nat_id = if self.frontends.contains_key(&frontend) && current.rev_nat_id != 0 {
+            current.rev_nat_id
+        } else {
+            self.allocate_rev_nat(family).ok_or(())?
+        };
+        let mut ops = Vec::new();
+        if current.rev_nat != Some((frontend.address, frontend.port)) {
+            ops.push(Op::PutRevNat {
+                id: rev_nat_id,
+                frontend,
+            });
+        }
+        // Backend ids: the same (address, port) keeps its id.
+        let mut by_endpoint: HashMap<(IpAddr, u16), BackendId> = current
+            .backends
+            .iter()
+            .filter(|(_, b)| b.rev_nat_id == rev_nat_id)
+            .map(|(id, b)| ((b.address, b.port), *id))
+            .collect();
+        let mut desired_ids = Vec::with_capacity(d.backends.len());
+        for b in &d.backends {
+            let id = match by_endpoint.remove(&(b.address, b.port)) {
+                Some(id) => id,
+                None => self.allocate_backend_id(),
+            };
+            let entry = BackendEntry {
+                address: b.address,
+                port: b.port,
+                protocol: frontend.protocol,
+                state: b.state,
+                rev_nat_id,
+            };
+            if current.backends.get(&id) != Some(&entry) {
+                ops.push(Op::PutBackend { id, backend: entry });
+            }
+            desired_ids.push(id);
+        }
+        // Slots: ids that stay keep their slot; the others fill the gaps.
+        let count = desired_ids.len();
+        let wanted: HashSet<BackendId> = desired_ids.iter().copied().collect();
+        let mut placed: HashSet<BackendId> = HashSet::new();
+        let mut layout: Vec<Option<BackendId>> = vec![None; count];
+        for (slot, value) in &current.slots {
+            let index = usize::from(*slot) - 1;
+            if index < count
+                && wanted.contains(&value.backend_id)
+                && placed.insert(value.backend_id)
+            {
+                layout[index] = Some(value.backend_id);
+            }
+        }
+        let mut rest = desired_ids.iter().filter(|id| !placed.contains(id));
+        for cell in &mut layout {
+            if cell.is_none() {
+                *cell = rest.next().copied();
+            }
+        }
+        for (index, id) in layout.iter().enumerate() {
+            let slot = u16::try_from(index + 1).map_err(|_| ())?;
+            let value = ServiceValue::backend(id.unwrap_or(0), rev_nat_id);
+            if current.slots.get(&slot) != Some(&value) {
+                ops.push(Op::PutService {
+                    frontend,
+                    slot,
+                    value,
+                });
+            }
+        }
+        let count16 = u16::try_from(count).map_err(|_| ())?;
+        let head = ServiceValue::service(count16, rev_nat_id, d.flags, d.affinity_timeout_secs);
+        if current.head != Some(head) {
+            ops.push(Op::PutService {
+                frontend,
+                slot: 0,
+                value: head,
+            });
+        }
+        for slot in current.slots.keys().filter(|s| usize::from(**s) > count) {
+            ops.push(Op::DeleteService {
+                frontend,
+                slot: *slot,
+            });
+        }
+        for id in current.backends.keys().filter(|id| !wanted.contains(id)) {
+            ops.push(Op::DeleteBackend { family, id: *id });
+        }
+        Ok(ops)
+    }
+
+    fn upsert_frontend(
+        &mut self,
+        service: &ServiceKey,
+        d: &DesiredFrontend,
+        maps: &mut impl LbMaps,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        let frontend = d.frontend;
+        if d.backends.len() >= MAX_BACKENDS {
+            return Err(SyncError::TooManyBackends {
+                service: service.clone(),
+                frontend,
+                count: d.backends.len(),
+            });
+        }
+        let ops = self.plan_upsert(d).map_err(|()| SyncError::NoRevNatId {
+            service: service.clone(),
+            frontend,
+        })?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // Make sure the whole change fits before writing any of it: additions come first,
+        // so the peak is today's entries plus every new key.
+        let mut adds = [0_usize; 6];
+        let current = self.frontends.get(&frontend);
+        for op in &ops {
+            let new_key = match op {
+                Op::PutService { slot, .. } => current.is_none_or(|c| {
+                    !(if *slot == 0 {
+                        c.head.is_some()
+                    } else {
+                        c.slots.contains_key(slot)
+                    })
+                }),
+                Op::PutBackend { id, .. } => current.is_none_or(|c| !c.backends.contains_key(id)),
+                Op::PutRevNat { .. } => current.is_none_or(|c| c.rev_nat.is_none()),
+                _ => false,
+            };
+            if new_key {
+                adds[table_index(op.table())] += 1;
+            }
+        }
+        for table in Table::ALL {
+            let i = table_index(table);
+            let capacity = maps.capacity(table);
+            if self.entries[i] + adds[i] > capacity as usize {
+                // Ids allocated for this plan are released: nothing was written.
+                self.release_unwritten(&frontend, &ops);
+                return Err(SyncError::Write {
+                    service: service.clone(),
+                    frontend,
+                    source: WriteError::Full { table, capacity },
+                });
+            }
+        }
+        debug!(service = %service, frontend = %frontend, writes = ops.len(), "programming frontend");
+        let removed_udp = frontend.protocol == fairlead_abi::Protocol::Udp.raw();
+        self.frontends.entry(frontend).or_default();
+        for op in ops {
+            if let Err(source) = maps.apply(&op) {
+                return Err(SyncError::Write {
+                    service: service.clone(),
+                    frontend,
+                    source,
+                });
+            }
+            report.writes += 1;
+            if removed_udp
+                && let Op::DeleteBackend { id, .. } = op
+                && let Some(b) = self
+                    .frontends
+                    .get(&frontend)
+                    .and_then(|p| p.backends.get(&id))
+            {
+                report.removed_udp_backends.push((b.address, b.port));
+            }
+            self.record(frontend, &op);
+        }
+        Ok(())
+    }
+
+    /// Deletes a frontend: its service entry first (new connections pass untouched), then
+    /// its slots, its backends and its rev-NAT entry.
+    fn remove_frontend(
+        &mut self,
+        frontend: Frontend,
+        maps: &mut impl LbMaps,
+        report: &mut SyncReport,
+    ) {
+        let Some(current) = self.frontends.get(&frontend).cloned() else {
+            return;
+        };
+        let family = frontend.family();
+        let mut ops = Vec::new();
+        if current.head.is_some() {
+            ops.push(Op::DeleteService { frontend, slot: 0 });
+        }
+        for slot in current.slots.keys() {
+            ops.push(Op::DeleteService {
+                frontend,
+                slot: *slot,
+            });
+        }
+        for id in current.backends.keys() {
+            ops.push(Op::DeleteBackend { family, id: *id });
+            if frontend.protocol == fairlead_abi::Protocol::Udp.raw()
+                && let Some(b) = current.backends.get(id)
+            {
+                report.removed_udp_backends.push((b.address, b.port));
+            }
+        }
+        if current.rev_nat.is_some() {
+            ops.push(Op::DeleteRevNat {
+                family,
+                id: current.rev_nat_id,
+            });
+        }
+        for op in ops {
+            match maps.apply(&op) {
+                Ok(()) => {
+                    report.writes += 1;
+                    self.record(frontend, &op);
+                }
+                Err(e) => {
+                    warn!(frontend = %frontend, error = %e, "deleting a frontend failed; retrying at the next full sync");
+                    return;
+                }
+            }
+        }
+        if let Some(p) = self.frontends.get(&frontend)
+            && p.head.is_none()
+            && p.slots.is_empty()
+            && p.backends.is_empty()
+            && p.rev_nat.is_none()
+        {
+            self.used_rev_nat[fam(family)].remove(&p.rev_nat_id);
+            self.frontends.remove(&frontend);
+        }
+    }
+
+    /// Updates the mirror after a successful write.
+    fn record(&mut self, frontend: Frontend, op: &Op) {
+        let table = table_index(op.table());
+        let p = self.frontends.entry(frontend).or_default();
+        let (added, removed) = match *op {
+            Op::PutService { slot: 0, value, .. } => {
+                p.rev_nat_id = value.rev_nat_id;
+                (p.head.replace(value).is_none(), false)
+            }
+            Op::PutService { slot, value, .. } => (p.slots.insert(slot, value).is_none(), false),
+            Op::DeleteService { slot: 0, .. } => (false, p.head.take().is_some()),
+            Op::DeleteService { slot, .. } => (false, p.slots.remove(&slot).is_some()),
+            Op::PutBackend { id, backend } => {
+                self.used_backend_ids.insert(id);
+                (p.backends.insert(id, backend).is_none(), false)
+            }
+            Op::DeleteBackend { id, .. } => {
+                let removed = p.backends.remove(&id).is_some();
+                self.used_backend_ids.remove(&id);
+                (false, removed)
+            }
+            Op::PutRevNat { id, frontend } => {
+                p.rev_nat_id = id;
+                (
+                    p.rev_nat
+                        .replace((frontend.address, frontend.port))
+                        .is_none(),
+                    false,
+                )
+            }
+            Op::DeleteRevNat { .. } => (false, p.rev_nat.take().is_some()),
+        };
+        if added {
+            self.entries[table] += 1;
+        }
+        if removed {
+            self.entries[table] = self.entries[table].saturating_sub(1);
+        }
+    }
+
+    /// Deletes adopted frontends no Service claimed, and orphan entries.
+    fn prune(&mut self, maps: &mut impl LbMaps, report: &mut SyncReport) {
+        let unowned: Vec<Frontend> = self
+            .frontends
+            .keys()
+            .filter(|f| !self.owners.contains_key(f))
+            .copied()
+            .collect();
+        if !unowned.is_empty() {
+            info!(
+                frontends = unowned.len(),
+                "pruning frontends no Service claims"
+            );
+        }
+        for frontend in unowned {
+            self.remove_frontend(frontend, maps, report);
+        }
+        for op in std::mem::take(&mut self.orphans) {
+            match maps.apply(&op) {
+                Ok(()) => {
+                    report.writes += 1;
+                    let table = table_index(op.table());
+                    self.entries[table] = self.entries[table].saturating_sub(1);
+                    if let Op::DeleteBackend { id, .. } = op {
+                        self.used_backend_ids.remove(&id);
+                    }
+                }
+                Err(e) => warn!(error = %e, "pruning an orphan entry failed"),
+            }
+        }
+    }
+
+    fn release_unwritten(&mut self, frontend: &Frontend, ops: &[Op]) {
+        let current = self.frontends.get(frontend);
+        for op in ops {
+            match op {
+                Op::PutRevNat { id, frontend } if current.is_none_or(|c| c.rev_nat.is_none()) => {
+                    self.used_rev_nat[fam(frontend.family())].remove(id);
+                }
+                Op::PutBackend { id, .. }
+                    if current.is_none_or(|c| !c.backends.contains_key(id)) =>
+                {
+                    self.used_backend_ids.remove(id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn allocate_backend_id(&mut self) -> BackendId {
+        loop {
+            let id = self.next_backend_id;
+            self.next_backend_id = self.next_backend_id.wrapping_add(1).max(1);
+            if id != 0 && self.used_backend_ids.insert(id) {
+                return id;
+            }
+        }
+    }
+
+    fn allocate_rev_nat(&mut self, family: Family) -> Option<RevNatId> {
+        let i = fam(family);
+        let used = &mut self.used_rev_nat[i];
+        if used.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        loop {
+            let id = self.next_rev_nat[i];
+            self.next_rev_nat[i] = self.next_rev_nat[i].wrapping_add(1).max(1);
+            if id != 0 && used.insert(id) {
+                return Some(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use fairlead_model::{Change, ModelWriter, Snapshot, decode};
+
+    use super::Reconciler;
+    use crate::status::render_contents;
+    use crate::tables::{Family, LbMaps, MemoryMaps, Op, Table};
+
+    fn changes(yaml: &str) -> Vec<Change> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|doc| {
+                let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+                Change::Upsert {
+                    object: decode(value).expect("object"),
+                    origin: None,
+                }
+            })
+            .collect()
+    }
+
+    fn service(name: &str, vip: &str, endpoints: &[&str]) -> String {
+        let eps: String = endpoints.iter().fold(String::new(), |mut out, ip| {
+            out.push_str("  - addresses: [");
+            out.push_str(ip);
+            out.push_str("]\n");
+            out
+        });
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  clusterIP: {vip}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n{eps}"
+        )
+    }
+
+    fn model(yaml: &str) -> (ModelWriter, Arc<Snapshot>) {
+        let (mut writer, _rx) = ModelWriter::new();
+        writer.replace_all(changes(yaml), Vec::new(), true);
+        let snapshot = writer.snapshot();
+        (writer, snapshot)
+    }
+
+    #[test]
+    fn a_second_sync_writes_nothing() {
+        let (_w, snapshot) = model(&service("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]));
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        let first = r.sync(&snapshot, &mut maps);
+        assert!(first.full && first.writes == 6, "{first:?}");
+        let before = render_contents(&maps.contents().unwrap());
+        let mut r2_maps = maps.clone();
+        let again = r.sync(&snapshot, &mut r2_maps);
+        assert_eq!((again.writes, again.services_compared), (0, 0));
+        assert_eq!(render_contents(&r2_maps.contents().unwrap()), before);
+    }
+
+    /// Backends and rev-NAT before slots, slots before the count; when shrinking, the count
+    /// before the slots it no longer covers, and backends last.
+    #[test]
+    fn writes_follow_the_documented_order() {
+        let (mut w, snapshot) = model(&service("a", "10.96.0.1", &["10.0.0.1"]));
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        r.sync(&snapshot, &mut maps);
+        let kinds = |log: &[Op]| -> Vec<&'static str> {
+            log.iter()
+                .map(|op| match op {
+                    Op::PutRevNat { .. } => "revnat",
+                    Op::PutBackend { .. } => "backend",
+                    Op::PutService { slot: 0, .. } => "count",
+                    Op::PutService { .. } => "slot",
+                    Op::DeleteService { slot: 0, .. } => "del-count",
+                    Op::DeleteService { .. } => "del-slot",
+                    Op::DeleteBackend { .. } => "del-backend",
+                    Op::DeleteRevNat { .. } => "del-revnat",
+                })
+                .collect()
+        };
+        assert_eq!(kinds(&maps.log), ["revnat", "backend", "slot", "count"]);
+
+        maps.log.clear();
+        w.apply(changes(&service(
+            "a",
+            "10.96.0.1",
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+        )));
+        r.sync(&w.snapshot(), &mut maps);
+        assert_eq!(
+            kinds(&maps.log),
+            ["backend", "backend", "slot", "slot", "count"]
+        );
+
+        maps.log.clear();
+        w.apply(changes(&service("a", "10.96.0.1", &["10.0.0.3"])));
+        r.sync(&w.snapshot(), &mut maps);
+        // 10.0.0.3 moves into slot 1, then the count drops, then slots 2..3 and the two
+        // backends go.
+        assert_eq!(
+            kinds(&maps.log),
+            [
+                "slot",
+                "count",
+                "del-slot",
+                "del-slot",
+                "del-backend",
+                "del-backend"
+            ]
+        );
+
+        maps.log.clear();
+        w.apply([Change::Delete(fairlead_model::ObjectId {
+            kind: fairlead_model::Kind::Service,
+            namespace: "ns".into(),
+            name: "a".into(),
+        })]);
+        r.sync(&w.snapshot(), &mut maps);
+        assert_eq!(
+            kinds(&maps.log),
+            ["del-count", "del-slot", "del-backend", "del-revnat"]
+        );
+        assert_eq!(maps.contents().unwrap(), crate::tables::Contents::default());
+    }
+
+    #[test]
+    fn ids_are_stable_and_slots_stay_put() {
+        let (mut w, snapshot) = model(&service(
+            "a",
+            "10.96.0.1",
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+        ));
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        r.sync(&snapshot, &mut maps);
+        let before = maps.contents().unwrap();
+        w.apply(changes(&service(
+            "a",
+            "10.96.0.1",
+            &["10.0.0.1", "10.0.0.3", "10.0.0.4"],
+        )));
+        maps.log.clear();
+        let report = r.sync(&w.snapshot(), &mut maps);
+        let after = maps.contents().unwrap();
+        // Slot 1 (10.0.0.1) and slot 3 (10.0.0.3) are untouched; slot 2 gets the new one.
+        for slot in [1, 3] {
+            let key = before.services.keys().find(|(_, s)| *s == slot).unwrap();
+            assert_eq!(before.services[key], after.services[key]);
+        }
+        assert_eq!(report.writes, 3, "{:?}", maps.log); // backend, slot 2, delete old backend
+        let rev: BTreeSet<_> = after.rev_nats.keys().collect();
+        assert_eq!(rev, before.rev_nats.keys().collect());
+    }
+
+    #[test]
+    fn adoption_keeps_ids_and_rewrites_nothing_then_prunes_the_rest() {
+        let yaml = format!(
+            "{}\n---\n{}",
+            service("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
+            service("b", "10.96.0.2", &["10.0.1.1"])
+        );
+        let (_w, snapshot) = model(&yaml);
+        let mut maps = MemoryMaps::new();
+        Reconciler::new(None).sync(&snapshot, &mut maps);
+        let programmed = maps.contents().unwrap();
+
+        // A restart with the same model: nothing is written.
+        let mut adopted = Reconciler::adopt(None, &maps).unwrap();
+        maps.log.clear();
+        let report = adopted.sync(&snapshot, &mut maps);
+        assert_eq!(report.writes, 0, "{:?}", maps.log);
+        assert_eq!(maps.contents().unwrap(), programmed);
+
+        // A restart with b gone from the model: b is pruned, a untouched; a new service gets
+        // ids that do not collide with the adopted ones.
+        let yaml = format!(
+            "{}\n---\n{}",
+            service("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
+            service("c", "10.96.0.3", &["10.0.2.1"])
+        );
+        let (_w, snapshot) = model(&yaml);
+        let mut adopted = Reconciler::adopt(None, &maps).unwrap();
+        adopted.sync(&snapshot, &mut maps);
+        let text = render_contents(&maps.contents().unwrap());
+        assert!(!text.contains("10.96.0.2"), "{text}");
+        assert!(text.contains("10.96.0.3:80/tcp  rev-nat 3"), "{text}");
+        assert!(
+            text.contains("10.0.2.1:8080                            active       id 4"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_changed_service_costs_one_comparison() {
+        let yaml: Vec<String> = (0..500)
+            .map(|i| {
+                service(
+                    &format!("s{i}"),
+                    &format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                    &["10.0.0.1"],
+                )
+            })
+            .collect();
+        let (mut w, snapshot) = model(&yaml.join("\n---\n"));
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        assert_eq!(r.sync(&snapshot, &mut maps).services_compared, 500);
+        w.apply(changes(&service(
+            "s7",
+            "10.96.0.8",
+            &["10.0.0.1", "10.0.0.9"],
+        )));
+        let report = r.sync(&w.snapshot(), &mut maps);
+        assert!(!report.full);
+        assert_eq!((report.services_compared, report.writes), (1, 3));
+    }
+
+    #[test]
+    fn a_full_map_is_an_error_for_that_service_only() {
+        let yaml = format!(
+            "{}\n---\n{}",
+            service("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]),
+            service(
+                "big",
+                "10.96.0.2",
+                &["10.0.1.1", "10.0.1.2", "10.0.1.3", "10.0.1.4"]
+            )
+        );
+        let (mut w, snapshot) = model(&yaml);
+        let mut maps = MemoryMaps::new().with_capacity(Table::Backends4, 4);
+        let mut r = Reconciler::new(None);
+        let report = r.sync(&snapshot, &mut maps);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.errors[0].kind(), "map_full");
+        let message = report.errors[0].to_string();
+        assert!(
+            message.contains("ns/big") && message.contains("fl_lb4_backends is full"),
+            "{message}"
+        );
+        // a is programmed; nothing of big was written.
+        let text = render_contents(&maps.contents().unwrap());
+        assert!(text.contains("10.96.0.1:80/tcp"), "{text}");
+        assert!(!text.contains("10.96.0.2"), "{text}");
+        assert_eq!(maps.len(Table::Backends4), 2);
+        // Once a shrinks, big fits at the next sync (it is retried).
+        w.apply(changes(&service("a", "10.96.0.1", &[])));
+        let report = r.sync(&w.snapshot(), &mut maps);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(maps.len(Table::Backends4), 4);
+        let _ = Family::V4;
+    }
+
+    #[test]
+    fn a_conflicting_service_takes_over_when_the_owner_goes() {
+        let yaml = format!(
+            "{}\n---\n{}",
+            service("a", "10.96.0.1", &["10.0.0.1"]),
+            service("b", "10.96.0.1", &["10.0.0.2"])
+        );
+        let (mut w, snapshot) = model(&yaml);
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        let report = r.sync(&snapshot, &mut maps);
+        assert_eq!(report.errors.len(), 1);
+        assert_eq!(report.errors[0].kind(), "conflict");
+        assert!(render_contents(&maps.contents().unwrap()).contains("10.0.0.1:8080"));
+        w.apply([Change::Delete(fairlead_model::ObjectId {
+            kind: fairlead_model::Kind::Service,
+            namespace: "ns".into(),
+            name: "a".into(),
+        })]);
+        let report = r.sync(&w.snapshot(), &mut maps);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let text = render_contents(&maps.contents().unwrap());
+        assert!(
+            text.contains("10.0.0.2:8080") && !text.contains("10.0.0.1:8080"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn five_thousand_endpoints_fit() {
+        let endpoints: Vec<String> = (0..5000)
+            .map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1))
+            .collect();
+        let refs: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+        let (_w, snapshot) = model(&service("huge", "10.96.0.1", &refs));
+        let mut maps = MemoryMaps::new();
+        let report = Reconciler::new(None).sync(&snapshot, &mut maps);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(maps.len(Table::Backends4), 5000);
+        assert_eq!(maps.len(Table::Services4), 5001);
+    }
+}
