@@ -570,6 +570,11 @@ impl Merge {
                 .iter()
                 .flat_map(|(kind, _)| stores.upserts(*kind))
                 .collect();
+            if self.kinds.iter().any(|(k, _)| *k == Kind::Node) && stores.len(Kind::Node) == 0 {
+                warn!(
+                    "this node's Node object does not exist (check --node-name): node addresses and zone stay unknown until it appears"
+                );
+            }
             let objects = changes.len();
             let generation = writer.replace_all(changes, Vec::new(), true);
             self.synced = true;
