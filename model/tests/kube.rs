@@ -77,18 +77,19 @@ impl Drop for Running {
 }
 
 fn start(node_name: Option<&str>) -> (Running, KubeSource) {
+    start_with(KubeOptions {
+        node_name: node_name.map(str::to_owned),
+        namespace: None,
+    })
+}
+
+fn start_with(options: KubeOptions) -> (Running, KubeSource) {
     let mut registry = Registry::with_prefix("fairlead");
     let published = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&published);
-    let source = KubeSource::new(
-        KubeOptions {
-            node_name: node_name.map(str::to_owned),
-            namespace: None,
-        },
-        registry.sub_registry_with_prefix("kube"),
-    )
-    .unwrap()
-    .on_publish(move |s| record.lock().unwrap().push(Arc::clone(s)));
+    let source = KubeSource::new(options, registry.sub_registry_with_prefix("kube"))
+        .unwrap()
+        .on_publish(move |s| record.lock().unwrap().push(Arc::clone(s)));
     let (_, rx) = ModelWriter::new();
     (
         Running {
@@ -102,7 +103,17 @@ fn start(node_name: Option<&str>) -> (Running, KubeSource) {
 }
 
 fn run(server: &FakeApiserver, node_name: Option<&str>) -> Running {
-    let (mut running, source) = start(node_name);
+    run_with(
+        server,
+        KubeOptions {
+            node_name: node_name.map(str::to_owned),
+            namespace: None,
+        },
+    )
+}
+
+fn run_with(server: &FakeApiserver, options: KubeOptions) -> Running {
+    let (mut running, source) = start_with(options);
     let (writer, rx) = ModelWriter::new();
     running.rx = rx;
     let client = server.client();
@@ -520,5 +531,45 @@ async fn ingress_status_is_written_only_on_served_ingresses_and_only_when_it_dif
     assert!(
         metrics.contains("fairlead_ingress_status_patches_total{op=\"set\",result=\"ok\"} 2"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_limits_the_namespaced_watches() {
+    let mut objects = cluster();
+    objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}));
+    let mut elsewhere = service("x", 80);
+    elsewhere["metadata"]["namespace"] = json!("other");
+    objects.push(elsewhere);
+    let server = FakeApiserver::start(objects).await;
+    let mut running = run_with(
+        &server,
+        KubeOptions {
+            node_name: None,
+            namespace: Some("demo".to_owned()),
+        },
+    );
+    let snapshot = running.until("synced", |s| s.synced).await;
+    assert_eq!(names(&snapshot), set(&["a", "b"]));
+    assert!(snapshot.service("other", "x").is_none());
+    assert_eq!(
+        snapshot.namespaces.iter().collect::<Vec<_>>(),
+        ["demo"],
+        "only the namespace's own Namespace object"
+    );
+    assert!(snapshot.nodes.is_empty(), "no node name, no Node");
+    let requests = server.requests();
+    for plural in ["services", "endpointslices", "ingresses", "secrets"] {
+        assert!(
+            requests
+                .iter()
+                .filter(|r| r.is_list_of(plural))
+                .all(|r| r.path.contains("/namespaces/demo/")),
+            "{plural} are listed in demo only"
+        );
+    }
+    assert!(
+        !requests.iter().any(|r| r.is_list_of("nodes")),
+        "no Node watch without a node name"
     );
 }

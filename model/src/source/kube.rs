@@ -93,22 +93,39 @@ const fn watched<K: k8s_openapi::Resource>() -> ApiAccess {
     }
 }
 
+/// What the watcher of `kind` uses.
+#[must_use]
+pub const fn watch_access(kind: Kind) -> ApiAccess {
+    match kind {
+        Kind::Service => watched::<Service>(),
+        Kind::EndpointSlice => watched::<EndpointSlice>(),
+        Kind::Ingress => watched::<Ingress>(),
+        Kind::IngressClass => watched::<IngressClass>(),
+        Kind::Secret => watched::<Secret>(),
+        Kind::Node => watched::<Node>(),
+        Kind::Namespace => watched::<Namespace>(),
+    }
+}
+
+/// What the Ingress status writer ([`status`]) uses.
+pub const STATUS_ACCESS: ApiAccess = ApiAccess {
+    group: <Ingress as k8s_openapi::Resource>::GROUP,
+    resource: status::INGRESS_STATUS,
+    verbs: STATUS_VERBS,
+};
+
 /// Everything fairlead does on the apiserver: the watchers of this module
-/// and the Ingress status writer ([`status`]). The RBAC rules in `deploy/` are
-/// checked against this list by a test.
+/// (one per [`Kind`]) and the Ingress status writer. The RBAC rules in
+/// `deploy/` are checked against this list by a test.
 pub const API_ACCESS: &[ApiAccess] = &[
-    watched::<Service>(),
-    watched::<EndpointSlice>(),
-    watched::<Ingress>(),
-    watched::<IngressClass>(),
-    watched::<Namespace>(),
-    watched::<Secret>(),
-    watched::<Node>(),
-    ApiAccess {
-        group: <Ingress as k8s_openapi::Resource>::GROUP,
-        resource: status::INGRESS_STATUS,
-        verbs: STATUS_VERBS,
-    },
+    watch_access(Kind::Service),
+    watch_access(Kind::EndpointSlice),
+    watch_access(Kind::Ingress),
+    watch_access(Kind::IngressClass),
+    watch_access(Kind::Namespace),
+    watch_access(Kind::Secret),
+    watch_access(Kind::Node),
+    STATUS_ACCESS,
 ];
 
 /// What the apiserver source reads.
@@ -553,6 +570,11 @@ impl Merge {
                 .iter()
                 .flat_map(|(kind, _)| stores.upserts(*kind))
                 .collect();
+            if self.kinds.iter().any(|(k, _)| *k == Kind::Node) && stores.len(Kind::Node) == 0 {
+                warn!(
+                    "this node's Node object does not exist (check --node-name): node addresses and zone stay unknown until it appears"
+                );
+            }
             let objects = changes.len();
             let generation = writer.replace_all(changes, Vec::new(), true);
             self.synced = true;
@@ -926,6 +948,10 @@ mod tests {
         let mut all = Kind::ALL.to_vec();
         all.sort();
         assert_eq!(kinds, all, "one watcher per kind of the model");
+        for (kind, group, resource) in &watched {
+            let access = watch_access(*kind);
+            assert_eq!((access.group, access.resource), (*group, *resource));
+        }
         let mut expected: Vec<(&str, &str, &[&str])> = watched
             .iter()
             .map(|(_, group, resource)| (*group, *resource, WATCH_VERBS))
