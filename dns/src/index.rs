@@ -726,6 +726,32 @@ impl Index {
         self.services.get(ns)?.get(name).map(AsRef::as_ref)
     }
 
+    /// Every record of the cluster zone (not the reverse zones, not pod
+    /// records, which are computed per question), apex first: what a zone
+    /// file for another server must hold to answer the same (benchmarks).
+    #[must_use]
+    pub fn zone_records(&self) -> Vec<&Record> {
+        let mut out = vec![&self.soa, &self.apex_ns, &self.version_txt];
+        out.extend(&self.ns_addresses);
+        for services in self.services.values() {
+            for zone in services.values() {
+                match &zone.body {
+                    Body::Alias(cname) => out.push(cname),
+                    Body::Addresses(body) => {
+                        out.extend(body.a.iter().chain(&body.aaaa).chain(&body.srv));
+                        for port in &body.ports {
+                            out.extend(&port.srv);
+                        }
+                        for node in &body.endpoints {
+                            out.extend(node.a.iter().chain(&node.aaaa));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The SOA record of the zone.
     #[must_use]
     pub fn soa(&self) -> &Record {
