@@ -26,11 +26,29 @@ enum Command {
         #[arg(long, default_values_t = ["shop.example.com".to_owned(), "*.shop.example.com".to_owned()])]
         names: Vec<String>,
     },
+    /// Benchmarks against the peers, on this machine (not run in CI).
+    Bench {
+        #[command(subcommand)]
+        component: Bench,
+    },
 }
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The ingress gateway against nginx and HAProxy: wrk (HTTP/1.1
+    /// keep-alive), h2load (h2 over TLS), TLS handshakes, route updates
+    /// under load.
+    Ingress(bench_ingress::Options),
+}
+
+mod bench_ingress;
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::ExampleCert { out, names } => example_cert(&out, &names),
+        Command::Bench {
+            component: Bench::Ingress(options),
+        } => bench_ingress::ingress(&options),
     }
 }
 
