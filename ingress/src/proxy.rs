@@ -518,6 +518,13 @@ async fn forward(
                 outcome.error = Some("response timeout".to_owned());
                 return local_response(StatusCode::GATEWAY_TIMEOUT);
             }
+            Ok(Err(mut e)) if e.error().is_user() => {
+                // The client's side failed (its request body broke off):
+                // not the endpoint's fault, and nothing to retry.
+                outcome.error = Some(format!("client request: {}", e.error()));
+                drop(e.take_message());
+                return local_response(StatusCode::BAD_REQUEST);
+            }
             Ok(Err(mut e)) => {
                 upstream.record_failure(&endpoint);
                 metrics.upstream_error(&upstream.name, "send");
