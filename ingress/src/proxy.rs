@@ -210,6 +210,7 @@ pub fn local_response(status: StatusCode) -> Response<ProxyBody> {
 struct Outcome {
     ingress: Option<Arc<str>>,
     host: Option<Arc<str>>,
+    route_path: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
     attempts: usize,
@@ -271,6 +272,7 @@ pub async fn handle(
             status = status.as_u16(),
             ingress = outcome.ingress.as_deref().unwrap_or(""),
             route_host = outcome.host.as_deref().unwrap_or(""),
+            route_path = outcome.route_path.as_deref().unwrap_or(""),
             upstream = outcome.upstream.as_deref().unwrap_or(""),
             endpoint = outcome.endpoint.map(|e| e.to_string()).unwrap_or_default(),
             attempts = outcome.attempts,
@@ -340,6 +342,7 @@ async fn proxy(
     if let Some(route) = route {
         outcome.ingress = Some(route.ingress.clone());
         outcome.host = Some(route.host.clone());
+        outcome.route_path = Some(route.path.clone());
     }
     if !conn.tls
         && config.ssl_redirect
