@@ -391,6 +391,7 @@ mod tests {
 
     struct Harness {
         addr: SocketAddr,
+        shared: Arc<Shared>,
         _cancel: tokio_util::sync::DropGuard,
     }
 
@@ -435,6 +436,7 @@ mod tests {
         tokio::spawn(server.accept_loop(listener, None, "http"));
         Harness {
             addr,
+            shared,
             _cancel: cancel.drop_guard(),
         }
     }
@@ -542,6 +544,30 @@ mod tests {
         let r = send(h.addr, vec![(http::Method::GET, "")]).await;
         assert_eq!(r[0].0, 504);
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_breaking_off_its_body_does_not_count_against_the_endpoint() {
+        let (silent, _) = upstream([127, 0, 23, 1], 0, Behaviour::Silent).await;
+        let pool = PoolConfig {
+            eject_after: 1,
+            ..PoolConfig::default()
+        };
+        let h = harness(&[silent], ProxyConfig::default(), pool).await;
+        let mut client = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let upstream = h.shared.routing.load().upstreams[0].clone().unwrap();
+        assert!(
+            !upstream.endpoints()[0].ejected(),
+            "one failure would have ejected it"
+        );
+        assert_eq!(upstream.endpoints()[0].in_flight(), 0);
     }
 
     #[test]

@@ -124,6 +124,23 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Whether it came over TLS.
     pub tls: bool,
+    /// The peer's address as a header value, made once per connection.
+    pub peer_header: HeaderValue,
+}
+
+impl ConnInfo {
+    /// What the gateway knows about a new connection.
+    #[must_use]
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        let peer_header = HeaderValue::try_from(peer.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            local,
+            tls,
+            peer_header,
+        }
+    }
 }
 
 /// The body of a response to a client.
@@ -193,6 +210,7 @@ pub fn local_response(status: StatusCode) -> Response<ProxyBody> {
 struct Outcome {
     ingress: Option<Arc<str>>,
     host: Option<Arc<str>>,
+    route_path: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
     attempts: usize,
@@ -254,6 +272,7 @@ pub async fn handle(
             status = status.as_u16(),
             ingress = outcome.ingress.as_deref().unwrap_or(""),
             route_host = outcome.host.as_deref().unwrap_or(""),
+            route_path = outcome.route_path.as_deref().unwrap_or(""),
             upstream = outcome.upstream.as_deref().unwrap_or(""),
             endpoint = outcome.endpoint.map(|e| e.to_string()).unwrap_or_default(),
             attempts = outcome.attempts,
@@ -323,6 +342,7 @@ async fn proxy(
     if let Some(route) = route {
         outcome.ingress = Some(route.ingress.clone());
         outcome.host = Some(route.host.clone());
+        outcome.route_path = Some(route.path.clone());
     }
     if !conn.tls
         && config.ssl_redirect
@@ -500,6 +520,13 @@ async fn forward(
                 metrics.upstream_error(&upstream.name, "timeout");
                 outcome.error = Some("response timeout".to_owned());
                 return local_response(StatusCode::GATEWAY_TIMEOUT);
+            }
+            Ok(Err(mut e)) if e.error().is_user() => {
+                // The client's side failed (its request body broke off):
+                // not the endpoint's fault, and nothing to retry.
+                outcome.error = Some(format!("client request: {}", e.error()));
+                drop(e.take_message());
+                return local_response(StatusCode::BAD_REQUEST);
             }
             Ok(Err(mut e)) => {
                 upstream.record_failure(&endpoint);
@@ -696,15 +723,16 @@ fn forwarded_headers(
             Err(_) => break,
         }
     }
-    let mut xff = incoming.join(", ");
-    if !xff.is_empty() {
+    let xff = if incoming.is_empty() {
+        conn.peer_header.clone()
+    } else {
+        let mut xff = incoming.join(", ");
         xff.push_str(", ");
-    }
-    xff.push_str(&peer.to_string());
+        xff.push_str(&peer.to_string());
+        HeaderValue::try_from(xff).unwrap_or_else(|_| conn.peer_header.clone())
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
     let keep = |headers: &HeaderMap, name: &HeaderName| trusted && headers.contains_key(name);
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
     if !keep(headers, &X_FORWARDED_PROTO) {
         headers.insert(
             &X_FORWARDED_PROTO,
@@ -720,9 +748,12 @@ fn forwarded_headers(
     if !keep(headers, &X_FORWARDED_PORT) {
         headers.insert(&X_FORWARDED_PORT, HeaderValue::from(conn.local.port()));
     }
-    if let Ok(v) = HeaderValue::try_from(client.to_string()) {
-        headers.insert(&X_REAL_IP, v);
-    }
+    let real_ip = if client == peer {
+        conn.peer_header.clone()
+    } else {
+        HeaderValue::try_from(client.to_string()).unwrap_or_else(|_| conn.peer_header.clone())
+    };
+    headers.insert(&X_REAL_IP, real_ip);
     if keep(headers, &X_REQUEST_ID)
         && let Some(id) = headers.get(&X_REQUEST_ID)
     {
@@ -749,11 +780,7 @@ mod tests {
     use super::*;
 
     fn conn(peer: &str, tls: bool) -> ConnInfo {
-        ConnInfo {
-            peer: peer.parse().unwrap(),
-            local: "10.0.0.1:8443".parse().unwrap(),
-            tls,
-        }
+        ConnInfo::new(peer.parse().unwrap(), "10.0.0.1:8443".parse().unwrap(), tls)
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -179,11 +179,7 @@ impl Server {
         }
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let info = Arc::new(ConnInfo {
-            peer,
-            local,
-            tls: tls.is_some(),
-        });
+        let info = Arc::new(ConnInfo::new(peer, local, tls.is_some()));
         match tls {
             None => self.serve_http(stream, false, info, shed).await,
             Some(acceptor) => {

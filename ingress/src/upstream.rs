@@ -381,7 +381,7 @@ impl Upstream {
     ) -> Result<(Connection, bool), ConnectError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                if let Some(sender) = self.checkout_idle(endpoint) {
+                if let Some(sender) = self.checkout_idle(endpoint).await {
                     return Ok((Connection::Http1(sender), true));
                 }
                 let io = self.tcp(endpoint.addr).await?;
@@ -443,33 +443,30 @@ impl Upstream {
         Ok(TokioIo::new(stream))
     }
 
-    fn checkout_idle(&self, endpoint: &Endpoint) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = endpoint.idle.lock().ok()?;
-        while let Some(conn) = idle.pop() {
-            if conn.sender.is_ready() && conn.since.elapsed() < self.config.idle_timeout {
+    /// The most recently used idle connection that is (or is about to be)
+    /// ready. A connection is parked as soon as its response body has ended;
+    /// its task may need a moment more to be ready for the next request.
+    async fn checkout_idle(&self, endpoint: &Endpoint) -> Option<http1::SendRequest<RequestBody>> {
+        loop {
+            let mut conn = endpoint.idle.lock().ok()?.pop()?;
+            if conn.sender.is_closed() || conn.since.elapsed() >= self.config.idle_timeout {
+                continue;
+            }
+            if conn.sender.is_ready() {
+                return Some(conn.sender);
+            }
+            let ready = tokio::time::timeout(Duration::from_millis(50), conn.sender.ready()).await;
+            if let Ok(Ok(())) = ready {
                 return Some(conn.sender);
             }
         }
-        None
     }
 
     /// Gives an HTTP/1.1 connection back once its response has ended.
-    pub fn give_back(&self, endpoint: &Arc<Endpoint>, mut sender: http1::SendRequest<RequestBody>) {
-        if sender.is_ready() {
+    pub fn give_back(&self, endpoint: &Arc<Endpoint>, sender: http1::SendRequest<RequestBody>) {
+        if !sender.is_closed() {
             Self::park(endpoint, sender, self.config.max_idle_per_endpoint);
-            return;
         }
-        if sender.is_closed() {
-            return;
-        }
-        // The connection task has not yet seen the end of the response.
-        let endpoint = endpoint.clone();
-        let max = self.config.max_idle_per_endpoint;
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await {
-                Self::park(&endpoint, sender, max);
-            }
-        });
     }
 
     fn park(endpoint: &Endpoint, sender: http1::SendRequest<RequestBody>, max: usize) {

@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, default_values_t = ["shop.example.com".to_owned(), "*.shop.example.com".to_owned()])]
         names: Vec<String>,
     },
-    /// Benchmarks against peers (not run in CI); prints figures and ratios.
+    /// Benchmarks against peers on this machine (not run in CI); prints figures and ratios.
     Bench {
         #[command(subcommand)]
         component: Bench,
@@ -39,7 +39,13 @@ enum Command {
 enum Bench {
     /// fairlead's DNS against Knot DNS and NSD with dnsperf.
     Dns(bench_dns::Options),
+    /// The ingress gateway against nginx and HAProxy: wrk (HTTP/1.1
+    /// keep-alive), h2load (h2 over TLS), TLS handshakes, route updates
+    /// under load.
+    Ingress(bench_ingress::Options),
 }
+
+mod bench_ingress;
 
 fn main() -> Result<()> {
     match Cli::parse().command {
@@ -47,6 +53,9 @@ fn main() -> Result<()> {
         Command::Bench {
             component: Bench::Dns(options),
         } => bench_dns::run(&options),
+        Command::Bench {
+            component: Bench::Ingress(options),
+        } => bench_ingress::ingress(&options),
     }
 }
 

@@ -1,0 +1,774 @@
+//! `cargo xtask bench ingress`: fairlead's gateway against nginx and HAProxy
+//! on this machine, same upstream, configurations generated from the same
+//! manifests. Prints figures and ratios; not a test.
+//!
+//! Layout on a 2-core machine: the proxy under test is pinned to CPU 0
+//! (fairlead then runs one tokio worker; nginx one worker process; HAProxy
+//! one thread); the load generator and the upstream (an nginx answering a
+//! fixed 200) share CPU 1.
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fairlead_model::source::ManifestDir;
+use fairlead_model::{IngressBackend, ModelWriter, PortRef, Snapshot};
+
+/// Options of the ingress benchmark.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// Manifest rewrites (route changes) during the update run.
+    #[arg(long, default_value_t = 1000)]
+    updates: u32,
+    /// Skip building fairlead (use the release binary already built).
+    #[arg(long)]
+    no_build: bool,
+}
+
+const UPSTREAM: u16 = 18_900;
+const HOST: &str = "shop.example.com";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Peer {
+    Fairlead,
+    Nginx,
+    Haproxy,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Fairlead => "fairlead",
+            Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
+        }
+    }
+
+    fn ports(self) -> (u16, u16) {
+        match self {
+            Peer::Fairlead => (18_080, 18_443),
+            Peer::Nginx => (18_081, 18_444),
+            Peer::Haproxy => (18_082, 18_445),
+        }
+    }
+}
+
+#[derive(Default, Debug, Clone)]
+struct Figures {
+    h1_rps: f64,
+    h1_p50_ms: f64,
+    h1_p99_ms: f64,
+    h1_errors: u64,
+    h2_rps: f64,
+    h2_mean_ms: f64,
+    h2_failed: u64,
+    handshakes: f64,
+}
+
+struct Process {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("bench: {} did not stop; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &str, cpu: &str, program: &Path, args: &[&str], log: &Path) -> Result<Process> {
+    let child = Command::new("taskset")
+        .args(["-c", cpu])
+        .arg(program)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Process {
+        name: name.to_owned(),
+        child,
+    })
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on port {port} after 20 s")
+}
+
+fn need(tool: &str, package: &str) -> Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    if !found {
+        bail!("{tool} is missing: apt-get install {package}");
+    }
+    Ok(())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("taskset")
+        .args(["-c", "1", program])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn to_ms(value: &str) -> f64 {
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (n, unit) = value.split_at(split);
+    let n: f64 = n.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn field_after<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .map(str::trim)
+}
+
+/// Parses wrk's output: (requests/s, p50 ms, p99 ms, errors).
+fn parse_wrk(out: &str) -> (f64, f64, f64, u64) {
+    let rps = field_after(out, "Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let p50 = field_after(out, "50%").map_or(f64::NAN, to_ms);
+    let p99 = field_after(out, "99%").map_or(f64::NAN, to_ms);
+    let mut errors = field_after(out, "Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if let Some(socket) = field_after(out, "Socket errors:") {
+        errors += socket
+            .split(',')
+            .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    (rps, p50, p99, errors)
+}
+
+/// Parses h2load's output: (requests/s, mean ms, failed).
+fn parse_h2load(out: &str) -> (f64, f64, u64) {
+    let rps = field_after(out, "finished in")
+        .and_then(|v| v.split(',').nth(1))
+        .and_then(|v| v.trim().strip_suffix(" req/s"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let mean = field_after(out, "time for request:")
+        .and_then(|v| v.split_whitespace().nth(2))
+        .map_or(f64::NAN, to_ms);
+    let failed = field_after(out, "requests:")
+        .and_then(|v| {
+            v.split(',')
+                .filter(|p| p.contains("failed") || p.contains("errored") || p.contains("timeout"))
+                .map(|p| p.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<Option<u64>>()
+        })
+        .unwrap_or(0);
+    (rps, mean, failed)
+}
+
+fn measure(peer: Peer, o: &Options) -> Result<Figures> {
+    let (http, https) = peer.ports();
+    let secs = format!("{}s", o.seconds);
+    let conns = o.connections.to_string();
+    let host = format!("Host: {HOST}");
+    // Warm up.
+    run(
+        "wrk",
+        &[
+            "-t1",
+            "-c10",
+            "-d2s",
+            "-H",
+            &host,
+            &format!("http://127.0.0.1:{http}/"),
+        ],
+    )?;
+    let wrk = run(
+        "wrk",
+        &[
+            "-t1",
+            "-c",
+            &conns,
+            "-d",
+            &secs,
+            "--latency",
+            "-H",
+            &host,
+            &format!("http://127.0.0.1:{http}/"),
+        ],
+    )?;
+    let (h1_rps, h1_p50_ms, h1_p99_ms, h1_errors) = parse_wrk(&wrk);
+    let h2 = run(
+        "h2load",
+        &[
+            "-t1",
+            "-c",
+            &conns,
+            "-m",
+            "10",
+            "-D",
+            &o.seconds.to_string(),
+            "-H",
+            &format!(":authority: {HOST}"),
+            &format!("https://127.0.0.1:{https}/"),
+        ],
+    )?;
+    let (h2_rps, h2_mean_ms, h2_failed) = parse_h2load(&h2);
+    let handshakes = run(
+        "wrk",
+        &[
+            "-t1",
+            "-c",
+            "20",
+            "-d",
+            &secs,
+            "-H",
+            &host,
+            "-H",
+            "Connection: close",
+            &format!("https://127.0.0.1:{https}/"),
+        ],
+    )?;
+    let (handshakes, ..) = parse_wrk(&handshakes);
+    Ok(Figures {
+        h1_rps,
+        h1_p50_ms,
+        h1_p99_ms,
+        h1_errors,
+        h2_rps,
+        h2_mean_ms,
+        h2_failed,
+        handshakes,
+    })
+}
+
+/// The route of the bench Ingress, read back from the model: (host, path,
+/// endpoint addresses).
+fn routes(snapshot: &Snapshot) -> Result<Vec<(String, String, Vec<SocketAddr>)>> {
+    let mut out = Vec::new();
+    for ingress in snapshot.ingresses_for_class("fairlead") {
+        for rule in &ingress.rules {
+            let host = rule
+                .host
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            for path in &rule.paths {
+                let IngressBackend::Service { name, port } = &path.backend else {
+                    continue;
+                };
+                let service = snapshot
+                    .service(&ingress.key.namespace, name)
+                    .context("bench Service missing")?;
+                let port = service
+                    .ports
+                    .iter()
+                    .find(|p| match port {
+                        PortRef::Number(n) => p.port == *n,
+                        PortRef::Name(n) => p.name == *n,
+                    })
+                    .context("bench Service port missing")?;
+                let endpoints = service
+                    .backends(port)
+                    .filter(|b| b.endpoint.conditions.ready)
+                    .map(|b| SocketAddr::new(b.address, b.port))
+                    .collect();
+                out.push((host.clone(), path.path.clone(), endpoints));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn manifests(dir: &Path, root: &Path, extra_path: bool) -> Result<()> {
+    let mut paths = String::from(
+        "        - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
+    );
+    if extra_path {
+        paths.push_str(
+            "        - {path: /extra, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
+        );
+    }
+    let ingress = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: bench}}\n\
+         spec:\n  ingressClassName: fairlead\n  tls: [{{hosts: [{HOST}], secretName: shop-tls}}]\n  rules:\n  - host: {HOST}\n    http:\n      paths:\n{paths}"
+    );
+    let tmp = dir.join(".ingress.yaml.tmp");
+    std::fs::write(&tmp, ingress)?;
+    std::fs::rename(&tmp, dir.join("ingress.yaml"))?;
+    if !dir.join("web.yaml").exists() {
+        std::fs::write(
+            dir.join("web.yaml"),
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: fairlead}}\n\
+                 spec: {{controller: fairlead.dev/ingress}}\n---\n\
+                 apiVersion: v1\nkind: Namespace\nmetadata: {{name: bench}}\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: bench}}\n\
+                 spec: {{clusterIP: 10.96.99.1, ports: [{{name: http, port: 80, targetPort: {UPSTREAM}}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: web-1, namespace: bench, labels: {{kubernetes.io/service-name: web}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: {UPSTREAM}}}]\n\
+                 endpoints: [{{addresses: [127.0.0.1]}}]\n"
+            ),
+        )?;
+        let tls = std::fs::read_to_string(root.join("examples/shop/shop-tls.yaml"))?
+            .replace("namespace: shop", "namespace: bench");
+        std::fs::write(dir.join("tls.yaml"), tls)?;
+    }
+    Ok(())
+}
+
+/// PEM files of the bench certificate, from the same Secret the model read.
+fn pem_files(snapshot: &Snapshot, dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let cert = snapshot
+        .certificates
+        .values()
+        .next()
+        .context("the bench Secret did not load")?;
+    let pem = |label: &str, der: &[u8]| {
+        let b64 = base64(der);
+        let mut s = format!("-----BEGIN {label}-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            s.push('\n');
+        }
+        let _ = writeln!(s, "-----END {label}-----");
+        s
+    };
+    let chain: String = cert.chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+    let key = pem("PRIVATE KEY", &cert.private_key);
+    let paths = (
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+        dir.join("tls.pem"),
+    );
+    std::fs::write(&paths.0, &chain)?;
+    std::fs::write(&paths.1, &key)?;
+    std::fs::write(&paths.2, format!("{chain}{key}"))?;
+    Ok(paths)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn nginx_conf(
+    dir: &Path,
+    routes: &[(String, String, Vec<SocketAddr>)],
+    crt: &Path,
+    key: &Path,
+    extra: bool,
+) -> String {
+    let (http, https) = Peer::Nginx.ports();
+    let mut upstreams = String::new();
+    let mut locations = String::new();
+    for (i, (_, path, endpoints)) in routes.iter().enumerate() {
+        let _ = writeln!(upstreams, "  upstream u{i} {{");
+        for e in endpoints {
+            let _ = writeln!(upstreams, "    server {e};");
+        }
+        let _ = writeln!(upstreams, "    keepalive 64;\n  }}");
+        let _ = writeln!(
+            locations,
+            "    location {path} {{ proxy_pass http://u{i}; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}"
+        );
+    }
+    if extra {
+        locations.push_str("    location /extra { return 200; }\n");
+    }
+    let host = routes.first().map_or(HOST, |r| r.0.as_str());
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         keepalive_requests 100000;\n{upstreams}\
+         server {{\n    listen 127.0.0.1:{http} default_server;\n    listen 127.0.0.1:{https} ssl http2 default_server;\n\
+         server_name {host};\n    ssl_certificate {};\n    ssl_certificate_key {};\n{locations}  }}\n}}\n",
+        crt.display(),
+        key.display()
+    )
+}
+
+fn haproxy_cfg(routes: &[(String, String, Vec<SocketAddr>)], pem: &Path) -> String {
+    let (http, https) = Peer::Haproxy.ports();
+    let mut backends = String::new();
+    let mut uses = String::new();
+    for (i, (_, path, endpoints)) in routes.iter().enumerate() {
+        let _ = writeln!(backends, "backend b{i}\n  http-reuse always");
+        for (j, e) in endpoints.iter().enumerate() {
+            let _ = writeln!(backends, "  server s{j} {e}");
+        }
+        let _ = writeln!(uses, "  use_backend b{i} if {{ path_beg {path} }}");
+    }
+    format!(
+        "global\n  nbthread 1\n  maxconn 8000\n  tune.ssl.default-dh-param 2048\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
+         frontend web\n  bind 127.0.0.1:{http}\n  bind 127.0.0.1:{https} ssl crt {} alpn h2,http/1.1\n\
+         option forwardfor\n{uses}{backends}",
+        pem.display()
+    )
+}
+
+fn start_peer(
+    peer: Peer,
+    o: &Options,
+    bin: &Path,
+    dir: &Path,
+    manifests_dir: &Path,
+) -> Result<Process> {
+    let (http, https) = peer.ports();
+    let log = dir.join(format!("{}.log", peer.name()));
+    let process = match peer {
+        Peer::Fairlead => spawn(
+            "fairlead",
+            "0",
+            bin,
+            &[
+                "ingress",
+                "--manifests",
+                &manifests_dir.display().to_string(),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--https",
+                &format!("127.0.0.1:{https}"),
+                "--telemetry-addr",
+                "127.0.0.1:18990",
+                "--ingress-access-log=false",
+                "--ingress-ssl-redirect=false",
+            ],
+            &log,
+        )?,
+        Peer::Nginx => spawn(
+            "nginx",
+            "0",
+            Path::new("nginx"),
+            &[
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &dir.join("nginx.conf").display().to_string(),
+                "-g",
+                "daemon off;",
+            ],
+            &log,
+        )?,
+        Peer::Haproxy => spawn(
+            "haproxy",
+            "0",
+            Path::new("haproxy"),
+            &["-db", "-f", &dir.join("haproxy.cfg").display().to_string()],
+            &log,
+        )?,
+    };
+    let _ = o;
+    wait_port(http)?;
+    wait_port(https)?;
+    Ok(process)
+}
+
+/// Requests failed while routes change under load: wrk runs while the
+/// routes are rewritten `updates` times (fairlead: the Ingress manifest;
+/// nginx: its config plus `nginx -s reload`).
+/// What every run needs to know.
+struct Setup<'a> {
+    options: &'a Options,
+    dir: PathBuf,
+    manifests: PathBuf,
+    root: PathBuf,
+    routes: Vec<(String, String, Vec<SocketAddr>)>,
+    crt: PathBuf,
+    key: PathBuf,
+}
+
+fn updates_under_load(peer: Peer, setup: &Setup<'_>) -> Result<(u32, u64, u64)> {
+    let (http, _) = peer.ports();
+    let seconds = 15;
+    let wrk = std::thread::spawn(move || {
+        run(
+            "wrk",
+            &[
+                "-t1",
+                "-c",
+                "20",
+                "-d",
+                &format!("{seconds}s"),
+                "-H",
+                &format!("Host: {HOST}"),
+                &format!("http://127.0.0.1:{http}/"),
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let budget = Duration::from_secs(seconds - 2);
+    let start = Instant::now();
+    let mut done = 0;
+    // nginx forks new workers per reload; fewer reloads fit in the time.
+    let o = setup.options;
+    let dir = &setup.dir;
+    let updates = if peer == Peer::Nginx {
+        o.updates.min(100)
+    } else {
+        o.updates
+    };
+    let spacing = budget / updates.max(1);
+    for i in 0..updates {
+        match peer {
+            Peer::Fairlead => manifests(&setup.manifests, &setup.root, i % 2 == 0)?,
+            Peer::Nginx => {
+                std::fs::write(
+                    dir.join("nginx.conf"),
+                    nginx_conf(dir, &setup.routes, &setup.crt, &setup.key, i % 2 == 0),
+                )?;
+                Command::new("nginx")
+                    .args([
+                        "-p",
+                        &dir.display().to_string(),
+                        "-c",
+                        &dir.join("nginx.conf").display().to_string(),
+                        "-s",
+                        "reload",
+                    ])
+                    .stderr(Stdio::null())
+                    .status()?;
+            }
+            Peer::Haproxy => {}
+        }
+        done += 1;
+        let next = spacing * (i + 1);
+        if let Some(wait) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let out = wrk.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
+    let requests = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let (_, _, _, errors) = parse_wrk(&out);
+    Ok((done, requests, errors))
+}
+
+fn reloads() -> u64 {
+    let Ok(mut s) = TcpStream::connect("127.0.0.1:18990") else {
+        return 0;
+    };
+    let _ = std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix("fairlead_ingress_reloads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[allow(clippy::too_many_lines, reason = "the benchmark script, top to bottom")]
+pub(crate) fn ingress(o: &Options) -> Result<()> {
+    for (tool, package) in [
+        ("wrk", "wrk"),
+        ("h2load", "nghttp2-client"),
+        ("nginx", "nginx"),
+        ("haproxy", "haproxy"),
+        ("taskset", "util-linux"),
+    ] {
+        need(tool, package)?;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    if !o.no_build {
+        eprintln!("bench: cargo build --release -p fairlead");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+            .args(["build", "--release", "-p", "fairlead"])
+            .current_dir(&root)
+            .status()?;
+        if !status.success() {
+            bail!("the release build failed");
+        }
+    }
+    let bin = target.join("release/fairlead");
+    let dir = std::env::temp_dir().join(format!("fairlead-bench-{}", std::process::id()));
+    let manifests_dir = dir.join("manifests");
+    std::fs::create_dir_all(&manifests_dir)?;
+    for sub in ["body", "proxy", "fcgi", "uwsgi", "scgi", "upstream"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    manifests(&manifests_dir, &root, false)?;
+    let (mut writer, _rx) = ModelWriter::new();
+    ManifestDir::new(&manifests_dir).sync(&mut writer)?;
+    let snapshot = writer.snapshot();
+    if snapshot.has_errors() {
+        bail!("bench manifests have errors: {:?}", snapshot.problems);
+    }
+    let routes = routes(&snapshot)?;
+    let (crt, key, pem) = pem_files(&snapshot, &dir)?;
+    std::fs::write(
+        dir.join("nginx.conf"),
+        nginx_conf(&dir, &routes, &crt, &key, false),
+    )?;
+    std::fs::write(dir.join("haproxy.cfg"), haproxy_cfg(&routes, &pem))?;
+
+    // The upstream: nginx answering 200 on CPU 1.
+    let up = dir.join("upstream");
+    std::fs::write(
+        up.join("nginx.conf"),
+        format!(
+            "worker_processes 1;\npid {u}/nginx.pid;\nerror_log {u}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 100000; client_body_temp_path {u}/b; proxy_temp_path {u}/p; fastcgi_temp_path {u}/f; uwsgi_temp_path {u}/w; scgi_temp_path {u}/s;\n\
+             server {{ listen 127.0.0.1:{UPSTREAM}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            u = up.display()
+        ),
+    )?;
+    let _upstream = spawn(
+        "upstream",
+        "1",
+        Path::new("nginx"),
+        &[
+            "-p",
+            &up.display().to_string(),
+            "-c",
+            &up.join("nginx.conf").display().to_string(),
+            "-g",
+            "daemon off;",
+        ],
+        &up.join("log"),
+    )?;
+    wait_port(UPSTREAM)?;
+
+    let setup = Setup {
+        options: o,
+        dir: dir.clone(),
+        manifests: manifests_dir.clone(),
+        root: root.clone(),
+        routes: routes.clone(),
+        crt: crt.clone(),
+        key: key.clone(),
+    };
+    let mut results = Vec::new();
+    let mut update_results = Vec::new();
+    for peer in [Peer::Fairlead, Peer::Nginx, Peer::Haproxy] {
+        eprintln!("bench: {}", peer.name());
+        let process = start_peer(peer, o, &bin, &dir, &manifests_dir)?;
+        let figures = measure(peer, o)?;
+        eprintln!("bench: {} {figures:?}", peer.name());
+        if peer != Peer::Haproxy {
+            let before = reloads();
+            let (done, requests, errors) = updates_under_load(peer, &setup)?;
+            let applied = if peer == Peer::Fairlead {
+                reloads().saturating_sub(before)
+            } else {
+                u64::from(done)
+            };
+            update_results.push((peer, done, applied, requests, errors));
+        }
+        drop(process);
+        results.push((peer, figures));
+    }
+
+    let base = results[0].1.clone();
+    println!(
+        "\ningress benchmark: proxy pinned to 1 core, wrk/h2load + upstream on the other; {} s per run, {} connections",
+        o.seconds, o.connections
+    );
+    println!(
+        "{:<9} {:>11} {:>9} {:>9} {:>7} {:>11} {:>10} {:>7} {:>12}",
+        "",
+        "h1 req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "h2 req/s",
+        "h2 mean",
+        "failed",
+        "handshakes/s"
+    );
+    for (peer, f) in &results {
+        println!(
+            "{:<9} {:>11.0} {:>9.3} {:>9.3} {:>7} {:>11.0} {:>10.3} {:>7} {:>12.0}",
+            peer.name(),
+            f.h1_rps,
+            f.h1_p50_ms,
+            f.h1_p99_ms,
+            f.h1_errors,
+            f.h2_rps,
+            f.h2_mean_ms,
+            f.h2_failed,
+            f.handshakes
+        );
+    }
+    for (peer, f) in results.iter().skip(1) {
+        println!(
+            "fairlead / {:<8} h1 req/s {:.2}x, h1 p99 {:.2}x, h2 req/s {:.2}x, handshakes/s {:.2}x",
+            peer.name(),
+            base.h1_rps / f.h1_rps,
+            base.h1_p99_ms / f.h1_p99_ms,
+            base.h2_rps / f.h2_rps,
+            base.handshakes / f.handshakes
+        );
+    }
+    for (peer, done, applied, requests, errors) in &update_results {
+        println!(
+            "updates under load, {}: {done} rewrites, {applied} configurations applied, {requests} requests, {errors} failed",
+            peer.name()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
