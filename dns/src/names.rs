@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
-use std::time::Duration;
 
 use hickory_proto::rr::Name;
 
@@ -76,30 +75,7 @@ pub fn parse_upstream(value: &str) -> Option<SocketAddr> {
     ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
 }
 
-/// Parses a duration: a number with a unit (`ms`, `s`, `m`, `h`), or bare
-/// seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let (number, scale) = if let Some(n) = value.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = value.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = value.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = value.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (value, 1.0)
-    };
-    let number: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {value:?}: expected e.g. 500ms, 2s, 1h"))?;
-    if !number.is_finite() || number < 0.0 {
-        return Err(format!("invalid duration {value:?}: must not be negative"));
-    }
-    Ok(Duration::from_secs_f64(number * scale))
-}
+pub use fairlead_model::parse_duration;
 
 /// The nameservers of a resolv.conf, port 53.
 #[must_use]
@@ -118,6 +94,7 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn dashed_round_trip() {

@@ -18,6 +18,7 @@ pub mod snapshot;
 pub mod source;
 pub mod translate;
 pub mod types;
+pub mod units;
 mod writer;
 
 pub use error::{Error, FieldError, Origin, Problem, Severity};
@@ -25,4 +26,5 @@ pub use health::Ready;
 pub use object::{KubeObject, decode};
 pub use snapshot::Snapshot;
 pub use types::*;
+pub use units::parse_duration;
 pub use writer::{Change, ModelWriter};
