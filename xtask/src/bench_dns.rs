@@ -489,6 +489,33 @@ fn need(tool: &str, package: &str) -> Result<()> {
 
 #[allow(clippy::too_many_lines, reason = "the bench script, step by step")]
 pub(crate) fn run(options: &Options) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    if cfg!(debug_assertions) {
+        // The in-process measurements (index, change to answer) need an
+        // optimised build: run this bench again from a release xtask.
+        eprintln!("bench dns: re-running from a release build of xtask");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "xtask",
+                "--",
+                "bench",
+                "dns",
+            ])
+            .args(["--services", &options.services.to_string()])
+            .args(["--seconds", &options.seconds.to_string()])
+            .args(["--latency-qps", &options.latency_qps.to_string()])
+            .args(options.fairlead_only.then_some("--fairlead-only"))
+            .current_dir(root)
+            .status()?;
+        ensure!(status.success(), "the release bench failed");
+        return Ok(());
+    }
     need("dnsperf", "dnsperf")?;
     need("taskset", "util-linux")?;
     if !options.fairlead_only {
