@@ -98,6 +98,30 @@ impl Handler {
         &self.forwarder
     }
 
+    /// Whether `request` is answered without waiting on an upstream (so a
+    /// transport may answer it inline instead of spawning a task).
+    #[must_use]
+    pub fn answers_from_memory(&self, request: &Request) -> bool {
+        let [query] = request.queries.queries() else {
+            return true;
+        };
+        match self.index.load().lookup(query.name(), query.query_type()) {
+            Lookup::Answer(answer) => answer.chase.is_none(),
+            Lookup::NotSynced => true,
+            Lookup::Forward => false,
+        }
+    }
+
+    pub(crate) fn count(
+        &self,
+        qtype: Option<RecordType>,
+        rcode: ResponseCode,
+        source: Source,
+        elapsed: std::time::Duration,
+    ) {
+        self.metrics.request(qtype, rcode, source, elapsed);
+    }
+
     async fn reply<'a>(&self, index: &'a Index, query: &LowerQuery) -> Reply<'a> {
         let qname = query.name();
         let qtype = query.query_type();

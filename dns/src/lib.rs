@@ -21,6 +21,7 @@ mod handler;
 pub mod index;
 pub mod metrics;
 pub mod names;
+mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,6 +105,9 @@ pub struct Args {
         default_value_t = 1232
     )]
     pub max_udp_payload: u16,
+    /// UDP sockets per listen address (SO_REUSEPORT), each served by its own loop; 0 means one per CPU.
+    #[arg(long = "dns-udp-sockets", value_name = "N", default_value_t = 0)]
+    pub udp_sockets: usize,
     /// TCP connections idle this long are closed.
     #[arg(long = "dns-tcp-idle-timeout", value_name = "DURATION", default_value = "10s", value_parser = names::parse_duration)]
     pub tcp_idle_timeout: Duration,
@@ -166,15 +170,14 @@ pub struct Dns {
     local_addrs: Vec<SocketAddr>,
 }
 
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+async fn bind_pair(
+    addr: SocketAddr,
+    udp_sockets: usize,
+) -> Result<(Vec<UdpSocket>, TcpListener), Error> {
     // With port 0, TCP takes the port the kernel gave UDP; retry if taken.
     for _ in 0..16 {
-        let udp = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
-            protocol: "udp",
-            addr,
-            source,
-        })?;
-        let bound = udp.local_addr().map_err(|source| Error::Bind {
+        let udp = udp::bind(addr, udp_sockets)?;
+        let bound = udp[0].local_addr().map_err(|source| Error::Bind {
             protocol: "udp",
             addr,
             source,
@@ -208,14 +211,18 @@ impl Dns {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         let mut local_addrs = Vec::new();
+        let udp_sockets = match args.udp_sockets {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        };
         for addr in &args.listen {
-            let (u, t) = bind_pair(*addr).await?;
-            local_addrs.push(u.local_addr().map_err(|source| Error::Bind {
+            let (u, t) = bind_pair(*addr, udp_sockets).await?;
+            local_addrs.push(u[0].local_addr().map_err(|source| Error::Bind {
                 protocol: "udp",
                 addr: *addr,
                 source,
             })?);
-            udp.push(u);
+            udp.extend(u);
             tcp.push(t);
         }
         let forwarder = Forwarder::new(
@@ -265,9 +272,13 @@ impl Dns {
 
     async fn serve(self, ctx: Context) -> Result<(), Error> {
         forward::log_setup(self.handler.forwarder());
+        // Stops everything here: on shutdown, or when a transport fails.
+        let stop = ctx.cancel.child_token();
         let mut server = Server::new(self.handler.clone());
+        let mut udp_loops = tokio::task::JoinSet::new();
         for socket in self.udp {
-            server.register_socket(socket);
+            udp_loops
+                .spawn(udp::serve(socket, self.handler.clone(), stop.clone()).in_current_span());
         }
         for listener in self.tcp {
             server.register_listener(listener, self.args.tcp_idle_timeout, 64);
@@ -280,7 +291,7 @@ impl Dns {
                 self.index.clone(),
                 ctx.ready.clone(),
                 self.metrics.clone(),
-                ctx.cancel.clone(),
+                stop.clone(),
             )
             .in_current_span(),
         );
@@ -288,24 +299,34 @@ impl Dns {
         let prober = tokio::spawn(async move { forwarder.probe_loops().await }.in_current_span());
 
         let token = server.shutdown_token().clone();
-        let cancel = ctx.cancel.clone();
+        let on_stop = stop.clone();
         let stopper = tokio::spawn(async move {
-            cancel.cancelled().await;
+            on_stop.cancelled().await;
             token.cancel();
         });
-        let result = server.block_until_done().await;
+        let result = tokio::select! {
+            tcp = server.block_until_done() => tcp.map_err(|e| e.to_string()),
+            Some(udp) = udp_loops.join_next() => match udp {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        let shutdown = ctx.cancel.is_cancelled();
+        stop.cancel();
+        let _ = server.shutdown_gracefully().await;
+        while udp_loops.join_next().await.is_some() {}
         ctx.ready.set(false);
-        stopper.abort();
+        let _ = stopper.await;
         prober.abort();
-        if ctx.cancel.is_cancelled() {
-            let _ = follower.await;
+        let _ = follower.await;
+        if shutdown {
             info!("DNS stopped");
             Ok(())
         } else {
-            follower.abort();
             Err(Error::Server(match result {
                 Ok(()) => "every socket closed".to_owned(),
-                Err(e) => e.to_string(),
+                Err(e) => e,
             }))
         }
     }

@@ -170,12 +170,14 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 /// Index build (full) and update (one Service) times.
-fn index_times(cluster: &Cluster) -> Result<(Duration, Duration, usize)> {
+fn index_times(cluster: &Cluster) -> Result<(Duration, Duration, usize, u64)> {
     let mut writer = model(cluster)?;
     let config = Arc::new(ZoneConfig::new(ZONE, 5, PodsMode::Disabled)?);
     let snapshot = writer.snapshot();
     let mut full = Vec::new();
+    let before = own_rss_kib();
     let mut index = Index::build(config.clone(), &snapshot);
+    let index_kib = own_rss_kib().saturating_sub(before);
     for _ in 0..5 {
         let started = Instant::now();
         index = Index::build(config.clone(), &snapshot);
@@ -199,7 +201,19 @@ fn index_times(cluster: &Cluster) -> Result<(Duration, Duration, usize)> {
         median(full),
         median(incremental),
         index.zone_records().len(),
+        index_kib,
     ))
+}
+
+fn own_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn zone_file(cluster: &Cluster) -> Result<String> {
@@ -307,9 +321,16 @@ impl Server {
     }
 }
 
+/// A loopback port free for both UDP and TCP (right now).
 fn free_port() -> Result<u16> {
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    Ok(socket.local_addr()?.port())
+    for _ in 0..50 {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let port = socket.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free UDP+TCP port")
 }
 
 /// Wraps `program` to run pinned on CPU `cpu`.
@@ -489,6 +510,33 @@ fn need(tool: &str, package: &str) -> Result<()> {
 
 #[allow(clippy::too_many_lines, reason = "the bench script, step by step")]
 pub(crate) fn run(options: &Options) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    if cfg!(debug_assertions) {
+        // The in-process measurements (index, change to answer) need an
+        // optimised build: run this bench again from a release xtask.
+        eprintln!("bench dns: re-running from a release build of xtask");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "xtask",
+                "--",
+                "bench",
+                "dns",
+            ])
+            .args(["--services", &options.services.to_string()])
+            .args(["--seconds", &options.seconds.to_string()])
+            .args(["--latency-qps", &options.latency_qps.to_string()])
+            .args(options.fairlead_only.then_some("--fairlead-only"))
+            .current_dir(root)
+            .status()?;
+        ensure!(status.success(), "the release bench failed");
+        return Ok(());
+    }
     need("dnsperf", "dnsperf")?;
     need("taskset", "util-linux")?;
     if !options.fairlead_only {
@@ -523,7 +571,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         "bench dns: index build and update ({} Services)",
         options.services
     );
-    let (full, incremental, records) = index_times(&cluster)?;
+    let (full, incremental, records, index_kib) = index_times(&cluster)?;
     eprintln!("bench dns: model change to answer, in process");
     let in_process = change_to_answer_in_process(&cluster)?;
 
@@ -651,7 +699,10 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     for (name, perf, _) in results.iter().skip(1) {
         println!("fairlead / {name} QPS: {:.2}", fairlead_qps / perf.qps);
     }
-    println!("index: full build {full:?}, one-Service update {incremental:?} (medians)");
+    println!(
+        "index: full build {full:?}, one-Service update {incremental:?} (medians), {} MiB resident",
+        index_kib / 1024
+    );
     println!(
         "model change -> new answer (in process): median {:?}, max {:?}",
         median(in_process.clone()),

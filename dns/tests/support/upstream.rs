@@ -27,9 +27,19 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     pub(crate) async fn start(ttl: u32) -> Self {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // TCP on the port the kernel gave UDP; another if that one is taken.
+        let mut attempts = 0;
+        let (udp, tcp, addr) = loop {
+            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(e) => {
+                    attempts += 1;
+                    assert!(attempts < 20, "no free UDP+TCP port pair: {e}");
+                }
+            }
+        };
         let udp_queries = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
         let counter = udp_queries.clone();

@@ -1,0 +1,165 @@
+//! The UDP loop. hickory-server's own UDP transport hands every datagram to a
+//! new task through channels; for a server that answers most questions from
+//! memory that is most of the cost. This loop parses with hickory, answers
+//! cluster names inline through the same [`Handler`] (hickory's
+//! `RequestHandler`), and spawns a task only for questions that wait on an
+//! upstream. Several sockets share a port with SO_REUSEPORT, one loop each.
+//! TCP stays on hickory-server's transport.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{Edns, Header, MessageType, Metadata, ResponseCode};
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Error;
+use crate::handler::Handler;
+use crate::metrics::Source;
+
+/// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); with port 0, the
+/// port the first one got.
+pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Error> {
+    let bind_error = |source| Error::Bind {
+        protocol: "udp",
+        addr,
+        source,
+    };
+    let mut sockets = Vec::with_capacity(count);
+    let mut at = addr;
+    for _ in 0..count.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .map_err(bind_error)?;
+        socket.set_reuse_port(true).map_err(bind_error)?;
+        if at.is_ipv6() {
+            // `[::]` also takes IPv4, as a plain bind would.
+            let _ = socket.set_only_v6(false);
+        }
+        socket.set_nonblocking(true).map_err(bind_error)?;
+        socket.bind(&at.into()).map_err(bind_error)?;
+        let socket = UdpSocket::from_std(socket.into()).map_err(bind_error)?;
+        at = socket.local_addr().map_err(bind_error)?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Sends a response straight on the socket it came in on.
+#[derive(Clone, Debug)]
+struct Reply {
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Reply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let limit = response.edns().map_or(512, Edns::max_payload);
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(limit);
+        let info = response.destructive_emit(&mut encoder)?;
+        self.socket.send_to(&bytes, self.peer).await?;
+        Ok(info)
+    }
+}
+
+/// Serves one socket until `cancel`.
+pub(crate) async fn serve(
+    socket: UdpSocket,
+    handler: Handler,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buf) => received,
+            () = cancel.cancelled() => return Ok(()),
+        };
+        let (len, peer) = match received {
+            Ok(r) => r,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotConnected | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return Err(Error::Server(format!("UDP socket failed: {error}")));
+            }
+            Err(error) => {
+                debug!(%error, "UDP receive error");
+                continue;
+            }
+        };
+        // Never answer to port 0 or an unspecified address (reflection).
+        if peer.port() == 0 || peer.ip().is_unspecified() {
+            continue;
+        }
+        let raw = &buf[..len];
+        let reply = Reply {
+            socket: socket.clone(),
+            peer,
+        };
+        let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
+            continue;
+        };
+        let Ok(request) = Request::from_bytes(raw.to_vec(), peer, Protocol::Udp) else {
+            formerr(&handler, &header, reply).await;
+            continue;
+        };
+        if request.metadata.message_type == MessageType::Response {
+            continue;
+        }
+        if handler.answers_from_memory(&request) {
+            RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
+        } else {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
+            });
+        }
+    }
+}
+
+async fn formerr(handler: &Handler, header: &Header, mut reply: Reply) {
+    let started = Instant::now();
+    let Ok(empty) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+        return;
+    };
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = ResponseCode::FormErr;
+    let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
+    if let Err(error) = reply.send_response(response).await {
+        warn!(%error, "failed to send FORMERR");
+    }
+    handler.count(
+        None,
+        ResponseCode::FormErr,
+        Source::Error,
+        started.elapsed(),
+    );
+}
