@@ -455,7 +455,7 @@ impl Upstream {
             if conn.sender.is_ready() {
                 return Some(conn.sender);
             }
-            let ready = tokio::time::timeout(Duration::from_millis(50), conn.sender.ready()).await;
+            let ready = tokio::time::timeout(Duration::from_millis(500), conn.sender.ready()).await;
             if let Ok(Ok(())) = ready {
                 return Some(conn.sender);
             }
@@ -633,7 +633,7 @@ mod tests {
             UpstreamProtocol::Http1,
             Arc::new(PoolConfig {
                 eject_after: 2,
-                eject_time: Duration::from_millis(200),
+                eject_time: Duration::from_millis(300),
                 ..PoolConfig::default()
             }),
             Arc::new(Metrics::default()),
@@ -709,17 +709,17 @@ mod tests {
         let others = [eps[1].addr, eps[2].addr];
         assert_eq!(u.pick(&others).unwrap().endpoint().addr, bad.addr);
         // Recovery after the ejection time, one failure short of ejection.
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(400));
         assert!(!bad.ejected());
         u.record_failure(bad);
         assert!(
             bad.ejected(),
             "a recovered endpoint that fails again is ejected at once"
         );
-        // The second ejection lasts longer (doubled).
-        std::thread::sleep(Duration::from_millis(250));
+        // The second ejection lasts longer (doubled: 600 ms).
+        std::thread::sleep(Duration::from_millis(150));
         assert!(bad.ejected());
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(!bad.ejected());
         u.record_success(bad);
         u.record_failure(bad);

@@ -606,6 +606,109 @@ fn updates_under_load(peer: Peer, setup: &Setup<'_>) -> Result<(u32, u64, u64)> 
     Ok((done, requests, errors))
 }
 
+/// The gateway as a library, in this process (pinned to CPU 0), so that the
+/// benchmark publishes every route update straight into the model: wrk runs
+/// while `updates` snapshots alternate between two route sets.
+/// Returns (snapshots published, route tables applied, requests, failed).
+fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: fairlead_ingress::Args,
+    }
+    let (a, b) = (setup.dir.join("updates-a"), setup.dir.join("updates-b"));
+    std::fs::create_dir_all(&a)?;
+    std::fs::create_dir_all(&b)?;
+    manifests(&a, &setup.root, false)?;
+    manifests(&b, &setup.root, true)?;
+    let pid = std::process::id().to_string();
+    // Threads made from now on inherit CPU 0 only.
+    Command::new("taskset")
+        .args(["-p", "-c", "0", &pid])
+        .stdout(Stdio::null())
+        .status()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    Command::new("taskset")
+        .args(["-p", "-c", "0,1", &pid])
+        .stdout(Stdio::null())
+        .status()?;
+    let (mut writer, snapshots) = ModelWriter::new();
+    let (mut source_a, mut source_b) = (ManifestDir::new(&a), ManifestDir::new(&b));
+    source_a.sync(&mut writer)?;
+    let http = 18_083;
+    let flags = <Flags as clap::Parser>::try_parse_from([
+        "bench",
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--https",
+        "127.0.0.1:18446",
+        "--ingress-access-log=false",
+        "--ingress-ssl-redirect=false",
+    ])?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let gateway = runtime.spawn(fairlead_ingress::run(
+        flags.args,
+        fairlead_ingress::Context {
+            snapshots,
+            registry: &mut registry,
+            ready: fairlead_model::Ready::new(),
+            cancel: cancel.clone(),
+        },
+    ));
+    wait_port(http)?;
+    let seconds = 15;
+    let wrk = std::thread::spawn(move || {
+        run(
+            "wrk",
+            &[
+                "-t1",
+                "-c",
+                "20",
+                "-d",
+                &format!("{seconds}s"),
+                "-H",
+                &format!("Host: {HOST}"),
+                &format!("http://127.0.0.1:{http}/"),
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let updates = setup.options.updates;
+    let spacing = Duration::from_secs(seconds - 2) / updates.max(1);
+    let start = Instant::now();
+    for i in 0..updates {
+        if i % 2 == 0 {
+            source_b.sync(&mut writer)?;
+        } else {
+            source_a.sync(&mut writer)?;
+        }
+        if let Some(wait) = (spacing * (i + 1)).checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let out = wrk.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
+    cancel.cancel();
+    runtime.block_on(gateway)??;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    let applied = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fairlead_ingress_reloads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let requests = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let (_, _, _, errors) = parse_wrk(&out);
+    Ok((updates, applied, requests, errors))
+}
+
 fn reloads() -> u64 {
     let Ok(mut s) = TcpStream::connect("127.0.0.1:18990") else {
         return 0;
@@ -716,11 +819,28 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
             } else {
                 u64::from(done)
             };
-            update_results.push((peer, done, applied, requests, errors));
+            let label = match peer {
+                Peer::Fairlead => "fairlead, manifest files (debounced)",
+                _ => "nginx, config + nginx -s reload",
+            };
+            update_results.push((label, done, applied, requests, errors));
         }
         drop(process);
         results.push((peer, figures));
     }
+
+    eprintln!("bench: fairlead in process, route updates under load");
+    let (done, applied, requests, errors) = updates_in_process(&setup)?;
+    update_results.insert(
+        0,
+        (
+            "fairlead, model updates in process",
+            done,
+            applied,
+            requests,
+            errors,
+        ),
+    );
 
     let base = results[0].1.clone();
     println!(
@@ -763,10 +883,9 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
             base.handshakes / f.handshakes
         );
     }
-    for (peer, done, applied, requests, errors) in &update_results {
+    for (label, done, applied, requests, errors) in &update_results {
         println!(
-            "updates under load, {}: {done} rewrites, {applied} configurations applied, {requests} requests, {errors} failed",
-            peer.name()
+            "updates under load, {label}: {done} updates, {applied} configurations applied, {requests} requests, {errors} failed"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
