@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench_proxy;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -26,11 +28,46 @@ enum Command {
         #[arg(long, default_values_t = ["shop.example.com".to_owned(), "*.shop.example.com".to_owned()])]
         names: Vec<String>,
     },
+    /// Benchmarks against the peers, side by side (needs root; not a test).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// fairlead's socket load balancer against kube-proxy-style iptables and nftables
+    /// rules: sync time for N Services, one changed EndpointSlice, connect latency.
+    Proxy {
+        /// Numbers of Services.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10_000, 50_000])]
+        sizes: Vec<usize>,
+        /// Endpoints per Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Connects per connect measurement (0 skips them).
+        #[arg(long, default_value_t = 5000)]
+        connects: usize,
+        /// Measure fairlead only (no iptables/nftables loads; connects still compare with
+        /// direct and, when the rules are loaded, iptables).
+        #[arg(long)]
+        fairlead_only: bool,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::ExampleCert { out, names } => example_cert(&out, &names),
+        Command::Bench {
+            what:
+                Bench::Proxy {
+                    sizes,
+                    endpoints,
+                    connects,
+                    fairlead_only,
+                },
+        } => bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only),
     }
 }
 
