@@ -332,6 +332,7 @@ fn connects(netns: &str, to: SocketAddr, count: usize) -> Result<(Duration, Dura
             lat.push(t.elapsed());
             drop(stream);
         }
+        #[expect(clippy::cast_precision_loss, reason = "a rate for people")]
         let rate = count as f64 / started.elapsed().as_secs_f64();
         lat.sort();
         Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100], rate))
@@ -345,6 +346,10 @@ fn cgroup_root() -> Result<PathBuf> {
 }
 
 /// The benchmark.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one measurement after another, in the order they are printed"
+)]
 pub(crate) fn bench(
     sizes: &[usize],
     endpoints: usize,
