@@ -2,11 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use fairlead_model::source::ManifestDir;
-use fairlead_model::{ModelWriter, Severity, dump};
+use fairlead_model::source::kube::{self as kube_source, KubeOptions, KubeSource};
+use fairlead_model::{ModelWriter, Severity, Snapshot, dump};
+use prometheus_client::registry::Registry;
 use runtime::SourceArgs;
 
 // Wired into the long-running modes as their issues land.
@@ -43,8 +46,12 @@ enum Command {
     /// Validate manifests and print the model they make; exits 1 when anything is invalid.
     Check {
         /// Directory of manifests (*.yaml, *.yml, *.json, read recursively).
-        #[arg(long, value_name = "DIR", required_unless_present = "kernel")]
+        #[arg(long, value_name = "DIR", required_unless_present_any = ["kernel", "kubeconfig"], conflicts_with = "kubeconfig")]
         manifests: Option<PathBuf>,
+        /// Read the objects from the apiserver of this kubeconfig instead: one
+        /// initial list of every kind, then print the model and exit.
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
         /// Also load every eBPF program of this binary into the kernel (the
         /// verifier's verdict), without attaching anything. Needs root.
         #[arg(long)]
@@ -54,11 +61,26 @@ enum Command {
     Node(SourceArgs),
     /// Run the kernel load balancer (ClusterIP at the socket: connect, sendmsg, recvmsg,
     /// getpeername in a cgroup).
-    Proxy(ProxyArgs),
+    Proxy {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        proxy: fairlead_proxy::Args,
+    },
     /// Run the cluster DNS server.
-    Dns(SourceArgs),
+    Dns {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        dns: fairlead_dns::Args,
+    },
     /// Run the HTTP/TLS ingress gateway.
-    Ingress(SourceArgs),
+    Ingress {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        ingress: fairlead_ingress::Args,
+    },
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
     Status {
         /// Print JSON instead of tables.
@@ -70,18 +92,13 @@ enum Command {
     },
 }
 
-/// `fairlead proxy`: the model source and the proxy's own flags.
-#[derive(clap::Args, Debug)]
-struct ProxyArgs {
-    #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    proxy: fairlead_proxy::Args,
-}
-
 fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // hickory-server logs every request at info; keep that for RUST_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default_level},hickory_server=warn,hickory_net=warn"
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -111,52 +128,105 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Check { manifests, kernel } => {
+        Command::Check {
+            manifests,
+            kubeconfig,
+            kernel,
+        } => {
             let mut code = ExitCode::SUCCESS;
             if kernel {
                 code = check_kernel()?;
             }
-            if let Some(dir) = manifests {
-                let manifests_code = check(&dir)?;
-                if manifests_code != ExitCode::SUCCESS {
-                    code = manifests_code;
-                }
+            let model_code = match (manifests, kubeconfig) {
+                (Some(dir), _) => Some(check(&dir)?),
+                (None, Some(file)) => Some(check_apiserver(&file)?),
+                (None, None) => None,
+            };
+            if let Some(model_code) = model_code
+                && model_code != ExitCode::SUCCESS
+            {
+                code = model_code;
             }
             Ok(code)
         }
         Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
-        Command::Proxy(args) => run_proxy(args),
-        Command::Dns(_) => not_built("dns", "Cluster DNS"),
-        Command::Ingress(_) => not_built("ingress", "Ingress gateway"),
+        Command::Proxy { source, proxy } => serve(&source, |rt| {
+            Box::pin(async move {
+                let context = fairlead_proxy::Context {
+                    model: rt.model.clone(),
+                    ready: rt.ready_flag("proxy"),
+                    cancel: rt.cancel.clone(),
+                    node_name: rt.node_name().map(str::to_owned),
+                    registry: &mut rt.registry,
+                };
+                let component = fairlead_proxy::Proxy::start(&proxy, context)
+                    .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
+                rt.spawn("proxy", Box::pin(async move { Ok(component.run().await?) }));
+                Ok(())
+            })
+        }),
+        Command::Dns { source, dns } => serve(&source, |rt| {
+            Box::pin(async move {
+                let component = fairlead_dns::Dns::bind(dns, &mut rt.registry).await?;
+                let ctx = fairlead_dns::Context {
+                    model: rt.model.clone(),
+                    ready: rt.ready_flag("dns"),
+                    cancel: rt.cancel.clone(),
+                };
+                rt.spawn(
+                    "dns",
+                    Box::pin(async move { Ok(component.run(ctx).await?) }),
+                );
+                Ok(())
+            })
+        }),
+        Command::Ingress { source, ingress } => serve(&source, |rt| {
+            Box::pin(async move {
+                let ready = rt.ready_flag("ingress");
+                let gateway = fairlead_ingress::run(
+                    ingress,
+                    fairlead_ingress::Context {
+                        snapshots: rt.model.clone(),
+                        registry: &mut rt.registry,
+                        ready,
+                        cancel: rt.cancel.clone(),
+                    },
+                );
+                rt.spawn("ingress", Box::pin(async move { Ok(gateway.await?) }));
+                Ok(())
+            })
+        }),
         Command::Status { json, bpffs } => status(json, &bpffs),
     }
 }
 
-/// Runs the kernel load balancer until SIGTERM/SIGINT.
-fn run_proxy(args: ProxyArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// Runs a long-running mode: starts the model source, lets `setup` add the
+/// mode's components to the runtime, then serves until a signal.
+fn serve(
+    source: &SourceArgs,
+    setup: impl for<'a> FnOnce(
+        &'a mut runtime::Runtime,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + 'a>>,
+) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async move {
-        let mut runtime = runtime::Runtime::start(&args.source)?;
-        let ready = runtime.ready_flag("proxy");
-        let context = fairlead_proxy::Context {
-            model: runtime.model.clone(),
-            registry: &mut runtime.registry,
-            ready,
-            cancel: runtime.cancel.clone(),
-            node_name: args.source.node_name.clone(),
-        };
-        let proxy = fairlead_proxy::Proxy::start(&args.proxy, context)
-            .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
-        runtime.spawn(
-            "proxy",
-            Box::pin(async move { proxy.run().await.map_err(anyhow::Error::from) }),
-        );
-        runtime.run().await?;
-        Ok(ExitCode::SUCCESS)
-    })
+        .context("starting the async runtime")?
+        .block_on(async {
+            let mut rt = runtime::Runtime::start(source)?;
+            setup(&mut rt).await?;
+            rt.run().await?;
+            Ok(ExitCode::SUCCESS)
+        })
+}
+
+#[allow(
+    clippy::unnecessary_wraps,
+    reason = "same signature as the modes it stands in for"
+)]
+fn not_built(command: &str, issue: &str) -> Result<ExitCode> {
+    eprintln!("fairlead {command}: not built yet (see the issue \"{issue}\")");
+    Ok(ExitCode::from(2))
 }
 
 /// Prints what the pinned maps hold.
@@ -174,15 +244,6 @@ fn status(json: bool, bpffs: &Path) -> Result<ExitCode> {
         print!("{status}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[allow(
-    clippy::unnecessary_wraps,
-    reason = "same signature as the modes it stands in for"
-)]
-fn not_built(command: &str, issue: &str) -> Result<ExitCode> {
-    eprintln!("fairlead {command}: not built yet (see the issue \"{issue}\")");
-    Ok(ExitCode::from(2))
 }
 
 /// Loads every program of the embedded eBPF object into the kernel.
@@ -206,8 +267,42 @@ fn check(dir: &Path) -> Result<ExitCode> {
     source
         .sync(&mut writer)
         .with_context(|| format!("loading manifests from {}", dir.display()))?;
-    let snapshot = writer.snapshot();
-    print!("{}", dump::render(&snapshot));
+    Ok(report(&writer.snapshot(), &dir.display().to_string()))
+}
+
+/// How long `check --kubeconfig` waits for every initial list.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lists every kind from the apiserver once and reports the model.
+fn check_apiserver(kubeconfig: &Path) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let snapshot = runtime.block_on(async {
+        let client = kube_source::client(Some(kubeconfig)).await?;
+        let source = KubeSource::new(KubeOptions::default(), &mut Registry::default())?;
+        let (writer, mut rx) = ModelWriter::new();
+        let task = tokio::spawn(source.run(client, writer));
+        let synced = tokio::time::timeout(CHECK_TIMEOUT, rx.wait_for(|s| s.synced))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|snapshot| snapshot.clone());
+        task.abort();
+        synced.with_context(|| {
+            format!(
+                "the apiserver did not deliver every initial list within {CHECK_TIMEOUT:?} \
+                 (RUST_LOG=warn shows the watch errors)"
+            )
+        })
+    })?;
+    Ok(report(&snapshot, "the apiserver"))
+}
+
+/// Prints the model and its problems; 1 when anything is invalid.
+fn report(snapshot: &Snapshot, what: &str) -> ExitCode {
+    print!("{}", dump::render(snapshot));
     let errors = snapshot
         .problems
         .iter()
@@ -215,16 +310,10 @@ fn check(dir: &Path) -> Result<ExitCode> {
         .count();
     let warnings = snapshot.problems.len() - errors;
     if errors > 0 {
-        eprintln!(
-            "fairlead check: {errors} error(s), {warnings} warning(s) in {}",
-            dir.display()
-        );
-        Ok(ExitCode::from(1))
+        eprintln!("fairlead check: {errors} error(s), {warnings} warning(s) in {what}");
+        ExitCode::from(1)
     } else {
-        eprintln!(
-            "fairlead check: {} OK ({warnings} warning(s))",
-            dir.display()
-        );
-        Ok(ExitCode::SUCCESS)
+        eprintln!("fairlead check: {what} OK ({warnings} warning(s))");
+        ExitCode::SUCCESS
     }
 }

@@ -11,7 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use fairlead_model::source::ManifestDir;
-use fairlead_model::{ModelWriter, Ready, Snapshot};
+use fairlead_model::source::kube::status::{
+    DEFAULT_RESYNC, IngressStatusConfig, IngressStatusWriter, StatusAddress, StatusAddresses,
+};
+use fairlead_model::source::kube::{
+    self as kube_source, Client, IngressStore, KubeOptions, KubeSource,
+};
+use fairlead_model::{ModelWriter, ObjectKey, Ready, Snapshot};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,6 +39,15 @@ pub(crate) struct SourceArgs {
     /// This node's name (for node-local endpoints and the Node object).
     #[arg(long, env = "NODE_NAME")]
     pub(crate) node_name: Option<String>,
+    /// Read Services, EndpointSlices, Ingresses and TLS Secrets of this
+    /// namespace only (apiserver source; cluster-scoped kinds are read as usual).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        conflicts_with = "manifests",
+        env = "FAIRLEAD_NAMESPACE"
+    )]
+    pub(crate) namespace: Option<String>,
     /// Address of the telemetry listener: /metrics, /health, /ready.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
     pub(crate) telemetry_addr: SocketAddr,
@@ -59,20 +74,94 @@ pub(crate) struct Runtime {
     components: Vec<(&'static str, Ready)>,
     tasks: JoinSet<(&'static str, Result<()>)>,
     args: SourceArgs,
+    /// Set when the model comes from the apiserver.
+    apiserver: Option<Apiserver>,
+}
+
+/// What the apiserver source shares with other tasks.
+struct Apiserver {
+    /// The client, once configured by the source task.
+    client: watch::Receiver<Option<Client>>,
+    /// The source's Ingress store (statuses included).
+    ingresses: IngressStore,
+}
+
+/// Where the Ingress gateway publishes its address in the status of the
+/// Ingresses it serves (`status.loadBalancer.ingress`), like ingress-nginx.
+/// Without any of these flags no status is written. Apiserver source only.
+#[derive(Args, Debug, Clone, Default)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "clap derives the flag names (and ids, unique across flattened args) from the fields"
+)]
+pub(crate) struct IngressStatusArgs {
+    /// Publish these addresses (IPs or DNS names, comma-separated).
+    #[arg(
+        long,
+        value_name = "ADDR,...",
+        value_delimiter = ',',
+        env = "FAIRLEAD_INGRESS_STATUS_ADDRESS",
+        conflicts_with_all = ["ingress_status_service", "ingress_status_node"]
+    )]
+    pub(crate) ingress_status_address: Vec<StatusAddress>,
+    /// Publish the addresses of this Service (the gateway's own): its
+    /// load-balancer IPs, else its external IPs.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        env = "FAIRLEAD_INGRESS_STATUS_SERVICE",
+        conflicts_with = "ingress_status_node"
+    )]
+    pub(crate) ingress_status_service: Option<String>,
+    /// Publish this node's ExternalIPs (else InternalIPs). Only for a single
+    /// gateway instance: instances on several nodes would overwrite each other.
+    #[arg(long, env = "FAIRLEAD_INGRESS_STATUS_NODE")]
+    pub(crate) ingress_status_node: bool,
+}
+
+impl IngressStatusArgs {
+    /// The configured addresses, if any.
+    fn addresses(&self, node_name: Option<&str>) -> Result<Option<StatusAddresses>> {
+        if !self.ingress_status_address.is_empty() {
+            return Ok(Some(StatusAddresses::Fixed(
+                self.ingress_status_address.clone(),
+            )));
+        }
+        if let Some(service) = &self.ingress_status_service {
+            let Some((namespace, name)) = service.split_once('/') else {
+                bail!("--ingress-status-service {service:?}: expected NAMESPACE/NAME");
+            };
+            return Ok(Some(StatusAddresses::Service(ObjectKey::new(
+                namespace, name,
+            ))));
+        }
+        if self.ingress_status_node {
+            let Some(node) = node_name else {
+                bail!("--ingress-status-node needs --node-name (or NODE_NAME)");
+            };
+            return Ok(Some(StatusAddresses::Node(node.to_owned())));
+        }
+        Ok(None)
+    }
 }
 
 impl Runtime {
-    /// Starts the model source.
+    /// Starts the model source: the manifest directory, or the apiserver
+    /// (the client is configured in the source task; a bad kubeconfig fails
+    /// that task, which stops the process with the error).
     pub(crate) fn start(args: &SourceArgs) -> Result<Self> {
         let (writer, model) = ModelWriter::new();
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        // Components name their metrics `fairlead_<component>_…` themselves.
+        let mut registry = Registry::default();
+        let mut apiserver = None;
+        let stop = cancel.clone();
         if let Some(dir) = &args.manifests {
             if !dir.is_dir() {
                 bail!("--manifests {}: not a directory", dir.display());
             }
             let source = ManifestDir::new(dir);
-            let stop = cancel.clone();
             tasks.spawn(async move {
                 tokio::select! {
                     result = source.watch(writer) => ("source", result.context("manifest source")),
@@ -80,18 +169,86 @@ impl Runtime {
                 }
             });
         } else {
-            bail!(
-                "reading the apiserver is not built yet (issue \"Kubernetes apiserver source\"); use --manifests DIR"
-            );
+            let options = KubeOptions {
+                node_name: args.node_name.clone(),
+                namespace: args.namespace.clone(),
+            };
+            let source =
+                KubeSource::new(options, registry.sub_registry_with_prefix("fairlead_kube"))
+                    .context("apiserver source")?;
+            let (client_tx, client_rx) = watch::channel(None);
+            apiserver = Some(Apiserver {
+                client: client_rx,
+                ingresses: source.ingresses(),
+            });
+            let kubeconfig = args.kubeconfig.clone();
+            tasks.spawn(async move {
+                let run = async {
+                    let client = kube_source::client(kubeconfig.as_deref()).await?;
+                    client_tx.send_replace(Some(client.clone()));
+                    source.run(client, writer).await
+                };
+                tokio::select! {
+                    result = run => ("source", result.context("apiserver source")),
+                    () = stop.cancelled() => ("source", Ok(())),
+                }
+            });
         }
         Ok(Self {
             model,
-            registry: Registry::with_prefix("fairlead"),
+            registry,
             cancel,
             components: Vec::new(),
             tasks,
             args: args.clone(),
+            apiserver,
         })
+    }
+
+    /// Publishes the Ingress gateway's addresses in the status of the
+    /// Ingresses of `class`, as `status` configures (nothing when it names no
+    /// address, or when the model comes from manifests). Call it from the
+    /// modes that run the gateway (`ingress`, `node`).
+    pub(crate) fn publish_ingress_status(
+        &mut self,
+        class: &str,
+        status: &IngressStatusArgs,
+    ) -> Result<()> {
+        let Some(addresses) = status.addresses(self.node_name())? else {
+            info!("Ingress status is not published (no --ingress-status-* flag)");
+            return Ok(());
+        };
+        let Some(apiserver) = &self.apiserver else {
+            warn!("--ingress-status-* ignored: the model comes from --manifests");
+            return Ok(());
+        };
+        let writer = IngressStatusWriter::new(
+            apiserver.ingresses.clone(),
+            IngressStatusConfig {
+                class: class.to_owned(),
+                addresses,
+                resync: DEFAULT_RESYNC,
+            },
+            &mut self.registry,
+        );
+        let mut client = apiserver.client.clone();
+        let model = self.model.clone();
+        let stop = self.cancel.clone();
+        self.tasks.spawn(async move {
+            let run = async {
+                let Ok(client) = client.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+                    // The source ended before configuring a client; it reports why.
+                    return Ok(());
+                };
+                let client = client.expect("waited for Some");
+                writer.run(client, model).await
+            };
+            tokio::select! {
+                result = run => ("ingress-status", result.context("Ingress status writer")),
+                () = stop.cancelled() => ("ingress-status", Ok(())),
+            }
+        });
+        Ok(())
     }
 
     /// The node name, if given.

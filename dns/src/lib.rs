@@ -1,1 +1,356 @@
-//! Cluster DNS for fairlead (the CoreDNS job). Not built yet: see the "Cluster DNS" issue.
+//! Cluster DNS for fairlead (the CoreDNS job): the Kubernetes DNS-Based Service
+//! Discovery specification served from the shared model on hickory-server, and
+//! a caching forwarder for every other name.
+//!
+//! The pieces, in the order a request meets them:
+//! - transport: hickory-server's UDP and TCP loops on `--listen`;
+//! - [`Handler`]: EDNS0, the asker's case kept, shuffling, truncation;
+//! - [`Index`]: every cluster name, rebuilt per model snapshot (only the
+//!   Services that changed) and swapped atomically;
+//! - [`forward::Forwarder`]: cache, upstreams, serve-stale, loop detection.
+//!
+//! The binary calls [`Dns::bind`] (sockets and metrics), then [`Dns::run`]
+//! with the model receiver, a [`Ready`] flag and a cancellation token.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+pub mod forward;
+mod handler;
+pub mod index;
+pub mod metrics;
+pub mod names;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use fairlead_model::{Ready, Snapshot};
+use hickory_server::Server;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+pub use error::Error;
+pub use forward::{ForwardConfig, Forwarder};
+pub use handler::Handler;
+pub use hickory_server::net::xfer::Protocol;
+pub use index::{Answer, Index, Lookup, PodsMode, UpdateKind, ZoneConfig};
+pub use metrics::Metrics;
+
+/// Flags of `fairlead dns` (and of the DNS part of `fairlead node`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Where to serve DNS, over UDP and TCP (repeatable): IP:PORT, [IPv6]:PORT, or :PORT for every IPv4 address.
+    #[arg(long = "listen", value_name = "ADDR", default_value = ":53", value_parser = names::parse_listen)]
+    pub listen: Vec<SocketAddr>,
+    /// The cluster domain.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub zone: String,
+    /// TTL of cluster records and of negative answers, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub ttl: u32,
+    /// Upstream servers for names outside the cluster, IP or IP:PORT (repeatable or comma-separated). Default: the nameservers of --dns-resolv-conf.
+    #[arg(long = "upstream", value_name = "ADDR", value_delimiter = ',')]
+    pub upstream: Vec<String>,
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: disabled, insecure (any address) or verified (addresses of endpoints that are Pods of that namespace).
+    #[arg(long, value_enum, default_value_t = PodsMode::Disabled)]
+    pub pods: PodsMode,
+    /// Where the default upstreams are read from.
+    #[arg(
+        long = "dns-resolv-conf",
+        value_name = "FILE",
+        default_value = "/etc/resolv.conf"
+    )]
+    pub resolv_conf: PathBuf,
+    /// Time to wait for one upstream (e.g. 2s, 500ms).
+    #[arg(long = "dns-upstream-timeout", value_name = "DURATION", default_value = "2s", value_parser = names::parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Most upstream queries in flight; further forwarded questions are REFUSED (or served stale).
+    #[arg(long = "dns-max-concurrent", value_name = "N", default_value_t = 1000)]
+    pub max_concurrent: usize,
+    /// Most entries in the forwarder's cache (0 disables the cache).
+    #[arg(long = "dns-cache-size", value_name = "N", default_value_t = 10_000)]
+    pub cache_size: usize,
+    /// Cap on the TTL of cached answers, in seconds.
+    #[arg(
+        long = "dns-cache-max-ttl",
+        value_name = "SECONDS",
+        default_value_t = 3600
+    )]
+    pub cache_max_ttl: u32,
+    /// Cap on the TTL of cached negative answers (NXDOMAIN, NODATA), in seconds.
+    #[arg(
+        long = "dns-cache-max-negative-ttl",
+        value_name = "SECONDS",
+        default_value_t = 1800
+    )]
+    pub cache_max_negative_ttl: u32,
+    /// How long after expiry a cached answer may be served when every upstream fails (0 disables).
+    #[arg(long = "dns-serve-stale", value_name = "DURATION", default_value = "1h", value_parser = names::parse_duration)]
+    pub serve_stale: Duration,
+    /// How long a client waits for the upstreams before an expired answer is served instead.
+    #[arg(long = "dns-stale-answer-timeout", value_name = "DURATION", default_value = "1800ms", value_parser = names::parse_duration)]
+    pub stale_answer_timeout: Duration,
+    /// Largest UDP response sent, whatever buffer size a client advertises (EDNS0).
+    #[arg(
+        long = "dns-max-udp-payload",
+        value_name = "BYTES",
+        default_value_t = 1232
+    )]
+    pub max_udp_payload: u16,
+    /// TCP connections idle this long are closed.
+    #[arg(long = "dns-tcp-idle-timeout", value_name = "DURATION", default_value = "10s", value_parser = names::parse_duration)]
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Args {
+    /// The flags' defaults with `listen` as the only address.
+    #[must_use]
+    pub fn with_listen(listen: SocketAddr) -> Self {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: Args,
+        }
+        let mut args = Wrapper::parse_from(["fairlead-dns"]).args;
+        args.listen = vec![listen];
+        args
+    }
+
+    fn upstreams(&self) -> Result<Vec<SocketAddr>, Error> {
+        if !self.upstream.is_empty() {
+            return self
+                .upstream
+                .iter()
+                .map(|u| {
+                    names::parse_upstream(u).ok_or_else(|| Error::Upstream { value: u.clone() })
+                })
+                .collect();
+        }
+        let text =
+            std::fs::read_to_string(&self.resolv_conf).map_err(|source| Error::ResolvConf {
+                path: self.resolv_conf.clone(),
+                source,
+            })?;
+        Ok(names::resolv_conf_nameservers(&text))
+    }
+}
+
+/// What the binary hands the DNS server to run with.
+#[derive(Debug)]
+pub struct Context {
+    /// The model.
+    pub model: watch::Receiver<Arc<Snapshot>>,
+    /// Set once the server answers from a synced model.
+    pub ready: Ready,
+    /// Cancelled for shutdown; [`Dns::run`] then stops and returns.
+    pub cancel: CancellationToken,
+}
+
+/// A DNS server with its sockets bound, ready to run.
+#[derive(Debug)]
+pub struct Dns {
+    args: Args,
+    handler: Handler,
+    index: Arc<ArcSwap<Index>>,
+    metrics: Metrics,
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+    // With port 0, TCP takes the port the kernel gave UDP; retry if taken.
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
+            protocol: "udp",
+            addr,
+            source,
+        })?;
+        let bound = udp.local_addr().map_err(|source| Error::Bind {
+            protocol: "udp",
+            addr,
+            source,
+        })?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(_) if addr.port() == 0 => {}
+            Err(source) => {
+                return Err(Error::Bind {
+                    protocol: "tcp",
+                    addr,
+                    source,
+                });
+            }
+        }
+    }
+    Err(Error::Bind {
+        protocol: "tcp",
+        addr,
+        source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    })
+}
+
+impl Dns {
+    /// Binds the sockets, reads the upstreams and registers the metrics
+    /// (prefix `fairlead_dns`). Nothing is answered until [`Dns::run`].
+    pub async fn bind(args: Args, registry: &mut Registry) -> Result<Self, Error> {
+        let config = Arc::new(ZoneConfig::new(&args.zone, args.ttl, args.pods)?);
+        let upstreams = args.upstreams()?;
+        let metrics = Metrics::register(registry);
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        let mut local_addrs = Vec::new();
+        for addr in &args.listen {
+            let (u, t) = bind_pair(*addr).await?;
+            local_addrs.push(u.local_addr().map_err(|source| Error::Bind {
+                protocol: "udp",
+                addr: *addr,
+                source,
+            })?);
+            udp.push(u);
+            tcp.push(t);
+        }
+        let forwarder = Forwarder::new(
+            ForwardConfig {
+                upstreams,
+                timeout: args.upstream_timeout,
+                max_concurrent: args.max_concurrent,
+                cache_size: args.cache_size,
+                max_ttl: args.cache_max_ttl,
+                max_negative_ttl: args.cache_max_negative_ttl,
+                stale_window: args.serve_stale,
+                stale_answer_timeout: args.stale_answer_timeout,
+            },
+            metrics.clone(),
+        );
+        forwarder.detect_static_loops(&local_addrs);
+        let index = Arc::new(ArcSwap::from_pointee(Index::new(config)));
+        let handler = Handler::new(
+            index.clone(),
+            forwarder,
+            metrics.clone(),
+            args.max_udp_payload,
+        );
+        Ok(Self {
+            args,
+            handler,
+            index,
+            metrics,
+            udp,
+            tcp,
+            local_addrs,
+        })
+    }
+
+    /// The addresses served (UDP and TCP on each), with the actual ports.
+    #[must_use]
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Serves until `ctx.cancel` is cancelled: follows the model into the
+    /// index, answers on every socket, probes the upstreams for loops.
+    pub async fn run(self, ctx: Context) -> Result<(), Error> {
+        let span = info_span!("dns", listen = ?self.local_addrs, zone = %self.args.zone);
+        self.serve(ctx).instrument(span).await
+    }
+
+    async fn serve(self, ctx: Context) -> Result<(), Error> {
+        forward::log_setup(self.handler.forwarder());
+        let mut server = Server::new(self.handler.clone());
+        for socket in self.udp {
+            server.register_socket(socket);
+        }
+        for listener in self.tcp {
+            server.register_listener(listener, self.args.tcp_idle_timeout, 64);
+        }
+        let addrs: Vec<String> = self.local_addrs.iter().map(ToString::to_string).collect();
+        info!(addrs = %addrs.join(","), "serving DNS");
+        let follower = tokio::spawn(
+            follow(
+                ctx.model,
+                self.index.clone(),
+                ctx.ready.clone(),
+                self.metrics.clone(),
+                ctx.cancel.clone(),
+            )
+            .in_current_span(),
+        );
+        let forwarder = self.handler.forwarder().clone();
+        let prober = tokio::spawn(async move { forwarder.probe_loops().await }.in_current_span());
+
+        let token = server.shutdown_token().clone();
+        let cancel = ctx.cancel.clone();
+        let stopper = tokio::spawn(async move {
+            cancel.cancelled().await;
+            token.cancel();
+        });
+        let result = server.block_until_done().await;
+        ctx.ready.set(false);
+        stopper.abort();
+        prober.abort();
+        if ctx.cancel.is_cancelled() {
+            let _ = follower.await;
+            info!("DNS stopped");
+            Ok(())
+        } else {
+            follower.abort();
+            Err(Error::Server(match result {
+                Ok(()) => "every socket closed".to_owned(),
+                Err(e) => e.to_string(),
+            }))
+        }
+    }
+}
+
+/// Follows the model: every new snapshot becomes the served index (only the
+/// changed Services rebuilt), and `ready` turns true once it is synced.
+async fn follow(
+    mut model: watch::Receiver<Arc<Snapshot>>,
+    index: Arc<ArcSwap<Index>>,
+    ready: Ready,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    loop {
+        let snapshot = model.borrow_and_update().clone();
+        let started = Instant::now();
+        let current = index.load_full();
+        if snapshot.generation != current.generation() || snapshot.synced != current.synced() {
+            let generation = snapshot.generation;
+            let updated = tokio::task::spawn_blocking(move || current.update(&snapshot)).await;
+            match updated {
+                Ok((next, kind)) => {
+                    let services = next.service_count();
+                    index.store(Arc::new(next));
+                    metrics.index_updated(kind, generation, services, started.elapsed());
+                    debug!(generation, ?kind, services, elapsed = ?started.elapsed(), "serving a new model generation");
+                }
+                Err(error) => warn!(%error, "building the record index failed"),
+            }
+        }
+        if index.load().synced() && !ready.get() {
+            info!(
+                generation = index.load().generation(),
+                "model synced; answering cluster names"
+            );
+            ready.set(true);
+        }
+        tokio::select! {
+            changed = model.changed() => if changed.is_err() {
+                // The model source is gone: keep serving what we have.
+                cancel.cancelled().await;
+                return;
+            },
+            () = cancel.cancelled() => return,
+        }
+    }
+}

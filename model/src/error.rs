@@ -117,4 +117,24 @@ pub enum Error {
         #[source]
         source: notify::Error,
     },
+    /// The apiserver client could not be configured (kubeconfig, in-cluster
+    /// service account, TLS).
+    #[error("configuring the apiserver client{}: {message}", .kubeconfig.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
+    KubeConfig {
+        /// The kubeconfig file, when one was given.
+        kubeconfig: Option<PathBuf>,
+        /// What went wrong (kube-rs's errors already name their causes).
+        message: String,
+    },
+    /// A setting of the apiserver source is invalid.
+    #[error("{setting}: {message}")]
+    InvalidSetting {
+        /// The setting (a flag name).
+        setting: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A request to the apiserver failed.
+    #[error("apiserver: {0}")]
+    Kube(#[from] ::kube::Error),
 }

@@ -168,6 +168,34 @@ impl ModelWriter {
         self.publish(&dirty)
     }
 
+    /// Replaces every object of `kinds` with the upserts of those kinds in
+    /// `changes`, and applies the rest of `changes` (any kind, deletes
+    /// included) as [`ModelWriter::apply`] would, all in one snapshot. Objects
+    /// of `kinds` not upserted in `changes` are deleted; objects of other kinds
+    /// are left alone. This is a relist of some kinds: the old and the new
+    /// state of those kinds never show half-merged.
+    pub fn replace_kinds(&mut self, kinds: &[Kind], changes: Vec<Change>) -> u64 {
+        let present: BTreeSet<ObjectId> = changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Delete(_)))
+            .map(Change::id)
+            .collect();
+        let gone: Vec<ObjectId> = self
+            .entries
+            .keys()
+            .filter(|id| kinds.contains(&id.kind) && !present.contains(*id))
+            .cloned()
+            .collect();
+        let mut dirty = Dirty::default();
+        for id in gone {
+            self.apply_one(Change::Delete(id), &mut dirty);
+        }
+        for change in changes {
+            self.apply_one(change, &mut dirty);
+        }
+        self.publish(&dirty)
+    }
+
     /// Marks the model as holding the source's complete state.
     pub fn set_synced(&mut self) -> u64 {
         let mut dirty = Dirty::default();

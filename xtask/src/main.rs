@@ -1,5 +1,7 @@
 //! `cargo xtask …`: chores around fairlead that are not part of building it.
 
+mod bench_dns;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -28,10 +30,10 @@ enum Command {
         #[arg(long, default_values_t = ["shop.example.com".to_owned(), "*.shop.example.com".to_owned()])]
         names: Vec<String>,
     },
-    /// Benchmarks against the peers, side by side (needs root; not a test).
+    /// Benchmarks against peers (not run in CI); prints figures and ratios.
     Bench {
         #[command(subcommand)]
-        what: Bench,
+        component: Bench,
     },
 }
 
@@ -54,13 +56,18 @@ enum Bench {
         #[arg(long)]
         fairlead_only: bool,
     },
+    /// fairlead's DNS against Knot DNS and NSD with dnsperf.
+    Dns(bench_dns::Options),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::ExampleCert { out, names } => example_cert(&out, &names),
         Command::Bench {
-            what:
+            component: Bench::Dns(options),
+        } => bench_dns::run(&options),
+        Command::Bench {
+            component:
                 Bench::Proxy {
                     sizes,
                     endpoints,

@@ -168,6 +168,9 @@ impl ManifestDir {
             match rx.recv().await {
                 None => return Ok(()),
                 Some(Err(e)) => warn!(error = %e, "file watcher error; reloading"),
+                // Reading the directory opens it: access events come from
+                // our own reloads and would make them loop.
+                Some(Ok(event)) if matches!(event.kind, notify::EventKind::Access(_)) => continue,
                 Some(Ok(event)) => debug!(?event.kind, paths = ?event.paths, "file event"),
             }
             // Debounce: wait for a quiet period, but not forever.

@@ -2,5 +2,7 @@
 //! [`crate::ModelWriter`]; none translates anything itself.
 
 pub mod files;
+pub mod kube;
 
+pub use self::kube::KubeSource;
 pub use files::ManifestDir;

@@ -1,0 +1,350 @@
+//! Prometheus metrics of the DNS server, registered under `fairlead_dns_`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Where an answer came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Source {
+    /// The cluster index (authoritative).
+    Cluster,
+    /// The forwarder's cache, fresh.
+    Cache,
+    /// An upstream, just now.
+    Upstream,
+    /// The forwarder's cache, expired, because every upstream failed.
+    Stale,
+    /// Nothing could be answered (malformed, refused, failed upstreams).
+    Error,
+}
+
+impl EncodeLabelValue for Source {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Source::Cluster => "cluster",
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+            Source::Stale => "stale",
+            Source::Error => "error",
+        })
+    }
+}
+
+/// A query type as a label: the common ones by name, the rest as `other`
+/// (bounded cardinality whatever clients send).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct QType(RecordType);
+
+impl QType {
+    /// The label for `qtype`.
+    #[must_use]
+    pub fn of(qtype: Option<RecordType>) -> Self {
+        Self(qtype.unwrap_or(RecordType::Unknown(0)))
+    }
+}
+
+impl EncodeLabelValue for QType {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            RecordType::A
+            | RecordType::AAAA
+            | RecordType::SRV
+            | RecordType::PTR
+            | RecordType::TXT
+            | RecordType::CNAME
+            | RecordType::SOA
+            | RecordType::NS
+            | RecordType::MX
+            | RecordType::ANY
+            | RecordType::HTTPS
+            | RecordType::SVCB
+            | RecordType::AXFR
+            | RecordType::IXFR => write!(encoder, "{}", self.0),
+            _ => encoder.write_str("other"),
+        }
+    }
+}
+
+/// A response code as a label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Rcode(ResponseCode);
+
+impl EncodeLabelValue for Rcode {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self.0 {
+            ResponseCode::NoError => "NOERROR",
+            ResponseCode::FormErr => "FORMERR",
+            ResponseCode::ServFail => "SERVFAIL",
+            ResponseCode::NXDomain => "NXDOMAIN",
+            ResponseCode::NotImp => "NOTIMP",
+            ResponseCode::Refused => "REFUSED",
+            ResponseCode::BADVERS => "BADVERS",
+            _ => "other",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    r#type: QType,
+    rcode: Rcode,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: Source,
+}
+
+/// Why an upstream exchange failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No answer in time.
+    Timeout,
+    /// A socket error.
+    Network,
+    /// An answer that does not parse or does not match the question.
+    Malformed,
+    /// SERVFAIL, REFUSED or another error rcode.
+    Rcode,
+    /// The upstream sends our own queries back to us.
+    Loop,
+}
+
+impl EncodeLabelValue for UpstreamError {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Network => "network",
+            UpstreamError::Malformed => "malformed",
+            UpstreamError::Rcode => "rcode",
+            UpstreamError::Loop => "loop",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    reason: UpstreamError,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpdateLabels {
+    kind: UpdateKindLabel,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum UpdateKindLabel {
+    Full,
+    Incremental,
+}
+
+impl EncodeLabelValue for UpdateKindLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            UpdateKindLabel::Full => "full",
+            UpdateKindLabel::Incremental => "incremental",
+        })
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~5 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
+/// Every metric of the DNS server. Cheap to clone (shared handles).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_stale: Counter,
+    cache_entries: Gauge,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    overloaded: Counter,
+    loops: Counter,
+    model_to_serving: Histogram,
+    index_updates: Family<UpdateLabels, Counter>,
+    index_generation: Gauge,
+    index_services: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_stale: Counter::default(),
+            cache_entries: Gauge::default(),
+            upstream_errors: Family::default(),
+            overloaded: Counter::default(),
+            loops: Counter::default(),
+            model_to_serving: latency_histogram(),
+            index_updates: Family::default(),
+            index_generation: Gauge::default(),
+            index_services: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Metrics registered in `registry` under the prefix `fairlead_dns`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let r = registry.sub_registry_with_prefix("fairlead_dns");
+        r.register(
+            "requests",
+            "DNS requests answered, by query type and response code",
+            metrics.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from a parsed request to its response, by where the answer came from",
+            Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Forwarded questions answered from the cache",
+            metrics.cache_hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Forwarded questions not (freshly) in the cache",
+            metrics.cache_misses.clone(),
+        );
+        r.register(
+            "cache_stale_answers",
+            "Expired cache entries served because every upstream failed",
+            metrics.cache_stale.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Entries in the forwarder's cache",
+            metrics.cache_entries.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Failed exchanges with upstream servers, by upstream and reason",
+            metrics.upstream_errors.clone(),
+        );
+        r.register(
+            "forward_overloaded",
+            "Forwarded questions refused because the concurrent upstream query limit was reached",
+            metrics.overloaded.clone(),
+        );
+        r.register(
+            "forwarding_loops",
+            "Forwarding loops detected (an upstream sent our own probe back to us)",
+            metrics.loops.clone(),
+        );
+        r.register_with_unit(
+            "model_to_serving",
+            "Time from receiving a model snapshot to serving its records",
+            Unit::Seconds,
+            metrics.model_to_serving.clone(),
+        );
+        r.register(
+            "index_updates",
+            "Record index updates, full rebuilds or incremental",
+            metrics.index_updates.clone(),
+        );
+        r.register(
+            "index_generation",
+            "Model generation being served (the SOA serial)",
+            metrics.index_generation.clone(),
+        );
+        r.register(
+            "index_services",
+            "Services in the record index",
+            metrics.index_services.clone(),
+        );
+        metrics
+    }
+
+    pub(crate) fn request(
+        &self,
+        qtype: Option<RecordType>,
+        rcode: ResponseCode,
+        source: Source,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                r#type: QType::of(qtype),
+                rcode: Rcode(rcode),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&SourceLabels { source })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    pub(crate) fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    pub(crate) fn cache_stale(&self) {
+        self.cache_stale.inc();
+    }
+
+    pub(crate) fn cache_entries(&self, entries: usize) {
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn upstream_error(&self, upstream: &str, reason: UpstreamError) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub(crate) fn overloaded(&self) {
+        self.overloaded.inc();
+    }
+
+    pub(crate) fn forwarding_loop(&self) {
+        self.loops.inc();
+    }
+
+    pub(crate) fn index_updated(
+        &self,
+        kind: crate::UpdateKind,
+        generation: u64,
+        services: usize,
+        elapsed: Duration,
+    ) {
+        self.model_to_serving.observe(elapsed.as_secs_f64());
+        let kind = match kind {
+            crate::UpdateKind::Full => UpdateKindLabel::Full,
+            crate::UpdateKind::Incremental(_) => UpdateKindLabel::Incremental,
+        };
+        self.index_updates
+            .get_or_create(&UpdateLabels { kind })
+            .inc();
+        self.index_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.index_services
+            .set(i64::try_from(services).unwrap_or(i64::MAX));
+    }
+}

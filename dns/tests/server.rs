@@ -1,0 +1,367 @@
+//! The server on real loopback sockets: readiness and SERVFAIL before the
+//! model syncs, model changes reaching answers, and the forwarder against a
+//! local upstream (cache, negative cache, TCP retry, serve-stale, the
+//! concurrency cap, loop detection), with the metrics that report them.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fairlead_dns::{Args, Context, Dns, Error};
+use fairlead_model::source::ManifestDir;
+use fairlead_model::{ModelWriter, Ready, Snapshot};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+use prometheus_client::registry::Registry;
+use support::upstream::Upstream;
+use support::{fixtures, rcode_name, render, tcp_query, udp_query};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    addr: SocketAddr,
+    ready: Ready,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+    registry: Registry,
+}
+
+impl Running {
+    async fn start(mut args: Args, model: watch::Receiver<Arc<Snapshot>>) -> Self {
+        if args.upstream.is_empty() {
+            // Nothing listens there: forwarded names fail fast.
+            args.upstream = vec!["127.0.0.1:9".to_owned()];
+        }
+        let mut registry = Registry::default();
+        let dns = Dns::bind(args, &mut registry).await.expect("binds");
+        let addr = dns.local_addrs()[0];
+        let ready = Ready::new();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(dns.run(Context {
+            model,
+            ready: ready.clone(),
+            cancel: cancel.clone(),
+        }));
+        Self {
+            addr,
+            ready,
+            cancel,
+            task,
+            registry,
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("stops within 5 s")
+            .expect("does not panic");
+        result.expect("stops cleanly");
+    }
+}
+
+fn args() -> Args {
+    Args::with_listen("127.0.0.1:0".parse().unwrap())
+}
+
+/// Polls `check` every 10 ms for at most 5 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_and_not_ready_until_the_model_syncs() {
+    let (mut writer, model) = ModelWriter::new();
+    let server = Running::start(args(), model).await;
+    let name = "web.shop.svc.cluster.local.";
+    // Unsynced: cluster names fail (never a false NXDOMAIN), not ready.
+    let response = udp_query(server.addr, name, RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    assert!(!server.ready.get());
+    // The data arrives, still unsynced: still SERVFAIL.
+    let loaded = ManifestDir::new(fixtures()).load().unwrap();
+    writer.replace_all(loaded.changes, loaded.problems, false);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let response = udp_query(server.addr, name, RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    assert!(!server.ready.get());
+    // Synced: answers, and ready.
+    writer.set_synced();
+    eventually("an answer after sync", || async {
+        udp_query(server.addr, name, RecordType::A)
+            .await
+            .metadata
+            .response_code
+            == ResponseCode::NoError
+    })
+    .await;
+    assert!(server.ready.get());
+    let response = tcp_query(server.addr, name, RecordType::A).await;
+    assert_eq!(
+        render(&response),
+        "NOERROR aa\nan: web.shop.svc.cluster.local. 5 IN A 10.96.10.10"
+    );
+    assert!(server.metric("fairlead_dns_index_updates_total") >= 2.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_change_changes_the_answer_quickly() {
+    let (mut writer, model) = ModelWriter::new();
+    let loaded = ManifestDir::new(fixtures()).load().unwrap();
+    writer.replace_all(loaded.changes, loaded.problems, true);
+    let server = Running::start(args(), model).await;
+    let name = "db.data.svc.cluster.local.";
+    eventually("synced", || async { server.ready.get() }).await;
+    assert_eq!(
+        udp_query(server.addr, name, RecordType::A)
+            .await
+            .answers
+            .len(),
+        3
+    );
+    // db-1 goes away.
+    let slice: serde_json::Value = serde_yaml::from_str(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db-1, namespace: data, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: postgres, port: 5432}]\nendpoints:\n- {addresses: [10.244.1.41], hostname: db-0}\n",
+    )
+    .unwrap();
+    let changed = Instant::now();
+    writer.apply([fairlead_model::Change::Upsert {
+        object: fairlead_model::decode(slice).unwrap(),
+        origin: None,
+    }]);
+    eventually("the new answer", || async {
+        udp_query(server.addr, name, RecordType::A)
+            .await
+            .answers
+            .len()
+            == 1
+    })
+    .await;
+    let elapsed = changed.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_caches_and_serves_stale() {
+    let upstream = Upstream::start(1).await;
+    let (_writer, model) = ModelWriter::new();
+    let mut a = args();
+    a.upstream = vec![upstream.addr.to_string()];
+    let server = Running::start(a, model).await;
+    let name = "www.example.test.";
+
+    // Forwarded (even before the model syncs: not a cluster name).
+    let response = udp_query(server.addr, name, RecordType::A).await;
+    assert_eq!(
+        render(&response),
+        "NOERROR\nan: www.example.test. 1 IN A 192.0.2.1"
+    );
+    let after_first = upstream.queries();
+    // Cached.
+    let response = udp_query(server.addr, name, RecordType::A).await;
+    assert_eq!(rcode_name(response.metadata.response_code), "NOERROR");
+    assert_eq!(upstream.queries(), after_first, "answered from the cache");
+    assert!(server.metric("fairlead_dns_cache_hits_total") >= 1.0);
+
+    // Negative answers are cached too, with their SOA.
+    let response = udp_query(server.addr, "nx.example.test.", RecordType::A).await;
+    assert_eq!(
+        render(&response),
+        "NXDOMAIN\nns: example.test. 1 IN SOA example.test. example.test. 1 60 60 60 1"
+    );
+    let count = upstream.queries();
+    let response = udp_query(server.addr, "nx.example.test.", RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        upstream.queries(),
+        count,
+        "NXDOMAIN answered from the cache"
+    );
+
+    // The upstream stops; once the entry expired, it is served stale.
+    upstream.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = udp_query(server.addr, name, RecordType::A).await;
+    assert_eq!(
+        render(&response),
+        "NOERROR\nan: www.example.test. 30 IN A 192.0.2.1"
+    );
+    assert!(server.metric("fairlead_dns_cache_stale_answers_total") >= 1.0);
+    assert!(server.metric("fairlead_dns_upstream_errors_total") >= 1.0);
+    // Nothing cached: SERVFAIL.
+    let response = udp_query(server.addr, "other.example.test.", RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_upstream_answers_are_retried_over_tcp() {
+    let upstream = Upstream::start(60).await;
+    let (_writer, model) = ModelWriter::new();
+    let mut a = args();
+    a.upstream = vec![upstream.addr.to_string()];
+    let server = Running::start(a, model).await;
+    let response = tcp_query(server.addr, "big.example.test.", RecordType::A).await;
+    assert_eq!(response.answers.len(), 100);
+    assert!(!response.metadata.truncation);
+    assert_eq!(
+        upstream
+            .tcp_queries
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // Over UDP the client gets what fits in its 1232 bytes, with TC set.
+    let response = udp_query(server.addr, "big.example.test.", RecordType::A).await;
+    assert!(response.metadata.truncation);
+    assert!(response.answers.len() < 100 && !response.answers.is_empty());
+    assert!(
+        response.edns.is_some(),
+        "the OPT record survives truncation"
+    );
+    upstream.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_concurrency_cap_questions_are_refused() {
+    // An upstream that never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_writer, model) = ModelWriter::new();
+    let mut a = args();
+    a.upstream = vec![silent.local_addr().unwrap().to_string()];
+    a.max_concurrent = 1;
+    a.upstream_timeout = Duration::from_secs(2);
+    let server = Running::start(a, model).await;
+    // Give the start-up loop probe (which holds no permit) time to go out.
+    let addr = server.addr;
+    let hanging =
+        tokio::spawn(async move { udp_query(addr, "slow.example.test.", RecordType::A).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let response = udp_query(server.addr, "second.example.test.", RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::Refused);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    assert!(server.metric("fairlead_dns_forward_overloaded_total") >= 1.0);
+    // The first one fails when its upstream times out.
+    let first = hanging.await.unwrap();
+    assert_eq!(first.metadata.response_code, ResponseCode::ServFail);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_loop_is_detected() {
+    // The "upstream" relays every query back to the server itself.
+    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let (_writer, model) = ModelWriter::new();
+    let mut a = args();
+    a.upstream = vec![relay_addr.to_string()];
+    a.upstream_timeout = Duration::from_millis(500);
+    let server = Running::start(a, model).await;
+    let target = server.addr;
+    let relay_task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = relay.recv_from(&mut buf).await else {
+                return;
+            };
+            let query = buf[..n].to_vec();
+            let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            back.connect(target).await.unwrap();
+            back.send(&query).await.unwrap();
+            let mut answer = vec![0u8; 4096];
+            if let Ok(Ok(m)) =
+                tokio::time::timeout(Duration::from_secs(2), back.recv(&mut answer)).await
+            {
+                let _ = relay.send_to(&answer[..m], from).await;
+            }
+        }
+    });
+    eventually("the loop detected", || async {
+        server.metric("fairlead_dns_forwarding_loops_total") >= 1.0
+    })
+    .await;
+    // Forwarded names now fail at once instead of circling.
+    let started = Instant::now();
+    let response = udp_query(server.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    assert!(started.elapsed() < Duration::from_millis(200));
+    relay_task.abort();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_is_this_server_is_never_used() {
+    let (_writer, model) = ModelWriter::new();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    drop(socket);
+    let mut a = Args::with_listen(addr);
+    a.upstream = vec![addr.to_string()];
+    let server = Running::start(a, model).await;
+    assert!(server.metric("fairlead_dns_forwarding_loops_total") >= 1.0);
+    let response = udp_query(server.addr, "www.example.test.", RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_names_are_resolved_through_the_upstream() {
+    let upstream = Upstream::start(60).await;
+    let (mut writer, model) = ModelWriter::new();
+    let service: serde_json::Value = serde_yaml::from_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: partner, namespace: shop}\nspec: {type: ExternalName, externalName: api.example.test}\n",
+    )
+    .unwrap();
+    writer.apply([fairlead_model::Change::Upsert {
+        object: fairlead_model::decode(service).unwrap(),
+        origin: None,
+    }]);
+    writer.set_synced();
+    let mut a = args();
+    a.upstream = vec![upstream.addr.to_string()];
+    let server = Running::start(a, model).await;
+    eventually("synced", || async { server.ready.get() }).await;
+    let response = udp_query(
+        server.addr,
+        "partner.shop.svc.cluster.local.",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(
+        render(&response),
+        "NOERROR aa\nan: api.example.test. 60 IN A 192.0.2.1\nan: partner.shop.svc.cluster.local. 5 IN CNAME api.example.test."
+    );
+    assert!(
+        matches!(response.answers[0].data, RData::CNAME(_)),
+        "CNAME first"
+    );
+    upstream.stop().await;
+    server.stop().await;
+}

@@ -1,0 +1,986 @@
+//! The apiserver source: kube-rs watchers (`watcher` → `reflector` stores)
+//! for every kind the model reads, merged into one stream of batches that
+//! become [`Change`]s for the one [`ModelWriter`].
+//!
+//! - Nothing reaches the writer before every watcher has completed its first
+//!   list (`InitDone`); then the stores are handed over in one
+//!   [`ModelWriter::replace_all`] that marks the model synced.
+//! - Afterwards applied and deleted objects become upserts and deletes; the
+//!   events that are ready together (a burst) become one snapshot.
+//! - A relist of one kind (`Init` … `InitDone`, e.g. after `410 Gone`) keeps
+//!   the old state of that kind in force until the list is complete, then
+//!   swaps in the kind's whole new state from its store in one snapshot
+//!   ([`ModelWriter::replace_kinds`]): the model never shows a half-empty
+//!   world.
+//!
+//! Translation happens in the writer, exactly as for the manifest source; this
+//! module only moves objects. [`status`] publishes `status.loadBalancer` on
+//! the Ingresses a gateway serves.
+
+mod metrics;
+pub mod status;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use ::kube::api::Api;
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::runtime::reflector::{self, Store, store::Writer};
+use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::{WatchStreamExt, watcher as watch_stream};
+use ::kube::{Config, Resource};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+pub use ::kube::Client;
+
+/// The store of Ingresses the source keeps (status included), for
+/// [`status::IngressStatusWriter`].
+pub type IngressStore = Store<Ingress>;
+
+use crate::error::Error;
+use crate::object::KubeObject;
+use crate::snapshot::Snapshot;
+use crate::types::{Kind, ObjectId};
+use crate::writer::{Change, ModelWriter};
+use metrics::Metrics;
+
+/// Most events merged into one snapshot. A burst larger than this becomes
+/// several snapshots, each consistent.
+pub const MAX_BATCH: usize = 1024;
+
+/// The field selector of the Secret watcher: only TLS Secrets are read, so the
+/// source never holds other Secrets (tokens, passwords) in memory.
+pub const TLS_SECRETS: &str = "type=kubernetes.io/tls";
+
+/// The annotation `kubectl apply` writes: a second copy of the whole object
+/// (for Secrets, of their keys). Dropped on arrival.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// One resource of the apiserver and the verbs fairlead uses on it: what the
+/// RBAC rules in `deploy/` must grant, no more and no less.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApiAccess {
+    /// API group (`""` is the core group).
+    pub group: &'static str,
+    /// Resource (plural), with `/status` for the status subresource.
+    pub resource: &'static str,
+    /// Verbs, sorted.
+    pub verbs: &'static [&'static str],
+}
+
+/// The verbs a kube-rs watcher uses: a list, then a watch from its
+/// resourceVersion (no `get`).
+pub const WATCH_VERBS: &[&str] = &["list", "watch"];
+
+/// The verbs the Ingress status writer uses on `ingresses/status` (a JSON
+/// merge patch).
+pub const STATUS_VERBS: &[&str] = &["patch"];
+
+const fn watched<K: k8s_openapi::Resource>() -> ApiAccess {
+    ApiAccess {
+        group: K::GROUP,
+        resource: K::URL_PATH_SEGMENT,
+        verbs: WATCH_VERBS,
+    }
+}
+
+/// What the watcher of `kind` uses.
+#[must_use]
+pub const fn watch_access(kind: Kind) -> ApiAccess {
+    match kind {
+        Kind::Service => watched::<Service>(),
+        Kind::EndpointSlice => watched::<EndpointSlice>(),
+        Kind::Ingress => watched::<Ingress>(),
+        Kind::IngressClass => watched::<IngressClass>(),
+        Kind::Secret => watched::<Secret>(),
+        Kind::Node => watched::<Node>(),
+        Kind::Namespace => watched::<Namespace>(),
+    }
+}
+
+/// What the Ingress status writer ([`status`]) uses.
+pub const STATUS_ACCESS: ApiAccess = ApiAccess {
+    group: <Ingress as k8s_openapi::Resource>::GROUP,
+    resource: status::INGRESS_STATUS,
+    verbs: STATUS_VERBS,
+};
+
+/// Everything fairlead does on the apiserver: the watchers of this module
+/// (one per [`Kind`]) and the Ingress status writer. The RBAC rules in
+/// `deploy/` are checked against this list by a test.
+pub const API_ACCESS: &[ApiAccess] = &[
+    watch_access(Kind::Service),
+    watch_access(Kind::EndpointSlice),
+    watch_access(Kind::Ingress),
+    watch_access(Kind::IngressClass),
+    watch_access(Kind::Namespace),
+    watch_access(Kind::Secret),
+    watch_access(Kind::Node),
+    STATUS_ACCESS,
+];
+
+/// What the apiserver source reads.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// This node's name. Its Node object (addresses, zone) is watched; without
+    /// a name no Node is read.
+    pub node_name: Option<String>,
+    /// Read Services, EndpointSlices, Ingresses and Secrets of this namespace
+    /// only (and only this Namespace object). Cluster-scoped kinds
+    /// (IngressClass, Node) are read as usual.
+    pub namespace: Option<String>,
+}
+
+impl KubeOptions {
+    /// Checks the names that end up in field selectors.
+    fn validate(&self) -> Result<(), Error> {
+        let check = |setting: &'static str, value: &Option<String>| match value {
+            Some(v) if !is_dns_subdomain(v) => Err(Error::InvalidSetting {
+                setting,
+                message: format!("{v:?} is not a valid object name (a DNS subdomain)"),
+            }),
+            _ => Ok(()),
+        };
+        check("--node-name", &self.node_name)?;
+        check("--namespace", &self.namespace)
+    }
+
+    /// The kinds watched with these options.
+    #[must_use]
+    pub fn kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::Node || self.node_name.is_some())
+            .collect()
+    }
+}
+
+/// Lower-case alphanumerics, `-` and `.`, at most 253 characters.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// An apiserver client: from `kubeconfig` when given, otherwise inferred
+/// (`$KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
+    // kube-rs builds its TLS config from the process-wide rustls provider;
+    // ring is the only one compiled in. Installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fail = |error: &dyn std::error::Error| Error::KubeConfig {
+        kubeconfig: kubeconfig.map(Path::to_path_buf),
+        message: error.to_string(),
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| fail(&e))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| fail(&e))?
+        }
+        None => Config::infer().await.map_err(|e| fail(&e))?,
+    };
+    info!(apiserver = %config.cluster_url, "apiserver client configured");
+    Client::try_from(config).map_err(|e| fail(&e))
+}
+
+/// A kind the source watches.
+trait Watched:
+    Resource<DynamicType = ()>
+    + k8s_openapi::Resource
+    + Clone
+    + DeserializeOwned
+    + fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const MODEL_KIND: Kind;
+
+    /// The object as the model receives it.
+    fn into_object(self) -> KubeObject;
+}
+
+macro_rules! watched {
+    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+        impl Watched for $ty {
+            const MODEL_KIND: Kind = Kind::$variant;
+            fn into_object(self) -> KubeObject {
+                KubeObject::$variant(Box::new(self))
+            }
+        }
+    )*};
+}
+
+watched! {
+    Service => Service,
+    EndpointSlice => EndpointSlice,
+    Ingress => Ingress,
+    IngressClass => IngressClass,
+    Secret => Secret,
+    Node => Node,
+    Namespace => Namespace,
+}
+
+/// Drops what only costs memory: managed fields and the copy of the object
+/// `kubectl apply` keeps in an annotation. Applied before the store.
+fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The object as the model receives it: without what changes on every write
+/// but means nothing to the model (the resourceVersion, an Ingress's status,
+/// a Node's heartbeats and image list), so that such writes publish nothing.
+fn for_model(object: KubeObject) -> KubeObject {
+    let mut object = object;
+    match &mut object {
+        KubeObject::Service(o) => o.metadata.resource_version = None,
+        KubeObject::EndpointSlice(o) => o.metadata.resource_version = None,
+        KubeObject::Ingress(o) => {
+            o.metadata.resource_version = None;
+            // Written by the status writer (ours or another controller's).
+            o.status = None;
+        }
+        KubeObject::IngressClass(o) => o.metadata.resource_version = None,
+        KubeObject::Secret(o) => o.metadata.resource_version = None,
+        KubeObject::Node(o) => {
+            o.metadata.resource_version = None;
+            if let Some(status) = &mut o.status {
+                status.images = None;
+                for condition in status.conditions.iter_mut().flatten() {
+                    condition.last_heartbeat_time = None;
+                }
+            }
+        }
+        KubeObject::Namespace(o) => o.metadata.resource_version = None,
+    }
+    object
+}
+
+/// What one watcher said.
+#[derive(Debug)]
+enum Seen {
+    /// A list starts (first list, or relist).
+    Init,
+    /// An object of the list (already buffered by the reflector).
+    InitApply,
+    /// The list is complete; the store holds exactly its objects.
+    InitDone,
+    /// An object was added or modified.
+    Apply(KubeObject),
+    /// An object was deleted.
+    Delete(ObjectId),
+    /// The watch failed; kube-rs retries after a backoff.
+    Error(watcher::Error),
+}
+
+/// One item of the merged stream.
+#[derive(Debug)]
+struct Update {
+    kind: Kind,
+    seen: Seen,
+}
+
+/// The watch of one kind: watcher with backoff, slimmed objects, reflected
+/// into `writer`'s store, then tagged with the kind.
+fn watch<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+) -> BoxStream<'static, Update> {
+    watch_stream(api, config)
+        .default_backoff()
+        .map_ok(|event| event.modify(slim))
+        .reflect(writer)
+        .map(|item| Update {
+            kind: K::MODEL_KIND,
+            seen: match item {
+                Ok(Event::Init) => Seen::Init,
+                Ok(Event::InitApply(_)) => Seen::InitApply,
+                Ok(Event::InitDone) => Seen::InitDone,
+                Ok(Event::Apply(object)) => Seen::Apply(for_model(object.into_object())),
+                Ok(Event::Delete(object)) => Seen::Delete(object.into_object().id()),
+                Err(error) => Seen::Error(error),
+            },
+        })
+        .boxed()
+}
+
+fn namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Read handles of the reflector stores, one per watched kind.
+#[derive(Clone)]
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    ingresses: Store<Ingress>,
+    classes: Store<IngressClass>,
+    secrets: Store<Secret>,
+    namespaces: Store<Namespace>,
+    nodes: Store<Node>,
+}
+
+/// The writing ends of the stores, consumed by the watchers.
+struct Writers {
+    services: Writer<Service>,
+    slices: Writer<EndpointSlice>,
+    ingresses: Writer<Ingress>,
+    classes: Writer<IngressClass>,
+    secrets: Writer<Secret>,
+    namespaces: Writer<Namespace>,
+    nodes: Writer<Node>,
+}
+
+fn stores() -> (Stores, Writers) {
+    let (services, services_w) = reflector::store();
+    let (slices, slices_w) = reflector::store();
+    let (ingresses, ingresses_w) = reflector::store();
+    let (classes, classes_w) = reflector::store();
+    let (secrets, secrets_w) = reflector::store();
+    let (namespaces, namespaces_w) = reflector::store();
+    let (nodes, nodes_w) = reflector::store();
+    (
+        Stores {
+            services,
+            slices,
+            ingresses,
+            classes,
+            secrets,
+            namespaces,
+            nodes,
+        },
+        Writers {
+            services: services_w,
+            slices: slices_w,
+            ingresses: ingresses_w,
+            classes: classes_w,
+            secrets: secrets_w,
+            namespaces: namespaces_w,
+            nodes: nodes_w,
+        },
+    )
+}
+
+fn upserts<K: Watched>(store: &Store<K>) -> Vec<Change> {
+    store
+        .state()
+        .into_iter()
+        .map(|object| Change::Upsert {
+            object: for_model(K::clone(&object).into_object()),
+            origin: None,
+        })
+        .collect()
+}
+
+impl Stores {
+    /// Every object of `kind` the store holds, as upserts.
+    fn upserts(&self, kind: Kind) -> Vec<Change> {
+        match kind {
+            Kind::Service => upserts(&self.services),
+            Kind::EndpointSlice => upserts(&self.slices),
+            Kind::Ingress => upserts(&self.ingresses),
+            Kind::IngressClass => upserts(&self.classes),
+            Kind::Secret => upserts(&self.secrets),
+            Kind::Node => upserts(&self.nodes),
+            Kind::Namespace => upserts(&self.namespaces),
+        }
+    }
+
+    fn len(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Service => self.services.len(),
+            Kind::EndpointSlice => self.slices.len(),
+            Kind::Ingress => self.ingresses.len(),
+            Kind::IngressClass => self.classes.len(),
+            Kind::Secret => self.secrets.len(),
+            Kind::Node => self.nodes.len(),
+            Kind::Namespace => self.namespaces.len(),
+        }
+    }
+}
+
+/// Where one watcher stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// First list under way: nothing of this kind is known yet.
+    Listing,
+    /// Listed; events flow.
+    Watching,
+    /// Listing again; the previous state stays in force until it completes.
+    Relisting,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Listing => "listing",
+            Phase::Watching => "watching",
+            Phase::Relisting => "relisting",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KindState {
+    phase: Phase,
+    /// The last item was an error (kube-rs is backing off).
+    failing: bool,
+}
+
+/// Turns batches of watcher updates into writer calls. Holds no objects:
+/// the stores do.
+struct Merge {
+    kinds: Vec<(Kind, KindState)>,
+    /// Whether the initial `replace_all` happened.
+    synced: bool,
+}
+
+impl Merge {
+    fn new(kinds: &[Kind]) -> Self {
+        Self {
+            kinds: kinds
+                .iter()
+                .map(|k| {
+                    (
+                        *k,
+                        KindState {
+                            phase: Phase::Listing,
+                            failing: false,
+                        },
+                    )
+                })
+                .collect(),
+            synced: false,
+        }
+    }
+
+    fn state(&mut self, kind: Kind) -> &mut KindState {
+        &mut self
+            .kinds
+            .iter_mut()
+            .find(|(k, _)| *k == kind)
+            .expect("updates come only from watched kinds")
+            .1
+    }
+
+    /// Applies one batch. The stores already hold the state after the whole
+    /// batch (the reflector runs before batching). Returns the generation
+    /// published, if the writer was called.
+    fn handle(
+        &mut self,
+        batch: Vec<Update>,
+        stores: &Stores,
+        writer: &mut ModelWriter,
+        metrics: &Metrics,
+    ) -> Option<u64> {
+        let mut changes = Vec::new();
+        let mut relisted: Vec<Kind> = Vec::new();
+        let was_synced = self.synced;
+        for Update { kind, seen } in batch {
+            metrics.event(kind, &seen);
+            let state = self.state(kind);
+            if state.failing && !matches!(seen, Seen::Error(_)) {
+                state.failing = false;
+                info!(%kind, phase = state.phase.as_str(), "watch recovered");
+            }
+            match seen {
+                Seen::Init => {
+                    if state.phase == Phase::Watching {
+                        state.phase = Phase::Relisting;
+                        metrics.relist(kind);
+                        warn!(%kind, "relisting (the watch expired or restarted); the current objects stay in force until the list completes");
+                    }
+                }
+                Seen::InitApply => {}
+                Seen::InitDone => {
+                    let objects = stores.len(kind);
+                    match state.phase {
+                        Phase::Listing => info!(%kind, objects, "initial list complete; watching"),
+                        Phase::Relisting => {
+                            info!(%kind, objects, "relist complete; swapping in the new state");
+                            if !relisted.contains(&kind) {
+                                relisted.push(kind);
+                            }
+                        }
+                        Phase::Watching => {}
+                    }
+                    state.phase = Phase::Watching;
+                }
+                Seen::Apply(object) => {
+                    if was_synced {
+                        changes.push(Change::Upsert {
+                            object,
+                            origin: None,
+                        });
+                    }
+                }
+                Seen::Delete(id) => {
+                    if was_synced {
+                        changes.push(Change::Delete(id));
+                    }
+                }
+                Seen::Error(error) => {
+                    state.failing = true;
+                    let hint = if is_forbidden(&error) {
+                        " (forbidden: check the RBAC rules of fairlead's service account)"
+                    } else {
+                        ""
+                    };
+                    warn!(%kind, %error, "watch failed{hint}; retrying with backoff");
+                }
+            }
+        }
+        for (kind, state) in &self.kinds {
+            metrics.set_state(*kind, state.phase, state.failing);
+            metrics.set_objects(*kind, stores.len(*kind));
+        }
+
+        if !was_synced {
+            if self.kinds.iter().any(|(_, s)| s.phase == Phase::Listing) {
+                return None;
+            }
+            let changes: Vec<Change> = self
+                .kinds
+                .iter()
+                .flat_map(|(kind, _)| stores.upserts(*kind))
+                .collect();
+            if self.kinds.iter().any(|(k, _)| *k == Kind::Node) && stores.len(Kind::Node) == 0 {
+                warn!(
+                    "this node's Node object does not exist (check --node-name): node addresses and zone stay unknown until it appears"
+                );
+            }
+            let objects = changes.len();
+            let generation = writer.replace_all(changes, Vec::new(), true);
+            self.synced = true;
+            info!(objects, generation, "model synced from the apiserver");
+            return Some(generation);
+        }
+        if relisted.is_empty() {
+            if changes.is_empty() {
+                return None;
+            }
+            debug!(changes = changes.len(), "applying watch events");
+            return Some(writer.apply(changes));
+        }
+        // The relisted kinds' stores hold their state after this batch; their
+        // events in the batch are already part of it.
+        changes.retain(|c| !relisted.contains(&change_kind(c)));
+        for kind in &relisted {
+            changes.extend(stores.upserts(*kind));
+        }
+        Some(writer.replace_kinds(&relisted, changes))
+    }
+}
+
+fn change_kind(change: &Change) -> Kind {
+    match change {
+        Change::Upsert { object, .. } => object.kind(),
+        Change::Invalid { id, .. } | Change::Delete(id) => id.kind,
+    }
+}
+
+fn is_forbidden(error: &watcher::Error) -> bool {
+    let status = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => match e {
+            ::kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        },
+        watcher::Error::WatchError(status) => Some(status.code),
+        watcher::Error::NoResourceVersion => None,
+    };
+    status == Some(403)
+}
+
+/// Called with every snapshot the source publishes.
+type Observer = Box<dyn FnMut(&Arc<Snapshot>) + Send>;
+
+/// The apiserver source. Create it with [`KubeSource::new`] (which registers
+/// its metrics), hand [`KubeSource::ingresses`] to the Ingress status writer
+/// if one runs, then [`KubeSource::run`] it.
+pub struct KubeSource {
+    options: KubeOptions,
+    kinds: Vec<Kind>,
+    stores: Stores,
+    writers: Writers,
+    metrics: Metrics,
+    observer: Option<Observer>,
+}
+
+impl fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("options", &self.options)
+            .field("kinds", &self.kinds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// A source with these options; its metrics (`watch_*`, `objects`) go
+    /// into `registry` (the caller picks the prefix, e.g. `fairlead_kube`).
+    pub fn new(options: KubeOptions, registry: &mut Registry) -> Result<Self, Error> {
+        options.validate()?;
+        let kinds = options.kinds();
+        let (stores, writers) = stores();
+        Ok(Self {
+            metrics: Metrics::register(registry, &kinds),
+            options,
+            kinds,
+            stores,
+            writers,
+            observer: None,
+        })
+    }
+
+    /// The kinds this source watches.
+    #[must_use]
+    pub fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    /// A read handle of the Ingress store, for the status writer: the full
+    /// objects, status included, as last seen by the watch.
+    #[must_use]
+    pub fn ingresses(&self) -> IngressStore {
+        self.stores.ingresses.clone()
+    }
+
+    /// Calls `observer` with every snapshot this source publishes, right
+    /// after publishing it (the watch channel only keeps the latest).
+    #[must_use]
+    pub fn on_publish(mut self, observer: impl FnMut(&Arc<Snapshot>) + Send + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    /// Watches the apiserver and feeds `writer` until `writer` has no
+    /// receivers left. Watch errors are retried with kube-rs's default
+    /// backoff (0.8 s doubling to 30 s); they never end the source.
+    pub async fn run(self, client: Client, mut writer: ModelWriter) -> Result<(), Error> {
+        let Self {
+            options,
+            kinds,
+            stores,
+            writers,
+            metrics,
+            mut observer,
+        } = self;
+        let span = info_span!(
+            "apiserver",
+            namespace = options.namespace.as_deref().unwrap_or("*"),
+            node = options.node_name.as_deref().unwrap_or("-")
+        );
+        async move {
+            let streams = watchers(&client, &options, writers);
+            info!(
+                kinds = ?kinds,
+                "watching the apiserver; nothing is published before every initial list completes"
+            );
+            let mut batches = futures::stream::select_all(streams).ready_chunks(MAX_BATCH);
+            let mut merge = Merge::new(&kinds);
+            while let Some(batch) = batches.next().await {
+                let before = writer.snapshot().generation;
+                if let Some(generation) = merge.handle(batch, &stores, &mut writer, &metrics)
+                    && generation != before
+                    && let Some(observer) = &mut observer
+                {
+                    observer(&writer.snapshot());
+                }
+                if !writer.has_consumers() {
+                    info!("no consumer of the model is left; stopping");
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// One watch per kind, over `client`.
+fn watchers(
+    client: &Client,
+    options: &KubeOptions,
+    writers: Writers,
+) -> Vec<BoxStream<'static, Update>> {
+    let ns = options.namespace.as_deref();
+    let config = watcher::Config::default;
+    let by_name = |name: &str| config().fields(&format!("metadata.name={name}"));
+    let mut streams = vec![
+        watch(
+            namespaced::<Service>(client, ns),
+            config(),
+            writers.services,
+        ),
+        watch(
+            namespaced::<EndpointSlice>(client, ns),
+            config(),
+            writers.slices,
+        ),
+        watch(
+            namespaced::<Ingress>(client, ns),
+            config(),
+            writers.ingresses,
+        ),
+        watch(
+            Api::<IngressClass>::all(client.clone()),
+            config(),
+            writers.classes,
+        ),
+        watch(
+            namespaced::<Secret>(client, ns),
+            config().fields(TLS_SECRETS),
+            writers.secrets,
+        ),
+        watch(
+            Api::<Namespace>::all(client.clone()),
+            ns.map_or_else(config, by_name),
+            writers.namespaces,
+        ),
+    ];
+    if let Some(node) = &options.node_name {
+        streams.push(watch(
+            Api::<Node>::all(client.clone()),
+            by_name(node),
+            writers.nodes,
+        ));
+    }
+    streams
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, port: i32) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "demo", "resourceVersion": "7"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": port}]},
+        }))
+        .unwrap()
+    }
+
+    struct Harness {
+        stores: Stores,
+        writers: Writers,
+        merge: Merge,
+        writer: ModelWriter,
+        metrics: Metrics,
+        rx: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    }
+
+    impl Harness {
+        fn new(kinds: &[Kind]) -> Self {
+            let (stores, writers) = stores();
+            let (writer, rx) = ModelWriter::new();
+            Self {
+                stores,
+                writers,
+                merge: Merge::new(kinds),
+                writer,
+                metrics: Metrics::register(&mut Registry::default(), kinds),
+                rx,
+            }
+        }
+
+        /// Feeds Service events through the store, as the reflector does,
+        /// then hands the batch to the merge.
+        fn services(&mut self, events: Vec<Event<Service>>) -> Option<u64> {
+            let mut batch = Vec::new();
+            for event in events {
+                self.writers.services.apply_watcher_event(&event);
+                batch.push(Update {
+                    kind: Kind::Service,
+                    seen: match event {
+                        Event::Init => Seen::Init,
+                        Event::InitApply(_) => Seen::InitApply,
+                        Event::InitDone => Seen::InitDone,
+                        Event::Apply(o) => Seen::Apply(for_model(o.into_object())),
+                        Event::Delete(o) => Seen::Delete(o.into_object().id()),
+                    },
+                });
+            }
+            self.merge
+                .handle(batch, &self.stores, &mut self.writer, &self.metrics)
+        }
+
+        fn names(&self) -> Vec<String> {
+            self.rx
+                .borrow()
+                .services
+                .keys()
+                .map(|k| k.name.clone())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn nothing_is_published_before_every_kind_is_listed() {
+        let mut h = Harness::new(&[Kind::Service, Kind::Namespace]);
+        let published = h.services(vec![
+            Event::Init,
+            Event::InitApply(service("a", 80)),
+            Event::InitDone,
+            Event::Apply(service("b", 80)),
+        ]);
+        assert_eq!(published, None);
+        assert_eq!(h.rx.borrow().generation, 0);
+        h.writers.namespaces.apply_watcher_event(&Event::Init);
+        h.writers.namespaces.apply_watcher_event(&Event::InitDone);
+        let published = h.merge.handle(
+            vec![
+                Update {
+                    kind: Kind::Namespace,
+                    seen: Seen::Init,
+                },
+                Update {
+                    kind: Kind::Namespace,
+                    seen: Seen::InitDone,
+                },
+            ],
+            &h.stores,
+            &mut h.writer,
+            &h.metrics,
+        );
+        assert_eq!(published, Some(1));
+        assert!(h.rx.borrow().synced);
+        assert_eq!(h.names(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_relist_replaces_the_kind_in_one_snapshot_with_later_events_of_the_batch() {
+        let mut h = Harness::new(&[Kind::Service]);
+        h.services(vec![
+            Event::Init,
+            Event::InitApply(service("a", 80)),
+            Event::InitApply(service("b", 80)),
+            Event::InitDone,
+        ]);
+        assert_eq!(h.names(), ["a", "b"]);
+        let generation = h.rx.borrow().generation;
+        // The relist starts: nothing changes until it completes.
+        assert_eq!(
+            h.services(vec![Event::Init, Event::InitApply(service("a", 81))]),
+            None
+        );
+        assert_eq!(h.names(), ["a", "b"]);
+        // Completes (b gone, c new), and an event after it in the same batch.
+        h.services(vec![
+            Event::InitApply(service("c", 80)),
+            Event::InitDone,
+            Event::Apply(service("d", 80)),
+        ]);
+        let snapshot = h.rx.borrow().clone();
+        assert_eq!(snapshot.generation, generation + 1, "one snapshot");
+        assert_eq!(h.names(), ["a", "c", "d"]);
+        assert_eq!(snapshot.service("demo", "a").unwrap().ports[0].port, 81);
+    }
+
+    #[test]
+    fn events_after_sync_become_one_snapshot_per_batch() {
+        let mut h = Harness::new(&[Kind::Service]);
+        h.services(vec![
+            Event::Init,
+            Event::InitApply(service("a", 80)),
+            Event::InitDone,
+        ]);
+        let generation = h.rx.borrow().generation;
+        h.services(vec![
+            Event::Apply(service("b", 80)),
+            Event::Apply(service("a", 90)),
+            Event::Delete(service("b", 80)),
+        ]);
+        assert_eq!(h.rx.borrow().generation, generation + 1);
+        assert_eq!(h.names(), ["a"]);
+        // The same content again (a new resourceVersion only) publishes nothing.
+        let mut again = service("a", 90);
+        again.metadata.resource_version = Some("99".to_owned());
+        h.services(vec![Event::Apply(again)]);
+        assert_eq!(h.rx.borrow().generation, generation + 1);
+    }
+
+    fn access<K: Watched>() -> (Kind, &'static str, &'static str) {
+        (K::MODEL_KIND, K::GROUP, K::URL_PATH_SEGMENT)
+    }
+
+    #[test]
+    fn api_access_names_every_watched_kind_and_only_them() {
+        let watched: Vec<(Kind, &str, &str)> = vec![
+            access::<Service>(),
+            access::<EndpointSlice>(),
+            access::<Ingress>(),
+            access::<IngressClass>(),
+            access::<Secret>(),
+            access::<Node>(),
+            access::<Namespace>(),
+        ];
+        let mut kinds: Vec<Kind> = watched.iter().map(|w| w.0).collect();
+        kinds.sort();
+        let mut all = Kind::ALL.to_vec();
+        all.sort();
+        assert_eq!(kinds, all, "one watcher per kind of the model");
+        for (kind, group, resource) in &watched {
+            let access = watch_access(*kind);
+            assert_eq!((access.group, access.resource), (*group, *resource));
+        }
+        let mut expected: Vec<(&str, &str, &[&str])> = watched
+            .iter()
+            .map(|(_, group, resource)| (*group, *resource, WATCH_VERBS))
+            .collect();
+        expected.push(("networking.k8s.io", "ingresses/status", STATUS_VERBS));
+        expected.sort();
+        let mut actual: Vec<(&str, &str, &[&str])> = API_ACCESS
+            .iter()
+            .map(|a| (a.group, a.resource, a.verbs))
+            .collect();
+        actual.sort();
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn names_in_field_selectors_are_checked() {
+        for bad in ["", "Node-A", "a,b", "a=b", "-a", "a b"] {
+            let options = KubeOptions {
+                node_name: Some(bad.to_owned()),
+                namespace: None,
+            };
+            assert!(options.validate().is_err(), "{bad:?}");
+        }
+        let options = KubeOptions {
+            node_name: Some("node-a.example".to_owned()),
+            namespace: Some("shop".to_owned()),
+        };
+        assert!(options.validate().is_ok());
+        assert_eq!(options.kinds().len(), Kind::ALL.len());
+        assert!(!KubeOptions::default().kinds().contains(&Kind::Node));
+    }
+}

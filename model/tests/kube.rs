@@ -1,0 +1,575 @@
+//! The apiserver source against a fake apiserver (tests/fake_apiserver):
+//! the published snapshots through the initial list, events, a dropped
+//! connection, a 410 relist with changed contents; the same model as the
+//! manifest source for the same objects; and the Ingress status writes.
+
+mod fake_apiserver;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fairlead_model::source::ManifestDir;
+use fairlead_model::source::kube::status::{
+    IngressStatusConfig, IngressStatusWriter, StatusAddresses,
+};
+use fairlead_model::source::kube::{KubeOptions, KubeSource};
+use fairlead_model::{Change, KubeObject, ModelWriter, Snapshot, dump};
+use fake_apiserver::FakeApiserver;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn service(name: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": port}]},
+    })
+}
+
+fn node(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "zone-1"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    })
+}
+
+fn cluster() -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}}),
+        service("a", 80),
+        service("b", 81),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "a-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": "a"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true}}],
+            "ports": [{"port": 8080}],
+        }),
+        node("node-a", "192.168.50.10"),
+        node("node-b", "192.168.50.11"),
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "password", "namespace": "demo"},
+            "data": {"password": "aHVudGVyMg=="},
+        }),
+    ]
+}
+
+/// The source running against a fake, with every published snapshot.
+struct Running {
+    rx: watch::Receiver<Arc<Snapshot>>,
+    published: Arc<Mutex<Vec<Arc<Snapshot>>>>,
+    registry: Registry,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn start(node_name: Option<&str>) -> (Running, KubeSource) {
+    start_with(KubeOptions {
+        node_name: node_name.map(str::to_owned),
+        namespace: None,
+    })
+}
+
+fn start_with(options: KubeOptions) -> (Running, KubeSource) {
+    let mut registry = Registry::with_prefix("fairlead");
+    let published = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&published);
+    let source = KubeSource::new(options, registry.sub_registry_with_prefix("kube"))
+        .unwrap()
+        .on_publish(move |s| record.lock().unwrap().push(Arc::clone(s)));
+    let (_, rx) = ModelWriter::new();
+    (
+        Running {
+            rx,
+            published,
+            registry,
+            task: tokio::spawn(async {}),
+        },
+        source,
+    )
+}
+
+fn run(server: &FakeApiserver, node_name: Option<&str>) -> Running {
+    run_with(
+        server,
+        KubeOptions {
+            node_name: node_name.map(str::to_owned),
+            namespace: None,
+        },
+    )
+}
+
+fn run_with(server: &FakeApiserver, options: KubeOptions) -> Running {
+    let (mut running, source) = start_with(options);
+    let (writer, rx) = ModelWriter::new();
+    running.rx = rx;
+    let client = server.client();
+    running.task = tokio::spawn(async move {
+        source.run(client, writer).await.unwrap();
+    });
+    running
+}
+
+impl Running {
+    async fn until(&mut self, what: &str, done: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                let snapshot = self.rx.borrow_and_update().clone();
+                if done(&snapshot) {
+                    return snapshot;
+                }
+                self.rx.changed().await.expect("source alive");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no snapshot with {what} within {LIMIT:?}; last:\n{}",
+                dump::render(&self.rx.borrow())
+            )
+        })
+    }
+
+    /// Every snapshot published so far (the observer runs right after the
+    /// watch channel is updated, so wait for it to catch up).
+    async fn published(&self) -> Vec<Arc<Snapshot>> {
+        let generation = self.rx.borrow().generation;
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                let published = self.published.lock().unwrap().clone();
+                if published.last().map_or(0, |s| s.generation) >= generation {
+                    return published;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the observer sees every published snapshot")
+    }
+
+    fn metrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
+    }
+}
+
+fn names(s: &Snapshot) -> BTreeSet<String> {
+    s.services.keys().map(|k| k.name.clone()).collect()
+}
+
+fn port(s: &Snapshot, name: &str) -> Option<u16> {
+    s.service("demo", name).map(|svc| svc.ports[0].port)
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario step by step: the order of the steps is what is tested"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_follows_events_survives_a_dropped_connection_and_relists_after_410() {
+    let server = FakeApiserver::start(cluster()).await;
+    let mut running = run(&server, Some("node-a"));
+
+    // Initial list: one synced snapshot with everything, nothing before it.
+    let first = running.until("synced", |s| s.synced).await;
+    let published = running.published().await;
+    assert_eq!(
+        published.len(),
+        1,
+        "nothing is published before every list is complete"
+    );
+    assert_eq!(published[0].generation, first.generation);
+    assert_eq!(names(&first), set(&["a", "b"]));
+    assert_eq!(first.service("demo", "a").unwrap().endpoints.len(), 1);
+    assert_eq!(
+        first.nodes.keys().collect::<Vec<_>>(),
+        ["node-a"],
+        "only this node's Node is watched"
+    );
+    assert!(first.namespaces.contains("demo"));
+    let requests = server.requests();
+    let selector = |plural: &str| {
+        requests
+            .iter()
+            .find(|r| r.is_list_of(plural))
+            .and_then(|r| r.query.get("fieldSelector").cloned())
+    };
+    assert_eq!(
+        selector("secrets").as_deref(),
+        Some("type=kubernetes.io/tls")
+    );
+    assert_eq!(selector("nodes").as_deref(), Some("metadata.name=node-a"));
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.is_watch_of("services"))
+            .all(|r| r.query.get("allowWatchBookmarks").map(String::as_str) == Some("true")),
+        "watches ask for bookmarks"
+    );
+
+    // Add, modify, delete.
+    server.apply(service("c", 82));
+    server.apply(service("a", 8080));
+    server.delete("Service", "demo", "b");
+    let after = running
+        .until("c added, a modified, b deleted", |s| {
+            names(s) == set(&["a", "c"]) && port(s, "a") == Some(8080)
+        })
+        .await;
+    assert!(after.synced);
+
+    // A burst of 40 Services arrives as a handful of snapshots, not 40.
+    let before = running.published().await.len();
+    let burst: Vec<Value> = (0..40).map(|i| service(&format!("s{i:02}"), 80)).collect();
+    server.apply_all(burst);
+    running.until("the burst", |s| s.services.len() == 42).await;
+    let snapshots = running.published().await.len() - before;
+    assert!(
+        snapshots <= 5,
+        "40 events became {snapshots} snapshots; a burst should be batched"
+    );
+
+    // A dropped connection: the watch resumes from its resourceVersion, no
+    // relist, and what happened meanwhile arrives.
+    let lists = |plural: &str| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.is_list_of(plural))
+            .count()
+    };
+    assert_eq!(lists("services"), 1);
+    let bookmark = server.bookmark();
+    // Let the client read the bookmark before the connection goes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watches_before = server.requests().len();
+    server.drop_watches();
+    server.apply(service("d", 83));
+    running
+        .until("d after the reconnect", |s| port(s, "d") == Some(83))
+        .await;
+    assert_eq!(lists("services"), 1, "a dropped connection is not a relist");
+    let resumed: Vec<u64> = server.requests()[watches_before..]
+        .iter()
+        .filter(|r| r.is_watch_of("services"))
+        .map(|r| r.query["resourceVersion"].parse().unwrap())
+        .collect();
+    assert!(
+        resumed.first().is_some_and(|rv| *rv >= bookmark),
+        "the watch resumes from the bookmark ({bookmark}) or later: {resumed:?}"
+    );
+
+    // Events lost behind the client's back, then 410 Gone: the relist swaps
+    // in the new contents, and no snapshot in between lacks what existed
+    // before and after.
+    let old = names(&running.rx.borrow());
+    let mark = running.published().await.len();
+    server.delete_unseen("Service", "demo", "c");
+    server.apply_unseen(service("a", 9090));
+    server.apply_unseen(service("e", 84));
+    server.expire("Service");
+    let relisted = running
+        .until("the relisted state", |s| {
+            port(s, "a") == Some(9090)
+                && port(s, "e") == Some(84)
+                && s.service("demo", "c").is_none()
+        })
+        .await;
+    let mut new = old.clone();
+    new.remove("c");
+    new.insert("e".to_owned());
+    assert_eq!(names(&relisted), new);
+    assert_eq!(
+        lists("services"),
+        2,
+        "the 410 forced one relist of Services"
+    );
+    assert_eq!(lists("namespaces"), 1, "other kinds are not relisted");
+    for snapshot in &running.published().await[mark..] {
+        let names = names(snapshot);
+        assert!(
+            names == old || names == new,
+            "generation {} is neither the old nor the new state: {names:?}",
+            snapshot.generation
+        );
+        assert!(snapshot.synced);
+    }
+
+    let metrics = running.metrics();
+    for line in [
+        "fairlead_kube_watch_relists_total{kind=\"Service\"} 1",
+        "fairlead_kube_watch_relists_total{kind=\"Namespace\"} 0",
+        "fairlead_kube_watch_state{kind=\"Service\",state=\"watching\"} 1",
+        "fairlead_kube_watch_state{kind=\"Service\",state=\"relisting\"} 0",
+        "fairlead_kube_objects{kind=\"Service\"} 43",
+        "fairlead_kube_objects{kind=\"Node\"} 1",
+        "fairlead_kube_watch_events_total{kind=\"Service\",type=\"delete\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in:\n{metrics}");
+    }
+    assert!(metrics.contains("fairlead_kube_watch_last_event_age_seconds{kind=\"Service\"}"));
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fairlead_kube_watch_errors_total{kind=\"Service\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A dropped connection ends the watch like a timeout (kube-rs reconnects
+    // without an error); the 410 is an error.
+    assert!(errors >= 1, "the 410 counts as an error: {errors}");
+}
+
+fn json_of(object: &KubeObject) -> Value {
+    match object {
+        KubeObject::Service(o) => serde_json::to_value(o),
+        KubeObject::EndpointSlice(o) => serde_json::to_value(o),
+        KubeObject::Ingress(o) => serde_json::to_value(o),
+        KubeObject::IngressClass(o) => serde_json::to_value(o),
+        KubeObject::Secret(o) => serde_json::to_value(o),
+        KubeObject::Node(o) => serde_json::to_value(o),
+        KubeObject::Namespace(o) => serde_json::to_value(o),
+    }
+    .unwrap()
+}
+
+/// What the watchers of node `node` are allowed to see.
+fn watched(object: &KubeObject, node: &str) -> bool {
+    match object {
+        KubeObject::Node(n) => n.metadata.name.as_deref() == Some(node),
+        KubeObject::Secret(s) => s.type_.as_deref() == Some("kubernetes.io/tls"),
+        _ => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apiserver_and_the_manifest_source_make_the_same_model() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let loaded = ManifestDir::new(&examples).load().unwrap();
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    let objects: Vec<KubeObject> = loaded
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Upsert { object, .. } => object.clone(),
+            other => panic!("the examples hold only valid objects: {other:?}"),
+        })
+        .collect();
+
+    // The manifest source, over what a watcher on node-a sees.
+    let (mut writer, _rx) = ModelWriter::new();
+    let seen: Vec<Change> = loaded
+        .changes
+        .iter()
+        .filter(|c| matches!(c, Change::Upsert { object, .. } if watched(object, "node-a")))
+        .cloned()
+        .collect();
+    writer.replace_all(seen, loaded.problems.clone(), true);
+    let from_files = dump::render(&writer.snapshot());
+
+    // The apiserver source, over all of the objects.
+    let server = FakeApiserver::start(objects.iter().map(json_of).collect()).await;
+    let mut running = run(&server, Some("node-a"));
+    let snapshot = running.until("synced", |s| s.synced).await;
+    let from_apiserver = dump::render(&snapshot);
+
+    assert!(from_files.contains("service shop/web"), "{from_files}");
+    assert!(from_files.contains("node node-a"), "{from_files}");
+    assert!(from_files.contains("ingress shop/shop"), "{from_files}");
+    assert_eq!(
+        from_apiserver, from_files,
+        "the apiserver source and the manifest source disagree"
+    );
+}
+
+fn ingress(name: &str, class: Option<&str>, status: Option<Value>) -> Value {
+    let mut value = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+    });
+    if let Some(class) = class {
+        value["spec"]["ingressClassName"] = json!(class);
+    }
+    if let Some(status) = status {
+        value["status"] = json!({"loadBalancer": {"ingress": status}});
+    }
+    value
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario step by step: the order of the steps is what is tested"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_status_is_written_only_on_served_ingresses_and_only_when_it_differs() {
+    let ours = json!([{"ip": "192.0.2.10"}, {"hostname": "lb.example.com"}]);
+    let theirs = json!([{"ip": "198.51.100.7"}]);
+    let server = FakeApiserver::start(vec![
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "fairlead", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+            "spec": {"controller": "fairlead.dev/ingress"},
+        }),
+        ingress("served", Some("fairlead"), None),
+        ingress("unnamed", None, None),
+        ingress("already", Some("fairlead"), Some(ours.clone())),
+        ingress("other", Some("nginx"), Some(theirs.clone())),
+    ])
+    .await;
+    let (mut running, source) = start(None);
+    let ingresses = source.ingresses();
+    let (writer, rx) = ModelWriter::new();
+    running.rx = rx.clone();
+    let client = server.client();
+    let status_client = server.client();
+    let status = IngressStatusWriter::new(
+        ingresses,
+        IngressStatusConfig {
+            class: "fairlead".to_owned(),
+            addresses: StatusAddresses::Fixed(vec![
+                "lb.example.com".parse().unwrap(),
+                "192.0.2.10".parse().unwrap(),
+            ]),
+            resync: Duration::from_millis(100),
+        },
+        &mut running.registry,
+    );
+    running.task = tokio::spawn(async move {
+        tokio::join!(async { source.run(client, writer).await.unwrap() }, async {
+            status.run(status_client, rx).await.unwrap();
+        },);
+    });
+
+    let patches = || {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == hyper::Method::PATCH)
+            .collect::<Vec<_>>()
+    };
+    let wait_patches = |n: usize| async move {
+        tokio::time::timeout(LIMIT, async {
+            while patches().len() < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("expected {n} patches, got {:#?}", patches()));
+    };
+    wait_patches(2).await;
+    let set_body = json!({"status": {"loadBalancer": {"ingress": ours}}});
+    let mut written: Vec<String> = patches().iter().map(|p| p.path.clone()).collect();
+    written.sort();
+    assert_eq!(
+        written,
+        [
+            "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/served/status",
+            "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/unnamed/status",
+        ]
+    );
+    for patch in patches() {
+        assert_eq!(patch.body, set_body);
+        assert_eq!(
+            patch.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(
+            patch.query.get("fieldManager").map(String::as_str),
+            Some("fairlead")
+        );
+    }
+    assert_eq!(
+        server.get("Ingress", "shop", "served").unwrap()["status"]["loadBalancer"]["ingress"],
+        ours
+    );
+    // Several resyncs later: nothing more to write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(patches().len(), 2, "{:#?}", patches());
+
+    // Served no more (another class): its status is cleared, once.
+    server.apply(ingress("served", Some("nginx"), Some(ours.clone())));
+    wait_patches(3).await;
+    let clear = &patches()[2];
+    assert_eq!(
+        clear.path,
+        "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/served/status"
+    );
+    assert_eq!(
+        clear.body,
+        json!({"status": {"loadBalancer": {"ingress": null}}})
+    );
+    assert_eq!(
+        server.get("Ingress", "shop", "served").unwrap()["status"],
+        json!({"loadBalancer": {}})
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(patches().len(), 3, "{:#?}", patches());
+    assert_eq!(
+        server.get("Ingress", "shop", "other").unwrap()["status"]["loadBalancer"]["ingress"],
+        theirs,
+        "another controller's Ingress is never touched"
+    );
+    let metrics = running.metrics();
+    assert!(
+        metrics.contains("fairlead_ingress_status_patches_total{op=\"set\",result=\"ok\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_limits_the_namespaced_watches() {
+    let mut objects = cluster();
+    objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}));
+    let mut elsewhere = service("x", 80);
+    elsewhere["metadata"]["namespace"] = json!("other");
+    objects.push(elsewhere);
+    let server = FakeApiserver::start(objects).await;
+    let mut running = run_with(
+        &server,
+        KubeOptions {
+            node_name: None,
+            namespace: Some("demo".to_owned()),
+        },
+    );
+    let snapshot = running.until("synced", |s| s.synced).await;
+    assert_eq!(names(&snapshot), set(&["a", "b"]));
+    assert!(snapshot.service("other", "x").is_none());
+    assert_eq!(
+        snapshot.namespaces.iter().collect::<Vec<_>>(),
+        ["demo"],
+        "only the namespace's own Namespace object"
+    );
+    assert!(snapshot.nodes.is_empty(), "no node name, no Node");
+    let requests = server.requests();
+    for plural in ["services", "endpointslices", "ingresses", "secrets"] {
+        assert!(
+            requests
+                .iter()
+                .filter(|r| r.is_list_of(plural))
+                .all(|r| r.path.contains("/namespaces/demo/")),
+            "{plural} are listed in demo only"
+        );
+    }
+    assert!(
+        !requests.iter().any(|r| r.is_list_of("nodes")),
+        "no Node watch without a node name"
+    );
+}

@@ -1,0 +1,664 @@
+//! `cargo xtask bench dns`: fairlead's DNS against Knot DNS and NSD serving
+//! the same records (a zone file generated from the same manifests), each
+//! server pinned to one core, dnsperf pinned to the other. Prints QPS,
+//! latency percentiles, memory and ratios; and, for fairlead alone, the
+//! index build and update times and the time from a model change (and from
+//! a manifest edit) to the changed answer.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use fairlead_dns::{Index, PodsMode, ZoneConfig};
+use fairlead_model::{Change, ModelWriter, decode};
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use serde_json::{Value, json};
+
+/// What the bench runs.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Options {
+    /// Services to generate (a mix of ClusterIP, headless with endpoints, multi-port).
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Seconds of each dnsperf throughput run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Queries per second of the latency runs (well below saturation).
+    #[arg(long, default_value_t = 20_000)]
+    latency_qps: u64,
+    /// Only fairlead (no Knot, no NSD).
+    #[arg(long)]
+    fairlead_only: bool,
+}
+
+const ZONE: &str = "cluster.local";
+
+/// The generated cluster: objects (as JSON) and the query mix.
+struct Cluster {
+    objects: Vec<Value>,
+    /// (name, type) questions, in dnsperf order.
+    queries: Vec<(String, &'static str)>,
+    /// A headless Service whose endpoint the change tests move.
+    probe: (String, String),
+}
+
+fn generate(services: usize) -> Cluster {
+    let mut objects = vec![json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+    })];
+    let mut queries = Vec::new();
+    let mut next_ep = 0u32;
+    let mut probe = None;
+    for i in 0..services {
+        let ns = format!("ns{}", i % 100);
+        let name = format!("svc{i}");
+        let fqdn = format!("{name}.{ns}.svc.{ZONE}");
+        let ip = |n: usize| format!("10.{}.{}.{}", 96 + n / 65536, (n / 256) % 256, n % 256);
+        let kind = i % 10;
+        let (spec, endpoints, ports) = match kind {
+            0..=5 => (
+                json!({"clusterIP": ip(i + 1), "ports": [{"name": "http", "port": 80}]}),
+                2,
+                vec!["http"],
+            ),
+            6..=8 => (
+                json!({"clusterIP": "None", "ports": [{"name": "http", "port": 8080}]}),
+                3,
+                vec!["http"],
+            ),
+            _ => (
+                json!({"clusterIP": ip(i + 1), "ports": [{"name": "http", "port": 80}, {"name": "grpc", "port": 9090}]}),
+                2,
+                vec!["http", "grpc"],
+            ),
+        };
+        objects.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}));
+        let mut eps = Vec::new();
+        let mut first_ep = None;
+        for _ in 0..endpoints {
+            next_ep += 1;
+            let [_, a, b, c] = next_ep.to_be_bytes();
+            let addr = format!("10.{}.{b}.{c}", 128 + a);
+            first_ep.get_or_insert_with(|| addr.clone());
+            eps.push(json!({"addresses": [addr]}));
+        }
+        let slice_ports: Vec<Value> = ports
+            .iter()
+            .map(|p| json!({"name": p, "port": if *p == "grpc" { 9090 } else { 8080 }}))
+            .collect();
+        objects.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "ports": slice_ports, "endpoints": eps,
+        }));
+        if kind == 6 && probe.is_none() {
+            probe = Some((ns.clone(), name.clone()));
+        }
+        // The query mix.
+        let first_ep = first_ep.unwrap_or_default().replace('.', "-");
+        match i % 20 {
+            8..=11 => queries.push((format!("_{}._tcp.{fqdn}", ports[0]), "SRV")),
+            12..=13 => queries.push((format!("{first_ep}.{fqdn}"), "A")),
+            14..=15 => queries.push((format!("nosuch{i}.{ns}.svc.{ZONE}"), "A")),
+            16 => queries.push((fqdn, "AAAA")),
+            _ => queries.push((fqdn, "A")),
+        }
+    }
+    fastrand::seed(7);
+    fastrand::shuffle(&mut queries);
+    Cluster {
+        objects,
+        queries,
+        probe: probe.expect("at least 7 services"),
+    }
+}
+
+fn write_manifests(cluster: &Cluster, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut by_ns: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for object in &cluster.objects {
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        let text = by_ns.entry(ns).or_default();
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(object)?);
+    }
+    for (ns, text) in by_ns {
+        std::fs::write(dir.join(format!("{ns}.yaml")), text)?;
+    }
+    Ok(())
+}
+
+fn model(cluster: &Cluster) -> Result<ModelWriter> {
+    let (mut writer, _rx) = ModelWriter::new();
+    let changes = cluster
+        .objects
+        .iter()
+        .map(|o| {
+            Ok(Change::Upsert {
+                object: decode(o.clone()).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                origin: None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    writer.replace_all(changes, Vec::new(), true);
+    Ok(writer)
+}
+
+fn moved_slice(cluster: &Cluster, address: &str) -> Value {
+    let (ns, name) = &cluster.probe;
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": [address]}],
+    })
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Index build (full) and update (one Service) times.
+fn index_times(cluster: &Cluster) -> Result<(Duration, Duration, usize)> {
+    let mut writer = model(cluster)?;
+    let config = Arc::new(ZoneConfig::new(ZONE, 5, PodsMode::Disabled)?);
+    let snapshot = writer.snapshot();
+    let mut full = Vec::new();
+    let mut index = Index::build(config.clone(), &snapshot);
+    for _ in 0..5 {
+        let started = Instant::now();
+        index = Index::build(config.clone(), &snapshot);
+        full.push(started.elapsed());
+    }
+    let mut incremental = Vec::new();
+    for round in 0..21u8 {
+        let slice = moved_slice(cluster, &format!("10.200.0.{round}"));
+        writer.apply([Change::Upsert {
+            object: decode(slice).map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            origin: None,
+        }]);
+        let snapshot = writer.snapshot();
+        let started = Instant::now();
+        let (next, kind) = index.update(&snapshot);
+        incremental.push(started.elapsed());
+        ensure!(kind == fairlead_dns::UpdateKind::Incremental(1), "{kind:?}");
+        index = next;
+    }
+    Ok((
+        median(full),
+        median(incremental),
+        index.zone_records().len(),
+    ))
+}
+
+fn zone_file(cluster: &Cluster) -> Result<String> {
+    let writer = model(cluster)?;
+    let config = Arc::new(ZoneConfig::new(ZONE, 5, PodsMode::Disabled)?);
+    let index = Index::build(config, &writer.snapshot());
+    let mut text = String::new();
+    for record in index.zone_records() {
+        writeln!(text, "{record}")?;
+    }
+    Ok(text)
+}
+
+fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut message = Message::new(fastrand::u16(..), MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(
+        Name::from_ascii(name).expect("valid name"),
+        qtype,
+    ));
+    message.to_vec().expect("encodes")
+}
+
+/// One UDP exchange; the answer's (rcode, sorted answer rdata).
+fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> Option<(String, Vec<String>)> {
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .ok()?;
+    socket.send_to(&query(name, qtype), server).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).ok()?;
+    let message = Message::from_vec(&buf[..n]).ok()?;
+    let mut data: Vec<String> = message.answers.iter().map(|r| r.data.to_string()).collect();
+    data.sort();
+    Some((message.metadata.response_code.to_string(), data))
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(
+        name: &'static str,
+        mut command: Command,
+        addr: SocketAddr,
+        probe: &str,
+    ) -> Result<Self> {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let mut server = Self { name, child, addr };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("{name} exited: {status}");
+            }
+            if ask(addr, probe, RecordType::A).is_some_and(|(rcode, _)| rcode == "No Error") {
+                return Ok(server);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{name} did not answer within 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Resident memory of the server and its children, in MiB.
+    fn rss_mib(&self) -> f64 {
+        let mut pids = vec![self.child.id()];
+        if let Ok(out) = Command::new("pgrep")
+            .args(["-P", &self.child.id().to_string()])
+            .output()
+        {
+            pids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok()),
+            );
+        }
+        let kib: u64 = pids
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .sum();
+        #[allow(clippy::cast_precision_loss, reason = "memory in MiB for display")]
+        let mib = kib as f64 / 1024.0;
+        mib
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?.port())
+}
+
+/// Wraps `program` to run pinned on CPU `cpu`.
+fn pinned(cpu: usize, program: &str) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", &cpu.to_string(), program]);
+    command
+}
+
+struct Perf {
+    qps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    lost: f64,
+}
+
+fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, latency_qps: u64) -> Result<Perf> {
+    let base = |command: &mut Command| {
+        command.args([
+            "-s",
+            &server.ip().to_string(),
+            "-p",
+            &server.port().to_string(),
+            "-d",
+            &queries.display().to_string(),
+            "-t",
+            "2",
+        ]);
+    };
+    let mut throughput = pinned(0, "dnsperf");
+    base(&mut throughput);
+    throughput.args(["-l", &seconds.to_string(), "-q", "500", "-c", "4"]);
+    let out = throughput.output().context("running dnsperf")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |label: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    let qps = field("Queries per second:").context("dnsperf printed no QPS")?;
+    let lost = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries lost:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    // Latency at a steady rate below saturation, every response timed.
+    let mut latency = pinned(0, "dnsperf");
+    base(&mut latency);
+    latency.args(["-l", "5", "-Q", &latency_qps.to_string(), "-v"]);
+    let out = latency.output().context("running dnsperf -v")?;
+    let mut samples: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('>'))
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect();
+    ensure!(!samples.is_empty(), "dnsperf -v printed no latencies");
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index into the sorted samples"
+        )]
+        let i = ((samples.len() - 1) as f64 * q) as usize;
+        samples[i] * 1e6
+    };
+    Ok(Perf {
+        qps,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        lost,
+    })
+}
+
+/// Time from a model change to the changed answer, fairlead in-process.
+fn change_to_answer_in_process(cluster: &Cluster) -> Result<Vec<Duration>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut writer = model(cluster)?;
+    let model_rx = writer.subscribe();
+    let mut args = fairlead_dns::Args::with_listen("127.0.0.1:0".parse()?);
+    args.upstream = vec!["127.0.0.1:9".to_owned()];
+    let mut registry = prometheus_client::registry::Registry::default();
+    let dns = runtime.block_on(fairlead_dns::Dns::bind(args, &mut registry))?;
+    let addr = dns.local_addrs()[0];
+    let ready = fairlead_model::Ready::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = runtime.spawn(dns.run(fairlead_dns::Context {
+        model: model_rx,
+        ready: ready.clone(),
+        cancel: cancel.clone(),
+    }));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.get() {
+        ensure!(Instant::now() < deadline, "not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ns, name) = &cluster.probe;
+    let fqdn = format!("{name}.{ns}.svc.{ZONE}");
+    let mut samples = Vec::new();
+    for round in 0..20u8 {
+        let address = format!("10.201.0.{round}");
+        let slice = moved_slice(cluster, &address);
+        let object = decode(slice).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let started = Instant::now();
+        writer.apply([Change::Upsert {
+            object,
+            origin: None,
+        }]);
+        loop {
+            if ask(addr, &fqdn, RecordType::A).is_some_and(|(_, data)| data == [address.clone()]) {
+                break;
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(5),
+                "no new answer within 5 s"
+            );
+        }
+        samples.push(started.elapsed());
+    }
+    cancel.cancel();
+    runtime.block_on(task)??;
+    Ok(samples)
+}
+
+/// Time from a manifest edit to the changed answer, the fairlead binary.
+fn change_to_answer_file(cluster: &Cluster, dir: &Path, server: SocketAddr) -> Result<Duration> {
+    let (ns, name) = &cluster.probe;
+    let fqdn = format!("{name}.{ns}.svc.{ZONE}");
+    let file = dir.join(format!("{ns}.yaml"));
+    let text = std::fs::read_to_string(&file)?;
+    let slice = serde_yaml::to_string(&moved_slice(cluster, "10.202.0.1"))?;
+    // Append the moved slice after the original (a later definition of the
+    // same object would be an error): replace the whole file instead.
+    let original_slice = serde_yaml::to_string(
+        cluster
+            .objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "EndpointSlice"
+                    && o["metadata"]["name"] == format!("{name}-1")
+                    && o["metadata"]["namespace"] == ns.as_str()
+            })
+            .context("probe slice")?,
+    )?;
+    ensure!(
+        text.contains(&original_slice),
+        "probe slice in {}",
+        file.display()
+    );
+    let started = Instant::now();
+    std::fs::write(&file, text.replace(&original_slice, &slice))?;
+    loop {
+        if ask(server, &fqdn, RecordType::A).is_some_and(|(_, data)| data == ["10.202.0.1"]) {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "no new answer within 10 s"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn need(tool: &str, package: &str) -> Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    ensure!(found, "{tool} not found: apt-get install {package}");
+    Ok(())
+}
+
+#[allow(clippy::too_many_lines, reason = "the bench script, step by step")]
+pub(crate) fn run(options: &Options) -> Result<()> {
+    need("dnsperf", "dnsperf")?;
+    need("taskset", "util-linux")?;
+    if !options.fairlead_only {
+        need("knotd", "knot")?;
+        need("nsd", "nsd")?;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    eprintln!("bench dns: building fairlead (release)");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--bin", "fairlead"])
+        .current_dir(root)
+        .status()?;
+    ensure!(status.success(), "cargo build --release failed");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let fairlead = target.join("release/fairlead");
+
+    let work = tempfile::tempdir()?;
+    let cluster = generate(options.services);
+    let manifests = work.path().join("manifests");
+    write_manifests(&cluster, &manifests)?;
+    let queries = work.path().join("queries.txt");
+    let mut text = String::new();
+    for (name, qtype) in &cluster.queries {
+        writeln!(text, "{name} {qtype}")?;
+    }
+    std::fs::write(&queries, text)?;
+
+    eprintln!(
+        "bench dns: index build and update ({} Services)",
+        options.services
+    );
+    let (full, incremental, records) = index_times(&cluster)?;
+    eprintln!("bench dns: model change to answer, in process");
+    let in_process = change_to_answer_in_process(&cluster)?;
+
+    let probe = cluster
+        .queries
+        .iter()
+        .find(|(_, t)| *t == "A")
+        .map(|(n, _)| n.clone())
+        .context("an A query")?;
+    let mut servers = Vec::new();
+    let port = free_port()?;
+    let mut command = pinned(1, &fairlead.display().to_string());
+    command
+        .args(["dns", "--manifests"])
+        .arg(&manifests)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--telemetry-addr",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:9",
+        ])
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("RUST_LOG", "warn");
+    servers.push(Server::start(
+        "fairlead",
+        command,
+        ([127, 0, 0, 1], port).into(),
+        &probe,
+    )?);
+
+    if !options.fairlead_only {
+        let zone = zone_file(&cluster)?;
+        let knot_dir = work.path().join("knot");
+        std::fs::create_dir_all(&knot_dir)?;
+        std::fs::write(knot_dir.join("cluster.local.zone"), &zone)?;
+        let port = free_port()?;
+        let dir = knot_dir.display();
+        std::fs::write(
+            knot_dir.join("knot.conf"),
+            format!(
+                "server:\n  rundir: \"{dir}\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
+                 log:\n  - target: stderr\n    any: error\n\
+                 database:\n  storage: \"{dir}\"\n\
+                 template:\n  - id: default\n    storage: \"{dir}\"\n    journal-content: none\n    semantic-checks: off\n\
+                 zone:\n  - domain: {ZONE}\n    file: \"cluster.local.zone\"\n"
+            ),
+        )?;
+        let mut command = pinned(1, "knotd");
+        command.arg("-c").arg(knot_dir.join("knot.conf"));
+        servers.push(Server::start(
+            "knot",
+            command,
+            ([127, 0, 0, 1], port).into(),
+            &probe,
+        )?);
+
+        let nsd_dir = work.path().join("nsd");
+        std::fs::create_dir_all(&nsd_dir)?;
+        std::fs::write(nsd_dir.join("cluster.local.zone"), &zone)?;
+        let port = free_port()?;
+        let dir = nsd_dir.display();
+        std::fs::write(
+            nsd_dir.join("nsd.conf"),
+            format!(
+                "server:\n  ip-address: 127.0.0.1@{port}\n  server-count: 1\n  zonesdir: \"{dir}\"\n  database: \"\"\n  username: \"\"\n  chroot: \"\"\n\
+                 \x20 pidfile: \"{dir}/nsd.pid\"\n  xfrdfile: \"{dir}/xfrd.state\"\n  zonelistfile: \"{dir}/zone.list\"\n  xfrdir: \"{dir}\"\n  verbosity: 0\n\
+                 remote-control:\n  control-enable: no\n\
+                 zone:\n  name: {ZONE}\n  zonefile: \"cluster.local.zone\"\n"
+            ),
+        )?;
+        let mut command = pinned(1, "nsd");
+        command.arg("-d").arg("-c").arg(nsd_dir.join("nsd.conf"));
+        servers.push(Server::start(
+            "nsd",
+            command,
+            ([127, 0, 0, 1], port).into(),
+            &probe,
+        )?);
+
+        // The same answers from all three, on a sample of the mix.
+        let mut mismatches = 0;
+        for (name, qtype) in cluster.queries.iter().step_by(97) {
+            let qtype: RecordType = qtype.parse()?;
+            let answers: Vec<_> = servers.iter().map(|s| ask(s.addr, name, qtype)).collect();
+            if answers.iter().any(|a| a != &answers[0]) {
+                mismatches += 1;
+                if mismatches <= 3 {
+                    eprintln!("bench dns: different answers for {name} {qtype}: {answers:?}");
+                }
+            }
+        }
+        eprintln!(
+            "bench dns: answers compared on {} questions: {mismatches} differ",
+            cluster.queries.len().div_ceil(97)
+        );
+    }
+
+    let mut results = Vec::new();
+    for server in &servers {
+        eprintln!("bench dns: dnsperf against {}", server.name);
+        let perf = dnsperf(server.addr, &queries, options.seconds, options.latency_qps)?;
+        results.push((server.name, perf, server.rss_mib()));
+    }
+    let file_change = change_to_answer_file(&cluster, &manifests, servers[0].addr)?;
+    drop(servers);
+
+    println!(
+        "\nDNS, {} Services ({records} records), {} queries in the mix, one core per server, dnsperf on the other",
+        options.services,
+        cluster.queries.len()
+    );
+    println!(
+        "{:<10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "server", "QPS", "p50 µs", "p99 µs", "lost", "RSS MiB"
+    );
+    for (name, perf, rss) in &results {
+        println!(
+            "{name:<10} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1}",
+            perf.qps, perf.p50_us, perf.p99_us, perf.lost, rss
+        );
+    }
+    let fairlead_qps = results[0].1.qps;
+    for (name, perf, _) in results.iter().skip(1) {
+        println!("fairlead / {name} QPS: {:.2}", fairlead_qps / perf.qps);
+    }
+    println!("index: full build {full:?}, one-Service update {incremental:?} (medians)");
+    println!(
+        "model change -> new answer (in process): median {:?}, max {:?}",
+        median(in_process.clone()),
+        in_process.iter().max().copied().unwrap_or_default()
+    );
+    println!(
+        "manifest edit -> new answer (binary, includes the 100 ms file debounce): {file_change:?}"
+    );
+    Ok(())
+}
