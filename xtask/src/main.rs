@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench_proxy;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -37,6 +39,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// fairlead's socket load balancer against kube-proxy-style iptables and nftables
+    /// rules: sync time for N Services, one changed EndpointSlice, connect latency.
+    Proxy {
+        /// Numbers of Services.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10_000, 50_000])]
+        sizes: Vec<usize>,
+        /// Endpoints per Service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Connects per connect measurement (0 skips them).
+        #[arg(long, default_value_t = 5000)]
+        connects: usize,
+        /// Measure fairlead only (no iptables/nftables loads; connects still compare with
+        /// direct and, when the rules are loaded, iptables).
+        #[arg(long)]
+        fairlead_only: bool,
+    },
     /// fairlead's DNS against Knot DNS and NSD with dnsperf.
     Dns(bench_dns::Options),
     /// The ingress gateway against nginx and HAProxy: wrk (HTTP/1.1
@@ -56,6 +75,15 @@ fn main() -> Result<()> {
         Command::Bench {
             component: Bench::Ingress(options),
         } => bench_ingress::ingress(&options),
+        Command::Bench {
+            component:
+                Bench::Proxy {
+                    sizes,
+                    endpoints,
+                    connects,
+                    fairlead_only,
+                },
+        } => bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only),
     }
 }
 
