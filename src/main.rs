@@ -12,13 +12,7 @@ use fairlead_model::{ModelWriter, Severity, Snapshot, dump};
 use prometheus_client::registry::Registry;
 use runtime::SourceArgs;
 
-// Wired into the long-running modes as their issues land.
-#[allow(
-    dead_code,
-    reason = "the shared runtime of the long-running modes; each mode's issue wires it"
-)]
 mod runtime;
-#[allow(dead_code, reason = "served by the runtime; see `runtime`")]
 mod telemetry;
 
 #[derive(Parser, Debug)]
@@ -80,6 +74,8 @@ enum Command {
         source: SourceArgs,
         #[command(flatten)]
         ingress: fairlead_ingress::Args,
+        #[command(flatten)]
+        status: runtime::IngressStatusArgs,
     },
     /// Show what is programmed in the kernel: services, backends, map fill, drops.
     Status {
@@ -180,8 +176,13 @@ fn run(command: Command) -> Result<ExitCode> {
                 Ok(())
             })
         }),
-        Command::Ingress { source, ingress } => serve(&source, |rt| {
+        Command::Ingress {
+            source,
+            ingress,
+            status,
+        } => serve(&source, |rt| {
             Box::pin(async move {
+                rt.publish_ingress_status(&ingress.ingress_class, &status)?;
                 let ready = rt.ready_flag("ingress");
                 let gateway = fairlead_ingress::run(
                     ingress,

@@ -145,9 +145,14 @@ impl ManifestDir {
     /// Loads the directory into `writer`, then reloads it whenever a file
     /// below it changes, until `writer` has no receivers left or the watcher
     /// fails. Run it as a task.
-    pub async fn watch(mut self, mut writer: ModelWriter) -> Result<(), Error> {
+    pub async fn watch(self, writer: ModelWriter) -> Result<(), Error> {
+        // Instrumented, not entered: a span entered across awaits would
+        // label other tasks' log lines.
         let span = info_span!("manifests", dir = %self.root.display());
-        let _enter = span.enter();
+        tracing::Instrument::instrument(self.watch_inner(writer), span).await
+    }
+
+    async fn watch_inner(mut self, mut writer: ModelWriter) -> Result<(), Error> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
