@@ -36,6 +36,10 @@ enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up and matched once; boxing would only add noise"
+)]
 enum Command {
     /// Validate manifests and print the model they make; exits 1 when anything is invalid.
     Check {
