@@ -11,6 +11,7 @@ use fairlead_model::source::kube::{self as kube_source, KubeOptions, KubeSource}
 use fairlead_model::{ModelWriter, Severity, Snapshot, dump};
 use prometheus_client::registry::Registry;
 use runtime::SourceArgs;
+use tracing::Instrument as _;
 
 mod runtime;
 mod telemetry;
@@ -55,8 +56,9 @@ enum Command {
         #[arg(long)]
         kernel: bool,
     },
-    /// Run the whole data plane of a node: proxy, DNS and ingress on one model.
-    Node(SourceArgs),
+    /// Run the whole data plane of a node: proxy, DNS and ingress in one
+    /// process, from one source and one model (each part can be switched off).
+    Node(NodeArgs),
     /// Run the kernel load balancer (ClusterIP at the socket: connect, sendmsg, recvmsg,
     /// getpeername in a cgroup).
     Proxy {
@@ -81,7 +83,9 @@ enum Command {
         #[command(flatten)]
         status: runtime::IngressStatusArgs,
     },
-    /// Show what is programmed in the kernel: services, backends, map fill, drops.
+    /// Show what a running fairlead serves: per component the model generation
+    /// (from its telemetry listener), and what is programmed in the kernel:
+    /// services, backends, map fill, drops (from the pinned maps).
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -89,7 +93,34 @@ enum Command {
         /// The bpffs directory `fairlead proxy` pins its maps in.
         #[arg(long, value_name = "DIR", default_value = fairlead_proxy::DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// The telemetry listener of the running fairlead.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
+        telemetry_addr: std::net::SocketAddr,
     },
+}
+
+/// `fairlead node`: every component's flags, and switches.
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Do not run the kernel load balancer.
+    #[arg(long)]
+    no_proxy: bool,
+    /// Do not run the DNS server.
+    #[arg(long)]
+    no_dns: bool,
+    /// Do not run the ingress gateway.
+    #[arg(long)]
+    no_ingress: bool,
+    #[command(flatten, next_help_heading = "Proxy")]
+    proxy: fairlead_proxy::Args,
+    #[command(flatten, next_help_heading = "DNS")]
+    dns: fairlead_dns::Args,
+    #[command(flatten, next_help_heading = "Ingress")]
+    ingress: fairlead_ingress::Args,
+    #[command(flatten, next_help_heading = "Ingress status")]
+    status: runtime::IngressStatusArgs,
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
@@ -101,6 +132,7 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -149,60 +181,122 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             Ok(code)
         }
-        Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
-        Command::Proxy { source, proxy } => serve(&source, |rt| {
-            Box::pin(async move {
-                let context = fairlead_proxy::Context {
-                    model: rt.model.clone(),
-                    ready: rt.ready_flag("proxy"),
-                    cancel: rt.cancel.clone(),
-                    node_name: rt.node_name().map(str::to_owned),
-                    registry: &mut rt.registry,
-                };
-                let component = fairlead_proxy::Proxy::start(&proxy, context)
-                    .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
-                rt.spawn("proxy", Box::pin(async move { Ok(component.run().await?) }));
-                Ok(())
-            })
-        }),
-        Command::Dns { source, dns } => serve(&source, |rt| {
-            Box::pin(async move {
-                let component = fairlead_dns::Dns::bind(dns, &mut rt.registry).await?;
-                let ctx = fairlead_dns::Context {
-                    model: rt.model.clone(),
-                    ready: rt.ready_flag("dns"),
-                    cancel: rt.cancel.clone(),
-                };
-                rt.spawn(
-                    "dns",
-                    Box::pin(async move { Ok(component.run(ctx).await?) }),
+        Command::Node(node) => {
+            if node.no_proxy && node.no_dns && node.no_ingress {
+                anyhow::bail!(
+                    "fairlead node: every part is switched off (--no-proxy --no-dns --no-ingress)"
                 );
-                Ok(())
+            }
+            let NodeArgs {
+                source,
+                no_proxy,
+                no_dns,
+                no_ingress,
+                proxy,
+                dns,
+                ingress,
+                status,
+            } = node;
+            serve(&source, move |rt| {
+                Box::pin(async move {
+                    // The proxy first: it programs the kernel before the DNS
+                    // server hands out Service addresses.
+                    if !no_proxy {
+                        start_proxy(rt, &proxy)?;
+                    }
+                    if !no_dns {
+                        start_dns(rt, dns).await?;
+                    }
+                    if !no_ingress {
+                        start_ingress(rt, ingress, &status)?;
+                    }
+                    Ok(())
+                })
             })
+        }
+        Command::Proxy { source, proxy } => serve(&source, |rt| {
+            Box::pin(async move { start_proxy(rt, &proxy) })
         }),
+        Command::Dns { source, dns } => serve(&source, |rt| Box::pin(start_dns(rt, dns))),
         Command::Ingress {
             source,
             ingress,
             status,
         } => serve(&source, |rt| {
-            Box::pin(async move {
-                rt.publish_ingress_status(&ingress.ingress_class, &status)?;
-                let ready = rt.ready_flag("ingress");
-                let gateway = fairlead_ingress::run(
-                    ingress,
-                    fairlead_ingress::Context {
-                        snapshots: rt.model.clone(),
-                        registry: &mut rt.registry,
-                        ready,
-                        cancel: rt.cancel.clone(),
-                    },
-                );
-                rt.spawn("ingress", Box::pin(async move { Ok(gateway.await?) }));
-                Ok(())
-            })
+            Box::pin(async move { start_ingress(rt, ingress, &status) })
         }),
-        Command::Status { json, bpffs } => status(json, &bpffs),
+        Command::Status {
+            json,
+            bpffs,
+            telemetry_addr,
+        } => status(json, &bpffs, telemetry_addr),
     }
+}
+
+/// Adds the kernel load balancer to the runtime.
+fn start_proxy(rt: &mut runtime::Runtime, args: &fairlead_proxy::Args) -> Result<()> {
+    let span = tracing::info_span!("component", component = "proxy");
+    let _entered = span.enter();
+    let context = fairlead_proxy::Context {
+        model: rt.model.clone(),
+        ready: rt.ready_flag("proxy"),
+        cancel: rt.cancel.clone(),
+        node_name: rt.node_name().map(str::to_owned),
+        registry: &mut rt.registry,
+    };
+    let component = fairlead_proxy::Proxy::start(args, context)
+        .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
+    let span = span.clone();
+    rt.spawn(
+        "proxy",
+        Box::pin(async move { Ok(component.run().instrument(span).await?) }),
+    );
+    Ok(())
+}
+
+/// Adds the DNS server to the runtime (its sockets are bound on return).
+async fn start_dns(rt: &mut runtime::Runtime, args: fairlead_dns::Args) -> Result<()> {
+    let span = tracing::info_span!("component", component = "dns");
+    let component = fairlead_dns::Dns::bind(args, &mut rt.registry)
+        .instrument(span.clone())
+        .await?;
+    let ctx = fairlead_dns::Context {
+        model: rt.model.clone(),
+        ready: rt.ready_flag("dns"),
+        cancel: rt.cancel.clone(),
+    };
+    rt.spawn(
+        "dns",
+        Box::pin(async move { Ok(component.run(ctx).instrument(span).await?) }),
+    );
+    Ok(())
+}
+
+/// Adds the ingress gateway (and its Ingress status writer) to the runtime.
+fn start_ingress(
+    rt: &mut runtime::Runtime,
+    args: fairlead_ingress::Args,
+    status: &runtime::IngressStatusArgs,
+) -> Result<()> {
+    let span = tracing::info_span!("component", component = "ingress");
+    let _entered = span.enter();
+    rt.publish_ingress_status(&args.ingress_class, status)?;
+    let ready = rt.ready_flag("ingress");
+    let gateway = fairlead_ingress::run(
+        args,
+        fairlead_ingress::Context {
+            snapshots: rt.model.clone(),
+            registry: &mut rt.registry,
+            ready,
+            cancel: rt.cancel.clone(),
+        },
+    );
+    let span = span.clone();
+    rt.spawn(
+        "ingress",
+        Box::pin(async move { Ok(gateway.instrument(span).await?) }),
+    );
+    Ok(())
 }
 
 /// Runs a long-running mode: starts the model source, lets `setup` add the
@@ -225,30 +319,110 @@ fn serve(
         })
 }
 
-#[allow(
-    clippy::unnecessary_wraps,
-    reason = "same signature as the modes it stands in for"
-)]
-fn not_built(command: &str, issue: &str) -> Result<ExitCode> {
-    eprintln!("fairlead {command}: not built yet (see the issue \"{issue}\")");
-    Ok(ExitCode::from(2))
-}
+/// How long `fairlead status` waits for the telemetry listener.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Prints what the pinned maps hold.
-fn status(json: bool, bpffs: &Path) -> Result<ExitCode> {
-    let pinned = fairlead_proxy::PinnedMaps::open(bpffs).with_context(|| {
-        format!(
-            "opening the maps pinned under {} (is `fairlead proxy --bpffs {0}` running, or has it run?)",
-            bpffs.display()
-        )
-    })?;
-    let status = fairlead_proxy::status::Status::read(&pinned).context("reading the maps")?;
+/// Prints what a running fairlead serves: per component the model generation
+/// (from the telemetry listener), and what the pinned maps hold. Either part
+/// may be missing (no process running; no proxy enabled); both missing is an
+/// error.
+fn status(json: bool, bpffs: &Path, telemetry: std::net::SocketAddr) -> Result<ExitCode> {
+    let runtime = fetch_runtime_status(telemetry);
+    let kernel = fairlead_proxy::PinnedMaps::open(bpffs)
+        .with_context(|| {
+            format!(
+                "opening the maps pinned under {} (is `fairlead proxy --bpffs {0}` running, or has it run?)",
+                bpffs.display()
+            )
+        })
+        .and_then(|pinned| {
+            fairlead_proxy::status::Status::read(&pinned).context("reading the maps")
+        });
+    if let (Err(runtime), Err(kernel)) = (&runtime, &kernel) {
+        anyhow::bail!("nothing to show: {runtime:#}; {kernel:#}");
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{status}");
+        let mut out = match &kernel {
+            Ok(kernel) => serde_json::to_value(kernel)?,
+            Err(_) => serde_json::Value::Object(serde_json::Map::new()),
+        };
+        if let (Ok(runtime), Some(object)) = (&runtime, out.as_object_mut()) {
+            object.insert("runtime".to_owned(), runtime.clone());
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &runtime {
+        Ok(runtime) => print!("{}", render_runtime_status(runtime)),
+        Err(e) => println!("components: not reachable ({e:#})\n"),
+    }
+    match &kernel {
+        Ok(kernel) => print!("{kernel}"),
+        Err(e) => println!("kernel: {e:#}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `GET /status` from a running fairlead's telemetry listener.
+fn fetch_runtime_status(addr: std::net::SocketAddr) -> Result<serde_json::Value> {
+    use std::io::{Read as _, Write as _};
+    let context = || format!("asking the telemetry listener {addr} (--telemetry-addr)");
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, STATUS_TIMEOUT).with_context(context)?;
+    stream.set_read_timeout(Some(STATUS_TIMEOUT))?;
+    stream.set_write_timeout(Some(STATUS_TIMEOUT))?;
+    stream
+        .write_all(b"GET /status HTTP/1.0\r\nHost: fairlead\r\n\r\n")
+        .with_context(context)?;
+    let mut response = Vec::new();
+    stream
+        .take(1 << 20)
+        .read_to_end(&mut response)
+        .with_context(context)?;
+    let response = String::from_utf8(response).context("the /status answer is not UTF-8")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("a malformed HTTP answer from /status")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        anyhow::bail!(
+            "/status answered {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    serde_json::from_str(body).context("the /status answer is not JSON")
+}
+
+/// The components part of `fairlead status`.
+fn render_runtime_status(status: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let model = &status["model_generation"];
+    let synced = if status["model_synced"].as_bool() == Some(true) {
+        "synced"
+    } else {
+        "not synced yet"
+    };
+    let _ = writeln!(out, "model: generation {model} ({synced})");
+    if status["shutting_down"].as_bool() == Some(true) {
+        let _ = writeln!(out, "shutting down");
+    }
+    let _ = writeln!(out, "{:<10} {:<10} generation", "component", "state");
+    for component in status["components"].as_array().into_iter().flatten() {
+        let name = component["name"].as_str().unwrap_or("?");
+        let state = if component["ready"].as_bool() == Some(true) {
+            "ready"
+        } else {
+            "not ready"
+        };
+        let generation = match component["generation"].as_u64() {
+            Some(g) if Some(g) == model.as_u64() => format!("{g} (current)"),
+            Some(g) => format!("{g} (behind)"),
+            None => "-".to_owned(),
+        };
+        let _ = writeln!(out, "{name:<10} {state:<10} {generation}");
+    }
+    out.push('\n');
+    out
 }
 
 /// Loads every program of the embedded eBPF object into the kernel.

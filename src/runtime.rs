@@ -272,7 +272,11 @@ impl Runtime {
     /// then shuts down: lameduck, cancel, drain.
     pub(crate) async fn run(mut self) -> Result<()> {
         let listener = telemetry::bind(self.args.telemetry_addr).await?;
-        let telemetry = Arc::new(Telemetry::new(self.registry, self.components));
+        let telemetry = Arc::new(Telemetry::new(
+            self.registry,
+            self.components,
+            self.model.clone(),
+        ));
         let telemetry_cancel = CancellationToken::new();
         tokio::spawn(telemetry::serve(
             listener,

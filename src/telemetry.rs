@@ -1,6 +1,8 @@
 //! The one telemetry listener of a fairlead process: `/metrics` (Prometheus
-//! text format), `/health` (alive) and `/ready` (every enabled component
-//! serves the synced model, and the process is not shutting down).
+//! text format), `/health` (alive), `/ready` (every enabled component
+//! serves the synced model, and the process is not shutting down) and
+//! `/status` (JSON: the model generation and, per component, whether it is
+//! ready and which generation it serves; what `fairlead status` shows).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -9,13 +11,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use fairlead_model::Ready;
+use fairlead_model::{Ready, Snapshot};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -24,16 +31,106 @@ use tracing::{debug, info, warn};
 pub(crate) struct Telemetry {
     registry: Registry,
     components: Vec<(&'static str, Ready)>,
+    model: watch::Receiver<Arc<Snapshot>>,
     shutting_down: AtomicBool,
+    generations: Family<ComponentLabel, Gauge>,
+    model_generation: Gauge,
+}
+
+/// The `component` label of the per-component gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabel {
+    component: &'static str,
+}
+
+/// The body of `/status`.
+#[derive(Debug, Serialize)]
+pub(crate) struct RuntimeStatus {
+    /// The newest model generation.
+    pub(crate) model_generation: u64,
+    /// Whether the model holds every object of the source yet.
+    pub(crate) model_synced: bool,
+    /// In lameduck or draining.
+    pub(crate) shutting_down: bool,
+    /// Every enabled component.
+    pub(crate) components: Vec<ComponentStatus>,
+}
+
+/// One component in `/status`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ComponentStatus {
+    /// `proxy`, `dns` or `ingress`.
+    pub(crate) name: &'static str,
+    /// Serving the synced model.
+    pub(crate) ready: bool,
+    /// The model generation it serves (absent before its first one).
+    pub(crate) generation: Option<u64>,
 }
 
 impl Telemetry {
-    /// Metrics from `registry`; readiness from `components`.
-    pub(crate) fn new(registry: Registry, components: Vec<(&'static str, Ready)>) -> Self {
+    /// Metrics from `registry` (where the per-component generation gauges
+    /// are added); readiness and generations from `components`; the model's
+    /// own generation from `model`.
+    pub(crate) fn new(
+        mut registry: Registry,
+        components: Vec<(&'static str, Ready)>,
+        model: watch::Receiver<Arc<Snapshot>>,
+    ) -> Self {
+        let generations = Family::<ComponentLabel, Gauge>::default();
+        registry.register(
+            "fairlead_component_generation",
+            "Model generation each component serves (-1 before its first)",
+            generations.clone(),
+        );
+        let model_generation = Gauge::default();
+        registry.register(
+            "fairlead_model_generation",
+            "Newest generation of the shared model",
+            model_generation.clone(),
+        );
         Self {
             registry,
             components,
+            model,
             shutting_down: AtomicBool::new(false),
+            generations,
+            model_generation,
+        }
+    }
+
+    /// What `/status` reports.
+    pub(crate) fn status(&self) -> RuntimeStatus {
+        let snapshot = self.model.borrow().clone();
+        RuntimeStatus {
+            model_generation: snapshot.generation,
+            model_synced: snapshot.synced,
+            shutting_down: self.shutting_down.load(Ordering::Acquire),
+            components: self
+                .components
+                .iter()
+                .map(|(name, ready)| ComponentStatus {
+                    name,
+                    ready: ready.get(),
+                    generation: ready.generation(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Copies the generations into their gauges (before each scrape).
+    fn update_gauges(&self) {
+        let status = self.status();
+        self.model_generation
+            .set(i64::try_from(status.model_generation).unwrap_or(i64::MAX));
+        for component in status.components {
+            let value = component
+                .generation
+                .map_or(-1, |g| i64::try_from(g).unwrap_or(i64::MAX));
+            self.generations
+                .get_or_create(&ComponentLabel {
+                    component: component.name,
+                })
+                .set(value);
         }
     }
 
@@ -66,6 +163,7 @@ impl Telemetry {
         }
         match path {
             "/metrics" => {
+                self.update_gauges();
                 let mut body = String::new();
                 if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &self.registry)
                 {
@@ -85,6 +183,18 @@ impl Telemetry {
                 response
             }
             "/health" => text(StatusCode::OK, "OK\n".to_owned()),
+            "/status" => match serde_json::to_string_pretty(&self.status()) {
+                Ok(mut json) => {
+                    json.push('\n');
+                    let mut response = text(StatusCode::OK, json);
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            },
             "/ready" => {
                 let waiting = self.not_ready();
                 if waiting.is_empty() {
@@ -100,7 +210,7 @@ impl Telemetry {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /health or /ready\n".to_owned(),
+                "not found; try /metrics, /health, /ready or /status\n".to_owned(),
             ),
         }
     }
@@ -120,7 +230,7 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "telemetry listening (/metrics, /health, /ready)");
+        info!(%addr, "telemetry listening (/metrics, /health, /ready, /status)");
     }
     loop {
         let (stream, peer) = tokio::select! {
@@ -174,9 +284,11 @@ mod tests {
         let counter: Counter = Counter::default();
         registry.register("test_events", "events seen by the test", counter.clone());
         counter.inc();
+        let (mut writer, model) = fairlead_model::ModelWriter::new();
         let t = Telemetry::new(
             registry,
             vec![("dns", dns.clone()), ("proxy", proxy.clone())],
+            model,
         );
 
         let r = t.respond(&Method::GET, "/ready");
@@ -213,6 +325,28 @@ mod tests {
         assert_eq!(
             t.respond(&Method::GET, "/other").status(),
             StatusCode::NOT_FOUND
+        );
+        assert!(metrics.contains("fairlead_component_generation{component=\"dns\"} -1"));
+
+        // Generations: the model's, and what each component says it serves.
+        writer.set_synced();
+        let generation = writer.snapshot().generation;
+        dns.serving(generation);
+        let status: serde_json::Value =
+            serde_json::from_str(&body(t.respond(&Method::GET, "/status")).await).unwrap();
+        assert_eq!(status["model_generation"], generation);
+        assert_eq!(status["model_synced"], true);
+        assert_eq!(status["shutting_down"], true);
+        assert_eq!(status["components"][0]["name"], "dns");
+        assert_eq!(status["components"][0]["generation"], generation);
+        assert_eq!(status["components"][1]["name"], "proxy");
+        assert!(status["components"][1]["generation"].is_null());
+        let metrics = body(t.respond(&Method::GET, "/metrics")).await;
+        assert!(
+            metrics.contains(&format!(
+                "fairlead_component_generation{{component=\"dns\"}} {generation}"
+            )),
+            "{metrics}"
         );
     }
 }

@@ -85,29 +85,71 @@ fn missing_directory_is_an_error() {
 }
 
 #[test]
-fn unbuilt_modes_say_so() {
-    let mode = "node";
-    let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
-        .arg(mode)
+fn node_takes_every_components_flags_and_refuses_to_run_nothing() {
+    let help = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(["node", "--help"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{mode}");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--manifests",
+        "--no-proxy",
+        "--no-dns",
+        "--no-ingress",
+        "--cgroup",
+        "--bpffs",
+        "--listen",
+        "--zone",
+        "--https",
+        "--ingress-class",
+        "--ingress-status-service",
+        "--telemetry-addr",
+    ] {
+        assert!(
+            help.contains(flag),
+            "{flag} missing from `node --help`:\n{help}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args([
+            "node",
+            "--manifests",
+            "examples",
+            "--no-proxy",
+            "--no-dns",
+            "--no-ingress",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not built yet"),
-        "{mode}"
+        String::from_utf8_lossy(&out.stderr).contains("every part is switched off"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
 #[test]
 fn status_without_pinned_maps_says_where_it_looked() {
     let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
-        .args(["status", "--bpffs", "/sys/fs/bpf/fairlead-no-such-dir"])
+        .args([
+            "status",
+            "--bpffs",
+            "/sys/fs/bpf/fairlead-no-such-dir",
+            // Nothing listens on port 1.
+            "--telemetry-addr",
+            "127.0.0.1:1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("/sys/fs/bpf/fairlead-no-such-dir") && stderr.contains("fairlead proxy"),
+        stderr.contains("/sys/fs/bpf/fairlead-no-such-dir")
+            && stderr.contains("fairlead proxy")
+            && stderr.contains("127.0.0.1:1"),
         "{stderr}"
     );
 }

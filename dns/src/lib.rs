@@ -46,6 +46,7 @@ pub use metrics::Metrics;
 
 /// Flags of `fairlead dns` (and of the DNS part of `fairlead node`).
 #[derive(clap::Args, Debug, Clone)]
+#[group(id = "dns-args")]
 pub struct Args {
     /// Where to serve DNS, over UDP and TCP (repeatable): IP:PORT, [IPv6]:PORT, or :PORT for every IPv4 address.
     #[arg(long = "listen", value_name = "ADDR", default_value = ":53", value_parser = names::parse_listen)]
@@ -358,6 +359,7 @@ async fn follow(
                 Err(error) => warn!(%error, "building the record index failed"),
             }
         }
+        ready.serving(index.load().generation());
         if index.load().synced() && !ready.get() {
             info!(
                 generation = index.load().generation(),

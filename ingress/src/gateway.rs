@@ -240,6 +240,7 @@ pub(crate) async fn run(
         if snapshot.synced {
             let applied = reconciler.apply(&snapshot, &shared.routing, &certs);
             info!(generation = snapshot.generation, ?applied, "model synced");
+            ready.serving(snapshot.generation);
             break;
         }
         tokio::select! {
@@ -269,6 +270,7 @@ pub(crate) async fn run(
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
                 let applied = reconciler.apply(&snapshot, &shared.routing, &certs);
+                ready.serving(snapshot.generation);
                 if applied != Applied::default() {
                     info!(generation = snapshot.generation, ?applied, "model applied");
                 }

@@ -35,6 +35,7 @@ pub use error::Error;
 
 /// Flags of the ingress gateway (`fairlead ingress`, and `fairlead node`).
 #[derive(clap::Args, Debug, Clone)]
+#[group(id = "ingress-args")]
 pub struct Args {
     /// Plain HTTP listener.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]

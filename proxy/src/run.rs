@@ -26,6 +26,7 @@ const COUNTER_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The proxy's flags.
 #[derive(clap::Args, Debug, Clone)]
+#[group(id = "proxy-args")]
 pub struct Args {
     /// cgroup v2 directory whose sockets are balanced, with its descendants (default: the
     /// root of the cgroup v2 hierarchy, i.e. every process of the node).
@@ -215,6 +216,7 @@ impl Proxy {
                         metrics.stale_sockets_destroyed(destroyed as u64);
                     }
                     state = Some((datapath, reconciler));
+                    ready.serving(generation);
                     ready.set(true);
                 } else {
                     debug!("model not synced yet; programming nothing");
