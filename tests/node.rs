@@ -1,0 +1,109 @@
+//! End-to-end test of `fairlead node` in the demo topology (privileged): runs
+//! `scripts/demo.sh` — the README's "run the main job" command — with this
+//! build's binary. The script builds an outside client, node-a and three pods
+//! of shop/web in network namespaces, runs `fairlead node` on a copy of
+//! examples/, and checks every path it shows, failing on the first that does
+//! not hold:
+//!
+//! - a pod resolves `web` by its short name (glibc resolver, kube-dns
+//!   ClusterIP, the node's DNS server) and reaches all three pods through the
+//!   ClusterIP;
+//! - the outside client reaches all three through NodePort 30080 and through
+//!   the ingress over HTTPS by host name;
+//! - after web-c's endpoint is removed from the manifests, every component
+//!   serves the new model generation and no path reaches web-c any more;
+//! - a connection through the ClusterIP keeps working, request after request,
+//!   while `fairlead node` is stopped and started again.
+//!
+//! This test also asserts that the script reported each of these steps, so a
+//! step dropped from the demo fails here.
+
+use std::path::Path;
+use std::process::Command;
+
+use fairlead_proxy::testing::privileged;
+
+#[test]
+fn the_demo_shows_every_path_following_the_model_and_surviving_a_restart() {
+    if !privileged("the_demo_shows_every_path_following_the_model_and_surviving_a_restart") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prefix = format!("fldt{}", std::process::id() % 100_000);
+    let out = Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        .env("FAIRLEAD_BIN", env!("CARGO_BIN_EXE_fairlead"))
+        .env("FAIRLEAD_DEMO_PREFIX", &prefix)
+        .current_dir(root)
+        .output()
+        .expect("running scripts/demo.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the demo failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+
+    let lines: Vec<&str> = stdout.lines().collect();
+    let position = |needle: &str, from: usize| {
+        let found = lines[from..].iter().position(|line| line.contains(needle));
+        let Some(i) = found else {
+            panic!("the demo did not report {needle:?} after line {from}:\n{stdout}");
+        };
+        i + from
+    };
+    // Before the endpoint is removed: every path reaches all three pods.
+    let mut at = position("Three paths to Service shop/web", 0);
+    for path in [
+        "resolves the short name 'web'",
+        "ClusterIP",
+        "NodePort",
+        "ingress, TLS",
+    ] {
+        at = position(path, at);
+        if path != "resolves the short name 'web'" {
+            assert!(
+                lines[at].ends_with("answered by web-a web-b web-c"),
+                "{}",
+                lines[at]
+            );
+        }
+    }
+    // After: every component serves the new generation, and web-c is gone.
+    at = position("all serve the new model generation", at);
+    for path in [
+        "resolves the short name 'web'",
+        "ClusterIP",
+        "NodePort",
+        "ingress, TLS",
+    ] {
+        at = position(path, at);
+        if path != "resolves the short name 'web'" {
+            assert!(
+                lines[at].ends_with("answered by web-a web-b"),
+                "{}",
+                lines[at]
+            );
+        }
+    }
+    // The restart: one connection, no request lost.
+    at = position("the live connection:", at);
+    assert!(
+        lines[at].contains("requests on one connection"),
+        "{}",
+        lines[at]
+    );
+    position("Done: every path followed the model", at);
+
+    // Nothing is left behind.
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&prefix),
+        "network namespaces left behind"
+    );
+    assert!(
+        !Path::new("/sys/fs/bpf").join(&prefix).exists(),
+        "pins left behind"
+    );
+}
