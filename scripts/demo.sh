@@ -185,11 +185,16 @@ expect() {
 }
 ca="$root/examples/shop/example-ca.crt"
 check_paths() {
-    local want="$1"
+    local want="$1"   # the pods that must answer
+                      # $2: the addresses DNS must give for web-pods
     local addr
     addr="$(in_pod a getent ahosts web | awk 'NR == 1 { print $1 }')" || true
     [ "$addr" = 10.96.10.10 ] || fail "pod web-a resolved 'web' to [$addr], expected 10.96.10.10"
     ok "pod web-a resolves the short name 'web' (glibc: search shop.svc.cluster.local, nameserver 10.96.0.10 = kube-dns -> node-a's DNS): $addr"
+    local pods_dns
+    pods_dns="$(in_pod a getent ahosts web-pods | awk '$2 == "STREAM" { print $1 }' | sort | tr '\n' ' ' | sed 's/ $//')" || true
+    [ "$pods_dns" = "$2" ] || fail "pod web-a resolved the headless 'web-pods' to [$pods_dns], expected [$2]"
+    ok "pod web-a resolves the headless Service 'web-pods' to its ready pods: $pods_dns"
     expect "pod web-a -> http://web/ (ClusterIP 10.96.10.10, balanced in the kernel at connect)" "$want" \
         "$(sample in_pod a curl -sf --max-time 2 http://web/)"
     expect "outside client -> http://192.168.50.10:30080/ (NodePort)" "$want" \
@@ -198,12 +203,12 @@ check_paths() {
         "$(sample in_ext curl -sf --max-time 2 --cacert "$ca" --resolve shop.example.com:443:192.168.50.10 https://shop.example.com/)"
 }
 say "Three paths to Service shop/web, 30 requests each"
-check_paths "web-a web-b web-c"
+check_paths "web-a web-b web-c" "10.244.1.11 10.244.1.12 10.244.1.13"
 
 # --- an endpoint goes away ------------------------------------------------------
 status_json() { in_node curl -sf http://127.0.0.1:9402/status; }
 generation_before="$(status_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_generation"])')"
-say "Removing web-c's endpoint (10.244.1.13) from shop/web.yaml"
+say "Removing web-c's endpoint (10.244.1.13) from shop/web.yaml (Services web and web-pods)"
 python3 - "$work/manifests/shop/web.yaml" <<'EOF'
 import re, sys
 path = sys.argv[1]
@@ -235,7 +240,7 @@ sys.exit(0 if g > int(sys.argv[1]) and all(c["generation"] == g for c in s["comp
 ' "$generation_before" || fail "the components do not all serve the new model generation"
 ok "proxy, DNS and ingress all serve the new model generation (seen after ${elapsed_ms} ms)"
 say "The same three paths: web-c must be gone from all of them"
-check_paths "web-a web-b"
+check_paths "web-a web-b" "10.244.1.11 10.244.1.12"
 
 # --- restart under a live connection ----------------------------------------------
 say "Restarting fairlead node while pod web-a holds a connection to the ClusterIP"

@@ -6,12 +6,13 @@
 //! not hold:
 //!
 //! - a pod resolves `web` by its short name (glibc resolver, kube-dns
-//!   ClusterIP, the node's DNS server) and reaches all three pods through the
-//!   ClusterIP;
+//!   ClusterIP, the node's DNS server), resolves the headless `web-pods` to the
+//!   three pod addresses, and reaches all three pods through the ClusterIP;
 //! - the outside client reaches all three through NodePort 30080 and through
 //!   the ingress over HTTPS by host name;
 //! - after web-c's endpoint is removed from the manifests, every component
-//!   serves the new model generation and no path reaches web-c any more;
+//!   serves the new model generation, DNS no longer gives its address and no
+//!   path reaches web-c any more;
 //! - a connection through the ClusterIP keeps working, request after request,
 //!   while `fairlead node` is stopped and started again.
 //!
