@@ -1,6 +1,7 @@
 //! `cargo xtask …`: chores around fairlead that are not part of building it.
 
 mod bench_dns;
+mod bench_node;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ enum Bench {
     /// keep-alive), h2load (h2 over TLS), TLS handshakes, route updates
     /// under load.
     Ingress(bench_ingress::Options),
+    /// `fairlead node` against proxy + dns + ingress as three processes:
+    /// memory, CPU, and manifest change → every component serving it.
+    Node(bench_node::Options),
 }
 
 mod bench_ingress;
@@ -75,6 +79,9 @@ fn main() -> Result<()> {
         Command::Bench {
             component: Bench::Ingress(options),
         } => bench_ingress::ingress(&options),
+        Command::Bench {
+            component: Bench::Node(options),
+        } => bench_node::run_bench(&options),
         Command::Bench {
             component:
                 Bench::Proxy {
