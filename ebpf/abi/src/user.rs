@@ -6,6 +6,7 @@
 )]
 
 use crate::{
+    Ct4Key, CtValue, MaglevKey, MaglevTable, SourceRange4Key,
     AffinityKey, AffinityValue, Backend4, Backend6, RevNat4, RevNat6, Service4Key, Service6Key,
     ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
 };
@@ -62,3 +63,22 @@ unsafe impl aya::Pod for AffinityKey {}
 
 // SAFETY: `#[repr(C)]`, two `u32` (layout tests), every bit pattern valid.
 unsafe impl aya::Pod for AffinityValue {}
+
+// SAFETY: `#[repr(C)]`, integer fields with explicit `_pad` (layout tests in `nodeport`),
+// every bit pattern valid.
+unsafe impl aya::Pod for MaglevKey {}
+
+// SAFETY: `#[repr(C)]`, a `u32` and an array of `u32`: no padding, every bit pattern valid.
+unsafe impl aya::Pod for MaglevTable {}
+
+// SAFETY: `#[repr(C)]`, integer fields with explicit `_pad` (layout tests), every bit
+// pattern valid.
+unsafe impl aya::Pod for Ct4Key {}
+
+// SAFETY: `#[repr(C)]`, integer fields with explicit `_pad` filling 24 bytes (layout tests),
+// every bit pattern valid.
+unsafe impl aya::Pod for CtValue {}
+
+// SAFETY: `#[repr(C)]`, integer fields with explicit `_pad` filling 8 bytes (layout tests),
+// every bit pattern valid.
+unsafe impl aya::Pod for SourceRange4Key {}
