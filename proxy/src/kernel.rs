@@ -6,10 +6,11 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
 use fairlead_abi::{
-    Backend4, Backend6, BackendId, Be16, Be32, Reason, RevNat4, RevNat6, RevNatId, Scope,
-    Service4Key, Service6Key, ServiceValue, maps, maps::MapKind,
+    Backend4, Backend6, BackendId, Be16, Be32, Ct4Key, CtValue, MaglevKey, MaglevTable, Reason,
+    RevNat4, RevNat6, RevNatId, Scope, Service4Key, Service6Key, ServiceValue, SourceRange4Key,
+    maps, maps::MapKind,
 };
 
 use crate::Error;
@@ -55,6 +56,7 @@ impl PinnedMaps {
                 MapKind::Hash => Map::HashMap(data),
                 MapKind::LruHash => Map::LruHashMap(data),
                 MapKind::PerCpuArray => Map::PerCpuArray(data),
+                MapKind::LpmTrie => Map::LpmTrie(data),
             };
             out.push((spec.name, map));
         }
@@ -105,7 +107,7 @@ impl MapSet for PinnedMaps {
 
 fn data<'a>(set: &'a impl MapSet, name: &'static str) -> Result<&'a MapData, Error> {
     match set.map(name)? {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Ok(d),
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::LpmTrie(d) => Ok(d),
         _ => Err(Error::UnexpectedMapKind { name }),
     }
 }
@@ -190,6 +192,26 @@ pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32)
                 .keys()
                 .count()
         }
+        maps::MAGLEV => HashMap::<_, MaglevKey, MaglevTable>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::CT4_TCP | maps::CT4_ANY => HashMap::<_, Ct4Key, CtValue>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::NODE_ADDR4 => HashMap::<_, Be32, u32>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::IF_ADDR4 => HashMap::<_, u32, Be32>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::SOURCE_RANGES4 => LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
         _ => return Err(Error::MissingMap { name }),
     };
     Ok((count, max))

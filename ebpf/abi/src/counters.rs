@@ -175,10 +175,16 @@ impl Reason {
             Self::NoLocalBackendReject => {
                 "connections refused: internalTrafficPolicy Local, no local endpoint"
             }
-            Self::ExternalHit => "new external flows (NodePort, LoadBalancer, externalIP) sent to a backend by Maglev",
+            Self::ExternalHit => {
+                "new external flows (NodePort, LoadBalancer, externalIP) sent to a backend by Maglev"
+            }
             Self::ExternalNoBackend => "external packets dropped: service has no backends",
-            Self::ExternalNoLocalBackend => "external packets dropped: externalTrafficPolicy Local, no local endpoint",
-            Self::SourceRangeDrop => "external packets dropped: source outside loadBalancerSourceRanges",
+            Self::ExternalNoLocalBackend => {
+                "external packets dropped: externalTrafficPolicy Local, no local endpoint"
+            }
+            Self::SourceRangeDrop => {
+                "external packets dropped: source outside loadBalancerSourceRanges"
+            }
             Self::CtFull => "external packets dropped: a conntrack entry could not be written",
             Self::SnatFailed => "external packets dropped: no source address or port for SNAT",
             Self::FibFallback => "translated packets handed to the kernel stack (no FIB result)",

@@ -27,6 +27,9 @@
 #![no_std]
 #![warn(missing_docs)]
 
+#[cfg(feature = "user")]
+extern crate alloc;
+
 pub mod backend;
 pub mod counters;
 pub mod maps;
@@ -41,9 +44,9 @@ mod byte_order;
 mod user;
 
 pub use backend::{BACKEND_FLAG_LOCAL, Backend4, Backend6, BackendId, BackendState};
-pub use nodeport::{Ct4Key, CtValue, MaglevKey, MaglevTable, SourceRange4Key};
 pub use byte_order::{Be16, Be32};
 pub use counters::{Reason, ReasonKind};
+pub use nodeport::{Ct4Key, CtValue, MaglevKey, MaglevTable, SourceRange4Key};
 pub use rev_nat::{RevNat4, RevNat6, RevNatId};
 pub use service::{Scope, Service4Key, Service6Key, ServiceValue};
 pub use sock::{

@@ -14,8 +14,8 @@ use core::mem::size_of;
 
 use crate::nodeport::{Ct4Key, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key};
 use crate::{
-    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Reason, RevNat4, RevNat6, RevNatId,
-    Be32, Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
+    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Be32, Reason, RevNat4, RevNat6,
+    RevNatId, Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
     SockRevNat6Key,
 };
 

@@ -66,23 +66,6 @@ pub struct MaglevTable {
     pub slots: [BackendId; MAGLEV_MAX_SIZE],
 }
 
-impl MaglevTable {
-    /// A table of no backend.
-    #[must_use]
-    pub const fn empty() -> Self {
-        Self {
-            size: 0,
-            slots: [0; MAGLEV_MAX_SIZE],
-        }
-    }
-}
-
-impl Default for MaglevTable {
-    fn default() -> Self {
-        Self::empty()
-    }
-}
-
 /// Which direction of a flow a conntrack entry describes.
 pub const CT_ORIGINAL: u8 = 0;
 /// The reply direction (backend → client, or backend → node after source NAT).
@@ -267,7 +250,11 @@ mod tests {
     fn maglev_sizes_are_primes_that_fit() {
         for size in MAGLEV_SIZES {
             assert!(size as usize <= MAGLEV_MAX_SIZE);
-            assert!((2..size).take_while(|d| d * d <= size).all(|d| size % d != 0));
+            assert!(
+                (2..size)
+                    .take_while(|d| d * d <= size)
+                    .all(|d| size % d != 0)
+            );
         }
         assert_eq!(*MAGLEV_SIZES.last().unwrap() as usize, MAGLEV_MAX_SIZE);
     }

@@ -44,6 +44,7 @@ pub(crate) trait Family {
     fn backend_rev_nat(backend: &Self::Backend) -> RevNatId;
 
     fn rev_nat_address(rev_nat: &Self::RevNat) -> (Self::Addr, Be16);
+    fn is_unspecified(address: &Self::Addr) -> bool;
 
     fn sock_key(cookie: u64, address: Self::Addr, port: Be16) -> Self::SockKey;
     fn sock_val(address: Self::Addr, port: Be16, rev_nat_id: RevNatId) -> Self::SockVal;
@@ -102,6 +103,10 @@ impl Family for V4 {
     #[inline(always)]
     fn rev_nat_address(rev_nat: &RevNat4) -> (Be32, Be16) {
         (rev_nat.address, rev_nat.port)
+    }
+    #[inline(always)]
+    fn is_unspecified(address: &Be32) -> bool {
+        address.raw() == 0
     }
     #[inline(always)]
     fn sock_key(cookie: u64, address: Be32, port: Be16) -> SockRevNat4Key {
@@ -169,6 +174,10 @@ impl Family for V6 {
     #[inline(always)]
     fn rev_nat_address(rev_nat: &RevNat6) -> ([u8; 16], Be16) {
         (rev_nat.address, rev_nat.port)
+    }
+    #[inline(always)]
+    fn is_unspecified(address: &[u8; 16]) -> bool {
+        u128::from_ne_bytes(*address) == 0
     }
     #[inline(always)]
     fn sock_key(cookie: u64, address: [u8; 16], port: Be16) -> SockRevNat6Key {
