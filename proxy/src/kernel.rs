@@ -6,12 +6,14 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
 use fairlead_abi::{
     Backend4, Backend6, BackendId, Be16, Be32, Ct4Key, CtValue, MaglevKey, MaglevTable, Reason,
     RevNat4, RevNat6, RevNatId, Scope, Service4Key, Service6Key, ServiceValue, SourceRange4Key,
     maps, maps::MapKind,
 };
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::Error;
 use crate::datapath::{Counters, Datapath};
@@ -274,7 +276,7 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
         source: io::Error::other(e.to_string()),
     })?;
     let fail = |e| write_error(table, e, capacity);
-    match *op {
+    match op.clone() {
         Op::PutService {
             frontend,
             slot,
@@ -317,7 +319,8 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
                             backend.protocol,
                             state,
                             backend.rev_nat_id,
-                        ),
+                        )
+                        .with_flags(backend.flags),
                         0,
                     )
                     .map_err(fail),
@@ -331,7 +334,8 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
                             backend.protocol,
                             state,
                             backend.rev_nat_id,
-                        ),
+                        )
+                        .with_flags(backend.flags),
                         0,
                     )
                     .map_err(fail),
@@ -383,6 +387,62 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
             )
             .map_err(fail),
         },
+        Op::PutMaglev {
+            family,
+            rev_nat_id,
+            slots,
+        } => HashMap::<_, MaglevKey, MaglevTable>::try_from(map)
+            .map_err(fail)?
+            .insert(
+                MaglevKey::new(rev_nat_id, family_byte(family)),
+                &*MaglevTable::boxed(&slots),
+                0,
+            )
+            .map_err(fail),
+        Op::DeleteMaglev { family, rev_nat_id } => ignore_missing(
+            HashMap::<_, MaglevKey, MaglevTable>::try_from(map)
+                .map_err(fail)?
+                .remove(&MaglevKey::new(rev_nat_id, family_byte(family))),
+        )
+        .map_err(fail),
+        Op::PutSourceRange { rev_nat_id, range } => {
+            let Some(key) = range_key(rev_nat_id, range) else {
+                return Ok(());
+            };
+            LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
+                .map_err(fail)?
+                .insert(&key, 1, 0)
+                .map_err(fail)
+        }
+        Op::DeleteSourceRange { rev_nat_id, range } => {
+            let Some(key) = range_key(rev_nat_id, range) else {
+                return Ok(());
+            };
+            ignore_missing(
+                LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&key),
+            )
+            .map_err(fail)
+        }
+    }
+}
+
+fn family_byte(family: Family) -> u8 {
+    match family {
+        Family::V4 => fairlead_abi::sock::FAMILY_V4,
+        Family::V6 => fairlead_abi::sock::FAMILY_V6,
+    }
+}
+
+/// The trie key of an IPv4 source range (IPv6 ranges have no trie yet: not written).
+fn range_key(rev_nat_id: RevNatId, range: IpNet) -> Option<LpmKey<SourceRange4Key>> {
+    match range {
+        IpNet::V4(net) => Some(LpmKey::new(
+            SourceRange4Key::prefix_len(net.prefix_len()),
+            SourceRange4Key::new(rev_nat_id, Be32::from_ipv4(net.network())),
+        )),
+        IpNet::V6(_) => None,
     }
 }
 
@@ -467,6 +527,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
                 protocol: b.protocol,
                 state: b.state,
                 rev_nat_id: b.rev_nat_id,
+                flags: b.flags,
             },
         );
     }
@@ -481,6 +542,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
                 protocol: b.protocol,
                 state: b.state,
                 rev_nat_id: b.rev_nat_id,
+                flags: b.flags,
             },
         );
     }
@@ -499,6 +561,32 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
             (Family::V6, id),
             (IpAddr::V6(Ipv6Addr::from(r.address)), r.port.to_host()),
         );
+    }
+    let map = set.map(maps::MAGLEV)?;
+    for entry in &HashMap::<_, MaglevKey, MaglevTable>::try_from(map).map_err(read(maps::MAGLEV))? {
+        let (key, table) = entry.map_err(read(maps::MAGLEV))?;
+        let family = if key.family == fairlead_abi::sock::FAMILY_V6 {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        let size = (table.size as usize).min(table.slots.len());
+        contents
+            .maglev
+            .insert((family, key.rev_nat_id), table.slots[..size].into());
+    }
+    let map = set.map(maps::SOURCE_RANGES4)?;
+    let trie =
+        LpmTrie::<_, SourceRange4Key, u8>::try_from(map).map_err(read(maps::SOURCE_RANGES4))?;
+    for key in trie.keys() {
+        let key = key.map_err(read(maps::SOURCE_RANGES4))?;
+        let data = key.data();
+        let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(32);
+        if let Ok(net) = Ipv4Net::new(data.address.to_ipv4(), len) {
+            contents
+                .source_ranges
+                .insert((data.rev_nat_id.to_host(), IpNet::V4(net)));
+        }
     }
     Ok(contents)
 }

@@ -19,6 +19,7 @@ mod datapath;
 pub mod desired;
 mod error;
 mod kernel;
+pub mod maglev;
 mod metrics;
 mod object;
 pub mod reconcile;
