@@ -57,6 +57,7 @@ impl Datapath {
             let pin = links_dir.map(|dir| dir.join(format!("tc-{ifname}-{suffix}")));
             attach_tc(program, name, ifname, attach_type, pin.as_deref())?;
         }
+        accept_local(ifname);
         info!(
             interface = ifname,
             pinned = links_dir.is_some(),
@@ -125,6 +126,18 @@ impl Datapath {
     /// Deletes idle flows from the conntrack maps.
     pub fn collect_conntrack(&mut self, timeouts: &Timeouts) -> Result<GcReport, Error> {
         conntrack::collect(self, timeouts)
+    }
+}
+
+/// Translated packets go through the kernel's forwarding, and a flow to a backend on another
+/// node leaves with a node address as source: the stack drops such packets as martians
+/// unless the interface accepts local source addresses.
+fn accept_local(ifname: &str) {
+    let path = Path::new("/proc/sys/net/ipv4/conf")
+        .join(ifname)
+        .join("accept_local");
+    if let Err(e) = fs::write(&path, "1") {
+        warn!(interface = ifname, error = %e, "cannot set accept_local; source-NATed NodePort flows will be dropped");
     }
 }
 
