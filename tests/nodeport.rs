@@ -13,6 +13,7 @@
 //! The backends (tests/support/nodeport_server.py) greet each client with the address they
 //! see, and echo.
 
+use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -281,7 +282,7 @@ impl Topology {
     }
 
     /// `n` attempts from ext (from `source`, if given).
-    fn from_ext(
+    fn ext_clients(
         &self,
         mode: &str,
         host: &str,
@@ -329,9 +330,10 @@ fn run_with_timeout(mut command: Command, timeout: Duration) -> std::process::Ou
 fn service(name: &str, kind: &str, vip: &str, pods: &[(&str, &str)], extra: &str) -> String {
     let mut eps = String::new();
     for (address, node) in pods {
-        eps.push_str(&format!(
-            "  - {{addresses: [\"{address}\"], conditions: {{ready: true}}, nodeName: {node}}}\n"
-        ));
+        let _ = writeln!(
+            eps,
+            "  - {{addresses: [\"{address}\"], conditions: {{ready: true}}, nodeName: {node}}}"
+        );
     }
     if pods.is_empty() {
         eps.push_str("  []\n");
@@ -347,7 +349,8 @@ const POD_C: (&str, &str) = ("10.244.2.2", "node-2");
 
 /// name → list of addresses seen by that backend.
 fn by_backend(results: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
-    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut out: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
     for r in results {
         let backend = r["backend"]
             .as_str()
@@ -390,7 +393,7 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
     // least 15 of 80 with probability > 1 - 1e-7 under Maglev's even split). The local
     // backend sees the client's own address; the remote one node1's InternalIP (SNAT);
     // every answer comes from the NodePort.
-    let results = t.from_ext("tcp", NODE, 30080, 80, None);
+    let results = t.ext_clients("tcp", NODE, 30080, 80, None);
     let seen = by_backend(&results);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(
@@ -408,7 +411,7 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
     all_from(&results, "192.168.50.1:30080");
 
     // UDP: the same, replies from the NodePort.
-    let results = t.from_ext("udp", NODE, 30053, 60, None);
+    let results = t.ext_clients("udp", NODE, 30053, 60, None);
     let seen = by_backend(&results);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(
@@ -420,7 +423,9 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
         "{seen:?}"
     );
     all_from(&results, "192.168.50.1:30053");
-    assert!(t.counter(Reason::ExternalHit) >= 140);
+    // Every TCP connection is a new flow; UDP sockets may reuse a source port, and then
+    // conntrack already knows the flow.
+    assert!(t.counter(Reason::ExternalHit) >= 80);
     assert!(t.counter(Reason::CtReply) >= 140);
 
     // Status shows the NodePort with its Maglev table and the conntrack fill.
@@ -462,7 +467,7 @@ fn external_traffic_policy_local_serves_only_local_endpoints() {
     );
     t.start_proxy();
     t.wait_programmed(&["0.0.0.0:30080/tcp", "external-local"]);
-    let results = t.from_ext("tcp", NODE, 30080, 3, None);
+    let results = t.ext_clients("tcp", NODE, 30080, 3, None);
     assert!(
         results.iter().all(|r| r.get("errno").is_some()),
         "{results:?}"
@@ -481,7 +486,7 @@ fn external_traffic_policy_local_serves_only_local_endpoints() {
         ),
     );
     t.wait_programmed(&["10.244.1.3:8080"]);
-    let results = t.from_ext("tcp", NODE, 30080, 40, None);
+    let results = t.ext_clients("tcp", NODE, 30080, 40, None);
     let seen = by_backend(&results);
     assert_eq!(
         seen.keys().collect::<Vec<_>>(),
@@ -526,20 +531,20 @@ fn load_balancer_ip_external_ip_and_source_ranges() {
     ]);
 
     // The LoadBalancer IP from inside the source range: served by both backends.
-    let results = t.from_ext("tcp", "192.0.2.10", 80, 40, Some("192.168.50.2"));
+    let results = t.ext_clients("tcp", "192.0.2.10", 80, 40, Some("192.168.50.2"));
     let seen = by_backend(&results);
     assert_eq!(seen.len(), 2, "{seen:?}");
     all_from(&results, "192.0.2.10:80");
     // From outside it: dropped.
     let before = t.counter(Reason::SourceRangeDrop);
-    let results = t.from_ext("tcp", "192.0.2.10", 80, 2, Some("192.168.50.3"));
+    let results = t.ext_clients("tcp", "192.0.2.10", 80, 2, Some("192.168.50.3"));
     assert!(
         results.iter().all(|r| r.get("errno").is_some()),
         "{results:?}"
     );
     assert!(t.counter(Reason::SourceRangeDrop) >= before + 2);
     // The external IP (no source ranges): served from anywhere, by its one (remote) backend.
-    let results = t.from_ext("tcp", "198.51.100.10", 80, 5, Some("192.168.50.3"));
+    let results = t.ext_clients("tcp", "198.51.100.10", 80, 5, Some("192.168.50.3"));
     let seen = by_backend(&results);
     assert_eq!(seen["pod-c"].len(), 5, "{seen:?}");
     all_from(&results, "198.51.100.10:80");
@@ -660,7 +665,7 @@ fn streams_survive_a_proxy_kill_and_restart() {
     t.kill_proxy();
     // The TC links are pinned: the programs stay attached while no agent runs.
     assert!(
-        std::fs::read_dir(&links).map(|d| d.count()).unwrap_or(0) >= 4,
+        std::fs::read_dir(&links).map_or(0, Iterator::count) >= 4,
         "TC links not pinned under {}",
         links.display()
     );

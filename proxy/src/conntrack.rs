@@ -51,7 +51,9 @@ impl Timeouts {
         } else {
             self.other
         };
-        u64::from(now.wrapping_sub(last_seen)) > timeout.as_secs()
+        // A time "after" now (a program raced this read) wraps to a huge age: not idle.
+        let age = now.wrapping_sub(last_seen);
+        age < 1 << 31 && u64::from(age) > timeout.as_secs()
     }
 }
 

@@ -395,7 +395,7 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
             .map_err(fail)?
             .insert(
                 MaglevKey::new(rev_nat_id, family_byte(family)),
-                &*MaglevTable::boxed(&slots),
+                MaglevTable::boxed(&slots),
                 0,
             )
             .map_err(fail),
@@ -562,6 +562,19 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
             (IpAddr::V6(Ipv6Addr::from(r.address)), r.port.to_host()),
         );
     }
+    read_external(set, &mut contents)?;
+    Ok(contents)
+}
+
+/// The Maglev tables and source ranges.
+fn read_external(set: &impl MapSet, contents: &mut Contents) -> Result<(), Error> {
+    let read = |name: &'static str| {
+        move |source| Error::Map {
+            name,
+            action: "read",
+            source,
+        }
+    };
     let map = set.map(maps::MAGLEV)?;
     for entry in &HashMap::<_, MaglevKey, MaglevTable>::try_from(map).map_err(read(maps::MAGLEV))? {
         let (key, table) = entry.map_err(read(maps::MAGLEV))?;
@@ -588,7 +601,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
                 .insert((data.rev_nat_id.to_host(), IpNet::V4(net)));
         }
     }
-    Ok(contents)
+    Ok(())
 }
 
 fn capacity(set: &impl MapSet, table: Table) -> u32 {

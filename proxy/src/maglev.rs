@@ -117,7 +117,12 @@ mod tests {
     fn backends(n: usize) -> Vec<MaglevBackend> {
         (0..n)
             .map(|i| MaglevBackend {
-                address: IpAddr::V4(Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1)),
+                address: IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    244,
+                    u8::try_from(i / 250).unwrap(),
+                    u8::try_from(i % 250).unwrap() + 1,
+                )),
                 port: 8080,
                 id: u32::try_from(i).unwrap() + 1,
             })

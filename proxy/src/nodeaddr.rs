@@ -119,7 +119,7 @@ fn parse_address(body: &[u8]) -> Option<NodeAddress> {
     let scope = header[3];
     let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
     let mut attrs = &body[IFADDRMSG_LEN..];
-    let (mut local, mut address, mut label) = (None, None, String::new());
+    let (mut local, mut address, mut label) = (None, None, None);
     while attrs.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
         let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
@@ -141,11 +141,7 @@ fn parse_address(body: &[u8]) -> Option<NodeAddress> {
         match kind {
             IFA_LOCAL => local = ip,
             IFA_ADDRESS => address = ip,
-            IFA_LABEL => {
-                label = String::from_utf8_lossy(value)
-                    .trim_end_matches('\0')
-                    .to_owned();
-            }
+            IFA_LABEL => label = Some(value),
             _ => {}
         }
         let aligned = (len + 3) & !3;
@@ -155,7 +151,9 @@ fn parse_address(body: &[u8]) -> Option<NodeAddress> {
     // point-to-point links); IPv6 has only `IFA_ADDRESS`.
     Some(NodeAddress {
         ifindex,
-        ifname: label,
+        ifname: label.map_or_else(String::new, |l| {
+            String::from_utf8_lossy(l).trim_end_matches('\0').to_owned()
+        }),
         address: local.or(address)?,
         prefix_len,
         scope,

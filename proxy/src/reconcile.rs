@@ -439,37 +439,7 @@ impl Reconciler {
                 frontend,
             });
         }
-        // Backend ids: the same (address, port) keeps its id.
-        let mut by_endpoint: HashMap<(IpAddr, u16), BackendId> = current
-            .backends
-            .iter()
-            .filter(|(_, b)| b.rev_nat_id == rev_nat_id)
-            .map(|(id, b)| ((b.address, b.port), *id))
-            .collect();
-        // Every backend the slots or the Maglev table list, once.
-        let external_backends: &[DesiredBackend] = d.external.as_ref().map_or(&[], |e| &e.backends);
-        let mut ids: HashMap<(IpAddr, u16), BackendId> = HashMap::new();
-        for b in d.backends.iter().chain(external_backends) {
-            if ids.contains_key(&(b.address, b.port)) {
-                continue;
-            }
-            let id = match by_endpoint.remove(&(b.address, b.port)) {
-                Some(id) => id,
-                None => self.allocate_backend_id(),
-            };
-            let entry = BackendEntry {
-                address: b.address,
-                port: b.port,
-                protocol: frontend.protocol,
-                state: b.state,
-                rev_nat_id,
-                flags: if b.local { BACKEND_FLAG_LOCAL } else { 0 },
-            };
-            if current.backends.get(&id) != Some(&entry) {
-                ops.push(Op::PutBackend { id, backend: entry });
-            }
-            ids.insert((b.address, b.port), id);
-        }
+        let ids = self.plan_backends(d, &current, rev_nat_id, &mut ops);
         let desired_ids: Vec<BackendId> = d
             .backends
             .iter()
@@ -507,36 +477,7 @@ impl Reconciler {
             }
         }
         // The Maglev table and the source ranges before the head that turns them on.
-        let family_maglev = if let Some(external) = &d.external {
-            let members: Vec<MaglevBackend> = external
-                .backends
-                .iter()
-                .map(|b| MaglevBackend {
-                    address: b.address,
-                    port: b.port,
-                    id: ids[&(b.address, b.port)],
-                })
-                .collect();
-            let slots: Arc<[BackendId]> = maglev::table(&members, self.maglev_size).into();
-            if current.maglev.as_deref() != Some(&*slots) {
-                ops.push(Op::PutMaglev {
-                    family,
-                    rev_nat_id,
-                    slots,
-                });
-            }
-            for range in &external.source_ranges {
-                if !current.source_ranges.contains(range) {
-                    ops.push(Op::PutSourceRange {
-                        rev_nat_id,
-                        range: *range,
-                    });
-                }
-            }
-            Some(external)
-        } else {
-            None
-        };
+        let family_maglev = self.plan_external(d, &ids, &current, rev_nat_id, &mut ops);
         let count16 = u16::try_from(count).map_err(|_| ())?;
         let head = ServiceValue::service(count16, rev_nat_id, d.flags, d.affinity_timeout_secs);
         if current.head != Some(head) {
@@ -568,6 +509,88 @@ impl Reconciler {
             ops.push(Op::DeleteBackend { family, id: *id });
         }
         Ok(ops)
+    }
+
+    /// Backend ids of every backend the slots or the Maglev table list (the same endpoint
+    /// keeps its id), and the backend writes.
+    fn plan_backends(
+        &mut self,
+        d: &DesiredFrontend,
+        current: &Programmed,
+        rev_nat_id: RevNatId,
+        ops: &mut Vec<Op>,
+    ) -> HashMap<(IpAddr, u16), BackendId> {
+        let frontend = d.frontend;
+        // Backend ids: the same (address, port) keeps its id.
+        let mut by_endpoint: HashMap<(IpAddr, u16), BackendId> = current
+            .backends
+            .iter()
+            .filter(|(_, b)| b.rev_nat_id == rev_nat_id)
+            .map(|(id, b)| ((b.address, b.port), *id))
+            .collect();
+        // Every backend the slots or the Maglev table list, once.
+        let external_backends: &[DesiredBackend] = d.external.as_ref().map_or(&[], |e| &e.backends);
+        let mut ids: HashMap<(IpAddr, u16), BackendId> = HashMap::new();
+        for b in d.backends.iter().chain(external_backends) {
+            if ids.contains_key(&(b.address, b.port)) {
+                continue;
+            }
+            let id = match by_endpoint.remove(&(b.address, b.port)) {
+                Some(id) => id,
+                None => self.allocate_backend_id(),
+            };
+            let entry = BackendEntry {
+                address: b.address,
+                port: b.port,
+                protocol: frontend.protocol,
+                state: b.state,
+                rev_nat_id,
+                flags: if b.local { BACKEND_FLAG_LOCAL } else { 0 },
+            };
+            if current.backends.get(&id) != Some(&entry) {
+                ops.push(Op::PutBackend { id, backend: entry });
+            }
+            ids.insert((b.address, b.port), id);
+        }
+        ids
+    }
+
+    /// The Maglev table and the new source ranges of an external frontend.
+    fn plan_external<'d>(
+        &self,
+        d: &'d DesiredFrontend,
+        ids: &HashMap<(IpAddr, u16), BackendId>,
+        current: &Programmed,
+        rev_nat_id: RevNatId,
+        ops: &mut Vec<Op>,
+    ) -> Option<&'d crate::desired::ExternalView> {
+        let external = d.external.as_ref()?;
+        let members: Vec<MaglevBackend> = external
+            .backends
+            .iter()
+            .map(|b| MaglevBackend {
+                address: b.address,
+                port: b.port,
+                id: ids[&(b.address, b.port)],
+            })
+            .collect();
+        let slots: Arc<[BackendId]> = maglev::table(&members, self.maglev_size).into();
+        if current.maglev.as_deref() != Some(&*slots) {
+            ops.push(Op::PutMaglev {
+                family: d.frontend.family(),
+                rev_nat_id,
+                slots,
+            });
+        }
+        for range in &external.source_ranges {
+            if !current.source_ranges.contains(range) {
+                ops.push(Op::PutSourceRange {
+                    rev_nat_id,
+                    range: *range,
+                });
+            }
+        }
+        Some(external)
     }
 
     fn upsert_frontend(

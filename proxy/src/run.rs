@@ -266,6 +266,10 @@ impl Proxy {
     /// # Panics
     ///
     /// Never: the maps are handed to a blocking task for each sync and always handed back.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one select loop over the model, the counters and conntrack GC"
+    )]
     pub async fn run(self) -> Result<(), Error> {
         let Self {
             cgroup,

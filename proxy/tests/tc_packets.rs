@@ -5,6 +5,7 @@
 //! translated packet carries valid IPv4 and TCP checksums.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -20,10 +21,11 @@ const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 fn snapshot(writer: &mut ModelWriter, backends: usize) -> Arc<Snapshot> {
     let mut eps = String::new();
     for i in 0..backends {
-        eps.push_str(&format!(
-            "  - {{addresses: [\"10.244.1.{}\"], conditions: {{ready: true}}, nodeName: node-1}}\n",
+        let _ = writeln!(
+            eps,
+            "  - {{addresses: [\"10.244.1.{}\"], conditions: {{ready: true}}, nodeName: node-1}}",
             i + 10
-        ));
+        );
     }
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
