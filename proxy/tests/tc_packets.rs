@@ -19,6 +19,10 @@ use fairlead_proxy::{Datapath, LoadOptions, Reconciler};
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 
 fn snapshot(writer: &mut ModelWriter, backends: usize) -> Arc<Snapshot> {
+    snapshot_with(writer, backends, "")
+}
+
+fn snapshot_with(writer: &mut ModelWriter, backends: usize, extra: &str) -> Arc<Snapshot> {
     let mut eps = String::new();
     for i in 0..backends {
         let _ = writeln!(
@@ -28,7 +32,7 @@ fn snapshot(writer: &mut ModelWriter, backends: usize) -> Arc<Snapshot> {
         );
     }
     let yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n{extra}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
     );
     let changes: Vec<Change> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|doc| {
@@ -149,24 +153,57 @@ fn backends_of(datapath: &mut Datapath, flows: &[(Ipv4Addr, u16)]) -> Vec<u8> {
         .collect()
 }
 
+/// The object loaded with its TC ingress program.
+fn datapath() -> Datapath {
+    let mut datapath =
+        Datapath::load(&LoadOptions::new()).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let program: &mut SchedClassifier = datapath
+        .ebpf_mut()
+        .program_mut(programs::TC_INGRESS)
+        .expect("program")
+        .try_into()
+        .expect("a classifier");
+    program
+        .load()
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    datapath
+}
+
+#[test]
+fn session_affinity_sticks_external_clients_by_address() {
+    if !privileged("tc_packets::session_affinity_sticks_external_clients_by_address") {
+        return;
+    }
+    let mut datapath = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
+    let affine =
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n";
+    let report = reconciler.sync(&snapshot_with(&mut writer, 10, affine), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // 20 clients, 50 connections each from different ports: one backend per client...
+    let mut homes = BTreeMap::new();
+    for client in 1..=20_u8 {
+        let src = Ipv4Addr::new(198, 51, 100, client);
+        let flows: Vec<(Ipv4Addr, u16)> = (0..50).map(|p| (src, 40_000 + p)).collect();
+        let backends = backends_of(&mut datapath, &flows);
+        assert!(
+            backends.iter().all(|b| *b == backends[0]),
+            "client {src} was spread: {backends:?}"
+        );
+        homes.insert(client, backends[0]);
+    }
+    // ... while the clients themselves spread over the backends.
+    let distinct: std::collections::BTreeSet<_> = homes.values().collect();
+    assert!(distinct.len() >= 4, "{homes:?}");
+}
+
 #[test]
 fn maglev_moves_only_the_removed_backends_flows() {
     if !privileged("tc_packets::maglev_moves_only_the_removed_backends_flows") {
         return;
     }
-    let mut datapath =
-        Datapath::load(&LoadOptions::new()).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    {
-        let program: &mut SchedClassifier = datapath
-            .ebpf_mut()
-            .program_mut(programs::TC_INGRESS)
-            .expect("program")
-            .try_into()
-            .expect("a classifier");
-        program
-            .load()
-            .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    }
+    let mut datapath = datapath();
     let (mut writer, _rx) = ModelWriter::new();
     let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
     let report = reconciler.sync(&snapshot(&mut writer, 10), &mut datapath);
