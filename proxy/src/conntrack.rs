@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
 use fairlead_abi::{
-    Ct4Key, CtValue, Protocol, maps,
+    Ct4Key, Ct6Key, Ct6Value, CtValue, Protocol, maps,
     nodeport::{CT_ORIGINAL, CT_REPLY},
 };
 use tracing::debug;
@@ -97,67 +97,121 @@ pub(crate) fn now_secs() -> u32 {
     u32::try_from(now.tv_sec).unwrap_or(u32::MAX)
 }
 
-/// Deletes idle flows from both IPv4 conntrack maps.
+/// Deletes idle flows from the conntrack maps of both families.
 pub(crate) fn collect(set: &mut impl MapSet, timeouts: &Timeouts) -> Result<GcReport, Error> {
     let now = now_secs();
     let mut report = GcReport::default();
     for name in [maps::CT4_TCP, maps::CT4_ANY] {
-        let capacity = crate::kernel::map_info(set, name)?.max_entries() as usize;
-        report.capacity = report.capacity.max(capacity);
-        let map = set.map_mut(name)?;
-        let mut ct = HashMap::<&mut MapData, Ct4Key, CtValue>::try_from(map).map_err(|source| {
-            Error::Map {
-                name,
-                action: "open",
-                source,
-            }
-        })?;
-        let entries: Vec<(Ct4Key, CtValue)> = ct.iter().filter_map(Result::ok).collect();
-        report.scanned += entries.len();
-        let lookup: std::collections::HashMap<Ct4Key, CtValue> = entries.iter().copied().collect();
-        // A flow is idle when both directions are: a reply entry follows its original's
-        // pair time, so one-way traffic keeps both (and the source-NAT port) alive.
-        let mut pairs: std::collections::HashMap<Ct4Key, (u32, u8)> =
-            std::collections::HashMap::new();
-        for (key, value) in &entries {
-            let Some(partner) = partner_key(key, value) else {
-                continue;
-            };
-            let (newest, flags) =
-                lookup
-                    .get(&partner)
-                    .map_or((value.last_seen_secs, value.flags), |p| {
-                        (
-                            newer(p.last_seen_secs, value.last_seen_secs, now),
-                            p.flags | value.flags,
-                        )
-                    });
-            pairs.insert(*key, (newest, flags));
-            pairs.insert(partner, (newest, flags));
-        }
-        let mut doomed = Vec::new();
-        for (key, value) in &entries {
-            let (newest, flags) = pairs
-                .get(key)
-                .copied()
-                .unwrap_or((value.last_seen_secs, value.flags));
-            if timeouts.expired(key.protocol, flags, newest, now) {
-                doomed.push(*key);
-            }
-        }
-        for key in &doomed {
-            // Gone already (LRU eviction, or the program replaced it): fine.
-            let _ = ct.remove(key);
-        }
-        report.deleted += doomed.len();
-        debug!(
-            map = name,
-            scanned = entries.len(),
-            deleted = doomed.len(),
-            "conntrack collected"
-        );
+        collect_map::<Ct4Key, CtValue>(
+            set,
+            name,
+            timeouts,
+            now,
+            &mut report,
+            |k, v| partner_key(k, v),
+            |k, v| (k.protocol, v.last_seen_secs, v.flags),
+        )?;
+    }
+    for name in [maps::CT6_TCP, maps::CT6_ANY] {
+        collect_map::<Ct6Key, Ct6Value>(
+            set,
+            name,
+            timeouts,
+            now,
+            &mut report,
+            partner_key6,
+            |k, v| (k.protocol, v.last_seen_secs, v.flags),
+        )?;
     }
     Ok(report)
+}
+
+/// One conntrack map: a flow is idle when both directions are (a reply entry follows its
+/// original's pair time, so one-way traffic keeps both, and the source-NAT port, alive).
+fn collect_map<K, V>(
+    set: &mut impl MapSet,
+    name: &'static str,
+    timeouts: &Timeouts,
+    now: u32,
+    report: &mut GcReport,
+    partner: impl Fn(&K, &V) -> Option<K>,
+    meta: impl Fn(&K, &V) -> (u8, u32, u8),
+) -> Result<(), Error>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let capacity = crate::kernel::map_info(set, name)?.max_entries() as usize;
+    report.capacity = report.capacity.max(capacity);
+    let map = set.map_mut(name)?;
+    let mut ct = HashMap::<&mut MapData, K, V>::try_from(map).map_err(|source| Error::Map {
+        name,
+        action: "open",
+        source,
+    })?;
+    let entries: Vec<(K, V)> = ct.iter().filter_map(Result::ok).collect();
+    report.scanned += entries.len();
+    let lookup: std::collections::HashMap<K, (u32, u8)> = entries
+        .iter()
+        .map(|(k, v)| {
+            let (_, seen, flags) = meta(k, v);
+            (*k, (seen, flags))
+        })
+        .collect();
+    let mut pairs: std::collections::HashMap<K, (u32, u8)> = std::collections::HashMap::new();
+    for (key, value) in &entries {
+        let Some(other) = partner(key, value) else {
+            continue;
+        };
+        let (_, seen, flags) = meta(key, value);
+        let pair = lookup
+            .get(&other)
+            .map_or((seen, flags), |(other_seen, other_flags)| {
+                (newer(*other_seen, seen, now), flags | other_flags)
+            });
+        pairs.insert(*key, pair);
+        pairs.insert(other, pair);
+    }
+    let mut doomed = Vec::new();
+    for (key, value) in &entries {
+        let (protocol, seen, flags) = meta(key, value);
+        let (newest, flags) = pairs.get(key).copied().unwrap_or((seen, flags));
+        if timeouts.expired(protocol, flags, newest, now) {
+            doomed.push(*key);
+        }
+    }
+    for key in &doomed {
+        // Gone already (LRU eviction, or the program replaced it): fine.
+        let _ = ct.remove(key);
+    }
+    report.deleted += doomed.len();
+    debug!(
+        map = name,
+        scanned = entries.len(),
+        deleted = doomed.len(),
+        "conntrack collected"
+    );
+    Ok(())
+}
+
+/// [`partner_key`] for IPv6.
+fn partner_key6(key: &Ct6Key, value: &Ct6Value) -> Option<Ct6Key> {
+    if key.direction != CT_ORIGINAL {
+        return None;
+    }
+    let (daddr, dport) = if value.has_flag(CtValue::FLAG_SNAT) {
+        (value.nat_address, value.nat_port)
+    } else {
+        (key.saddr, key.sport)
+    };
+    Some(Ct6Key::new(
+        value.address,
+        daddr,
+        value.port,
+        dport,
+        key.protocol,
+        CT_REPLY,
+    ))
 }
 
 /// The key of the other direction of the flow an entry belongs to, when it can be derived

@@ -21,13 +21,12 @@
 //!   apply to LoadBalancer IPs;
 //! - their slots (what the node's own sockets use) list the endpoints a ClusterIP would.
 //!
-//! IPv6 LoadBalancer and external IPs are programmed for the socket hooks only (the per-packet
-//! path is IPv4 for now), and IPv6 NodePorts not at all.
+//! Both families: a dual-stack Service has a NodePort `0.0.0.0:nodePort` and `[::]:nodePort`.
 
 use std::collections::BTreeSet;
 
 use fairlead_abi::{BackendState, ServiceValue};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fairlead_model::{
     Backend, IpFamily, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
@@ -143,13 +142,18 @@ fn external_frontends(
     for port in &service.ports {
         let mut targets: Vec<(IpAddr, u16, bool, bool)> = Vec::new();
         if node_ports && let Some(node_port) = port.node_port {
-            // IPv4 only: the per-packet path and the NodePort socket lookup are IPv4.
-            if service
-                .cluster_ips
-                .iter()
-                .any(|a| IpFamily::of(a) == IpFamily::V4)
-            {
-                targets.push((IpAddr::V4(Ipv4Addr::UNSPECIFIED), node_port, false, true));
+            // One NodePort per family of the Service.
+            for (family, unspecified) in [
+                (IpFamily::V4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                (IpFamily::V6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            ] {
+                if service
+                    .cluster_ips
+                    .iter()
+                    .any(|a| IpFamily::of(a) == family)
+                {
+                    targets.push((unspecified, node_port, false, true));
+                }
             }
         }
         for (address, is_lb) in &addresses {
@@ -169,7 +173,7 @@ fn external_frontends(
             // external one.
             let (backends, mut flags) = usable(service, port, family, node_name, false);
             flags |= affinity;
-            let external = if family == IpFamily::V4 {
+            let external = {
                 let (external, _) = usable(service, port, family, node_name, local);
                 flags |= ServiceValue::FLAG_EXTERNAL;
                 if node_port {
@@ -178,20 +182,31 @@ fn external_frontends(
                 if local {
                     flags |= ServiceValue::FLAG_EXTERNAL_LOCAL;
                 }
-                let source_ranges = if is_lb {
-                    service.load_balancer_source_ranges.clone()
+                // Ranges of the frontend's family (a range of the other family admits no one
+                // of this one).
+                let source_ranges: Vec<IpNet> = if is_lb {
+                    service
+                        .load_balancer_source_ranges
+                        .iter()
+                        .filter(|r| {
+                            matches!(
+                                (r, &address),
+                                (IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_))
+                            )
+                        })
+                        .copied()
+                        .collect()
                 } else {
                     Vec::new()
                 };
-                if !source_ranges.is_empty() {
+                let has_ranges = is_lb && !service.load_balancer_source_ranges.is_empty();
+                if has_ranges {
                     flags |= ServiceValue::FLAG_SOURCE_RANGES;
                 }
                 Some(ExternalView {
                     backends: external,
                     source_ranges,
                 })
-            } else {
-                None
             };
             out.push(DesiredFrontend {
                 frontend,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData};
@@ -20,9 +20,9 @@ use crate::nodeaddr::NodeAddress;
 use crate::{Datapath, Error};
 
 impl Datapath {
-    /// Attaches the TC programs ([`programs::TC_INGRESS`], [`programs::TC_EGRESS`]) to the
-    /// interface `ifname` (in this process's network namespace) as TCX links. With
-    /// `links_dir`, each link is pinned there (`tc-<ifname>-ingress`, `...-egress`) and an
+    /// Attaches the TC programs ([`programs::TC_INGRESS`], [`programs::TC_EGRESS`] and their
+    /// IPv6 twins) to the interface `ifname` (in this process's network namespace) as TCX
+    /// links. With `links_dir`, each link is pinned there (`tc-<ifname>-ingress`, ...) and an
     /// already pinned link is switched to this run's program in place, so the interface is
     /// never without a program while the agent restarts; without, the programs detach when
     /// `self` drops.
@@ -34,6 +34,8 @@ impl Datapath {
         for (name, attach_type, suffix) in [
             (programs::TC_INGRESS, TcAttachType::Ingress, "ingress"),
             (programs::TC_EGRESS, TcAttachType::Egress, "egress"),
+            (programs::TC_INGRESS6, TcAttachType::Ingress, "ingress6"),
+            (programs::TC_EGRESS6, TcAttachType::Egress, "egress6"),
         ] {
             let program: &mut SchedClassifier = self
                 .ebpf_mut()
@@ -66,10 +68,17 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches [`programs::POST_BIND4`] to the cgroup v2 directory `cgroup`: processes in it
-    /// cannot bind a port a NodePort uses. Detached when `self` drops.
+    /// Attaches [`programs::POST_BIND4`] and [`programs::POST_BIND6`] to the cgroup v2
+    /// directory `cgroup`: processes in it cannot bind a port a NodePort uses. Detached when
+    /// `self` drops.
     pub fn attach_post_bind(&mut self, cgroup: &Path) -> Result<(), Error> {
-        let name = programs::POST_BIND4;
+        for name in [programs::POST_BIND4, programs::POST_BIND6] {
+            self.attach_cgroup_sock(name, cgroup)?;
+        }
+        Ok(())
+    }
+
+    fn attach_cgroup_sock(&mut self, name: &str, cgroup: &Path) -> Result<(), Error> {
         let cgroup_dir = File::open(cgroup).map_err(|source| Error::Cgroup {
             path: cgroup.to_owned(),
             source,
@@ -100,17 +109,29 @@ impl Datapath {
                 action: "attach",
                 source,
             })?;
-        debug!(cgroup = %cgroup.display(), "post_bind4 attached");
+        debug!(cgroup = %cgroup.display(), program = name, "attached");
         Ok(())
     }
 
-    /// Writes the node's IPv4 addresses ([`maps::NODE_ADDR4`]: a NodePort serves each) and
-    /// the source-NAT address ([`maps::IF_ADDR4`] key 0), removing what is no longer true.
+    /// Writes the node's addresses ([`maps::NODE_ADDR4`], [`maps::NODE_ADDR6`]: a NodePort
+    /// serves each) and the source-NAT addresses ([`maps::IF_ADDR4`], [`maps::IF_ADDR6`], key
+    /// 0), removing what is no longer true.
     pub fn set_node_addresses(
         &mut self,
         addresses: &[NodeAddress],
         snat: Option<Ipv4Addr>,
+        snat6: Option<Ipv6Addr>,
     ) -> Result<(), Error> {
+        let wanted6: BTreeMap<[u8; 16], u32> = addresses
+            .iter()
+            .filter_map(|a| match a.address {
+                IpAddr::V6(v6) if a.is_global() => Some((v6.octets(), a.ifindex)),
+                _ => None,
+            })
+            .collect();
+        sync_hash(self, maps::NODE_ADDR6, &wanted6)?;
+        let snat6: BTreeMap<u32, [u8; 16]> = snat6.map(|a| (0, a.octets())).into_iter().collect();
+        sync_hash(self, maps::IF_ADDR6, &snat6)?;
         let wanted: BTreeMap<Be32, u32> = addresses
             .iter()
             .filter_map(|a| match a.address {

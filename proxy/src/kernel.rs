@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
 use fairlead_abi::{
-    Backend4, Backend6, BackendId, Be16, Be32, Ct4Key, CtValue, MaglevKey, MaglevTable, Reason,
-    RevNat4, RevNat6, RevNatId, Scope, Service4Key, Service6Key, ServiceValue, SourceRange4Key,
-    maps, maps::MapKind,
+    Backend4, Backend6, BackendId, Be16, Be32, Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey,
+    MaglevTable, Reason, RevNat4, RevNat6, RevNatId, Scope, Service4Key, Service6Key, ServiceValue,
+    SourceRange4Key, SourceRange6Key, maps, maps::MapKind,
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::Error;
 use crate::datapath::{Counters, Datapath};
@@ -214,6 +214,22 @@ pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32)
             .map_err(read)?
             .keys()
             .count(),
+        maps::SOURCE_RANGES6 => LpmTrie::<_, SourceRange6Key, u8>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::CT6_TCP | maps::CT6_ANY => HashMap::<_, Ct6Key, Ct6Value>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::NODE_ADDR6 => HashMap::<_, [u8; 16], u32>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::IF_ADDR6 => HashMap::<_, u32, [u8; 16]>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
         _ => return Err(Error::MissingMap { name }),
     };
     Ok((count, max))
@@ -405,26 +421,30 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
                 .remove(&MaglevKey::new(rev_nat_id, family_byte(family))),
         )
         .map_err(fail),
-        Op::PutSourceRange { rev_nat_id, range } => {
-            let Some(key) = range_key(rev_nat_id, range) else {
-                return Ok(());
-            };
-            LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
+        Op::PutSourceRange { rev_nat_id, range } => match range {
+            IpNet::V4(net) => LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
                 .map_err(fail)?
-                .insert(&key, 1, 0)
-                .map_err(fail)
-        }
-        Op::DeleteSourceRange { rev_nat_id, range } => {
-            let Some(key) = range_key(rev_nat_id, range) else {
-                return Ok(());
-            };
-            ignore_missing(
+                .insert(&range4_key(rev_nat_id, net), 1, 0)
+                .map_err(fail),
+            IpNet::V6(net) => LpmTrie::<_, SourceRange6Key, u8>::try_from(map)
+                .map_err(fail)?
+                .insert(&range6_key(rev_nat_id, net), 1, 0)
+                .map_err(fail),
+        },
+        Op::DeleteSourceRange { rev_nat_id, range } => match range {
+            IpNet::V4(net) => ignore_missing(
                 LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
                     .map_err(fail)?
-                    .remove(&key),
+                    .remove(&range4_key(rev_nat_id, net)),
             )
-            .map_err(fail)
-        }
+            .map_err(fail),
+            IpNet::V6(net) => ignore_missing(
+                LpmTrie::<_, SourceRange6Key, u8>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&range6_key(rev_nat_id, net)),
+            )
+            .map_err(fail),
+        },
     }
 }
 
@@ -435,15 +455,20 @@ fn family_byte(family: Family) -> u8 {
     }
 }
 
-/// The trie key of an IPv4 source range (IPv6 ranges have no trie yet: not written).
-fn range_key(rev_nat_id: RevNatId, range: IpNet) -> Option<LpmKey<SourceRange4Key>> {
-    match range {
-        IpNet::V4(net) => Some(LpmKey::new(
-            SourceRange4Key::prefix_len(net.prefix_len()),
-            SourceRange4Key::new(rev_nat_id, Be32::from_ipv4(net.network())),
-        )),
-        IpNet::V6(_) => None,
-    }
+/// The trie key of an IPv4 source range.
+fn range4_key(rev_nat_id: RevNatId, net: Ipv4Net) -> LpmKey<SourceRange4Key> {
+    LpmKey::new(
+        SourceRange4Key::prefix_len(net.prefix_len()),
+        SourceRange4Key::new(rev_nat_id, Be32::from_ipv4(net.network())),
+    )
+}
+
+/// The trie key of an IPv6 source range.
+fn range6_key(rev_nat_id: RevNatId, net: Ipv6Net) -> LpmKey<SourceRange6Key> {
+    LpmKey::new(
+        SourceRange6Key::prefix_len(net.prefix_len()),
+        SourceRange6Key::new(rev_nat_id, net.network().octets()),
+    )
 }
 
 /// A delete of an entry that is already gone succeeded.
@@ -599,6 +624,19 @@ fn read_external(set: &impl MapSet, contents: &mut Contents) -> Result<(), Error
             contents
                 .source_ranges
                 .insert((data.rev_nat_id.to_host(), IpNet::V4(net)));
+        }
+    }
+    let map = set.map(maps::SOURCE_RANGES6)?;
+    let trie =
+        LpmTrie::<_, SourceRange6Key, u8>::try_from(map).map_err(read(maps::SOURCE_RANGES6))?;
+    for key in trie.keys() {
+        let key = key.map_err(read(maps::SOURCE_RANGES6))?;
+        let data = key.data();
+        let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(128);
+        if let Ok(net) = Ipv6Net::new(Ipv6Addr::from(data.address), len) {
+            contents
+                .source_ranges
+                .insert((data.rev_nat_id.to_host(), IpNet::V6(net)));
         }
     }
     Ok(())

@@ -280,8 +280,9 @@ impl Reconciler {
             }
         }
         for (rev_nat_id, range) in source_ranges {
-            self.entries[table_index(Table::SourceRanges4)] += 1;
-            match by_rev_nat.get(&(Family::V4, rev_nat_id)) {
+            let family = Family::of(&range.addr());
+            self.entries[table_index(Table::source_ranges(family))] += 1;
+            match by_rev_nat.get(&(family, rev_nat_id)) {
                 Some(frontend) => {
                     let programmed = self.frontends.get_mut(frontend).expect("indexed above");
                     programmed.source_ranges.insert(range);

@@ -1,7 +1,7 @@
 //! `fairlead proxy`: the reconciler wired to the model's snapshots, the kernel, metrics and
 //! readiness.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,6 +121,9 @@ pub struct Args {
     /// interface).
     #[arg(long, value_name = "IPV4")]
     pub snat_address: Option<Ipv4Addr>,
+    /// `--snat-address` for IPv6 flows.
+    #[arg(long, value_name = "IPV6")]
+    pub snat_address6: Option<Ipv6Addr>,
 }
 
 impl Args {
@@ -142,6 +145,7 @@ impl Args {
             map_ct: maps::CT_MAX_ENTRIES,
             map_source_ranges: maps::SOURCE_RANGE_MAX_ENTRIES,
             snat_address: None,
+            snat_address6: None,
         }
     }
 
@@ -186,7 +190,7 @@ pub struct Context<'a> {
 pub struct Proxy {
     cgroup: PathBuf,
     node_name: Option<String>,
-    snat_address: Option<Ipv4Addr>,
+    snat_address: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     interfaces: Vec<String>,
     datapath: Datapath,
     reconciler: Reconciler,
@@ -232,14 +236,14 @@ impl Proxy {
             Interfaces::None => Vec::new(),
             Interfaces::Named(names) => names.clone(),
         };
-        let snat = snat_address(
-            args.snat_address,
+        let snat = snat_addresses(
+            (args.snat_address, args.snat_address6),
             &addresses,
             &interfaces,
             &ctx.model.borrow(),
             ctx.node_name.as_deref(),
         );
-        datapath.set_node_addresses(&addresses, snat)?;
+        datapath.set_node_addresses(&addresses, snat.0, snat.1)?;
         let links = crate::external::links_dir(&args.bpffs);
         for interface in &interfaces {
             datapath.attach_interface(interface, Some(&links))?;
@@ -249,7 +253,7 @@ impl Proxy {
         Ok(Self {
             cgroup,
             node_name: ctx.node_name,
-            snat_address: args.snat_address,
+            snat_address: (args.snat_address, args.snat_address6),
             interfaces,
             datapath,
             reconciler,
@@ -399,47 +403,52 @@ impl Proxy {
     }
 }
 
-/// The source address of external flows to other nodes' backends: the flag, else this
-/// node's InternalIP (from the model) when the node carries it, else the first IPv4 address
-/// of the first interface.
-fn snat_address(
-    flag: Option<Ipv4Addr>,
+/// The source addresses (IPv4, IPv6) of external flows to other nodes' backends: the flags,
+/// else this node's InternalIP of the family (from the model) when the node carries it, else
+/// the first global address of the family on the first interface that has one.
+fn snat_addresses(
+    flags: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     addresses: &[NodeAddress],
     interfaces: &[String],
     snapshot: &Snapshot,
     node_name: Option<&str>,
-) -> Option<Ipv4Addr> {
-    if flag.is_some() {
-        return flag;
-    }
-    let local = |ip: &IpAddr| addresses.iter().any(|a| a.address == *ip);
-    let internal = node_name
-        .and_then(|name| snapshot.nodes.get(name))
-        .and_then(|node| {
-            node.internal_ips
-                .iter()
-                .find(|ip| ip.is_ipv4() && local(ip))
-                .copied()
-        });
-    let first = || {
-        interfaces.iter().find_map(|name| {
-            addresses
-                .iter()
-                .find(|a| &a.ifname == name && a.address.is_ipv4() && a.is_global())
-                .map(|a| a.address)
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let pick = |v4: bool| -> Option<IpAddr> {
+        let local = |ip: &IpAddr| addresses.iter().any(|a| a.address == *ip);
+        let internal = node_name
+            .and_then(|name| snapshot.nodes.get(name))
+            .and_then(|node| {
+                node.internal_ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == v4 && local(ip))
+                    .copied()
+            });
+        internal.or_else(|| {
+            interfaces.iter().find_map(|name| {
+                let ifindex = addresses.iter().find(|a| &a.ifname == name)?.ifindex;
+                addresses
+                    .iter()
+                    .find(|a| a.ifindex == ifindex && a.address.is_ipv4() == v4 && a.is_global())
+                    .map(|a| a.address)
+            })
         })
     };
-    match internal.or_else(first) {
-        Some(IpAddr::V4(v4)) => Some(v4),
+    let v4 = flags.0.or_else(|| match pick(true) {
+        Some(IpAddr::V4(a)) => Some(a),
         _ => None,
-    }
+    });
+    let v6 = flags.1.or_else(|| match pick(false) {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    });
+    (v4, v6)
 }
 
 /// Re-reads the node's addresses into the maps (addresses come and go; the InternalIP may
 /// arrive with the Node object after the start).
 fn refresh_addresses(
     datapath: &mut Datapath,
-    flag: Option<Ipv4Addr>,
+    flag: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     interfaces: &[String],
     snapshot: &Snapshot,
     node_name: Option<&str>,
@@ -451,8 +460,8 @@ fn refresh_addresses(
             return;
         }
     };
-    let snat = snat_address(flag, &addresses, interfaces, snapshot, node_name);
-    if let Err(e) = datapath.set_node_addresses(&addresses, snat) {
+    let snat = snat_addresses(flag, &addresses, interfaces, snapshot, node_name);
+    if let Err(e) = datapath.set_node_addresses(&addresses, snat.0, snat.1) {
         warn!(error = %e, "writing the node's addresses failed");
     }
 }

@@ -253,7 +253,9 @@ pub fn frontends(contents: &Contents) -> Vec<FrontendStatus> {
         let source_ranges = contents
             .source_ranges
             .iter()
-            .filter(|(id, _)| *id == head.rev_nat_id && family == crate::tables::Family::V4)
+            .filter(|(id, range)| {
+                *id == head.rev_nat_id && crate::tables::Family::of(&range.addr()) == family
+            })
             .map(|(_, range)| range.to_string())
             .collect();
         out.push(FrontendStatus {

@@ -187,7 +187,9 @@ impl Op {
             Op::PutRevNat { frontend, .. } => Table::rev_nat(frontend.family()),
             Op::DeleteRevNat { family, .. } => Table::rev_nat(*family),
             Op::PutMaglev { .. } | Op::DeleteMaglev { .. } => Table::Maglev,
-            Op::PutSourceRange { .. } | Op::DeleteSourceRange { .. } => Table::SourceRanges4,
+            Op::PutSourceRange { range, .. } | Op::DeleteSourceRange { range, .. } => {
+                Table::source_ranges(Family::of(&range.addr()))
+            }
         }
     }
 
@@ -225,11 +227,13 @@ pub enum Table {
     Maglev,
     /// [`maps::SOURCE_RANGES4`]
     SourceRanges4,
+    /// [`maps::SOURCE_RANGES6`]
+    SourceRanges6,
 }
 
 impl Table {
     /// The number of tables.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 
     /// Every table.
     pub const ALL: [Table; Self::COUNT] = [
@@ -241,6 +245,7 @@ impl Table {
         Table::RevNat6,
         Table::Maglev,
         Table::SourceRanges4,
+        Table::SourceRanges6,
     ];
 
     /// The service table of a family.
@@ -270,6 +275,15 @@ impl Table {
         }
     }
 
+    /// The source-range trie of a family.
+    #[must_use]
+    pub fn source_ranges(family: Family) -> Self {
+        match family {
+            Family::V4 => Self::SourceRanges4,
+            Family::V6 => Self::SourceRanges6,
+        }
+    }
+
     /// The map's name.
     #[must_use]
     pub fn map_name(self) -> &'static str {
@@ -282,6 +296,7 @@ impl Table {
             Table::RevNat6 => maps::REV_NAT6,
             Table::Maglev => maps::MAGLEV,
             Table::SourceRanges4 => maps::SOURCE_RANGES4,
+            Table::SourceRanges6 => maps::SOURCE_RANGES6,
         }
     }
 
@@ -400,7 +415,16 @@ impl MemoryMaps {
             Table::RevNat4 => c.rev_nats.keys().filter(|(f, _)| *f == Family::V4).count(),
             Table::RevNat6 => c.rev_nats.keys().filter(|(f, _)| *f == Family::V6).count(),
             Table::Maglev => c.maglev.len(),
-            Table::SourceRanges4 => c.source_ranges.len(),
+            Table::SourceRanges4 => c
+                .source_ranges
+                .iter()
+                .filter(|(_, r)| r.addr().is_ipv4())
+                .count(),
+            Table::SourceRanges6 => c
+                .source_ranges
+                .iter()
+                .filter(|(_, r)| r.addr().is_ipv6())
+                .count(),
         }
     }
 

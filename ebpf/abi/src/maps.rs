@@ -12,7 +12,10 @@
 
 use core::mem::size_of;
 
-use crate::nodeport::{Ct4Key, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key};
+use crate::nodeport::{
+    Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key,
+    SourceRange6Key,
+};
 use crate::{
     AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Be32, Reason, RevNat4, RevNat6,
     RevNatId, Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
@@ -53,6 +56,16 @@ pub const CT4_ANY: &str = "fl_ct4_any";
 pub const NODE_ADDR4: &str = "fl_node_addr4";
 /// The IPv4 source address of each interface for source NAT: `u32` (ifindex) → [`Be32`].
 pub const IF_ADDR4: &str = "fl_if_addr4";
+/// IPv6 conntrack of TCP flows (LRU): [`Ct6Key`] → [`Ct6Value`].
+pub const CT6_TCP: &str = "fl_ct6_tcp";
+/// IPv6 conntrack of the other protocols (LRU): [`Ct6Key`] → [`Ct6Value`].
+pub const CT6_ANY: &str = "fl_ct6_any";
+/// The node's IPv6 addresses: octets → [`NodeAddr`] (interface index).
+pub const NODE_ADDR6: &str = "fl_node_addr6";
+/// The IPv6 source address for source NAT: `u32` (key 0) → octets.
+pub const IF_ADDR6: &str = "fl_if_addr6";
+/// `loadBalancerSourceRanges`, IPv6 (LPM trie): {prefix length, [`SourceRange6Key`]} → `u8`.
+pub const SOURCE_RANGES6: &str = "fl_lb6_srcrange";
 /// `loadBalancerSourceRanges`, IPv4 (LPM trie): {prefix length, [`SourceRange4Key`]} → `u8`.
 pub const SOURCE_RANGES4: &str = "fl_lb4_srcrange";
 
@@ -127,7 +140,7 @@ const fn size32<T>() -> u32 {
 }
 
 /// Every map of the object.
-pub const ALL: [MapSpec; 16] = [
+pub const ALL: [MapSpec; 21] = [
     MapSpec {
         name: SERVICES4,
         kind: MapKind::Hash,
@@ -256,6 +269,46 @@ pub const ALL: [MapSpec; 16] = [
         max_entries: SOURCE_RANGE_MAX_ENTRIES,
         flags: BPF_F_NO_PREALLOC,
     },
+    MapSpec {
+        name: CT6_TCP,
+        kind: MapKind::LruHash,
+        key_size: size32::<Ct6Key>(),
+        value_size: size32::<Ct6Value>(),
+        max_entries: CT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: CT6_ANY,
+        kind: MapKind::LruHash,
+        key_size: size32::<Ct6Key>(),
+        value_size: size32::<Ct6Value>(),
+        max_entries: CT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: NODE_ADDR6,
+        kind: MapKind::Hash,
+        key_size: 16,
+        value_size: size32::<NodeAddr>(),
+        max_entries: ADDR_MAX_ENTRIES,
+        flags: HASH_MAP_FLAGS,
+    },
+    MapSpec {
+        name: IF_ADDR6,
+        kind: MapKind::Hash,
+        key_size: size32::<u32>(),
+        value_size: 16,
+        max_entries: ADDR_MAX_ENTRIES,
+        flags: HASH_MAP_FLAGS,
+    },
+    MapSpec {
+        name: SOURCE_RANGES6,
+        kind: MapKind::LpmTrie,
+        key_size: 4 + size32::<SourceRange6Key>(),
+        value_size: size32::<u8>(),
+        max_entries: SOURCE_RANGE_MAX_ENTRIES,
+        flags: BPF_F_NO_PREALLOC,
+    },
 ];
 
 /// The spec of the map called `name`.
@@ -291,7 +344,7 @@ mod tests {
 
     #[test]
     fn sizes_are_what_the_kernel_is_told() {
-        let sizes: [(u32, u32); 16] = [
+        let sizes: [(u32, u32); 21] = [
             (12, 16),
             (4, 12),
             (2, 8),
@@ -308,6 +361,11 @@ mod tests {
             (4, 4),
             (4, 4),
             (12, 1),
+            (40, 48),
+            (40, 48),
+            (16, 4),
+            (4, 16),
+            (24, 1),
         ];
         for (map, (key, value)) in ALL.iter().zip(sizes) {
             assert_eq!((map.key_size, map.value_size), (key, value), "{}", map.name);

@@ -185,6 +185,137 @@ impl CtValue {
     }
 }
 
+/// Key of the IPv6 conntrack maps; see [`Ct4Key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct6Key {
+    /// Source address (octets).
+    pub saddr: [u8; 16],
+    /// Destination address (octets).
+    pub daddr: [u8; 16],
+    /// Source port.
+    pub sport: Be16,
+    /// Destination port.
+    pub dport: Be16,
+    /// `IPPROTO_*`.
+    pub protocol: u8,
+    /// [`CT_ORIGINAL`] or [`CT_REPLY`].
+    pub direction: u8,
+    _pad: u16,
+}
+
+impl Ct6Key {
+    /// A key.
+    #[must_use]
+    pub const fn new(
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        sport: Be16,
+        dport: Be16,
+        protocol: u8,
+        direction: u8,
+    ) -> Self {
+        Self {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            protocol,
+            direction,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of the IPv6 conntrack maps; the fields mean what [`CtValue`]'s do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct6Value {
+    /// See [`CtValue`].
+    pub address: [u8; 16],
+    /// See [`CtValue`].
+    pub nat_address: [u8; 16],
+    /// See [`CtValue`].
+    pub port: Be16,
+    /// See [`CtValue`].
+    pub nat_port: Be16,
+    /// Last packet, seconds of `CLOCK_MONOTONIC`.
+    pub last_seen_secs: u32,
+    /// The backend (original direction).
+    pub backend_id: BackendId,
+    /// The frontend.
+    pub rev_nat_id: RevNatId,
+    /// `CtValue::FLAG_*` bits.
+    pub flags: u8,
+    _pad: u8,
+}
+
+impl Ct6Value {
+    /// An entry.
+    #[must_use]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per field of a plain map value"
+    )]
+    pub const fn new(
+        address: [u8; 16],
+        port: Be16,
+        nat_address: [u8; 16],
+        nat_port: Be16,
+        backend_id: BackendId,
+        rev_nat_id: RevNatId,
+        flags: u8,
+        last_seen_secs: u32,
+    ) -> Self {
+        Self {
+            address,
+            nat_address,
+            port,
+            nat_port,
+            last_seen_secs,
+            backend_id,
+            rev_nat_id,
+            flags,
+            _pad: 0,
+        }
+    }
+
+    /// Whether every bit of `flag` is set.
+    #[must_use]
+    pub const fn has_flag(&self, flag: u8) -> bool {
+        self.flags & flag == flag
+    }
+}
+
+/// The data of a key of the IPv6 source-range trie; see [`SourceRange4Key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRange6Key {
+    /// The frontend, big-endian.
+    pub rev_nat_id: Be16,
+    _pad: u16,
+    /// The client address or prefix (octets).
+    pub address: [u8; 16],
+}
+
+impl SourceRange6Key {
+    /// The key data of `address` of the frontend `rev_nat_id`.
+    #[must_use]
+    pub const fn new(rev_nat_id: RevNatId, address: [u8; 16]) -> Self {
+        Self {
+            rev_nat_id: Be16::from_host(rev_nat_id),
+            _pad: 0,
+            address,
+        }
+    }
+
+    /// The trie prefix length of a client prefix of `len` bits.
+    #[must_use]
+    pub const fn prefix_len(len: u8) -> u32 {
+        32 + len as u32
+    }
+}
+
 /// Value of the node-address map: the interface that carries the address.
 pub type NodeAddr = u32;
 
@@ -228,7 +359,10 @@ pub const SNAT_PORT_COUNT: u16 = 28_232;
 mod tests {
     use core::mem::{align_of, offset_of, size_of};
 
-    use super::{Ct4Key, CtValue, MAGLEV_MAX_SIZE, MAGLEV_SIZES, MaglevKey, SourceRange4Key};
+    use super::{
+        Ct4Key, Ct6Key, Ct6Value, CtValue, MAGLEV_MAX_SIZE, MAGLEV_SIZES, MaglevKey,
+        SourceRange4Key, SourceRange6Key,
+    };
 
     #[test]
     fn layouts() {
@@ -244,6 +378,12 @@ mod tests {
         assert_eq!(offset_of!(CtValue, flags), 22);
         assert_eq!(size_of::<SourceRange4Key>(), 8);
         assert_eq!(offset_of!(SourceRange4Key, address), 4);
+        assert_eq!(size_of::<Ct6Key>(), 40);
+        assert_eq!(offset_of!(Ct6Key, protocol), 36);
+        assert_eq!(size_of::<Ct6Value>(), 48);
+        assert_eq!(offset_of!(Ct6Value, last_seen_secs), 36);
+        assert_eq!(offset_of!(Ct6Value, flags), 46);
+        assert_eq!(size_of::<SourceRange6Key>(), 20);
     }
 
     #[test]

@@ -13,9 +13,9 @@ use core::alloc::Layout;
 use crate::nodeport::MAGLEV_MAX_SIZE;
 
 use crate::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, CtValue, MaglevKey, MaglevTable,
-    RevNat4, RevNat6, Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key,
-    SockRevNat6, SockRevNat6Key, SourceRange4Key,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey,
+    MaglevTable, RevNat4, RevNat6, Service4Key, Service6Key, ServiceValue, SockRevNat4,
+    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SourceRange4Key, SourceRange6Key,
 };
 
 // SAFETY: `repr(transparent)` over `u32`: every bit pattern valid, no padding.
@@ -95,6 +95,16 @@ unsafe impl aya::Pod for CtValue {}
 // SAFETY: `#[repr(C)]`, integer fields with explicit `_pad` filling 8 bytes (layout tests),
 // every bit pattern valid.
 unsafe impl aya::Pod for SourceRange4Key {}
+
+// SAFETY: `#[repr(C)]`, byte arrays and integers with explicit `_pad` (layout tests), every
+// bit pattern valid.
+unsafe impl aya::Pod for Ct6Key {}
+
+// SAFETY: as for `Ct6Key` (48 bytes, no implicit padding).
+unsafe impl aya::Pod for Ct6Value {}
+
+// SAFETY: as for `SourceRange4Key` (20 bytes, no implicit padding).
+unsafe impl aya::Pod for SourceRange6Key {}
 
 impl MaglevTable {
     /// A table of `slots.len()` slots (at most [`MAGLEV_MAX_SIZE`]; more are cut), allocated

@@ -36,7 +36,6 @@ pub(crate) trait Family {
     fn rev_nats() -> &'static HashMap<RevNatId, Self::RevNat>;
     fn sock_rev_nats() -> &'static LruHashMap<Self::SockKey, Self::SockVal>;
 
-    fn service_key(address: Self::Addr, port: Be16, protocol: u8) -> Self::ServiceKey;
     fn with_slot(key: Self::ServiceKey, slot: u16) -> Self::ServiceKey;
     fn with_scope(key: Self::ServiceKey, scope: Scope) -> Self::ServiceKey;
 
@@ -79,10 +78,6 @@ impl Family for V4 {
     #[inline(always)]
     fn sock_rev_nats() -> &'static LruHashMap<SockRevNat4Key, SockRevNat4> {
         &SOCK_REV_NAT4
-    }
-    #[inline(always)]
-    fn service_key(address: Be32, port: Be16, protocol: u8) -> Service4Key {
-        Service4Key::new(address, port, protocol, Scope::External, 0)
     }
     #[inline(always)]
     fn with_slot(key: Service4Key, slot: u16) -> Service4Key {
@@ -150,10 +145,6 @@ impl Family for V6 {
     #[inline(always)]
     fn sock_rev_nats() -> &'static LruHashMap<SockRevNat6Key, SockRevNat6> {
         &SOCK_REV_NAT6
-    }
-    #[inline(always)]
-    fn service_key(address: [u8; 16], port: Be16, protocol: u8) -> Service6Key {
-        Service6Key::new(address, port, protocol, Scope::External, 0)
     }
     #[inline(always)]
     fn with_slot(key: Service6Key, slot: u16) -> Service6Key {

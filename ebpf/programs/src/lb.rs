@@ -8,12 +8,13 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use fairlead_abi::{
-    AffinityKey, AffinityValue, Be16, Be32, Reason, RevNatId, Scope, Service4Key, ServiceValue,
+    AffinityKey, AffinityValue, Be16, Be32, Reason, RevNatId, Scope, Service4Key, Service6Key,
+    ServiceValue,
 };
 
 use crate::{
     family::Family,
-    maps::{AFFINITY, COUNTERS, NODE_ADDR4, SERVICES4},
+    maps::{AFFINITY, COUNTERS, NODE_ADDR4, NODE_ADDR6, SERVICES4, SERVICES6},
 };
 
 /// The service key of a connection to `address:port`: the exact frontend, or the NodePort
@@ -57,6 +58,21 @@ pub(crate) struct Client {
     /// of the socket cookie for UDP, so that the datagrams of one socket keep going to one
     /// backend while the service does not change.
     pub(crate) selector: u32,
+}
+
+/// [`frontend_key4`] for IPv6: node addresses and `::1` reach the NodePort `[::]:port`.
+#[inline(always)]
+pub(crate) fn frontend_key6(address: [u8; 16], port: Be16, protocol: u8) -> Service6Key {
+    let exact = Service6Key::new(address, port, protocol, Scope::External, 0);
+    if SERVICES6.get_ptr(exact).is_some() {
+        return exact;
+    }
+    let loopback = u128::from_be_bytes(address) == 1;
+    if loopback || NODE_ADDR6.get_ptr(address).is_some() {
+        Service6Key::new([0; 16], port, protocol, Scope::External, 0)
+    } else {
+        exact
+    }
 }
 
 /// Balances a connection to `key` (slot 0, external scope) from this node. Bumps exactly

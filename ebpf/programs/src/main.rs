@@ -31,6 +31,7 @@ mod getpeername6;
 mod lb;
 mod maps;
 mod nodeport;
+mod nodeport6;
 mod post_bind4;
 mod recvmsg4;
 mod recvmsg6;
@@ -38,7 +39,9 @@ mod sendmsg4;
 mod sendmsg6;
 mod sock;
 mod tc_egress;
+mod tc_egress6;
 mod tc_ingress;
+mod tc_ingress6;
 
 /// Panics cannot happen in a verified program: code that could panic leads here, and a
 /// program that can reach this loop is rejected by the verifier rather than loaded.

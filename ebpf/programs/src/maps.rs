@@ -17,7 +17,10 @@ use fairlead_abi::{
         REV_NAT_MAX_ENTRIES, SERVICE_MAX_ENTRIES, SOCK_REV_NAT_MAX_ENTRIES,
         SOURCE_RANGE_MAX_ENTRIES,
     },
-    nodeport::{Ct4Key, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key},
+    nodeport::{
+        Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key,
+        SourceRange6Key,
+    },
 };
 
 /// `fairlead_abi::maps::SERVICES4`.
@@ -98,4 +101,29 @@ pub(crate) static IF_ADDR4: HashMap<u32, Be32> =
 /// `fairlead_abi::maps::SOURCE_RANGES4`.
 #[map(name = "fl_lb4_srcrange")]
 pub(crate) static SOURCE_RANGES4: LpmTrie<SourceRange4Key, u8> =
+    LpmTrie::with_max_entries(SOURCE_RANGE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `fairlead_abi::maps::CT6_TCP`.
+#[map(name = "fl_ct6_tcp")]
+pub(crate) static CT6_TCP: LruHashMap<Ct6Key, Ct6Value> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::CT6_ANY`.
+#[map(name = "fl_ct6_any")]
+pub(crate) static CT6_ANY: LruHashMap<Ct6Key, Ct6Value> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::NODE_ADDR6`.
+#[map(name = "fl_node_addr6")]
+pub(crate) static NODE_ADDR6: HashMap<[u8; 16], NodeAddr> =
+    HashMap::with_max_entries(ADDR_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::IF_ADDR6`.
+#[map(name = "fl_if_addr6")]
+pub(crate) static IF_ADDR6: HashMap<u32, [u8; 16]> =
+    HashMap::with_max_entries(ADDR_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::SOURCE_RANGES6`.
+#[map(name = "fl_lb6_srcrange")]
+pub(crate) static SOURCE_RANGES6: LpmTrie<SourceRange6Key, u8> =
     LpmTrie::with_max_entries(SOURCE_RANGE_MAX_ENTRIES, BPF_F_NO_PREALLOC);

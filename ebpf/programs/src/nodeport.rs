@@ -44,20 +44,20 @@ const ETH_P_IP: u16 = 0x0800;
 const IP_CSUM: usize = ETH_HLEN + 10;
 const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_RST: u8 = 0x04;
 /// Marks an affinity key's client as an IPv4 address (socket clients are netns cookies,
 /// which never have the top bit set).
-const EXTERNAL_CLIENT: u64 = 1 << 63;
+pub(crate) const EXTERNAL_CLIENT: u64 = 1 << 63;
 /// How many ports source NAT tries before giving up on a flow.
-const SNAT_ATTEMPTS: u32 = 4;
+pub(crate) const SNAT_ATTEMPTS: u32 = 4;
 
 /// `TC_ACT_UNSPEC`: not ours; let the next program or the stack decide.
-const NEXT: i32 = TC_ACT_UNSPEC;
+pub(crate) const NEXT: i32 = TC_ACT_UNSPEC;
 /// `TC_ACT_OK`: deliver (ingress) or send (egress) the packet.
-const PASS: i32 = 0;
+pub(crate) const PASS: i32 = 0;
 /// `TC_ACT_SHOT`: drop the packet.
-const DROP: i32 = 2;
+pub(crate) const DROP: i32 = 2;
 
 /// The fields of an IPv4 TCP/UDP packet the load balancer reads.
 #[derive(Clone, Copy)]
@@ -152,7 +152,7 @@ fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
     }
 }
 
-/// TC ingress on an external interface.
+/// TC ingress on an external interface (IPv4; IPv6 in [`crate::nodeport6`]).
 #[inline(always)]
 pub(crate) fn ingress(ctx: &TcContext) -> i32 {
     let Some(packet) = parse(ctx) else {
@@ -580,7 +580,7 @@ fn flow_hash(packet: &Packet) -> u32 {
 
 /// One round of MurmurHash3's block mix.
 #[inline(always)]
-fn mix(h: u32, k: u32) -> u32 {
+pub(crate) fn mix(h: u32, k: u32) -> u32 {
     let k = k
         .wrapping_mul(0xcc9e_2d51)
         .rotate_left(15)
@@ -593,7 +593,7 @@ fn mix(h: u32, k: u32) -> u32 {
 
 /// MurmurHash3's finaliser.
 #[inline(always)]
-fn finalize(mut h: u32) -> u32 {
+pub(crate) fn finalize(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

@@ -20,7 +20,7 @@ use aya_ebpf::{
 use fairlead_abi::{Be16, Be32, Protocol, Reason};
 
 use crate::{
-    family::{Family, V4, V6},
+    family::{V4, V6},
     lb::{self, Client, Verdict},
 };
 
@@ -117,7 +117,7 @@ pub(crate) fn forward6(ctx: &SockAddrContext) -> i32 {
             }
         };
     }
-    let key = V6::service_key(service_address, service_port, protocol.raw());
+    let key = lb::frontend_key6(service_address, service_port, protocol.raw());
     match lb::balance::<V6>(key, client) {
         Verdict::Pass => PROCEED,
         Verdict::Reject => refuse(),
