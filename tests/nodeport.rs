@@ -78,18 +78,26 @@ impl Topology {
         let ext = TestNetns::new("ext").expect("ext netns");
         let node1 = TestNetns::new("n1").expect("node1 netns");
         let node2 = TestNetns::new("n2").expect("node2 netns");
-        let (to_ext, _) = node1
+        let (to_ext, ext_end) = node1
             .link(
-                &["192.168.50.1/24"],
+                &["192.168.50.1/24", "fd50::1/64"],
                 &ext,
-                &["192.168.50.2/24", "192.168.50.3/24"],
+                &["192.168.50.2/24", "192.168.50.3/24", "fd50::2/64"],
             )
             .expect("veth ext");
-        let (to_node2, _) = node1
-            .link(&["172.18.0.1/24"], &node2, &["172.18.0.2/24"])
+        let (to_node2, from_node1) = node1
+            .link(
+                &["172.18.0.1/24", "fd18::1/64"],
+                &node2,
+                &["172.18.0.2/24", "fd18::2/64"],
+            )
             .expect("veth node2");
         ext.ip(&["route", "add", "default", "via", NODE])
             .expect("ext route");
+        ext.ip(&[
+            "-6", "route", "add", "default", "via", "fd50::1", "dev", &ext_end, "onlink",
+        ])
+        .expect("ext route (IPv6)");
         let mut pods = Vec::new();
         for (node, name, subnet, host) in [
             (&node1, "pod-a", 1, 2),
@@ -97,32 +105,43 @@ impl Topology {
             (&node2, "pod-c", 2, 2),
         ] {
             let ns = TestNetns::new("pod").expect("pod netns");
-            // One veth per pod; the node side carries the gateway address as a /32 so that
-            // two pods of a node can share a subnet.
-            let (node_end, _) = node
-                .link(&[], &ns, &[&format!("10.244.{subnet}.{host}/24")])
+            // One veth per pod; the node side carries the gateway address as a /32 (/128)
+            // so that two pods of a node can share a subnet.
+            let (node_end, pod_end) = node
+                .link(
+                    &[],
+                    &ns,
+                    &[
+                        &format!("10.244.{subnet}.{host}/24"),
+                        &format!("fd44:{subnet}::{host}/64"),
+                    ],
+                )
                 .expect("veth pod");
-            node.ip(&[
-                "addr",
-                "add",
-                &format!("10.244.{subnet}.1/32"),
-                "dev",
-                &node_end,
-            ])
-            .expect("gateway address");
-            node.ip(&[
-                "route",
-                "add",
-                &format!("10.244.{subnet}.{host}/32"),
-                "dev",
-                &node_end,
-            ])
-            .expect("pod route");
-            pods.push((ns, name, subnet));
+            for (gateway, route, v6) in [
+                (
+                    format!("10.244.{subnet}.1/32"),
+                    format!("10.244.{subnet}.{host}/32"),
+                    false,
+                ),
+                (
+                    format!("fd44:{subnet}::1/128"),
+                    format!("fd44:{subnet}::{host}/128"),
+                    true,
+                ),
+            ] {
+                let mut add = vec!["addr", "add", gateway.as_str(), "dev", node_end.as_str()];
+                if v6 {
+                    add.push("nodad");
+                }
+                node.ip(&add).expect("gateway address");
+                node.ip(&["route", "add", &route, "dev", &node_end])
+                    .expect("pod route");
+            }
+            pods.push((ns, name, subnet, pod_end));
         }
         let pods = pods
             .into_iter()
-            .map(|(ns, name, subnet)| {
+            .map(|(ns, name, subnet, dev)| {
                 ns.ip(&[
                     "route",
                     "add",
@@ -131,6 +150,18 @@ impl Topology {
                     &format!("10.244.{subnet}.1"),
                 ])
                 .expect("default route");
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("fd44:{subnet}::1"),
+                    "dev",
+                    &dev,
+                    "onlink",
+                ])
+                .expect("default route (IPv6)");
                 let server = start_server(&ns, name);
                 Pod {
                     _server: server,
@@ -144,8 +175,36 @@ impl Topology {
         node2
             .ip(&["route", "add", "10.244.1.0/24", "via", "172.18.0.1"])
             .expect("node2 route");
+        node1
+            .ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd44:2::/64",
+                "via",
+                "fd18::2",
+                "dev",
+                &to_node2,
+                "onlink",
+            ])
+            .expect("node1 route (IPv6)");
+        node2
+            .ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd44:1::/64",
+                "via",
+                "fd18::1",
+                "dev",
+                &from_node1,
+                "onlink",
+            ])
+            .expect("node2 route (IPv6)");
         for ns in [&node1, &node2] {
             ns.sysctl("net.ipv4.ip_forward=1").expect("forwarding");
+            ns.sysctl("net.ipv6.conf.all.forwarding=1")
+                .expect("forwarding (IPv6)");
         }
         let manifests = tempfile::tempdir().expect("manifest dir");
         let log = manifests.path().join(".proxy.log");
@@ -163,7 +222,7 @@ impl Topology {
         };
         this.write(
             "nodes.yaml",
-            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nstatus:\n  addresses: [{type: InternalIP, address: 172.18.0.1}]\n",
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nstatus:\n  addresses: [{type: InternalIP, address: 172.18.0.1}, {type: InternalIP, address: \"fd18::1\"}]\n",
         );
         this
     }
@@ -340,6 +399,26 @@ fn service(name: &str, kind: &str, vip: &str, pods: &[(&str, &str)], extra: &str
     }
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  type: {kind}\n  clusterIP: \"{vip}\"\n  clusterIPs: [\"{vip}\"]\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}}\n{extra}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{eps}"
+    )
+}
+
+/// A dual-stack NodePort Service (30080/tcp, 30053/udp) over the pods, IPv4 and IPv6.
+fn dual_stack(name: &str, pods: &[(&str, &str, &str)]) -> String {
+    let mut v4 = String::new();
+    let mut v6 = String::new();
+    for (a4, a6, node) in pods {
+        let _ = writeln!(
+            v4,
+            "  - {{addresses: [\"{a4}\"], conditions: {{ready: true}}, nodeName: {node}}}"
+        );
+        let _ = writeln!(
+            v6,
+            "  - {{addresses: [\"{a6}\"], conditions: {{ready: true}}, nodeName: {node}}}"
+        );
+    }
+    let ports = "[{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]";
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  type: NodePort\n  clusterIP: \"10.96.0.20\"\n  clusterIPs: [\"10.96.0.20\", \"fd96::20\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-4, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: {ports}\nendpoints:\n{v4}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-6, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv6\nports: {ports}\nendpoints:\n{v6}"
     )
 }
 
@@ -687,4 +766,38 @@ fn streams_survive_a_proxy_kill_and_restart() {
             "{what} stream barely moved: {result}"
         );
     }
+}
+
+#[test]
+fn ipv6_nodeport_reaches_local_and_remote_backends() {
+    if !privileged("nodeport::ipv6_nodeport_reaches_local_and_remote_backends") {
+        return;
+    }
+    let mut t = Topology::new("np6");
+    t.write(
+        "web.yaml",
+        &dual_stack(
+            "web",
+            &[
+                ("10.244.1.2", "fd44:1::2", "node-1"),
+                ("10.244.2.2", "fd44:2::2", "node-2"),
+            ],
+        ),
+    );
+    t.start_proxy();
+    t.wait_programmed(&["[::]:30080/tcp", "[::]:30053/udp", "0.0.0.0:30080/tcp"]);
+
+    // As for IPv4: the local backend sees the client, the remote one node1's IPv6
+    // InternalIP; answers come from the NodePort.
+    let results = t.ext_clients("tcp", "fd50::1", 30080, 60, None);
+    let seen = by_backend(&results);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen["pod-a"].iter().all(|ip| ip == "fd50::2"), "{seen:?}");
+    assert!(seen["pod-c"].iter().all(|ip| ip == "fd18::1"), "{seen:?}");
+    all_from(&results, "fd50::1:30080");
+    let results = t.ext_clients("udp", "fd50::1", 30053, 40, None);
+    let seen = by_backend(&results);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen["pod-c"].iter().all(|ip| ip == "fd18::1"), "{seen:?}");
+    all_from(&results, "fd50::1:30053");
 }

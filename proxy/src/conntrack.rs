@@ -108,7 +108,7 @@ pub(crate) fn collect(set: &mut impl MapSet, timeouts: &Timeouts) -> Result<GcRe
             timeouts,
             now,
             &mut report,
-            |k, v| partner_key(k, v),
+            partner_key,
             |k, v| (k.protocol, v.last_seen_secs, v.flags),
         )?;
     }

@@ -20,6 +20,10 @@ def parse(data):
     return name, seen
 
 
+def family_of(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 if mode == "bind":
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -76,7 +80,7 @@ n = int(sys.argv[4])
 source = sys.argv[5] if len(sys.argv) > 5 else None
 out = []
 for _ in range(n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM)
+    s = socket.socket(family_of(host), socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM)
     s.settimeout(2)
     try:
         if source:
@@ -94,7 +98,7 @@ for _ in range(n):
             s.sendto(b"hi", (host, port))
             data, peer = s.recvfrom(200)
         name, seen = parse(data)
-        out.append({"backend": name, "seen": seen, "peer": "%s:%d" % peer})
+        out.append({"backend": name, "seen": seen, "peer": "%s:%d" % (peer[0], peer[1])})
     except (OSError, ValueError) as e:
         out.append({"errno": getattr(e, "errno", None) or -1})
     finally:

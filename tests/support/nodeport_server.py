@@ -1,6 +1,6 @@
 # A backend for tests/nodeport.rs: on each TCP connection sends "<name> <peer-ip>:<peer-port>\n"
 # (the client address as the backend sees it) and then echoes every byte back; answers each
-# UDP datagram with the same line. Listens on 0.0.0.0 for every "tcp:PORT" / "udp:PORT"
+# UDP datagram with the same line. Listens on 0.0.0.0 and :: for every "tcp:PORT" / "udp:PORT"
 # argument; prints "ready" once listening; exits when stdin closes.
 import socket
 import sys
@@ -11,6 +11,7 @@ name = sys.argv[1]
 
 def greeting(peer):
     return ("%s %s:%d\n" % (name, peer[0], peer[1])).encode()
+
 
 
 def handle(conn, peer):
@@ -27,10 +28,12 @@ def handle(conn, peer):
         conn.close()
 
 
-def tcp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def tcp(family, address, port):
+    s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((address, port))
     s.listen(1024)
 
     def serve():
@@ -41,9 +44,11 @@ def tcp(port):
     threading.Thread(target=serve, daemon=True).start()
 
 
-def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
+def udp(family, address, port):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((address, port))
 
     def serve():
         while True:
@@ -55,6 +60,8 @@ def udp(port):
 
 for spec in sys.argv[2:]:
     proto, port = spec.split(":")
-    (tcp if proto == "tcp" else udp)(int(port))
+    start = tcp if proto == "tcp" else udp
+    start(socket.AF_INET, "0.0.0.0", int(port))
+    start(socket.AF_INET6, "::", int(port))
 print("ready", flush=True)
 sys.stdin.read()
