@@ -74,6 +74,10 @@ fn start_server(ns: &TestNetns, name: &str) -> KillOnDrop {
 }
 
 impl Topology {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the whole topology, namespace by namespace, reads best in one place"
+    )]
     fn new(label: &str) -> Self {
         let ext = TestNetns::new("ext").expect("ext netns");
         let node1 = TestNetns::new("n1").expect("node1 netns");
