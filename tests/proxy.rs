@@ -131,6 +131,10 @@ impl Cluster {
                 "0",
                 "--node-name",
                 "node-a",
+                // These tests run in the host's network namespace: no TC programs on its
+                // interfaces (tests/nodeport.rs covers them in namespaces of its own).
+                "--interfaces",
+                "none",
             ])
             .args(&self.proxy_args)
             .env("RUST_LOG", "info")

@@ -130,7 +130,7 @@ impl Datapath {
         Ok(names)
     }
 
-    /// Attaches every socket program of the object ([`programs::ALL`]: `connect`,
+    /// Attaches every socket program of the object ([`programs::SOCK_ADDR`]: `connect`,
     /// `sendmsg`, `recvmsg`, `getpeername`, both families) to the cgroup v2 directory
     /// `cgroup`, loading them first if needed: from then on, sockets of processes in that
     /// cgroup and its descendants are balanced. Detached when `self` drops.
@@ -138,14 +138,14 @@ impl Datapath {
     /// The attachments are BPF links, so they coexist with programs other tools attached to
     /// the same cgroup or its ancestors (links are always multi-attach).
     pub fn attach(&mut self, cgroup: &Path) -> Result<(), Error> {
-        for name in programs::ALL {
+        for name in programs::SOCK_ADDR {
             self.attach_program(name, cgroup)?;
         }
-        info!(cgroup = %cgroup.display(), programs = programs::ALL.len(), "socket load balancer attached");
+        info!(cgroup = %cgroup.display(), programs = programs::SOCK_ADDR.len(), "socket load balancer attached");
         Ok(())
     }
 
-    /// Attaches one socket program (a name of [`programs::ALL`]) to the cgroup v2 directory
+    /// Attaches one socket program (a name of [`programs::SOCK_ADDR`]) to the cgroup v2 directory
     /// `cgroup`, loading it first if needed. Detached when `self` drops.
     pub fn attach_program(
         &mut self,
@@ -334,6 +334,7 @@ fn check_pinned(path: &Path, spec: &MapSpec, max_entries: u32) -> Result<(), Err
         MapKind::Hash => MapType::Hash,
         MapKind::PerCpuArray => MapType::PerCpuArray,
         MapKind::LruHash => MapType::LruHash,
+        MapKind::LpmTrie => MapType::LpmTrie,
     };
     match info.map_type() {
         Ok(pinned) if pinned == expected_type => {}

@@ -10,11 +10,28 @@
 //! - Of the remaining endpoints, the ready ones are used; only when none is ready, the
 //!   terminating ones that still serve (KEP-1669); never the others.
 //! - `sessionAffinity: ClientIP` sets the affinity flag and timeout.
+//!
+//! External frontends (balanced per packet on the node's interfaces, IPv4):
+//!
+//! - a NodePort (`NodePort` and `LoadBalancer` Services) is one frontend with the unspecified
+//!   address (`0.0.0.0:nodePort`), serving every node address;
+//! - every LoadBalancer ingress IP and every `externalIPs` address × port is a frontend;
+//! - their [`ExternalView`] lists the endpoints new external flows may use (Maglev): all of
+//!   them, or with `externalTrafficPolicy: Local` only this node's; `loadBalancerSourceRanges`
+//!   apply to LoadBalancer IPs;
+//! - their slots (what the node's own sockets use) list the endpoints a ClusterIP would.
+//!
+//! Both families: a dual-stack Service has a NodePort `0.0.0.0:nodePort` and `[::]:nodePort`.
 
 use std::collections::BTreeSet;
 
 use fairlead_abi::{BackendState, ServiceValue};
-use fairlead_model::{IpFamily, Service, ServiceType, SessionAffinity, TrafficPolicy};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use fairlead_model::{
+    Backend, IpFamily, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+};
+use ipnet::IpNet;
 
 use crate::tables::Frontend;
 
@@ -34,6 +51,18 @@ pub struct DesiredFrontend {
     pub affinity_timeout_secs: u32,
     /// The backends new connections may use, sorted, without duplicates.
     pub backends: Vec<DesiredBackend>,
+    /// For external frontends (NodePort, LoadBalancer IP, external IP): what the per-packet
+    /// path uses.
+    pub external: Option<ExternalView>,
+}
+
+/// What the per-packet load balancer uses for an external frontend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExternalView {
+    /// The backends new external flows may use (Maglev), sorted.
+    pub backends: Vec<DesiredBackend>,
+    /// `loadBalancerSourceRanges` (LoadBalancer IPs only; empty: everyone).
+    pub source_ranges: Vec<IpNet>,
 }
 
 /// A backend of a [`DesiredFrontend`].
@@ -45,6 +74,8 @@ pub struct DesiredBackend {
     pub port: u16,
     /// Active, or terminating (fallback).
     pub state: u8,
+    /// The endpoint runs on this node (external traffic reaches it without source NAT).
+    pub local: bool,
 }
 
 /// The frontends of `service` on the node `node_name`, in a stable order.
@@ -58,6 +89,7 @@ pub fn desired_frontends(service: &Service, node_name: Option<&str>) -> Vec<Desi
     }
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
+    let base_flags = affinity_flags(service);
     for address in &service.cluster_ips {
         let family = IpFamily::of(address);
         for port in &service.ports {
@@ -71,58 +103,174 @@ pub fn desired_frontends(service: &Service, node_name: Option<&str>) -> Vec<Desi
                 continue;
             }
             let local_only = service.internal_traffic_policy == TrafficPolicy::Local;
-            let candidates: Vec<_> = service
-                .backends(port)
-                .filter(|b| IpFamily::of(&b.address) == family)
-                .filter(|b| !local_only || is_local(b.endpoint.node_name.as_deref(), node_name))
-                .collect();
-            let ready: BTreeSet<DesiredBackend> = candidates
-                .iter()
-                .filter(|b| b.endpoint.conditions.ready)
-                .map(|b| DesiredBackend {
-                    address: b.address,
-                    port: b.port,
-                    state: BackendState::Active as u8,
-                })
-                .collect();
-            let mut flags = 0;
-            let backends = if ready.is_empty() {
-                let terminating: BTreeSet<DesiredBackend> = candidates
-                    .iter()
-                    .filter(|b| b.endpoint.conditions.serving && b.endpoint.conditions.terminating)
-                    .map(|b| DesiredBackend {
-                        address: b.address,
-                        port: b.port,
-                        state: BackendState::Terminating as u8,
-                    })
-                    .collect();
-                if !terminating.is_empty() {
-                    flags |= ServiceValue::FLAG_TERMINATING_FALLBACK;
-                }
-                terminating
-            } else {
-                ready
-            };
+            let (backends, mut flags) = usable(service, port, family, node_name, local_only);
             if local_only {
                 flags |= ServiceValue::FLAG_LOCAL_ONLY;
             }
-            let affinity_timeout_secs = match service.session_affinity {
-                SessionAffinity::None => 0,
-                SessionAffinity::ClientIp { timeout_seconds } => {
-                    flags |= ServiceValue::FLAG_SESSION_AFFINITY;
-                    timeout_seconds
+            out.push(DesiredFrontend {
+                frontend,
+                port_name: port.name.clone(),
+                flags: flags | base_flags.0,
+                affinity_timeout_secs: base_flags.1,
+                backends,
+                external: None,
+            });
+        }
+    }
+    out.extend(external_frontends(service, node_name, &mut seen));
+    out
+}
+
+/// NodePort, LoadBalancer IP and external IP frontends.
+fn external_frontends(
+    service: &Service,
+    node_name: Option<&str>,
+    seen: &mut BTreeSet<Frontend>,
+) -> Vec<DesiredFrontend> {
+    let mut out = Vec::new();
+    let (affinity, timeout) = affinity_flags(service);
+    let local = service.external_traffic_policy == TrafficPolicy::Local;
+    let node_ports = matches!(
+        service.service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    );
+    let mut addresses: Vec<(IpAddr, bool)> = Vec::new();
+    if service.service_type == ServiceType::LoadBalancer {
+        addresses.extend(service.load_balancer_ips.iter().map(|a| (*a, true)));
+    }
+    addresses.extend(service.external_ips.iter().map(|a| (*a, false)));
+    for port in &service.ports {
+        let mut targets: Vec<(IpAddr, u16, bool, bool)> = Vec::new();
+        if node_ports && let Some(node_port) = port.node_port {
+            // One NodePort per family of the Service.
+            for (family, unspecified) in [
+                (IpFamily::V4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                (IpFamily::V6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            ] {
+                if service
+                    .cluster_ips
+                    .iter()
+                    .any(|a| IpFamily::of(a) == family)
+                {
+                    targets.push((unspecified, node_port, false, true));
                 }
+            }
+        }
+        for (address, is_lb) in &addresses {
+            targets.push((*address, port.port, *is_lb, false));
+        }
+        for (address, port_number, is_lb, node_port) in targets {
+            let family = IpFamily::of(&address);
+            let frontend = Frontend {
+                address,
+                port: port_number,
+                protocol: port.protocol.number(),
+            };
+            if !seen.insert(frontend) {
+                continue;
+            }
+            // The node's own sockets (and pods) use the cluster view; external flows the
+            // external one.
+            let (backends, mut flags) = usable(service, port, family, node_name, false);
+            flags |= affinity;
+            let external = {
+                let (external, _) = usable(service, port, family, node_name, local);
+                flags |= ServiceValue::FLAG_EXTERNAL;
+                if node_port {
+                    flags |= ServiceValue::FLAG_NODEPORT;
+                }
+                if local {
+                    flags |= ServiceValue::FLAG_EXTERNAL_LOCAL;
+                }
+                // Ranges of the frontend's family (a range of the other family admits no one
+                // of this one).
+                let source_ranges: Vec<IpNet> = if is_lb {
+                    service
+                        .load_balancer_source_ranges
+                        .iter()
+                        .filter(|r| {
+                            matches!(
+                                (r, &address),
+                                (IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_))
+                            )
+                        })
+                        .copied()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let has_ranges = is_lb && !service.load_balancer_source_ranges.is_empty();
+                if has_ranges {
+                    flags |= ServiceValue::FLAG_SOURCE_RANGES;
+                }
+                Some(ExternalView {
+                    backends: external,
+                    source_ranges,
+                })
             };
             out.push(DesiredFrontend {
                 frontend,
                 port_name: port.name.clone(),
                 flags,
-                affinity_timeout_secs,
-                backends: backends.into_iter().collect(),
+                affinity_timeout_secs: timeout,
+                backends,
+                external,
             });
         }
     }
     out
+}
+
+/// The session-affinity flag and timeout of a Service.
+fn affinity_flags(service: &Service) -> (u8, u32) {
+    match service.session_affinity {
+        SessionAffinity::None => (0, 0),
+        SessionAffinity::ClientIp { timeout_seconds } => {
+            (ServiceValue::FLAG_SESSION_AFFINITY, timeout_seconds)
+        }
+    }
+}
+
+/// The endpoints of `port` of the family that new connections may use: ready ones, else
+/// terminating ones that still serve (then with `FLAG_TERMINATING_FALLBACK`); only this
+/// node's when `local_only`.
+fn usable(
+    service: &Service,
+    port: &ServicePort,
+    family: IpFamily,
+    node_name: Option<&str>,
+    local_only: bool,
+) -> (Vec<DesiredBackend>, u8) {
+    let candidates: Vec<Backend<'_>> = service
+        .backends(port)
+        .filter(|b| IpFamily::of(&b.address) == family)
+        .filter(|b| !local_only || is_local(b.endpoint.node_name.as_deref(), node_name))
+        .collect();
+    let to_desired = |b: &Backend<'_>, state: BackendState| DesiredBackend {
+        address: b.address,
+        port: b.port,
+        state: state as u8,
+        local: is_local(b.endpoint.node_name.as_deref(), node_name),
+    };
+    let ready: BTreeSet<DesiredBackend> = candidates
+        .iter()
+        .filter(|b| b.endpoint.conditions.ready)
+        .map(|b| to_desired(b, BackendState::Active))
+        .collect();
+    if !ready.is_empty() {
+        return (ready.into_iter().collect(), 0);
+    }
+    let terminating: BTreeSet<DesiredBackend> = candidates
+        .iter()
+        .filter(|b| b.endpoint.conditions.serving && b.endpoint.conditions.terminating)
+        .map(|b| to_desired(b, BackendState::Terminating))
+        .collect();
+    let flags = if terminating.is_empty() {
+        0
+    } else {
+        ServiceValue::FLAG_TERMINATING_FALLBACK
+    };
+    (terminating.into_iter().collect(), flags)
 }
 
 fn is_local(endpoint_node: Option<&str>, this_node: Option<&str>) -> bool {

@@ -124,6 +124,29 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A TC link could not be pinned.
+    #[error("cannot pin the link {path}")]
+    PinLink {
+        /// The pin path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A flag has a value fairlead cannot use.
+    #[error("invalid --{flag}: {reason}")]
+    InvalidArgument {
+        /// The flag.
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
+
+    /// The node's addresses could not be read (rtnetlink).
+    #[error("cannot read the node's addresses (rtnetlink)")]
+    NodeAddresses(#[source] io::Error),
+
     /// A bug: something that cannot happen did.
     #[error("internal error: {0}")]
     Internal(&'static str),

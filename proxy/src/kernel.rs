@@ -6,11 +6,14 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray};
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
 use fairlead_abi::{
-    Backend4, Backend6, BackendId, Be16, Be32, Reason, RevNat4, RevNat6, RevNatId, Scope,
-    Service4Key, Service6Key, ServiceValue, maps, maps::MapKind,
+    Backend4, Backend6, BackendId, Be16, Be32, Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey,
+    MaglevTable, Reason, RevNat4, RevNat6, RevNatId, Scope, Service4Key, Service6Key, ServiceValue,
+    SourceRange4Key, SourceRange6Key, maps, maps::MapKind,
 };
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::Error;
 use crate::datapath::{Counters, Datapath};
@@ -55,6 +58,7 @@ impl PinnedMaps {
                 MapKind::Hash => Map::HashMap(data),
                 MapKind::LruHash => Map::LruHashMap(data),
                 MapKind::PerCpuArray => Map::PerCpuArray(data),
+                MapKind::LpmTrie => Map::LpmTrie(data),
             };
             out.push((spec.name, map));
         }
@@ -105,7 +109,7 @@ impl MapSet for PinnedMaps {
 
 fn data<'a>(set: &'a impl MapSet, name: &'static str) -> Result<&'a MapData, Error> {
     match set.map(name)? {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Ok(d),
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::LpmTrie(d) => Ok(d),
         _ => Err(Error::UnexpectedMapKind { name }),
     }
 }
@@ -190,6 +194,42 @@ pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32)
                 .keys()
                 .count()
         }
+        maps::MAGLEV => HashMap::<_, MaglevKey, MaglevTable>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::CT4_TCP | maps::CT4_ANY => HashMap::<_, Ct4Key, CtValue>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::NODE_ADDR4 => HashMap::<_, Be32, u32>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::IF_ADDR4 => HashMap::<_, u32, Be32>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::SOURCE_RANGES4 => LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::SOURCE_RANGES6 => LpmTrie::<_, SourceRange6Key, u8>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::CT6_TCP | maps::CT6_ANY => HashMap::<_, Ct6Key, Ct6Value>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::NODE_ADDR6 => HashMap::<_, [u8; 16], u32>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::IF_ADDR6 => HashMap::<_, u32, [u8; 16]>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
         _ => return Err(Error::MissingMap { name }),
     };
     Ok((count, max))
@@ -252,7 +292,7 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
         source: io::Error::other(e.to_string()),
     })?;
     let fail = |e| write_error(table, e, capacity);
-    match *op {
+    match op.clone() {
         Op::PutService {
             frontend,
             slot,
@@ -295,7 +335,8 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
                             backend.protocol,
                             state,
                             backend.rev_nat_id,
-                        ),
+                        )
+                        .with_flags(backend.flags),
                         0,
                     )
                     .map_err(fail),
@@ -309,7 +350,8 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
                             backend.protocol,
                             state,
                             backend.rev_nat_id,
-                        ),
+                        )
+                        .with_flags(backend.flags),
                         0,
                     )
                     .map_err(fail),
@@ -361,7 +403,72 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
             )
             .map_err(fail),
         },
+        Op::PutMaglev {
+            family,
+            rev_nat_id,
+            slots,
+        } => HashMap::<_, MaglevKey, MaglevTable>::try_from(map)
+            .map_err(fail)?
+            .insert(
+                MaglevKey::new(rev_nat_id, family_byte(family)),
+                MaglevTable::boxed(&slots),
+                0,
+            )
+            .map_err(fail),
+        Op::DeleteMaglev { family, rev_nat_id } => ignore_missing(
+            HashMap::<_, MaglevKey, MaglevTable>::try_from(map)
+                .map_err(fail)?
+                .remove(&MaglevKey::new(rev_nat_id, family_byte(family))),
+        )
+        .map_err(fail),
+        Op::PutSourceRange { rev_nat_id, range } => match range {
+            IpNet::V4(net) => LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
+                .map_err(fail)?
+                .insert(&range4_key(rev_nat_id, net), 1, 0)
+                .map_err(fail),
+            IpNet::V6(net) => LpmTrie::<_, SourceRange6Key, u8>::try_from(map)
+                .map_err(fail)?
+                .insert(&range6_key(rev_nat_id, net), 1, 0)
+                .map_err(fail),
+        },
+        Op::DeleteSourceRange { rev_nat_id, range } => match range {
+            IpNet::V4(net) => ignore_missing(
+                LpmTrie::<_, SourceRange4Key, u8>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&range4_key(rev_nat_id, net)),
+            )
+            .map_err(fail),
+            IpNet::V6(net) => ignore_missing(
+                LpmTrie::<_, SourceRange6Key, u8>::try_from(map)
+                    .map_err(fail)?
+                    .remove(&range6_key(rev_nat_id, net)),
+            )
+            .map_err(fail),
+        },
     }
+}
+
+fn family_byte(family: Family) -> u8 {
+    match family {
+        Family::V4 => fairlead_abi::sock::FAMILY_V4,
+        Family::V6 => fairlead_abi::sock::FAMILY_V6,
+    }
+}
+
+/// The trie key of an IPv4 source range.
+fn range4_key(rev_nat_id: RevNatId, net: Ipv4Net) -> LpmKey<SourceRange4Key> {
+    LpmKey::new(
+        SourceRange4Key::prefix_len(net.prefix_len()),
+        SourceRange4Key::new(rev_nat_id, Be32::from_ipv4(net.network())),
+    )
+}
+
+/// The trie key of an IPv6 source range.
+fn range6_key(rev_nat_id: RevNatId, net: Ipv6Net) -> LpmKey<SourceRange6Key> {
+    LpmKey::new(
+        SourceRange6Key::prefix_len(net.prefix_len()),
+        SourceRange6Key::new(rev_nat_id, net.network().octets()),
+    )
 }
 
 /// A delete of an entry that is already gone succeeded.
@@ -445,6 +552,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
                 protocol: b.protocol,
                 state: b.state,
                 rev_nat_id: b.rev_nat_id,
+                flags: b.flags,
             },
         );
     }
@@ -459,6 +567,7 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
                 protocol: b.protocol,
                 state: b.state,
                 rev_nat_id: b.rev_nat_id,
+                flags: b.flags,
             },
         );
     }
@@ -478,7 +587,59 @@ fn read_contents(set: &impl MapSet) -> Result<Contents, Error> {
             (IpAddr::V6(Ipv6Addr::from(r.address)), r.port.to_host()),
         );
     }
+    read_external(set, &mut contents)?;
     Ok(contents)
+}
+
+/// The Maglev tables and source ranges.
+fn read_external(set: &impl MapSet, contents: &mut Contents) -> Result<(), Error> {
+    let read = |name: &'static str| {
+        move |source| Error::Map {
+            name,
+            action: "read",
+            source,
+        }
+    };
+    let map = set.map(maps::MAGLEV)?;
+    for entry in &HashMap::<_, MaglevKey, MaglevTable>::try_from(map).map_err(read(maps::MAGLEV))? {
+        let (key, table) = entry.map_err(read(maps::MAGLEV))?;
+        let family = if key.family == fairlead_abi::sock::FAMILY_V6 {
+            Family::V6
+        } else {
+            Family::V4
+        };
+        let size = (table.size as usize).min(table.slots.len());
+        contents
+            .maglev
+            .insert((family, key.rev_nat_id), table.slots[..size].into());
+    }
+    let map = set.map(maps::SOURCE_RANGES4)?;
+    let trie =
+        LpmTrie::<_, SourceRange4Key, u8>::try_from(map).map_err(read(maps::SOURCE_RANGES4))?;
+    for key in trie.keys() {
+        let key = key.map_err(read(maps::SOURCE_RANGES4))?;
+        let data = key.data();
+        let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(32);
+        if let Ok(net) = Ipv4Net::new(data.address.to_ipv4(), len) {
+            contents
+                .source_ranges
+                .insert((data.rev_nat_id.to_host(), IpNet::V4(net)));
+        }
+    }
+    let map = set.map(maps::SOURCE_RANGES6)?;
+    let trie =
+        LpmTrie::<_, SourceRange6Key, u8>::try_from(map).map_err(read(maps::SOURCE_RANGES6))?;
+    for key in trie.keys() {
+        let key = key.map_err(read(maps::SOURCE_RANGES6))?;
+        let data = key.data();
+        let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(128);
+        if let Ok(net) = Ipv6Net::new(Ipv6Addr::from(data.address), len) {
+            contents
+                .source_ranges
+                .insert((data.rev_nat_id.to_host(), IpNet::V6(net)));
+        }
+    }
+    Ok(())
 }
 
 fn capacity(set: &impl MapSet, table: Table) -> u32 {

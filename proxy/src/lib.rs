@@ -7,6 +7,9 @@
 //! - [`desired`] turns a model Service into the frontends it should have (kube-proxy's
 //!   semantics); [`Reconciler`] diffs them against what the maps hold and writes the
 //!   difference in the order the programs rely on ([`tables::LbMaps`]).
+//! - [`nodeaddr`] reads the node's addresses (rtnetlink); [`Datapath::attach_interface`]
+//!   puts the NodePort/LoadBalancer programs on the node's interfaces, their Maglev tables
+//!   come from [`maglev`], and idle flows are collected ([`Datapath::collect_conntrack`]).
 //! - [`run`] wires it to the model's snapshots, metrics and readiness ([`Args`],
 //!   [`Context`]); [`status`] renders what pinned maps hold.
 //!
@@ -15,11 +18,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod conntrack;
 mod datapath;
 pub mod desired;
 mod error;
+mod external;
 mod kernel;
+pub mod maglev;
 mod metrics;
+pub mod nodeaddr;
 mod object;
 pub mod reconcile;
 mod run;
@@ -29,10 +36,12 @@ pub mod tables;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use conntrack::{GcReport, Timeouts, next_interval};
 pub use datapath::{Counters, Datapath, LoadOptions, cgroup2_root};
 pub use error::Error;
+pub use external::links_dir;
 pub use fairlead_abi as abi;
 pub use kernel::PinnedMaps;
 pub use object::{ebpf_object, ebpf_object_is_placeholder};
 pub use reconcile::{Reconciler, SyncError, SyncReport};
-pub use run::{Args, Context, DEFAULT_BPFFS, Proxy};
+pub use run::{Args, Context, DEFAULT_BPFFS, Interfaces, Proxy};

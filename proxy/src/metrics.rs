@@ -113,7 +113,7 @@ impl Metrics {
         elapsed: Duration,
         report: &SyncReport,
         stats: &Stats,
-        capacity: &[u32; 6],
+        capacity: &[u32; crate::tables::Table::COUNT],
     ) {
         self.sync_duration.observe(elapsed.as_secs_f64());
         for e in &report.errors {

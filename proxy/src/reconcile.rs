@@ -18,12 +18,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use fairlead_abi::{BackendId, RevNatId, ServiceValue};
+use fairlead_abi::{BACKEND_FLAG_LOCAL, BackendId, RevNatId, ServiceValue};
 use fairlead_model::{ServiceKey, Snapshot};
+use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
-use crate::desired::{DesiredFrontend, MAX_BACKENDS, desired_frontends};
+use crate::desired::{DesiredBackend, DesiredFrontend, MAX_BACKENDS, desired_frontends};
+use crate::maglev::{self, MaglevBackend};
 use crate::tables::{BackendEntry, Contents, Family, Frontend, LbMaps, Op, Table, WriteError};
 
 /// What is programmed for one frontend (the mirror of its entries).
@@ -34,6 +37,8 @@ struct Programmed {
     head: Option<ServiceValue>,
     slots: BTreeMap<u16, ServiceValue>,
     backends: BTreeMap<BackendId, BackendEntry>,
+    maglev: Option<Arc<[BackendId]>>,
+    source_ranges: BTreeSet<IpNet>,
 }
 
 /// Why a Service (or one of its frontends) could not be programmed. The rest of the model
@@ -133,7 +138,7 @@ pub struct Stats {
     /// Backend entries.
     pub backends: usize,
     /// Entries per table, in [`Table::ALL`] order.
-    pub entries: [usize; 6],
+    pub entries: [usize; Table::COUNT],
 }
 
 /// The one writer of the load-balancer tables.
@@ -146,7 +151,9 @@ pub struct Reconciler {
     contenders: BTreeMap<Frontend, BTreeSet<ServiceKey>>,
     failed: BTreeSet<ServiceKey>,
     /// Entries per table (what user space wrote or adopted).
-    entries: [usize; 6],
+    entries: [usize; Table::COUNT],
+    /// Slots of the Maglev tables this reconciler computes.
+    maglev_size: u32,
     used_backend_ids: HashSet<BackendId>,
     next_backend_id: BackendId,
     used_rev_nat: [HashSet<RevNatId>; 2],
@@ -179,7 +186,8 @@ impl Reconciler {
             by_service: HashMap::new(),
             contenders: BTreeMap::new(),
             failed: BTreeSet::new(),
-            entries: [0; 6],
+            entries: [0; Table::COUNT],
+            maglev_size: fairlead_abi::nodeport::MAGLEV_DEFAULT_SIZE,
             used_backend_ids: HashSet::new(),
             next_backend_id: 1,
             used_rev_nat: [HashSet::new(), HashSet::new()],
@@ -187,6 +195,14 @@ impl Reconciler {
             orphans: Vec::new(),
             applied: None,
         }
+    }
+
+    /// Computes Maglev tables of `size` slots (a prime of
+    /// [`fairlead_abi::nodeport::MAGLEV_SIZES`]) from now on.
+    #[must_use]
+    pub fn with_maglev_size(mut self, size: u32) -> Self {
+        self.maglev_size = size;
+        self
     }
 
     /// A reconciler that adopts what `maps` hold (pinned maps of an earlier run): frontends
@@ -205,6 +221,8 @@ impl Reconciler {
             internal_services,
             backends,
             rev_nats,
+            maglev,
+            source_ranges,
         } = contents;
         // Service entries: group by frontend.
         for ((frontend, slot), value) in services {
@@ -249,6 +267,29 @@ impl Reconciler {
                     programmed.backends.insert(id, backend);
                 }
                 None => self.orphans.push(Op::DeleteBackend { family, id }),
+            }
+        }
+        for ((family, rev_nat_id), slots) in maglev {
+            self.entries[table_index(Table::Maglev)] += 1;
+            match by_rev_nat.get(&(family, rev_nat_id)) {
+                Some(frontend) => {
+                    let programmed = self.frontends.get_mut(frontend).expect("indexed above");
+                    programmed.maglev = Some(slots);
+                }
+                None => self.orphans.push(Op::DeleteMaglev { family, rev_nat_id }),
+            }
+        }
+        for (rev_nat_id, range) in source_ranges {
+            let family = Family::of(&range.addr());
+            self.entries[table_index(Table::source_ranges(family))] += 1;
+            match by_rev_nat.get(&(family, rev_nat_id)) {
+                Some(frontend) => {
+                    let programmed = self.frontends.get_mut(frontend).expect("indexed above");
+                    programmed.source_ranges.insert(range);
+                }
+                None => self
+                    .orphans
+                    .push(Op::DeleteSourceRange { rev_nat_id, range }),
             }
         }
         for (frontend, programmed) in &self.frontends {
@@ -399,34 +440,15 @@ impl Reconciler {
                 frontend,
             });
         }
-        // Backend ids: the same (address, port) keeps its id.
-        let mut by_endpoint: HashMap<(IpAddr, u16), BackendId> = current
+        let ids = self.plan_backends(d, &current, rev_nat_id, &mut ops);
+        let desired_ids: Vec<BackendId> = d
             .backends
             .iter()
-            .filter(|(_, b)| b.rev_nat_id == rev_nat_id)
-            .map(|(id, b)| ((b.address, b.port), *id))
+            .map(|b| ids[&(b.address, b.port)])
             .collect();
-        let mut desired_ids = Vec::with_capacity(d.backends.len());
-        for b in &d.backends {
-            let id = match by_endpoint.remove(&(b.address, b.port)) {
-                Some(id) => id,
-                None => self.allocate_backend_id(),
-            };
-            let entry = BackendEntry {
-                address: b.address,
-                port: b.port,
-                protocol: frontend.protocol,
-                state: b.state,
-                rev_nat_id,
-            };
-            if current.backends.get(&id) != Some(&entry) {
-                ops.push(Op::PutBackend { id, backend: entry });
-            }
-            desired_ids.push(id);
-        }
         // Slots: ids that stay keep their slot; the others fill the gaps.
         let count = desired_ids.len();
-        let wanted: HashSet<BackendId> = desired_ids.iter().copied().collect();
+        let wanted: HashSet<BackendId> = ids.values().copied().collect();
         let mut placed: HashSet<BackendId> = HashSet::new();
         let mut layout: Vec<Option<BackendId>> = vec![None; count];
         for (slot, value) in &current.slots {
@@ -455,6 +477,8 @@ impl Reconciler {
                 });
             }
         }
+        // The Maglev table and the source ranges before the head that turns them on.
+        let family_maglev = self.plan_external(d, &ids, &current, rev_nat_id, &mut ops);
         let count16 = u16::try_from(count).map_err(|_| ())?;
         let head = ServiceValue::service(count16, rev_nat_id, d.flags, d.affinity_timeout_secs);
         if current.head != Some(head) {
@@ -463,6 +487,18 @@ impl Reconciler {
                 slot: 0,
                 value: head,
             });
+        }
+        let kept_ranges: BTreeSet<IpNet> = family_maglev
+            .map(|e| e.source_ranges.iter().copied().collect())
+            .unwrap_or_default();
+        for range in current.source_ranges.difference(&kept_ranges) {
+            ops.push(Op::DeleteSourceRange {
+                rev_nat_id,
+                range: *range,
+            });
+        }
+        if d.external.is_none() && current.maglev.is_some() {
+            ops.push(Op::DeleteMaglev { family, rev_nat_id });
         }
         for slot in current.slots.keys().filter(|s| usize::from(**s) > count) {
             ops.push(Op::DeleteService {
@@ -474,6 +510,88 @@ impl Reconciler {
             ops.push(Op::DeleteBackend { family, id: *id });
         }
         Ok(ops)
+    }
+
+    /// Backend ids of every backend the slots or the Maglev table list (the same endpoint
+    /// keeps its id), and the backend writes.
+    fn plan_backends(
+        &mut self,
+        d: &DesiredFrontend,
+        current: &Programmed,
+        rev_nat_id: RevNatId,
+        ops: &mut Vec<Op>,
+    ) -> HashMap<(IpAddr, u16), BackendId> {
+        let frontend = d.frontend;
+        // Backend ids: the same (address, port) keeps its id.
+        let mut by_endpoint: HashMap<(IpAddr, u16), BackendId> = current
+            .backends
+            .iter()
+            .filter(|(_, b)| b.rev_nat_id == rev_nat_id)
+            .map(|(id, b)| ((b.address, b.port), *id))
+            .collect();
+        // Every backend the slots or the Maglev table list, once.
+        let external_backends: &[DesiredBackend] = d.external.as_ref().map_or(&[], |e| &e.backends);
+        let mut ids: HashMap<(IpAddr, u16), BackendId> = HashMap::new();
+        for b in d.backends.iter().chain(external_backends) {
+            if ids.contains_key(&(b.address, b.port)) {
+                continue;
+            }
+            let id = match by_endpoint.remove(&(b.address, b.port)) {
+                Some(id) => id,
+                None => self.allocate_backend_id(),
+            };
+            let entry = BackendEntry {
+                address: b.address,
+                port: b.port,
+                protocol: frontend.protocol,
+                state: b.state,
+                rev_nat_id,
+                flags: if b.local { BACKEND_FLAG_LOCAL } else { 0 },
+            };
+            if current.backends.get(&id) != Some(&entry) {
+                ops.push(Op::PutBackend { id, backend: entry });
+            }
+            ids.insert((b.address, b.port), id);
+        }
+        ids
+    }
+
+    /// The Maglev table and the new source ranges of an external frontend.
+    fn plan_external<'d>(
+        &self,
+        d: &'d DesiredFrontend,
+        ids: &HashMap<(IpAddr, u16), BackendId>,
+        current: &Programmed,
+        rev_nat_id: RevNatId,
+        ops: &mut Vec<Op>,
+    ) -> Option<&'d crate::desired::ExternalView> {
+        let external = d.external.as_ref()?;
+        let members: Vec<MaglevBackend> = external
+            .backends
+            .iter()
+            .map(|b| MaglevBackend {
+                address: b.address,
+                port: b.port,
+                id: ids[&(b.address, b.port)],
+            })
+            .collect();
+        let slots: Arc<[BackendId]> = maglev::table(&members, self.maglev_size).into();
+        if current.maglev.as_deref() != Some(&*slots) {
+            ops.push(Op::PutMaglev {
+                family: d.frontend.family(),
+                rev_nat_id,
+                slots,
+            });
+        }
+        for range in &external.source_ranges {
+            if !current.source_ranges.contains(range) {
+                ops.push(Op::PutSourceRange {
+                    rev_nat_id,
+                    range: *range,
+                });
+            }
+        }
+        Some(external)
     }
 
     fn upsert_frontend(
@@ -500,7 +618,7 @@ impl Reconciler {
         }
         // Make sure the whole change fits before writing any of it: additions come first,
         // so the peak is today's entries plus every new key.
-        let mut adds = [0_usize; 6];
+        let mut adds = [0_usize; Table::COUNT];
         let current = self.frontends.get(&frontend);
         for op in &ops {
             let new_key = match op {
@@ -513,6 +631,10 @@ impl Reconciler {
                 }),
                 Op::PutBackend { id, .. } => current.is_none_or(|c| !c.backends.contains_key(id)),
                 Op::PutRevNat { .. } => current.is_none_or(|c| c.rev_nat.is_none()),
+                Op::PutMaglev { .. } => current.is_none_or(|c| c.maglev.is_none()),
+                Op::PutSourceRange { range, .. } => {
+                    current.is_none_or(|c| !c.source_ranges.contains(range))
+                }
                 _ => false,
             };
             if new_key {
@@ -580,6 +702,18 @@ impl Reconciler {
                 slot: *slot,
             });
         }
+        if current.maglev.is_some() {
+            ops.push(Op::DeleteMaglev {
+                family,
+                rev_nat_id: current.rev_nat_id,
+            });
+        }
+        for range in &current.source_ranges {
+            ops.push(Op::DeleteSourceRange {
+                rev_nat_id: current.rev_nat_id,
+                range: *range,
+            });
+        }
         for id in current.backends.keys() {
             ops.push(Op::DeleteBackend { family, id: *id });
             if frontend.protocol == fairlead_abi::Protocol::Udp.raw()
@@ -611,6 +745,8 @@ impl Reconciler {
             && p.slots.is_empty()
             && p.backends.is_empty()
             && p.rev_nat.is_none()
+            && p.maglev.is_none()
+            && p.source_ranges.is_empty()
         {
             self.used_rev_nat[fam(family)].remove(&p.rev_nat_id);
             self.frontends.remove(&frontend);
@@ -621,7 +757,7 @@ impl Reconciler {
     fn record(&mut self, frontend: Frontend, op: &Op) {
         let table = table_index(op.table());
         let p = self.frontends.entry(frontend).or_default();
-        let (added, removed) = match *op {
+        let (added, removed) = match op.clone() {
             Op::PutService { slot: 0, value, .. } => {
                 p.rev_nat_id = value.rev_nat_id;
                 (p.head.replace(value).is_none(), false)
@@ -648,6 +784,10 @@ impl Reconciler {
                 )
             }
             Op::DeleteRevNat { .. } => (false, p.rev_nat.take().is_some()),
+            Op::PutMaglev { slots, .. } => (p.maglev.replace(slots).is_none(), false),
+            Op::DeleteMaglev { .. } => (false, p.maglev.take().is_some()),
+            Op::PutSourceRange { range, .. } => (p.source_ranges.insert(range), false),
+            Op::DeleteSourceRange { range, .. } => (false, p.source_ranges.remove(&range)),
         };
         if added {
             self.entries[table] += 1;
@@ -807,6 +947,10 @@ mod tests {
                     Op::DeleteService { .. } => "del-slot",
                     Op::DeleteBackend { .. } => "del-backend",
                     Op::DeleteRevNat { .. } => "del-revnat",
+                    Op::PutMaglev { .. } => "maglev",
+                    Op::DeleteMaglev { .. } => "del-maglev",
+                    Op::PutSourceRange { .. } => "range",
+                    Op::DeleteSourceRange { .. } => "del-range",
                 })
                 .collect()
         };

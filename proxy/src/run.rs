@@ -1,6 +1,7 @@
 //! `fairlead proxy`: the reconciler wired to the model's snapshots, the kernel, metrics and
 //! readiness.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,16 +14,63 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Error;
+use crate::conntrack::{Timeouts, next_interval};
 use crate::datapath::{Datapath, LoadOptions};
 use crate::metrics::Metrics;
+use crate::nodeaddr::{NodeAddress, default_interfaces, node_addresses};
 use crate::reconcile::Reconciler;
 use crate::tables::{LbMaps, Table};
 
 /// Where maps are pinned unless `--bpffs` says otherwise.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/fairlead";
 
-/// How often the datapath counters are read into metrics.
+/// How often the datapath counters are read into metrics (and the node's addresses
+/// refreshed).
 const COUNTER_INTERVAL: Duration = Duration::from_secs(5);
+/// Bounds of the adaptive conntrack GC interval.
+const GC_BOUNDS: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(300));
+/// The first conntrack GC interval.
+const GC_FIRST: Duration = Duration::from_secs(30);
+
+/// Which interfaces carry the NodePort/LoadBalancer programs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interfaces {
+    /// Those carrying a global IPv4 address (rtnetlink), at start.
+    Auto,
+    /// None: no per-packet path (NodePorts still work from the node's own sockets).
+    None,
+    /// These.
+    Named(Vec<String>),
+}
+
+impl std::str::FromStr for Interfaces {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "none" => Ok(Self::None),
+            list => {
+                let names: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if names.is_empty() {
+                    return Err("expected `auto`, `none` or a comma-separated list".to_owned());
+                }
+                if let Some(bad) = names
+                    .iter()
+                    .find(|n| n.len() > 15 || !n.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
+                {
+                    return Err(format!("{bad:?} is not an interface name"));
+                }
+                Ok(Self::Named(names))
+            }
+        }
+    }
+}
 
 /// The proxy's flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +99,32 @@ pub struct Args {
     /// Size of the session-affinity map (LRU; one entry per client and affine frontend).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::AFFINITY_MAX_ENTRIES)]
     pub map_affinity: u32,
+    /// The node's interfaces that carry NodePort, LoadBalancer and external IP traffic
+    /// (TC programs): `auto` (those with a global IPv4 address), `none`, or a
+    /// comma-separated list.
+    #[arg(long, value_name = "auto|none|IF,...", default_value = "auto")]
+    pub interfaces: Interfaces,
+    /// Slots of each Maglev table (a prime: 251, 509, 1021, 2039, 4093, 8191, 16381); more
+    /// slots spread flows more evenly and move fewer when backends change.
+    #[arg(long, value_name = "SLOTS", default_value_t = fairlead_abi::nodeport::MAGLEV_DEFAULT_SIZE)]
+    pub maglev_table_size: u32,
+    /// Size of the Maglev map (one 64 KiB entry per external frontend).
+    #[arg(long, value_name = "ENTRIES", default_value_t = maps::MAGLEV_MAX_ENTRIES)]
+    pub map_maglev: u32,
+    /// Size of each conntrack map (LRU, TCP and the rest apart; two entries per flow).
+    #[arg(long, value_name = "ENTRIES", default_value_t = maps::CT_MAX_ENTRIES)]
+    pub map_ct: u32,
+    /// Size of the loadBalancerSourceRanges trie (one entry per range and frontend).
+    #[arg(long, value_name = "ENTRIES", default_value_t = maps::SOURCE_RANGE_MAX_ENTRIES)]
+    pub map_source_ranges: u32,
+    /// Source address for external flows sent to backends on other nodes (default: this
+    /// node's InternalIP when it is a local address, else the first address of the first
+    /// interface).
+    #[arg(long, value_name = "IPV4")]
+    pub snat_address: Option<Ipv4Addr>,
+    /// `--snat-address` for IPv6 flows.
+    #[arg(long, value_name = "IPV6")]
+    pub snat_address6: Option<Ipv6Addr>,
 }
 
 impl Args {
@@ -66,6 +140,13 @@ impl Args {
             map_rev_nat: maps::REV_NAT_MAX_ENTRIES,
             map_sock_rev_nat: maps::SOCK_REV_NAT_MAX_ENTRIES,
             map_affinity: maps::AFFINITY_MAX_ENTRIES,
+            interfaces: Interfaces::Auto,
+            maglev_table_size: fairlead_abi::nodeport::MAGLEV_DEFAULT_SIZE,
+            map_maglev: maps::MAGLEV_MAX_ENTRIES,
+            map_ct: maps::CT_MAX_ENTRIES,
+            map_source_ranges: maps::SOURCE_RANGE_MAX_ENTRIES,
+            snat_address: None,
+            snat_address6: None,
         }
     }
 
@@ -83,6 +164,10 @@ impl Args {
             .map_size(maps::SOCK_REV_NAT4, self.map_sock_rev_nat)
             .map_size(maps::SOCK_REV_NAT6, self.map_sock_rev_nat)
             .map_size(maps::AFFINITY, self.map_affinity)
+            .map_size(maps::MAGLEV, self.map_maglev)
+            .map_size(maps::CT4_TCP, self.map_ct)
+            .map_size(maps::CT4_ANY, self.map_ct)
+            .map_size(maps::SOURCE_RANGES4, self.map_source_ranges)
     }
 }
 
@@ -105,6 +190,9 @@ pub struct Context<'a> {
 #[derive(Debug)]
 pub struct Proxy {
     cgroup: PathBuf,
+    node_name: Option<String>,
+    snat_address: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    interfaces: Vec<String>,
     datapath: Datapath,
     reconciler: Reconciler,
     metrics: Metrics,
@@ -118,8 +206,19 @@ impl Proxy {
     /// attaches the socket programs to `--cgroup`. From here on, what the pinned maps held
     /// is served; [`Proxy::run`] brings it up to date with the model.
     pub fn start(args: &Args, ctx: Context<'_>) -> Result<Self, Error> {
+        if !fairlead_abi::nodeport::MAGLEV_SIZES.contains(&args.maglev_table_size) {
+            return Err(Error::InvalidArgument {
+                flag: "maglev-table-size",
+                reason: format!(
+                    "{} is not one of {:?}",
+                    args.maglev_table_size,
+                    fairlead_abi::nodeport::MAGLEV_SIZES
+                ),
+            });
+        }
         let mut datapath = Datapath::load(&args.load_options())?;
-        let reconciler = Reconciler::adopt(ctx.node_name.clone(), &datapath)?;
+        let reconciler = Reconciler::adopt(ctx.node_name.clone(), &datapath)?
+            .with_maglev_size(args.maglev_table_size);
         let cgroup = match &args.cgroup {
             Some(c) => c.clone(),
             None => crate::datapath::cgroup2_root().ok_or_else(|| Error::Cgroup {
@@ -131,10 +230,32 @@ impl Proxy {
             })?,
         };
         datapath.attach(&cgroup)?;
+        datapath.attach_post_bind(&cgroup)?;
+        let addresses = node_addresses().map_err(Error::NodeAddresses)?;
+        let interfaces = match &args.interfaces {
+            Interfaces::Auto => default_interfaces(&addresses),
+            Interfaces::None => Vec::new(),
+            Interfaces::Named(names) => names.clone(),
+        };
+        let snat = snat_addresses(
+            (args.snat_address, args.snat_address6),
+            &addresses,
+            &interfaces,
+            &ctx.model.borrow(),
+            ctx.node_name.as_deref(),
+        );
+        datapath.set_node_addresses(&addresses, snat.0, snat.1)?;
+        let links = crate::external::links_dir(&args.bpffs);
+        for interface in &interfaces {
+            datapath.attach_interface(interface, Some(&links))?;
+        }
         let metrics = Metrics::register(ctx.registry);
-        info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, "proxy started");
+        info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, interfaces = ?interfaces, ?snat, "proxy started");
         Ok(Self {
             cgroup,
+            node_name: ctx.node_name,
+            snat_address: (args.snat_address, args.snat_address6),
+            interfaces,
             datapath,
             reconciler,
             metrics,
@@ -150,9 +271,16 @@ impl Proxy {
     /// # Panics
     ///
     /// Never: the maps are handed to a blocking task for each sync and always handed back.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one select loop over the model, the counters and conntrack GC"
+    )]
     pub async fn run(self) -> Result<(), Error> {
         let Self {
             cgroup,
+            node_name,
+            snat_address: snat_flag,
+            interfaces,
             datapath,
             reconciler,
             mut metrics,
@@ -163,7 +291,12 @@ impl Proxy {
         let mut state = Some((datapath, reconciler));
         let mut ticker = tokio::time::interval(COUNTER_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let external = !interfaces.is_empty();
         let mut pending = true;
+        let timeouts = Timeouts::default();
+        let mut gc_interval = GC_FIRST;
+        let gc_timer = tokio::time::sleep(gc_interval);
+        tokio::pin!(gc_timer);
         loop {
             if pending {
                 pending = false;
@@ -232,17 +365,105 @@ impl Proxy {
                     pending = true;
                 }
                 _ = ticker.tick() => {
-                    if let Some((datapath, _)) = &state {
+                    if let Some((datapath, _)) = &mut state {
                         match datapath.counters() {
                             Ok(c) => metrics.observe_counters(c),
                             Err(e) => warn!(error = %e, "reading the datapath counters failed"),
                         }
+                        if external {
+                            refresh_addresses(datapath, snat_flag, &interfaces, &model.borrow(), node_name.as_deref());
+                        }
                     }
+                }
+                () = &mut gc_timer, if external => {
+                    if let Some((datapath, reconciler)) = state.take() {
+                        let result = tokio::task::spawn_blocking(move || {
+                            let mut datapath = datapath;
+                            let report = datapath.collect_conntrack(&timeouts);
+                            (datapath, report)
+                        })
+                        .await;
+                        let Ok((datapath, report)) = result else {
+                            return Err(Error::Internal("the conntrack GC task panicked"));
+                        };
+                        match report {
+                            Ok(report) => {
+                                gc_interval = next_interval(gc_interval, report.scanned, report.deleted, report.capacity, GC_BOUNDS);
+                                debug!(scanned = report.scanned, deleted = report.deleted, next = ?gc_interval, "conntrack GC");
+                            }
+                            Err(e) => warn!(error = %e, "conntrack GC failed"),
+                        }
+                        state = Some((datapath, reconciler));
+                    }
+                    gc_timer.as_mut().reset(tokio::time::Instant::now() + gc_interval);
                 }
             }
         }
         ready.set(false);
         info!("proxy stopped; maps stay pinned, programs detach");
         Ok(())
+    }
+}
+
+/// The source addresses (IPv4, IPv6) of external flows to other nodes' backends: the flags,
+/// else this node's InternalIP of the family (from the model) when the node carries it, else
+/// the first global address of the family on the first interface that has one.
+fn snat_addresses(
+    flags: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    addresses: &[NodeAddress],
+    interfaces: &[String],
+    snapshot: &Snapshot,
+    node_name: Option<&str>,
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let pick = |v4: bool| -> Option<IpAddr> {
+        let local = |ip: &IpAddr| addresses.iter().any(|a| a.address == *ip);
+        let internal = node_name
+            .and_then(|name| snapshot.nodes.get(name))
+            .and_then(|node| {
+                node.internal_ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == v4 && local(ip))
+                    .copied()
+            });
+        internal.or_else(|| {
+            interfaces.iter().find_map(|name| {
+                let ifindex = addresses.iter().find(|a| &a.ifname == name)?.ifindex;
+                addresses
+                    .iter()
+                    .find(|a| a.ifindex == ifindex && a.address.is_ipv4() == v4 && a.is_global())
+                    .map(|a| a.address)
+            })
+        })
+    };
+    let v4 = flags.0.or_else(|| match pick(true) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    });
+    let v6 = flags.1.or_else(|| match pick(false) {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    });
+    (v4, v6)
+}
+
+/// Re-reads the node's addresses into the maps (addresses come and go; the InternalIP may
+/// arrive with the Node object after the start).
+fn refresh_addresses(
+    datapath: &mut Datapath,
+    flag: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    interfaces: &[String],
+    snapshot: &Snapshot,
+    node_name: Option<&str>,
+) {
+    let addresses = match node_addresses() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "reading the node's addresses failed");
+            return;
+        }
+    };
+    let snat = snat_addresses(flag, &addresses, interfaces, snapshot, node_name);
+    if let Err(e) = datapath.set_node_addresses(&addresses, snat.0, snat.1) {
+        warn!(error = %e, "writing the node's addresses failed");
     }
 }

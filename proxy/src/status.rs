@@ -32,8 +32,21 @@ pub struct FrontendStatus {
     pub affinity_timeout_secs: u32,
     /// The slots in order.
     pub backends: Vec<BackendStatus>,
+    /// External frontends: the Maglev table (size, slots per backend id).
+    pub maglev: Option<MaglevStatus>,
+    /// External frontends: `loadBalancerSourceRanges` enforced (empty: everyone).
+    pub source_ranges: Vec<String>,
     /// Inconsistencies (a slot without backend, ...); empty when all is well.
     pub problems: Vec<String>,
+}
+
+/// The Maglev table of an external frontend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MaglevStatus {
+    /// Slots in the table (0: no backend takes new external flows).
+    pub size: usize,
+    /// Slots owned by each backend: (backend id, `address:port`, slots).
+    pub shares: Vec<(u32, String, usize)>,
 }
 
 /// One backend slot of a frontend.
@@ -47,6 +60,8 @@ pub struct BackendStatus {
     pub backend: String,
     /// `active`, `terminating`, ...
     pub state: &'static str,
+    /// The endpoint is on this node (external flows reach it without source NAT).
+    pub local: bool,
 }
 
 /// The fill level of one map.
@@ -180,6 +195,7 @@ pub fn frontends(contents: &Contents) -> Vec<FrontendStatus> {
                     id: value.backend_id,
                     backend: b.to_string(),
                     state: b.state_name(),
+                    local: b.flags & fairlead_abi::BACKEND_FLAG_LOCAL != 0,
                 }),
                 None => problems.push(format!("slot {slot}: backend {} missing", value.backend_id)),
             }
@@ -198,11 +214,50 @@ pub fn frontends(contents: &Contents) -> Vec<FrontendStatus> {
                 "terminating-fallback",
             ),
             (ServiceValue::FLAG_TWO_SCOPES, "two-scopes"),
+            (ServiceValue::FLAG_NODEPORT, "nodeport"),
+            (ServiceValue::FLAG_EXTERNAL, "external"),
+            (ServiceValue::FLAG_EXTERNAL_LOCAL, "external-local"),
+            (ServiceValue::FLAG_SOURCE_RANGES, "source-ranges"),
         ] {
             if head.has_flag(bit) {
                 flags.push(name);
             }
         }
+        let maglev = contents
+            .maglev
+            .get(&(family, head.rev_nat_id))
+            .map(|slots| {
+                let mut counts: std::collections::BTreeMap<u32, usize> =
+                    std::collections::BTreeMap::new();
+                for id in slots.iter() {
+                    *counts.entry(*id).or_default() += 1;
+                }
+                let shares = counts
+                    .into_iter()
+                    .map(|(id, n)| {
+                        let name = contents
+                            .backends
+                            .get(&(family, id))
+                            .map_or_else(|| "missing".to_owned(), ToString::to_string);
+                        (id, name, n)
+                    })
+                    .collect();
+                MaglevStatus {
+                    size: slots.len(),
+                    shares,
+                }
+            });
+        if head.has_flag(ServiceValue::FLAG_EXTERNAL) && maglev.is_none() {
+            problems.push("external frontend without a Maglev table".to_owned());
+        }
+        let source_ranges = contents
+            .source_ranges
+            .iter()
+            .filter(|(id, range)| {
+                *id == head.rev_nat_id && crate::tables::Family::of(&range.addr()) == family
+            })
+            .map(|(_, range)| range.to_string())
+            .collect();
         out.push(FrontendStatus {
             frontend: frontend.to_string(),
             address: frontend.address.to_string(),
@@ -214,6 +269,8 @@ pub fn frontends(contents: &Contents) -> Vec<FrontendStatus> {
             flags,
             affinity_timeout_secs: head.affinity_timeout_secs,
             backends,
+            maglev,
+            source_ranges,
             problems,
         });
     }
@@ -242,9 +299,23 @@ pub fn render_frontends(frontends: &[FrontendStatus]) -> String {
         for b in &fe.backends {
             let _ = writeln!(
                 out,
-                "    {:>3}. {:<40} {:<12} id {}",
-                b.slot, b.backend, b.state, b.id
+                "    {:>3}. {:<40} {:<12} id {}{}",
+                b.slot,
+                b.backend,
+                b.state,
+                b.id,
+                if b.local { "  local" } else { "" }
             );
+        }
+        if let Some(maglev) = &fe.maglev {
+            let mut line = format!("    maglev {} slots:", maglev.size);
+            for (id, backend, n) in &maglev.shares {
+                let _ = write!(line, " {backend} (id {id}) {n}");
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        if !fe.source_ranges.is_empty() {
+            let _ = writeln!(out, "    source ranges: {}", fe.source_ranges.join(", "));
         }
         for p in &fe.problems {
             let _ = writeln!(out, "    ! {p}");

@@ -2,11 +2,13 @@
 //! the reconciler performs, and the [`LbMaps`] trait over the kernel maps
 //! ([`crate::Datapath`], [`crate::PinnedMaps`]) and an in-memory stand-in ([`MemoryMaps`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use fairlead_abi::{BackendId, BackendState, Protocol, RevNatId, ServiceValue, maps};
+use ipnet::IpNet;
 use serde::Serialize;
 
 /// A service frontend: one (virtual address, port, protocol) of a Service.
@@ -72,6 +74,8 @@ pub struct BackendEntry {
     pub state: u8,
     /// The frontend this backend serves.
     pub rev_nat_id: RevNatId,
+    /// `BACKEND_FLAG_*` bits (local).
+    pub flags: u8,
 }
 
 impl BackendEntry {
@@ -92,7 +96,7 @@ impl fmt::Display for BackendEntry {
 }
 
 /// One write to the tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Sets slot `slot` of a frontend's service entries (scope external).
     PutService {
@@ -138,6 +142,36 @@ pub enum Op {
         /// The id.
         id: RevNatId,
     },
+    /// Sets the Maglev table of an external frontend.
+    PutMaglev {
+        /// The frontend's family.
+        family: Family,
+        /// The frontend's rev-NAT id.
+        rev_nat_id: RevNatId,
+        /// Backend ids, one per slot (empty: no backend).
+        slots: Arc<[BackendId]>,
+    },
+    /// Deletes the Maglev table of a frontend.
+    DeleteMaglev {
+        /// The frontend's family.
+        family: Family,
+        /// The frontend's rev-NAT id.
+        rev_nat_id: RevNatId,
+    },
+    /// Admits clients of `range` to a frontend with source ranges.
+    PutSourceRange {
+        /// The frontend's rev-NAT id.
+        rev_nat_id: RevNatId,
+        /// The client prefix (its family says the trie).
+        range: IpNet,
+    },
+    /// Deletes a source range.
+    DeleteSourceRange {
+        /// The frontend's rev-NAT id.
+        rev_nat_id: RevNatId,
+        /// The client prefix.
+        range: IpNet,
+    },
 }
 
 impl Op {
@@ -152,6 +186,10 @@ impl Op {
             Op::DeleteBackend { family, .. } => Table::backends(*family),
             Op::PutRevNat { frontend, .. } => Table::rev_nat(frontend.family()),
             Op::DeleteRevNat { family, .. } => Table::rev_nat(*family),
+            Op::PutMaglev { .. } | Op::DeleteMaglev { .. } => Table::Maglev,
+            Op::PutSourceRange { range, .. } | Op::DeleteSourceRange { range, .. } => {
+                Table::source_ranges(Family::of(&range.addr()))
+            }
         }
     }
 
@@ -160,7 +198,11 @@ impl Op {
     pub fn is_put(&self) -> bool {
         matches!(
             self,
-            Op::PutService { .. } | Op::PutBackend { .. } | Op::PutRevNat { .. }
+            Op::PutService { .. }
+                | Op::PutBackend { .. }
+                | Op::PutRevNat { .. }
+                | Op::PutMaglev { .. }
+                | Op::PutSourceRange { .. }
         )
     }
 }
@@ -181,17 +223,29 @@ pub enum Table {
     Backends6,
     /// [`maps::REV_NAT6`]
     RevNat6,
+    /// [`maps::MAGLEV`] (both families)
+    Maglev,
+    /// [`maps::SOURCE_RANGES4`]
+    SourceRanges4,
+    /// [`maps::SOURCE_RANGES6`]
+    SourceRanges6,
 }
 
 impl Table {
+    /// The number of tables.
+    pub const COUNT: usize = 9;
+
     /// Every table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; Self::COUNT] = [
         Table::Services4,
         Table::Backends4,
         Table::RevNat4,
         Table::Services6,
         Table::Backends6,
         Table::RevNat6,
+        Table::Maglev,
+        Table::SourceRanges4,
+        Table::SourceRanges6,
     ];
 
     /// The service table of a family.
@@ -221,6 +275,15 @@ impl Table {
         }
     }
 
+    /// The source-range trie of a family.
+    #[must_use]
+    pub fn source_ranges(family: Family) -> Self {
+        match family {
+            Family::V4 => Self::SourceRanges4,
+            Family::V6 => Self::SourceRanges6,
+        }
+    }
+
     /// The map's name.
     #[must_use]
     pub fn map_name(self) -> &'static str {
@@ -231,6 +294,9 @@ impl Table {
             Table::Services6 => maps::SERVICES6,
             Table::Backends6 => maps::BACKENDS6,
             Table::RevNat6 => maps::REV_NAT6,
+            Table::Maglev => maps::MAGLEV,
+            Table::SourceRanges4 => maps::SOURCE_RANGES4,
+            Table::SourceRanges6 => maps::SOURCE_RANGES6,
         }
     }
 
@@ -273,6 +339,10 @@ pub struct Contents {
     pub backends: BTreeMap<(Family, BackendId), BackendEntry>,
     /// Rev-NAT: (family, id) → (address, port).
     pub rev_nats: BTreeMap<(Family, RevNatId), (IpAddr, u16)>,
+    /// Maglev tables: (family, rev-NAT id) → the backend id of each slot.
+    pub maglev: BTreeMap<(Family, RevNatId), Arc<[BackendId]>>,
+    /// Source ranges: (rev-NAT id, client prefix).
+    pub source_ranges: BTreeSet<(RevNatId, IpNet)>,
 }
 
 /// The load-balancer maps as the reconciler uses them. Implemented by the kernel maps and
@@ -291,7 +361,7 @@ pub trait LbMaps {
 #[derive(Clone, Debug)]
 pub struct MemoryMaps {
     contents: Contents,
-    capacity: [u32; 6],
+    capacity: [u32; Table::COUNT],
     /// Every operation applied, in order.
     pub log: Vec<Op>,
 }
@@ -306,7 +376,7 @@ impl MemoryMaps {
     /// Empty tables of the default sizes.
     #[must_use]
     pub fn new() -> Self {
-        let mut capacity = [0; 6];
+        let mut capacity = [0; Table::COUNT];
         for table in Table::ALL {
             capacity[table.index()] = maps::spec(table.map_name()).map_or(0, |s| s.max_entries);
         }
@@ -344,6 +414,17 @@ impl MemoryMaps {
             Table::Backends6 => c.backends.keys().filter(|(f, _)| *f == Family::V6).count(),
             Table::RevNat4 => c.rev_nats.keys().filter(|(f, _)| *f == Family::V4).count(),
             Table::RevNat6 => c.rev_nats.keys().filter(|(f, _)| *f == Family::V6).count(),
+            Table::Maglev => c.maglev.len(),
+            Table::SourceRanges4 => c
+                .source_ranges
+                .iter()
+                .filter(|(_, r)| r.addr().is_ipv4())
+                .count(),
+            Table::SourceRanges6 => c
+                .source_ranges
+                .iter()
+                .filter(|(_, r)| r.addr().is_ipv6())
+                .count(),
         }
     }
 
@@ -359,7 +440,7 @@ impl MemoryMaps {
 impl LbMaps for MemoryMaps {
     fn apply(&mut self, op: &Op) -> Result<(), WriteError> {
         let table = op.table();
-        match *op {
+        match op.clone() {
             Op::PutService {
                 frontend,
                 slot,
@@ -392,8 +473,28 @@ impl LbMaps for MemoryMaps {
             Op::DeleteRevNat { family, id } => {
                 self.contents.rev_nats.remove(&(family, id));
             }
+            Op::PutMaglev {
+                family,
+                rev_nat_id,
+                slots,
+            } => {
+                let exists = self.contents.maglev.contains_key(&(family, rev_nat_id));
+                self.check_room(table, exists)?;
+                self.contents.maglev.insert((family, rev_nat_id), slots);
+            }
+            Op::DeleteMaglev { family, rev_nat_id } => {
+                self.contents.maglev.remove(&(family, rev_nat_id));
+            }
+            Op::PutSourceRange { rev_nat_id, range } => {
+                let exists = self.contents.source_ranges.contains(&(rev_nat_id, range));
+                self.check_room(table, exists)?;
+                self.contents.source_ranges.insert((rev_nat_id, range));
+            }
+            Op::DeleteSourceRange { rev_nat_id, range } => {
+                self.contents.source_ranges.remove(&(rev_nat_id, range));
+            }
         }
-        self.log.push(*op);
+        self.log.push(op.clone());
         Ok(())
     }
 

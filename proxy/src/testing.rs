@@ -241,12 +241,13 @@ impl TestNetns {
 
     /// Joins `self` and `peer` with a veth pair and gives each end an address with prefix
     /// (`"10.0.1.1/24"`, `"fd00:1::1/64"`, IPv6 without duplicate-address detection).
+    /// Returns the names of the two ends (in `self`, in `peer`).
     pub fn link(
         &self,
         addresses: &[&str],
         peer: &TestNetns,
         peer_addresses: &[&str],
-    ) -> io::Result<()> {
+    ) -> io::Result<(String, String)> {
         let a = short_name("fla");
         let b = short_name("flb");
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
@@ -262,7 +263,26 @@ impl TestNetns {
             }
             ns.ip(&["link", "set", dev, "up"])?;
         }
-        Ok(())
+        Ok((a, b))
+    }
+
+    /// Runs `sysctl -qw <setting>` inside the namespace (`net.*` settings are per namespace).
+    pub fn sysctl(&self, setting: &str) -> io::Result<()> {
+        let out = self.command("sysctl").args(["-qw", setting]).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "sysctl {setting}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// The path of the namespace (for `nsenter --net=`).
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
     }
 }
 

@@ -46,7 +46,7 @@ const PER_FILE: usize = 10;
 /// Clock ticks per second of /proc/<pid>/stat (USER_HZ, 100 on Linux).
 const USER_HZ: f64 = 100.0;
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn vip(i: usize) -> String {
     let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -194,7 +194,11 @@ impl Process {
                 bail!("{} exited ({status}); see its log in /tmp", self.what);
             }
             if Instant::now() > deadline {
-                bail!("{} did not serve within {timeout:?}", self.what);
+                bail!(
+                    "{} did not serve a generation above {above:?} within {timeout:?}; /status: {}",
+                    self.what,
+                    self.status().map_or_else(|| "unreachable".to_owned(), |s| s.to_string())
+                );
             }
             thread::sleep(Duration::from_millis(2));
         }

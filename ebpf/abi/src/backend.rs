@@ -38,6 +38,10 @@ pub enum BackendState {
     Maintenance = 3,
 }
 
+/// The backend runs on this node: the per-packet path sends external traffic to it without
+/// source NAT (bit of [`Backend4::flags`] / [`Backend6::flags`]).
+pub const BACKEND_FLAG_LOCAL: u8 = 1 << 0;
+
 impl BackendState {
     /// The state numbered `raw`.
     #[must_use]
@@ -77,7 +81,9 @@ pub struct Backend4 {
     pub state: u8,
     /// The rev-NAT id of the one service frontend this backend serves.
     pub rev_nat_id: RevNatId,
-    _pad: u16,
+    /// `FLAG_*` bits (zero in maps written before the field existed: not local).
+    pub flags: u8,
+    _pad: u8,
 }
 
 impl Backend4 {
@@ -96,8 +102,15 @@ impl Backend4 {
             protocol,
             state: state as u8,
             rev_nat_id,
+            flags: 0,
             _pad: 0,
         }
+    }
+
+    /// The same backend with `FLAG_*` bits.
+    #[must_use]
+    pub const fn with_flags(self, flags: u8) -> Self {
+        Self { flags, ..self }
     }
 }
 
@@ -115,7 +128,9 @@ pub struct Backend6 {
     pub state: u8,
     /// The rev-NAT id of the one service frontend this backend serves.
     pub rev_nat_id: RevNatId,
-    _pad: u16,
+    /// `FLAG_*` bits (zero in maps written before the field existed: not local).
+    pub flags: u8,
+    _pad: u8,
 }
 
 impl Backend6 {
@@ -134,8 +149,15 @@ impl Backend6 {
             protocol,
             state: state as u8,
             rev_nat_id,
+            flags: 0,
             _pad: 0,
         }
+    }
+
+    /// The same backend with `FLAG_*` bits.
+    #[must_use]
+    pub const fn with_flags(self, flags: u8) -> Self {
+        Self { flags, ..self }
     }
 
     /// The backend address.
@@ -164,7 +186,8 @@ mod tests {
         assert_eq!(offset_of!(Backend4, protocol), 6);
         assert_eq!(offset_of!(Backend4, state), 7);
         assert_eq!(offset_of!(Backend4, rev_nat_id), 8);
-        assert_eq!(offset_of!(Backend4, _pad), 10);
+        assert_eq!(offset_of!(Backend4, flags), 10);
+        assert_eq!(offset_of!(Backend4, _pad), 11);
     }
 
     #[test]
@@ -176,7 +199,8 @@ mod tests {
         assert_eq!(offset_of!(Backend6, protocol), 18);
         assert_eq!(offset_of!(Backend6, state), 19);
         assert_eq!(offset_of!(Backend6, rev_nat_id), 20);
-        assert_eq!(offset_of!(Backend6, _pad), 22);
+        assert_eq!(offset_of!(Backend6, flags), 22);
+        assert_eq!(offset_of!(Backend6, _pad), 23);
     }
 
     #[test]

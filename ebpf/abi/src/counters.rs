@@ -43,11 +43,33 @@ pub enum Reason {
     /// A service with `internalTrafficPolicy: Local` and no endpoint on this node refused a
     /// connection.
     NoLocalBackendReject = 14,
+    /// A new flow from outside the node to a NodePort, LoadBalancer IP or external IP was sent to a backend (Maglev, or session affinity).
+    ExternalHit = 15,
+    /// A packet of a new external flow to a frontend without backends was dropped.
+    ExternalNoBackend = 16,
+    /// A packet of a new external flow to a frontend with `externalTrafficPolicy: Local` and no endpoint on this node was dropped.
+    ExternalNoLocalBackend = 17,
+    /// A packet from a client outside the frontend's `loadBalancerSourceRanges` was dropped.
+    SourceRangeDrop = 18,
+    /// A conntrack entry of a new external flow could not be written (map full or busy); the packet was dropped.
+    CtFull = 19,
+    /// A new external flow to a backend on another node found no node address or free port for source NAT; dropped.
+    SnatFailed = 20,
+    /// `bpf_fib_lookup` could not route a translated packet; it went through the kernel's own forwarding instead.
+    FibFallback = 21,
+    /// A local process was refused a bind to a port a NodePort uses (`post_bind`).
+    BindRefused = 22,
+    /// An external frontend had no Maglev table (user space was updating it); the packet was dropped.
+    MaglevMissing = 23,
+    /// A reply packet of a balanced external flow was translated back (reverse NAT).
+    CtReply = 24,
+    /// A conntrack entry named a backend no longer serving its frontend; the flow was balanced again.
+    CtStale = 25,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 26;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -66,6 +88,17 @@ impl Reason {
         Self::RevNatHit,
         Self::RevNatStale,
         Self::NoLocalBackendReject,
+        Self::ExternalHit,
+        Self::ExternalNoBackend,
+        Self::ExternalNoLocalBackend,
+        Self::SourceRangeDrop,
+        Self::CtFull,
+        Self::SnatFailed,
+        Self::FibFallback,
+        Self::BindRefused,
+        Self::MaglevMissing,
+        Self::CtReply,
+        Self::CtStale,
     ];
 
     /// The index of this reason in the counter array.
@@ -103,6 +136,17 @@ impl Reason {
             Self::RevNatHit => "rev_nat_hit",
             Self::RevNatStale => "rev_nat_stale",
             Self::NoLocalBackendReject => "no_local_backend_reject",
+            Self::ExternalHit => "external_hit",
+            Self::ExternalNoBackend => "external_no_backend",
+            Self::ExternalNoLocalBackend => "external_no_local_backend",
+            Self::SourceRangeDrop => "source_range_drop",
+            Self::CtFull => "ct_full",
+            Self::SnatFailed => "snat_failed",
+            Self::FibFallback => "fib_fallback",
+            Self::BindRefused => "bind_refused",
+            Self::MaglevMissing => "maglev_missing",
+            Self::CtReply => "ct_reply",
+            Self::CtStale => "ct_stale",
         }
     }
 
@@ -131,6 +175,23 @@ impl Reason {
             Self::NoLocalBackendReject => {
                 "connections refused: internalTrafficPolicy Local, no local endpoint"
             }
+            Self::ExternalHit => {
+                "new external flows (NodePort, LoadBalancer, externalIP) sent to a backend by Maglev"
+            }
+            Self::ExternalNoBackend => "external packets dropped: service has no backends",
+            Self::ExternalNoLocalBackend => {
+                "external packets dropped: externalTrafficPolicy Local, no local endpoint"
+            }
+            Self::SourceRangeDrop => {
+                "external packets dropped: source outside loadBalancerSourceRanges"
+            }
+            Self::CtFull => "external packets dropped: a conntrack entry could not be written",
+            Self::SnatFailed => "external packets dropped: no source address or port for SNAT",
+            Self::FibFallback => "translated packets handed to the kernel stack (no FIB result)",
+            Self::BindRefused => "binds refused: the port is a NodePort",
+            Self::MaglevMissing => "external packets dropped: Maglev table missing",
+            Self::CtReply => "reply packets of external flows translated back",
+            Self::CtStale => "external flows whose backend was gone, balanced again",
         }
     }
 
@@ -139,18 +200,31 @@ impl Reason {
     #[must_use]
     pub const fn kind(self) -> ReasonKind {
         match self {
-            Self::ServiceHit | Self::AffinityHit | Self::RevNatHit => ReasonKind::Translated,
+            Self::ServiceHit
+            | Self::AffinityHit
+            | Self::RevNatHit
+            | Self::ExternalHit
+            | Self::CtReply => ReasonKind::Translated,
             Self::NotService | Self::UnsupportedProtocol => ReasonKind::Untouched,
             Self::NoBackendReject
             | Self::BackendSlotMissing
             | Self::BackendMissing
             | Self::RevNatUpdateFailed
-            | Self::NoLocalBackendReject => ReasonKind::Drop,
+            | Self::NoLocalBackendReject
+            | Self::ExternalNoBackend
+            | Self::ExternalNoLocalBackend
+            | Self::SourceRangeDrop
+            | Self::CtFull
+            | Self::SnatFailed
+            | Self::BindRefused
+            | Self::MaglevMissing => ReasonKind::Drop,
             Self::InternalScopeMissing
             | Self::SelectionRetried
             | Self::AffinityStale
             | Self::AffinityUpdateFailed
-            | Self::RevNatStale => ReasonKind::Fallback,
+            | Self::RevNatStale
+            | Self::FibFallback
+            | Self::CtStale => ReasonKind::Fallback,
         }
     }
 }

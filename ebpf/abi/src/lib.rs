@@ -6,6 +6,8 @@
 //! - [`service`], [`backend`], [`rev_nat`]: the socket load balancer's tables, modelled on
 //!   Cilium's `lb4_key` / `lb4_service` / `lb4_backend` / `lb4_reverse_nat` split;
 //! - [`sock`]: the per-socket LRU maps (reverse socket NAT, session affinity);
+//! - [`nodeport`]: the per-packet load balancer's maps (Maglev, conntrack, node addresses,
+//!   source ranges);
 //! - [`counters`]: the per-CPU counter array and the reason behind every index;
 //! - [`programs`]: the names of the programs in the eBPF object.
 //!
@@ -25,9 +27,13 @@
 #![no_std]
 #![warn(missing_docs)]
 
+#[cfg(feature = "user")]
+extern crate alloc;
+
 pub mod backend;
 pub mod counters;
 pub mod maps;
+pub mod nodeport;
 pub mod programs;
 pub mod rev_nat;
 pub mod service;
@@ -37,9 +43,12 @@ mod byte_order;
 #[cfg(feature = "user")]
 mod user;
 
-pub use backend::{Backend4, Backend6, BackendId, BackendState};
+pub use backend::{BACKEND_FLAG_LOCAL, Backend4, Backend6, BackendId, BackendState};
 pub use byte_order::{Be16, Be32};
 pub use counters::{Reason, ReasonKind};
+pub use nodeport::{
+    Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, SourceRange4Key, SourceRange6Key,
+};
 pub use rev_nat::{RevNat4, RevNat6, RevNatId};
 pub use service::{Scope, Service4Key, Service6Key, ServiceValue};
 pub use sock::{

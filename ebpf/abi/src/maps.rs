@@ -12,9 +12,13 @@
 
 use core::mem::size_of;
 
+use crate::nodeport::{
+    Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key,
+    SourceRange6Key,
+};
 use crate::{
-    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Reason, RevNat4, RevNat6, RevNatId,
-    Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
+    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Be32, Reason, RevNat4, RevNat6,
+    RevNatId, Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
     SockRevNat6Key,
 };
 
@@ -33,14 +37,37 @@ pub const SERVICES6: &str = "fl_lb6_services";
 pub const BACKENDS6: &str = "fl_lb6_backends";
 /// IPv6 reverse NAT: [`RevNatId`] → [`RevNat6`].
 pub const REV_NAT6: &str = "fl_lb6_revnat";
-/// Per-CPU `u64` counters indexed by [`Reason`].
-pub const COUNTERS: &str = "fl_lb_counters";
+/// Per-CPU `u64` counters indexed by [`Reason`]. (Renamed from `fl_lb_counters` when it
+/// grew to [`COUNTERS_MAX_ENTRIES`] entries, room for reasons yet to come.)
+pub const COUNTERS: &str = "fl_counters";
 /// IPv4 reverse socket NAT (LRU): [`SockRevNat4Key`] → [`SockRevNat4`].
 pub const SOCK_REV_NAT4: &str = "fl_lb4_skrevnat";
 /// IPv6 reverse socket NAT (LRU): [`SockRevNat6Key`] → [`SockRevNat6`].
 pub const SOCK_REV_NAT6: &str = "fl_lb6_skrevnat";
 /// Session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
 pub const AFFINITY: &str = "fl_lb_affinity";
+/// Maglev tables of external frontends: [`MaglevKey`] → [`MaglevTable`].
+pub const MAGLEV: &str = "fl_lb_maglev";
+/// IPv4 conntrack of TCP flows balanced per packet (LRU): [`Ct4Key`] → [`CtValue`].
+pub const CT4_TCP: &str = "fl_ct4_tcp";
+/// IPv4 conntrack of the other protocols (LRU): [`Ct4Key`] → [`CtValue`].
+pub const CT4_ANY: &str = "fl_ct4_any";
+/// The node's IPv4 addresses: [`Be32`] → [`NodeAddr`] (interface index).
+pub const NODE_ADDR4: &str = "fl_node_addr4";
+/// The IPv4 source address of each interface for source NAT: `u32` (ifindex) → [`Be32`].
+pub const IF_ADDR4: &str = "fl_if_addr4";
+/// IPv6 conntrack of TCP flows (LRU): [`Ct6Key`] → [`Ct6Value`].
+pub const CT6_TCP: &str = "fl_ct6_tcp";
+/// IPv6 conntrack of the other protocols (LRU): [`Ct6Key`] → [`Ct6Value`].
+pub const CT6_ANY: &str = "fl_ct6_any";
+/// The node's IPv6 addresses: octets → [`NodeAddr`] (interface index).
+pub const NODE_ADDR6: &str = "fl_node_addr6";
+/// The IPv6 source address for source NAT: `u32` (key 0) → octets.
+pub const IF_ADDR6: &str = "fl_if_addr6";
+/// `loadBalancerSourceRanges`, IPv6 (LPM trie): {prefix length, [`SourceRange6Key`]} → `u8`.
+pub const SOURCE_RANGES6: &str = "fl_lb6_srcrange";
+/// `loadBalancerSourceRanges`, IPv4 (LPM trie): {prefix length, [`SourceRange4Key`]} → `u8`.
+pub const SOURCE_RANGES4: &str = "fl_lb4_srcrange";
 
 /// Default size of a service map. Every service frontend takes `1 + backends` entries (one
 /// per slot), so this fits 20,000 frontends of ten backends with room to spare.
@@ -49,12 +76,23 @@ pub const SERVICE_MAX_ENTRIES: u32 = 1 << 18;
 pub const BACKEND_MAX_ENTRIES: u32 = 1 << 18;
 /// Default size of a rev-NAT map: one entry per service address, and ids are `u16`.
 pub const REV_NAT_MAX_ENTRIES: u32 = 1 << 16;
-/// Size of the counter array: one entry per [`Reason`].
-pub const COUNTERS_MAX_ENTRIES: u32 = Reason::COUNT;
+/// Size of the counter array: one entry per [`Reason`], with room for reasons to come (a
+/// pinned map keeps its size across upgrades).
+pub const COUNTERS_MAX_ENTRIES: u32 = 64;
+const _: () = assert!(Reason::COUNT <= COUNTERS_MAX_ENTRIES);
 /// Default size of a reverse socket NAT map: one entry per balanced socket and backend.
 pub const SOCK_REV_NAT_MAX_ENTRIES: u32 = 1 << 16;
 /// Default size of the session-affinity map: one entry per client and affine frontend.
 pub const AFFINITY_MAX_ENTRIES: u32 = 1 << 16;
+
+/// Default size of the Maglev map: one entry per external frontend (each 64 KiB).
+pub const MAGLEV_MAX_ENTRIES: u32 = 4_096;
+/// Default size of each conntrack map: two entries per flow.
+pub const CT_MAX_ENTRIES: u32 = 1 << 18;
+/// Default size of the node- and interface-address maps.
+pub const ADDR_MAX_ENTRIES: u32 = 1_024;
+/// Default size of the source-range trie.
+pub const SOURCE_RANGE_MAX_ENTRIES: u32 = 16_384;
 
 /// `BPF_F_NO_PREALLOC`: hash map elements are allocated on update and freed under RCU.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -71,6 +109,8 @@ pub enum MapKind {
     PerCpuArray = 6,
     /// `BPF_MAP_TYPE_LRU_HASH`.
     LruHash = 9,
+    /// `BPF_MAP_TYPE_LPM_TRIE` (always `BPF_F_NO_PREALLOC`).
+    LpmTrie = 11,
 }
 
 /// Everything user space needs to check that a map (for instance one found pinned from a
@@ -100,7 +140,7 @@ const fn size32<T>() -> u32 {
 }
 
 /// Every map of the object.
-pub const ALL: [MapSpec; 10] = [
+pub const ALL: [MapSpec; 21] = [
     MapSpec {
         name: SERVICES4,
         kind: MapKind::Hash,
@@ -181,6 +221,94 @@ pub const ALL: [MapSpec; 10] = [
         max_entries: AFFINITY_MAX_ENTRIES,
         flags: 0,
     },
+    MapSpec {
+        name: MAGLEV,
+        kind: MapKind::Hash,
+        key_size: size32::<MaglevKey>(),
+        value_size: size32::<MaglevTable>(),
+        max_entries: MAGLEV_MAX_ENTRIES,
+        flags: HASH_MAP_FLAGS,
+    },
+    MapSpec {
+        name: CT4_TCP,
+        kind: MapKind::LruHash,
+        key_size: size32::<Ct4Key>(),
+        value_size: size32::<CtValue>(),
+        max_entries: CT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: CT4_ANY,
+        kind: MapKind::LruHash,
+        key_size: size32::<Ct4Key>(),
+        value_size: size32::<CtValue>(),
+        max_entries: CT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: NODE_ADDR4,
+        kind: MapKind::Hash,
+        key_size: size32::<Be32>(),
+        value_size: size32::<NodeAddr>(),
+        max_entries: ADDR_MAX_ENTRIES,
+        flags: HASH_MAP_FLAGS,
+    },
+    MapSpec {
+        name: IF_ADDR4,
+        kind: MapKind::Hash,
+        key_size: size32::<u32>(),
+        value_size: size32::<Be32>(),
+        max_entries: ADDR_MAX_ENTRIES,
+        flags: HASH_MAP_FLAGS,
+    },
+    MapSpec {
+        name: SOURCE_RANGES4,
+        kind: MapKind::LpmTrie,
+        key_size: 4 + size32::<SourceRange4Key>(),
+        value_size: size32::<u8>(),
+        max_entries: SOURCE_RANGE_MAX_ENTRIES,
+        flags: BPF_F_NO_PREALLOC,
+    },
+    MapSpec {
+        name: CT6_TCP,
+        kind: MapKind::LruHash,
+        key_size: size32::<Ct6Key>(),
+        value_size: size32::<Ct6Value>(),
+        max_entries: CT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: CT6_ANY,
+        kind: MapKind::LruHash,
+        key_size: size32::<Ct6Key>(),
+        value_size: size32::<Ct6Value>(),
+        max_entries: CT_MAX_ENTRIES,
+        flags: 0,
+    },
+    MapSpec {
+        name: NODE_ADDR6,
+        kind: MapKind::Hash,
+        key_size: 16,
+        value_size: size32::<NodeAddr>(),
+        max_entries: ADDR_MAX_ENTRIES,
+        flags: HASH_MAP_FLAGS,
+    },
+    MapSpec {
+        name: IF_ADDR6,
+        kind: MapKind::Hash,
+        key_size: size32::<u32>(),
+        value_size: 16,
+        max_entries: ADDR_MAX_ENTRIES,
+        flags: HASH_MAP_FLAGS,
+    },
+    MapSpec {
+        name: SOURCE_RANGES6,
+        kind: MapKind::LpmTrie,
+        key_size: 4 + size32::<SourceRange6Key>(),
+        value_size: size32::<u8>(),
+        max_entries: SOURCE_RANGE_MAX_ENTRIES,
+        flags: BPF_F_NO_PREALLOC,
+    },
 ];
 
 /// The spec of the map called `name`.
@@ -216,7 +344,7 @@ mod tests {
 
     #[test]
     fn sizes_are_what_the_kernel_is_told() {
-        let sizes: [(u32, u32); 10] = [
+        let sizes: [(u32, u32); 21] = [
             (12, 16),
             (4, 12),
             (2, 8),
@@ -227,6 +355,17 @@ mod tests {
             (16, 8),
             (32, 20),
             (16, 8),
+            (4, 65_528),
+            (16, 24),
+            (16, 24),
+            (4, 4),
+            (4, 4),
+            (12, 1),
+            (40, 48),
+            (40, 48),
+            (16, 4),
+            (4, 16),
+            (24, 1),
         ];
         for (map, (key, value)) in ALL.iter().zip(sizes) {
             assert_eq!((map.key_size, map.value_size), (key, value), "{}", map.name);

@@ -24,8 +24,24 @@ pub const GETPEERNAME4: &str = "fl_getpeername4";
 /// `cgroup/getpeername6`: [`GETPEERNAME4`] for IPv6.
 pub const GETPEERNAME6: &str = "fl_getpeername6";
 
-/// Every program of the object, sorted by name.
-pub const ALL: [&str; 8] = [
+/// `cgroup/post_bind4`: refuses a local bind of a port a NodePort uses (`EPERM`).
+pub const POST_BIND4: &str = "fl_post_bind4";
+/// `cgroup/post_bind6`: [`POST_BIND4`] for IPv6 sockets.
+pub const POST_BIND6: &str = "fl_post_bind6";
+/// TC ingress (TCX) on the node's external interfaces: NodePort, LoadBalancer and external
+/// IP flows balanced per packet (Maglev, conntrack, DNAT, SNAT), and their replies.
+pub const TC_INGRESS: &str = "fl_tc_ingress";
+/// TC egress (TCX) on the node's external interfaces: replies of local backends leave with
+/// the frontend's address.
+pub const TC_EGRESS: &str = "fl_tc_egress";
+
+/// [`TC_INGRESS`] for IPv6 (a program of its own; each program has 512 bytes of stack).
+pub const TC_INGRESS6: &str = "fl_tc_ingress6";
+/// [`TC_EGRESS`] for IPv6.
+pub const TC_EGRESS6: &str = "fl_tc_egress6";
+
+/// The socket-address programs, attached to the cgroup.
+pub const SOCK_ADDR: [&str; 8] = [
     CONNECT4,
     CONNECT6,
     GETPEERNAME4,
@@ -34,6 +50,24 @@ pub const ALL: [&str; 8] = [
     RECVMSG6,
     SENDMSG4,
     SENDMSG6,
+];
+
+/// Every program of the object, sorted by name.
+pub const ALL: [&str; 14] = [
+    CONNECT4,
+    CONNECT6,
+    GETPEERNAME4,
+    GETPEERNAME6,
+    POST_BIND4,
+    POST_BIND6,
+    RECVMSG4,
+    RECVMSG6,
+    SENDMSG4,
+    SENDMSG6,
+    TC_EGRESS,
+    TC_EGRESS6,
+    TC_INGRESS,
+    TC_INGRESS6,
 ];
 
 #[cfg(test)]

@@ -198,6 +198,17 @@ impl ServiceValue {
     /// No endpoint is ready, so the slots list terminating endpoints that still serve
     /// (kube-proxy's fallback, KEP-1669). Informational: programs treat slots alike.
     pub const FLAG_TERMINATING_FALLBACK: u8 = 1 << 3;
+    /// Traffic arriving on the node's interfaces (NodePort, LoadBalancer IP, external IP) is
+    /// balanced per packet by the TC programs with this frontend's Maglev table.
+    pub const FLAG_EXTERNAL: u8 = 1 << 4;
+    /// The frontend's `loadBalancerSourceRanges` are enforced: a client outside them is
+    /// dropped (source-range trie).
+    pub const FLAG_SOURCE_RANGES: u8 = 1 << 5;
+    /// A NodePort: stored with the unspecified address, serves every node address.
+    pub const FLAG_NODEPORT: u8 = 1 << 6;
+    /// `externalTrafficPolicy: Local`: the Maglev table lists only local endpoints, and
+    /// the client's address is kept.
+    pub const FLAG_EXTERNAL_LOCAL: u8 = 1 << 7;
 
     /// The value of slot 0.
     #[must_use]

@@ -36,7 +36,6 @@ pub(crate) trait Family {
     fn rev_nats() -> &'static HashMap<RevNatId, Self::RevNat>;
     fn sock_rev_nats() -> &'static LruHashMap<Self::SockKey, Self::SockVal>;
 
-    fn service_key(address: Self::Addr, port: Be16, protocol: u8) -> Self::ServiceKey;
     fn with_slot(key: Self::ServiceKey, slot: u16) -> Self::ServiceKey;
     fn with_scope(key: Self::ServiceKey, scope: Scope) -> Self::ServiceKey;
 
@@ -44,6 +43,7 @@ pub(crate) trait Family {
     fn backend_rev_nat(backend: &Self::Backend) -> RevNatId;
 
     fn rev_nat_address(rev_nat: &Self::RevNat) -> (Self::Addr, Be16);
+    fn is_unspecified(address: &Self::Addr) -> bool;
 
     fn sock_key(cookie: u64, address: Self::Addr, port: Be16) -> Self::SockKey;
     fn sock_val(address: Self::Addr, port: Be16, rev_nat_id: RevNatId) -> Self::SockVal;
@@ -80,10 +80,6 @@ impl Family for V4 {
         &SOCK_REV_NAT4
     }
     #[inline(always)]
-    fn service_key(address: Be32, port: Be16, protocol: u8) -> Service4Key {
-        Service4Key::new(address, port, protocol, Scope::External, 0)
-    }
-    #[inline(always)]
     fn with_slot(key: Service4Key, slot: u16) -> Service4Key {
         key.with_slot(slot)
     }
@@ -102,6 +98,10 @@ impl Family for V4 {
     #[inline(always)]
     fn rev_nat_address(rev_nat: &RevNat4) -> (Be32, Be16) {
         (rev_nat.address, rev_nat.port)
+    }
+    #[inline(always)]
+    fn is_unspecified(address: &Be32) -> bool {
+        address.raw() == 0
     }
     #[inline(always)]
     fn sock_key(cookie: u64, address: Be32, port: Be16) -> SockRevNat4Key {
@@ -147,10 +147,6 @@ impl Family for V6 {
         &SOCK_REV_NAT6
     }
     #[inline(always)]
-    fn service_key(address: [u8; 16], port: Be16, protocol: u8) -> Service6Key {
-        Service6Key::new(address, port, protocol, Scope::External, 0)
-    }
-    #[inline(always)]
     fn with_slot(key: Service6Key, slot: u16) -> Service6Key {
         key.with_slot(slot)
     }
@@ -169,6 +165,10 @@ impl Family for V6 {
     #[inline(always)]
     fn rev_nat_address(rev_nat: &RevNat6) -> ([u8; 16], Be16) {
         (rev_nat.address, rev_nat.port)
+    }
+    #[inline(always)]
+    fn is_unspecified(address: &[u8; 16]) -> bool {
+        u128::from_ne_bytes(*address) == 0
     }
     #[inline(always)]
     fn sock_key(cookie: u64, address: [u8; 16], port: Be16) -> SockRevNat6Key {

@@ -7,12 +7,32 @@
 //! user space replaces it at that moment.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use fairlead_abi::{AffinityKey, AffinityValue, Be16, Reason, RevNatId, Scope, ServiceValue};
+use fairlead_abi::{
+    AffinityKey, AffinityValue, Be16, Be32, Reason, RevNatId, Scope, Service4Key, Service6Key,
+    ServiceValue,
+};
 
 use crate::{
     family::Family,
-    maps::{AFFINITY, COUNTERS},
+    maps::{AFFINITY, COUNTERS, NODE_ADDR4, NODE_ADDR6, SERVICES4, SERVICES6},
 };
+
+/// The service key of a connection to `address:port`: the exact frontend, or the NodePort
+/// (stored with the unspecified address) when `address` is one of the node's own (a node
+/// address, loopback) and no frontend has that exact address.
+#[inline(always)]
+pub(crate) fn frontend_key4(address: Be32, port: Be16, protocol: u8) -> Service4Key {
+    let exact = Service4Key::new(address, port, protocol, Scope::External, 0);
+    if SERVICES4.get_ptr(exact).is_some() {
+        return exact;
+    }
+    let loopback = address.raw().to_ne_bytes()[0] == 127;
+    if loopback || NODE_ADDR4.get_ptr(address).is_some() {
+        Service4Key::new(Be32::from_raw(0), port, protocol, Scope::External, 0)
+    } else {
+        exact
+    }
+}
 
 /// What to do with a connection or datagram.
 pub(crate) enum Verdict<B> {
@@ -38,6 +58,21 @@ pub(crate) struct Client {
     /// of the socket cookie for UDP, so that the datagrams of one socket keep going to one
     /// backend while the service does not change.
     pub(crate) selector: u32,
+}
+
+/// [`frontend_key4`] for IPv6: node addresses and `::1` reach the NodePort `[::]:port`.
+#[inline(always)]
+pub(crate) fn frontend_key6(address: [u8; 16], port: Be16, protocol: u8) -> Service6Key {
+    let exact = Service6Key::new(address, port, protocol, Scope::External, 0);
+    if SERVICES6.get_ptr(exact).is_some() {
+        return exact;
+    }
+    let loopback = u128::from_be_bytes(address) == 1;
+    if loopback || NODE_ADDR6.get_ptr(address).is_some() {
+        Service6Key::new([0; 16], port, protocol, Scope::External, 0)
+    } else {
+        exact
+    }
 }
 
 /// Balances a connection to `key` (slot 0, external scope) from this node. Bumps exactly
@@ -205,7 +240,12 @@ pub(crate) fn reverse<F: Family>(
     let entry = copy_of(F::sock_rev_nats().get_ptr(F::sock_key(cookie, address, port)))?;
     let (service_address, service_port, rev_nat_id) = F::sock_val_parts(&entry);
     let current = copy_of(F::rev_nats().get_ptr(rev_nat_id)).map(|r| F::rev_nat_address(&r));
-    if current == Some((service_address, service_port)) {
+    // A NodePort's rev-NAT entry holds the unspecified address: the socket asked for one
+    // of the node's addresses, which is what it is shown.
+    let matches = current.is_some_and(|(address, port)| {
+        port == service_port && (address == service_address || F::is_unspecified(&address))
+    });
+    if matches {
         bump(Reason::RevNatHit);
         Some((service_address, service_port))
     } else {
@@ -231,7 +271,7 @@ pub(crate) fn hash_cookie(cookie: u64) -> u32 {
 
 /// Seconds of `CLOCK_MONOTONIC`, the affinity clock.
 #[inline(always)]
-fn now_secs() -> u32 {
+pub(crate) fn now_secs() -> u32 {
     // SAFETY: bpf_ktime_get_ns takes no arguments and only returns a number.
     let nanos = unsafe { bpf_ktime_get_ns() };
     #[expect(

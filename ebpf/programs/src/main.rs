@@ -1,5 +1,6 @@
 //! fairlead's eBPF programs: one file per attach point, thin entry points over the socket
-//! hooks ([`sock`]), shared load-balancing logic ([`lb`]) written once for both address
+//! hooks ([`sock`]), the per-packet NodePort/LoadBalancer path on the node's interfaces
+//! ([`nodeport`]), shared load-balancing logic ([`lb`]) written once for both address
 //! families ([`family`]), and map declarations ([`maps`]).
 //!
 //! Built for `bpfel-unknown-none` by fairlead-proxy's build.rs (aya-build, nightly,
@@ -29,11 +30,18 @@ mod getpeername4;
 mod getpeername6;
 mod lb;
 mod maps;
+mod nodeport;
+mod nodeport6;
+mod post_bind4;
 mod recvmsg4;
 mod recvmsg6;
 mod sendmsg4;
 mod sendmsg6;
 mod sock;
+mod tc_egress;
+mod tc_egress6;
+mod tc_ingress;
+mod tc_ingress6;
 
 /// Panics cannot happen in a verified program: code that could panic leads here, and a
 /// program that can reach this loop is rejected by the verifier rather than loaded.

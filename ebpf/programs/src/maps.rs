@@ -5,15 +5,21 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use fairlead_abi::{
-    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, RevNat4, RevNat6, RevNatId,
+    AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Be32, RevNat4, RevNat6, RevNatId,
     Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
     SockRevNat6Key,
     maps::{
-        AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, HASH_MAP_FLAGS,
+        ADDR_MAX_ENTRIES, AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES, BPF_F_NO_PREALLOC,
+        COUNTERS_MAX_ENTRIES, CT_MAX_ENTRIES, HASH_MAP_FLAGS, MAGLEV_MAX_ENTRIES,
         REV_NAT_MAX_ENTRIES, SERVICE_MAX_ENTRIES, SOCK_REV_NAT_MAX_ENTRIES,
+        SOURCE_RANGE_MAX_ENTRIES,
+    },
+    nodeport::{
+        Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key,
+        SourceRange6Key,
     },
 };
 
@@ -48,7 +54,7 @@ pub(crate) static REV_NAT6: HashMap<RevNatId, RevNat6> =
     HashMap::with_max_entries(REV_NAT_MAX_ENTRIES, HASH_MAP_FLAGS);
 
 /// `fairlead_abi::maps::COUNTERS`.
-#[map(name = "fl_lb_counters")]
+#[map(name = "fl_counters")]
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(COUNTERS_MAX_ENTRIES, 0);
 
@@ -66,3 +72,58 @@ pub(crate) static SOCK_REV_NAT6: LruHashMap<SockRevNat6Key, SockRevNat6> =
 #[map(name = "fl_lb_affinity")]
 pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::MAGLEV`.
+#[map(name = "fl_lb_maglev")]
+pub(crate) static MAGLEV: HashMap<MaglevKey, MaglevTable> =
+    HashMap::with_max_entries(MAGLEV_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::CT4_TCP`.
+#[map(name = "fl_ct4_tcp")]
+pub(crate) static CT4_TCP: LruHashMap<Ct4Key, CtValue> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::CT4_ANY`.
+#[map(name = "fl_ct4_any")]
+pub(crate) static CT4_ANY: LruHashMap<Ct4Key, CtValue> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::NODE_ADDR4`.
+#[map(name = "fl_node_addr4")]
+pub(crate) static NODE_ADDR4: HashMap<Be32, NodeAddr> =
+    HashMap::with_max_entries(ADDR_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::IF_ADDR4`.
+#[map(name = "fl_if_addr4")]
+pub(crate) static IF_ADDR4: HashMap<u32, Be32> =
+    HashMap::with_max_entries(ADDR_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::SOURCE_RANGES4`.
+#[map(name = "fl_lb4_srcrange")]
+pub(crate) static SOURCE_RANGES4: LpmTrie<SourceRange4Key, u8> =
+    LpmTrie::with_max_entries(SOURCE_RANGE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `fairlead_abi::maps::CT6_TCP`.
+#[map(name = "fl_ct6_tcp")]
+pub(crate) static CT6_TCP: LruHashMap<Ct6Key, Ct6Value> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::CT6_ANY`.
+#[map(name = "fl_ct6_any")]
+pub(crate) static CT6_ANY: LruHashMap<Ct6Key, Ct6Value> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::NODE_ADDR6`.
+#[map(name = "fl_node_addr6")]
+pub(crate) static NODE_ADDR6: HashMap<[u8; 16], NodeAddr> =
+    HashMap::with_max_entries(ADDR_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::IF_ADDR6`.
+#[map(name = "fl_if_addr6")]
+pub(crate) static IF_ADDR6: HashMap<u32, [u8; 16]> =
+    HashMap::with_max_entries(ADDR_MAX_ENTRIES, HASH_MAP_FLAGS);
+
+/// `fairlead_abi::maps::SOURCE_RANGES6`.
+#[map(name = "fl_lb6_srcrange")]
+pub(crate) static SOURCE_RANGES6: LpmTrie<SourceRange6Key, u8> =
+    LpmTrie::with_max_entries(SOURCE_RANGE_MAX_ENTRIES, BPF_F_NO_PREALLOC);

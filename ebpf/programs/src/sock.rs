@@ -20,7 +20,7 @@ use aya_ebpf::{
 use fairlead_abi::{Be16, Be32, Protocol, Reason};
 
 use crate::{
-    family::{Family, V4, V6},
+    family::{V4, V6},
     lb::{self, Client, Verdict},
 };
 
@@ -47,7 +47,7 @@ pub(crate) fn forward4(ctx: &SockAddrContext) -> i32 {
     let service_address = Be32::from_raw(load(addr, Field::UserIp4));
     let service_port = user_port(load(addr, Field::UserPort));
     let cookie = socket_cookie(addr);
-    let key = V4::service_key(service_address, service_port, protocol.raw());
+    let key = lb::frontend_key4(service_address, service_port, protocol.raw());
     match lb::balance::<V4>(key, client(addr, protocol, cookie)) {
         Verdict::Pass => PROCEED,
         Verdict::Reject => refuse(),
@@ -98,7 +98,7 @@ pub(crate) fn forward6(ctx: &SockAddrContext) -> i32 {
     let cookie = socket_cookie(addr);
     let client = client(addr, protocol, cookie);
     if let Some(v4) = v4_mapped(&service_address) {
-        let key = V4::service_key(v4, service_port, protocol.raw());
+        let key = lb::frontend_key4(v4, service_port, protocol.raw());
         return match lb::balance::<V4>(key, client) {
             Verdict::Pass => PROCEED,
             Verdict::Reject => refuse(),
@@ -117,7 +117,7 @@ pub(crate) fn forward6(ctx: &SockAddrContext) -> i32 {
             }
         };
     }
-    let key = V6::service_key(service_address, service_port, protocol.raw());
+    let key = lb::frontend_key6(service_address, service_port, protocol.raw());
     match lb::balance::<V6>(key, client) {
         Verdict::Pass => PROCEED,
         Verdict::Reject => refuse(),

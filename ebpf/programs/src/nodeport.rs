@@ -1,0 +1,602 @@
+//! The per-packet load balancer (north-south) for IPv4: NodePort, LoadBalancer IPs and
+//! external IPs, on the node's interfaces (TC ingress and egress).
+//!
+//! Ingress, for each IPv4 TCP/UDP packet:
+//!
+//! 1. a **reply** of a balanced flow whose source was translated to a node address (the
+//!    backend is on another node): restore the frontend as source and the client as
+//!    destination, then route it ([`forward`]);
+//! 2. a packet of a **known flow** (conntrack, original direction): translate it as its
+//!    first packet was;
+//! 3. a **new flow** to an external frontend: check `loadBalancerSourceRanges`, pick a
+//!    backend (session affinity, else the frontend's Maglev table indexed by a hash of the
+//!    5-tuple), translate the destination, and the source to a node address when the backend
+//!    is on another node; record both directions in conntrack.
+//!
+//! Egress: a reply of a local backend leaving towards the client gets the frontend as
+//! source back (flows to local backends keep the client's address, so their replies do
+//! not come back to a node address).
+//!
+//! Everything else goes on untouched (`TC_ACT_UNSPEC`: the next program, or the stack).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_UNSPEC},
+    maps::LruHashMap,
+    programs::TcContext,
+};
+use fairlead_abi::{
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, Be16, Be32, Ct4Key, CtValue,
+    MaglevKey, Protocol, Reason, Scope, Service4Key, ServiceValue, SourceRange4Key,
+    nodeport::{CT_ORIGINAL, CT_REPLY, SNAT_PORT_COUNT, SNAT_PORT_MIN},
+    sock::FAMILY_V4,
+};
+
+use crate::{
+    lb::{bump, copy_of, now_secs, random},
+    maps::{
+        AFFINITY, BACKENDS4, CT4_ANY, CT4_TCP, IF_ADDR4, MAGLEV, NODE_ADDR4, SERVICES4,
+        SOURCE_RANGES4,
+    },
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_CSUM: usize = ETH_HLEN + 10;
+const IP_SRC: usize = ETH_HLEN + 12;
+const IP_DST: usize = ETH_HLEN + 16;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_RST: u8 = 0x04;
+/// Marks an affinity key's client as an IPv4 address (socket clients are netns cookies,
+/// which never have the top bit set).
+pub(crate) const EXTERNAL_CLIENT: u64 = 1 << 63;
+/// How many ports source NAT tries before giving up on a flow.
+pub(crate) const SNAT_ATTEMPTS: u32 = 4;
+
+/// `TC_ACT_UNSPEC`: not ours; let the next program or the stack decide.
+pub(crate) const NEXT: i32 = TC_ACT_UNSPEC;
+/// `TC_ACT_OK`: deliver (ingress) or send (egress) the packet.
+pub(crate) const PASS: i32 = 0;
+/// `TC_ACT_SHOT`: drop the packet.
+pub(crate) const DROP: i32 = 2;
+
+/// The fields of an IPv4 TCP/UDP packet the load balancer reads.
+#[derive(Clone, Copy)]
+struct Packet {
+    saddr: Be32,
+    daddr: Be32,
+    sport: Be16,
+    dport: Be16,
+    protocol: u8,
+    /// Offset of the L4 header.
+    l4: usize,
+    /// TCP flags (0 for UDP).
+    tcp_flags: u8,
+}
+
+impl Packet {
+    fn key(&self, direction: u8) -> Ct4Key {
+        Ct4Key::new(
+            self.saddr,
+            self.daddr,
+            self.sport,
+            self.dport,
+            self.protocol,
+            direction,
+        )
+    }
+
+    fn closing(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+
+    /// Offset of the L4 checksum.
+    fn csum_offset(&self) -> usize {
+        if self.protocol == Protocol::Tcp.raw() {
+            self.l4 + 16
+        } else {
+            self.l4 + 6
+        }
+    }
+}
+
+/// Reads the headers of an IPv4 TCP/UDP packet that is not a fragment.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let ethertype: u16 = ctx.load(12).ok()?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    if version_ihl >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(version_ihl & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    // More fragments, or an offset: the ports are not in this packet (or not reliably).
+    if u16::from_be(frag) & 0x3fff != 0 {
+        return None;
+    }
+    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
+        return None;
+    }
+    let saddr: u32 = ctx.load(IP_SRC).ok()?;
+    let daddr: u32 = ctx.load(IP_DST).ok()?;
+    let l4 = ETH_HLEN + ihl;
+    let sport: u16 = ctx.load(l4).ok()?;
+    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    let tcp_flags = if protocol == Protocol::Tcp.raw() {
+        ctx.load::<u8>(l4 + 13).ok()?
+    } else {
+        0
+    };
+    Some(Packet {
+        saddr: Be32::from_raw(saddr),
+        daddr: Be32::from_raw(daddr),
+        sport: Be16::from_raw(sport),
+        dport: Be16::from_raw(dport),
+        protocol,
+        l4,
+        tcp_flags,
+    })
+}
+
+fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
+    if protocol == Protocol::Tcp.raw() {
+        &CT4_TCP
+    } else {
+        &CT4_ANY
+    }
+}
+
+/// TC ingress on an external interface (IPv4; IPv6 in [`crate::nodeport6`]).
+#[inline(always)]
+pub(crate) fn ingress(ctx: &TcContext) -> i32 {
+    let Some(packet) = parse(ctx) else {
+        return NEXT;
+    };
+    let ct = ct_map(packet.protocol);
+    let now = now_secs();
+
+    // 1. A reply to a node address (source-NATed flow).
+    if let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) {
+        // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
+        // until the program returns; racing writers store whole small fields.
+        let value = unsafe { touch(entry, now, &packet) };
+        if value.has_flag(CtValue::FLAG_SNAT) {
+            if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err()
+                || rewrite(
+                    ctx,
+                    &packet,
+                    Side::Destination,
+                    value.nat_address,
+                    value.nat_port,
+                )
+                .is_err()
+            {
+                return DROP;
+            }
+            bump(Reason::CtReply);
+            return forward();
+        }
+        // A reply of a local backend arriving here (it is routed out of this interface
+        // after the stack): the egress program translates it.
+        return NEXT;
+    }
+
+    // 2. A known flow.
+    let original = packet.key(CT_ORIGINAL);
+    if let Some(entry) = ct.get_ptr_mut(original) {
+        // SAFETY: as above.
+        let value = unsafe { touch(entry, now, &packet) };
+        let backend_ok = copy_of(BACKENDS4.get_ptr(value.backend_id))
+            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
+        if backend_ok {
+            return translate(ctx, &packet, &value);
+        }
+        bump(Reason::CtStale);
+        let _ = ct.remove(original);
+    }
+
+    // 3. A new flow.
+    let Some((service_key, service)) = external_service(&packet) else {
+        return NEXT;
+    };
+    if service.has_flag(ServiceValue::FLAG_SOURCE_RANGES) {
+        let key = aya_ebpf::maps::lpm_trie::Key::new(
+            SourceRange4Key::prefix_len(32),
+            SourceRange4Key::new(service.rev_nat_id, packet.saddr),
+        );
+        if SOURCE_RANGES4.get(&key).is_none() {
+            bump(Reason::SourceRangeDrop);
+            return DROP;
+        }
+    }
+    let _ = service_key;
+    let (backend_id, backend) = match choose(&packet, &service, now) {
+        Ok(chosen) => chosen,
+        Err(reason) => {
+            bump(reason);
+            return DROP;
+        }
+    };
+    let Some(value) = open_flow(&packet, &service, backend_id, &backend, now) else {
+        return DROP;
+    };
+    bump(Reason::ExternalHit);
+    translate(ctx, &packet, &value)
+}
+
+/// TC egress on an external interface: replies of local backends get the frontend back as
+/// source.
+#[inline(always)]
+pub(crate) fn egress(ctx: &TcContext) -> i32 {
+    let Some(packet) = parse(ctx) else {
+        return NEXT;
+    };
+    let ct = ct_map(packet.protocol);
+    let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
+        return NEXT;
+    };
+    // SAFETY: as in `ingress`.
+    let value = unsafe { touch(entry, now_secs(), &packet) };
+    if value.has_flag(CtValue::FLAG_SNAT) {
+        return NEXT;
+    }
+    if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err() {
+        return DROP;
+    }
+    bump(Reason::CtReply);
+    PASS
+}
+
+/// Refreshes a conntrack entry (time, closing and reply flags) and returns a copy.
+///
+/// # Safety
+///
+/// `entry` must come from a successful lookup in a conntrack map, in this program run.
+#[inline(always)]
+unsafe fn touch(entry: *mut CtValue, now: u32, packet: &Packet) -> CtValue {
+    // SAFETY: the caller's contract.
+    let mut value = unsafe { entry.read() };
+    let mut flags = value.flags;
+    if packet.closing() {
+        flags |= CtValue::FLAG_CLOSING;
+    }
+    if value.last_seen_secs != now || flags != value.flags {
+        value.last_seen_secs = now;
+        value.flags = flags;
+        // SAFETY: the caller's contract; a racing program stores the same kind of values.
+        unsafe {
+            (*entry).last_seen_secs = now;
+            (*entry).flags = flags;
+        }
+    }
+    value
+}
+
+/// The external frontend a packet is addressed to: the exact address and port, or the
+/// NodePort when the destination is a node address.
+#[inline(always)]
+fn external_service(packet: &Packet) -> Option<(Service4Key, ServiceValue)> {
+    let exact = Service4Key::new(
+        packet.daddr,
+        packet.dport,
+        packet.protocol,
+        Scope::External,
+        0,
+    );
+    let (key, service) = if let Some(service) = copy_of(SERVICES4.get_ptr(exact)) {
+        (exact, service)
+    } else {
+        NODE_ADDR4.get_ptr(packet.daddr)?;
+        let wildcard = Service4Key::new(
+            Be32::from_raw(0),
+            packet.dport,
+            packet.protocol,
+            Scope::External,
+            0,
+        );
+        (wildcard, copy_of(SERVICES4.get_ptr(wildcard))?)
+    };
+    if service.has_flag(ServiceValue::FLAG_EXTERNAL) {
+        Some((key, service))
+    } else {
+        None
+    }
+}
+
+/// The backend of a new flow: the client's affine backend, else the Maglev slot of the
+/// flow's hash.
+#[inline(always)]
+fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Backend4), Reason> {
+    let local_only = service.has_flag(ServiceValue::FLAG_EXTERNAL_LOCAL);
+    let affine = service.has_flag(ServiceValue::FLAG_SESSION_AFFINITY);
+    let affinity_key = AffinityKey::new(
+        EXTERNAL_CLIENT | u64::from(packet.saddr.raw()),
+        service.rev_nat_id,
+        FAMILY_V4,
+    );
+    if affine && let Some(entry) = copy_of(AFFINITY.get_ptr(affinity_key)) {
+        if entry.is_fresh(now, service.affinity_timeout_secs)
+            && let Some(backend) = copy_of(BACKENDS4.get_ptr(entry.backend_id))
+            && backend.rev_nat_id == service.rev_nat_id
+            && (!local_only || backend.flags & BACKEND_FLAG_LOCAL != 0)
+        {
+            if entry.last_used_secs != now {
+                let _ = AFFINITY.insert(affinity_key, AffinityValue::new(entry.backend_id, now), 0);
+            }
+            bump(Reason::AffinityHit);
+            return Ok((entry.backend_id, backend));
+        }
+        bump(Reason::AffinityStale);
+    }
+    let Some(table) = MAGLEV.get_ptr(MaglevKey::new(service.rev_nat_id, FAMILY_V4)) else {
+        return Err(Reason::MaglevMissing);
+    };
+    // SAFETY: a pointer from a successful lookup points to a live element (RCU).
+    let size = unsafe { (*table).size };
+    if size == 0 || service.count == 0 {
+        return Err(if local_only {
+            Reason::ExternalNoLocalBackend
+        } else {
+            Reason::ExternalNoBackend
+        });
+    }
+    let index = flow_hash(packet) % size;
+    let Ok(index) = usize::try_from(index) else {
+        return Err(Reason::BackendSlotMissing);
+    };
+    // SAFETY: as above; `get` bounds the index by the array's length.
+    let Some(backend_id) = (unsafe { (*table).slots.get(index).copied() }) else {
+        return Err(Reason::BackendSlotMissing);
+    };
+    let Some(backend) = copy_of(BACKENDS4.get_ptr(backend_id)) else {
+        return Err(Reason::BackendMissing);
+    };
+    if affine
+        && AFFINITY
+            .insert(affinity_key, AffinityValue::new(backend_id, now), 0)
+            .is_err()
+    {
+        bump(Reason::AffinityUpdateFailed);
+    }
+    Ok((backend_id, backend))
+}
+
+/// Records a new flow in conntrack (both directions), choosing the source NAT when the
+/// backend is on another node. Returns the original-direction entry.
+#[inline(always)]
+fn open_flow(
+    packet: &Packet,
+    service: &ServiceValue,
+    backend_id: u32,
+    backend: &Backend4,
+    now: u32,
+) -> Option<CtValue> {
+    let ct = ct_map(packet.protocol);
+    let snat = backend.flags & BACKEND_FLAG_LOCAL == 0
+        && !service.has_flag(ServiceValue::FLAG_EXTERNAL_LOCAL);
+    let mut closing = 0;
+    if packet.closing() {
+        closing = CtValue::FLAG_CLOSING;
+    }
+    let (nat_address, nat_port) = if snat {
+        let Some(address) = snat_address(packet) else {
+            bump(Reason::SnatFailed);
+            return None;
+        };
+        let reply = CtValue::new(
+            packet.daddr,
+            packet.dport,
+            packet.saddr,
+            packet.sport,
+            backend_id,
+            service.rev_nat_id,
+            CtValue::FLAG_SNAT | closing,
+            now,
+        );
+        let mut port = packet.sport;
+        let mut found = false;
+        for attempt in 0..SNAT_ATTEMPTS {
+            if attempt > 0 {
+                let offset = random() % u32::from(SNAT_PORT_COUNT);
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "offset < SNAT_PORT_COUNT, and MIN + COUNT fits u16"
+                )]
+                let candidate = SNAT_PORT_MIN + offset as u16;
+                port = Be16::from_host(candidate);
+            }
+            let key = Ct4Key::new(
+                backend.address,
+                address,
+                backend.port,
+                port,
+                packet.protocol,
+                CT_REPLY,
+            );
+            if ct.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok() {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            bump(Reason::SnatFailed);
+            return None;
+        }
+        (address, port)
+    } else {
+        let reply = CtValue::new(
+            packet.daddr,
+            packet.dport,
+            Be32::from_raw(0),
+            Be16::from_raw(0),
+            backend_id,
+            service.rev_nat_id,
+            closing,
+            now,
+        );
+        let key = Ct4Key::new(
+            backend.address,
+            packet.saddr,
+            backend.port,
+            packet.sport,
+            packet.protocol,
+            CT_REPLY,
+        );
+        if ct.insert(key, reply, 0).is_err() {
+            bump(Reason::CtFull);
+            return None;
+        }
+        (Be32::from_raw(0), Be16::from_raw(0))
+    };
+    let value = CtValue::new(
+        backend.address,
+        backend.port,
+        nat_address,
+        nat_port,
+        backend_id,
+        service.rev_nat_id,
+        if snat { CtValue::FLAG_SNAT } else { 0 } | closing,
+        now,
+    );
+    if ct.insert(packet.key(CT_ORIGINAL), value, 0).is_err() {
+        bump(Reason::CtFull);
+        return None;
+    }
+    Some(value)
+}
+
+/// The node address a flow to a backend on another node leaves with: the node's address for
+/// source NAT (its InternalIP, [`IF_ADDR4`] at key 0), else the node address the client
+/// asked for.
+#[inline(always)]
+fn snat_address(packet: &Packet) -> Option<Be32> {
+    if let Some(address) = copy_of(IF_ADDR4.get_ptr(0)) {
+        return Some(address);
+    }
+    NODE_ADDR4.get_ptr(packet.daddr).map(|_| packet.daddr)
+}
+
+/// Translates a packet of a flow's original direction as its conntrack entry says, then
+/// routes it.
+#[inline(always)]
+fn translate(ctx: &TcContext, packet: &Packet, value: &CtValue) -> i32 {
+    if rewrite(ctx, packet, Side::Destination, value.address, value.port).is_err() {
+        return DROP;
+    }
+    if value.has_flag(CtValue::FLAG_SNAT)
+        && rewrite(ctx, packet, Side::Source, value.nat_address, value.nat_port).is_err()
+    {
+        return DROP;
+    }
+    forward()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites the source or destination address and port, fixing the IP and L4 checksums.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    packet: &Packet,
+    side: Side,
+    address: Be32,
+    port: Be16,
+) -> Result<(), ()> {
+    let (addr_offset, port_offset) = match side {
+        Side::Source => (IP_SRC, packet.l4),
+        Side::Destination => (IP_DST, packet.l4 + 2),
+    };
+    let old_address: u32 = ctx.load(addr_offset).map_err(|_| ())?;
+    let old_port: u16 = ctx.load(port_offset).map_err(|_| ())?;
+    let new_address = address.raw();
+    let new_port = port.raw();
+    let csum = packet.csum_offset();
+    let udp = packet.protocol == Protocol::Udp.raw();
+    // A UDP checksum of 0 means "none": leave it so (BPF_F_MARK_MANGLED_0 keeps a computed 0
+    // from turning into "none").
+    let skip_l4 = udp && ctx.load::<u16>(csum).map_err(|_| ())? == 0;
+    let mangled = if udp {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    if old_address != new_address {
+        if !skip_l4 {
+            ctx.l4_csum_replace(
+                csum,
+                u64::from(old_address),
+                u64::from(new_address),
+                u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+            )
+            .map_err(|_| ())?;
+        }
+        ctx.l3_csum_replace(IP_CSUM, u64::from(old_address), u64::from(new_address), 4)
+            .map_err(|_| ())?;
+        ctx.store(addr_offset, &new_address, 0).map_err(|_| ())?;
+    }
+    if old_port != new_port {
+        if !skip_l4 {
+            ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), mangled | 2)
+                .map_err(|_| ())?;
+        }
+        ctx.store(port_offset, &new_port, 0).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// Hands a translated packet to the kernel, which routes it by its new destination (the
+/// node forwards, as every Kubernetes node does).
+///
+/// `bpf_fib_lookup` + `bpf_redirect` would skip the stack, but the helper is GPL-only and
+/// the object is licensed Apache-2.0.
+#[inline(always)]
+fn forward() -> i32 {
+    PASS
+}
+
+/// A hash of the 5-tuple, the same on every node and across restarts (Maglev and the
+/// flows' backends do not depend on a per-boot seed).
+#[inline(always)]
+fn flow_hash(packet: &Packet) -> u32 {
+    let ports = (u32::from(packet.sport.to_host()) << 16) | u32::from(packet.dport.to_host());
+    let mut h = mix(
+        0x9747_b28c ^ u32::from(packet.protocol),
+        packet.saddr.to_host(),
+    );
+    h = mix(h, packet.daddr.to_host());
+    h = mix(h, ports);
+    finalize(h)
+}
+
+/// One round of MurmurHash3's block mix.
+#[inline(always)]
+pub(crate) fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// MurmurHash3's finaliser.
+#[inline(always)]
+pub(crate) fn finalize(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}

@@ -1,0 +1,556 @@
+//! The per-packet load balancer for IPv6 (programs of their own, `fl_tc_ingress6` and
+//! `fl_tc_egress6`: each program has 512 bytes of stack): [`crate::nodeport`]'s three steps (source-NATed
+//! reply, known flow, new flow) over the IPv6 maps. IPv6 has no header checksum; the L4
+//! checksum is fixed with `bpf_csum_diff` over the 16-byte addresses. Packets with
+//! extension headers before TCP/UDP go on untouched.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    helpers::generated::bpf_csum_diff,
+    maps::LruHashMap,
+    programs::TcContext,
+};
+use fairlead_abi::{
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend6, Be16, Ct6Key, Ct6Value, CtValue,
+    MaglevKey, Protocol, Reason, Scope, Service6Key, ServiceValue, SourceRange6Key,
+    nodeport::{CT_ORIGINAL, CT_REPLY, SNAT_PORT_COUNT, SNAT_PORT_MIN},
+    sock::FAMILY_V6,
+};
+
+use crate::{
+    lb::{bump, copy_of, now_secs, random},
+    maps::{
+        AFFINITY, BACKENDS6, CT6_ANY, CT6_TCP, IF_ADDR6, MAGLEV, NODE_ADDR6, SERVICES6,
+        SOURCE_RANGES6,
+    },
+    nodeport::{DROP, EXTERNAL_CLIENT, NEXT, PASS, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix},
+};
+
+const ETH_HLEN: usize = 14;
+const IP6_SRC: usize = ETH_HLEN + 8;
+const IP6_DST: usize = ETH_HLEN + 24;
+const L4: usize = ETH_HLEN + 40;
+const UNSPECIFIED: [u8; 16] = [0; 16];
+
+#[derive(Clone, Copy, Default)]
+struct Packet {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: Be16,
+    dport: Be16,
+    protocol: u8,
+    tcp_flags: u8,
+}
+
+impl Packet {
+    fn key(&self, direction: u8) -> Ct6Key {
+        Ct6Key::new(
+            self.saddr,
+            self.daddr,
+            self.sport,
+            self.dport,
+            self.protocol,
+            direction,
+        )
+    }
+
+    fn closing(&self) -> bool {
+        self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+    }
+
+    fn csum_offset(&self) -> usize {
+        if self.protocol == Protocol::Tcp.raw() {
+            L4 + 16
+        } else {
+            L4 + 6
+        }
+    }
+}
+
+/// Reads the headers of an IPv6 TCP/UDP packet into `out` (not inlined: its temporaries
+/// stay out of the callers' frames).
+#[inline(never)]
+fn parse_into(ctx: &TcContext, out: &mut Packet) -> bool {
+    let Some(packet) = parse(ctx) else {
+        return false;
+    };
+    *out = packet;
+    true
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let version: u8 = ctx.load(ETH_HLEN).ok()?;
+    if version >> 4 != 6 {
+        return None;
+    }
+    let protocol: u8 = ctx.load(ETH_HLEN + 6).ok()?;
+    if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
+        return None;
+    }
+    let saddr: [u8; 16] = ctx.load(IP6_SRC).ok()?;
+    let daddr: [u8; 16] = ctx.load(IP6_DST).ok()?;
+    let sport: u16 = ctx.load(L4).ok()?;
+    let dport: u16 = ctx.load(L4 + 2).ok()?;
+    let tcp_flags = if protocol == Protocol::Tcp.raw() {
+        ctx.load::<u8>(L4 + 13).ok()?
+    } else {
+        0
+    };
+    Some(Packet {
+        saddr,
+        daddr,
+        sport: Be16::from_raw(sport),
+        dport: Be16::from_raw(dport),
+        protocol,
+        tcp_flags,
+    })
+}
+
+fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
+    if protocol == Protocol::Tcp.raw() {
+        &CT6_TCP
+    } else {
+        &CT6_ANY
+    }
+}
+
+/// TC ingress, IPv6.
+#[inline(always)]
+pub(crate) fn ingress(ctx: &TcContext) -> i32 {
+    let mut packet = Packet::default();
+    if !parse_into(ctx, &mut packet) {
+        return NEXT;
+    }
+    // Each step in a function of its own: a call chain has 512 bytes of stack, and IPv6
+    // keys and entries are large.
+    let verdict = known_flow(ctx, &packet);
+    if verdict != NO_ENTRY {
+        return verdict;
+    }
+    new_flow(ctx, &packet)
+}
+
+/// Returned by [`known_flow`] when conntrack does not know the flow.
+const NO_ENTRY: i32 = i32::MIN;
+
+/// Steps 1 and 2 of [`ingress`]: a source-NATed reply, or a packet of a known flow;
+/// [`NO_ENTRY`] when conntrack has neither.
+#[inline(never)]
+fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
+    let ct = ct_map(packet.protocol);
+    let now = now_secs();
+    // One key, turned from the reply to the original direction: the stack is tight.
+    let mut key = packet.key(CT_REPLY);
+
+    if let Some(entry) = ct.get_ptr_mut(key) {
+        // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
+        // until the program returns; the references below only read it.
+        let value = unsafe {
+            touch(entry, now, packet);
+            &*entry
+        };
+        if value.has_flag(CtValue::FLAG_SNAT) {
+            if rewrite(ctx, packet, Side::Source, &value.address, value.port).is_err()
+                || rewrite(
+                    ctx,
+                    packet,
+                    Side::Destination,
+                    &value.nat_address,
+                    value.nat_port,
+                )
+                .is_err()
+            {
+                return DROP;
+            }
+            bump(Reason::CtReply);
+            return PASS;
+        }
+        return NEXT;
+    }
+
+    key.direction = CT_ORIGINAL;
+    if let Some(entry) = ct.get_ptr_mut(key) {
+        // SAFETY: as above.
+        let value = unsafe {
+            touch(entry, now, packet);
+            &*entry
+        };
+        let backend_ok = copy_of(BACKENDS6.get_ptr(value.backend_id))
+            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
+        if backend_ok {
+            return translate(ctx, packet, value);
+        }
+        bump(Reason::CtStale);
+        let _ = ct.remove(key);
+    }
+    NO_ENTRY
+}
+
+/// Step 3 of [`ingress`]: a new flow.
+#[inline(never)]
+fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
+    let now = now_secs();
+    let Some(service) = external_service(packet) else {
+        return NEXT;
+    };
+    if service.has_flag(ServiceValue::FLAG_SOURCE_RANGES) {
+        let key = aya_ebpf::maps::lpm_trie::Key::new(
+            SourceRange6Key::prefix_len(128),
+            SourceRange6Key::new(service.rev_nat_id, packet.saddr),
+        );
+        if SOURCE_RANGES6.get(&key).is_none() {
+            bump(Reason::SourceRangeDrop);
+            return DROP;
+        }
+    }
+    let (backend_id, backend) = match choose(packet, &service, now) {
+        Ok(chosen) => chosen,
+        Err(reason) => {
+            bump(reason);
+            return DROP;
+        }
+    };
+    let mut value = Ct6Value::default();
+    if !open_flow(packet, &service, backend_id, &backend, &mut value) {
+        return DROP;
+    }
+    bump(Reason::ExternalHit);
+    translate(ctx, packet, &value)
+}
+
+/// TC egress, IPv6: replies of local backends get the frontend back as source.
+#[inline(always)]
+pub(crate) fn egress(ctx: &TcContext) -> i32 {
+    let Some(packet) = parse(ctx) else {
+        return NEXT;
+    };
+    let ct = ct_map(packet.protocol);
+    let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
+        return NEXT;
+    };
+    // SAFETY: as in `ingress`.
+    let value = unsafe {
+        touch(entry, now_secs(), &packet);
+        &*entry
+    };
+    if value.has_flag(CtValue::FLAG_SNAT) {
+        return NEXT;
+    }
+    if rewrite(ctx, &packet, Side::Source, &value.address, value.port).is_err() {
+        return DROP;
+    }
+    bump(Reason::CtReply);
+    PASS
+}
+
+/// Refreshes a conntrack entry in place (time, closing flag).
+///
+/// # Safety
+///
+/// `entry` must come from a successful lookup in a conntrack map, in this program run.
+#[inline(always)]
+unsafe fn touch(entry: *mut Ct6Value, now: u32, packet: &Packet) {
+    // SAFETY: the caller's contract; racing programs store the same kind of values.
+    unsafe {
+        let mut flags = (*entry).flags;
+        if packet.closing() {
+            flags |= CtValue::FLAG_CLOSING;
+        }
+        if (*entry).last_seen_secs != now || flags != (*entry).flags {
+            (*entry).last_seen_secs = now;
+            (*entry).flags = flags;
+        }
+    }
+}
+
+#[inline(never)]
+fn external_service(packet: &Packet) -> Option<ServiceValue> {
+    let exact = Service6Key::new(
+        packet.daddr,
+        packet.dport,
+        packet.protocol,
+        Scope::External,
+        0,
+    );
+    let service = if let Some(service) = copy_of(SERVICES6.get_ptr(exact)) {
+        service
+    } else {
+        NODE_ADDR6.get_ptr(packet.daddr)?;
+        let wildcard = Service6Key::new(
+            UNSPECIFIED,
+            packet.dport,
+            packet.protocol,
+            Scope::External,
+            0,
+        );
+        copy_of(SERVICES6.get_ptr(wildcard))?
+    };
+    service
+        .has_flag(ServiceValue::FLAG_EXTERNAL)
+        .then_some(service)
+}
+
+#[inline(never)]
+fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Backend6), Reason> {
+    let local_only = service.has_flag(ServiceValue::FLAG_EXTERNAL_LOCAL);
+    let affine = service.has_flag(ServiceValue::FLAG_SESSION_AFFINITY);
+    let client = address_hash(&packet.saddr);
+    let affinity_key = AffinityKey::new(
+        EXTERNAL_CLIENT | u64::from(client),
+        service.rev_nat_id,
+        FAMILY_V6,
+    );
+    if affine && let Some(entry) = copy_of(AFFINITY.get_ptr(affinity_key)) {
+        if entry.is_fresh(now, service.affinity_timeout_secs)
+            && let Some(backend) = copy_of(BACKENDS6.get_ptr(entry.backend_id))
+            && backend.rev_nat_id == service.rev_nat_id
+            && (!local_only || backend.flags & BACKEND_FLAG_LOCAL != 0)
+        {
+            if entry.last_used_secs != now {
+                let _ = AFFINITY.insert(affinity_key, AffinityValue::new(entry.backend_id, now), 0);
+            }
+            bump(Reason::AffinityHit);
+            return Ok((entry.backend_id, backend));
+        }
+        bump(Reason::AffinityStale);
+    }
+    let Some(table) = MAGLEV.get_ptr(MaglevKey::new(service.rev_nat_id, FAMILY_V6)) else {
+        return Err(Reason::MaglevMissing);
+    };
+    // SAFETY: a pointer from a successful lookup points to a live element (RCU).
+    let size = unsafe { (*table).size };
+    if size == 0 || service.count == 0 {
+        return Err(if local_only {
+            Reason::ExternalNoLocalBackend
+        } else {
+            Reason::ExternalNoBackend
+        });
+    }
+    let Ok(index) = usize::try_from(flow_hash(packet) % size) else {
+        return Err(Reason::BackendSlotMissing);
+    };
+    // SAFETY: as above; `get` bounds the index.
+    let Some(backend_id) = (unsafe { (*table).slots.get(index).copied() }) else {
+        return Err(Reason::BackendSlotMissing);
+    };
+    let Some(backend) = copy_of(BACKENDS6.get_ptr(backend_id)) else {
+        return Err(Reason::BackendMissing);
+    };
+    if affine
+        && AFFINITY
+            .insert(affinity_key, AffinityValue::new(backend_id, now), 0)
+            .is_err()
+    {
+        bump(Reason::AffinityUpdateFailed);
+    }
+    Ok((backend_id, backend))
+}
+
+#[inline(never)]
+fn open_flow(
+    packet: &Packet,
+    service: &ServiceValue,
+    backend_id: u32,
+    backend: &Backend6,
+    out: &mut Ct6Value,
+) -> bool {
+    let now = now_secs();
+    let ct = ct_map(packet.protocol);
+    let snat = backend.flags & BACKEND_FLAG_LOCAL == 0
+        && !service.has_flag(ServiceValue::FLAG_EXTERNAL_LOCAL);
+    let closing = if packet.closing() {
+        CtValue::FLAG_CLOSING
+    } else {
+        0
+    };
+    let (nat_address, nat_port) = if snat {
+        let Some(address) = copy_of(IF_ADDR6.get_ptr(0))
+            .or_else(|| NODE_ADDR6.get_ptr(packet.daddr).map(|_| packet.daddr))
+        else {
+            bump(Reason::SnatFailed);
+            return false;
+        };
+        let reply = Ct6Value::new(
+            packet.daddr,
+            packet.dport,
+            packet.saddr,
+            packet.sport,
+            backend_id,
+            service.rev_nat_id,
+            CtValue::FLAG_SNAT | closing,
+            now,
+        );
+        let mut port = packet.sport;
+        let mut found = false;
+        for attempt in 0..SNAT_ATTEMPTS {
+            if attempt > 0 {
+                let offset = random() % u32::from(SNAT_PORT_COUNT);
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "offset < SNAT_PORT_COUNT, and MIN + COUNT fits u16"
+                )]
+                let candidate = SNAT_PORT_MIN + offset as u16;
+                port = Be16::from_host(candidate);
+            }
+            let key = Ct6Key::new(
+                backend.address,
+                address,
+                backend.port,
+                port,
+                packet.protocol,
+                CT_REPLY,
+            );
+            if ct.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok() {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            bump(Reason::SnatFailed);
+            return false;
+        }
+        (address, port)
+    } else {
+        let reply = Ct6Value::new(
+            packet.daddr,
+            packet.dport,
+            UNSPECIFIED,
+            Be16::from_raw(0),
+            backend_id,
+            service.rev_nat_id,
+            closing,
+            now,
+        );
+        let key = Ct6Key::new(
+            backend.address,
+            packet.saddr,
+            backend.port,
+            packet.sport,
+            packet.protocol,
+            CT_REPLY,
+        );
+        if ct.insert(key, reply, 0).is_err() {
+            bump(Reason::CtFull);
+            return false;
+        }
+        (UNSPECIFIED, Be16::from_raw(0))
+    };
+    *out = Ct6Value::new(
+        backend.address,
+        backend.port,
+        nat_address,
+        nat_port,
+        backend_id,
+        service.rev_nat_id,
+        if snat { CtValue::FLAG_SNAT } else { 0 } | closing,
+        now,
+    );
+    if ct.insert(packet.key(CT_ORIGINAL), *out, 0).is_err() {
+        bump(Reason::CtFull);
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn translate(ctx: &TcContext, packet: &Packet, value: &Ct6Value) -> i32 {
+    if rewrite(ctx, packet, Side::Destination, &value.address, value.port).is_err() {
+        return DROP;
+    }
+    if value.has_flag(CtValue::FLAG_SNAT)
+        && rewrite(
+            ctx,
+            packet,
+            Side::Source,
+            &value.nat_address,
+            value.nat_port,
+        )
+        .is_err()
+    {
+        return DROP;
+    }
+    PASS
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites the source or destination address and port, fixing the L4 checksum.
+#[inline(never)]
+fn rewrite(
+    ctx: &TcContext,
+    packet: &Packet,
+    side: Side,
+    address: &[u8; 16],
+    port: Be16,
+) -> Result<(), ()> {
+    let (addr_offset, port_offset) = match side {
+        Side::Source => (IP6_SRC, L4),
+        Side::Destination => (IP6_DST, L4 + 2),
+    };
+    let old_address: [u32; 4] = ctx.load(addr_offset).map_err(|_| ())?;
+    let old_port: u16 = ctx.load(port_offset).map_err(|_| ())?;
+    let mut new_address = [0_u32; 4];
+    for (i, word) in new_address.iter_mut().enumerate() {
+        let at = i * 4;
+        *word = u32::from_ne_bytes([
+            address[at],
+            address[at + 1],
+            address[at + 2],
+            address[at + 3],
+        ]);
+    }
+    let csum = packet.csum_offset();
+    let mangled = if packet.protocol == Protocol::Udp.raw() {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    if old_address != new_address {
+        let mut from = old_address;
+        let mut to = new_address;
+        // SAFETY: both buffers are 16-byte stack arrays of u32, the sizes passed.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        let Ok(diff) = u64::try_from(diff) else {
+            return Err(());
+        };
+        ctx.l4_csum_replace(csum, 0, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled)
+            .map_err(|_| ())?;
+        ctx.store(addr_offset, &new_address, 0).map_err(|_| ())?;
+    }
+    let new_port = port.raw();
+    if old_port != new_port {
+        ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), mangled | 2)
+            .map_err(|_| ())?;
+        ctx.store(port_offset, &new_port, 0).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// A 32-bit digest of an IPv6 address (affinity key, flow hash).
+#[inline(always)]
+fn address_hash(address: &[u8; 16]) -> u32 {
+    let mut h = 0x9747_b28c_u32;
+    let mut i = 0;
+    while i < 16 {
+        h = mix(
+            h,
+            u32::from_be_bytes([address[i], address[i + 1], address[i + 2], address[i + 3]]),
+        );
+        i += 4;
+    }
+    finalize(h)
+}
+
+#[inline(always)]
+fn flow_hash(packet: &Packet) -> u32 {
+    let ports = (u32::from(packet.sport.to_host()) << 16) | u32::from(packet.dport.to_host());
+    let mut h = mix(u32::from(packet.protocol), address_hash(&packet.saddr));
+    h = mix(h, address_hash(&packet.daddr));
+    h = mix(h, ports);
+    finalize(h)
+}
