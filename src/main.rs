@@ -150,6 +150,18 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(code)
         }
         Command::Node(_) => not_built("node", "`fairlead node`: the whole data plane on one model"),
+        Command::Proxy { proxy, .. } if proxy.cleanup => {
+            let done = fairlead_proxy::links::cleanup(&proxy.bpffs).with_context(|| {
+                format!("removing what is pinned under {}", proxy.bpffs.display())
+            })?;
+            eprintln!(
+                "fairlead proxy: removed {} link(s) and {} map(s) pinned under {}",
+                done.links.len(),
+                done.maps.len(),
+                proxy.bpffs.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Proxy { source, proxy } => serve(&source, |rt| {
             Box::pin(async move {
                 let context = fairlead_proxy::Context {

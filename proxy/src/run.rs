@@ -1,6 +1,7 @@
 //! `fairlead proxy`: the reconciler wired to the model's snapshots, the kernel, metrics and
 //! readiness.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,8 @@ use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::datapath::{Datapath, LoadOptions};
+use crate::health::HealthServers;
+use crate::links::{PinnedLinks, links_dir};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::tables::{LbMaps, Table};
@@ -31,10 +34,20 @@ pub struct Args {
     /// root of the cgroup v2 hierarchy, i.e. every process of the node).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// bpffs directory where the maps are pinned; a restarted proxy adopts what it finds
-    /// there, so live services keep working across restarts.
+    /// bpffs directory where the maps are pinned, and the program links under `links/`;
+    /// they outlive the process (SIGTERM or a crash), so services keep working while the
+    /// proxy restarts or upgrades, and a restarted proxy adopts them.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// Remove everything the proxy pinned under --bpffs (the programs detach from the
+    /// cgroup, the maps are freed) and exit, like `kube-proxy --cleanup`.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Address the healthCheckNodePort servers listen on (Services with
+    /// externalTrafficPolicy Local); repeat for several. The default `::` is every address of
+    /// the node, IPv4 included (0.0.0.0 where IPv6 is off).
+    #[arg(long = "health-check-address", value_name = "IP", default_values_t = [IpAddr::V6(Ipv6Addr::UNSPECIFIED)])]
+    pub health_check_addresses: Vec<IpAddr>,
     /// Size of each service map (one entry per frontend plus one per backend slot).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::SERVICE_MAX_ENTRIES)]
     pub map_services: u32,
@@ -60,6 +73,8 @@ impl Args {
         Self {
             cgroup,
             bpffs,
+            cleanup: false,
+            health_check_addresses: vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
             map_services: maps::SERVICE_MAX_ENTRIES,
             map_backends: maps::BACKEND_MAX_ENTRIES,
             map_rev_nat: maps::REV_NAT_MAX_ENTRIES,
@@ -107,6 +122,7 @@ pub struct Proxy {
     datapath: Datapath,
     reconciler: Reconciler,
     metrics: Metrics,
+    health: HealthServers,
     model: watch::Receiver<Arc<Snapshot>>,
     ready: Ready,
     cancel: CancellationToken,
@@ -129,22 +145,33 @@ impl Proxy {
                 ),
             })?,
         };
-        datapath.attach(&cgroup)?;
+        // Maps first (adopted above, so the running programs and these share them), then the
+        // programs take the pinned hooks over in place.
+        let mut links = PinnedLinks::open(links_dir(&args.bpffs))?;
+        datapath.install_pinned(&cgroup, &mut links)?;
         let metrics = Metrics::register(ctx.registry);
+        let health = HealthServers::new(
+            ctx.node_name.clone(),
+            args.health_check_addresses.clone(),
+            ctx.ready.clone(),
+            ctx.registry,
+        );
         info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, "proxy started");
         Ok(Self {
             cgroup,
             datapath,
             reconciler,
             metrics,
+            health,
             model: ctx.model,
             ready: ctx.ready,
             cancel: ctx.cancel,
         })
     }
 
-    /// Reconciles every model snapshot into the maps until cancelled. The maps stay pinned
-    /// when it returns; the programs detach.
+    /// Reconciles every model snapshot into the maps until cancelled. Maps and program
+    /// links stay pinned when it returns: the data path keeps serving what it was last
+    /// given until a new proxy takes over (or `--cleanup` removes it).
     ///
     /// # Panics
     ///
@@ -155,6 +182,7 @@ impl Proxy {
             datapath,
             reconciler,
             mut metrics,
+            mut health,
             mut model,
             ready,
             cancel,
@@ -169,6 +197,7 @@ impl Proxy {
                 let snapshot = model.borrow_and_update().clone();
                 if snapshot.synced {
                     let (mut datapath, mut reconciler) = state.take().expect("state is put back");
+                    let for_health = snapshot.clone();
                     let result = tokio::task::spawn_blocking(move || {
                         let started = Instant::now();
                         let report = reconciler.sync(&snapshot, &mut datapath);
@@ -181,29 +210,7 @@ impl Proxy {
                     };
                     let capacity = Table::ALL.map(|t| datapath.capacity(t));
                     metrics.observe_sync(elapsed, &report, &reconciler.stats(), &capacity);
-                    let programmed = reconciler.stats();
-                    if report.full || !report.errors.is_empty() {
-                        info!(
-                            generation,
-                            ?elapsed,
-                            full = report.full,
-                            compared = report.services_compared,
-                            writes = report.writes,
-                            errors = report.errors.len(),
-                            services = programmed.services,
-                            frontends = programmed.frontends,
-                            backends = programmed.backends,
-                            "maps synced"
-                        );
-                    } else {
-                        debug!(
-                            generation,
-                            ?elapsed,
-                            compared = report.services_compared,
-                            writes = report.writes,
-                            "maps synced"
-                        );
-                    }
+                    log_sync(&report, elapsed, generation, reconciler.stats());
                     if !report.removed_udp_backends.is_empty() {
                         let cgroup = cgroup.clone();
                         let removed = report.removed_udp_backends;
@@ -216,6 +223,7 @@ impl Proxy {
                     }
                     state = Some((datapath, reconciler));
                     ready.set(true);
+                    health.sync(&for_health);
                 } else {
                     debug!("model not synced yet; programming nothing");
                 }
@@ -230,6 +238,11 @@ impl Proxy {
                     pending = true;
                 }
                 _ = ticker.tick() => {
+                    // Retries health check ports that could not be bound.
+                    if health.applied_generation().is_some() {
+                        let snapshot = model.borrow().clone();
+                        health.sync(&snapshot);
+                    }
                     if let Some((datapath, _)) = &state {
                         match datapath.counters() {
                             Ok(c) => metrics.observe_counters(c),
@@ -240,7 +253,38 @@ impl Proxy {
             }
         }
         ready.set(false);
-        info!("proxy stopped; maps stay pinned, programs detach");
+        health.shutdown();
+        info!("proxy stopped; maps and program links stay pinned and keep serving");
         Ok(())
+    }
+}
+
+fn log_sync(
+    report: &crate::reconcile::SyncReport,
+    elapsed: Duration,
+    generation: u64,
+    programmed: crate::reconcile::Stats,
+) {
+    if report.full || !report.errors.is_empty() {
+        info!(
+            generation,
+            ?elapsed,
+            full = report.full,
+            compared = report.services_compared,
+            writes = report.writes,
+            errors = report.errors.len(),
+            services = programmed.services,
+            frontends = programmed.frontends,
+            backends = programmed.backends,
+            "maps synced"
+        );
+    } else {
+        debug!(
+            generation,
+            ?elapsed,
+            compared = report.services_compared,
+            writes = report.writes,
+            "maps synced"
+        );
     }
 }
