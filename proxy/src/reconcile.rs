@@ -999,6 +999,49 @@ mod tests {
         assert_eq!(maps.contents().unwrap(), crate::tables::Contents::default());
     }
 
+    /// Many frontends in one sync: every addition of every frontend before any backend
+    /// slot, every slot before any count; when one Service goes and another shrinks in the
+    /// same sync, every count before the slots and backends it stops listing.
+    #[test]
+    fn a_sync_applies_its_writes_phase_by_phase() {
+        let yaml: Vec<String> = (0..20)
+            .map(|i| {
+                service(
+                    &format!("s{i}"),
+                    &format!("10.96.0.{}", i + 1),
+                    &["10.0.0.1", "10.0.0.2"],
+                )
+            })
+            .collect();
+        let (mut w, snapshot) = model(&yaml.join("\n---\n"));
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        r.sync(&snapshot, &mut maps);
+        let phases: Vec<u8> = maps.log.iter().map(super::phase).collect();
+        assert!(phases.is_sorted(), "{:?}", maps.log);
+        assert_eq!(maps.log.len(), 20 * 6);
+        assert!(matches!(
+            maps.log[0],
+            Op::PutRevNat { .. } | Op::PutBackend { .. }
+        ));
+
+        maps.log.clear();
+        w.apply(changes(&service("s3", "10.96.0.4", &["10.0.0.2"])));
+        w.apply([Change::Delete(fairlead_model::ObjectId {
+            kind: fairlead_model::Kind::Service,
+            namespace: "ns".into(),
+            name: "s5".into(),
+        })]);
+        r.sync(&w.snapshot(), &mut maps);
+        let phases: Vec<u8> = maps.log.iter().map(super::phase).collect();
+        assert!(phases.is_sorted(), "{:?}", maps.log);
+        assert!(
+            maps.log
+                .iter()
+                .any(|op| matches!(op, Op::DeleteRevNat { .. }))
+        );
+    }
+
     #[test]
     fn ids_are_stable_and_slots_stay_put() {
         let (mut w, snapshot) = model(&service(

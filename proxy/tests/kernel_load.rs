@@ -315,3 +315,100 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr).trim()
     )
 }
+
+/// Batched writes on the kernel maps: every entry lands; deleting keys already gone is not
+/// an error; a map that fills mid-batch reports `Full` with the entries before it written
+/// (and no later one).
+#[test]
+fn batched_writes_apply_in_order_and_stop_at_a_full_map() {
+    if !privileged("kernel_load::batched_writes_apply_in_order_and_stop_at_a_full_map") {
+        return;
+    }
+    use fairlead_proxy::tables::{
+        BackendEntry, Contents, Frontend, LbMaps as _, Op, Table, WriteError,
+    };
+    let mut datapath = check(Datapath::load(
+        &LoadOptions::new().map_size(maps::BACKENDS4, 8),
+    ));
+    let frontend = Frontend {
+        address: Ipv4Addr::new(10, 96, 0, 1).into(),
+        port: 80,
+        protocol: Protocol::Tcp.raw(),
+    };
+    let backend = |i: u8| BackendEntry {
+        address: Ipv4Addr::new(10, 0, 0, i).into(),
+        port: 8080,
+        protocol: Protocol::Tcp.raw(),
+        state: BackendState::Active as u8,
+        rev_nat_id: 1,
+    };
+    let mut ops = vec![Op::PutRevNat { id: 1, frontend }];
+    for i in 1..=3_u8 {
+        ops.push(Op::PutBackend {
+            id: u32::from(i),
+            backend: backend(i),
+        });
+    }
+    for slot in 1..=3_u16 {
+        ops.push(Op::PutService {
+            frontend,
+            slot,
+            value: ServiceValue::backend(u32::from(slot), 1),
+        });
+    }
+    ops.push(Op::PutService {
+        frontend,
+        slot: 0,
+        value: ServiceValue::service(3, 1, 0, 0),
+    });
+    let (done, result) = datapath.apply_all(&ops);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(done, ops.len());
+    let contents = check(datapath.contents());
+    assert_eq!(contents.services.len(), 4);
+    assert_eq!(contents.backends.len(), 3);
+    assert_eq!(contents.rev_nats.len(), 1);
+
+    // Deletes, with keys already gone in the middle of the run.
+    let deletes = [
+        Op::DeleteBackend {
+            family: fairlead_proxy::tables::Family::V4,
+            id: 3,
+        },
+        Op::DeleteBackend {
+            family: fairlead_proxy::tables::Family::V4,
+            id: 99,
+        },
+        Op::DeleteBackend {
+            family: fairlead_proxy::tables::Family::V4,
+            id: 2,
+        },
+    ];
+    let (done, result) = datapath.apply_all(&deletes);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(done, 3);
+    assert_eq!(check(datapath.contents()).backends.len(), 1);
+
+    // 1 backend in a map of 8: of 10 more, 7 fit and the 8th fails.
+    let more: Vec<Op> = (10..20_u8)
+        .map(|i| Op::PutBackend {
+            id: u32::from(i),
+            backend: backend(i),
+        })
+        .collect();
+    let (done, result) = datapath.apply_all(&more);
+    assert_eq!(done, 7);
+    assert!(
+        matches!(
+            result,
+            Err(WriteError::Full {
+                table: Table::Backends4,
+                capacity: 8
+            })
+        ),
+        "{result:?}"
+    );
+    let Contents { backends, .. } = check(datapath.contents());
+    let ids: Vec<u32> = backends.keys().map(|(_, id)| *id).collect();
+    assert_eq!(ids, [1, 10, 11, 12, 13, 14, 15, 16]);
+}
