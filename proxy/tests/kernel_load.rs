@@ -17,6 +17,7 @@ use fairlead_proxy::{
         Backend4, BackendState, Be16, Be32, Protocol, Reason, RevNat4, Scope, Service4Key,
         ServiceValue, maps, programs,
     },
+    tables::{BackendEntry, Contents, Family, Frontend, LbMaps as _, Op, Table, WriteError},
     testing::{TestCgroup, TestPinDir, error_chain, privileged},
 };
 
@@ -324,9 +325,6 @@ fn batched_writes_apply_in_order_and_stop_at_a_full_map() {
     if !privileged("kernel_load::batched_writes_apply_in_order_and_stop_at_a_full_map") {
         return;
     }
-    use fairlead_proxy::tables::{
-        BackendEntry, Contents, Frontend, LbMaps as _, Op, Table, WriteError,
-    };
     let mut datapath = check(Datapath::load(
         &LoadOptions::new().map_size(maps::BACKENDS4, 8),
     ));
@@ -372,15 +370,15 @@ fn batched_writes_apply_in_order_and_stop_at_a_full_map() {
     // Deletes, with keys already gone in the middle of the run.
     let deletes = [
         Op::DeleteBackend {
-            family: fairlead_proxy::tables::Family::V4,
+            family: Family::V4,
             id: 3,
         },
         Op::DeleteBackend {
-            family: fairlead_proxy::tables::Family::V4,
+            family: Family::V4,
             id: 99,
         },
         Op::DeleteBackend {
-            family: fairlead_proxy::tables::Family::V4,
+            family: Family::V4,
             id: 2,
         },
     ];
