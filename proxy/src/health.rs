@@ -377,7 +377,13 @@ mod tests {
     use super::{ServerState, answer, desired, local_ready_endpoints};
 
     fn snapshot(yaml: &str) -> Arc<Snapshot> {
-        let changes = serde_yaml::Deserializer::from_str(yaml)
+        let (mut writer, _rx) = ModelWriter::new();
+        writer.replace_all(changes(yaml), Vec::new(), true);
+        writer.snapshot()
+    }
+
+    fn changes(yaml: &str) -> Vec<Change> {
+        serde_yaml::Deserializer::from_str(yaml)
             .map(|doc| {
                 let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
                 Change::Upsert {
@@ -385,10 +391,7 @@ mod tests {
                     origin: None,
                 }
             })
-            .collect();
-        let (mut writer, _rx) = ModelWriter::new();
-        writer.replace_all(changes, Vec::new(), true);
-        writer.snapshot()
+            .collect()
     }
 
     /// A LoadBalancer Service `lb` with the given traffic policy and endpoints
@@ -465,6 +468,70 @@ mod tests {
         assert_eq!(desired(&s.services[&key()], Some("node-a")), None);
         let s = model("Local", false, &[("10.0.0.1", "node-a", true, false, "p1")]);
         assert_eq!(desired(&s.services[&key()], Some("node-a")), None);
+    }
+
+    /// The reconciler starts a server for the Service, it answers over TCP, and the
+    /// metrics count servers and requests by code; a Service that changes to
+    /// `externalTrafficPolicy: Cluster` loses its server.
+    #[tokio::test]
+    async fn serves_counts_and_stops() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let ready = fairlead_model::Ready::new();
+        ready.set(true);
+        let mut servers = super::HealthServers::new(
+            Some("node-a".into()),
+            vec!["127.0.0.1".parse().expect("ip")],
+            ready,
+            &mut registry,
+        );
+        let yaml = |policy: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: ns}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.1\n  externalTrafficPolicy: {policy}\n  healthCheckNodePort: {port}\n  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: lb-1, namespace: ns, labels: {{kubernetes.io/service-name: lb}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n  - addresses: [10.0.0.1]\n    nodeName: node-a\n"
+            )
+        };
+        let (mut writer, _rx) = ModelWriter::new();
+        writer.replace_all(changes(&yaml("Local")), Vec::new(), true);
+        servers.sync(&writer.snapshot());
+        assert_eq!(servers.ports(), [(port, key())]);
+        let response = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+                .expect("request");
+            let mut text = String::new();
+            stream.read_to_string(&mut text).expect("response");
+            text
+        })
+        .await
+        .expect("client");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(response.contains("\"localEndpoints\": 1"), "{response}");
+        let mut metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut metrics, &registry).expect("encode");
+        assert!(
+            metrics.contains("proxy_health_check_servers 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("proxy_health_check_requests_total{code=\"200\"} 1"),
+            "{metrics}"
+        );
+
+        // The Service moves to eTP Cluster: its server goes.
+        writer.apply(changes(&yaml("Cluster")));
+        servers.sync(&writer.snapshot());
+        assert!(servers.ports().is_empty());
+        let mut metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut metrics, &registry).expect("encode");
+        assert!(
+            metrics.contains("proxy_health_check_servers 0"),
+            "{metrics}"
+        );
     }
 
     #[test]
