@@ -12,11 +12,12 @@ use std::{
 };
 
 use fairlead_proxy::{
-    Datapath, Error, LoadOptions,
+    Datapath, Error, Installed, LoadOptions, PinnedLinks,
     abi::{
         Backend4, BackendState, Be16, Be32, Protocol, Reason, RevNat4, Scope, Service4Key,
         ServiceValue, maps, programs,
     },
+    links,
     tables::{BackendEntry, Contents, Family, Frontend, LbMaps as _, Op, Table, WriteError},
     testing::{TestCgroup, TestPinDir, error_chain, privileged},
 };
@@ -409,4 +410,93 @@ fn batched_writes_apply_in_order_and_stop_at_a_full_map() {
     let Contents { backends, .. } = check(datapath.contents());
     let ids: Vec<u32> = backends.keys().map(|(_, id)| *id).collect();
     assert_eq!(ids, [1, 10, 11, 12, 13, 14, 15, 16]);
+}
+
+/// The programs attached directly to `cgroup`, by name, sorted (`bpftool cgroup show`).
+fn attached(cgroup: &Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", text(&out));
+    let json = String::from_utf8_lossy(&out.stdout);
+    let mut names: Vec<String> = if json.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str::<serde_json::Value>(json.trim())
+            .expect("bpftool JSON")
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    names.sort();
+    names
+}
+
+/// Pinned links: a second load takes them over in place (same link ids); pointed at
+/// another cgroup, it attaches new links there and the old cgroup loses its programs;
+/// `cleanup` leaves nothing attached or pinned.
+#[test]
+fn pinned_links_are_updated_in_place_or_moved() {
+    if !privileged("kernel_load::pinned_links_are_updated_in_place_or_moved") {
+        return;
+    }
+    let pins = TestPinDir::new("links").expect("pin dir");
+    let a = TestCgroup::new("links-a").expect("cgroup a");
+    let b = TestCgroup::new("links-b").expect("cgroup b");
+    let dir = links::links_dir(pins.path());
+
+    let mut first = load();
+    let mut pinned = check(PinnedLinks::open(&dir));
+    let installed = check(first.install_pinned(a.path(), &mut pinned));
+    assert!(
+        installed.iter().all(|(_, i)| matches!(
+            i,
+            Installed::Attached {
+                replaced: false,
+                ..
+            }
+        )),
+        "{installed:?}"
+    );
+    drop(first);
+    // The process's handles are gone; the pinned links keep the programs attached.
+    assert_eq!(attached(a.path()), programs::ALL);
+
+    let mut second = load();
+    let mut pinned = check(PinnedLinks::open(&dir));
+    let updated = check(second.install_pinned(a.path(), &mut pinned));
+    for ((name, before), (_, after)) in installed.iter().zip(&updated) {
+        assert_eq!(
+            *after,
+            Installed::Updated {
+                link_id: before.link_id()
+            },
+            "{name}"
+        );
+    }
+    assert_eq!(attached(a.path()), programs::ALL);
+    drop(second);
+
+    let mut third = load();
+    let mut pinned = check(PinnedLinks::open(&dir));
+    let moved = check(third.install_pinned(b.path(), &mut pinned));
+    assert!(
+        moved
+            .iter()
+            .all(|(_, i)| matches!(i, Installed::Attached { replaced: true, .. })),
+        "{moved:?}"
+    );
+    drop(third);
+    assert_eq!(attached(a.path()), Vec::<String>::new());
+    assert_eq!(attached(b.path()), programs::ALL);
+    assert_eq!(check(pinned.pinned()).len(), programs::ALL.len());
+
+    let done = check(links::cleanup(pins.path()));
+    assert_eq!(done.links.len(), programs::ALL.len());
+    assert_eq!(attached(b.path()), Vec::<String>::new());
+    assert!(!dir.exists());
 }
