@@ -181,6 +181,8 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             Ok(code)
         }
+        Command::Proxy { proxy, .. } if proxy.cleanup => cleanup(&proxy.bpffs),
+        Command::Node(node) if node.proxy.cleanup => cleanup(&node.proxy.bpffs),
         Command::Node(node) => {
             if node.no_proxy && node.no_dns && node.no_ingress {
                 anyhow::bail!(
@@ -231,6 +233,19 @@ fn run(command: Command) -> Result<ExitCode> {
             telemetry_addr,
         } => status(json, &bpffs, telemetry_addr),
     }
+}
+
+/// `--cleanup`: removes every link and map pin of the proxy, and exits.
+fn cleanup(bpffs: &Path) -> Result<ExitCode> {
+    let done = fairlead_proxy::links::cleanup(bpffs)
+        .with_context(|| format!("removing what is pinned under {}", bpffs.display()))?;
+    eprintln!(
+        "fairlead: removed {} link(s) and {} map(s) pinned under {}",
+        done.links.len(),
+        done.maps.len(),
+        bpffs.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Adds the kernel load balancer to the runtime.

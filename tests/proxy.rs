@@ -176,6 +176,50 @@ impl Cluster {
         }
     }
 
+    /// SIGKILL: no chance to clean anything up.
+    fn kill_proxy(&mut self) {
+        let mut proxy = self.proxy.take().expect("a running proxy");
+        proxy.0.kill().expect("kill");
+        proxy.0.wait().expect("wait");
+    }
+
+    /// Waits until the log says the programs were installed `n` times (once per start).
+    fn wait_installed(&self, n: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self
+            .log_text()
+            .matches("socket load balancer installed")
+            .count()
+            < n
+            || self.log_text().matches("maps synced").count() < n
+        {
+            assert!(
+                Instant::now() < deadline,
+                "start {n} not done: {}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The programs attached to the test cgroup, as (attach type, program name), sorted.
+    fn hooks(&self) -> Vec<(String, String)> {
+        cgroup_hooks(self.cgroup.path())
+    }
+
+    /// The link pins under `<bpffs>/links`, sorted.
+    fn link_pins(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.bpffs().join("links"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -238,6 +282,105 @@ impl Cluster {
             )
         });
         parsed.as_array().expect("a list").clone()
+    }
+}
+
+/// The programs attached directly to `cgroup` (`bpftool cgroup show`), as (attach type,
+/// program name), sorted.
+fn cgroup_hooks(cgroup: &Path) -> Vec<(String, String)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    let list: Value = serde_json::from_str(text.trim()).expect("bpftool JSON");
+    let mut hooks: Vec<(String, String)> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| {
+            (
+                p["attach_type"].as_str().unwrap_or("?").to_owned(),
+                p["name"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    hooks.sort();
+    hooks
+}
+
+/// `text` without terminal escape sequences (the log colours field names).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The ten cgroup hooks (eight socket hooks, two bind guards), each running its fairlead
+/// program once.
+fn one_program_per_hook(hooks: &[(String, String)]) {
+    let mut names: Vec<&str> = hooks.iter().map(|(_, n)| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        fairlead_proxy::abi::programs::CGROUP,
+        "hooks: {hooks:?}"
+    );
+    let mut types: Vec<&str> = hooks.iter().map(|(t, _)| t.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    assert_eq!(types.len(), 10, "a hook runs two programs: {hooks:?}");
+}
+
+/// A client process with a line-based stdin protocol, its stdout read line by line.
+struct Background {
+    child: KillOnDrop,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Background {
+    fn start(mut command: Command) -> Self {
+        let mut child = KillOnDrop(
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("background client"),
+        );
+        let lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+        Self { child, lines }
+    }
+
+    fn next(&mut self) -> Value {
+        let line = self.lines.next().expect("a line").expect("read");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// Tells the client to stop and returns its final report.
+    fn finish(mut self) -> Value {
+        writeln!(self.child.0.stdin.as_mut().expect("stdin"), "stop").expect("stop");
+        self.next()
     }
 }
 
@@ -988,4 +1131,316 @@ fn connected_udp_socket_to_a_removed_backend_is_destroyed() {
         !counts.contains_key(&format!("pod-{pod}:5353")),
         "{counts:?}"
     );
+}
+
+/// The socket load balancer keeps translating while `fairlead proxy` is killed (SIGKILL),
+/// stopped (SIGTERM) and restarted three times: not one connect of a client looping on a
+/// ClusterIP fails or goes untranslated, a TCP stream through the ClusterIP loses no byte,
+/// and each hook still runs exactly one program (restarts take the pinned links over in
+/// place, nothing accumulates).
+#[test]
+fn restarts_keep_serving_without_gaps_or_duplicate_hooks() {
+    if !privileged("proxy::restarts_keep_serving_without_gaps_or_duplicate_hooks") {
+        return;
+    }
+    let mut c = Cluster::new("gapless", 2, &["tcp:8080", "echo:9000"]);
+    let endpoints: Vec<String> = (0..2).map(|i| ready(&pod_ip(i))).collect();
+    c.write(
+        "svc.yaml",
+        &docs(&[
+            service(
+                "web",
+                &["10.96.0.60"],
+                "[{name: http, port: 80, targetPort: 8080}, {name: echo, port: 90, targetPort: 9000}]",
+                "",
+            ),
+            slice(
+                "web-1",
+                "web",
+                "IPv4",
+                "[{name: http, port: 8080}, {name: echo, port: 9000}]",
+                &endpoints,
+            ),
+        ]),
+    );
+    c.start_proxy();
+    c.wait_backends(
+        "10.96.0.60:80/tcp",
+        &(0..2)
+            .map(|i| format!("{}:8080", pod_ip(i)))
+            .collect::<Vec<_>>(),
+    );
+    c.wait_installed(1);
+    one_program_per_hook(&c.hooks());
+    let pins = c.link_pins();
+    assert_eq!(pins.len(), 8, "{pins:?}");
+
+    let mut stream = Background::start(c.client_command(&["stream", "10.96.0.60", "90", "120"]));
+    assert_eq!(stream.next()["connected"], "10.96.0.60:90");
+    let mut looping = Background::start(c.client_command(&["tcp-loop", "10.96.0.60", "80", "120"]));
+    assert_eq!(looping.next()["started"], true);
+
+    for (round, how) in ["kill", "term", "kill"].into_iter().enumerate() {
+        match how {
+            "kill" => c.kill_proxy(),
+            _ => c.stop_proxy(),
+        }
+        // No agent: new connects are still balanced over both backends.
+        let results = c.run("tcp", "10.96.0.60", 80, 20);
+        let counts = tally(&results);
+        assert_eq!(
+            counts.values().sum::<usize>(),
+            20,
+            "after {how}: {counts:?}"
+        );
+        assert_eq!(peers(&results), ["10.96.0.60:80"], "after {how}");
+        assert_eq!(c.hooks().len(), 8, "after {how}: {:?}", c.hooks());
+
+        c.start_proxy();
+        c.wait_installed(round + 2);
+        // The restarted agent updated the eight pinned links in place.
+        let log = c.log_text();
+        let last = strip_ansi(
+            log.lines()
+                .rfind(|l| l.contains("socket load balancer installed"))
+                .unwrap_or_default(),
+        );
+        assert!(
+            last.contains("updated=8") && last.contains("attached=0"),
+            "{last}"
+        );
+        one_program_per_hook(&c.hooks());
+        assert_eq!(c.link_pins(), pins, "round {round}");
+    }
+
+    let report = looping.finish();
+    assert_eq!(report["failures"], serde_json::json!([]), "{report}");
+    let ok = report["ok"].as_u64().expect("ok");
+    assert!(ok >= 20, "{report}");
+    let backends = report["backends"].as_object().expect("backends");
+    assert_eq!(backends.len(), 2, "{report}");
+
+    let report = stream.finish();
+    assert_eq!(report["error"], Value::Null, "{report}");
+    assert!(report["bytes"].as_u64().expect("bytes") > 0, "{report}");
+}
+
+/// `fairlead proxy --cleanup` detaches every program and removes every pin; after a plain
+/// SIGTERM everything stays.
+#[test]
+fn cleanup_removes_links_and_maps() {
+    if !privileged("proxy::cleanup_removes_links_and_maps") {
+        return;
+    }
+    let mut c = Cluster::new("cleanup", 1, &["tcp:8080"]);
+    c.write(
+        "svc.yaml",
+        &docs(&[
+            service("web", &["10.96.0.70"], "[{port: 80, targetPort: 8080}]", ""),
+            slice(
+                "web-1",
+                "web",
+                "IPv4",
+                "[{port: 8080}]",
+                &[ready(&pod_ip(0))],
+            ),
+        ]),
+    );
+    c.start_proxy();
+    c.wait_backends("10.96.0.70:80/tcp", &[format!("{}:8080", pod_ip(0))]);
+    c.wait_installed(1);
+    c.stop_proxy();
+    one_program_per_hook(&c.hooks());
+    assert_eq!(
+        tally(&c.run("tcp", "10.96.0.70", 80, 3))
+            .values()
+            .sum::<usize>(),
+        3
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(["proxy", "--cleanup", "--bpffs"])
+        .arg(c.bpffs())
+        .output()
+        .expect("cleanup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("removed 8 link(s) and 10 map(s)"),
+        "{stderr}"
+    );
+    assert_eq!(c.hooks(), Vec::<(String, String)>::new());
+    assert!(
+        !c.bpffs().exists(),
+        "{} is still there",
+        c.bpffs().display()
+    );
+    // Untranslated now: the VIP is nowhere routed.
+    let results = c.run("tcp", "10.96.0.70", 80, 1);
+    assert!(results[0]["errno"].as_u64().is_some(), "{results:?}");
+    // Idempotent.
+    let again = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(["proxy", "--cleanup", "--bpffs"])
+        .arg(c.bpffs())
+        .output()
+        .expect("cleanup");
+    assert!(again.status.success());
+}
+
+/// A free TCP port on 127.0.0.1 (bound once, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `curl -i` of `http://127.0.0.1:<port>/`: (status, headers lower-cased, JSON body), or
+/// `None` when nothing answers.
+fn health_check(port: u16) -> Option<(u16, BTreeMap<String, String>, Value)> {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "2"])
+        .arg(format!("http://127.0.0.1:{port}/healthz"))
+        .output()
+        .expect("curl (scripts/setup.sh installs it)");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Some((
+        status,
+        headers,
+        serde_json::from_str(body).expect("JSON body"),
+    ))
+}
+
+fn wait_health(
+    port: u16,
+    want: Option<u16>,
+    log: &dyn Fn() -> String,
+) -> Option<(u16, BTreeMap<String, String>, Value)> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let got = health_check(port);
+        if got.as_ref().map(|g| g.0) == want {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port}: wanted {want:?}, got {got:?}; log:\n{}",
+            log()
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The healthCheckNodePort server of an `externalTrafficPolicy: Local` Service answers 503
+/// without a ready endpoint on this node and 200 with one, with kube-proxy's body and
+/// headers; it follows port changes and goes away with the Service.
+#[test]
+fn health_check_node_port_follows_local_endpoints() {
+    if !privileged("proxy::health_check_node_port_follows_local_endpoints") {
+        return;
+    }
+    let mut c = Cluster::new("hcnp", 0, &[]);
+    c.proxy_args = vec!["--health-check-address".into(), "127.0.0.1".into()];
+    let port = free_port();
+    let lb = |hcnp: u16| {
+        service(
+            "lb",
+            &["10.96.0.80"],
+            "[{port: 80, targetPort: 8080, nodePort: 30080}]",
+            &format!(
+                "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {hcnp}\n"
+            ),
+        )
+    };
+    let endpoint = |ip: &str, node: &str, ready: bool| {
+        format!("{{addresses: [\"{ip}\"], conditions: {{ready: {ready}}}, nodeName: {node}}}")
+    };
+    c.write(
+        "lb.yaml",
+        &docs(&[
+            lb(port),
+            slice(
+                "lb-1",
+                "lb",
+                "IPv4",
+                "[{port: 8080}]",
+                &[
+                    endpoint("10.244.9.2", "node-b", true),
+                    endpoint("10.244.9.3", "node-a", false),
+                ],
+            ),
+        ]),
+    );
+    c.start_proxy();
+    let log = || c.log_text();
+    let (_, headers, body) = wait_health(port, Some(503), &log).expect("an answer");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "service": {"namespace": "t", "name": "lb"},
+            "localEndpoints": 0,
+            "serviceProxyHealthy": true
+        })
+    );
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-load-balancing-endpoint-weight"], "0");
+
+    // A ready endpoint on this node (node-a): 200.
+    c.write(
+        "lb.yaml",
+        &docs(&[
+            lb(port),
+            slice(
+                "lb-1",
+                "lb",
+                "IPv4",
+                "[{port: 8080}]",
+                &[
+                    endpoint("10.244.9.2", "node-b", true),
+                    endpoint("10.244.9.3", "node-a", true),
+                ],
+            ),
+        ]),
+    );
+    let (_, headers, body) = wait_health(port, Some(200), &log).expect("an answer");
+    assert_eq!(body["localEndpoints"], 1);
+    assert_eq!(headers["x-load-balancing-endpoint-weight"], "1");
+
+    // Another port: the old one closes, the new one answers.
+    let moved = free_port();
+    c.write(
+        "lb.yaml",
+        &docs(&[
+            lb(moved),
+            slice(
+                "lb-1",
+                "lb",
+                "IPv4",
+                "[{port: 8080}]",
+                &[endpoint("10.244.9.3", "node-a", true)],
+            ),
+        ]),
+    );
+    wait_health(moved, Some(200), &log);
+    wait_health(port, None, &log);
+
+    // The Service goes: so does its server.
+    std::fs::remove_file(c.manifests.path().join("lb.yaml")).expect("remove manifest");
+    wait_health(moved, None, &log);
+    assert!(c.log_text().contains("health check server stopped"));
 }

@@ -2,13 +2,17 @@
 
 use std::{
     fs::{self, File},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{HashMap, MapData, MapInfo, MapType},
-    programs::{CgroupAttachMode, CgroupSockAddr, Program, cgroup_sock_addr::CgroupSockAddrLinkId},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
+    },
 };
 use fairlead_abi::{
     Backend4, Backend6, BackendId, Reason, RevNat4, RevNat6, RevNatId, Service4Key, Service6Key,
@@ -18,6 +22,7 @@ use fairlead_abi::{
 };
 use tracing::{debug, info};
 
+use crate::links::{Hook, Installed, PinnedLinks};
 use crate::{Error, object::ebpf_object};
 
 /// How to load the data path.
@@ -188,6 +193,109 @@ impl Datapath {
         Ok(link)
     }
 
+    /// Attaches every socket program of the object ([`programs::SOCK_ADDR`]) and the NodePort
+    /// bind guard ([`programs::POST_BIND4`], [`programs::POST_BIND6`]) to the cgroup v2
+    /// directory `cgroup` through links pinned in `links` ([`crate::PinnedLinks`]), loading
+    /// the programs first:
+    /// a link pinned by an earlier run on the same cgroup takes the new program in place,
+    /// with no moment where a hook is empty or runs twice. The attachments outlive `self`
+    /// and the process; [`crate::links::cleanup`] removes them. Returns, per program, how
+    /// it was installed. Pins no run installs are left for [`PinnedLinks::prune`], which
+    /// the caller runs once every hook (the interfaces' too) is installed.
+    pub fn install_pinned(
+        &mut self,
+        cgroup: &Path,
+        links: &mut PinnedLinks,
+    ) -> Result<Vec<(&'static str, Installed)>, Error> {
+        let hook = Hook::Cgroup(cgroup.to_owned());
+        let mut out = Vec::new();
+        for name in programs::SOCK_ADDR {
+            let program = self.sock_addr_program(name)?;
+            let fd = program_fd(name, program.fd())?;
+            let installed = links.install(&link_name(name), &hook, fd.as_fd(), || {
+                let cgroup_dir = open_cgroup(cgroup)?;
+                let program = self.sock_addr_program(name)?;
+                let id = program
+                    .attach(cgroup_dir, CgroupAttachMode::Single)
+                    .map_err(|source| program_error(name, "attach", source))?;
+                program
+                    .take_link(id)
+                    .map_err(|source| program_error(name, "take the link of", source))
+            })?;
+            out.push((name, installed));
+        }
+        for name in [programs::POST_BIND4, programs::POST_BIND6] {
+            let program = self.sock_program(name)?;
+            let fd = program_fd(name, program.fd())?;
+            let installed = links.install(&link_name(name), &hook, fd.as_fd(), || {
+                let cgroup_dir = open_cgroup(cgroup)?;
+                let program = self.sock_program(name)?;
+                let id = program
+                    .attach(cgroup_dir, CgroupAttachMode::Single)
+                    .map_err(|source| program_error(name, "attach", source))?;
+                program
+                    .take_link(id)
+                    .map_err(|source| program_error(name, "take the link of", source))
+            })?;
+            out.push((name, installed));
+        }
+        let updated = out
+            .iter()
+            .filter(|(_, i)| matches!(i, Installed::Updated { .. }))
+            .count();
+        info!(
+            cgroup = %cgroup.display(),
+            links = %links.dir().display(),
+            programs = out.len(),
+            updated,
+            attached = out.len() - updated,
+            "socket load balancer and NodePort bind guard installed on pinned links"
+        );
+        Ok(out)
+    }
+
+    /// The `cgroup/post_bind` program `name`, loaded.
+    fn sock_program(&mut self, name: &str) -> Result<&mut CgroupSock, Error> {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::MissingProgram {
+                name: name.to_owned(),
+            })?;
+        let program: &mut CgroupSock = program
+            .try_into()
+            .map_err(|source| program_error(name, "open", source))?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| program_error(name, "load", source))?;
+        }
+        Ok(program)
+    }
+
+    /// The socket program `name`, loaded.
+    fn sock_addr_program(&mut self, name: &str) -> Result<&mut CgroupSockAddr, Error> {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::MissingProgram {
+                name: name.to_owned(),
+            })?;
+        let program: &mut CgroupSockAddr = program.try_into().map_err(|source| Error::Program {
+            name: name.to_owned(),
+            action: "open",
+            source,
+        })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| Error::Program {
+                name: name.to_owned(),
+                action: "load",
+                source,
+            })?;
+        }
+        Ok(program)
+    }
+
     /// The counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, Error> {
         crate::kernel::counters(self)
@@ -271,6 +379,40 @@ impl Counters {
     pub fn iter(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
         Reason::ALL.into_iter().zip(self.0)
     }
+}
+
+/// The stable name of the pinned link of the socket program `program` (`cgroup-fl_connect4`).
+#[must_use]
+pub fn link_name(program: &str) -> String {
+    format!("cgroup-{program}")
+}
+
+/// A program's fd, owned (for [`PinnedLinks::install`]).
+fn program_fd(
+    name: &str,
+    fd: Result<&aya::programs::ProgramFd, ProgramError>,
+) -> Result<std::os::fd::OwnedFd, Error> {
+    fd.and_then(|fd| {
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(ProgramError::IOError)
+    })
+    .map_err(|source| program_error(name, "open", source))
+}
+
+fn program_error(name: &str, action: &'static str, source: ProgramError) -> Error {
+    Error::Program {
+        name: name.to_owned(),
+        action,
+        source,
+    }
+}
+
+fn open_cgroup(cgroup: &Path) -> Result<File, Error> {
+    File::open(cgroup).map_err(|source| Error::Cgroup {
+        path: cgroup.to_owned(),
+        source,
+    })
 }
 
 /// Loads one program with the `load` of its kind. Kinds that need an attach target at load

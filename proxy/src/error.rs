@@ -2,7 +2,11 @@
 
 use std::{io, path::PathBuf};
 
-use aya::{EbpfError, maps::MapError, programs::ProgramError};
+use aya::{
+    EbpfError,
+    maps::MapError,
+    programs::{ProgramError, links::LinkError},
+};
 
 /// What went wrong while loading, attaching or using the data path.
 ///
@@ -124,10 +128,29 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A TC link could not be pinned.
-    #[error("cannot pin the link {path}")]
+    /// A link name for [`crate::PinnedLinks::install`] that is not a plain file name.
+    #[error(
+        "invalid link name {name:?}: a file name without '/' or '.', not starting with staging-"
+    )]
+    LinkName {
+        /// The name.
+        name: String,
+    },
+
+    /// A new link could not be turned into a pinnable fd link.
+    #[error("link {name}: not a BPF link that can be pinned")]
+    Link {
+        /// The link's name.
+        name: String,
+        /// aya's answer.
+        #[source]
+        source: LinkError,
+    },
+
+    /// A link could not be pinned, renamed or unpinned.
+    #[error("cannot pin or unpin the link {path}")]
     PinLink {
-        /// The pin path.
+        /// The pin.
         path: PathBuf,
         /// Why.
         #[source]
@@ -141,6 +164,16 @@ pub enum Error {
         flag: &'static str,
         /// Why.
         reason: String,
+    },
+
+    /// A network interface named on the command line does not exist (here).
+    #[error("no interface {name} in this network namespace")]
+    Interface {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: io::Error,
     },
 
     /// The node's addresses could not be read (rtnetlink).

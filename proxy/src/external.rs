@@ -1,116 +1,99 @@
 //! The north-south half of the data path on a loaded [`Datapath`]: TC programs on the node's
-//! interfaces (with pinned TCX links that outlive the agent), the `post_bind4` NodePort
-//! guard, the node-address maps and conntrack garbage collection.
+//! interfaces (with pinned TCX links that outlive the agent), the node-address maps and
+//! conntrack garbage collection. (The `post_bind` NodePort guard is installed with the
+//! socket programs, [`Datapath::install_pinned`].)
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io;
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{CgroupAttachMode, CgroupSock, LinkOrder, SchedClassifier, TcAttachType};
+use std::os::fd::AsFd as _;
+
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use fairlead_abi::{Be32, maps, programs};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::conntrack::{self, GcReport, Timeouts};
+use crate::links::{Hook, PinnedLinks};
 use crate::nodeaddr::NodeAddress;
 use crate::{Datapath, Error};
 
 impl Datapath {
     /// Attaches the TC programs ([`programs::TC_INGRESS`], [`programs::TC_EGRESS`] and their
     /// IPv6 twins) to the interface `ifname` (in this process's network namespace) as TCX
-    /// links. With `links_dir`, each link is pinned there (`tc-<ifname>-ingress`, ...) and an
-    /// already pinned link is switched to this run's program in place, so the interface is
-    /// never without a program while the agent restarts; without, the programs detach when
-    /// `self` drops.
+    /// links. With `links`, each link is pinned there (`tc-<ifname>-ingress`, ...) and one
+    /// already pinned on that interface takes this run's program in place
+    /// ([`PinnedLinks::install`]), so the interface is never without a program while the
+    /// agent restarts; without, the programs detach when `self` drops.
     pub fn attach_interface(
         &mut self,
         ifname: &str,
-        links_dir: Option<&Path>,
+        mut links: Option<&mut PinnedLinks>,
     ) -> Result<(), Error> {
+        let ifindex = interface_index(ifname)?;
         for (name, attach_type, suffix) in [
             (programs::TC_INGRESS, TcAttachType::Ingress, "ingress"),
             (programs::TC_EGRESS, TcAttachType::Egress, "egress"),
             (programs::TC_INGRESS6, TcAttachType::Ingress, "ingress6"),
             (programs::TC_EGRESS6, TcAttachType::Egress, "egress6"),
         ] {
-            let program: &mut SchedClassifier = self
-                .ebpf_mut()
-                .program_mut(name)
-                .ok_or_else(|| Error::MissingProgram {
-                    name: name.to_owned(),
-                })?
-                .try_into()
-                .map_err(|source| Error::Program {
-                    name: name.to_owned(),
-                    action: "open",
-                    source,
-                })?;
-            if program.fd().is_err() {
-                program.load().map_err(|source| Error::Program {
-                    name: name.to_owned(),
-                    action: "load",
-                    source,
-                })?;
+            let program = self.tc_program(name)?;
+            match links.as_deref_mut() {
+                None => {
+                    attach_tcx(program, name, ifname, attach_type)?;
+                }
+                Some(links) => {
+                    let fd = program
+                        .fd()
+                        .and_then(|fd| {
+                            fd.as_fd()
+                                .try_clone_to_owned()
+                                .map_err(aya::programs::ProgramError::IOError)
+                        })
+                        .map_err(|source| tc_error(name, "open", source))?;
+                    links.install(
+                        &format!("tc-{ifname}-{suffix}"),
+                        &Hook::Interface(ifindex),
+                        fd.as_fd(),
+                        || {
+                            let program = self.tc_program(name)?;
+                            let id = attach_tcx(program, name, ifname, attach_type)?;
+                            program
+                                .take_link(id)
+                                .map_err(|source| tc_error(name, "take the link of", source))
+                        },
+                    )?;
+                }
             }
-            let pin = links_dir.map(|dir| dir.join(format!("tc-{ifname}-{suffix}")));
-            attach_tc(program, name, ifname, attach_type, pin.as_deref())?;
         }
         accept_local(ifname);
         info!(
             interface = ifname,
-            pinned = links_dir.is_some(),
+            pinned = links.is_some(),
             "NodePort programs attached"
         );
         Ok(())
     }
 
-    /// Attaches [`programs::POST_BIND4`] and [`programs::POST_BIND6`] to the cgroup v2
-    /// directory `cgroup`: processes in it cannot bind a port a NodePort uses. Detached when
-    /// `self` drops.
-    pub fn attach_post_bind(&mut self, cgroup: &Path) -> Result<(), Error> {
-        for name in [programs::POST_BIND4, programs::POST_BIND6] {
-            self.attach_cgroup_sock(name, cgroup)?;
-        }
-        Ok(())
-    }
-
-    fn attach_cgroup_sock(&mut self, name: &str, cgroup: &Path) -> Result<(), Error> {
-        let cgroup_dir = File::open(cgroup).map_err(|source| Error::Cgroup {
-            path: cgroup.to_owned(),
-            source,
-        })?;
-        let program: &mut CgroupSock = self
+    /// The TC program `name`, loaded.
+    fn tc_program(&mut self, name: &str) -> Result<&mut SchedClassifier, Error> {
+        let program: &mut SchedClassifier = self
             .ebpf_mut()
             .program_mut(name)
             .ok_or_else(|| Error::MissingProgram {
                 name: name.to_owned(),
             })?
             .try_into()
-            .map_err(|source| Error::Program {
-                name: name.to_owned(),
-                action: "open",
-                source,
-            })?;
+            .map_err(|source| tc_error(name, "open", source))?;
         if program.fd().is_err() {
-            program.load().map_err(|source| Error::Program {
-                name: name.to_owned(),
-                action: "load",
-                source,
-            })?;
+            program
+                .load()
+                .map_err(|source| tc_error(name, "load", source))?;
         }
-        program
-            .attach(cgroup_dir, CgroupAttachMode::Single)
-            .map_err(|source| Error::Program {
-                name: name.to_owned(),
-                action: "attach",
-                source,
-            })?;
-        debug!(cgroup = %cgroup.display(), program = name, "attached");
-        Ok(())
+        Ok(program)
     }
 
     /// Writes the node's addresses ([`maps::NODE_ADDR4`], [`maps::NODE_ADDR6`]: a NodePort
@@ -199,76 +182,43 @@ where
     Ok(())
 }
 
-/// Attaches `program` to `ifname` through a TCX link, pinned at `pin` when given. A link
-/// already pinned there (an earlier run's) is switched to `program` atomically; if that
-/// fails (the interface was re-created, ...), it is removed and a new link made.
-///
-/// This is the one place TC links are pinned: the cgroup links' pinning (`links.rs`) can
-/// absorb it.
-fn attach_tc(
+/// Attaches `program` to `ifname` as a TCX link (after the links already there).
+fn attach_tcx(
     program: &mut SchedClassifier,
     name: &str,
     ifname: &str,
     attach_type: TcAttachType,
-    pin: Option<&Path>,
-) -> Result<(), Error> {
-    let program_error = |action, source| Error::Program {
-        name: name.to_owned(),
-        action,
-        source,
-    };
-    if let Some(path) = pin
-        && path.exists()
-    {
-        let replaced = PinnedLink::from_pin(path)
-            .ok()
-            .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok())
-            .and_then(|link| program.attach_to_link(link).ok());
-        if let Some(id) = replaced {
-            // The pin keeps the link (and so the attachment) alive; our handle can go.
-            if let Ok(link) = program.take_link(id) {
-                drop(link);
-            }
-            debug!(program = name, interface = ifname, path = %path.display(), "pinned TC link switched to this program");
-            return Ok(());
-        }
-        warn!(program = name, interface = ifname, path = %path.display(), "pinned TC link unusable; attaching anew");
-        let _ = fs::remove_file(path);
-    }
-    let id = program
+) -> Result<aya::programs::tc::SchedClassifierLinkId, Error> {
+    program
         .attach_with_options(
             ifname,
             attach_type,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
-        .map_err(|source| program_error("attach", source))?;
-    let Some(path) = pin else {
-        return Ok(());
-    };
-    let link = program
-        .take_link(id)
-        .map_err(|source| program_error("take link", source))?;
-    let fd_link: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| Error::PinLink {
-            path: path.to_owned(),
-            source: io::Error::other(e.to_string()),
-        })?;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| Error::PinDirectory {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    fd_link.pin(path).map_err(|e| Error::PinLink {
-        path: path.to_owned(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    Ok(())
+        .map_err(|source| tc_error(name, "attach", source))
 }
 
-/// Where TC links are pinned under a map pin directory.
-#[must_use]
-pub fn links_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("links")
+fn tc_error(name: &str, action: &'static str, source: aya::programs::ProgramError) -> Error {
+    Error::Program {
+        name: name.to_owned(),
+        action,
+        source,
+    }
+}
+
+/// The index of the interface `ifname` in this process's network namespace.
+fn interface_index(ifname: &str) -> Result<u32, Error> {
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .map_err(|e| Error::Interface {
+        name: ifname.to_owned(),
+        source: e.into(),
+    })?;
+    rustix::net::netdevice::name_to_index(&socket, ifname).map_err(|e| Error::Interface {
+        name: ifname.to_owned(),
+        source: e.into(),
+    })
 }

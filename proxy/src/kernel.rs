@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::Key as LpmKey;
@@ -322,38 +323,14 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
             .map_err(fail),
         },
         Op::PutBackend { id, backend } => {
-            let state = fairlead_abi::BackendState::from_raw(backend.state)
-                .unwrap_or(fairlead_abi::BackendState::Active);
             match Family::of(&backend.address) {
                 Family::V4 => HashMap::<_, BackendId, Backend4>::try_from(map)
                     .map_err(fail)?
-                    .insert(
-                        id,
-                        Backend4::new(
-                            v4(backend.address),
-                            Be16::from_host(backend.port),
-                            backend.protocol,
-                            state,
-                            backend.rev_nat_id,
-                        )
-                        .with_flags(backend.flags),
-                        0,
-                    )
+                    .insert(id, backend4(&backend), 0)
                     .map_err(fail),
                 Family::V6 => HashMap::<_, BackendId, Backend6>::try_from(map)
                     .map_err(fail)?
-                    .insert(
-                        id,
-                        Backend6::new(
-                            v6(backend.address),
-                            Be16::from_host(backend.port),
-                            backend.protocol,
-                            state,
-                            backend.rev_nat_id,
-                        )
-                        .with_flags(backend.flags),
-                        0,
-                    )
+                    .insert(id, backend6(&backend), 0)
                     .map_err(fail),
             }
         }
@@ -646,9 +623,213 @@ fn capacity(set: &impl MapSet, table: Table) -> u32 {
     map_info(set, table.map_name()).map_or(0, |i| i.max_entries())
 }
 
+/// Which batch an operation can share: same table, same kind (put or delete).
+fn run_key(op: &Op) -> (Table, bool) {
+    (op.table(), op.is_put())
+}
+
+/// [`LbMaps::apply_all`] for kernel maps: each run of operations on the same table and of
+/// the same kind is one `BPF_MAP_UPDATE_BATCH` or `BPF_MAP_DELETE_BATCH`, which the kernel
+/// performs element by element, in order.
+fn apply_all_batched(set: &mut impl MapSet, ops: &[Op]) -> (usize, Result<(), WriteError>) {
+    let mut done = 0;
+    while done < ops.len() {
+        let key = run_key(&ops[done]);
+        let len = ops[done..]
+            .iter()
+            .take_while(|op| run_key(op) == key)
+            .count();
+        let run = &ops[done..done + len];
+        let (n, result) = if matches!(
+            run[0],
+            Op::PutMaglev { .. }
+                | Op::DeleteMaglev { .. }
+                | Op::PutSourceRange { .. }
+                | Op::DeleteSourceRange { .. }
+        ) {
+            // Maglev tables and source ranges are few (one per external frontend).
+            apply_one_by_one(set, run)
+        } else {
+            apply_run(set, run)
+        };
+        done += n;
+        if let Err(e) = result {
+            let e = match e {
+                WriteError::Full { table, .. } => WriteError::Full {
+                    table,
+                    capacity: capacity(set, table),
+                },
+                e @ WriteError::Kernel { .. } => e,
+            };
+            return (done, Err(e));
+        }
+    }
+    (done, Ok(()))
+}
+
+fn apply_one_by_one(set: &mut impl MapSet, run: &[Op]) -> (usize, Result<(), WriteError>) {
+    for (done, op) in run.iter().enumerate() {
+        if let Err(e) = apply_op(set, op) {
+            return (done, Err(e));
+        }
+    }
+    (run.len(), Ok(()))
+}
+
+/// One run (same table, same kind); deletes of keys already gone count as done.
+fn apply_run(set: &mut impl MapSet, run: &[Op]) -> (usize, Result<(), WriteError>) {
+    let table = run[0].table();
+    let fd = match data(set, table.map_name()) {
+        Ok(d) => d.fd().as_fd(),
+        Err(e) => {
+            return (
+                0,
+                Err(WriteError::Kernel {
+                    table,
+                    source: io::Error::other(e.to_string()),
+                }),
+            );
+        }
+    };
+    let mut done = 0;
+    while done < run.len() {
+        let rest = &run[done..];
+        let (n, result) = match rest[0] {
+            Op::PutService { frontend, .. } => match frontend.family() {
+                Family::V4 => put_batch(fd, rest, |op| match *op {
+                    Op::PutService {
+                        frontend,
+                        slot,
+                        value,
+                    } => (service4_key(frontend, slot), value),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+                Family::V6 => put_batch(fd, rest, |op| match *op {
+                    Op::PutService {
+                        frontend,
+                        slot,
+                        value,
+                    } => (service6_key(frontend, slot), value),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+            },
+            Op::PutBackend { backend, .. } => match Family::of(&backend.address) {
+                Family::V4 => put_batch(fd, rest, |op| match *op {
+                    Op::PutBackend { id, backend } => (id, backend4(&backend)),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+                Family::V6 => put_batch(fd, rest, |op| match *op {
+                    Op::PutBackend { id, backend } => (id, backend6(&backend)),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+            },
+            Op::PutRevNat { frontend, .. } => match frontend.family() {
+                Family::V4 => put_batch(fd, rest, |op| match *op {
+                    Op::PutRevNat { id, frontend } => (
+                        id,
+                        RevNat4::new(v4(frontend.address), Be16::from_host(frontend.port)),
+                    ),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+                Family::V6 => put_batch(fd, rest, |op| match *op {
+                    Op::PutRevNat { id, frontend } => (
+                        id,
+                        RevNat6::new(v6(frontend.address), Be16::from_host(frontend.port)),
+                    ),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+            },
+            Op::DeleteService { frontend, .. } => match frontend.family() {
+                Family::V4 => delete_batch(fd, rest, |op| match *op {
+                    Op::DeleteService { frontend, slot } => service4_key(frontend, slot),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+                Family::V6 => delete_batch(fd, rest, |op| match *op {
+                    Op::DeleteService { frontend, slot } => service6_key(frontend, slot),
+                    _ => unreachable!("a run holds one kind"),
+                }),
+            },
+            Op::DeleteBackend { .. } => delete_batch(fd, rest, |op| match *op {
+                Op::DeleteBackend { id, .. } => id,
+                _ => unreachable!("a run holds one kind"),
+            }),
+            Op::DeleteRevNat { .. } => delete_batch(fd, rest, |op| match *op {
+                Op::DeleteRevNat { id, .. } => id,
+                _ => unreachable!("a run holds one kind"),
+            }),
+            Op::PutMaglev { .. }
+            | Op::DeleteMaglev { .. }
+            | Op::PutSourceRange { .. }
+            | Op::DeleteSourceRange { .. } => unreachable!("written one by one above"),
+        };
+        done += n;
+        match result {
+            Ok(()) => {}
+            // A delete of an entry that is already gone succeeded: skip it, go on.
+            Err(e) if !rest[0].is_put() && e.raw_os_error() == Some(libc_enoent()) => done += 1,
+            Err(e) if e.raw_os_error() == Some(libc_e2big()) => {
+                return (done, Err(WriteError::Full { table, capacity: 0 }));
+            }
+            Err(source) => return (done, Err(WriteError::Kernel { table, source })),
+        }
+    }
+    (done, Ok(()))
+}
+
+fn put_batch<K: aya::Pod, V: aya::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    ops: &[Op],
+    entry: impl Fn(&Op) -> (K, V),
+) -> (usize, io::Result<()>) {
+    let (keys, values): (Vec<K>, Vec<V>) = ops.iter().map(entry).unzip();
+    crate::sys::map_update_batch(fd, &keys, &values)
+}
+
+fn delete_batch<K: aya::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    ops: &[Op],
+    key: impl Fn(&Op) -> K,
+) -> (usize, io::Result<()>) {
+    let keys: Vec<K> = ops.iter().map(key).collect();
+    crate::sys::map_delete_batch(fd, &keys)
+}
+
+/// `ENOENT`: what deleting a missing key answers.
+const fn libc_enoent() -> i32 {
+    2
+}
+
+/// The kernel's entry for a backend (one writer for the single and the batched path).
+fn backend4(backend: &BackendEntry) -> Backend4 {
+    Backend4::new(
+        v4(backend.address),
+        Be16::from_host(backend.port),
+        backend.protocol,
+        fairlead_abi::BackendState::from_raw(backend.state)
+            .unwrap_or(fairlead_abi::BackendState::Active),
+        backend.rev_nat_id,
+    )
+    .with_flags(backend.flags)
+}
+
+fn backend6(backend: &BackendEntry) -> Backend6 {
+    Backend6::new(
+        v6(backend.address),
+        Be16::from_host(backend.port),
+        backend.protocol,
+        fairlead_abi::BackendState::from_raw(backend.state)
+            .unwrap_or(fairlead_abi::BackendState::Active),
+        backend.rev_nat_id,
+    )
+    .with_flags(backend.flags)
+}
+
 impl LbMaps for Datapath {
     fn apply(&mut self, op: &Op) -> Result<(), WriteError> {
         apply_op(self, op)
+    }
+    fn apply_all(&mut self, ops: &[Op]) -> (usize, Result<(), WriteError>) {
+        apply_all_batched(self, ops)
     }
     fn contents(&self) -> Result<Contents, Error> {
         read_contents(self)
@@ -661,6 +842,9 @@ impl LbMaps for Datapath {
 impl LbMaps for PinnedMaps {
     fn apply(&mut self, op: &Op) -> Result<(), WriteError> {
         apply_op(self, op)
+    }
+    fn apply_all(&mut self, ops: &[Op]) -> (usize, Result<(), WriteError>) {
+        apply_all_batched(self, ops)
     }
     fn contents(&self) -> Result<Contents, Error> {
         read_contents(self)

@@ -161,6 +161,49 @@ pub struct Reconciler {
     /// Entries found at adoption that belong to no frontend: deleted at the first full sync.
     orphans: Vec<Op>,
     applied: Option<u64>,
+    /// Writes planned and not yet applied ([`Reconciler::flush`]).
+    pending: Pending,
+    /// Table sizes, read once per sync (each read is a syscall).
+    capacity: [u32; Table::COUNT],
+}
+
+/// Writes planned for many frontends, applied together phase by phase ([`phase`]), so the
+/// kernel maps take them in a few batched `bpf()` calls.
+#[derive(Debug, Default)]
+struct Pending {
+    /// In planning order; each frontend's writes are already in the documented order.
+    ops: Vec<(Frontend, Op)>,
+    /// Frontends with writes here: planning one of them again needs a flush first (plans
+    /// read the mirror, which only flushing updates).
+    touched: HashSet<Frontend>,
+    /// The Service of each upserted frontend, for errors.
+    services: HashMap<Frontend, ServiceKey>,
+    /// Frontends being removed: dropped from the mirror once empty.
+    removed: Vec<Frontend>,
+    /// New keys per table the writes add (deletes are not subtracted: they come last).
+    adds: [usize; 6],
+}
+
+/// The phase of a write. Applying every pending write sorted by phase (stably) keeps each
+/// frontend's own order (its plan is already sorted so) and across frontends puts every
+/// addition before every count that may publish it, and every count that stops
+/// publishing a slot before that slot's removal:
+///
+/// 0. backends, rev-NAT entries and source ranges; 1. backend slots and Maglev tables;
+///    2. counts (slot 0: written or deleted); 3. slots above a count, Maglev tables and
+///    source ranges of removed frontends; 4. backends and rev-NAT entries nothing lists.
+///
+/// Ids are never reused within one batch: an id is freed only once its delete is applied.
+fn phase(op: &Op) -> u8 {
+    match op {
+        // Source ranges guard a frontend before its count lets the first packet in.
+        Op::PutRevNat { .. } | Op::PutBackend { .. } | Op::PutSourceRange { .. } => 0,
+        Op::PutService { slot: 0, .. } | Op::DeleteService { slot: 0, .. } => 2,
+        // A Maglev table names backends (written in phase 0) and is read after the count.
+        Op::PutService { .. } | Op::PutMaglev { .. } => 1,
+        Op::DeleteService { .. } | Op::DeleteMaglev { .. } | Op::DeleteSourceRange { .. } => 3,
+        Op::DeleteBackend { .. } | Op::DeleteRevNat { .. } => 4,
+    }
 }
 
 fn fam(family: Family) -> usize {
@@ -194,6 +237,8 @@ impl Reconciler {
             next_rev_nat: [1, 1],
             orphans: Vec::new(),
             applied: None,
+            pending: Pending::default(),
+            capacity: [0; Table::COUNT],
         }
     }
 
@@ -325,6 +370,7 @@ impl Reconciler {
     /// never stop the rest.
     pub fn sync(&mut self, snapshot: &Snapshot, maps: &mut impl LbMaps) -> SyncReport {
         let mut report = SyncReport::default();
+        self.capacity = Table::ALL.map(|t| maps.capacity(t));
         let changed = self
             .applied
             .and_then(|generation| snapshot.changed_services_since(generation));
@@ -355,6 +401,7 @@ impl Reconciler {
                 self.sync_service(&key, desired, maps, &mut report, &mut requeue);
                 done.insert(key);
             }
+            self.flush(maps, &mut report);
             todo = requeue;
         }
         if report.full {
@@ -426,21 +473,38 @@ impl Reconciler {
     /// The writes that make `frontend` what `d` says, in the safe order.
     fn plan_upsert(&mut self, d: &DesiredFrontend) -> Result<Vec<Op>, ()> {
         let frontend = d.frontend;
+        // Taken out of the mirror while planning (ids are allocated meanwhile), put back.
+        let known = self.frontends.remove(&frontend);
+        let exists = known.is_some();
+        let current = known.unwrap_or_default();
+        let planned = self.plan_against(d, exists, &current);
+        if exists {
+            self.frontends.insert(frontend, current);
+        }
+        planned
+    }
+
+    fn plan_against(
+        &mut self,
+        d: &DesiredFrontend,
+        exists: bool,
+        current: &Programmed,
+    ) -> Result<Vec<Op>, ()> {
+        let frontend = d.frontend;
         let family = frontend.family();
-        let current = self.frontends.get(&frontend).cloned().unwrap_or_default();
-        let rev_nat_id = if self.frontends.contains_key(&frontend) && current.rev_nat_id != 0 {
+        let rev_nat_id = if exists && current.rev_nat_id != 0 {
             current.rev_nat_id
         } else {
             self.allocate_rev_nat(family).ok_or(())?
         };
-        let mut ops = Vec::new();
+        let mut ops = Vec::with_capacity(2 * d.backends.len() + 2);
         if current.rev_nat != Some((frontend.address, frontend.port)) {
             ops.push(Op::PutRevNat {
                 id: rev_nat_id,
                 frontend,
             });
         }
-        let ids = self.plan_backends(d, &current, rev_nat_id, &mut ops);
+        let ids = self.plan_backends(d, current, rev_nat_id, &mut ops);
         let desired_ids: Vec<BackendId> = d
             .backends
             .iter()
@@ -448,7 +512,13 @@ impl Reconciler {
             .collect();
         // Slots: ids that stay keep their slot; the others fill the gaps.
         let count = desired_ids.len();
-        let wanted: HashSet<BackendId> = ids.values().copied().collect();
+        let wanted: HashSet<BackendId> = if current.slots.is_empty() && current.backends.is_empty()
+        {
+            // A new frontend (the bulk of a first sync): nothing to keep in place.
+            HashSet::new()
+        } else {
+            ids.values().copied().collect()
+        };
         let mut placed: HashSet<BackendId> = HashSet::new();
         let mut layout: Vec<Option<BackendId>> = vec![None; count];
         for (slot, value) in &current.slots {
@@ -478,7 +548,7 @@ impl Reconciler {
             }
         }
         // The Maglev table and the source ranges before the head that turns them on.
-        let family_maglev = self.plan_external(d, &ids, &current, rev_nat_id, &mut ops);
+        let family_maglev = self.plan_external(d, &ids, current, rev_nat_id, &mut ops);
         let count16 = u16::try_from(count).map_err(|_| ())?;
         let head = ServiceValue::service(count16, rev_nat_id, d.flags, d.affinity_timeout_secs);
         if current.head != Some(head) {
@@ -609,6 +679,9 @@ impl Reconciler {
                 count: d.backends.len(),
             });
         }
+        if self.pending.touched.contains(&frontend) {
+            self.flush(maps, report);
+        }
         let ops = self.plan_upsert(d).map_err(|()| SyncError::NoRevNatId {
             service: service.clone(),
             frontend,
@@ -641,10 +714,23 @@ impl Reconciler {
                 adds[table_index(op.table())] += 1;
             }
         }
-        for table in Table::ALL {
-            let i = table_index(table);
-            let capacity = maps.capacity(table);
-            if self.entries[i] + adds[i] > capacity as usize {
+        let fits = |this: &Self| -> Option<(Table, u32)> {
+            Table::ALL.into_iter().find_map(|table| {
+                let i = table_index(table);
+                let capacity = this.capacity[i];
+                (this.entries[i] + this.pending.adds[i] + adds[i] > capacity as usize)
+                    .then_some((table, capacity))
+            })
+        };
+        // Pending deletes of other frontends may make room, but they are applied after
+        // every pending addition: apply them first, then look again.
+        let mut full = fits(self);
+        if full.is_some() && !self.pending.ops.is_empty() {
+            self.flush(maps, report);
+            full = fits(self);
+        }
+        if let Some((table, capacity)) = full {
+            {
                 // Ids allocated for this plan are released: nothing was written.
                 self.release_unwritten(&frontend, &ops);
                 return Err(SyncError::Write {
@@ -655,29 +741,105 @@ impl Reconciler {
             }
         }
         debug!(service = %service, frontend = %frontend, writes = ops.len(), "programming frontend");
-        let removed_udp = frontend.protocol == fairlead_abi::Protocol::Udp.raw();
         self.frontends.entry(frontend).or_default();
-        for op in ops {
-            if let Err(source) = maps.apply(&op) {
-                return Err(SyncError::Write {
-                    service: service.clone(),
-                    frontend,
-                    source,
-                });
-            }
-            report.writes += 1;
-            if removed_udp
-                && let Op::DeleteBackend { id, .. } = op
-                && let Some(b) = self
-                    .frontends
-                    .get(&frontend)
-                    .and_then(|p| p.backends.get(&id))
-            {
-                report.removed_udp_backends.push((b.address, b.port));
-            }
-            self.record(frontend, &op);
+        for (pending, add) in self.pending.adds.iter_mut().zip(adds) {
+            *pending += add;
         }
+        self.pending.touched.insert(frontend);
+        self.pending.services.insert(frontend, service.clone());
+        self.pending
+            .ops
+            .extend(ops.into_iter().map(|op| (frontend, op)));
         Ok(())
+    }
+
+    /// Applies every pending write, phase by phase ([`phase`]), and updates the mirror
+    /// with what was written. A write that fails stops the rest of its frontend's writes
+    /// (so its count never publishes what is missing); the others go on.
+    fn flush(&mut self, maps: &mut impl LbMaps, report: &mut SyncReport) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut ops = pending.ops;
+        ops.sort_by_key(|(_, op)| phase(op));
+        let plain: Vec<Op> = ops.iter().map(|(_, op)| op.clone()).collect();
+        let mut failed: HashSet<Frontend> = HashSet::new();
+        let mut i = 0;
+        while i < ops.len() {
+            if failed.contains(&ops[i].0) {
+                i += 1;
+                continue;
+            }
+            let end = if failed.is_empty() {
+                ops.len()
+            } else {
+                (i..ops.len())
+                    .find(|&j| failed.contains(&ops[j].0))
+                    .unwrap_or(ops.len())
+            };
+            let (done, result) = maps.apply_all(&plain[i..end]);
+            let mut k = i;
+            while k < i + done {
+                let frontend = ops[k].0;
+                let end = (k..i + done)
+                    .find(|&j| ops[j].0 != frontend)
+                    .unwrap_or(i + done);
+                self.applied(frontend, &plain[k..end], report);
+                k = end;
+            }
+            i += done;
+            if let Err(source) = result {
+                let frontend = ops[i].0;
+                failed.insert(frontend);
+                if let Some(service) = pending.services.get(&frontend) {
+                    self.failed.insert(service.clone());
+                    report.errors.push(SyncError::Write {
+                        service: service.clone(),
+                        frontend,
+                        source,
+                    });
+                } else {
+                    warn!(frontend = %frontend, error = %source, "deleting a frontend failed; retrying at the next full sync");
+                }
+                i += 1;
+            }
+        }
+        for frontend in &failed {
+            let planned: Vec<Op> = ops
+                .iter()
+                .filter(|(f, _)| f == frontend)
+                .map(|(_, op)| op.clone())
+                .collect();
+            self.release_unwritten(frontend, &planned);
+        }
+        for frontend in pending.removed {
+            if let Some(p) = self.frontends.get(&frontend)
+                && p.head.is_none()
+                && p.slots.is_empty()
+                && p.backends.is_empty()
+                && p.rev_nat.is_none()
+                && p.maglev.is_none()
+                && p.source_ranges.is_empty()
+            {
+                self.used_rev_nat[fam(frontend.family())].remove(&p.rev_nat_id);
+                self.frontends.remove(&frontend);
+            }
+        }
+    }
+
+    /// Bookkeeping of writes the kernel took, all of `frontend`.
+    fn applied(&mut self, frontend: Frontend, ops: &[Op], report: &mut SyncReport) {
+        report.writes += ops.len();
+        if frontend.protocol == fairlead_abi::Protocol::Udp.raw()
+            && let Some(p) = self.frontends.get(&frontend)
+        {
+            for op in ops {
+                if let Op::DeleteBackend { id, .. } = op
+                    && let Some(b) = p.backends.get(id)
+                {
+                    report.removed_udp_backends.push((b.address, b.port));
+                }
+            }
+        }
+        self.record(frontend, ops);
     }
 
     /// Deletes a frontend: its service entry first (new connections pass untouched), then
@@ -688,11 +850,14 @@ impl Reconciler {
         maps: &mut impl LbMaps,
         report: &mut SyncReport,
     ) {
-        let Some(current) = self.frontends.get(&frontend).cloned() else {
+        if self.pending.touched.contains(&frontend) {
+            self.flush(maps, report);
+        }
+        let Some(current) = self.frontends.get(&frontend) else {
             return;
         };
         let family = frontend.family();
-        let mut ops = Vec::new();
+        let mut ops = Vec::with_capacity(current.slots.len() + current.backends.len() + 2);
         if current.head.is_some() {
             ops.push(Op::DeleteService { frontend, slot: 0 });
         }
@@ -716,11 +881,6 @@ impl Reconciler {
         }
         for id in current.backends.keys() {
             ops.push(Op::DeleteBackend { family, id: *id });
-            if frontend.protocol == fairlead_abi::Protocol::Udp.raw()
-                && let Some(b) = current.backends.get(id)
-            {
-                report.removed_udp_backends.push((b.address, b.port));
-            }
         }
         if current.rev_nat.is_some() {
             ops.push(Op::DeleteRevNat {
@@ -728,72 +888,58 @@ impl Reconciler {
                 id: current.rev_nat_id,
             });
         }
-        for op in ops {
-            match maps.apply(&op) {
-                Ok(()) => {
-                    report.writes += 1;
-                    self.record(frontend, &op);
-                }
-                Err(e) => {
-                    warn!(frontend = %frontend, error = %e, "deleting a frontend failed; retrying at the next full sync");
-                    return;
-                }
-            }
-        }
-        if let Some(p) = self.frontends.get(&frontend)
-            && p.head.is_none()
-            && p.slots.is_empty()
-            && p.backends.is_empty()
-            && p.rev_nat.is_none()
-            && p.maglev.is_none()
-            && p.source_ranges.is_empty()
-        {
-            self.used_rev_nat[fam(family)].remove(&p.rev_nat_id);
-            self.frontends.remove(&frontend);
-        }
+        self.pending.touched.insert(frontend);
+        self.pending.removed.push(frontend);
+        self.pending
+            .ops
+            .extend(ops.into_iter().map(|op| (frontend, op)));
     }
 
-    /// Updates the mirror after a successful write.
-    fn record(&mut self, frontend: Frontend, op: &Op) {
-        let table = table_index(op.table());
+    /// Updates the mirror after successful writes, all of `frontend`.
+    fn record(&mut self, frontend: Frontend, ops: &[Op]) {
         let p = self.frontends.entry(frontend).or_default();
-        let (added, removed) = match op.clone() {
-            Op::PutService { slot: 0, value, .. } => {
-                p.rev_nat_id = value.rev_nat_id;
-                (p.head.replace(value).is_none(), false)
+        for op in ops {
+            let table = table_index(op.table());
+            let (added, removed) = match op.clone() {
+                Op::PutService { slot: 0, value, .. } => {
+                    p.rev_nat_id = value.rev_nat_id;
+                    (p.head.replace(value).is_none(), false)
+                }
+                Op::PutService { slot, value, .. } => {
+                    (p.slots.insert(slot, value).is_none(), false)
+                }
+                Op::DeleteService { slot: 0, .. } => (false, p.head.take().is_some()),
+                Op::DeleteService { slot, .. } => (false, p.slots.remove(&slot).is_some()),
+                Op::PutBackend { id, backend } => {
+                    // Allocation already marked the id used.
+                    (p.backends.insert(id, backend).is_none(), false)
+                }
+                Op::DeleteBackend { id, .. } => {
+                    let removed = p.backends.remove(&id).is_some();
+                    self.used_backend_ids.remove(&id);
+                    (false, removed)
+                }
+                Op::PutRevNat { id, frontend } => {
+                    p.rev_nat_id = id;
+                    (
+                        p.rev_nat
+                            .replace((frontend.address, frontend.port))
+                            .is_none(),
+                        false,
+                    )
+                }
+                Op::DeleteRevNat { .. } => (false, p.rev_nat.take().is_some()),
+                Op::PutMaglev { slots, .. } => (p.maglev.replace(slots).is_none(), false),
+                Op::DeleteMaglev { .. } => (false, p.maglev.take().is_some()),
+                Op::PutSourceRange { range, .. } => (p.source_ranges.insert(range), false),
+                Op::DeleteSourceRange { range, .. } => (false, p.source_ranges.remove(&range)),
+            };
+            if added {
+                self.entries[table] += 1;
             }
-            Op::PutService { slot, value, .. } => (p.slots.insert(slot, value).is_none(), false),
-            Op::DeleteService { slot: 0, .. } => (false, p.head.take().is_some()),
-            Op::DeleteService { slot, .. } => (false, p.slots.remove(&slot).is_some()),
-            Op::PutBackend { id, backend } => {
-                self.used_backend_ids.insert(id);
-                (p.backends.insert(id, backend).is_none(), false)
+            if removed {
+                self.entries[table] = self.entries[table].saturating_sub(1);
             }
-            Op::DeleteBackend { id, .. } => {
-                let removed = p.backends.remove(&id).is_some();
-                self.used_backend_ids.remove(&id);
-                (false, removed)
-            }
-            Op::PutRevNat { id, frontend } => {
-                p.rev_nat_id = id;
-                (
-                    p.rev_nat
-                        .replace((frontend.address, frontend.port))
-                        .is_none(),
-                    false,
-                )
-            }
-            Op::DeleteRevNat { .. } => (false, p.rev_nat.take().is_some()),
-            Op::PutMaglev { slots, .. } => (p.maglev.replace(slots).is_none(), false),
-            Op::DeleteMaglev { .. } => (false, p.maglev.take().is_some()),
-            Op::PutSourceRange { range, .. } => (p.source_ranges.insert(range), false),
-            Op::DeleteSourceRange { range, .. } => (false, p.source_ranges.remove(&range)),
-        };
-        if added {
-            self.entries[table] += 1;
-        }
-        if removed {
-            self.entries[table] = self.entries[table].saturating_sub(1);
         }
     }
 
@@ -814,6 +960,7 @@ impl Reconciler {
         for frontend in unowned {
             self.remove_frontend(frontend, maps, report);
         }
+        self.flush(maps, report);
         for op in std::mem::take(&mut self.orphans) {
             match maps.apply(&op) {
                 Ok(()) => {
@@ -997,6 +1144,49 @@ mod tests {
             ["del-count", "del-slot", "del-backend", "del-revnat"]
         );
         assert_eq!(maps.contents().unwrap(), crate::tables::Contents::default());
+    }
+
+    /// Many frontends in one sync: every addition of every frontend before any backend
+    /// slot, every slot before any count; when one Service goes and another shrinks in the
+    /// same sync, every count before the slots and backends it stops listing.
+    #[test]
+    fn a_sync_applies_its_writes_phase_by_phase() {
+        let yaml: Vec<String> = (0..20)
+            .map(|i| {
+                service(
+                    &format!("s{i}"),
+                    &format!("10.96.0.{}", i + 1),
+                    &["10.0.0.1", "10.0.0.2"],
+                )
+            })
+            .collect();
+        let (mut w, snapshot) = model(&yaml.join("\n---\n"));
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        r.sync(&snapshot, &mut maps);
+        let phases: Vec<u8> = maps.log.iter().map(super::phase).collect();
+        assert!(phases.is_sorted(), "{:?}", maps.log);
+        assert_eq!(maps.log.len(), 20 * 6);
+        assert!(matches!(
+            maps.log[0],
+            Op::PutRevNat { .. } | Op::PutBackend { .. }
+        ));
+
+        maps.log.clear();
+        w.apply(changes(&service("s3", "10.96.0.4", &["10.0.0.2"])));
+        w.apply([Change::Delete(fairlead_model::ObjectId {
+            kind: fairlead_model::Kind::Service,
+            namespace: "ns".into(),
+            name: "s5".into(),
+        })]);
+        r.sync(&w.snapshot(), &mut maps);
+        let phases: Vec<u8> = maps.log.iter().map(super::phase).collect();
+        assert!(phases.is_sorted(), "{:?}", maps.log);
+        assert!(
+            maps.log
+                .iter()
+                .any(|op| matches!(op, Op::DeleteRevNat { .. }))
+        );
     }
 
     #[test]

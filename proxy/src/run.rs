@@ -16,6 +16,8 @@ use tracing::{debug, info, warn};
 use crate::Error;
 use crate::conntrack::{Timeouts, next_interval};
 use crate::datapath::{Datapath, LoadOptions};
+use crate::health::HealthServers;
+use crate::links::{PinnedLinks, links_dir};
 use crate::metrics::Metrics;
 use crate::nodeaddr::{NodeAddress, default_interfaces, node_addresses};
 use crate::reconcile::Reconciler;
@@ -80,10 +82,20 @@ pub struct Args {
     /// root of the cgroup v2 hierarchy, i.e. every process of the node).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// bpffs directory where the maps are pinned; a restarted proxy adopts what it finds
-    /// there, so live services keep working across restarts.
+    /// bpffs directory where the maps are pinned, and the program links under `links/`;
+    /// they outlive the process (SIGTERM or a crash), so services keep working while the
+    /// proxy restarts or upgrades, and a restarted proxy adopts them.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
+    /// Remove everything the proxy pinned under --bpffs (the programs detach from the
+    /// cgroup, the maps are freed) and exit, like `kube-proxy --cleanup`.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Address the healthCheckNodePort servers listen on (Services with
+    /// externalTrafficPolicy Local); repeat for several. The default `::` is every address of
+    /// the node, IPv4 included (0.0.0.0 where IPv6 is off).
+    #[arg(long = "health-check-address", value_name = "IP", default_values_t = [IpAddr::V6(Ipv6Addr::UNSPECIFIED)])]
+    pub health_check_addresses: Vec<IpAddr>,
     /// Size of each service map (one entry per frontend plus one per backend slot).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::SERVICE_MAX_ENTRIES)]
     pub map_services: u32,
@@ -135,6 +147,8 @@ impl Args {
         Self {
             cgroup,
             bpffs,
+            cleanup: false,
+            health_check_addresses: vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)],
             map_services: maps::SERVICE_MAX_ENTRIES,
             map_backends: maps::BACKEND_MAX_ENTRIES,
             map_rev_nat: maps::REV_NAT_MAX_ENTRIES,
@@ -196,6 +210,7 @@ pub struct Proxy {
     datapath: Datapath,
     reconciler: Reconciler,
     metrics: Metrics,
+    health: HealthServers,
     model: watch::Receiver<Arc<Snapshot>>,
     ready: Ready,
     cancel: CancellationToken,
@@ -229,8 +244,12 @@ impl Proxy {
                 ),
             })?,
         };
-        datapath.attach(&cgroup)?;
-        datapath.attach_post_bind(&cgroup)?;
+        // Maps first (adopted above, so the running programs and these share them), then the
+        // programs take the pinned hooks over in place: the socket programs and the bind
+        // guard on the cgroup, the TC programs on each interface. Pins of hooks this run
+        // does not install (an interface no longer served) go last.
+        let mut links = PinnedLinks::open(links_dir(&args.bpffs))?;
+        datapath.install_pinned(&cgroup, &mut links)?;
         let addresses = node_addresses().map_err(Error::NodeAddresses)?;
         let interfaces = match &args.interfaces {
             Interfaces::Auto => default_interfaces(&addresses),
@@ -245,12 +264,18 @@ impl Proxy {
             ctx.node_name.as_deref(),
         );
         datapath.set_node_addresses(&addresses, snat.0, snat.1)?;
-        let links = crate::external::links_dir(&args.bpffs);
         for interface in &interfaces {
-            datapath.attach_interface(interface, Some(&links))?;
+            datapath.attach_interface(interface, Some(&mut links))?;
         }
+        let pruned = links.prune()?;
         let metrics = Metrics::register(ctx.registry);
-        info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, interfaces = ?interfaces, ?snat, "proxy started");
+        let health = HealthServers::new(
+            ctx.node_name.clone(),
+            args.health_check_addresses.clone(),
+            ctx.ready.clone(),
+            ctx.registry,
+        );
+        info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, interfaces = ?interfaces, ?snat, pruned_links = pruned.len(), "proxy started");
         Ok(Self {
             cgroup,
             node_name: ctx.node_name,
@@ -259,14 +284,16 @@ impl Proxy {
             datapath,
             reconciler,
             metrics,
+            health,
             model: ctx.model,
             ready: ctx.ready,
             cancel: ctx.cancel,
         })
     }
 
-    /// Reconciles every model snapshot into the maps until cancelled. The maps stay pinned
-    /// when it returns; the programs detach.
+    /// Reconciles every model snapshot into the maps until cancelled. Maps and program
+    /// links stay pinned when it returns: the data path keeps serving what it was last
+    /// given until a new proxy takes over (or `--cleanup` removes it).
     ///
     /// # Panics
     ///
@@ -284,6 +311,7 @@ impl Proxy {
             datapath,
             reconciler,
             mut metrics,
+            mut health,
             mut model,
             ready,
             cancel,
@@ -303,6 +331,7 @@ impl Proxy {
                 let snapshot = model.borrow_and_update().clone();
                 if snapshot.synced {
                     let (mut datapath, mut reconciler) = state.take().expect("state is put back");
+                    let for_health = snapshot.clone();
                     let result = tokio::task::spawn_blocking(move || {
                         let started = Instant::now();
                         let report = reconciler.sync(&snapshot, &mut datapath);
@@ -315,29 +344,7 @@ impl Proxy {
                     };
                     let capacity = Table::ALL.map(|t| datapath.capacity(t));
                     metrics.observe_sync(elapsed, &report, &reconciler.stats(), &capacity);
-                    let programmed = reconciler.stats();
-                    if report.full || !report.errors.is_empty() {
-                        info!(
-                            generation,
-                            ?elapsed,
-                            full = report.full,
-                            compared = report.services_compared,
-                            writes = report.writes,
-                            errors = report.errors.len(),
-                            services = programmed.services,
-                            frontends = programmed.frontends,
-                            backends = programmed.backends,
-                            "maps synced"
-                        );
-                    } else {
-                        debug!(
-                            generation,
-                            ?elapsed,
-                            compared = report.services_compared,
-                            writes = report.writes,
-                            "maps synced"
-                        );
-                    }
+                    log_sync(&report, elapsed, generation, reconciler.stats());
                     if !report.removed_udp_backends.is_empty() {
                         let cgroup = cgroup.clone();
                         let removed = report.removed_udp_backends;
@@ -351,6 +358,7 @@ impl Proxy {
                     state = Some((datapath, reconciler));
                     ready.serving(generation);
                     ready.set(true);
+                    health.sync(&for_health);
                 } else {
                     debug!("model not synced yet; programming nothing");
                 }
@@ -365,6 +373,11 @@ impl Proxy {
                     pending = true;
                 }
                 _ = ticker.tick() => {
+                    // Retries health check ports that could not be bound.
+                    if health.applied_generation().is_some() {
+                        let snapshot = model.borrow().clone();
+                        health.sync(&snapshot);
+                    }
                     if let Some((datapath, _)) = &mut state {
                         match datapath.counters() {
                             Ok(c) => metrics.observe_counters(c),
@@ -400,7 +413,8 @@ impl Proxy {
             }
         }
         ready.set(false);
-        info!("proxy stopped; maps stay pinned, programs detach");
+        health.shutdown();
+        info!("proxy stopped; maps and program links stay pinned and keep serving");
         Ok(())
     }
 }
@@ -465,5 +479,35 @@ fn refresh_addresses(
     let snat = snat_addresses(flag, &addresses, interfaces, snapshot, node_name);
     if let Err(e) = datapath.set_node_addresses(&addresses, snat.0, snat.1) {
         warn!(error = %e, "writing the node's addresses failed");
+    }
+}
+
+fn log_sync(
+    report: &crate::reconcile::SyncReport,
+    elapsed: Duration,
+    generation: u64,
+    programmed: crate::reconcile::Stats,
+) {
+    if report.full || !report.errors.is_empty() {
+        info!(
+            generation,
+            ?elapsed,
+            full = report.full,
+            compared = report.services_compared,
+            writes = report.writes,
+            errors = report.errors.len(),
+            services = programmed.services,
+            frontends = programmed.frontends,
+            backends = programmed.backends,
+            "maps synced"
+        );
+    } else {
+        debug!(
+            generation,
+            ?elapsed,
+            compared = report.services_compared,
+            writes = report.writes,
+            "maps synced"
+        );
     }
 }

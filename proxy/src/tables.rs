@@ -350,6 +350,18 @@ pub struct Contents {
 pub trait LbMaps {
     /// Performs one write.
     fn apply(&mut self, op: &Op) -> Result<(), WriteError>;
+    /// Performs `ops` in order, stopping at the first that fails: returns how many were
+    /// performed, and that failure. Each write is atomic and none is reordered, so the order
+    /// guarantees of [`fairlead_abi::service`] hold as for [`LbMaps::apply`] one by one; the
+    /// kernel maps do runs of the same table and kind in one `bpf()` call.
+    fn apply_all(&mut self, ops: &[Op]) -> (usize, Result<(), WriteError>) {
+        for (done, op) in ops.iter().enumerate() {
+            if let Err(e) = self.apply(op) {
+                return (done, Err(e));
+            }
+        }
+        (ops.len(), Ok(()))
+    }
     /// Reads every entry.
     fn contents(&self) -> Result<Contents, crate::Error>;
     /// The number of entries a table can hold.

@@ -12,11 +12,13 @@ use std::{
 };
 
 use fairlead_proxy::{
-    Datapath, Error, LoadOptions,
+    Datapath, Error, Installed, LoadOptions, PinnedLinks,
     abi::{
         Backend4, BackendState, Be16, Be32, Protocol, Reason, RevNat4, Scope, Service4Key,
         ServiceValue, maps, programs,
     },
+    links,
+    tables::{BackendEntry, Contents, Family, Frontend, LbMaps as _, Op, Table, WriteError},
     testing::{TestCgroup, TestPinDir, error_chain, privileged},
 };
 
@@ -314,4 +316,188 @@ fn text(out: &Output) -> String {
         out.status,
         String::from_utf8_lossy(&out.stderr).trim()
     )
+}
+
+/// Batched writes on the kernel maps: every entry lands; deleting keys already gone is not
+/// an error; a map that fills mid-batch reports `Full` with the entries before it written
+/// (and no later one).
+#[test]
+fn batched_writes_apply_in_order_and_stop_at_a_full_map() {
+    if !privileged("kernel_load::batched_writes_apply_in_order_and_stop_at_a_full_map") {
+        return;
+    }
+    let mut datapath = check(Datapath::load(
+        &LoadOptions::new().map_size(maps::BACKENDS4, 8),
+    ));
+    let frontend = Frontend {
+        address: Ipv4Addr::new(10, 96, 0, 1).into(),
+        port: 80,
+        protocol: Protocol::Tcp.raw(),
+    };
+    let backend = |i: u8| BackendEntry {
+        address: Ipv4Addr::new(10, 0, 0, i).into(),
+        port: 8080,
+        protocol: Protocol::Tcp.raw(),
+        state: BackendState::Active as u8,
+        rev_nat_id: 1,
+        flags: 0,
+    };
+    let mut ops = vec![Op::PutRevNat { id: 1, frontend }];
+    for i in 1..=3_u8 {
+        ops.push(Op::PutBackend {
+            id: u32::from(i),
+            backend: backend(i),
+        });
+    }
+    for slot in 1..=3_u16 {
+        ops.push(Op::PutService {
+            frontend,
+            slot,
+            value: ServiceValue::backend(u32::from(slot), 1),
+        });
+    }
+    ops.push(Op::PutService {
+        frontend,
+        slot: 0,
+        value: ServiceValue::service(3, 1, 0, 0),
+    });
+    let (done, result) = datapath.apply_all(&ops);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(done, ops.len());
+    let contents = check(datapath.contents());
+    assert_eq!(contents.services.len(), 4);
+    assert_eq!(contents.backends.len(), 3);
+    assert_eq!(contents.rev_nats.len(), 1);
+
+    // Deletes, with keys already gone in the middle of the run.
+    let deletes = [
+        Op::DeleteBackend {
+            family: Family::V4,
+            id: 3,
+        },
+        Op::DeleteBackend {
+            family: Family::V4,
+            id: 99,
+        },
+        Op::DeleteBackend {
+            family: Family::V4,
+            id: 2,
+        },
+    ];
+    let (done, result) = datapath.apply_all(&deletes);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(done, 3);
+    assert_eq!(check(datapath.contents()).backends.len(), 1);
+
+    // 1 backend in a map of 8: of 10 more, 7 fit and the 8th fails.
+    let more: Vec<Op> = (10..20_u8)
+        .map(|i| Op::PutBackend {
+            id: u32::from(i),
+            backend: backend(i),
+        })
+        .collect();
+    let (done, result) = datapath.apply_all(&more);
+    assert_eq!(done, 7);
+    assert!(
+        matches!(
+            result,
+            Err(WriteError::Full {
+                table: Table::Backends4,
+                capacity: 8
+            })
+        ),
+        "{result:?}"
+    );
+    let Contents { backends, .. } = check(datapath.contents());
+    let ids: Vec<u32> = backends.keys().map(|(_, id)| *id).collect();
+    assert_eq!(ids, [1, 10, 11, 12, 13, 14, 15, 16]);
+}
+
+/// The programs attached directly to `cgroup`, by name, sorted (`bpftool cgroup show`).
+fn attached(cgroup: &Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", text(&out));
+    let json = String::from_utf8_lossy(&out.stdout);
+    let mut names: Vec<String> = if json.trim().is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str::<serde_json::Value>(json.trim())
+            .expect("bpftool JSON")
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+    names.sort();
+    names
+}
+
+/// Pinned links: a second load takes them over in place (same link ids); pointed at
+/// another cgroup, it attaches new links there and the old cgroup loses its programs;
+/// `cleanup` leaves nothing attached or pinned.
+#[test]
+fn pinned_links_are_updated_in_place_or_moved() {
+    if !privileged("kernel_load::pinned_links_are_updated_in_place_or_moved") {
+        return;
+    }
+    let pins = TestPinDir::new("links").expect("pin dir");
+    let a = TestCgroup::new("links-a").expect("cgroup a");
+    let b = TestCgroup::new("links-b").expect("cgroup b");
+    let dir = links::links_dir(pins.path());
+
+    let mut first = load();
+    let mut pinned = check(PinnedLinks::open(&dir));
+    let installed = check(first.install_pinned(a.path(), &mut pinned));
+    assert!(
+        installed.iter().all(|(_, i)| matches!(
+            i,
+            Installed::Attached {
+                replaced: false,
+                ..
+            }
+        )),
+        "{installed:?}"
+    );
+    drop(first);
+    // The process's handles are gone; the pinned links keep the programs attached.
+    assert_eq!(attached(a.path()), programs::CGROUP);
+
+    let mut second = load();
+    let mut pinned = check(PinnedLinks::open(&dir));
+    let updated = check(second.install_pinned(a.path(), &mut pinned));
+    for ((name, before), (_, after)) in installed.iter().zip(&updated) {
+        assert_eq!(
+            *after,
+            Installed::Updated {
+                link_id: before.link_id()
+            },
+            "{name}"
+        );
+    }
+    assert_eq!(attached(a.path()), programs::CGROUP);
+    drop(second);
+
+    let mut third = load();
+    let mut pinned = check(PinnedLinks::open(&dir));
+    let moved = check(third.install_pinned(b.path(), &mut pinned));
+    assert!(
+        moved
+            .iter()
+            .all(|(_, i)| matches!(i, Installed::Attached { replaced: true, .. })),
+        "{moved:?}"
+    );
+    drop(third);
+    assert_eq!(attached(a.path()), Vec::<String>::new());
+    assert_eq!(attached(b.path()), programs::CGROUP);
+    assert_eq!(check(pinned.pinned()).len(), programs::CGROUP.len());
+
+    let done = check(links::cleanup(pins.path()));
+    assert_eq!(done.links.len(), programs::CGROUP.len());
+    assert_eq!(attached(b.path()), Vec::<String>::new());
+    assert!(!dir.exists());
 }

@@ -1,7 +1,7 @@
 # A backend pod for tests/proxy.rs: answers every TCP connection with "<name>:<port>" (then
 # "pong:<name>" to every message) and every UDP datagram with "<name>:<port>", on IPv4 and
-# IPv6, on the given ports ("tcp:8080", "udp:5353"). Prints "ready" once listening; exits
-# when stdin closes.
+# IPv6, on the given ports ("tcp:8080", "udp:5353"; "echo:9000" echoes every byte of a TCP
+# connection back). Prints "ready" once listening; exits when stdin closes.
 import socket
 import sys
 import threading
@@ -23,7 +23,20 @@ def handle(conn, port):
         conn.close()
 
 
-def tcp(family, address, port):
+def echo(conn, port):
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def tcp(family, address, port, handler=handle):
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
@@ -34,7 +47,7 @@ def tcp(family, address, port):
     def serve():
         while True:
             conn, _ = s.accept()
-            threading.Thread(target=handle, args=(conn, port), daemon=True).start()
+            threading.Thread(target=handler, args=(conn, port), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
 
@@ -55,6 +68,10 @@ def udp(family, address, port):
 
 for spec in sys.argv[2:]:
     proto, port = spec.split(":")
+    if proto == "echo":
+        tcp(socket.AF_INET, "0.0.0.0", int(port), echo)
+        tcp(socket.AF_INET6, "::", int(port), echo)
+        continue
     start = tcp if proto == "tcp" else udp
     start(socket.AF_INET, "0.0.0.0", int(port))
     start(socket.AF_INET6, "::", int(port))

@@ -197,7 +197,8 @@ impl Process {
                 bail!(
                     "{} did not serve a generation above {above:?} within {timeout:?}; /status: {}",
                     self.what,
-                    self.status().map_or_else(|| "unreachable".to_owned(), |s| s.to_string())
+                    self.status()
+                        .map_or_else(|| "unreachable".to_owned(), |s| s.to_string())
                 );
             }
             thread::sleep(Duration::from_millis(2));

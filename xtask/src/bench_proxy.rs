@@ -266,6 +266,23 @@ fn nft_one_change(i: usize, endpoints: usize, generation: usize) -> String {
     out
 }
 
+/// Time this thread has spent on a CPU (`/proc/thread-self/schedstat`, nanoseconds): on a
+/// shared machine, the part of a wall-clock figure that is ours.
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// The 1-minute load average, as text.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -406,8 +423,10 @@ pub(crate) fn bench(
         let mut datapath = Datapath::load(&options).context("loading the eBPF object (root?)")?;
         let mut reconciler = Reconciler::new(None);
         let started = Instant::now();
+        let cpu_before = thread_cpu();
         let report = reconciler.sync(&snapshot, &mut datapath);
         let fairlead_full = started.elapsed();
+        let fairlead_cpu = thread_cpu().saturating_sub(cpu_before);
         if !report.errors.is_empty() {
             bail!("fairlead sync errors: {:?}", report.errors.first());
         }
@@ -466,7 +485,13 @@ pub(crate) fn bench(
             peers.push((label, full, median(one)));
         }
         println!("  program all N:");
-        println!("    fairlead (BPF maps)        {:>12}", ms(fairlead_full));
+        println!(
+            "    fairlead (BPF maps)        {:>12}   (on CPU {}, {} writes; load average {})",
+            ms(fairlead_full),
+            ms(fairlead_cpu),
+            report.writes,
+            load_average()
+        );
         for (label, full, _) in &peers {
             println!(
                 "    {label:<26} {:>12}   fairlead is {:.1}x faster",

@@ -40,6 +40,21 @@ pub const TC_INGRESS6: &str = "fl_tc_ingress6";
 /// [`TC_EGRESS`] for IPv6.
 pub const TC_EGRESS6: &str = "fl_tc_egress6";
 
+/// Every program attached to the cgroup: the socket-address programs and the NodePort
+/// bind guard, sorted.
+pub const CGROUP: [&str; 10] = [
+    CONNECT4,
+    CONNECT6,
+    GETPEERNAME4,
+    GETPEERNAME6,
+    POST_BIND4,
+    POST_BIND6,
+    RECVMSG4,
+    RECVMSG6,
+    SENDMSG4,
+    SENDMSG6,
+];
+
 /// The socket-address programs, attached to the cgroup.
 pub const SOCK_ADDR: [&str; 8] = [
     CONNECT4,
@@ -81,5 +96,7 @@ mod tests {
             assert!(name.len() <= NAME_MAX_LEN, "{name} is too long");
         }
         assert!(ALL.is_sorted());
+        assert!(super::CGROUP.is_sorted());
+        assert!(super::CGROUP.iter().all(|name| ALL.contains(name)));
     }
 }
