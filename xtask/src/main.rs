@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench_nodeport;
 mod bench_proxy;
 
 #[derive(Parser)]
@@ -56,6 +57,10 @@ enum Bench {
         /// direct and, when the rules are loaded, iptables).
         #[arg(long)]
         fairlead_only: bool,
+        /// Seconds of each wrk run through a NodePort (fairlead, nftables, iptables; 0
+        /// skips the NodePort benchmark).
+        #[arg(long, default_value_t = 5)]
+        nodeport_seconds: u64,
     },
     /// fairlead's DNS against Knot DNS and NSD with dnsperf.
     Dns(bench_dns::Options),
@@ -89,8 +94,12 @@ fn main() -> Result<()> {
                     endpoints,
                     connects,
                     fairlead_only,
+                    nodeport_seconds,
                 },
-        } => bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only),
+        } => {
+            bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only)?;
+            bench_nodeport::run(nodeport_seconds)
+        }
     }
 }
 
