@@ -94,7 +94,7 @@ async fn check_reads_the_apiserver_of_a_kubeconfig() {
     );
     let printed = text(&from_apiserver.stdout);
     assert!(
-        printed.contains("service shop/web NodePort vip=[10.96.10.10] endpoints 2/3 ready"),
+        printed.contains("service shop/web NodePort vip=[10.96.10.10] endpoints 3/4 ready"),
         "{printed}"
     );
     assert_eq!(printed, text(&from_files.stdout));

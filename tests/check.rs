@@ -27,7 +27,7 @@ fn examples_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
-        "service shop/web NodePort vip=[10.96.10.10] endpoints 2/3 ready",
+        "service shop/web NodePort vip=[10.96.10.10] endpoints 3/4 ready",
         "service data/db Headless",
         "service data/payments ExternalName -> payments.example.net",
         "shop.example.com/api Prefix -> service api:http",

@@ -181,7 +181,7 @@ struct Pending {
     /// Frontends being removed: dropped from the mirror once empty.
     removed: Vec<Frontend>,
     /// New keys per table the writes add (deletes are not subtracted: they come last).
-    adds: [usize; 6],
+    adds: [usize; Table::COUNT],
 }
 
 /// The phase of a write. Applying every pending write sorted by phase (stably) keeps each
