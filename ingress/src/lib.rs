@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod framing;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
@@ -82,6 +83,11 @@ pub struct Args {
     /// Time allowed for a TLS handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub ingress_handshake_timeout: Duration,
+    /// How long an HTTP/2 connection may stay without an open stream before
+    /// it is closed (GOAWAY). An HTTP/1.1 keep-alive gap is bounded by
+    /// --ingress-header-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub ingress_idle_timeout: Duration,
     /// On shutdown, how long open requests and WebSockets may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub ingress_drain_timeout: Duration,
@@ -159,6 +165,7 @@ impl Args {
         server::ServerConfig {
             header_timeout: self.ingress_header_timeout,
             tls_handshake_timeout: self.ingress_handshake_timeout,
+            idle_timeout: self.ingress_idle_timeout,
             max_headers: self.ingress_max_headers,
             max_header_bytes: self.ingress_max_header_bytes,
             max_connections: self.ingress_max_connections,
