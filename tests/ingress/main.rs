@@ -7,6 +7,7 @@
     reason = "each end-to-end test reads as one scenario, top to bottom"
 )]
 
+mod h2;
 mod support;
 
 use std::collections::BTreeSet;
