@@ -75,15 +75,25 @@ fn get(path: &str) -> http::Request<()> {
 
 /// Sends a GET; returns the status.
 async fn request(send: &mut Client, request: http::Request<()>) -> Result<u16, h2::Error> {
+    Ok(exchange(send, request).await?.0)
+}
+
+/// Sends a GET; returns the status and the body.
+async fn exchange(
+    send: &mut Client,
+    request: http::Request<()>,
+) -> Result<(u16, String), h2::Error> {
     let (response, _) = send.send_request(request, true)?;
     let response = response.await?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
+    let mut text = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
     }
-    Ok(status)
+    Ok((status, String::from_utf8_lossy(&text).into_owned()))
 }
 
 /// Reads until the gateway closes the connection; returns how long that took.
@@ -99,18 +109,23 @@ async fn time_to_close(mut tls: TlsStream<TcpStream>, limit: Duration) -> Durati
     }
 }
 
-fn gateway(web: &Backend, extra: &[&str]) -> Gateway {
+/// The Ingress: `HOST/` to the Service `service`, with TLS.
+fn shop_ingress(service: &str) -> String {
     let spec = format!(
         "  tls: [{{hosts: [{HOST}], secretName: shop-tls}}]\n  rules:\n{}",
-        rule(HOST, &[("/", "web")])
+        rule(HOST, &[("/", service)])
     );
+    ingress("shop", "shop", &spec)
+}
+
+fn gateway(web: &Backend, extra: &[&str]) -> Gateway {
     Gateway::start(
         &[
             ("class.yaml", CLASS.to_owned()),
             ("ns.yaml", namespace("shop")),
             ("web.yaml", service("shop", "web", None, &[web.addr])),
             ("tls.yaml", shop_tls("shop")),
-            ("ingress.yaml", ingress("shop", "shop", &spec)),
+            ("ingress.yaml", shop_ingress("web")),
         ],
         extra,
     )
@@ -321,5 +336,43 @@ fn http2_rapid_reset_is_cut_off() {
     rt.block_on(async {
         let (mut send, _, _conn) = client(gw.https).await;
         assert_eq!(request(&mut send, get("/after")).await.unwrap(), 200);
+    });
+}
+
+#[test]
+fn http2_streams_survive_route_updates() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 9, 4], "web", false);
+    let other = backend(&rt, [127, 0, 9, 5], "other", false);
+    let gw = gateway(&web, &[]);
+    gw.write("other.yaml", &service("shop", "other", None, &[other.addr]));
+    rt.block_on(async {
+        let (mut send, _, conn) = client(gw.https).await;
+        // A stream in flight on the connection while the route moves to
+        // another Service.
+        let mut slow_send = send.clone();
+        let slow = tokio::spawn(async move { exchange(&mut slow_send, get("/slow2")).await });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while web.hits.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the slow request never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        gw.write("ingress.yaml", &shop_ingress("other"));
+        // New streams on the same connection follow the new route...
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = exchange(&mut send, get("/new")).await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            if body.contains("name=other") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the route never moved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...and the one in flight finishes where it started.
+        let (status, body) = slow.await.unwrap().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("name=web"), "{body}");
+        assert!(!conn.is_finished());
     });
 }
