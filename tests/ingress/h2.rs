@@ -26,6 +26,11 @@ const HOST: &str = "shop.example.com";
 
 /// A TLS connection to the gateway's HTTPS port offering only h2.
 async fn connect(addr: SocketAddr) -> TlsStream<TcpStream> {
+    connect_alpn(addr, b"h2").await
+}
+
+/// A TLS connection to the gateway's HTTPS port offering only `alpn`.
+async fn connect_alpn(addr: SocketAddr, alpn: &[u8]) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(example_ca()).unwrap() {
         roots.add(cert.unwrap()).unwrap();
@@ -37,13 +42,13 @@ async fn connect(addr: SocketAddr) -> TlsStream<TcpStream> {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(HOST).unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
     tls
 }
 
@@ -375,4 +380,33 @@ fn http2_streams_survive_route_updates() {
         assert!(body.contains("name=web"), "{body}");
         assert!(!conn.is_finished());
     });
+}
+
+/// The HTTP/1.1 framing guard covers TLS connections too.
+#[test]
+fn smuggling_over_tls_gets_400() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 9, 6], "web", false);
+    let gw = gateway(&web, &[]);
+    rt.block_on(async {
+        let mut tls = connect_alpn(gw.https, b"http/1.1").await;
+        tls.write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response))
+            .await
+            .expect("connection closed")
+            .ok();
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+        assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}");
+    });
+    assert_eq!(web.hits.load(Ordering::SeqCst), 0);
 }
