@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod framing;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
@@ -37,11 +38,11 @@ pub use error::Error;
 #[derive(clap::Args, Debug, Clone)]
 #[group(id = "ingress-args")]
 pub struct Args {
-    /// Plain HTTP listener.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80")]
+    /// Plain HTTP listener (`ADDR:PORT`, or `:PORT` for every IPv4 address).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:80", value_parser = parse_listen)]
     pub http: SocketAddr,
     /// HTTPS listener (TLS 1.2/1.3, ALPN h2 and http/1.1).
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443")]
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:443", value_parser = parse_listen)]
     pub https: SocketAddr,
     /// The IngressClass served. Ingresses naming it are served; Ingresses
     /// naming no class are served when it is the default IngressClass.
@@ -83,6 +84,11 @@ pub struct Args {
     /// Time allowed for a TLS handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub ingress_handshake_timeout: Duration,
+    /// How long an HTTP/2 connection may stay without an open stream before
+    /// it is closed (GOAWAY). An HTTP/1.1 keep-alive gap is bounded by
+    /// --ingress-header-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub ingress_idle_timeout: Duration,
     /// On shutdown, how long open requests and WebSockets may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub ingress_drain_timeout: Duration,
@@ -117,6 +123,20 @@ pub struct Args {
 }
 
 pub use fairlead_model::parse_duration;
+
+/// A listen address: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` (every IPv4
+/// address, like nginx's `listen PORT`).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full;
+    let s = if s.starts_with(':') {
+        full = format!("0.0.0.0{s}");
+        &full
+    } else {
+        s
+    };
+    s.parse()
+        .map_err(|_| "expected IP:PORT, [IPv6]:PORT or :PORT".to_owned())
+}
 
 impl Args {
     /// The class selection the router uses.
@@ -160,6 +180,7 @@ impl Args {
         server::ServerConfig {
             header_timeout: self.ingress_header_timeout,
             tls_handshake_timeout: self.ingress_handshake_timeout,
+            idle_timeout: self.ingress_idle_timeout,
             max_headers: self.ingress_max_headers,
             max_header_bytes: self.ingress_max_header_bytes,
             max_connections: self.ingress_max_connections,
@@ -196,3 +217,27 @@ pub fn run(
 
 #[cfg(test)]
 mod test_support;
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::Args,
+    }
+
+    #[test]
+    fn listen_addresses_as_the_issue_writes_them() {
+        let cli = Cli::try_parse_from(["x", "--http", ":80", "--https", "[::1]:8443"]).unwrap();
+        assert_eq!(cli.args.http, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(cli.args.https, "[::1]:8443".parse().unwrap());
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.args.https, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(cli.args.ingress_idle_timeout.as_secs(), 60);
+        for bad in ["80", ":", "x:80", ":99999"] {
+            assert!(Cli::try_parse_from(["x", "--http", bad]).is_err(), "{bad}");
+        }
+    }
+}

@@ -45,6 +45,20 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+/// Labels of a request refused before routing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Why (see [`crate::framing::Refusal::as_str`]).
+    pub reason: &'static str,
+}
+
+/// Labels of an HTTP/2 connection closed by the gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct H2CloseLabels {
+    /// `idle`, `header-timeout` or `rapid-reset`.
+    pub reason: &'static str,
+}
+
 /// Labels of a TLS handshake.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
@@ -83,6 +97,11 @@ pub struct Metrics {
     pub shed_connections: Counter,
     /// TLS handshakes, by result and version.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// HTTP/1.1 requests refused (400) by the framing guard, by reason.
+    pub refused_requests: Family<RefusalLabels, Counter>,
+    /// HTTP/2 connections closed by the gateway, by reason (`idle`,
+    /// `header-timeout`, `rapid-reset`).
+    pub h2_closed: Family<H2CloseLabels, Counter>,
     /// Upgraded connections (WebSocket) open now.
     pub upgraded_connections: Gauge,
     /// Route tables published.
@@ -104,6 +123,8 @@ impl Default for Metrics {
             active_connections: Family::default(),
             shed_connections: Counter::default(),
             tls_handshakes: Family::default(),
+            refused_requests: Family::default(),
+            h2_closed: Family::default(),
             upgraded_connections: Gauge::default(),
             reloads: Counter::default(),
             routes: Gauge::default(),
@@ -156,6 +177,16 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes, by result and protocol version",
             m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "HTTP/1.1 requests refused with 400 before routing (request smuggling defence), by reason",
+            m.refused_requests.clone(),
+        );
+        registry.register(
+            "h2_closed_connections",
+            "HTTP/2 connections closed by the gateway, by reason (idle, header-timeout, rapid-reset)",
+            m.h2_closed.clone(),
         );
         registry.register(
             "upgraded_connections",

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::framing::Answers;
 use crate::metrics::{Metrics, RequestLabels, UpstreamLabels};
 use crate::router::{RouteTable, UpstreamProtocol, normalize_host, remove_dot_segments};
 use crate::upstream::{Connection, RequestBody, Upstream, UpstreamBody};
@@ -126,6 +127,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's address as a header value, made once per connection.
     pub peer_header: HeaderValue,
+    /// How its requests were answered (for the HTTP/1.1 framing guard).
+    pub answers: Arc<Answers>,
 }
 
 impl ConnInfo {
@@ -139,6 +142,7 @@ impl ConnInfo {
             local,
             tls,
             peer_header,
+            answers: Arc::default(),
         }
     }
 }
@@ -246,6 +250,8 @@ pub async fn handle(
     });
     let response = proxy(&shared, &conn, request, &mut outcome).await;
     let status = response.status();
+    conn.answers
+        .answered(status == StatusCode::SWITCHING_PROTOCOLS);
     shared
         .metrics
         .requests

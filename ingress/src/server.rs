@@ -2,21 +2,35 @@
 //! choosing HTTP/2 or HTTP/1.1; a connection cap with 503 shedding; header,
 //! handshake and idle timeouts; graceful shutdown.
 //!
-//! Limits on HTTP/1.1 requests are enforced by hyper's parser: more than
-//! `max_headers` headers or more than `max_header_bytes` of request head get
-//! 431, a head not complete within `header_timeout` (slowloris, or an idle
-//! keep-alive connection) closes the connection, a malformed request gets
-//! 400. A request carrying both `Transfer-Encoding` and `Content-Length` is
-//! framed by `Transfer-Encoding` only, the `Content-Length` is dropped and
-//! the connection is closed after the response (RFC 9112 §6.3), so nothing
-//! smuggled in the body can become a second request; a `Transfer-Encoding`
-//! other than chunked, or conflicting `Content-Length`s, get 400.
+//! HTTP/1.1: limits are enforced by hyper's parser: more than `max_headers`
+//! headers or more than `max_header_bytes` of request head get 431, a head
+//! not complete within `header_timeout` (slowloris, or an idle keep-alive
+//! connection) closes the connection, a malformed request gets 400. In front
+//! of the parser, the [`FramingGuard`] refuses ambiguous framing (request
+//! smuggling) with 400 and closes the connection; see [`crate::framing`].
+//!
+//! HTTP/2: at most `h2_max_streams` concurrent streams and `max_header_bytes`
+//! of header list per request (advertised in SETTINGS); a connection must
+//! bring its first request within `header_timeout` and is closed (GOAWAY,
+//! then the socket after a grace period) once it has had no open stream for
+//! `idle_timeout`, so a client sending nothing, half a HEADERS block, or only
+//! PINGs cannot hold a connection. Rapid reset (CVE-2023-44487): streams
+//! reset before the gateway accepted them are limited by h2 (20, then
+//! GOAWAY), and a connection whose client cancelled at least 100 streams
+//! before their response, more than half of all its streams, is closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use http::{Response, StatusCode, header};
 use hyper::server::conn::{http1, http2};
@@ -28,9 +42,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::metrics::{HandshakeLabels, ListenerLabels};
+use crate::framing::{FramingGuard, Refusal};
+use crate::metrics::{H2CloseLabels, HandshakeLabels, ListenerLabels, RefusalLabels};
 use crate::proxy::{ConnInfo, ProxyBody, Shared, local_response};
 
 /// Settings of client connections.
@@ -40,6 +55,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// How long an HTTP/2 connection may stay without an open stream.
+    pub idle_timeout: Duration,
     /// Most headers in an HTTP/1.1 request.
     pub max_headers: usize,
     /// Largest request head (start line and headers), in bytes.
@@ -55,6 +72,7 @@ impl Default for ServerConfig {
         ServerConfig {
             header_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_headers: 100,
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
@@ -101,6 +119,12 @@ impl Server {
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(config.h2_max_streams)
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            // CVE-2023-44487: a client resetting streams faster than they
+            // are accepted gets GOAWAY (ENHANCE_YOUR_CALM) from h2; streams
+            // reset after they reached the gateway are counted in
+            // `serve_h2`.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
             .keep_alive_interval(Duration::from_secs(60))
             .keep_alive_timeout(Duration::from_secs(20));
         Server {
@@ -234,8 +258,8 @@ impl Server {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let span = info_span!("conn", peer = %info.peer, tls = info.tls, h2);
-        let io = TokioIo::new(io);
         if shed {
+            let io = TokioIo::new(io);
             let service = service_fn(|_request| async {
                 let mut response = local_response(StatusCode::SERVICE_UNAVAILABLE);
                 response
@@ -262,40 +286,234 @@ impl Server {
             }
             return;
         }
+        if h2 {
+            self.serve_h2(TokioIo::new(io), info).instrument(span).await;
+        } else {
+            self.serve_h1(io, info).instrument(span).await;
+        }
+    }
+
+    async fn serve_h1<I>(&self, io: I, info: Arc<ConnInfo>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let metrics = self.shared.metrics.clone();
+        let access_log = self.shared.config.access_log;
+        let peer = info.peer;
+        let io = FramingGuard::new(
+            io,
+            self.config.max_header_bytes,
+            info.answers.clone(),
+            move |reason: Refusal| {
+                metrics
+                    .refused_requests
+                    .get_or_create(&RefusalLabels {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+                if access_log {
+                    info!(
+                        target: "fairlead_ingress::access",
+                        client = %peer,
+                        status = 400,
+                        error = reason.as_str(),
+                        "request refused"
+                    );
+                }
+            },
+        );
         let shared = self.shared.clone();
         let service =
             service_fn(move |request| crate::proxy::handle(shared.clone(), info.clone(), request));
-        let cancel = &self.cancel;
-        async move {
-            if h2 {
-                let conn = self.h2.serve_connection(io, service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = cancel.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
+        let conn = self
+            .h1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = self.cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "connection error");
+        }
+    }
+
+    /// Serves an HTTP/2 connection, closing it when it has no open stream
+    /// for too long (before its first request: the header timeout; after:
+    /// the idle timeout), and when its client keeps cancelling streams
+    /// before their response (rapid reset).
+    async fn serve_h2<I>(&self, io: TokioIo<I>, info: Arc<ConnInfo>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(H2Activity::default());
+        let shared = self.shared.clone();
+        let streams = activity.clone();
+        let service = service_fn(move |request| {
+            let stream = StreamGuard::open(&streams);
+            let shared = shared.clone();
+            let info = info.clone();
+            async move {
+                let pending = PendingGuard(Some(&stream.0));
+                let response = crate::proxy::handle(shared, info, request).await?;
+                pending.answered();
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _stream: stream,
+                }))
+            }
+        });
+        let conn = self.h2.serve_connection(io, service);
+        tokio::pin!(conn);
+        let closed = &self.shared.metrics.h2_closed;
+        let grace = self.config.header_timeout.min(Duration::from_secs(5));
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(Instant::now() + self.config.header_timeout);
+        tokio::pin!(timer);
+        let mut reason = "header-timeout";
+        let mut closing = false;
+        let mut draining = false;
+        let result = loop {
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                () = activity.changed.notified() => {
+                    if activity.rapid_reset() {
+                        closed.get_or_create(&H2CloseLabels { reason: "rapid-reset" }).inc();
+                        debug!("closing: streams cancelled before their response, again and again");
+                        return;
                     }
-                };
-                if let Err(e) = result {
-                    debug!(error = %e, "connection error");
+                    if !closing {
+                        let deadline = if activity.open.load(Ordering::Acquire) > 0 {
+                            far()
+                        } else if activity.started.load(Ordering::Acquire) == 0 {
+                            Instant::now() + self.config.header_timeout
+                        } else {
+                            reason = "idle";
+                            Instant::now() + self.config.idle_timeout
+                        };
+                        timer.as_mut().reset(deadline);
+                    }
                 }
-            } else {
-                let conn = self.h1.serve_connection(io, service).with_upgrades();
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = cancel.cancelled() => {
+                () = timer.as_mut() => {
+                    if !closing {
+                        closed.get_or_create(&H2CloseLabels { reason }).inc();
+                        debug!(reason, "closing an HTTP/2 connection without streams");
                         conn.as_mut().graceful_shutdown();
-                        conn.await
+                        closing = true;
+                        timer.as_mut().reset(Instant::now() + grace);
+                    } else if activity.open.load(Ordering::Acquire) == 0 {
+                        // No answer to the GOAWAY's PING, or a half-sent head.
+                        return;
+                    } else {
+                        // Streams opened before the GOAWAY finish on their own.
+                        timer.as_mut().reset(far());
                     }
-                };
-                if let Err(e) = result {
-                    debug!(error = %e, "connection error");
+                }
+                () = self.cancel.cancelled(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
                 }
             }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "connection error");
         }
-        .instrument(span)
-        .await;
+    }
+}
+
+/// Cancelled streams a client may cause before its connection is closed,
+/// once they outnumber the answered ones (rapid-reset defence).
+const RAPID_RESET_MIN: u64 = 100;
+
+/// The streams of an HTTP/2 connection.
+#[derive(Debug, Default)]
+struct H2Activity {
+    /// Streams being served (request in the gateway, or response body
+    /// still being sent).
+    open: AtomicUsize,
+    /// Streams started.
+    started: AtomicU64,
+    /// Streams the client cancelled (or lost) before their response.
+    cancelled: AtomicU64,
+    /// Signalled when `open` goes from or to zero, and on cancellations.
+    changed: Notify,
+}
+
+impl H2Activity {
+    fn rapid_reset(&self) -> bool {
+        let cancelled = self.cancelled.load(Ordering::Acquire);
+        let started = self.started.load(Ordering::Acquire);
+        cancelled >= RAPID_RESET_MIN && cancelled * 2 > started
+    }
+}
+
+/// One open stream.
+#[derive(Debug)]
+struct StreamGuard(Arc<H2Activity>);
+
+impl StreamGuard {
+    fn open(activity: &Arc<H2Activity>) -> Self {
+        activity.started.fetch_add(1, Ordering::AcqRel);
+        if activity.open.fetch_add(1, Ordering::AcqRel) == 0 {
+            activity.changed.notify_one();
+        }
+        StreamGuard(activity.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// Counts a stream as cancelled if dropped before its response.
+struct PendingGuard<'a>(Option<&'a H2Activity>);
+
+impl PendingGuard<'_> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(activity) = self.0 {
+            activity.cancelled.fetch_add(1, Ordering::AcqRel);
+            activity.changed.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is sent.
+#[derive(Debug)]
+struct Tracked {
+    body: ProxyBody,
+    _stream: StreamGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

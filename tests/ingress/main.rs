@@ -7,6 +7,7 @@
     reason = "each end-to-end test reads as one scenario, top to bottom"
 )]
 
+mod h2;
 mod support;
 
 use std::collections::BTreeSet;
@@ -758,26 +759,6 @@ fn bad_input_is_refused_and_others_keep_being_served() {
         assert_eq!(status_of(&response), *expected, "{what}: {response}");
         assert!(served(), "still serving after {what}");
     }
-    // Request smuggling: with both Content-Length and Transfer-Encoding, the
-    // chunked framing wins, the connection is closed after the response, and
-    // the request hidden in the body never reaches a backend.
-    let smuggle = b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
-0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let (response, closed) = raw(gw.http, smuggle, t);
-    assert_eq!(status_of(&response), 200, "{response}");
-    assert_eq!(
-        response
-            .lines()
-            .filter(|l| l.starts_with("HTTP/1.1 "))
-            .count(),
-        1,
-        "one response only: {response}"
-    );
-    assert!(closed, "connection closed after a CL+TE request");
-    let paths = web.paths.lock().unwrap().clone();
-    assert!(paths.contains(&"/first".to_owned()));
-    assert!(!paths.iter().any(|p| p == "/smuggled"), "{paths:?}");
-
     // An idle keep-alive connection is closed after the header timeout.
     let (_, closed) = raw(gw.http, b"", Duration::from_secs(4));
     assert!(closed, "idle connection closed");
@@ -786,6 +767,166 @@ fn bad_input_is_refused_and_others_keep_being_served() {
     assert!(
         slow_for < Duration::from_secs(4),
         "slowloris cut after {slow_for:?}"
+    );
+    assert!(served());
+}
+
+/// Request smuggling: every head whose framing another server could read
+/// differently gets 400 and a closed connection, nothing reaches the backend,
+/// and the gateway goes on serving.
+#[test]
+fn smuggling_attempts_get_400_and_a_closed_connection() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 6, 2], "web", false);
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("ns.yaml", namespace("smuggle")),
+            ("web.yaml", service("smuggle", "web", None, &[web.addr])),
+            (
+                "ingress.yaml",
+                ingress(
+                    "smuggle",
+                    "web",
+                    &format!("  rules:\n{}", rule("", &[("/", "web")])),
+                ),
+            ),
+        ],
+        &[],
+    );
+    let t = Duration::from_secs(5);
+    let served = || curl(&[&format!("http://127.0.0.1:{}/ok", gw.http.port())]).status == 200;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let post = |headers: &str, body: &str| {
+        format!("POST /first HTTP/1.1\r\nHost: x\r\n{headers}\r\n{body}{smuggled}")
+    };
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "Content-Length then Transfer-Encoding",
+            post(
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                "0\r\n\r\n",
+            ),
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            post(
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                "0\r\n\r\n",
+            ),
+        ),
+        (
+            "duplicate Content-Length",
+            post("Content-Length: 3\r\nContent-Length: 3\r\n", "abc"),
+        ),
+        (
+            "conflicting Content-Lengths",
+            post("Content-Length: 3\r\nContent-Length: 4\r\n", "abcd"),
+        ),
+        (
+            "Content-Length list",
+            post("Content-Length: 3, 3\r\n", "abc"),
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            post("Transfer-Encoding: chunked, gzip\r\n", "0\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding other than chunked alone",
+            post("Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n"),
+        ),
+        (
+            "two Transfer-Encoding lines",
+            post(
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "0\r\n\r\n",
+            ),
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            format!(
+                "POST /first HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "obs-fold",
+            post("X-A: b\r\n Transfer-Encoding: chunked\r\n", ""),
+        ),
+        (
+            "obs-fold of Transfer-Encoding",
+            post("Transfer-Encoding:\r\n chunked\r\n", "0\r\n\r\n"),
+        ),
+        (
+            "bare LF line ends",
+            format!("GET /first HTTP/1.1\nHost: x\n\n{smuggled}"),
+        ),
+        (
+            "a bare LF ending one header line",
+            format!("GET /first HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n{smuggled}"),
+        ),
+        (
+            "NUL in a header value",
+            format!("GET /first HTTP/1.1\r\nHost: x\r\nX-A: b\0c\r\n\r\n{smuggled}"),
+        ),
+        (
+            "bare CR in a header value",
+            format!("GET /first HTTP/1.1\r\nHost: x\r\nX-A: b\rc\r\n\r\n{smuggled}"),
+        ),
+        (
+            "space before the colon",
+            post("Content-Length : 3\r\n", "abc"),
+        ),
+    ];
+    for (what, request) in &cases {
+        let hits = web.hits.load(Ordering::SeqCst);
+        let (response, closed) = raw(gw.http, request.as_bytes(), t);
+        assert_eq!(status_of(&response), 400, "{what}: {response}");
+        assert_eq!(
+            response.matches("HTTP/1.1 ").count(),
+            1,
+            "{what}: one response only: {response}"
+        );
+        assert!(closed, "{what}: connection closed");
+        assert_eq!(
+            web.hits.load(Ordering::SeqCst),
+            hits,
+            "{what}: nothing reached the backend"
+        );
+        assert!(served(), "still serving after {what}");
+    }
+    assert!(
+        gw.metric("fairlead_ingress_refused_requests_total{reason=\"content-length-and-transfer-encoding\"}")
+            >= 2
+    );
+
+    // The ambiguous head comes after well-framed requests on the same
+    // connection (one with a chunked body that looks like a head): those are
+    // served, the ambiguous one is refused, and the connection closed.
+    let hits = web.hits.load(Ordering::SeqCst);
+    let pipelined = format!(
+        "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         1e\r\nContent-Length: 5\r\nX-Y: zz\r\n\r\n\r\n0\r\n\r\n\
+         GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n\
+         0\r\n\r\n{smuggled}"
+    );
+    let (response, closed) = raw(gw.http, pipelined.as_bytes(), t);
+    let statuses: Vec<u16> = response
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .map(status_of)
+        .collect();
+    assert_eq!(statuses, [200, 200, 400], "{response}");
+    assert!(closed);
+    assert_eq!(web.hits.load(Ordering::SeqCst), hits + 2);
+    let paths = web.paths.lock().unwrap().clone();
+    assert!(
+        paths.ends_with(&["/a".to_owned(), "/b".to_owned()]),
+        "{paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|p| p == "/c" || p == "/smuggled"),
+        "{paths:?}"
     );
     assert!(served());
 }

@@ -41,7 +41,7 @@ pub(crate) struct Backend {
 
 /// Starts an HTTP backend on `ip` (port chosen by the kernel) that answers
 /// every request with a description of what it received. `/slow` waits a
-/// second first; `/ws` with an Upgrade is a WebSocket echo. With `h2c`, it
+/// second first (`/slowN`: N seconds); `/ws` with an Upgrade is a WebSocket echo. With `h2c`, it
 /// speaks HTTP/2 by prior knowledge and sends a `grpc-status` trailer.
 pub(crate) fn backend(rt: &Runtime, ip: [u8; 4], name: &str, h2c: bool) -> Backend {
     let listener = rt
@@ -109,8 +109,10 @@ async fn handle(
         );
         return Ok(response);
     }
-    if path.starts_with("/slow") {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Some(secs) = path.strip_prefix("/slow") {
+        // `/slow` waits a second, `/slowN` N seconds.
+        let secs = secs.parse().unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
     }
     let mut text = String::new();
     let _ = writeln!(text, "name={}", b.name);

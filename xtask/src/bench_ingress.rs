@@ -804,6 +804,7 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
         crt: crt.clone(),
         key: key.clone(),
     };
+    let load_before = load_average();
     let mut results = Vec::new();
     let mut update_results = Vec::new();
     for peer in [Peer::Fairlead, Peer::Nginx, Peer::Haproxy] {
@@ -846,6 +847,12 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
     println!(
         "\ningress benchmark: proxy pinned to 1 core, wrk/h2load + upstream on the other; {} s per run, {} connections",
         o.seconds, o.connections
+    );
+    // The machine may be shared: say how busy it was, so figures from
+    // different runs are read with that in mind.
+    println!(
+        "load average (1, 5, 15 min) at the start: {load_before}; at the end: {}",
+        load_average()
     );
     println!(
         "{:<9} {:>11} {:>9} {:>9} {:>7} {:>11} {:>10} {:>7} {:>12}",
@@ -890,4 +897,12 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The first three fields of /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
