@@ -1173,7 +1173,11 @@ fn restarts_keep_serving_without_gaps_or_duplicate_hooks() {
     c.wait_installed(1);
     one_program_per_hook(&c.hooks());
     let pins = c.link_pins();
-    assert_eq!(pins.len(), 8, "{pins:?}");
+    assert_eq!(
+        pins.len(),
+        fairlead_proxy::abi::programs::CGROUP.len(),
+        "{pins:?}"
+    );
 
     let mut stream = Background::start(c.client_command(&["stream", "10.96.0.60", "90", "120"]));
     assert_eq!(stream.next()["connected"], "10.96.0.60:90");
@@ -1194,7 +1198,12 @@ fn restarts_keep_serving_without_gaps_or_duplicate_hooks() {
             "after {how}: {counts:?}"
         );
         assert_eq!(peers(&results), ["10.96.0.60:80"], "after {how}");
-        assert_eq!(c.hooks().len(), 8, "after {how}: {:?}", c.hooks());
+        assert_eq!(
+            c.hooks().len(),
+            fairlead_proxy::abi::programs::CGROUP.len(),
+            "after {how}: {:?}",
+            c.hooks()
+        );
 
         c.start_proxy();
         c.wait_installed(round + 2);
@@ -1206,7 +1215,10 @@ fn restarts_keep_serving_without_gaps_or_duplicate_hooks() {
                 .unwrap_or_default(),
         );
         assert!(
-            last.contains("updated=8") && last.contains("attached=0"),
+            last.contains(&format!(
+                "updated={}",
+                fairlead_proxy::abi::programs::CGROUP.len()
+            )) && last.contains("attached=0"),
             "{last}"
         );
         one_program_per_hook(&c.hooks());
@@ -1266,7 +1278,11 @@ fn cleanup_removes_links_and_maps() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("removed 8 link(s) and 10 map(s)"),
+        stderr.contains(&format!(
+            "removed {} link(s) and {} map(s)",
+            fairlead_proxy::abi::programs::CGROUP.len(),
+            maps::ALL.len()
+        )),
         "{stderr}"
     );
     assert_eq!(c.hooks(), Vec::<(String, String)>::new());

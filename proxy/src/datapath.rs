@@ -249,7 +249,7 @@ impl Datapath {
             programs = out.len(),
             updated,
             attached = out.len() - updated,
-            "socket load balancer and NodePort bind guard installed on pinned links"
+            "socket load balancer installed on pinned links, with the NodePort bind guard"
         );
         Ok(out)
     }

@@ -322,18 +322,16 @@ fn apply_inner(set: &mut impl MapSet, op: &Op) -> Result<(), WriteError> {
             )
             .map_err(fail),
         },
-        Op::PutBackend { id, backend } => {
-            match Family::of(&backend.address) {
-                Family::V4 => HashMap::<_, BackendId, Backend4>::try_from(map)
-                    .map_err(fail)?
-                    .insert(id, backend4(&backend), 0)
-                    .map_err(fail),
-                Family::V6 => HashMap::<_, BackendId, Backend6>::try_from(map)
-                    .map_err(fail)?
-                    .insert(id, backend6(&backend), 0)
-                    .map_err(fail),
-            }
-        }
+        Op::PutBackend { id, backend } => match Family::of(&backend.address) {
+            Family::V4 => HashMap::<_, BackendId, Backend4>::try_from(map)
+                .map_err(fail)?
+                .insert(id, backend4(&backend), 0)
+                .map_err(fail),
+            Family::V6 => HashMap::<_, BackendId, Backend6>::try_from(map)
+                .map_err(fail)?
+                .insert(id, backend6(&backend), 0)
+                .map_err(fail),
+        },
         Op::DeleteBackend { family, id } => match family {
             Family::V4 => ignore_missing(
                 HashMap::<_, BackendId, Backend4>::try_from(map)
