@@ -19,12 +19,14 @@
 //! | `<reverse>.in-addr.arpa`, `ip6.arpa` | PTR of ClusterIPs and served endpoints |
 //!
 //! A served endpoint is one that is not terminating and is ready (or its
-//! Service publishes not-ready addresses). Names that exist without the asked
+//! Service publishes not-ready addresses). A headless Service without a
+//! served endpoint has no name at all (NXDOMAIN, as in CoreDNS and the
+//! specification's 2.4.1). Names that exist without the asked
 //! type answer NODATA, names that do not exist NXDOMAIN; both carry the SOA,
 //! whose serial is the model generation.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use tracing::warn;
 
+use crate::fast::{Dep, service_hash};
 use crate::names::{dashed_ip, parse_dashed_ip, parse_reverse};
 
 /// The specification version `dns-version.<zone>` announces.
@@ -132,8 +135,9 @@ pub struct Answer<'a> {
 struct ServiceZone {
     id: ServiceId,
     body: Body,
-    /// PTR records this Service contributes, by address.
-    reverse: Vec<(IpAddr, Record)>,
+    /// Addresses whose PTR records (kept in the index's reverse map only)
+    /// this Service contributes.
+    reverse: Vec<IpAddr>,
     /// Pod addresses this Service vouches for (`--pods verified`), with the
     /// Pod's namespace.
     pod_ips: Vec<(IpAddr, Arc<str>)>,
@@ -143,6 +147,10 @@ struct ServiceZone {
 enum Body {
     Alias(Box<Record>),
     Addresses(Addresses),
+    /// A headless Service without a served endpoint: like CoreDNS, and as
+    /// the specification says (2.4.1), its name does not exist (NXDOMAIN),
+    /// whatever the type asked.
+    Vacant,
 }
 
 #[derive(Debug, Default)]
@@ -203,7 +211,21 @@ pub struct Index {
     services: imbl::HashMap<Arc<str>, imbl::HashMap<Arc<str>, Arc<ServiceZone>>>,
     reverse: imbl::HashMap<IpAddr, Arc<[Tagged<Record>]>>,
     pods: imbl::HashMap<IpAddr, Arc<[Tagged<Arc<str>>]>>,
+    /// The last incremental updates that led to this index, oldest first:
+    /// what answer caches drop to catch up.
+    log: Arc<Vec<Delta>>,
 }
+
+/// One incremental update: the Services it rebuilt, by [`service_hash`].
+#[derive(Debug)]
+struct Delta {
+    from: u64,
+    to: u64,
+    services: Vec<u64>,
+}
+
+/// Updates remembered in [`Index::changed_since`].
+const LOG_LEN: usize = 64;
 
 fn record(name: Name, ttl: u32, data: RData) -> Record {
     Record::from_rdata(name, ttl, data)
@@ -480,7 +502,11 @@ impl SrvSets {
     }
 }
 
-fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> {
+/// The records of `service`, and the PTR records it contributes.
+fn build_service(
+    config: &ZoneConfig,
+    service: &Service,
+) -> Option<(ServiceZone, Vec<(IpAddr, Record)>)> {
     let ns = service.key.namespace.as_str();
     let name = service.key.name.as_str();
     let fqdn = name_below(&[name, ns, "svc"], &config.zone)?;
@@ -491,12 +517,13 @@ fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> 
 
     if service.service_type == ServiceType::ExternalName {
         let cname = alias_record(service, fqdn, ttl)?;
-        return Some(ServiceZone {
+        let zone = ServiceZone {
             id,
             body: Body::Alias(Box::new(cname)),
             reverse: Vec::new(),
             pod_ips,
-        });
+        };
+        return Some((zone, Vec::new()));
     }
 
     let served: Vec<&Endpoint> = service
@@ -505,8 +532,17 @@ fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> 
         .filter(|e| is_served(service, e))
         .collect();
 
-    let (endpoints, endpoint_names) = endpoint_nodes(config, service, &served);
     let headless = service.service_type == ServiceType::Headless;
+    if headless && served.is_empty() {
+        let zone = ServiceZone {
+            id,
+            body: Body::Vacant,
+            reverse: Vec::new(),
+            pod_ips,
+        };
+        return Some((zone, Vec::new()));
+    }
+    let (endpoints, endpoint_names) = endpoint_nodes(config, service, &served);
     let mut addresses: Vec<IpAddr> = if headless {
         served.iter().map(|e| e.address).collect()
     } else {
@@ -556,12 +592,13 @@ fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> 
         ttl,
     );
 
-    Some(ServiceZone {
+    let zone = ServiceZone {
         id,
         body: Body::Addresses(body),
-        reverse,
+        reverse: reverse.iter().map(|(ip, _)| *ip).collect(),
         pod_ips,
-    })
+    };
+    Some((zone, reverse))
 }
 
 impl Index {
@@ -602,6 +639,7 @@ impl Index {
             services: imbl::HashMap::new(),
             reverse: imbl::HashMap::new(),
             pods: imbl::HashMap::new(),
+            log: Arc::new(Vec::new()),
             config,
         }
     }
@@ -631,6 +669,27 @@ impl Index {
             return (Self::build(self.config.clone(), snapshot), UpdateKind::Full);
         };
         let mut next = self.clone();
+        let mut log: Vec<Delta> = Vec::with_capacity(LOG_LEN);
+        for delta in self
+            .log
+            .iter()
+            .skip((self.log.len() + 1).saturating_sub(LOG_LEN))
+        {
+            log.push(Delta {
+                from: delta.from,
+                to: delta.to,
+                services: delta.services.clone(),
+            });
+        }
+        log.push(Delta {
+            from: self.generation,
+            to: snapshot.generation,
+            services: changed
+                .iter()
+                .map(|k| service_hash(k.namespace.as_bytes(), k.name.as_bytes()))
+                .collect(),
+        });
+        next.log = Arc::new(log);
         for key in &changed {
             next.remove_service(key);
             if let Some(service) = snapshot.services.get(key) {
@@ -645,6 +704,53 @@ impl Index {
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The SOA serial: the model generation, modulo 2^32.
+    #[must_use]
+    pub fn serial(&self) -> u32 {
+        u32::try_from(self.generation & u64::from(u32::MAX)).unwrap_or(0)
+    }
+
+    /// The Services (by [`service_hash`]) rebuilt between `generation` and
+    /// this index; `None` when the log does not reach back that far (or a
+    /// full rebuild happened since).
+    pub(crate) fn changed_since(&self, generation: u64) -> Option<HashSet<u64>> {
+        let mut changed = HashSet::new();
+        let mut at = self.generation;
+        for delta in self.log.iter().rev() {
+            if at == generation {
+                break;
+            }
+            if delta.to != at {
+                return None;
+            }
+            changed.extend(&delta.services);
+            at = delta.from;
+        }
+        (at == generation).then_some(changed)
+    }
+
+    /// What the answer to a question about `qname` depends on, for the
+    /// answer caches of the fast path.
+    pub(crate) fn dependency(&self, qname: &LowerName) -> Dep {
+        if !self.zone.zone_of(qname) {
+            return Dep::Any;
+        }
+        let depth = usize::from(qname.num_labels()).saturating_sub(self.zone_labels);
+        if depth > MAX_DEPTH {
+            return Dep::Static;
+        }
+        let mut rel: Vec<&[u8]> = qname.iter().take(depth).collect();
+        rel.reverse();
+        match rel.as_slice() {
+            [b"svc", ns, name, ..] => Dep::Service(service_hash(ns, name)),
+            [b"pod", ..] if self.config.pods == PodsMode::Verified => Dep::Any,
+            // Pod records in insecure mode (or none), and every other
+            // name this deep, are the same whatever the model holds.
+            [_, _, _, ..] => Dep::Static,
+            _ => Dep::Any,
+        }
     }
 
     /// Whether the model had synced (cluster names are answered).
@@ -668,8 +774,9 @@ impl Index {
     fn finish(&mut self, snapshot: &Snapshot) {
         self.generation = snapshot.generation;
         self.synced = snapshot.synced;
+        let serial = self.serial();
         if let RData::SOA(soa) = &mut self.soa.data {
-            soa.serial = u32::try_from(snapshot.generation & u64::from(u32::MAX)).unwrap_or(0);
+            soa.serial = serial;
         }
         self.declared_namespaces = snapshot.namespaces.clone();
         let ns_name = name_below(&["ns", "dns"], &self.config.zone);
@@ -693,7 +800,7 @@ impl Index {
         if in_ns.is_empty() {
             self.services.remove(key.namespace.as_str());
         }
-        for (ip, _) in &old.reverse {
+        for ip in &old.reverse {
             untag(&mut self.reverse, ip, &old.id);
         }
         for (ip, _) in &old.pod_ips {
@@ -702,11 +809,11 @@ impl Index {
     }
 
     fn insert_service(&mut self, service: &Service) {
-        let Some(zone) = build_service(&self.config, service) else {
+        let Some((zone, reverse)) = build_service(&self.config, service) else {
             return;
         };
-        for (ip, ptr) in &zone.reverse {
-            tag(&mut self.reverse, *ip, &zone.id, ptr.clone());
+        for (ip, ptr) in reverse {
+            tag(&mut self.reverse, ip, &zone.id, ptr);
         }
         for (ip, ns) in &zone.pod_ips {
             tag(&mut self.pods, *ip, &zone.id, ns.clone());
@@ -736,6 +843,7 @@ impl Index {
         for services in self.services.values() {
             for zone in services.values() {
                 match &zone.body {
+                    Body::Vacant => {}
                     Body::Alias(cname) => out.push(cname),
                     Body::Addresses(body) => {
                         out.extend(body.a.iter().chain(&body.aaaa).chain(&body.srv));
@@ -948,6 +1056,7 @@ impl Index {
                 };
             }
             Body::Addresses(body) => body,
+            Body::Vacant => return self.nxdomain(),
         };
         match rest {
             [] => match qtype {
