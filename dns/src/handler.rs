@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use crate::fast::{self, AnswerCache, Fast};
 use crate::forward::Forwarder;
 use crate::index::{Index, Lookup};
-use crate::metrics::{Metrics, Source};
+use crate::metrics::{LoopMetrics, Metrics, Source};
 use crate::names::has_upper;
 
 /// Longest chain of CNAMEs followed inside one answer.
@@ -133,6 +133,16 @@ impl Handler {
             Lookup::NotSynced => true,
             Lookup::Forward => false,
         }
+    }
+
+    pub(crate) fn count_fast(
+        &self,
+        local: &mut LoopMetrics,
+        qtype: RecordType,
+        rcode: ResponseCode,
+        elapsed: std::time::Duration,
+    ) {
+        self.metrics.cluster_request(local, qtype, rcode, elapsed);
     }
 
     pub(crate) fn count(

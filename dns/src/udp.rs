@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::Error;
 use crate::fast::{AnswerCache, Fast};
 use crate::handler::Handler;
-use crate::metrics::Source;
+use crate::metrics::{LoopMetrics, Source};
 
 /// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); with port 0, the
 /// port the first one got.
@@ -98,6 +98,7 @@ pub(crate) async fn serve(
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; usize::from(u16::MAX)];
     let mut cache = AnswerCache::default();
+    let mut local = LoopMetrics::default();
     let mut out = Vec::with_capacity(1232);
     loop {
         let received = tokio::select! {
@@ -129,7 +130,7 @@ pub(crate) async fn serve(
             if let Err(error) = socket.send_to(&out, peer).await {
                 debug!(%error, %peer, "UDP send error");
             }
-            handler.count(Some(qtype), rcode, Source::Cluster, started.elapsed());
+            handler.count_fast(&mut local, qtype, rcode, started.elapsed());
             continue;
         }
         let reply = Reply {

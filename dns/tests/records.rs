@@ -490,6 +490,33 @@ async fn the_fast_path_answers_like_the_general_path() {
     }
 }
 
+/// Plain UDP questions about cluster names take the fast path: there, every
+/// owner name equal to the question is a pointer to it, so it comes back in
+/// the asker's case even in the additional section (the general path, taken
+/// by TCP, restores the case in the answer section only).
+#[tokio::test]
+async fn plain_udp_questions_take_the_fast_path() {
+    let (_writer, snapshot) = model();
+    let handler = handler(Index::build(config(PodsMode::Disabled), &snapshot));
+    let asked = hickory_proto::rr::Name::from_ascii("WEB.shop.svc.cluster.local.").unwrap();
+    for round in ["miss", "hit"] {
+        let fast = ask(&handler, "WEB.shop.svc.cluster.local.", RecordType::SRV).await;
+        assert!(
+            fast.additionals[0].name.eq_case(&asked),
+            "{round}: {fast:?}"
+        );
+    }
+    let general = ask_over(
+        &handler,
+        "WEB.shop.svc.cluster.local.",
+        RecordType::SRV,
+        DNSClass::IN,
+        Protocol::Tcp,
+    )
+    .await;
+    assert!(!general.additionals[0].name.eq_case(&asked), "{general:?}");
+}
+
 /// The fast path's cache follows the index: answers of the Services that
 /// changed are rebuilt, the others keep being served with the new SOA
 /// serial.
