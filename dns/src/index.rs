@@ -146,7 +146,7 @@ struct ServiceZone {
 #[derive(Debug)]
 enum Body {
     Alias(Box<Record>),
-    Addresses(Addresses),
+    Addresses(ServiceNames),
     /// A headless Service without a served endpoint: like CoreDNS, and as
     /// the specification says (2.4.1), its name does not exist (NXDOMAIN),
     /// whatever the type asked.
@@ -158,7 +158,7 @@ enum Body {
 /// the wire form of every answer, so that is once per question and index
 /// change, not once per query).
 #[derive(Debug)]
-struct Addresses {
+struct ServiceNames {
     /// `<svc>.<ns>.svc.<zone>`: the owner of the address and SRV records.
     fqdn: Name,
     headless: bool,
@@ -207,7 +207,7 @@ fn address_records(name: &Name, ttl: u32, ips: &[IpAddr], v4: bool, v6: bool) ->
         .collect()
 }
 
-impl Addresses {
+impl ServiceNames {
     fn node_name(&self, node: u32) -> Option<Name> {
         let node = self.endpoints.get(usize::try_from(node).ok()?)?;
         name_below(&[&node.label], &self.fqdn)
@@ -456,7 +456,7 @@ fn alias_record(service: &Service, fqdn: Name, ttl: u32) -> Option<Record> {
 
 /// PTR targets: each ClusterIP to the Service name, each endpoint address
 /// to its endpoint name.
-fn reverse_targets(body: &Addresses) -> Vec<(IpAddr, Name)> {
+fn reverse_targets(body: &ServiceNames) -> Vec<(IpAddr, Name)> {
     let mut reverse: Vec<(IpAddr, Name)> = if body.headless {
         Vec::new()
     } else {
@@ -574,7 +574,7 @@ fn build_service(
         new
     });
     let (srv, protocols, ports) = srv_sets(config, service, headless, &served, &node_of);
-    let body = Addresses {
+    let body = ServiceNames {
         fqdn,
         headless,
         addresses,

@@ -207,9 +207,10 @@ fn index_times(cluster: &Cluster) -> Result<(Duration, Duration, usize, u64)> {
 
 /// The machine's load averages, as /proc/loadavg gives them.
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }
 
 fn own_rss_kib() -> u64 {
