@@ -43,6 +43,14 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# The DNS request path's fuzz target (dns/fuzz) runs briefly in CI.
+if ! cargo fuzz --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13\.'; then
+  log "cargo install cargo-fuzz 0.13.2"
+  cargo install cargo-fuzz --version 0.13.2 --locked
+else
+  log "cargo-fuzz present"
+fi
+
 # bpffs: pinned maps live here; not mounted at boot on this kind of machine.
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   log "mount bpffs at /sys/fs/bpf"

@@ -1,4 +1,5 @@
-//! The request handler hickory-server calls for every parsed request:
+//! The request handler hickory-server calls for every parsed request (and
+//! the UDP loops for what the fast path does not answer):
 //! cluster names from the index, everything else through the forwarder, with
 //! EDNS0, the asker's case kept, address sets shuffled and UDP answers cut to
 //! the asker's buffer (TC set, so the client retries over TCP).
@@ -25,9 +26,10 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tracing::{debug, warn};
 
+use crate::fast::{self, AnswerCache, Fast};
 use crate::forward::Forwarder;
 use crate::index::{Index, Lookup};
-use crate::metrics::{Metrics, Source};
+use crate::metrics::{LoopMetrics, Metrics, Source};
 use crate::names::has_upper;
 
 /// Longest chain of CNAMEs followed inside one answer.
@@ -42,6 +44,9 @@ pub struct Handler {
     forwarder: Forwarder,
     metrics: Metrics,
     max_udp_payload: u16,
+    /// The fast path's cache for [`Handler::answer_raw`] (the UDP loops
+    /// have their own).
+    raw_cache: Arc<Mutex<AnswerCache>>,
 }
 
 type Records<'a> = Vec<Cow<'a, Record>>;
@@ -89,7 +94,25 @@ impl Handler {
             forwarder,
             metrics,
             max_udp_payload: max_udp_payload.max(512),
+            raw_cache: Arc::default(),
         }
+    }
+
+    /// The UDP fast path: answers `raw` into `out` from `cache` when it is
+    /// a plain question about a cluster name (see [`crate::fast`]).
+    pub(crate) fn answer_fast(
+        &self,
+        cache: &mut AnswerCache,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Fast {
+        let Some(query) = fast::parse(raw, self.max_udp_payload) else {
+            return Fast::General;
+        };
+        let index = self.index.load();
+        cache.answer(&index, &query, out, |qname| {
+            self.forwarder.is_loop_probe(qname)
+        })
     }
 
     /// The forwarder.
@@ -110,6 +133,16 @@ impl Handler {
             Lookup::NotSynced => true,
             Lookup::Forward => false,
         }
+    }
+
+    pub(crate) fn count_fast(
+        &self,
+        local: &mut LoopMetrics,
+        qtype: RecordType,
+        rcode: ResponseCode,
+        elapsed: std::time::Duration,
+    ) {
+        self.metrics.cluster_request(local, qtype, rcode, elapsed);
     }
 
     pub(crate) fn count(
@@ -455,6 +488,21 @@ impl Handler {
         src: SocketAddr,
         protocol: Protocol,
     ) -> Option<Vec<u8>> {
+        if protocol == Protocol::Udp {
+            let started = Instant::now();
+            let mut out = Vec::new();
+            let fast = {
+                let mut cache = self
+                    .raw_cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                self.answer_fast(&mut cache, raw, &mut out)
+            };
+            if let Fast::Answered { qtype, rcode } = fast {
+                self.count(Some(qtype), rcode, Source::Cluster, started.elapsed());
+                return Some(out);
+            }
+        }
         let capture = Capture {
             protocol,
             bytes: Arc::new(Mutex::new(None)),

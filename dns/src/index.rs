@@ -19,12 +19,14 @@
 //! | `<reverse>.in-addr.arpa`, `ip6.arpa` | PTR of ClusterIPs and served endpoints |
 //!
 //! A served endpoint is one that is not terminating and is ready (or its
-//! Service publishes not-ready addresses). Names that exist without the asked
+//! Service publishes not-ready addresses). A headless Service without a
+//! served endpoint has no name at all (NXDOMAIN, as in CoreDNS and the
+//! specification's 2.4.1). Names that exist without the asked
 //! type answer NODATA, names that do not exist NXDOMAIN; both carry the SOA,
 //! whose serial is the model generation.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use tracing::warn;
 
+use crate::fast::{Dep, service_hash};
 use crate::names::{dashed_ip, parse_dashed_ip, parse_reverse};
 
 /// The specification version `dns-version.<zone>` announces.
@@ -132,8 +135,9 @@ pub struct Answer<'a> {
 struct ServiceZone {
     id: ServiceId,
     body: Body,
-    /// PTR records this Service contributes, by address.
-    reverse: Vec<(IpAddr, Record)>,
+    /// Addresses whose PTR records (kept in the index's reverse map only)
+    /// this Service contributes.
+    reverse: Vec<IpAddr>,
     /// Pod addresses this Service vouches for (`--pods verified`), with the
     /// Pod's namespace.
     pod_ips: Vec<(IpAddr, Arc<str>)>,
@@ -142,16 +146,26 @@ struct ServiceZone {
 #[derive(Debug)]
 enum Body {
     Alias(Box<Record>),
-    Addresses(Addresses),
+    Addresses(ServiceNames),
+    /// A headless Service without a served endpoint: like CoreDNS, and as
+    /// the specification says (2.4.1), its name does not exist (NXDOMAIN),
+    /// whatever the type asked.
+    Vacant,
 }
 
-#[derive(Debug, Default)]
-struct Addresses {
-    a: Vec<Record>,
-    aaaa: Vec<Record>,
+/// The names and addresses of a Service with addresses, kept compact: the
+/// records are made when a question asks for them (the UDP fast path keeps
+/// the wire form of every answer, so that is once per question and index
+/// change, not once per query).
+#[derive(Debug)]
+struct ServiceNames {
+    /// `<svc>.<ns>.svc.<zone>`: the owner of the address and SRV records.
+    fqdn: Name,
+    headless: bool,
+    /// The ClusterIPs, or the served endpoints' addresses when headless.
+    addresses: Vec<IpAddr>,
     /// SRV on the bare Service name: every port.
-    srv: Vec<Record>,
-    srv_additionals: Vec<Record>,
+    srv: Vec<SrvTarget>,
     /// `_tcp`, `_udp`, `_sctp` labels under which named ports exist.
     protocols: Vec<&'static str>,
     /// Named ports, by (port label, protocol label).
@@ -164,15 +178,101 @@ struct Addresses {
 struct PortSrv {
     port_label: Box<str>,
     protocol_label: &'static str,
-    srv: Vec<Record>,
-    additionals: Vec<Record>,
+    srv: Vec<SrvTarget>,
+}
+
+/// The data of one SRV record: a port on the Service name (`node` none) or
+/// on one of its endpoint names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SrvTarget {
+    weight: u16,
+    port: u16,
+    node: Option<u32>,
 }
 
 #[derive(Debug)]
 struct EndpointNode {
     label: Box<str>,
-    a: Vec<Record>,
-    aaaa: Vec<Record>,
+    /// Its addresses, in the order the endpoints list them.
+    ips: Vec<IpAddr>,
+}
+
+/// Address records of `ips` owned by `name`: IPv4 first, then IPv6, each in
+/// order, keeping the families asked for.
+fn address_records(name: &Name, ttl: u32, ips: &[IpAddr], v4: bool, v6: bool) -> Vec<Record> {
+    let v4s = ips.iter().filter(|ip| v4 && ip.is_ipv4());
+    let v6s = ips.iter().filter(|ip| v6 && ip.is_ipv6());
+    v4s.chain(v6s)
+        .map(|ip| address_record(name.clone(), ttl, *ip))
+        .collect()
+}
+
+impl ServiceNames {
+    fn node_name(&self, node: u32) -> Option<Name> {
+        let node = self.endpoints.get(usize::try_from(node).ok()?)?;
+        name_below(&[&node.label], &self.fqdn)
+    }
+
+    fn srv_records(&self, owner: &Name, targets: &[SrvTarget], ttl: u32) -> Vec<Record> {
+        targets
+            .iter()
+            .filter_map(|t| {
+                let target = match t.node {
+                    None => self.fqdn.clone(),
+                    Some(node) => self.node_name(node)?,
+                };
+                Some(record(
+                    owner.clone(),
+                    ttl,
+                    RData::SRV(SRV::new(0, t.weight, t.port, target)),
+                ))
+            })
+            .collect()
+    }
+
+    /// The addresses of the SRV targets, each once, in order.
+    fn srv_additionals(&self, targets: &[SrvTarget], ttl: u32) -> Vec<Record> {
+        if !self.headless {
+            if targets.is_empty() {
+                return Vec::new();
+            }
+            return address_records(&self.fqdn, ttl, &self.addresses, true, true);
+        }
+        let mut seen: Vec<u32> = Vec::new();
+        let mut out = Vec::new();
+        for node in targets.iter().filter_map(|t| t.node) {
+            if seen.contains(&node) {
+                continue;
+            }
+            seen.push(node);
+            if let (Some(name), Some(n)) = (
+                self.node_name(node),
+                usize::try_from(node)
+                    .ok()
+                    .and_then(|i| self.endpoints.get(i)),
+            ) {
+                out.extend(address_records(&name, ttl, &n.ips, true, true));
+            }
+        }
+        out
+    }
+
+    /// Every record under this Service's name (zone files for benchmarks).
+    fn all_records(&self, ttl: u32) -> Vec<Record> {
+        let mut out = address_records(&self.fqdn, ttl, &self.addresses, true, true);
+        out.extend(self.srv_records(&self.fqdn, &self.srv, ttl));
+        for port in &self.ports {
+            if let Some(owner) = name_below(&[&port.port_label, port.protocol_label], &self.fqdn) {
+                out.extend(self.srv_records(&owner, &port.srv, ttl));
+            }
+        }
+        for (i, node) in self.endpoints.iter().enumerate() {
+            if let Some(name) = u32::try_from(i).ok().and_then(|i| self.node_name(i)) {
+                out.extend(address_records(&name, ttl, &node.ips, true, true));
+            }
+        }
+        out
+    }
 }
 
 /// How an index was produced from its predecessor.
@@ -201,9 +301,24 @@ pub struct Index {
     /// Namespace → Service name → records. A namespace key exists only while
     /// it holds a Service.
     services: imbl::HashMap<Arc<str>, imbl::HashMap<Arc<str>, Arc<ServiceZone>>>,
-    reverse: imbl::HashMap<IpAddr, Arc<[Tagged<Record>]>>,
+    /// PTR targets by address.
+    reverse: imbl::HashMap<IpAddr, Arc<[Tagged<Name>]>>,
     pods: imbl::HashMap<IpAddr, Arc<[Tagged<Arc<str>>]>>,
+    /// The last incremental updates that led to this index, oldest first:
+    /// what answer caches drop to catch up.
+    log: Arc<Vec<Delta>>,
 }
+
+/// One incremental update: the Services it rebuilt, by [`service_hash`].
+#[derive(Debug)]
+struct Delta {
+    from: u64,
+    to: u64,
+    services: Vec<u64>,
+}
+
+/// Updates remembered in [`Index::changed_since`].
+const LOG_LEN: usize = 64;
 
 fn record(name: Name, ttl: u32, data: RData) -> Record {
     Record::from_rdata(name, ttl, data)
@@ -242,24 +357,18 @@ fn protocol_label(protocol: fairlead_model::Protocol) -> &'static str {
     }
 }
 
-/// SRV records to `(target, port)`, deduplicated, weights sharing 100.
-fn srv_records(owner: &Name, ttl: u32, targets: &[(Name, u16)]) -> Vec<Record> {
-    let mut unique: Vec<&(Name, u16)> = Vec::with_capacity(targets.len());
+/// SRV data to `(node, port)` targets, deduplicated, weights sharing 100.
+fn srv_targets(targets: &[(Option<u32>, u16)]) -> Vec<SrvTarget> {
+    let mut unique: Vec<(Option<u32>, u16)> = Vec::with_capacity(targets.len());
     for target in targets {
-        if !unique.contains(&target) {
-            unique.push(target);
+        if !unique.contains(target) {
+            unique.push(*target);
         }
     }
     let weight = u16::try_from(100 / unique.len().max(1)).unwrap_or(1).max(1);
     unique
         .into_iter()
-        .map(|(target, port)| {
-            record(
-                owner.clone(),
-                ttl,
-                RData::SRV(SRV::new(0, weight, *port, target.clone())),
-            )
-        })
+        .map(|(node, port)| SrvTarget { weight, port, node })
         .collect()
 }
 
@@ -285,57 +394,50 @@ fn verified_pod_ips(config: &ZoneConfig, service: &Service) -> Vec<(IpAddr, Arc<
 }
 
 /// Endpoint names (hostname, else the dashed address) of the served
-/// endpoints, sorted by label; and each served endpoint's name.
+/// endpoints, sorted by label; and each served endpoint's node.
 fn endpoint_nodes(
     config: &ZoneConfig,
     service: &Service,
     served: &[&Endpoint],
-) -> (Vec<EndpointNode>, Vec<Option<Name>>) {
+) -> (Vec<EndpointNode>, Vec<Option<u32>>) {
     let ns = service.key.namespace.as_str();
     let name = service.key.name.as_str();
-    let ttl = config.ttl;
-    let mut nodes: BTreeMap<String, (Name, Vec<IpAddr>)> = BTreeMap::new();
-    let mut endpoint_names: Vec<Option<Name>> = Vec::with_capacity(served.len());
+    let mut nodes: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut labels: Vec<Option<String>> = Vec::with_capacity(served.len());
     for endpoint in served {
         let label = endpoint
             .hostname
             .as_deref()
             .map_or_else(|| dashed_ip(endpoint.address), str::to_ascii_lowercase);
-        let node = match nodes.get_mut(&label) {
-            Some(node) => Some(node),
-            None => name_below(&[&label, name, ns, "svc"], &config.zone).map(|n| {
-                nodes
-                    .entry(label.clone())
-                    .or_insert_with(|| (n, Vec::new()))
-            }),
-        };
-        endpoint_names.push(node.map(|(n, ips)| {
-            if !ips.contains(&endpoint.address) {
-                ips.push(endpoint.address);
-            }
-            n.clone()
-        }));
+        // A label that cannot be a DNS name is left out (and logged).
+        if !nodes.contains_key(&label)
+            && name_below(&[&label, name, ns, "svc"], &config.zone).is_none()
+        {
+            labels.push(None);
+            continue;
+        }
+        let ips = nodes.entry(label.clone()).or_default();
+        if !ips.contains(&endpoint.address) {
+            ips.push(endpoint.address);
+        }
+        labels.push(Some(label));
     }
-    let endpoints = nodes
+    let endpoints: Vec<EndpointNode> = nodes
         .into_iter()
-        .map(|(label, (node_name, ips))| {
-            let mut node = EndpointNode {
-                label: label.into_boxed_str(),
-                a: Vec::new(),
-                aaaa: Vec::new(),
-            };
-            for ip in ips {
-                let r = address_record(node_name.clone(), ttl, ip);
-                if ip.is_ipv4() {
-                    node.a.push(r);
-                } else {
-                    node.aaaa.push(r);
-                }
-            }
-            node
+        .map(|(label, ips)| EndpointNode {
+            label: label.into_boxed_str(),
+            ips,
         })
         .collect();
-    (endpoints, endpoint_names)
+    let node_of = labels
+        .iter()
+        .map(|label| {
+            let label = label.as_deref()?;
+            let i = endpoints.binary_search_by(|n| (*n.label).cmp(label)).ok()?;
+            u32::try_from(i).ok()
+        })
+        .collect();
+    (endpoints, node_of)
 }
 
 /// The CNAME of an ExternalName Service.
@@ -352,135 +454,78 @@ fn alias_record(service: &Service, fqdn: Name, ttl: u32) -> Option<Record> {
     Some(record(fqdn, ttl, RData::CNAME(CNAME(target))))
 }
 
-/// PTR records: each of `cluster_ips` to the Service name, each endpoint
-/// address to its endpoint name.
-fn reverse_records(
-    cluster_ips: &[IpAddr],
-    fqdn: &Name,
-    endpoints: &[EndpointNode],
-    ttl: u32,
-) -> Vec<(IpAddr, Record)> {
-    let ptr = |ip: IpAddr, target: &Name| {
-        (
-            ip,
-            record(Name::from(ip), ttl, RData::PTR(PTR(target.clone()))),
-        )
+/// PTR targets: each ClusterIP to the Service name, each endpoint address
+/// to its endpoint name.
+fn reverse_targets(body: &ServiceNames) -> Vec<(IpAddr, Name)> {
+    let mut reverse: Vec<(IpAddr, Name)> = if body.headless {
+        Vec::new()
+    } else {
+        body.addresses
+            .iter()
+            .map(|ip| (*ip, body.fqdn.clone()))
+            .collect()
     };
-    let mut reverse: Vec<(IpAddr, Record)> = cluster_ips.iter().map(|ip| ptr(*ip, fqdn)).collect();
-    for node in endpoints {
-        for r in node.a.iter().chain(&node.aaaa) {
-            match &r.data {
-                RData::A(a) => reverse.push(ptr(IpAddr::V4(a.0), &r.name)),
-                RData::AAAA(a) => reverse.push(ptr(IpAddr::V6(a.0), &r.name)),
-                _ => {}
-            }
+    for (i, node) in body.endpoints.iter().enumerate() {
+        if let Some(name) = u32::try_from(i).ok().and_then(|i| body.node_name(i)) {
+            let v4s = node.ips.iter().filter(|ip| ip.is_ipv4());
+            let v6s = node.ips.iter().filter(|ip| ip.is_ipv6());
+            reverse.extend(v4s.chain(v6s).map(|ip| (*ip, name.clone())));
         }
     }
     reverse
 }
 
-/// What SRV records are computed from.
-struct Parts<'a> {
-    config: &'a ZoneConfig,
-    service: &'a Service,
-    fqdn: &'a Name,
+/// SRV data of a Service: on the bare name (every port) and per named
+/// port; and the protocol labels of the named ports.
+fn srv_sets(
+    config: &ZoneConfig,
+    service: &Service,
     headless: bool,
-    served: &'a [&'a Endpoint],
-    endpoint_names: &'a [Option<Name>],
-    endpoints: &'a [EndpointNode],
-    /// The Service's own address records.
-    addresses: &'a [Record],
-}
-
-/// SRV records of a Service: on the bare name (every port) and per named
-/// port, with the targets' addresses as additionals.
-struct SrvSets {
-    srv: Vec<Record>,
-    srv_additionals: Vec<Record>,
-    protocols: Vec<&'static str>,
-    ports: Vec<PortSrv>,
-}
-
-impl SrvSets {
-    fn build(p: &Parts<'_>) -> Self {
-        let ns = p.service.key.namespace.as_str();
-        let name = p.service.key.name.as_str();
-        let ttl = p.config.ttl;
-        let targets_of = |port: &fairlead_model::ServicePort| -> Vec<(Name, u16)> {
-            if p.headless {
-                p.served
-                    .iter()
-                    .zip(p.endpoint_names)
-                    .filter_map(|(e, n)| Some((n.clone()?, e.resolve_port(port)?)))
-                    .collect()
-            } else {
-                vec![(p.fqdn.clone(), port.port)]
-            }
-        };
-        let node_records = |target: &Name| -> Vec<Record> {
-            p.endpoints
+    served: &[&Endpoint],
+    node_of: &[Option<u32>],
+) -> (Vec<SrvTarget>, Vec<&'static str>, Vec<PortSrv>) {
+    let ns = service.key.namespace.as_str();
+    let name = service.key.name.as_str();
+    let targets_of = |port: &fairlead_model::ServicePort| -> Vec<(Option<u32>, u16)> {
+        if headless {
+            served
                 .iter()
-                .filter(|n| {
-                    n.a.first()
-                        .or(n.aaaa.first())
-                        .is_some_and(|r| &r.name == target)
-                })
-                .flat_map(|n| n.a.iter().chain(&n.aaaa).cloned())
+                .zip(node_of)
+                .filter_map(|(e, n)| Some((Some((*n)?), e.resolve_port(port)?)))
                 .collect()
-        };
-        let additionals_of = |targets: &[(Name, u16)]| -> Vec<Record> {
-            if p.headless {
-                let mut names: Vec<&Name> = targets.iter().map(|(n, _)| n).collect();
-                names.dedup();
-                let mut out = Vec::new();
-                for n in names {
-                    for r in node_records(n) {
-                        if !out.contains(&r) {
-                            out.push(r);
-                        }
-                    }
-                }
-                out
-            } else if targets.is_empty() {
-                Vec::new()
-            } else {
-                p.addresses.to_vec()
-            }
-        };
-        let mut all_targets = Vec::new();
-        let mut ports = Vec::new();
-        let mut protocols = Vec::new();
-        for port in &p.service.ports {
-            let targets = targets_of(port);
-            if !port.name.is_empty() {
-                let protocol = protocol_label(port.protocol);
-                let port_label = format!("_{}", port.name.to_ascii_lowercase());
-                if let Some(owner) =
-                    name_below(&[&port_label, protocol, name, ns, "svc"], &p.config.zone)
-                {
-                    ports.push(PortSrv {
-                        port_label: port_label.into_boxed_str(),
-                        protocol_label: protocol,
-                        srv: srv_records(&owner, ttl, &targets),
-                        additionals: additionals_of(&targets),
-                    });
-                    if !protocols.contains(&protocol) {
-                        protocols.push(protocol);
-                    }
+        } else {
+            vec![(None, port.port)]
+        }
+    };
+    let mut all_targets = Vec::new();
+    let mut ports = Vec::new();
+    let mut protocols = Vec::new();
+    for port in &service.ports {
+        let targets = targets_of(port);
+        if !port.name.is_empty() {
+            let protocol = protocol_label(port.protocol);
+            let port_label = format!("_{}", port.name.to_ascii_lowercase());
+            if name_below(&[&port_label, protocol, name, ns, "svc"], &config.zone).is_some() {
+                ports.push(PortSrv {
+                    port_label: port_label.into_boxed_str(),
+                    protocol_label: protocol,
+                    srv: srv_targets(&targets),
+                });
+                if !protocols.contains(&protocol) {
+                    protocols.push(protocol);
                 }
             }
-            all_targets.extend(targets);
         }
-        Self {
-            srv: srv_records(p.fqdn, ttl, &all_targets),
-            srv_additionals: additionals_of(&all_targets),
-            protocols,
-            ports,
-        }
+        all_targets.extend(targets);
     }
+    (srv_targets(&all_targets), protocols, ports)
 }
 
-fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> {
+/// The records of `service`, and the PTR targets it contributes.
+fn build_service(
+    config: &ZoneConfig,
+    service: &Service,
+) -> Option<(ServiceZone, Vec<(IpAddr, Name)>)> {
     let ns = service.key.namespace.as_str();
     let name = service.key.name.as_str();
     let fqdn = name_below(&[name, ns, "svc"], &config.zone)?;
@@ -491,12 +536,13 @@ fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> 
 
     if service.service_type == ServiceType::ExternalName {
         let cname = alias_record(service, fqdn, ttl)?;
-        return Some(ServiceZone {
+        let zone = ServiceZone {
             id,
             body: Body::Alias(Box::new(cname)),
             reverse: Vec::new(),
             pod_ips,
-        });
+        };
+        return Some((zone, Vec::new()));
     }
 
     let served: Vec<&Endpoint> = service
@@ -505,8 +551,17 @@ fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> 
         .filter(|e| is_served(service, e))
         .collect();
 
-    let (endpoints, endpoint_names) = endpoint_nodes(config, service, &served);
     let headless = service.service_type == ServiceType::Headless;
+    if headless && served.is_empty() {
+        let zone = ServiceZone {
+            id,
+            body: Body::Vacant,
+            reverse: Vec::new(),
+            pod_ips,
+        };
+        return Some((zone, Vec::new()));
+    }
+    let (endpoints, node_of) = endpoint_nodes(config, service, &served);
     let mut addresses: Vec<IpAddr> = if headless {
         served.iter().map(|e| e.address).collect()
     } else {
@@ -518,50 +573,24 @@ fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> 
         seen.push(*ip);
         new
     });
-    let (mut a, mut aaaa) = (Vec::new(), Vec::new());
-    for ip in &addresses {
-        let r = address_record(fqdn.clone(), ttl, *ip);
-        if ip.is_ipv4() {
-            a.push(r);
-        } else {
-            aaaa.push(r);
-        }
-    }
-
-    let addresses_records: Vec<Record> = a.iter().chain(&aaaa).cloned().collect();
-    let srv = SrvSets::build(&Parts {
-        config,
-        service,
-        fqdn: &fqdn,
+    let (srv, protocols, ports) = srv_sets(config, service, headless, &served, &node_of);
+    let body = ServiceNames {
+        fqdn,
         headless,
-        served: &served,
-        endpoint_names: &endpoint_names,
-        endpoints: &endpoints,
-        addresses: &addresses_records,
-    });
-    let body = Addresses {
-        a,
-        aaaa,
-        srv: srv.srv,
-        srv_additionals: srv.srv_additionals,
-        protocols: srv.protocols,
-        ports: srv.ports,
+        addresses,
+        srv,
+        protocols,
+        ports,
         endpoints,
     };
-
-    let reverse = reverse_records(
-        if headless { &[] } else { &addresses },
-        &fqdn,
-        &body.endpoints,
-        ttl,
-    );
-
-    Some(ServiceZone {
+    let reverse = reverse_targets(&body);
+    let zone = ServiceZone {
         id,
         body: Body::Addresses(body),
-        reverse,
+        reverse: reverse.iter().map(|(ip, _)| *ip).collect(),
         pod_ips,
-    })
+    };
+    Some((zone, reverse))
 }
 
 impl Index {
@@ -602,6 +631,7 @@ impl Index {
             services: imbl::HashMap::new(),
             reverse: imbl::HashMap::new(),
             pods: imbl::HashMap::new(),
+            log: Arc::new(Vec::new()),
             config,
         }
     }
@@ -631,6 +661,27 @@ impl Index {
             return (Self::build(self.config.clone(), snapshot), UpdateKind::Full);
         };
         let mut next = self.clone();
+        let mut log: Vec<Delta> = Vec::with_capacity(LOG_LEN);
+        for delta in self
+            .log
+            .iter()
+            .skip((self.log.len() + 1).saturating_sub(LOG_LEN))
+        {
+            log.push(Delta {
+                from: delta.from,
+                to: delta.to,
+                services: delta.services.clone(),
+            });
+        }
+        log.push(Delta {
+            from: self.generation,
+            to: snapshot.generation,
+            services: changed
+                .iter()
+                .map(|k| service_hash(k.namespace.as_bytes(), k.name.as_bytes()))
+                .collect(),
+        });
+        next.log = Arc::new(log);
         for key in &changed {
             next.remove_service(key);
             if let Some(service) = snapshot.services.get(key) {
@@ -645,6 +696,53 @@ impl Index {
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The SOA serial: the model generation, modulo 2^32.
+    #[must_use]
+    pub fn serial(&self) -> u32 {
+        u32::try_from(self.generation & u64::from(u32::MAX)).unwrap_or(0)
+    }
+
+    /// The Services (by [`service_hash`]) rebuilt between `generation` and
+    /// this index; `None` when the log does not reach back that far (or a
+    /// full rebuild happened since).
+    pub(crate) fn changed_since(&self, generation: u64) -> Option<HashSet<u64>> {
+        let mut changed = HashSet::new();
+        let mut at = self.generation;
+        for delta in self.log.iter().rev() {
+            if at == generation {
+                break;
+            }
+            if delta.to != at {
+                return None;
+            }
+            changed.extend(&delta.services);
+            at = delta.from;
+        }
+        (at == generation).then_some(changed)
+    }
+
+    /// What the answer to a question about `qname` depends on, for the
+    /// answer caches of the fast path.
+    pub(crate) fn dependency(&self, qname: &LowerName) -> Dep {
+        if !self.zone.zone_of(qname) {
+            return Dep::Any;
+        }
+        let depth = usize::from(qname.num_labels()).saturating_sub(self.zone_labels);
+        if depth > MAX_DEPTH {
+            return Dep::Static;
+        }
+        let mut rel: Vec<&[u8]> = qname.iter().take(depth).collect();
+        rel.reverse();
+        match rel.as_slice() {
+            [b"svc", ns, name, ..] => Dep::Service(service_hash(ns, name)),
+            [b"pod", ..] if self.config.pods == PodsMode::Verified => Dep::Any,
+            // Pod records in insecure mode (or none), and every other
+            // name this deep, are the same whatever the model holds.
+            [_, _, _, ..] => Dep::Static,
+            _ => Dep::Any,
+        }
     }
 
     /// Whether the model had synced (cluster names are answered).
@@ -668,8 +766,9 @@ impl Index {
     fn finish(&mut self, snapshot: &Snapshot) {
         self.generation = snapshot.generation;
         self.synced = snapshot.synced;
+        let serial = self.serial();
         if let RData::SOA(soa) = &mut self.soa.data {
-            soa.serial = u32::try_from(snapshot.generation & u64::from(u32::MAX)).unwrap_or(0);
+            soa.serial = serial;
         }
         self.declared_namespaces = snapshot.namespaces.clone();
         let ns_name = name_below(&["ns", "dns"], &self.config.zone);
@@ -693,7 +792,7 @@ impl Index {
         if in_ns.is_empty() {
             self.services.remove(key.namespace.as_str());
         }
-        for (ip, _) in &old.reverse {
+        for ip in &old.reverse {
             untag(&mut self.reverse, ip, &old.id);
         }
         for (ip, _) in &old.pod_ips {
@@ -702,11 +801,11 @@ impl Index {
     }
 
     fn insert_service(&mut self, service: &Service) {
-        let Some(zone) = build_service(&self.config, service) else {
+        let Some((zone, reverse)) = build_service(&self.config, service) else {
             return;
         };
-        for (ip, ptr) in &zone.reverse {
-            tag(&mut self.reverse, *ip, &zone.id, ptr.clone());
+        for (ip, ptr) in reverse {
+            tag(&mut self.reverse, ip, &zone.id, ptr);
         }
         for (ip, ns) in &zone.pod_ips {
             tag(&mut self.pods, *ip, &zone.id, ns.clone());
@@ -730,22 +829,19 @@ impl Index {
     /// records, which are computed per question), apex first: what a zone
     /// file for another server must hold to answer the same (benchmarks).
     #[must_use]
-    pub fn zone_records(&self) -> Vec<&Record> {
-        let mut out = vec![&self.soa, &self.apex_ns, &self.version_txt];
-        out.extend(&self.ns_addresses);
+    pub fn zone_records(&self) -> Vec<Record> {
+        let mut out = vec![
+            self.soa.clone(),
+            self.apex_ns.clone(),
+            self.version_txt.clone(),
+        ];
+        out.extend(self.ns_addresses.iter().cloned());
         for services in self.services.values() {
             for zone in services.values() {
                 match &zone.body {
-                    Body::Alias(cname) => out.push(cname),
-                    Body::Addresses(body) => {
-                        out.extend(body.a.iter().chain(&body.aaaa).chain(&body.srv));
-                        for port in &body.ports {
-                            out.extend(&port.srv);
-                        }
-                        for node in &body.endpoints {
-                            out.extend(node.a.iter().chain(&node.aaaa));
-                        }
-                    }
+                    Body::Vacant => {}
+                    Body::Alias(cname) => out.push((**cname).clone()),
+                    Body::Addresses(body) => out.extend(body.all_records(self.config.ttl)),
                 }
             }
         }
@@ -772,8 +868,18 @@ impl Index {
             && let Some(ip) = parse_reverse(qname)
             && let Some(ptrs) = self.reverse.get(&ip)
         {
+            let owner = Name::from(ip);
             return Lookup::Answer(Answer {
-                answers: ptrs.iter().map(|t| Cow::Borrowed(&t.value)).collect(),
+                answers: ptrs
+                    .iter()
+                    .map(|t| {
+                        Cow::Owned(record(
+                            owner.clone(),
+                            self.config.ttl,
+                            RData::PTR(PTR(t.value.clone())),
+                        ))
+                    })
+                    .collect(),
                 ..Answer::default()
             });
         }
@@ -812,18 +918,30 @@ impl Index {
         }
     }
 
-    fn addresses<'a>(
-        &'a self,
-        a: &'a [Record],
-        aaaa: &'a [Record],
-        qtype: RecordType,
-    ) -> Answer<'a> {
-        match qtype {
-            RecordType::A => self.records(a, &[]),
-            RecordType::AAAA => self.records(aaaa, &[]),
-            RecordType::ANY => self.records(a.iter().chain(aaaa), &[]),
-            _ => self.nodata(),
+    /// An answer made of new records (NODATA when there are none).
+    fn owned(&self, answers: Vec<Record>, additionals: Vec<Record>) -> Answer<'_> {
+        if answers.is_empty() {
+            return self.nodata();
         }
+        Answer {
+            answers: answers.into_iter().map(Cow::Owned).collect(),
+            additionals: additionals.into_iter().map(Cow::Owned).collect(),
+            ..Answer::default()
+        }
+    }
+
+    /// The address records of `ips` under `name` that `qtype` asks for.
+    fn addresses(&self, name: &Name, ips: &[IpAddr], qtype: RecordType) -> Answer<'_> {
+        let (v4, v6) = match qtype {
+            RecordType::A => (true, false),
+            RecordType::AAAA => (false, true),
+            RecordType::ANY => (true, true),
+            _ => return self.nodata(),
+        };
+        self.owned(
+            address_records(name, self.config.ttl, ips, v4, v6),
+            Vec::new(),
+        )
     }
 
     fn lookup_zone<'a>(&'a self, qname: &LowerName, qtype: RecordType) -> Answer<'a> {
@@ -948,14 +1066,21 @@ impl Index {
                 };
             }
             Body::Addresses(body) => body,
+            Body::Vacant => return self.nxdomain(),
         };
+        let ttl = self.config.ttl;
         match rest {
             [] => match qtype {
-                RecordType::SRV => self.records(&body.srv, &body.srv_additionals),
+                RecordType::SRV => self.owned(
+                    body.srv_records(&body.fqdn, &body.srv, ttl),
+                    body.srv_additionals(&body.srv, ttl),
+                ),
                 RecordType::ANY => {
-                    self.records(body.a.iter().chain(&body.aaaa).chain(&body.srv), &[])
+                    let mut all = address_records(&body.fqdn, ttl, &body.addresses, true, true);
+                    all.extend(body.srv_records(&body.fqdn, &body.srv, ttl));
+                    self.owned(all, Vec::new())
                 }
-                _ => self.addresses(&body.a, &body.aaaa, qtype),
+                _ => self.addresses(&body.fqdn, &body.addresses, qtype),
             },
             [label] if label.starts_with('_') => {
                 if body.protocols.contains(label) {
@@ -965,7 +1090,10 @@ impl Index {
                 }
             }
             [label] => match body.endpoints.binary_search_by(|n| (*n.label).cmp(label)) {
-                Ok(i) => self.addresses(&body.endpoints[i].a, &body.endpoints[i].aaaa, qtype),
+                Ok(i) => match u32::try_from(i).ok().and_then(|i| body.node_name(i)) {
+                    Some(name) => self.addresses(&name, &body.endpoints[i].ips, qtype),
+                    None => self.nxdomain(),
+                },
                 Err(_) => self.nxdomain(),
             },
             [protocol, port] => match body
@@ -974,7 +1102,15 @@ impl Index {
                 .find(|p| p.protocol_label == *protocol && &*p.port_label == *port)
             {
                 Some(p) => match qtype {
-                    RecordType::SRV | RecordType::ANY => self.records(&p.srv, &p.additionals),
+                    RecordType::SRV | RecordType::ANY => {
+                        match name_below(&[&p.port_label, p.protocol_label], &body.fqdn) {
+                            Some(owner) => self.owned(
+                                body.srv_records(&owner, &p.srv, ttl),
+                                body.srv_additionals(&p.srv, ttl),
+                            ),
+                            None => self.nxdomain(),
+                        }
+                    }
                     _ => self.nodata(),
                 },
                 None => self.nxdomain(),

@@ -3,8 +3,12 @@
 //! a caching forwarder for every other name.
 //!
 //! The pieces, in the order a request meets them:
-//! - transport: hickory-server's UDP and TCP loops on `--listen`;
-//! - [`Handler`]: EDNS0, the asker's case kept, shuffling, truncation;
+//! - transport: our own UDP loops (SO_REUSEPORT sockets), hickory-server's
+//!   TCP loop, on `--listen`;
+//! - the UDP fast path: plain questions about cluster names answered from a
+//!   per-loop cache of pre-serialised responses (`fast`);
+//! - [`Handler`]: everything else, on hickory: EDNS0, the asker's case kept,
+//!   shuffling, truncation;
 //! - [`Index`]: every cluster name, rebuilt per model snapshot (only the
 //!   Services that changed) and swapped atomically;
 //! - [`forward::Forwarder`]: cache, upstreams, serve-stale, loop detection.
@@ -16,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod fast;
 pub mod forward;
 mod handler;
 pub mod index;

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the DNS server, registered under `fairlead_dns_`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -45,31 +46,37 @@ impl EncodeLabelValue for Source {
 pub struct QType(RecordType);
 
 impl QType {
-    /// The label for `qtype`.
+    /// The label for `qtype`: every uncommon type is the same `other`
+    /// series (one series, not one per type a client makes up).
     #[must_use]
     pub fn of(qtype: Option<RecordType>) -> Self {
-        Self(qtype.unwrap_or(RecordType::Unknown(0)))
+        match qtype {
+            Some(
+                t @ (RecordType::A
+                | RecordType::AAAA
+                | RecordType::SRV
+                | RecordType::PTR
+                | RecordType::TXT
+                | RecordType::CNAME
+                | RecordType::SOA
+                | RecordType::NS
+                | RecordType::MX
+                | RecordType::ANY
+                | RecordType::HTTPS
+                | RecordType::SVCB
+                | RecordType::AXFR
+                | RecordType::IXFR),
+            ) => Self(t),
+            _ => Self(RecordType::Unknown(0)),
+        }
     }
 }
 
 impl EncodeLabelValue for QType {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         match self.0 {
-            RecordType::A
-            | RecordType::AAAA
-            | RecordType::SRV
-            | RecordType::PTR
-            | RecordType::TXT
-            | RecordType::CNAME
-            | RecordType::SOA
-            | RecordType::NS
-            | RecordType::MX
-            | RecordType::ANY
-            | RecordType::HTTPS
-            | RecordType::SVCB
-            | RecordType::AXFR
-            | RecordType::IXFR => write!(encoder, "{}", self.0),
-            _ => encoder.write_str("other"),
+            RecordType::Unknown(0) => encoder.write_str("other"),
+            other => write!(encoder, "{other}"),
         }
     }
 }
@@ -160,6 +167,13 @@ impl EncodeLabelValue for UpdateKindLabel {
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~5 s.
     Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
+/// One UDP loop's handles on the series the fast path counts in.
+#[derive(Debug, Default)]
+pub(crate) struct LoopMetrics {
+    requests: HashMap<(QType, Rcode), Counter>,
+    cluster: Option<Histogram>,
 }
 
 /// Every metric of the DNS server. Cheap to clone (shared handles).
@@ -293,6 +307,36 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a request the UDP fast path answered, through `local`'s
+    /// handles (one label lookup per series and loop, not per request).
+    pub(crate) fn cluster_request(
+        &self,
+        local: &mut LoopMetrics,
+        qtype: RecordType,
+        rcode: ResponseCode,
+        elapsed: Duration,
+    ) {
+        let labels = RequestLabels {
+            r#type: QType::of(Some(qtype)),
+            rcode: Rcode(rcode),
+        };
+        local
+            .requests
+            .entry((labels.r#type, labels.rcode))
+            .or_insert_with(|| self.requests.get_or_create(&labels).clone())
+            .inc();
+        local
+            .cluster
+            .get_or_insert_with(|| {
+                self.duration
+                    .get_or_create(&SourceLabels {
+                        source: Source::Cluster,
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
     pub(crate) fn cache_hit(&self) {
         self.cache_hits.inc();
     }
@@ -346,5 +390,45 @@ impl Metrics {
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.index_services
             .set(i64::try_from(services).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncommon_query_types_share_one_series() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        for qtype in [99, 100, 4242, 65280] {
+            metrics.request(
+                Some(RecordType::from(qtype)),
+                ResponseCode::NoError,
+                Source::Cluster,
+                Duration::from_micros(5),
+            );
+        }
+        metrics.request(
+            Some(RecordType::A),
+            ResponseCode::NoError,
+            Source::Cluster,
+            Duration::from_micros(5),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("fairlead_dns_requests_total{"))
+            .collect();
+        series.sort_unstable();
+        assert_eq!(
+            series,
+            [
+                "fairlead_dns_requests_total{type=\"A\",rcode=\"NOERROR\"} 1",
+                "fairlead_dns_requests_total{type=\"other\",rcode=\"NOERROR\"} 4",
+            ],
+            "{text}"
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! The UDP loop. hickory-server's own UDP transport hands every datagram to a
 //! new task through channels; for a server that answers most questions from
-//! memory that is most of the cost. This loop parses with hickory, answers
-//! cluster names inline through the same [`Handler`] (hickory's
-//! `RequestHandler`), and spawns a task only for questions that wait on an
-//! upstream. Several sockets share a port with SO_REUSEPORT, one loop each.
+//! memory that is most of the cost. This loop first tries the fast path
+//! (pre-serialised answers from its own cache, see `fast`); else it parses
+//! with hickory, answers cluster names inline through the same [`Handler`]
+//! (hickory's `RequestHandler`), and spawns a task only for questions that
+//! wait on an upstream. Several sockets share a port with SO_REUSEPORT, one loop each.
 //! TCP stays on hickory-server's transport.
 
 use std::net::SocketAddr;
@@ -23,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::Error;
+use crate::fast::{AnswerCache, Fast};
 use crate::handler::Handler;
-use crate::metrics::Source;
+use crate::metrics::{LoopMetrics, Source};
 
 /// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); with port 0, the
 /// port the first one got.
@@ -95,6 +97,9 @@ pub(crate) async fn serve(
 ) -> Result<(), Error> {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; usize::from(u16::MAX)];
+    let mut cache = AnswerCache::default();
+    let mut local = LoopMetrics::default();
+    let mut out = Vec::with_capacity(1232);
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buf) => received,
@@ -120,6 +125,14 @@ pub(crate) async fn serve(
             continue;
         }
         let raw = &buf[..len];
+        let started = Instant::now();
+        if let Fast::Answered { qtype, rcode } = handler.answer_fast(&mut cache, raw, &mut out) {
+            if let Err(error) = socket.send_to(&out, peer).await {
+                debug!(%error, %peer, "UDP send error");
+            }
+            handler.count_fast(&mut local, qtype, rcode, started.elapsed());
+            continue;
+        }
         let reply = Reply {
             socket: socket.clone(),
             peer,

@@ -5,10 +5,11 @@
 
 mod support;
 
+use fairlead_dns::Protocol;
 use fairlead_dns::{Index, PodsMode, UpdateKind};
 use fairlead_model::{Change, ModelWriter, decode};
 use hickory_proto::rr::{DNSClass, RecordType};
-use support::{ask, ask_class, config, handler, model, render};
+use support::{ask, ask_class, ask_over, config, handler, handler_with, model, render};
 
 const SOA: &str = "ns: cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. {serial} 7200 1800 86400 5";
 
@@ -262,9 +263,15 @@ fn table() -> Vec<(&'static str, RecordType, String)> {
             ]),
         ),
         ("pending-1.pending.data.svc.cluster.local.", A, nxdomain()),
-        // A headless Service without endpoints exists, with no data.
-        ("empty.data.svc.cluster.local.", A, nodata()),
-        ("_http._tcp.empty.data.svc.cluster.local.", SRV, nodata()),
+        // A headless Service without a ready endpoint has no name at all
+        // (specification 2.4.1; CoreDNS answers NXDOMAIN for every type).
+        ("empty.data.svc.cluster.local.", A, nxdomain()),
+        ("empty.data.svc.cluster.local.", AAAA, nxdomain()),
+        ("empty.data.svc.cluster.local.", SRV, nxdomain()),
+        ("empty.data.svc.cluster.local.", TXT, nxdomain()),
+        ("_http._tcp.empty.data.svc.cluster.local.", SRV, nxdomain()),
+        ("_tcp.empty.data.svc.cluster.local.", SRV, nxdomain()),
+        ("data.svc.cluster.local.", A, nodata()), // its namespace still exists
         // ExternalName: CNAME; nothing exists below it; a cluster target is
         // resolved in the answer; an outside one is forwarded (no upstream
         // here, so SERVFAIL after the CNAME).
@@ -435,6 +442,147 @@ async fn every_rule_of_the_specification() {
     let (_writer, snapshot) = model();
     let handler = handler(Index::build(config(PodsMode::Disabled), &snapshot));
     check_table(&run_table(&handler).await, snapshot.generation);
+}
+
+/// The UDP fast path (pre-serialised answers, from its cache on the second
+/// ask) answers every question of the table exactly like the general path
+/// (taken by TCP), flags and all four sections.
+#[tokio::test]
+async fn the_fast_path_answers_like_the_general_path() {
+    let (_writer, snapshot) = model();
+    for pods in [PodsMode::Disabled, PodsMode::Verified] {
+        let handler = handler(Index::build(config(pods), &snapshot));
+        let mut questions: Vec<(&str, RecordType)> =
+            table().into_iter().map(|(n, t, _)| (n, t)).collect();
+        questions.extend([
+            ("10-244-1-41.data.pod.cluster.local.", RecordType::A),
+            ("WeB.Shop.SVC.Cluster.Local.", RecordType::A),
+            ("DB.data.svc.cluster.local.", RecordType::SRV),
+            ("NoSuch.Shop.Svc.Cluster.Local.", RecordType::AAAA),
+        ]);
+        for (name, qtype) in questions {
+            let general = ask_over(&handler, name, qtype, DNSClass::IN, Protocol::Tcp).await;
+            for round in ["miss", "hit"] {
+                let fast = ask(&handler, name, qtype).await;
+                assert_eq!(
+                    render(&fast).to_lowercase(),
+                    render(&general).to_lowercase(),
+                    "{pods:?} {name} {qtype} ({round})"
+                );
+                assert_eq!(
+                    fast.metadata.recursion_available,
+                    general.metadata.recursion_available
+                );
+                assert_eq!(
+                    fast.metadata.recursion_desired,
+                    general.metadata.recursion_desired
+                );
+                assert_eq!(
+                    fast.edns.as_ref().map(hickory_proto::op::Edns::max_payload),
+                    general
+                        .edns
+                        .as_ref()
+                        .map(hickory_proto::op::Edns::max_payload)
+                );
+                assert!(fast.queries[0].name().eq_case(general.queries[0].name()));
+            }
+        }
+    }
+}
+
+/// Plain UDP questions about cluster names take the fast path: there, every
+/// owner name equal to the question is a pointer to it, so it comes back in
+/// the asker's case even in the additional section (the general path, taken
+/// by TCP, restores the case in the answer section only).
+#[tokio::test]
+async fn plain_udp_questions_take_the_fast_path() {
+    let (_writer, snapshot) = model();
+    let handler = handler(Index::build(config(PodsMode::Disabled), &snapshot));
+    let asked = hickory_proto::rr::Name::from_ascii("WEB.shop.svc.cluster.local.").unwrap();
+    for round in ["miss", "hit"] {
+        let fast = ask(&handler, "WEB.shop.svc.cluster.local.", RecordType::SRV).await;
+        assert!(
+            fast.additionals[0].name.eq_case(&asked),
+            "{round}: {fast:?}"
+        );
+    }
+    let general = ask_over(
+        &handler,
+        "WEB.shop.svc.cluster.local.",
+        RecordType::SRV,
+        DNSClass::IN,
+        Protocol::Tcp,
+    )
+    .await;
+    assert!(!general.additionals[0].name.eq_case(&asked), "{general:?}");
+}
+
+/// The fast path's cache follows the index: answers of the Services that
+/// changed are rebuilt, the others keep being served with the new SOA
+/// serial.
+#[tokio::test]
+async fn cached_answers_follow_model_changes() {
+    let (mut writer, snapshot) = model();
+    let cfg = config(PodsMode::Disabled);
+    let (handler, swap) = handler_with(
+        Index::build(cfg.clone(), &snapshot),
+        support::forward_config(Vec::new()),
+    );
+    let ask_all = async |handler: &fairlead_dns::Handler| {
+        let mut out = Vec::new();
+        for (name, qtype) in [
+            ("web.shop.svc.cluster.local.", RecordType::A),
+            ("api.shop.svc.cluster.local.", RecordType::A),
+            ("cache.data.svc.cluster.local.", RecordType::A),
+            ("_redis._tcp.cache.data.svc.cluster.local.", RecordType::SRV),
+            ("db.data.svc.cluster.local.", RecordType::A),
+            ("nosuch.shop.svc.cluster.local.", RecordType::A),
+            ("shop.svc.cluster.local.", RecordType::A),
+            ("fresh.svc.cluster.local.", RecordType::A),
+        ] {
+            out.push(render(&ask(handler, name, qtype).await));
+        }
+        out
+    };
+    let before = ask_all(&handler).await;
+    let mut index = Index::build(cfg.clone(), &snapshot);
+    for change in [
+        // A new Service, where there was NXDOMAIN, in a new namespace.
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop}\nspec: {clusterIP: 10.96.20.2, ports: [{name: grpc, port: 9000}]}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: fresh}\nspec: {clusterIP: 10.96.20.3, ports: [{name: grpc, port: 9000}]}\n",
+        // web moves to another ClusterIP.
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {clusterIP: 10.96.10.11, ports: [{name: http, port: 80, targetPort: 8080}]}\n",
+        // The only endpoint of the headless cache is no longer ready: the
+        // name no longer exists.
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: cache-v4, namespace: data, labels: {kubernetes.io/service-name: cache}}\naddressType: IPv4\nports: [{name: redis, port: 6379}]\nendpoints:\n- addresses: [10.244.1.51]\n  hostname: cache-0\n  conditions: {ready: false}\n",
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: cache-v6, namespace: data, labels: {kubernetes.io/service-name: cache}}\naddressType: IPv6\nports: [{name: redis, port: 6379}]\nendpoints:\n- addresses: [\"fd00:244::51\"]\n  hostname: cache-0\n  conditions: {ready: false}\n",
+    ] {
+        upsert(&mut writer, change);
+        let (next, kind) = index.update(&writer.snapshot());
+        assert!(matches!(kind, UpdateKind::Incremental(_)), "{kind:?}");
+        swap.store(std::sync::Arc::new(next.clone()));
+        index = next;
+    }
+    let after = ask_all(&handler).await;
+    // The same questions to a handler that never cached anything.
+    let fresh = ask_all(&support::handler(index.clone())).await;
+    assert_eq!(after, fresh);
+    let serial = writer.snapshot().generation;
+    let nx = nxdomain().replace("{serial}", &serial.to_string());
+    assert_eq!(
+        after,
+        [
+            "NOERROR aa\nan: web.shop.svc.cluster.local. 5 IN A 10.96.10.11".to_owned(),
+            "NOERROR aa\nan: api.shop.svc.cluster.local. 5 IN A 10.96.20.2".to_owned(),
+            nx.clone(),
+            nx.clone(),
+            before[4].clone(),
+            nx,
+            nodata().replace("{serial}", &serial.to_string()),
+            nodata().replace("{serial}", &serial.to_string()),
+        ]
+    );
+    assert_ne!(before, after);
 }
 
 #[tokio::test]

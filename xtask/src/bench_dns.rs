@@ -205,6 +205,14 @@ fn index_times(cluster: &Cluster) -> Result<(Duration, Duration, usize, u64)> {
     ))
 }
 
+/// The machine's load averages, as /proc/loadavg gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
+}
+
 fn own_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -539,6 +547,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     }
     need("dnsperf", "dnsperf")?;
     need("taskset", "util-linux")?;
+    let load_before = load_average();
     if !options.fairlead_only {
         need("knotd", "knot")?;
         need("nsd", "nsd")?;
@@ -684,6 +693,10 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         "\nDNS, {} Services ({records} records), {} queries in the mix, one core per server, dnsperf on the other",
         options.services,
         cluster.queries.len()
+    );
+    println!(
+        "load average (1, 5, 15 min) at the start: {load_before}; at the end: {}",
+        load_average()
     );
     println!(
         "{:<10} {:>10} {:>9} {:>9} {:>9} {:>9}",

@@ -104,9 +104,22 @@ pub(crate) async fn ask_class(
     qtype: RecordType,
     class: DNSClass,
 ) -> Message {
+    ask_over(handler, name, qtype, class, Protocol::Udp).await
+}
+
+/// Asks with EDNS (1232 bytes) over `protocol`: over UDP, plain questions
+/// about cluster names take the fast path (pre-serialised answers); over
+/// TCP, every question takes the general path.
+pub(crate) async fn ask_over(
+    handler: &Handler,
+    name: &str,
+    qtype: RecordType,
+    class: DNSClass,
+    protocol: Protocol,
+) -> Message {
     let bytes = query_bytes(name, qtype, class, Some(1232));
     let raw = handler
-        .answer_raw(&bytes, src(), Protocol::Udp)
+        .answer_raw(&bytes, src(), protocol)
         .await
         .expect("a response");
     let message = Message::from_vec(&raw).expect("the response parses");
