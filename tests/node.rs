@@ -54,40 +54,26 @@ fn the_demo_shows_every_path_following_the_model_and_surviving_a_restart() {
         };
         i + from
     };
-    // Before the endpoint is removed: every path reaches all three pods.
+    // Before the endpoint is removed every path reaches all three pods; after, every
+    // component serves the new generation, and web-c is gone from DNS and every path.
     let mut at = position("Three paths to Service shop/web", 0);
-    for path in [
-        "resolves the short name 'web'",
-        "ClusterIP",
-        "NodePort",
-        "ingress, TLS",
-    ] {
-        at = position(path, at);
-        if path != "resolves the short name 'web'" {
-            assert!(
-                lines[at].ends_with("answered by web-a web-b web-c"),
-                "{}",
-                lines[at]
-            );
+    let paths = |at: &mut usize, addresses: &str, pods: &str| {
+        *at = position("resolves the short name 'web'", *at);
+        *at = position("headless Service 'web-pods'", *at);
+        assert!(lines[*at].ends_with(addresses), "{}", lines[*at]);
+        for path in ["ClusterIP", "NodePort", "ingress, TLS"] {
+            *at = position(path, *at);
+            let answered = format!("answered by {pods}");
+            assert!(lines[*at].ends_with(&answered), "{}", lines[*at]);
         }
-    }
-    // After: every component serves the new generation, and web-c is gone.
+    };
+    paths(
+        &mut at,
+        "10.244.1.11 10.244.1.12 10.244.1.13",
+        "web-a web-b web-c",
+    );
     at = position("all serve the new model generation", at);
-    for path in [
-        "resolves the short name 'web'",
-        "ClusterIP",
-        "NodePort",
-        "ingress, TLS",
-    ] {
-        at = position(path, at);
-        if path != "resolves the short name 'web'" {
-            assert!(
-                lines[at].ends_with("answered by web-a web-b"),
-                "{}",
-                lines[at]
-            );
-        }
-    }
+    paths(&mut at, "10.244.1.11 10.244.1.12", "web-a web-b");
     // The restart: one connection, no request lost.
     at = position("the live connection:", at);
     assert!(

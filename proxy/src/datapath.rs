@@ -157,28 +157,8 @@ impl Datapath {
         name: &str,
         cgroup: &Path,
     ) -> Result<CgroupSockAddrLinkId, Error> {
-        let cgroup_dir = File::open(cgroup).map_err(|source| Error::Cgroup {
-            path: cgroup.to_owned(),
-            source,
-        })?;
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::MissingProgram {
-                name: name.to_owned(),
-            })?;
-        let program: &mut CgroupSockAddr = program.try_into().map_err(|source| Error::Program {
-            name: name.to_owned(),
-            action: "open",
-            source,
-        })?;
-        if program.fd().is_err() {
-            program.load().map_err(|source| Error::Program {
-                name: name.to_owned(),
-                action: "load",
-                source,
-            })?;
-        }
+        let cgroup_dir = open_cgroup(cgroup)?;
+        let program = self.sock_addr_program(name)?;
         // `Single` is the only mode a link accepts: aya attaches with a BPF link on kernels
         // since 5.7, the kernel refuses BPF_F_ALLOW_MULTI on link creation, and cgroup links
         // run alongside other programs anyway.

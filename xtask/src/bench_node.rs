@@ -57,7 +57,11 @@ fn endpoint(i: usize, j: usize, endpoints: usize, version: usize) -> String {
     let n = u32::try_from((i * endpoints + j + 1) % (1 << 22)).unwrap_or(0);
     let base = u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + n;
     // Version 0 is the original; every other version moves the address (1..=3 blocks up).
-    let block = if version == 0 { 0 } else { 1 + (version - 1) % 3 };
+    let block = if version == 0 {
+        0
+    } else {
+        1 + (version - 1) % 3
+    };
     let shifted = base + u32::try_from(block).unwrap_or(0) * (1 << 22);
     std::net::Ipv4Addr::from(shifted).to_string()
 }
