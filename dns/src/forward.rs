@@ -16,6 +16,7 @@ use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::{Metrics, Source, UpstreamError};
@@ -394,7 +395,7 @@ impl Forwarder {
             // An expired entry exists: answer it if the upstreams are slow,
             // and let the refresh carry on in the background.
             Some(_) => {
-                let task = tokio::spawn(refresh);
+                let task = tokio::spawn(refresh.in_current_span());
                 match tokio::time::timeout(self.0.config.stale_answer_timeout, task).await {
                     Ok(Ok(result)) => result,
                     _ => None,

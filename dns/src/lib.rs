@@ -306,10 +306,13 @@ impl Dns {
 
         let token = server.shutdown_token().clone();
         let on_stop = stop.clone();
-        let stopper = tokio::spawn(async move {
-            on_stop.cancelled().await;
-            token.cancel();
-        });
+        let stopper = tokio::spawn(
+            async move {
+                on_stop.cancelled().await;
+                token.cancel();
+            }
+            .in_current_span(),
+        );
         let result = tokio::select! {
             tcp = server.block_until_done() => tcp.map_err(|e| e.to_string()),
             Some(udp) = udp_loops.join_next() => match udp {

@@ -21,6 +21,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use tracing::{debug, warn};
 
 use crate::Error;
@@ -151,9 +152,12 @@ pub(crate) async fn serve(
             RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
         } else {
             let handler = handler.clone();
-            tokio::spawn(async move {
-                RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
-            });
+            tokio::spawn(
+                async move {
+                    RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
+                }
+                .in_current_span(),
+            );
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use tracing::{info, warn};
 
 use crate::Args;
@@ -205,6 +206,10 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 }
 
 /// Runs the gateway until cancelled (see [`crate::run`]).
+#[expect(
+    clippy::too_many_lines,
+    reason = "start-up, the serving loop and the drain, in the order they happen"
+)]
 pub(crate) async fn run(
     args: Args,
     metrics: Arc<Metrics>,
@@ -256,8 +261,16 @@ pub(crate) async fn run(
         cancel.clone(),
     ));
     let acceptor = TlsAcceptor::from(tls_config);
-    let accept_http = tokio::spawn(server.clone().accept_loop(http, None, "http"));
-    let accept_https = tokio::spawn(server.clone().accept_loop(https, Some(acceptor), "https"));
+    let accept = |listener, acceptor, name| {
+        tokio::spawn(
+            server
+                .clone()
+                .accept_loop(listener, acceptor, name)
+                .in_current_span(),
+        )
+    };
+    let accept_http = accept(http, None, "http");
+    let accept_https = accept(https, Some(acceptor), "https");
     ready.set(true);
 
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
@@ -354,40 +367,43 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let count = connections.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    loop {
-                        let mut head = Vec::new();
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        match behaviour {
-                            Behaviour::Good => {
-                                let body = addr.to_string();
-                                let response = format!(
-                                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                                    body.len()
-                                );
-                                if stream.write_all(response.as_bytes()).await.is_err() {
-                                    return;
+        tokio::spawn(
+            async move {
+                loop {
+                    let (mut stream, _) = listener.accept().await.unwrap();
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 8192];
+                        loop {
+                            let mut head = Vec::new();
+                            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match stream.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => head.extend_from_slice(&buf[..n]),
                                 }
                             }
-                            Behaviour::Reset => return,
-                            Behaviour::Silent => {
-                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            match behaviour {
+                                Behaviour::Good => {
+                                    let body = addr.to_string();
+                                    let response = format!(
+                                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                        body.len()
+                                    );
+                                    if stream.write_all(response.as_bytes()).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Behaviour::Reset => return,
+                                Behaviour::Silent => {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                }
                             }
                         }
-                    }
-                });
+                    });
+                }
             }
-        });
+            .in_current_span(),
+        );
         (addr, connections)
     }
 
@@ -435,7 +451,7 @@ mod tests {
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(server.accept_loop(listener, None, "http"));
+        tokio::spawn(server.accept_loop(listener, None, "http").in_current_span());
         Harness {
             addr,
             shared,
@@ -453,7 +469,7 @@ mod tests {
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .unwrap();
-        tokio::spawn(conn);
+        tokio::spawn(conn.in_current_span());
         let mut out = Vec::new();
         for (method, body) in requests {
             sender.ready().await.unwrap();

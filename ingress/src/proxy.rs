@@ -32,6 +32,7 @@ use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use tracing::{debug, info};
 
 use crate::framing::Answers;
@@ -617,29 +618,32 @@ fn spawn_tunnel(
 ) {
     let gauge = shared.metrics.upgraded_connections.clone();
     let stop = shared.hard_stop.clone();
-    shared.tunnels.spawn(async move {
-        let _in_flight = in_flight;
-        let (client, upstream) = tokio::join!(client, upstream);
-        let (client, upstream) = match (client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (Err(e), _) | (_, Err(e)) => {
-                debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        gauge.inc();
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(e) = result {
-                    debug!(error = %e, "tunnel ended with an error");
+    shared.tunnels.spawn(
+        async move {
+            let _in_flight = in_flight;
+            let (client, upstream) = tokio::join!(client, upstream);
+            let (client, upstream) = match (client, upstream) {
+                (Ok(c), Ok(u)) => (c, u),
+                (Err(e), _) | (_, Err(e)) => {
+                    debug!(error = %e, "upgrade failed");
+                    return;
                 }
+            };
+            gauge.inc();
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(e) = result {
+                        debug!(error = %e, "tunnel ended with an error");
+                    }
+                }
+                () = stop.cancelled() => debug!("tunnel closed at the end of draining"),
             }
-            () = stop.cancelled() => debug!("tunnel closed at the end of draining"),
+            gauge.dec();
         }
-        gauge.dec();
-    });
+        .in_current_span(),
+    );
 }
 
 /// Whether an HTTP/1.1 request asks to switch protocols.

@@ -167,9 +167,12 @@ impl Server {
                     let server = self.clone();
                     let tls = tls.clone();
                     let gauge = gauge.clone();
-                    self.connections.spawn(async move {
-                        server.serve_connection(stream, peer, tls, gauge).await;
-                    });
+                    self.connections.spawn(
+                        async move {
+                            server.serve_connection(stream, peer, tls, gauge).await;
+                        }
+                        .in_current_span(),
+                    );
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off a little.

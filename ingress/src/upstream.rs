@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tracing::Instrument as _;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -394,11 +395,14 @@ impl Upstream {
                             source,
                         })?;
                 let addr = endpoint.addr;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        debug!(upstream = %addr, error = %e, "upstream connection ended");
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = conn.with_upgrades().await {
+                            debug!(upstream = %addr, error = %e, "upstream connection ended");
+                        }
                     }
-                });
+                    .in_current_span(),
+                );
                 Ok((Connection::Http1(sender), false))
             }
             UpstreamProtocol::H2c => {
@@ -421,11 +425,14 @@ impl Upstream {
                         source,
                     })?;
                 let addr = endpoint.addr;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(upstream = %addr, error = %e, "upstream h2c connection ended");
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = conn.await {
+                            debug!(upstream = %addr, error = %e, "upstream h2c connection ended");
+                        }
                     }
-                });
+                    .in_current_span(),
+                );
                 if let Ok(mut h2) = endpoint.h2.lock() {
                     *h2 = Some(sender.clone());
                 }

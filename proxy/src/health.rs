@@ -317,24 +317,27 @@ async fn serve(
         let proxy_healthy = proxy_healthy.clone();
         let requests = requests.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |_request: Request<hyper::body::Incoming>| {
-                    let (response, code) = answer(&state, proxy_healthy.get());
-                    requests.get_or_create(&CodeLabels { code }).inc();
-                    async move { Ok::<_, Infallible>(response) }
-                });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                () = stop.cancelled() => {}
-                result = connection => {
-                    if let Err(e) = result {
-                        debug!(error = %e, "health check connection failed");
+        tokio::spawn(
+            async move {
+                let service =
+                    hyper::service::service_fn(move |_request: Request<hyper::body::Incoming>| {
+                        let (response, code) = answer(&state, proxy_healthy.get());
+                        requests.get_or_create(&CodeLabels { code }).inc();
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    result = connection => {
+                        if let Err(e) = result {
+                            debug!(error = %e, "health check connection failed");
+                        }
                     }
                 }
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 

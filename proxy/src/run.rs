@@ -332,7 +332,7 @@ impl Proxy {
                 if snapshot.synced {
                     let (mut datapath, mut reconciler) = state.take().expect("state is put back");
                     let for_health = snapshot.clone();
-                    let result = tokio::task::spawn_blocking(move || {
+                    let result = spawn_blocking_in_span(move || {
                         let started = Instant::now();
                         let report = reconciler.sync(&snapshot, &mut datapath);
                         let elapsed = started.elapsed();
@@ -348,7 +348,7 @@ impl Proxy {
                     if !report.removed_udp_backends.is_empty() {
                         let cgroup = cgroup.clone();
                         let removed = report.removed_udp_backends;
-                        let destroyed = tokio::task::spawn_blocking(move || {
+                        let destroyed = spawn_blocking_in_span(move || {
                             crate::stale::destroy_udp_sockets(&cgroup, &removed)
                         })
                         .await
@@ -390,7 +390,7 @@ impl Proxy {
                 }
                 () = &mut gc_timer, if external => {
                     if let Some((datapath, reconciler)) = state.take() {
-                        let result = tokio::task::spawn_blocking(move || {
+                        let result = spawn_blocking_in_span(move || {
                             let mut datapath = datapath;
                             let report = datapath.collect_conntrack(&timeouts);
                             (datapath, report)
@@ -480,6 +480,15 @@ fn refresh_addresses(
     if let Err(e) = datapath.set_node_addresses(&addresses, snat.0, snat.1) {
         warn!(error = %e, "writing the node's addresses failed");
     }
+}
+
+/// `spawn_blocking` in the current span (the component's), so that the logs of the blocking
+/// work (the reconciler's, the conntrack collector's) carry it.
+fn spawn_blocking_in_span<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
 }
 
 fn log_sync(
