@@ -24,7 +24,9 @@ use fairlead_proxy::PinnedMaps;
 use fairlead_proxy::abi::Reason;
 use fairlead_proxy::status::render_contents;
 use fairlead_proxy::tables::LbMaps as _;
-use fairlead_proxy::testing::{KillOnDrop, TestCgroup, TestNetns, TestPinDir, privileged};
+use fairlead_proxy::testing::{
+    KillOnDrop, TestCgroup, TestNetns, TestPinDir, privileged, run_with_timeout,
+};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -363,28 +365,6 @@ impl Topology {
             .as_array()
             .expect("a list")
             .clone()
-    }
-}
-
-fn run_with_timeout(mut command: Command, timeout: Duration) -> std::process::Output {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    if let Ok(out) = rx.recv_timeout(timeout) {
-        out.expect("collect output")
-    } else {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        panic!("client hung for {timeout:?}");
     }
 }
 

@@ -25,6 +25,7 @@ use std::{
     fs,
     io::{self, Write as _},
     path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -302,5 +303,34 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Runs `command` (stdin closed, output collected) and returns its output; kills it and
+/// panics if it has not exited within `timeout`, so that a hung client fails its test.
+///
+/// # Panics
+///
+/// If the command cannot be started, or hangs.
+#[must_use]
+pub fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    if let Ok(out) = rx.recv_timeout(timeout) {
+        out.expect("collect output")
+    } else {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("client hung for {timeout:?}");
     }
 }
