@@ -8,7 +8,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux; do
+for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux iperf3; do
   have_pkg "$pkg" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

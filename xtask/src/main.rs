@@ -57,10 +57,13 @@ enum Bench {
         /// direct and, when the rules are loaded, iptables).
         #[arg(long)]
         fairlead_only: bool,
-        /// Seconds of each wrk run through a NodePort (fairlead, nftables, iptables; 0
-        /// skips the NodePort benchmark).
-        #[arg(long, default_value_t = 5)]
-        nodeport_seconds: u64,
+        /// Only the NodePort benchmark (skip the socket load balancer's).
+        #[arg(long)]
+        nodeport_only: bool,
+        /// The NodePort benchmark: wrk and iperf3 through a NodePort, fairlead against
+        /// kube-proxy's nftables and iptables rules.
+        #[command(flatten)]
+        nodeport: bench_nodeport::Options,
     },
     /// fairlead's DNS against Knot DNS and NSD with dnsperf.
     Dns(bench_dns::Options),
@@ -94,11 +97,14 @@ fn main() -> Result<()> {
                     endpoints,
                     connects,
                     fairlead_only,
-                    nodeport_seconds,
+                    nodeport_only,
+                    nodeport,
                 },
         } => {
-            bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only)?;
-            bench_nodeport::run(nodeport_seconds)
+            if !nodeport_only {
+                bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only)?;
+            }
+            bench_nodeport::run(&nodeport)
         }
     }
 }
