@@ -42,8 +42,8 @@
 //! rounds (`--nodeport-repeats`) interleave the peers, rotating their order, and the median
 //! of the rounds is printed with the range. Clients run on CPU 0, servers on CPU 1
 //! (`taskset`; `--nodeport-no-pin` turns it off). The load average is printed before, after
-//! each round and at the end. `--nodeport-perf DIR` records a system-wide profile
-//! (`perf record -a -g`) of each peer's connections/s run after the measured rounds, with a
+//! each round and at the end. `--nodeport-perf DIR` records a profile (`perf record -a -g -G
+//! <the bench cgroup>`) of each peer's connections/s run after the measured rounds, with a
 //! flat report of the hottest symbols next to it. Prints figures and ratios; asserts
 //! nothing.
 
@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use fairlead_model::{Change, ModelWriter, decode};
+use fairlead_proxy::abi::maps;
 use fairlead_proxy::nodeaddr::node_addresses;
 use fairlead_proxy::{Datapath, LoadOptions, Reconciler};
 
@@ -81,7 +82,8 @@ pub(crate) struct Options {
     /// NodePort benchmark).
     #[arg(long = "nodeport-seconds", default_value_t = 5)]
     seconds: u64,
-    /// Rounds of NodePort measurements; the median is reported.
+    /// Rounds of NodePort measurements; the median is reported (0: none, only the
+    /// --nodeport-perf profiles).
     #[arg(long = "nodeport-repeats", default_value_t = 3)]
     repeats: usize,
     /// Parallel streams of the multi-stream iperf3 runs.
@@ -93,11 +95,15 @@ pub(crate) struct Options {
     /// Target rate of the iperf3 UDP runs (iperf3 -b; "0" skips them).
     #[arg(long = "nodeport-udp-rate", default_value = "300M")]
     udp_rate: String,
+    /// Entries of fairlead's IPv4 conntrack maps (TCP and other), as `--map-ct` sets them;
+    /// fairlead's default when not given.
+    #[arg(long = "nodeport-ct-entries")]
+    ct_entries: Option<u32>,
     /// Do not pin clients to CPU 0 and servers to CPU 1.
     #[arg(long = "nodeport-no-pin")]
     no_pin: bool,
-    /// After the measured rounds, record `perf record -a -g` of each peer's connections/s run
-    /// into this directory (`<peer>.data` and a flat `<peer>.txt` report).
+    /// After the measured rounds, record `perf record -a -g -G <bench cgroup>` of each peer's
+    /// connections/s run into this directory (`<peer>.data` and a flat `<peer>.txt` report).
     #[arg(long = "nodeport-perf")]
     perf: Option<PathBuf>,
 }
@@ -353,6 +359,11 @@ impl BenchCgroup {
             dir,
             home: root.join(own),
         })
+    }
+
+    /// The cgroup's path below the hierarchy's root (for `perf record -G`).
+    fn name(&self) -> &std::ffi::OsStr {
+        self.dir.file_name().unwrap_or_default()
     }
 
     /// (CPU time, of it system time) of everything in the cgroup so far, microseconds.
@@ -617,9 +628,9 @@ struct Installed {
     _datapath: Option<Datapath>,
 }
 
-fn install(peer: Peer, iptables: &str) -> Result<Installed> {
+fn install(peer: Peer, iptables: &str, ct_entries: Option<u32>) -> Result<Installed> {
     let datapath = match peer {
-        Peer::Fairlead => Some(fairlead()?),
+        Peer::Fairlead => Some(fairlead(ct_entries)?),
         Peer::Nftables => {
             let rules =
                 std::env::temp_dir().join(format!("fairlead-bench-nft-{}", std::process::id()));
@@ -678,14 +689,20 @@ endpoints:
 
 /// fairlead's datapath programmed for the NodePort Service, attached to the node's two
 /// interfaces (from a thread inside the node namespace); detached when dropped.
-fn fairlead() -> Result<Datapath> {
-    thread::spawn(|| -> Result<Datapath> {
+fn fairlead(ct_entries: Option<u32>) -> Result<Datapath> {
+    thread::spawn(move || -> Result<Datapath> {
         let file = std::fs::File::open(format!("/var/run/netns/{NODE}"))?;
         rustix::thread::move_into_link_name_space(
             rustix::fd::AsFd::as_fd(&file),
             Some(rustix::thread::LinkNameSpaceType::Network),
         )?;
-        let mut datapath = Datapath::load(&LoadOptions::new())?;
+        let mut options = LoadOptions::new();
+        if let Some(entries) = ct_entries {
+            options = options
+                .map_size(maps::CT4_TCP, entries)
+                .map_size(maps::CT4_ANY, entries);
+        }
+        let mut datapath = Datapath::load(&options)?;
         let changes: Vec<Change> = SERVICE_YAML
             .split("---\n")
             .map(|doc| -> Result<Change> {
@@ -1024,21 +1041,29 @@ fn pinning(o: &Options) -> (Option<usize>, Option<usize>) {
     }
 }
 
-/// Records a system-wide profile of `peer`'s connections/s run into `dir`.
-fn profile(o: &Options, peer: Peer, iptables: &str, dir: &Path) -> Result<PathBuf> {
+/// Records a profile of `peer`'s connections/s run into `dir`: every CPU, but only the
+/// benchmark's cgroup (its clients and servers, and the softirq work in their context;
+/// ksoftirqd and the machine's other users are left out).
+fn profile(
+    o: &Options,
+    cgroup: &BenchCgroup,
+    peer: Peer,
+    iptables: &str,
+    dir: &Path,
+) -> Result<PathBuf> {
     let (client_cpu, server_cpu) = pinning(o);
     let _topology = Topology::new(peer == Peer::Routed)?;
     let _servers = Servers::start(server_cpu)?;
-    let _installed = install(peer, iptables)?;
+    let _installed = install(peer, iptables, o.ct_entries)?;
     let target = peer.target();
     wrk(1, target, false, client_cpu)?;
     let data = dir.join(format!("{}.data", peer.file_name()));
     let sleep = (o.seconds + 1).to_string();
     let data_arg = data.display().to_string();
     let mut perf = Command::new("perf")
-        .args([
-            "record", "-a", "-g", "-q", "-o", &data_arg, "--", "sleep", &sleep,
-        ])
+        .args(["record", "-a", "-g", "-e", "cpu-clock", "-G"])
+        .arg(cgroup.name())
+        .args(["-q", "-o", &data_arg, "--", "sleep", &sleep])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1063,7 +1088,7 @@ fn profile(o: &Options, peer: Peer, iptables: &str, dir: &Path) -> Result<PathBu
                 "-g",
                 "none",
                 "--percent-limit",
-                "0.5",
+                "0.3",
             ]);
             c
         },
@@ -1074,87 +1099,15 @@ fn profile(o: &Options, peer: Peer, iptables: &str, dir: &Path) -> Result<PathBu
     Ok(text)
 }
 
-/// The NodePort benchmark.
-#[expect(
-    clippy::too_many_lines,
-    reason = "the benchmark script, top to bottom, in the order it prints"
-)]
-pub(crate) fn run(o: &Options) -> Result<()> {
-    if !o.enabled() {
-        return Ok(());
-    }
-    for (tool, package) in [
-        ("wrk", "wrk"),
-        ("nginx", "nginx"),
-        ("iperf3", "iperf3"),
-        ("nft", "nftables"),
-        ("taskset", "util-linux"),
-        ("ss", "iproute2"),
-    ] {
-        need(tool, package)?;
-    }
-    if o.perf.is_some() {
-        need("perf", "linux-perf")?;
-    }
-    let iptables = if Path::new("/usr/sbin/iptables-legacy").exists() {
-        "iptables-legacy"
-    } else {
-        "iptables"
-    };
-    let tests = tests(o);
-    let (client_cpu, server_cpu) = pinning(o);
-    let repeats = o.repeats.max(1);
-    println!(
-        "\nNodePort to a backend on another node (DNAT + SNAT): {} peers × {} measurements × {repeats} rounds, {} s each",
-        Peer::ALL.len(),
-        tests.len(),
-        o.seconds
-    );
-    match (client_cpu, server_cpu) {
-        (Some(c), Some(s)) => println!(
-            "  clients (wrk, iperf3 -c) pinned to CPU {c}, servers (nginx, iperf3 -s) to CPU {s}"
-        ),
-        _ => println!("  not pinned"),
-    }
-    println!(
-        "  CPU = time of the clients, servers and their network stack (a cgroup's cpu.stat, softirq in their context included, + ksoftirqd) during each measurement, per unit of work; kernel = its system part"
-    );
-    let cgroup = BenchCgroup::enter()?;
-    println!("  load average before: {}", loadavg());
-
-    // samples[test][peer]
-    let mut samples = vec![vec![Vec::<Sample>::new(); Peer::ALL.len()]; tests.len()];
-    for round in 0..repeats {
-        for k in 0..Peer::ALL.len() {
-            let p = (k + round) % Peer::ALL.len();
-            let peer = Peer::ALL[p];
-            let _topology = Topology::new(peer == Peer::Routed)?;
-            let _servers = Servers::start(server_cpu)?;
-            let _installed = install(peer, iptables)
-                .with_context(|| format!("installing {}", peer.label(iptables)))?;
-            let target = peer.target();
-            // Warm-up: neighbours resolved, code and caches hot, not measured.
-            wrk(1, target, false, client_cpu)?;
-            for (t, &test) in tests.iter().enumerate() {
-                let sample = measure(o, &cgroup, test, target, client_cpu).with_context(|| {
-                    format!("{} through {}", test.title(o), peer.label(iptables))
-                })?;
-                samples[t][p].push(sample);
-            }
-        }
-        println!(
-            "  round {}/{repeats} done, load average {}",
-            round + 1,
-            loadavg()
-        );
-    }
-
+/// The result tables: per measurement, each peer's median figures and ratios to nftables.
+fn results(o: &Options, tests: &[Test], samples: &[Vec<Vec<Sample>>], iptables: &str) -> String {
     let nft_index = Peer::ALL
         .iter()
         .position(|&p| p == Peer::Nftables)
         .unwrap_or(0);
     let mut out = String::new();
     let mut goal = None;
+    let mut request_cpu = None;
     for (t, &test) in tests.iter().enumerate() {
         let summaries: Vec<Summary> = samples[t].iter().map(|s| summarize(test, s)).collect();
         let nft = summaries[nft_index];
@@ -1205,28 +1158,116 @@ pub(crate) fn run(o: &Options) -> Result<()> {
             }
             let _ = writeln!(out, "{line}");
         }
+        let fairlead = summaries[0];
         if test == Test::Close {
-            goal = Some(summaries[0].rate / nft.rate);
+            goal = Some((fairlead.rate / nft.rate, fairlead.cpu / nft.cpu));
+        }
+        if test == Test::KeepAlive {
+            request_cpu = Some(fairlead.cpu / nft.cpu);
         }
     }
-    if let Some(ratio) = goal {
+    if let Some((rate, cpu)) = goal {
         let _ = writeln!(
             out,
-            "\n  goal ≥ 1.5x nftables connections/s: fairlead {ratio:.2}x ({})",
-            if ratio >= 1.5 { "met" } else { "not met" }
+            "\n  goal ≥ 1.5x nftables connections/s: fairlead {rate:.2}x ({}); CPU per connection {cpu:.2}x nftables' ({})",
+            if rate >= 1.5 { "met" } else { "not met" },
+            if cpu < 1.0 { "lower" } else { "not lower" }
         );
     }
-    let _ = writeln!(out, "  load average after: {}", loadavg());
-    print!("{out}");
+    if let Some(cpu) = request_cpu {
+        let _ = writeln!(
+            out,
+            "  CPU per keep-alive request: fairlead {cpu:.2}x nftables' ({})",
+            if cpu < 1.0 { "lower" } else { "not lower" }
+        );
+    }
+    out
+}
+
+/// The NodePort benchmark.
+pub(crate) fn run(o: &Options) -> Result<()> {
+    if !o.enabled() {
+        return Ok(());
+    }
+    for (tool, package) in [
+        ("wrk", "wrk"),
+        ("nginx", "nginx"),
+        ("iperf3", "iperf3"),
+        ("nft", "nftables"),
+        ("taskset", "util-linux"),
+        ("ss", "iproute2"),
+    ] {
+        need(tool, package)?;
+    }
+    if o.perf.is_some() {
+        need("perf", "linux-perf")?;
+    }
+    let iptables = if Path::new("/usr/sbin/iptables-legacy").exists() {
+        "iptables-legacy"
+    } else {
+        "iptables"
+    };
+    let tests = tests(o);
+    let (client_cpu, server_cpu) = pinning(o);
+    let repeats = o.repeats;
+    println!(
+        "\nNodePort to a backend on another node (DNAT + SNAT): {} peers × {} measurements × {repeats} rounds, {} s each",
+        Peer::ALL.len(),
+        tests.len(),
+        o.seconds
+    );
+    match (client_cpu, server_cpu) {
+        (Some(c), Some(s)) => println!(
+            "  clients (wrk, iperf3 -c) pinned to CPU {c}, servers (nginx, iperf3 -s) to CPU {s}"
+        ),
+        _ => println!("  not pinned"),
+    }
+    println!(
+        "  CPU = time of the clients, servers and their network stack (a cgroup's cpu.stat, softirq in their context included, + ksoftirqd) during each measurement, per unit of work; kernel = its system part"
+    );
+    let cgroup = BenchCgroup::enter()?;
+    println!("  load average before: {}", loadavg());
+
+    // samples[test][peer]
+    let mut samples = vec![vec![Vec::<Sample>::new(); Peer::ALL.len()]; tests.len()];
+    for round in 0..repeats {
+        for k in 0..Peer::ALL.len() {
+            let p = (k + round) % Peer::ALL.len();
+            let peer = Peer::ALL[p];
+            let _topology = Topology::new(peer == Peer::Routed)?;
+            let _servers = Servers::start(server_cpu)?;
+            let _installed = install(peer, iptables, o.ct_entries)
+                .with_context(|| format!("installing {}", peer.label(iptables)))?;
+            let target = peer.target();
+            // Warm-up: neighbours resolved, code and caches hot, not measured.
+            wrk(1, target, false, client_cpu)?;
+            for (t, &test) in tests.iter().enumerate() {
+                let sample = measure(o, &cgroup, test, target, client_cpu).with_context(|| {
+                    format!("{} through {}", test.title(o), peer.label(iptables))
+                })?;
+                samples[t][p].push(sample);
+            }
+        }
+        println!(
+            "  round {}/{repeats} done, load average {}",
+            round + 1,
+            loadavg()
+        );
+    }
+
+    if repeats > 0 {
+        print!("{}", results(o, &tests, &samples, iptables));
+    }
+    println!("  load average after: {}", loadavg());
 
     if let Some(dir) = &o.perf {
         std::fs::create_dir_all(dir)?;
         println!(
-            "\n  perf record -a -g of each peer's connections/s run ({} s, not part of the figures above):",
+            "\n  perf record -a -g -G <bench cgroup> of each peer's connections/s run ({} s, not part of the figures above):",
             o.seconds
         );
         for peer in Peer::ALL {
-            let report = profile(o, peer, iptables, dir)
+            let report = profile(o, &cgroup, peer, iptables, dir)
                 .with_context(|| format!("profiling {}", peer.label(iptables)))?;
             println!("    {:<22} {}", peer.label(iptables), report.display());
         }
