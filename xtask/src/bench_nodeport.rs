@@ -42,10 +42,22 @@
 //! rounds (`--nodeport-repeats`) interleave the peers, rotating their order, and the median
 //! of the rounds is printed with the range. Clients run on CPU 0, servers on CPU 1
 //! (`taskset`; `--nodeport-no-pin` turns it off). The load average is printed before, after
-//! each round and at the end. `--nodeport-perf DIR` records a profile (`perf record -a -g -G
-//! <the bench cgroup>`) of each peer's connections/s run after the measured rounds, with a
-//! flat report of the hottest symbols next to it. Prints figures and ratios; asserts
-//! nothing.
+//! each round and at the end.
+//!
+//! **`--nodeport-steer`** separates the node's CPU from the ends': GRO on every veth makes
+//! its receive side NAPI (TSO off, so senders segment in software as a NIC would on the
+//! wire, and GRO merges again on receipt), and threaded NAPI runs each device's receive processing in a
+//! kernel thread of its own (`napi/<dev>-<id>`), which carries the packet on until the next
+//! device's queue. The node's two threads (its TC programs or netfilter hooks, conntrack,
+//! NAT, forwarding, its egress) are pinned to CPU 1, the ends' two threads and every client
+//! and server to CPU 0. The node's threads' scheduler time per unit of work is then the
+//! node's own CPU, the figure a node operator pays, exact and untouched by other users of
+//! the machine. The rates are then bounded by CPU 0 (the ends), so compare the node column,
+//! not the rates. GRO is on for every peer alike.
+//!
+//! `--nodeport-perf DIR` records profiles (`perf record -a -g -G <the bench cgroup>`) of each
+//! peer's connections/s run and single-stream TCP run after the measured rounds, each with a
+//! flat report of the hottest symbols next to it. Prints figures and ratios; asserts nothing.
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -74,6 +86,11 @@ const IPERF_NODEPORT: u16 = 30201;
 /// CPUs the client and the servers are pinned to.
 const CLIENT_CPU: usize = 0;
 const SERVER_CPU: usize = 1;
+/// The CPU the node namespace's packets are processed on with `--nodeport-steer`.
+const NODE_CPU: usize = 1;
+/// Name prefixes of the threaded-NAPI threads of the node's interfaces and of the ends'.
+const NODE_NAPI: &str = "napi/flb-n-";
+const ENDS_NAPI: &str = "napi/flb-";
 
 /// The NodePort benchmark's flags (part of `cargo xtask bench proxy`).
 #[derive(clap::Args, Debug, Clone)]
@@ -99,11 +116,18 @@ pub(crate) struct Options {
     /// fairlead's default when not given.
     #[arg(long = "nodeport-ct-entries")]
     ct_entries: Option<u32>,
+    /// Run the node namespace's packet processing in threads of its own on CPU 1 (GRO and
+    /// threaded NAPI on every veth) and everything else (clients, servers, their network
+    /// stacks) on CPU 0, and report the node's own CPU per unit of work (its NAPI threads'
+    /// time). Rates are then bounded by CPU 0.
+    #[arg(long = "nodeport-steer")]
+    steer: bool,
     /// Do not pin clients to CPU 0 and servers to CPU 1.
     #[arg(long = "nodeport-no-pin")]
     no_pin: bool,
     /// After the measured rounds, record `perf record -a -g -G <bench cgroup>` of each peer's
-    /// connections/s run into this directory (`<peer>.data` and a flat `<peer>.txt` report).
+    /// connections/s and single-stream TCP runs into this directory (`<peer>-close.data`,
+    /// `<peer>-tcp.data`, and flat `.txt` reports of the hottest symbols).
     #[arg(long = "nodeport-perf")]
     perf: Option<PathBuf>,
 }
@@ -214,7 +238,7 @@ struct Topology;
 
 impl Topology {
     /// A fresh topology; `routed` gives `remote` a route back to `ext` (the no-NAT reference).
-    fn new(routed: bool) -> Result<Self> {
+    fn new(routed: bool, steer: bool) -> Result<Self> {
         Self::remove();
         for ns in [EXT, NODE, REMOTE] {
             ip(&["netns", "add", ns])?;
@@ -249,6 +273,45 @@ impl Topology {
             ])?;
         }
         in_ns(NODE, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        if steer {
+            // GRO turns veth's receive side into NAPI (for packets from a sender without TSO:
+            // segmented in software, as a NIC would on the wire); threaded NAPI runs each
+            // device's receive processing (and what it forwards, up to the next device) in a
+            // kernel thread of its own, `napi/<dev>-<id>`: the node's two, the ends' two.
+            for (ns, dev) in [
+                (NODE, "flb-n-e"),
+                (NODE, "flb-n-r"),
+                (EXT, "flb-e"),
+                (REMOTE, "flb-r"),
+            ] {
+                in_ns(ns, "ethtool", &["-K", dev, "gro", "on", "tso", "off"])?;
+                in_ns(
+                    ns,
+                    "sh",
+                    &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")],
+                )?;
+            }
+            for (prefix, cpu) in [(NODE_NAPI, NODE_CPU), (ENDS_NAPI, CLIENT_CPU)] {
+                let threads = napi_threads(prefix);
+                ensure!(!threads.is_empty(), "no {prefix}* threads");
+                // A thread of a namespace deleted a moment ago may be gone already.
+                for (pid, _) in threads {
+                    let _ = run_bounded(
+                        {
+                            let mut c = Command::new("taskset");
+                            c.stdin(Stdio::null()).args([
+                                "-p",
+                                "-c",
+                                &cpu.to_string(),
+                                &pid.to_string(),
+                            ]);
+                            c
+                        },
+                        Duration::from_secs(5),
+                    );
+                }
+            }
+        }
         Ok(Self)
     }
 
@@ -411,31 +474,72 @@ fn ksoftirqd_ns() -> u64 {
         .sum()
 }
 
+/// Kernel threads whose name starts with `prefix`, with their CPU time so far (ns).
+/// [`ENDS_NAPI`] also matches the node's; callers subtract.
+fn napi_threads(prefix: &str) -> Vec<(u32, u64)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            if !comm.starts_with(prefix) {
+                return None;
+            }
+            let ns = std::fs::read_to_string(e.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((pid, ns))
+        })
+        .collect()
+}
+
+fn sum_ns(threads: &[(u32, u64)]) -> u64 {
+    threads.iter().map(|(_, ns)| ns).sum()
+}
+
 /// The CPU counters a measurement is the difference of.
 #[derive(Clone, Copy)]
 struct CpuCounters {
     usage_us: u64,
     system_us: u64,
     ksoftirqd_ns: u64,
+    /// The node's NAPI threads (`--nodeport-steer`).
+    node_ns: u64,
+    /// The ends' NAPI threads (`--nodeport-steer`).
+    ends_ns: u64,
 }
 
 impl CpuCounters {
     fn now(cgroup: &BenchCgroup) -> Result<Self> {
         let (usage_us, system_us) = cgroup.usage()?;
+        let node_ns = sum_ns(&napi_threads(NODE_NAPI));
         Ok(Self {
             usage_us,
             system_us,
             ksoftirqd_ns: ksoftirqd_ns(),
+            node_ns,
+            ends_ns: sum_ns(&napi_threads(ENDS_NAPI)).saturating_sub(node_ns),
         })
     }
 
-    /// CPU seconds (all, kernel) since `before`: the cgroup's time plus ksoftirqd's.
+    /// CPU seconds (all, kernel, node) since `before`: the cgroup's time plus ksoftirqd's and
+    /// the ends' NAPI threads', its system part plus the same kernel threads', and the node's
+    /// NAPI threads'.
     #[expect(clippy::cast_precision_loss, reason = "CPU times for people")]
-    fn since(self, before: Self) -> (f64, f64) {
-        let softirqd = self.ksoftirqd_ns.saturating_sub(before.ksoftirqd_ns) as f64 / 1e9;
+    fn since(self, before: Self) -> (f64, f64, f64) {
+        let kthreads = (self.ksoftirqd_ns.saturating_sub(before.ksoftirqd_ns)
+            + self.ends_ns.saturating_sub(before.ends_ns)) as f64
+            / 1e9;
         (
-            self.usage_us.saturating_sub(before.usage_us) as f64 / 1e6 + softirqd,
-            self.system_us.saturating_sub(before.system_us) as f64 / 1e6 + softirqd,
+            self.usage_us.saturating_sub(before.usage_us) as f64 / 1e6 + kthreads,
+            self.system_us.saturating_sub(before.system_us) as f64 / 1e6 + kthreads,
+            self.node_ns.saturating_sub(before.node_ns) as f64 / 1e9,
         )
     }
 }
@@ -451,6 +555,8 @@ struct Sample {
     busy: f64,
     /// Of which in the kernel (system time and ksoftirqd).
     kernel: f64,
+    /// CPU seconds of the node's NAPI threads (the node's own, with `--nodeport-steer`).
+    node: f64,
     /// UDP loss, percent.
     loss: f64,
     /// wrk socket errors and non-2xx answers.
@@ -520,6 +626,15 @@ impl Test {
             Self::KeepAlive => "µs CPU/request",
             Self::Close => "µs CPU/connection",
             _ => "CPU s/GB",
+        }
+    }
+
+    /// A CPU per unit figure, with the decimals its unit needs.
+    fn cpu_figure(self, value: f64) -> String {
+        if self.is_http() {
+            format!("{value:.1}")
+        } else {
+            format!("{value:.3}")
         }
     }
 
@@ -979,7 +1094,7 @@ fn measure(
             sample.loss = loss;
         }
     }
-    (sample.busy, sample.kernel) = CpuCounters::now(cgroup)?.since(before);
+    (sample.busy, sample.kernel, sample.node) = CpuCounters::now(cgroup)?.since(before);
     Ok(sample)
 }
 
@@ -1012,6 +1127,7 @@ struct Summary {
     max: f64,
     cpu: f64,
     kernel: f64,
+    node: f64,
     loss: f64,
     errors: u64,
 }
@@ -1026,6 +1142,7 @@ fn summarize(test: Test, samples: &[Sample]) -> Summary {
             .fold(f64::NEG_INFINITY, f64::max),
         cpu: median(samples.iter().map(|s| test.per_unit(s.busy, s.work))),
         kernel: median(samples.iter().map(|s| test.per_unit(s.kernel, s.work))),
+        node: median(samples.iter().map(|s| test.per_unit(s.node, s.work))),
         loss: median(samples.iter().map(|s| s.loss)),
         errors: samples.iter().map(|s| s.errors).sum(),
     }
@@ -1036,12 +1153,19 @@ fn pinning(o: &Options) -> (Option<usize>, Option<usize>) {
     let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
     if o.no_pin || cpus < 2 {
         (None, None)
+    } else if o.steer {
+        (Some(CLIENT_CPU), Some(CLIENT_CPU))
     } else {
         (Some(CLIENT_CPU), Some(SERVER_CPU))
     }
 }
 
-/// Records a profile of `peer`'s connections/s run into `dir`: every CPU, but only the
+/// Whether the node's packet processing is steered to its own CPU.
+fn steered(o: &Options) -> bool {
+    pinning(o).0.is_some() && o.steer
+}
+
+/// Records profiles of `peer`'s connections/s run and of its single-stream TCP run into `dir`: every CPU, but only the
 /// benchmark's cgroup (its clients and servers, and the softirq work in their context;
 /// ksoftirqd and the machine's other users are left out).
 fn profile(
@@ -1050,53 +1174,61 @@ fn profile(
     peer: Peer,
     iptables: &str,
     dir: &Path,
-) -> Result<PathBuf> {
+) -> Result<Vec<PathBuf>> {
     let (client_cpu, server_cpu) = pinning(o);
-    let _topology = Topology::new(peer == Peer::Routed)?;
+    let _topology = Topology::new(peer == Peer::Routed, steered(o))?;
     let _servers = Servers::start(server_cpu)?;
     let _installed = install(peer, iptables, o.ct_entries)?;
     let target = peer.target();
     wrk(1, target, false, client_cpu)?;
-    let data = dir.join(format!("{}.data", peer.file_name()));
-    let sleep = (o.seconds + 1).to_string();
-    let data_arg = data.display().to_string();
-    let mut perf = Command::new("perf")
-        .args(["record", "-a", "-g", "-e", "cpu-clock", "-G"])
-        .arg(cgroup.name())
-        .args(["-q", "-o", &data_arg, "--", "sleep", &sleep])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("perf record")?;
-    thread::sleep(Duration::from_millis(500));
-    let wrk_result = wrk(o.seconds, target, true, client_cpu);
-    let status = perf.wait()?;
-    wrk_result?;
-    ensure!(status.success(), "perf record: {status}");
-    let report = run_bounded(
-        {
-            let mut c = Command::new("perf");
-            c.stdin(Stdio::null()).args([
-                "report",
-                "-i",
-                &data_arg,
-                "--no-children",
-                "--sort",
-                "sym",
-                "--stdio",
-                "-g",
-                "none",
-                "--percent-limit",
-                "0.3",
-            ]);
-            c
-        },
-        Duration::from_secs(300),
-    )?;
-    let text = dir.join(format!("{}.txt", peer.file_name()));
-    std::fs::write(&text, report)?;
-    Ok(text)
+    let mut reports = Vec::new();
+    let stream = Test::Tcp {
+        streams: 1,
+        reverse: false,
+        paced: false,
+    };
+    for (name, test) in [("close", Test::Close), ("tcp", stream)] {
+        let data = dir.join(format!("{}-{name}.data", peer.file_name()));
+        let sleep = (o.seconds + 1).to_string();
+        let data_arg = data.display().to_string();
+        let mut perf = Command::new("perf")
+            .args(["record", "-a", "-g", "-e", "cpu-clock", "-G"])
+            .arg(cgroup.name())
+            .args(["-q", "-o", &data_arg, "--", "sleep", &sleep])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("perf record")?;
+        thread::sleep(Duration::from_millis(500));
+        let load = if test == Test::Close {
+            wrk(o.seconds, target, true, client_cpu).map(|_| ())
+        } else {
+            iperf(o, test, target, client_cpu).map(|_| ())
+        };
+        let status = perf.wait()?;
+        load?;
+        ensure!(status.success(), "perf record: {status}");
+        let mut command = Command::new("perf");
+        command.stdin(Stdio::null()).args([
+            "report",
+            "-i",
+            &data_arg,
+            "--no-children",
+            "--sort",
+            "sym",
+            "--stdio",
+            "-g",
+            "none",
+            "--percent-limit",
+            "0.3",
+        ]);
+        let report = run_bounded(command, Duration::from_secs(300))?;
+        let text = dir.join(format!("{}-{name}.txt", peer.file_name()));
+        std::fs::write(&text, report)?;
+        reports.push(text);
+    }
+    Ok(reports)
 }
 
 /// The result tables: per measurement, each peer's median figures and ratios to nftables.
@@ -1112,14 +1244,24 @@ fn results(o: &Options, tests: &[Test], samples: &[Vec<Vec<Sample>>], iptables: 
         let summaries: Vec<Summary> = samples[t].iter().map(|s| summarize(test, s)).collect();
         let nft = summaries[nft_index];
         let _ = writeln!(out, "\n  {}", test.title(o));
+        let steer = steered(o);
         let _ = writeln!(
             out,
-            "    {:<22} {:>24} {:>18} {:>12} {:>24}",
+            "    {:<22} {:>24} {:>18} {:>12}{} {:>24}",
             "",
             "median (min–max)",
             test.per(),
             "of it kernel",
-            "vs nftables: rate, CPU"
+            if steer {
+                format!(" {:>14}", "node CPU")
+            } else {
+                String::new()
+            },
+            if steer {
+                "vs nftables: rate, CPU, node"
+            } else {
+                "vs nftables: rate, CPU"
+            }
         );
         for (p, s) in summaries.iter().enumerate() {
             let peer = Peer::ALL[p];
@@ -1128,20 +1270,14 @@ fn results(o: &Options, tests: &[Test], samples: &[Vec<Vec<Sample>>], iptables: 
             } else {
                 format!("{:.2} ({:.2}–{:.2})", s.rate, s.min, s.max)
             };
-            let cpu = if test.is_http() {
-                format!("{:.1}", s.cpu)
-            } else {
-                format!("{:.3}", s.cpu)
-            };
-            let kernel = if test.is_http() {
-                format!("{:.1}", s.kernel)
-            } else {
-                format!("{:.3}", s.kernel)
-            };
+            let (cpu, kernel) = (test.cpu_figure(s.cpu), test.cpu_figure(s.kernel));
             let mut line = format!(
                 "    {:<22} {rate:>24} {cpu:>18} {kernel:>12}",
                 peer.label(iptables)
             );
+            if steer {
+                let _ = write!(line, " {:>14}", test.cpu_figure(s.node));
+            }
             if p != nft_index {
                 let _ = write!(
                     line,
@@ -1149,6 +1285,9 @@ fn results(o: &Options, tests: &[Test], samples: &[Vec<Vec<Sample>>], iptables: 
                     s.rate / nft.rate,
                     s.cpu / nft.cpu
                 );
+                if steer {
+                    let _ = write!(line, " {:>6.2}x", s.node / nft.node);
+                }
             }
             if matches!(test, Test::Udp { .. }) {
                 let _ = write!(line, "   loss {:.2}%", s.loss);
@@ -1159,11 +1298,17 @@ fn results(o: &Options, tests: &[Test], samples: &[Vec<Vec<Sample>>], iptables: 
             let _ = writeln!(out, "{line}");
         }
         let fairlead = summaries[0];
+        // With the node on its own CPU, "CPU per request" is the node's.
+        let cpu_ratio = if steer {
+            fairlead.node / nft.node
+        } else {
+            fairlead.cpu / nft.cpu
+        };
         if test == Test::Close {
-            goal = Some((fairlead.rate / nft.rate, fairlead.cpu / nft.cpu));
+            goal = Some((fairlead.rate / nft.rate, cpu_ratio));
         }
         if test == Test::KeepAlive {
-            request_cpu = Some(fairlead.cpu / nft.cpu);
+            request_cpu = Some(cpu_ratio);
         }
     }
     if let Some((rate, cpu)) = goal {
@@ -1202,6 +1347,9 @@ pub(crate) fn run(o: &Options) -> Result<()> {
     if o.perf.is_some() {
         need("perf", "linux-perf")?;
     }
+    if o.steer {
+        need("ethtool", "ethtool")?;
+    }
     let iptables = if Path::new("/usr/sbin/iptables-legacy").exists() {
         "iptables-legacy"
     } else {
@@ -1226,6 +1374,15 @@ pub(crate) fn run(o: &Options) -> Result<()> {
         "  CPU = time of the clients, servers and their network stack (a cgroup's cpu.stat, softirq in their context included, + ksoftirqd) during each measurement, per unit of work; kernel = its system part"
     );
     let cgroup = BenchCgroup::enter()?;
+    println!(
+        "  fairlead's IPv4 conntrack maps: {} entries each",
+        o.ct_entries.unwrap_or(maps::CT_MAX_ENTRIES)
+    );
+    if steered(o) {
+        println!(
+            "  GRO + threaded NAPI on every veth; the node's NAPI threads on CPU {NODE_CPU}, the ends' with the clients and servers on CPU {CLIENT_CPU}; node CPU = the node's NAPI threads' time per unit of work"
+        );
+    }
     println!("  load average before: {}", loadavg());
 
     // samples[test][peer]
@@ -1234,7 +1391,7 @@ pub(crate) fn run(o: &Options) -> Result<()> {
         for k in 0..Peer::ALL.len() {
             let p = (k + round) % Peer::ALL.len();
             let peer = Peer::ALL[p];
-            let _topology = Topology::new(peer == Peer::Routed)?;
+            let _topology = Topology::new(peer == Peer::Routed, steered(o))?;
             let _servers = Servers::start(server_cpu)?;
             let _installed = install(peer, iptables, o.ct_entries)
                 .with_context(|| format!("installing {}", peer.label(iptables)))?;
@@ -1263,13 +1420,15 @@ pub(crate) fn run(o: &Options) -> Result<()> {
     if let Some(dir) = &o.perf {
         std::fs::create_dir_all(dir)?;
         println!(
-            "\n  perf record -a -g -G <bench cgroup> of each peer's connections/s run ({} s, not part of the figures above):",
+            "\n  perf record -a -g -G <bench cgroup> of each peer's connections/s and TCP stream runs ({} s, not part of the figures above):",
             o.seconds
         );
         for peer in Peer::ALL {
-            let report = profile(o, &cgroup, peer, iptables, dir)
+            let reports = profile(o, &cgroup, peer, iptables, dir)
                 .with_context(|| format!("profiling {}", peer.label(iptables)))?;
-            println!("    {:<22} {}", peer.label(iptables), report.display());
+            for report in reports {
+                println!("    {:<22} {}", peer.label(iptables), report.display());
+            }
         }
     }
     Ok(())
