@@ -1165,9 +1165,11 @@ fn steered(o: &Options) -> bool {
     pinning(o).0.is_some() && o.steer
 }
 
-/// Records profiles of `peer`'s connections/s run and of its single-stream TCP run into `dir`: every CPU, but only the
-/// benchmark's cgroup (its clients and servers, and the softirq work in their context;
-/// ksoftirqd and the machine's other users are left out).
+/// Records profiles of `peer`'s connections/s run and of its single-stream TCP run into
+/// `dir`: every CPU, but only the benchmark's cgroup (its clients and servers, and the
+/// softirq work in their context; ksoftirqd and the machine's other users are left out);
+/// with `--nodeport-steer`, CPU 1 (the node's NAPI threads, and whatever else ran there), by
+/// thread and symbol.
 fn profile(
     o: &Options,
     cgroup: &BenchCgroup,
@@ -1191,9 +1193,22 @@ fn profile(
         let data = dir.join(format!("{}-{name}.data", peer.file_name()));
         let sleep = (o.seconds + 1).to_string();
         let data_arg = data.display().to_string();
-        let mut perf = Command::new("perf")
-            .args(["record", "-a", "-g", "-e", "cpu-clock", "-G"])
-            .arg(cgroup.name())
+        let mut perf = Command::new("perf");
+        if steered(o) {
+            // The node's NAPI threads are not in the cgroup: its CPU, sorted by thread.
+            perf.args([
+                "record",
+                "-C",
+                &NODE_CPU.to_string(),
+                "-g",
+                "-e",
+                "cpu-clock",
+            ]);
+        } else {
+            perf.args(["record", "-a", "-g", "-e", "cpu-clock", "-G"])
+                .arg(cgroup.name());
+        }
+        let mut perf = perf
             .args(["-q", "-o", &data_arg, "--", "sleep", &sleep])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1216,7 +1231,7 @@ fn profile(
             &data_arg,
             "--no-children",
             "--sort",
-            "sym",
+            if steered(o) { "comm,sym" } else { "sym" },
             "--stdio",
             "-g",
             "none",
