@@ -89,8 +89,8 @@ const SERVER_CPU: usize = 1;
 /// The CPU the node namespace's packets are processed on with `--nodeport-steer`.
 const NODE_CPU: usize = 1;
 /// Name prefixes of the threaded-NAPI threads of the node's interfaces and of the ends'.
-const NODE_NAPI: &str = "napi/flb-n-";
-const ENDS_NAPI: &str = "napi/flb-";
+const NODE_NAPI: &[&str] = &["napi/flb-n-"];
+const ENDS_NAPI: &[&str] = &["napi/flb-e-", "napi/flb-r-"];
 
 /// The NodePort benchmark's flags (part of `cargo xtask bench proxy`).
 #[derive(clap::Args, Debug, Clone)]
@@ -293,7 +293,7 @@ impl Topology {
             }
             for (prefix, cpu) in [(NODE_NAPI, NODE_CPU), (ENDS_NAPI, CLIENT_CPU)] {
                 let threads = napi_threads(prefix);
-                ensure!(!threads.is_empty(), "no {prefix}* threads");
+                ensure!(!threads.is_empty(), "no {prefix:?} threads");
                 // A thread of a namespace deleted a moment ago may be gone already.
                 for (pid, _) in threads {
                     let _ = run_bounded(
@@ -319,6 +319,13 @@ impl Topology {
         for ns in [EXT, NODE, REMOTE] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // Links a run stopped half-way left in this namespace.
+        for link in ["flb-n-e", "flb-n-r"] {
+            let _ = Command::new("ip")
+                .args(["link", "del", link])
                 .stderr(Stdio::null())
                 .status();
         }
@@ -474,9 +481,8 @@ fn ksoftirqd_ns() -> u64 {
         .sum()
 }
 
-/// Kernel threads whose name starts with `prefix`, with their CPU time so far (ns).
-/// [`ENDS_NAPI`] also matches the node's; callers subtract.
-fn napi_threads(prefix: &str) -> Vec<(u32, u64)> {
+/// Kernel threads whose name starts with one of `prefixes`, with their CPU time so far (ns).
+fn napi_threads(prefixes: &[&str]) -> Vec<(u32, u64)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -485,7 +491,7 @@ fn napi_threads(prefix: &str) -> Vec<(u32, u64)> {
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            if !comm.starts_with(prefix) {
+            if !prefixes.iter().any(|p| comm.starts_with(p)) {
                 return None;
             }
             let ns = std::fs::read_to_string(e.path().join("schedstat"))
@@ -524,7 +530,7 @@ impl CpuCounters {
             system_us,
             ksoftirqd_ns: ksoftirqd_ns(),
             node_ns,
-            ends_ns: sum_ns(&napi_threads(ENDS_NAPI)).saturating_sub(node_ns),
+            ends_ns: sum_ns(&napi_threads(ENDS_NAPI)),
         })
     }
 
