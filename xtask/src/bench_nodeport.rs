@@ -46,14 +46,16 @@
 //!
 //! **`--nodeport-steer`** separates the node's CPU from the ends': GRO on every veth makes
 //! its receive side NAPI (TSO off, so senders segment in software as a NIC would on the
-//! wire, and GRO merges again on receipt), and threaded NAPI runs each device's receive processing in a
-//! kernel thread of its own (`napi/<dev>-<id>`), which carries the packet on until the next
-//! device's queue. The node's two threads (its TC programs or netfilter hooks, conntrack,
-//! NAT, forwarding, its egress) are pinned to CPU 1, the ends' two threads and every client
-//! and server to CPU 0. The node's threads' scheduler time per unit of work is then the
-//! node's own CPU, the figure a node operator pays, exact and untouched by other users of
-//! the machine. The rates are then bounded by CPU 0 (the ends), so compare the node column,
-//! not the rates. GRO is on for every peer alike.
+//! wire, and GRO merges again on receipt), and threaded NAPI runs each device's receive
+//! processing in a kernel thread of its own (`napi/<dev>-<id>`), which carries the packet
+//! on until the next device's queue. The node's two threads (its TC programs or netfilter
+//! hooks, conntrack, NAT, forwarding, its egress) are pinned to `--nodeport-node-cpu`
+//! (default 0: on a machine shared with other work, the CPU this benchmark keeps for itself
+//! was the steadier one; 1 gives the node a CPU of its own on a quiet machine), the ends'
+//! two threads and every client and server to CPU 0. The node's threads' scheduler time per
+//! unit of work is then the node's own CPU, the figure a node operator pays (exact, though
+//! other work on the same CPU still costs it cache). Rates are bounded by CPU 0, so compare
+//! the node column more than the rates. GRO is on for every peer alike.
 //!
 //! `--nodeport-perf DIR` records profiles (`perf record -a -g -G <the bench cgroup>`) of each
 //! peer's connections/s run and single-stream TCP run after the measured rounds, each with a
@@ -86,8 +88,6 @@ const IPERF_NODEPORT: u16 = 30201;
 /// CPUs the client and the servers are pinned to.
 const CLIENT_CPU: usize = 0;
 const SERVER_CPU: usize = 1;
-/// The CPU the node namespace's packets are processed on with `--nodeport-steer`.
-const NODE_CPU: usize = 1;
 /// Name prefixes of the threaded-NAPI threads of the node's interfaces and of the ends'.
 const NODE_NAPI: &[&str] = &["napi/flb-n-"];
 const ENDS_NAPI: &[&str] = &["napi/flb-e-", "napi/flb-r-"];
@@ -116,12 +116,18 @@ pub(crate) struct Options {
     /// fairlead's default when not given.
     #[arg(long = "nodeport-ct-entries")]
     ct_entries: Option<u32>,
-    /// Run the node namespace's packet processing in threads of its own on CPU 1 (GRO and
+    /// Run the node namespace's packet processing in threads of its own (GRO and
     /// threaded NAPI on every veth) and everything else (clients, servers, their network
     /// stacks) on CPU 0, and report the node's own CPU per unit of work (its NAPI threads'
-    /// time). Rates are then bounded by CPU 0.
+    /// time; --nodeport-node-cpu places them).
     #[arg(long = "nodeport-steer")]
     steer: bool,
+    /// With --nodeport-steer, the CPU the node's NAPI threads run on. 0 shares the ends'
+    /// CPU: on a machine shared with other work, CPU 0 (where this benchmark pins its own
+    /// processes) is the quieter one; give 1 on a quiet machine to give the node a CPU of
+    /// its own. The node's time is its threads' own either way.
+    #[arg(long = "nodeport-node-cpu", default_value_t = 0)]
+    node_cpu: usize,
     /// Do not pin clients to CPU 0 and servers to CPU 1.
     #[arg(long = "nodeport-no-pin")]
     no_pin: bool,
@@ -238,7 +244,8 @@ struct Topology;
 
 impl Topology {
     /// A fresh topology; `routed` gives `remote` a route back to `ext` (the no-NAT reference).
-    fn new(routed: bool, steer: bool) -> Result<Self> {
+    /// With `steer`, the node's NAPI threads run on CPU `steer`.
+    fn new(routed: bool, steer: Option<usize>) -> Result<Self> {
         Self::remove();
         for ns in [EXT, NODE, REMOTE] {
             ip(&["netns", "add", ns])?;
@@ -273,7 +280,7 @@ impl Topology {
             ])?;
         }
         in_ns(NODE, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        if steer {
+        if let Some(node_cpu) = steer {
             // GRO turns veth's receive side into NAPI (for packets from a sender without TSO:
             // segmented in software, as a NIC would on the wire); threaded NAPI runs each
             // device's receive processing (and what it forwards, up to the next device) in a
@@ -291,7 +298,7 @@ impl Topology {
                     &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")],
                 )?;
             }
-            for (prefix, cpu) in [(NODE_NAPI, NODE_CPU), (ENDS_NAPI, CLIENT_CPU)] {
+            for (prefix, cpu) in [(NODE_NAPI, node_cpu), (ENDS_NAPI, CLIENT_CPU)] {
                 let threads = napi_threads(prefix);
                 ensure!(!threads.is_empty(), "no {prefix:?} threads");
                 // A thread of a namespace deleted a moment ago may be gone already.
@@ -1174,7 +1181,7 @@ fn steered(o: &Options) -> bool {
 /// Records profiles of `peer`'s connections/s run and of its single-stream TCP run into
 /// `dir`: every CPU, but only the benchmark's cgroup (its clients and servers, and the
 /// softirq work in their context; ksoftirqd and the machine's other users are left out);
-/// with `--nodeport-steer`, CPU 1 (the node's NAPI threads, and whatever else ran there), by
+/// with `--nodeport-steer`, the node's CPU (its NAPI threads, and whatever else ran there), by
 /// thread and symbol.
 fn profile(
     o: &Options,
@@ -1184,7 +1191,7 @@ fn profile(
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     let (client_cpu, server_cpu) = pinning(o);
-    let _topology = Topology::new(peer == Peer::Routed, steered(o))?;
+    let _topology = Topology::new(peer == Peer::Routed, steered(o).then_some(o.node_cpu))?;
     let _servers = Servers::start(server_cpu)?;
     let _installed = install(peer, iptables, o.ct_entries)?;
     let target = peer.target();
@@ -1205,7 +1212,7 @@ fn profile(
             perf.args([
                 "record",
                 "-C",
-                &NODE_CPU.to_string(),
+                &o.node_cpu.to_string(),
                 "-g",
                 "-e",
                 "cpu-clock",
@@ -1401,7 +1408,8 @@ pub(crate) fn run(o: &Options) -> Result<()> {
     );
     if steered(o) {
         println!(
-            "  GRO + threaded NAPI on every veth; the node's NAPI threads on CPU {NODE_CPU}, the ends' with the clients and servers on CPU {CLIENT_CPU}; node CPU = the node's NAPI threads' time per unit of work"
+            "  GRO + threaded NAPI on every veth; the node's NAPI threads on CPU {}, the ends' with the clients and servers on CPU {CLIENT_CPU}; node CPU = the node's NAPI threads' time per unit of work",
+            o.node_cpu
         );
     }
     println!("  load average before: {}", loadavg());
@@ -1412,7 +1420,7 @@ pub(crate) fn run(o: &Options) -> Result<()> {
         for k in 0..Peer::ALL.len() {
             let p = (k + round) % Peer::ALL.len();
             let peer = Peer::ALL[p];
-            let _topology = Topology::new(peer == Peer::Routed, steered(o))?;
+            let _topology = Topology::new(peer == Peer::Routed, steered(o).then_some(o.node_cpu))?;
             let _servers = Servers::start(server_cpu)?;
             let _installed = install(peer, iptables, o.ct_entries)
                 .with_context(|| format!("installing {}", peer.label(iptables)))?;
