@@ -321,6 +321,46 @@ impl Topology {
         }
     }
 
+    /// Counts, in node1's netfilter forward hook, packets to the backends' ports (TCP 8080,
+    /// UDP 5353): [`Topology::forwarded_to_backends`] reads the counts.
+    fn count_forwarded_to_backends(&self) {
+        let rules = "table inet fltest {\n chain counted {\n  type filter hook forward priority 0;\n  tcp dport 8080 counter\n  udp dport 5353 counter\n }\n}\n";
+        let mut nft = self.node1.command("nft");
+        nft.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = nft.spawn().expect("nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("nft rules");
+        assert!(child.wait().expect("nft").success(), "nft -f failed");
+    }
+
+    /// The (TCP, UDP) packet counts of [`Topology::count_forwarded_to_backends`].
+    fn forwarded_to_backends(&self) -> (u64, u64) {
+        let out = self
+            .node1
+            .command("nft")
+            .args(["list", "chain", "inet", "fltest", "counted"])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let count = |proto: &str| -> u64 {
+            let line = text
+                .lines()
+                .find(|l| l.contains(proto))
+                .unwrap_or_else(|| panic!("no {proto} rule in {text}"));
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|w| *w == "packets")
+                .unwrap_or_else(|| panic!("no counter in {line}"));
+            words[at + 1].parse().expect("a packet count")
+        };
+        (count("tcp dport 8080"), count("udp dport 5353"))
+    }
+
     /// Runs the client in `ns` (optionally in the test cgroup).
     fn client(&self, ns: &TestNetns, in_cgroup: bool, args: &[&str]) -> Value {
         let mut command = if in_cgroup {
@@ -400,6 +440,10 @@ fn dual_stack(name: &str, pods: &[(&str, &str, &str)]) -> String {
             "  - {{addresses: [\"{a6}\"], conditions: {{ready: true}}, nodeName: {node}}}"
         );
     }
+    if pods.is_empty() {
+        v4.push_str("  []\n");
+        v6.push_str("  []\n");
+    }
     let ports = "[{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]";
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  type: NodePort\n  clusterIP: \"10.96.0.20\"\n  clusterIPs: [\"10.96.0.20\", \"fd96::20\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-4, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: {ports}\nendpoints:\n{v4}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-6, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv6\nports: {ports}\nendpoints:\n{v6}"
@@ -451,6 +495,7 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
         "0.0.0.0:30053/udp",
         "maglev 1021 slots",
     ]);
+    t.count_forwarded_to_backends();
 
     // TCP: 80 connections from ext to node1:30080 spread over both backends (each gets at
     // least 15 of 80 with probability > 1 - 1e-7 under Maglev's even split). The local
@@ -490,6 +535,20 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
     // conntrack already knows the flow.
     assert!(t.counter(Reason::ExternalHit) >= 80);
     assert!(t.counter(Reason::CtReply) >= 140);
+    // Translated packets went straight to their output interface (bpf_fib_lookup +
+    // redirect): netfilter's forward hook on node1 saw none of them, and none needed the
+    // kernel's forwarding path. (Replies of the local backend are the stack's own.)
+    assert_eq!(
+        t.forwarded_to_backends(),
+        (0, 0),
+        "packets took the stack's path"
+    );
+    assert!(
+        t.counter(Reason::FibRedirect) >= 80 * 3 + 60,
+        "{}",
+        t.rendered()
+    );
+    assert_eq!(t.counter(Reason::FibFallback), 0);
 
     // Status shows the NodePort with its Maglev table and the conntrack fill.
     let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
@@ -517,6 +576,27 @@ fn external_traffic_policy_local_serves_only_local_endpoints() {
         return;
     }
     let mut t = Topology::new("etp");
+    // No endpoint at all: rejected at once, whatever the policy (ECONNREFUSED).
+    t.write(
+        "web.yaml",
+        &service(
+            "web",
+            "NodePort",
+            "10.96.0.11",
+            &[],
+            "  externalTrafficPolicy: Local\n",
+        ),
+    );
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30080/tcp"]);
+    let results = t.ext_clients("tcp", NODE, 30080, 2, None);
+    assert!(
+        results.iter().all(|r| r["errno"].as_i64() == Some(111)),
+        "{results:?}"
+    );
+    let rejected = t.counter(Reason::ExternalNoBackend);
+    assert!(rejected >= 2);
+
     // Only a remote endpoint: node1 does not serve the NodePort (dropped, counted).
     t.write(
         "web.yaml",
@@ -528,14 +608,16 @@ fn external_traffic_policy_local_serves_only_local_endpoints() {
             "  externalTrafficPolicy: Local\n",
         ),
     );
-    t.start_proxy();
     t.wait_programmed(&["0.0.0.0:30080/tcp", "external-local"]);
+    // Dropped (the client times out: -1), not refused: kube-proxy drops too, so that a load
+    // balancer's health check, not the client, learns that this node does not serve.
     let results = t.ext_clients("tcp", NODE, 30080, 3, None);
     assert!(
-        results.iter().all(|r| r.get("errno").is_some()),
+        results.iter().all(|r| r["errno"].as_i64() == Some(-1)),
         "{results:?}"
     );
     assert!(t.counter(Reason::ExternalNoLocalBackend) >= 3);
+    assert_eq!(t.counter(Reason::ExternalNoBackend), rejected);
 
     // With local endpoints: only they serve, and they see the client's own address.
     t.write(
@@ -784,4 +866,50 @@ fn ipv6_nodeport_reaches_local_and_remote_backends() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen["pod-c"].iter().all(|ip| ip == "fd18::1"), "{seen:?}");
     all_from(&results, "fd50::1:30053");
+    // Routed by the FIB lookup (and redirect), as for IPv4.
+    assert!(t.counter(Reason::FibRedirect) >= 60 * 3 + 40);
+    assert_eq!(t.counter(Reason::FibFallback), 0, "{}", t.rendered());
+}
+
+#[test]
+fn a_frontend_without_endpoints_rejects_at_once() {
+    if !privileged("nodeport::a_frontend_without_endpoints_rejects_at_once") {
+        return;
+    }
+    let mut t = Topology::new("rej");
+    t.write("web.yaml", &dual_stack("web", &[]));
+    t.start_proxy();
+    t.wait_programmed(&["[::]:30080/tcp", "0.0.0.0:30053/udp"]);
+
+    // TCP and UDP, IPv4 and IPv6: ICMP port unreachable from the NodePort, so every
+    // attempt fails with ECONNREFUSED (111) at once (a drop would time out: -1).
+    for (mode, host, port) in [
+        ("tcp", NODE, 30080),
+        ("tcp", "fd50::1", 30080),
+        ("udp-connected", NODE, 30053),
+        ("udp-connected", "fd50::1", 30053),
+    ] {
+        let results = t.ext_clients(mode, host, port, 3, None);
+        assert!(
+            results.iter().all(|r| r["errno"].as_i64() == Some(111)),
+            "{mode} {host}: {results:?}; log:\n{}",
+            t.log_text()
+        );
+    }
+    assert!(t.counter(Reason::ExternalNoBackend) >= 12);
+    assert_eq!(t.counter(Reason::RejectFailed), 0);
+
+    // A flood is answered at most ICMP_REJECTS_PER_SEC times per CPU and second; the rest
+    // is dropped and counted.
+    let before = t.counter(Reason::ExternalNoBackend);
+    let flood = t.client(&t.ext, false, &["flood", NODE, "30053", "6000"]);
+    assert_eq!(flood["sent"].as_u64(), Some(6000), "{flood}");
+    let answered = t.counter(Reason::ExternalNoBackend) - before;
+    let limited = t.counter(Reason::RejectLimited);
+    assert!(limited > 0, "answered {answered}, none limited");
+    assert_eq!(
+        answered + limited,
+        6000,
+        "answered {answered}, limited {limited}"
+    );
 }

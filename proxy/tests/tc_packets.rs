@@ -2,18 +2,24 @@
 //! `BPF_PROG_TEST_RUN`, over maps the reconciler programmed from a model. What the packet
 //! tests prove better than the namespace tests: Maglev's behaviour over thousands of flows
 //! (which backend each 5-tuple gets, before and after a backend goes), and that every
-//! translated packet carries valid IPv4 and TCP checksums.
+//! translated packet carries valid IPv4 and TCP checksums; the routing of translated packets
+//! (`bpf_fib_lookup` + redirect: MAC addresses, TTL) and the ICMP rejects of frontends
+//! without endpoints, byte by byte.
+//!
+//! Each test runs in a network namespace of its own (`BPF_PROG_TEST_RUN` runs in the
+//! caller's, and the FIB lookup reads its routes): without routes or forwarding there, the
+//! program hands translated packets to the stack (`TC_ACT_OK`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use aya::maps::{HashMap, MapData};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use fairlead_model::{Change, ModelWriter, Snapshot, decode};
 use fairlead_proxy::abi::{Ct4Key, CtValue, maps, programs};
-use fairlead_proxy::testing::{error_chain, privileged};
+use fairlead_proxy::testing::{TestNetns, error_chain, privileged};
 use fairlead_proxy::{Datapath, LoadOptions, Reconciler};
 
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
@@ -127,17 +133,12 @@ fn clear_conntrack(datapath: &mut Datapath) {
 
 /// Sends `flows` SYNs to the external IP; returns each flow's backend (last octet).
 fn backends_of(datapath: &mut Datapath, flows: &[(Ipv4Addr, u16)]) -> Vec<u8> {
-    let program: &SchedClassifier = datapath
-        .ebpf()
-        .program(programs::TC_INGRESS)
-        .expect("program")
-        .try_into()
-        .expect("a classifier");
+    let program = ingress(datapath);
     flows
         .iter()
         .map(|(src, sport)| {
             let (verdict, out) = run(program, &syn(*src, *sport, LB_IP, 80));
-            assert_eq!(verdict, 0, "TC_ACT_OK expected");
+            assert_eq!(verdict, TC_ACT_OK, "no route here: to the stack");
             assert_eq!(&out[26..30], &src.octets(), "source kept (local backend)");
             assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8080, "backend port");
             // Valid checksums after the translation.
@@ -153,8 +154,40 @@ fn backends_of(datapath: &mut Datapath, flows: &[(Ipv4Addr, u16)]) -> Vec<u8> {
         .collect()
 }
 
-/// The object loaded with its TC ingress program.
-fn datapath() -> Datapath {
+/// `TC_ACT_OK`: handed to the stack.
+const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_REDIRECT`: sent to another interface (`bpf_redirect`).
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// An Ethernet + IPv6 + UDP packet (8 bytes of payload) with a correct checksum.
+fn udp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    let mut p = vec![0_u8; 14 + 40 + 8 + 8];
+    p[12..14].copy_from_slice(&0x86dd_u16.to_be_bytes());
+    p[14] = 0x60;
+    p[18..20].copy_from_slice(&16_u16.to_be_bytes());
+    p[20] = 17;
+    p[21] = 64;
+    p[22..38].copy_from_slice(&src.octets());
+    p[38..54].copy_from_slice(&dst.octets());
+    p[54..56].copy_from_slice(&sport.to_be_bytes());
+    p[56..58].copy_from_slice(&dport.to_be_bytes());
+    p[58..60].copy_from_slice(&16_u16.to_be_bytes());
+    p[62..70].copy_from_slice(b"question");
+    let csum = fold(sum16(&p[54..], pseudo6(&p, 16, 17)));
+    p[60..62].copy_from_slice(&csum.to_be_bytes());
+    p
+}
+
+/// The IPv6 pseudo-header sum of a packet's addresses, an upper-layer length and protocol.
+fn pseudo6(p: &[u8], length: u32, protocol: u8) -> u32 {
+    sum16(&p[22..54], 0) + length + u32::from(protocol)
+}
+
+/// The object loaded with its TC ingress program, in a network namespace of the test's own
+/// (returned: it must outlive the test).
+fn datapath() -> (Datapath, TestNetns) {
+    let netns = TestNetns::new("pkt").expect("test netns");
+    netns.enter().expect("enter the test netns");
     let mut datapath =
         Datapath::load(&LoadOptions::new()).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let program: &mut SchedClassifier = datapath
@@ -166,7 +199,29 @@ fn datapath() -> Datapath {
     program
         .load()
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let program: &mut SchedClassifier = datapath
+        .ebpf_mut()
+        .program_mut(programs::TC_INGRESS6)
+        .expect("program")
+        .try_into()
+        .expect("a classifier");
+    program
+        .load()
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    (datapath, netns)
+}
+
+fn ingress(datapath: &Datapath) -> &SchedClassifier {
+    program(datapath, programs::TC_INGRESS)
+}
+
+fn program<'a>(datapath: &'a Datapath, name: &str) -> &'a SchedClassifier {
     datapath
+        .ebpf()
+        .program(name)
+        .expect("program")
+        .try_into()
+        .expect("a classifier")
 }
 
 #[test]
@@ -174,7 +229,7 @@ fn session_affinity_sticks_external_clients_by_address() {
     if !privileged("tc_packets::session_affinity_sticks_external_clients_by_address") {
         return;
     }
-    let mut datapath = datapath();
+    let (mut datapath, _netns) = datapath();
     let (mut writer, _rx) = ModelWriter::new();
     let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
     let affine =
@@ -203,7 +258,7 @@ fn maglev_moves_only_the_removed_backends_flows() {
     if !privileged("tc_packets::maglev_moves_only_the_removed_backends_flows") {
         return;
     }
-    let mut datapath = datapath();
+    let (mut datapath, _netns) = datapath();
     let (mut writer, _rx) = ModelWriter::new();
     let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
     let report = reconciler.sync(&snapshot(&mut writer, 10), &mut datapath);
@@ -260,4 +315,165 @@ fn maglev_moves_only_the_removed_backends_flows() {
         "{moved_others} of {others} flows of the remaining backends moved"
     );
     eprintln!("maglev: {moved_others} of {others} other flows moved after removing 1 of 10");
+}
+
+#[test]
+fn translated_packets_are_routed_by_the_fib() {
+    if !privileged("tc_packets::translated_packets_are_routed_by_the_fib") {
+        return;
+    }
+    let (mut datapath, netns) = datapath();
+    // The backends' subnet on an interface (a veth, both ends here) with a known
+    // neighbour, and forwarding on.
+    let backend_mac = [0x02, 0, 0, 0, 0, 0x0a];
+    for args in [
+        &[
+            "link", "add", "fl-pods", "type", "veth", "peer", "name", "fl-peer",
+        ][..],
+        &["link", "set", "fl-peer", "up"],
+        &[
+            "link",
+            "set",
+            "fl-pods",
+            "address",
+            "02:00:00:00:00:01",
+            "up",
+        ],
+        &["addr", "add", "10.244.1.1/24", "dev", "fl-pods"],
+        &[
+            "neigh",
+            "add",
+            "10.244.1.10",
+            "lladdr",
+            "02:00:00:00:00:0a",
+            "dev",
+            "fl-pods",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        netns.ip(args).expect("ip");
+    }
+    netns.sysctl("net.ipv4.ip_forward=1").expect("forwarding");
+    let (mut writer, _rx) = ModelWriter::new();
+    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
+    let report = reconciler.sync(&snapshot(&mut writer, 1), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    let (verdict, out) = run(ingress(&datapath), &syn(client, 40_000, LB_IP, 80));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "routed by the FIB: {out:02x?}");
+    assert_eq!(&out[0..6], &backend_mac, "destination MAC: the neighbour's");
+    assert_eq!(
+        &out[6..12],
+        &[2, 0, 0, 0, 0, 1],
+        "source MAC: the output interface's"
+    );
+    assert_eq!(&out[30..34], &[10, 244, 1, 10], "DNAT to the backend");
+    assert_eq!(out[14 + 8], 63, "TTL decremented, as a router does");
+    assert_eq!(fold(sum16(&out[14..34], 0)), 0, "IPv4 header checksum");
+    assert_eq!(
+        u16::from_be_bytes([out[50], out[51]]),
+        tcp_checksum(&out),
+        "TCP checksum"
+    );
+
+    // A TTL about to expire goes to the stack, which answers "time exceeded".
+    clear_conntrack(&mut datapath);
+    let mut last_hop = syn(client, 40_001, LB_IP, 80);
+    last_hop[14 + 8] = 1;
+    last_hop[24] = 0;
+    last_hop[25] = 0;
+    let csum = fold(sum16(&last_hop[14..34], 0));
+    last_hop[24..26].copy_from_slice(&csum.to_be_bytes());
+    let (verdict, out) = run(ingress(&datapath), &last_hop);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out[14 + 8], 1, "TTL left to the stack");
+}
+
+#[test]
+fn a_frontend_without_endpoints_answers_icmp_port_unreachable() {
+    if !privileged("tc_packets::a_frontend_without_endpoints_answers_icmp_port_unreachable") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
+    let report = reconciler.sync(&snapshot(&mut writer, 0), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    let mut packet = syn(client, 40_000, LB_IP, 80);
+    packet[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+    packet[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
+    let (verdict, out) = run(ingress(&datapath), &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out: {out:02x?}");
+    assert_eq!(out.len(), 14 + 20 + 8 + 28, "{out:02x?}");
+    assert_eq!(&out[0..6], &packet[6..12], "to the sender's MAC");
+    assert_eq!(&out[6..12], &packet[0..6], "from the receiver's MAC");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 56, "total length");
+    assert_eq!(ip[9], 1, "ICMP");
+    assert_eq!(&ip[12..16], &LB_IP.octets(), "from the frontend");
+    assert_eq!(&ip[16..20], &client.octets(), "to the client");
+    assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port");
+    assert_eq!(fold(sum16(icmp, 0)), 0, "ICMP checksum");
+    assert_eq!(
+        &icmp[8..],
+        &packet[14..14 + 28],
+        "quotes the IP header and 8 bytes"
+    );
+}
+
+#[test]
+fn an_ipv6_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
+    if !privileged("tc_packets::an_ipv6_frontend_without_endpoints_answers_icmpv6_port_unreachable")
+    {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web6, namespace: t}\nspec:\n  clusterIP: \"fd96::80\"\n  clusterIPs: [\"fd96::80\"]\n  ipFamilies: [IPv6]\n  ports: [{port: 53, protocol: UDP, targetPort: 5353}]\n  externalIPs: [\"2001:db8::80\"]\n";
+    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("yaml");
+    let object = decode(value).expect("object");
+    writer.replace_all(
+        vec![Change::Upsert {
+            object,
+            origin: None,
+        }],
+        Vec::new(),
+        true,
+    );
+    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
+    let report = reconciler.sync(&writer.snapshot(), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    let client: Ipv6Addr = "2001:db8:1::7".parse().unwrap();
+    let frontend: Ipv6Addr = "2001:db8::80".parse().unwrap();
+    let packet = udp6(client, 40_000, frontend, 53);
+    let (verdict, out) = run(program(&datapath, programs::TC_INGRESS6), &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out: {out:02x?}");
+    assert_eq!(out.len(), 14 + 40 + 8 + 48, "{out:02x?}");
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    assert_eq!(out[14] >> 4, 6);
+    assert_eq!(u16::from_be_bytes([out[18], out[19]]), 56, "payload length");
+    assert_eq!(out[20], 58, "ICMPv6");
+    assert_eq!(&out[22..38], &frontend.octets(), "from the frontend");
+    assert_eq!(&out[38..54], &client.octets(), "to the client");
+    let icmp = &out[54..];
+    assert_eq!((icmp[0], icmp[1]), (1, 4), "destination unreachable, port");
+    assert_eq!(
+        fold(sum16(icmp, pseudo6(&out, 56, 58))),
+        0,
+        "ICMPv6 checksum"
+    );
+    assert_eq!(
+        &icmp[8..],
+        &packet[14..14 + 48],
+        "quotes the IPv6 header and 8 bytes"
+    );
 }

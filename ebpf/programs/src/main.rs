@@ -35,6 +35,8 @@ mod nodeport6;
 mod post_bind4;
 mod recvmsg4;
 mod recvmsg6;
+mod reject;
+mod route;
 mod sendmsg4;
 mod sendmsg6;
 mod sock;
@@ -59,8 +61,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
-/// The license the kernel reads from the object. fairlead is Apache-2.0; the programs call
-/// no GPL-only helper.
+/// The license the kernel reads from the object. The eBPF programs are dual-licensed MIT or
+/// GPL-2.0 (the rest of fairlead is Apache-2.0): the kernel lets only GPL-compatible
+/// programs call helpers such as `bpf_fib_lookup` and `bpf_redirect_neigh`.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 11] = *b"Apache-2.0\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

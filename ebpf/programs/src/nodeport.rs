@@ -5,13 +5,16 @@
 //!
 //! 1. a **reply** of a balanced flow whose source was translated to a node address (the
 //!    backend is on another node): restore the frontend as source and the client as
-//!    destination, then route it ([`forward`]);
+//!    destination, then route it;
 //! 2. a packet of a **known flow** (conntrack, original direction): translate it as its
 //!    first packet was;
 //! 3. a **new flow** to an external frontend: check `loadBalancerSourceRanges`, pick a
 //!    backend (session affinity, else the frontend's Maglev table indexed by a hash of the
 //!    5-tuple), translate the destination, and the source to a node address when the backend
-//!    is on another node; record both directions in conntrack.
+//!    is on another node; record both directions in conntrack. A frontend without any
+//!    endpoint answers with ICMP port unreachable ([`crate::reject`]).
+//!
+//! Translated packets are routed by [`crate::route`] (FIB lookup and redirect).
 //!
 //! Egress: a reply of a local backend leaving towards the client gets the frontend as
 //! source back (flows to local backends keep the client's address, so their replies do
@@ -37,6 +40,7 @@ use crate::{
         AFFINITY, BACKENDS4, CT4_ANY, CT4_TCP, IF_ADDR4, MAGLEV, NODE_ADDR4, SERVICES4,
         SOURCE_RANGES4,
     },
+    route::forward4,
 };
 
 const ETH_HLEN: usize = 14;
@@ -180,7 +184,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
                 return DROP;
             }
             bump(Reason::CtReply);
-            return forward();
+            return forward4(ctx, packet.l4);
         }
         // A reply of a local backend arriving here (it is routed out of this interface
         // after the stack): the egress program translates it.
@@ -218,6 +222,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
     let _ = service_key;
     let (backend_id, backend) = match choose(&packet, &service, now) {
         Ok(chosen) => chosen,
+        Err(Reason::ExternalNoBackend) => return crate::reject::reject4(ctx),
         Err(reason) => {
             bump(reason);
             return DROP;
@@ -334,17 +339,16 @@ fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Bac
         }
         bump(Reason::AffinityStale);
     }
+    if service.count == 0 {
+        return Err(no_backend(local_only));
+    }
     let Some(table) = MAGLEV.get_ptr(MaglevKey::new(service.rev_nat_id, FAMILY_V4)) else {
         return Err(Reason::MaglevMissing);
     };
     // SAFETY: a pointer from a successful lookup points to a live element (RCU).
     let size = unsafe { (*table).size };
-    if size == 0 || service.count == 0 {
-        return Err(if local_only {
-            Reason::ExternalNoLocalBackend
-        } else {
-            Reason::ExternalNoBackend
-        });
+    if size == 0 {
+        return Err(no_backend(local_only));
     }
     let index = flow_hash(packet) % size;
     let Ok(index) = usize::try_from(index) else {
@@ -365,6 +369,18 @@ fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Bac
         bump(Reason::AffinityUpdateFailed);
     }
     Ok((backend_id, backend))
+}
+
+/// Why a frontend takes no new flow: no endpoint at all (rejected, as kube-proxy does), or
+/// none on this node under `externalTrafficPolicy: Local` (dropped, as kube-proxy does, so
+/// that load balancers' health checks steer clients away).
+#[inline(always)]
+pub(crate) fn no_backend(local_only: bool) -> Reason {
+    if local_only {
+        Reason::ExternalNoLocalBackend
+    } else {
+        Reason::ExternalNoBackend
+    }
 }
 
 /// Records a new flow in conntrack (both directions), choosing the source NAT when the
@@ -483,7 +499,7 @@ fn snat_address(packet: &Packet) -> Option<Be32> {
 }
 
 /// Translates a packet of a flow's original direction as its conntrack entry says, then
-/// routes it.
+/// routes it ([`forward4`]).
 #[inline(always)]
 fn translate(ctx: &TcContext, packet: &Packet, value: &CtValue) -> i32 {
     if rewrite(ctx, packet, Side::Destination, value.address, value.port).is_err() {
@@ -494,7 +510,7 @@ fn translate(ctx: &TcContext, packet: &Packet, value: &CtValue) -> i32 {
     {
         return DROP;
     }
-    forward()
+    forward4(ctx, packet.l4)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -552,16 +568,6 @@ fn rewrite(
         ctx.store(port_offset, &new_port, 0).map_err(|_| ())?;
     }
     Ok(())
-}
-
-/// Hands a translated packet to the kernel, which routes it by its new destination (the
-/// node forwards, as every Kubernetes node does).
-///
-/// `bpf_fib_lookup` + `bpf_redirect` would skip the stack, but the helper is GPL-only and
-/// the object is licensed Apache-2.0.
-#[inline(always)]
-fn forward() -> i32 {
-    PASS
 }
 
 /// A hash of the 5-tuple, the same on every node and across restarts (Maglev and the

@@ -23,7 +23,11 @@ use crate::{
         AFFINITY, BACKENDS6, CT6_ANY, CT6_TCP, IF_ADDR6, MAGLEV, NODE_ADDR6, SERVICES6,
         SOURCE_RANGES6,
     },
-    nodeport::{DROP, EXTERNAL_CLIENT, NEXT, PASS, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix},
+    nodeport::{
+        DROP, EXTERNAL_CLIENT, NEXT, PASS, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix,
+        no_backend,
+    },
+    route::forward6,
 };
 
 const ETH_HLEN: usize = 14;
@@ -164,7 +168,7 @@ fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
                 return DROP;
             }
             bump(Reason::CtReply);
-            return PASS;
+            return forward6(ctx, L4);
         }
         return NEXT;
     }
@@ -206,6 +210,7 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
     }
     let (backend_id, backend) = match choose(packet, &service, now) {
         Ok(chosen) => chosen,
+        Err(Reason::ExternalNoBackend) => return crate::reject::reject6(ctx),
         Err(reason) => {
             bump(reason);
             return DROP;
@@ -315,17 +320,16 @@ fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Bac
         }
         bump(Reason::AffinityStale);
     }
+    if service.count == 0 {
+        return Err(no_backend(local_only));
+    }
     let Some(table) = MAGLEV.get_ptr(MaglevKey::new(service.rev_nat_id, FAMILY_V6)) else {
         return Err(Reason::MaglevMissing);
     };
     // SAFETY: a pointer from a successful lookup points to a live element (RCU).
     let size = unsafe { (*table).size };
-    if size == 0 || service.count == 0 {
-        return Err(if local_only {
-            Reason::ExternalNoLocalBackend
-        } else {
-            Reason::ExternalNoBackend
-        });
+    if size == 0 {
+        return Err(no_backend(local_only));
     }
     let Ok(index) = usize::try_from(flow_hash(packet) % size) else {
         return Err(Reason::BackendSlotMissing);
@@ -470,7 +474,7 @@ fn translate(ctx: &TcContext, packet: &Packet, value: &Ct6Value) -> i32 {
     {
         return DROP;
     }
-    PASS
+    forward6(ctx, L4)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
