@@ -52,6 +52,8 @@ struct Topology {
     _node2: TestNetns,
     pods: Vec<Pod>,
     interfaces: Vec<String>,
+    /// `--xdp` for the proxy, if not off.
+    xdp: Option<&'static str>,
     proxy: Option<KillOnDrop>,
     log: PathBuf,
 }
@@ -223,6 +225,7 @@ impl Topology {
             _node2: node2,
             pods,
             interfaces: vec![to_ext, to_node2],
+            xdp: None,
             proxy: None,
             log,
         };
@@ -271,6 +274,7 @@ impl Topology {
                 "--maglev-table-size",
                 "1021",
             ])
+            .args(self.xdp.map(|mode| format!("--xdp={mode}")))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -912,4 +916,95 @@ fn a_frontend_without_endpoints_rejects_at_once() {
         6000,
         "answered {answered}, limited {limited}"
     );
+}
+
+#[test]
+fn xdp_native_balances_in_front_of_tc() {
+    if !privileged("nodeport::xdp_native_balances_in_front_of_tc") {
+        return;
+    }
+    xdp_balances_in_front_of_tc("native");
+}
+
+#[test]
+fn xdp_generic_balances_and_rejects_in_front_of_tc() {
+    if !privileged("nodeport::xdp_generic_balances_and_rejects_in_front_of_tc") {
+        return;
+    }
+    xdp_balances_in_front_of_tc("generic");
+}
+
+/// NodePorts through the XDP program (`--xdp mode`). Rejects are checked in generic mode
+/// only: what native XDP sends back out of a veth (`XDP_TX`) reaches the peer only when the
+/// peer runs NAPI (an XDP program of its own), which the client's end does not here.
+fn xdp_balances_in_front_of_tc(mode: &'static str) {
+    let mut t = Topology::new("xdp");
+    t.xdp = Some(mode);
+    t.write(
+        "web.yaml",
+        &dual_stack(
+            "web",
+            &[
+                ("10.244.1.2", "fd44:1::2", "node-1"),
+                ("10.244.2.2", "fd44:2::2", "node-2"),
+            ],
+        ),
+    );
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30080/tcp", "[::]:30080/tcp", "10.244.2.2:8080"]);
+    let out = t
+        .node1
+        .command("ip")
+        .args(["-d", "link", "show", "dev", &t.interfaces[0]])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("prog/xdp"),
+        "no XDP program on the interface: {text}"
+    );
+
+    // Served as at TC: the local backend sees the client, the remote one node1's InternalIP;
+    // answers come from the NodePort.
+    for (mode, host, port, n) in [
+        ("tcp", NODE, 30080, 40),
+        ("udp", NODE, 30053, 30),
+        ("tcp", "fd50::1", 30080, 30),
+    ] {
+        let results = t.ext_clients(mode, host, port, n, None);
+        let seen = by_backend(&results);
+        assert_eq!(seen.len(), 2, "{mode} {host}: {seen:?}");
+        let (client, internal) = if host == NODE {
+            ("192.168.50.2", "172.18.0.1")
+        } else {
+            ("fd50::2", "fd18::1")
+        };
+        assert!(seen["pod-a"].iter().all(|ip| ip == client), "{seen:?}");
+        assert!(seen["pod-c"].iter().all(|ip| ip == internal), "{seen:?}");
+        all_from(&results, &format!("{host}:{port}"));
+    }
+    // XDP translated them: it hands packets for other interfaces to the stack (counted as
+    // FIB fallbacks), where TC would have redirected them itself.
+    assert_eq!(t.counter(Reason::FibRedirect), 0, "{}", t.rendered());
+    assert!(t.counter(Reason::FibFallback) >= 100 * 3);
+
+    if mode == "native" {
+        return;
+    }
+    // Without endpoints: rejected, IPv4 by XDP (XDP_TX), IPv6 by TC behind it.
+    t.write("web.yaml", &dual_stack("web", &[]));
+    let deadline = Instant::now() + TIMEOUT;
+    while t.rendered().contains("10.244.2.2:8080") {
+        assert!(Instant::now() < deadline, "endpoints never removed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    for host in [NODE, "fd50::1"] {
+        let results = t.ext_clients("tcp", host, 30080, 3, None);
+        assert!(
+            results.iter().all(|r| r["errno"].as_i64() == Some(111)),
+            "{host}: {results:?}"
+        );
+    }
+    assert!(t.counter(Reason::ExternalNoBackend) >= 6);
+    assert_eq!(t.counter(Reason::RejectFailed), 0);
 }

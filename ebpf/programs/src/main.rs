@@ -26,6 +26,7 @@
 mod connect4;
 mod connect6;
 mod family;
+mod frame;
 mod getpeername4;
 mod getpeername6;
 mod lb;
@@ -44,6 +45,7 @@ mod tc_egress;
 mod tc_egress6;
 mod tc_ingress;
 mod tc_ingress6;
+mod xdp;
 
 /// Panics cannot happen in a verified program: code that could panic leads here, and a
 /// program that can reach this loop is rejected by the verifier rather than loaded.

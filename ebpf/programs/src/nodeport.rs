@@ -23,9 +23,8 @@
 //! Everything else goes on untouched (`TC_ACT_UNSPEC`: the next program, or the stack).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     maps::LruHashMap,
-    programs::TcContext,
 };
 use fairlead_abi::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, Be16, Be32, Ct4Key, CtValue,
@@ -35,6 +34,7 @@ use fairlead_abi::{
 };
 
 use crate::{
+    frame::Frame,
     lb::{bump, copy_of, now_secs, random},
     maps::{
         AFFINITY, BACKENDS4, CT4_ANY, CT4_TCP, IF_ADDR4, MAGLEV, NODE_ADDR4, SERVICES4,
@@ -55,13 +55,6 @@ pub(crate) const TCP_RST: u8 = 0x04;
 pub(crate) const EXTERNAL_CLIENT: u64 = 1 << 63;
 /// How many ports source NAT tries before giving up on a flow.
 pub(crate) const SNAT_ATTEMPTS: u32 = 4;
-
-/// `TC_ACT_UNSPEC`: not ours; let the next program or the stack decide.
-pub(crate) const NEXT: i32 = TC_ACT_UNSPEC;
-/// `TC_ACT_OK`: deliver (ingress) or send (egress) the packet.
-pub(crate) const PASS: i32 = 0;
-/// `TC_ACT_SHOT`: drop the packet.
-pub(crate) const DROP: i32 = 2;
 
 /// The fields of an IPv4 TCP/UDP packet the load balancer reads.
 #[derive(Clone, Copy)]
@@ -105,12 +98,12 @@ impl Packet {
 
 /// Reads the headers of an IPv4 TCP/UDP packet that is not a fragment.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    let ethertype: u16 = ctx.load(12).ok()?;
+fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
+    let ethertype: u16 = ctx.load(12)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return None;
     }
-    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let version_ihl: u8 = ctx.load(ETH_HLEN)?;
     if version_ihl >> 4 != 4 {
         return None;
     }
@@ -118,22 +111,22 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     if ihl < 20 {
         return None;
     }
-    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    let frag: u16 = ctx.load(ETH_HLEN + 6)?;
     // More fragments, or an offset: the ports are not in this packet (or not reliably).
     if u16::from_be(frag) & 0x3fff != 0 {
         return None;
     }
-    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    let protocol: u8 = ctx.load(ETH_HLEN + 9)?;
     if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
         return None;
     }
-    let saddr: u32 = ctx.load(IP_SRC).ok()?;
-    let daddr: u32 = ctx.load(IP_DST).ok()?;
+    let saddr: u32 = ctx.load(IP_SRC)?;
+    let daddr: u32 = ctx.load(IP_DST)?;
     let l4 = ETH_HLEN + ihl;
-    let sport: u16 = ctx.load(l4).ok()?;
-    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    let sport: u16 = ctx.load(l4)?;
+    let dport: u16 = ctx.load(l4 + 2)?;
     let tcp_flags = if protocol == Protocol::Tcp.raw() {
-        ctx.load::<u8>(l4 + 13).ok()?
+        ctx.load::<u8>(l4 + 13)?
     } else {
         0
     };
@@ -158,9 +151,9 @@ fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
 
 /// TC ingress on an external interface (IPv4; IPv6 in [`crate::nodeport6`]).
 #[inline(always)]
-pub(crate) fn ingress(ctx: &TcContext) -> i32 {
+pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let Some(packet) = parse(ctx) else {
-        return NEXT;
+        return F::NEXT;
     };
     let ct = ct_map(packet.protocol);
     let now = now_secs();
@@ -181,14 +174,14 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
                 )
                 .is_err()
             {
-                return DROP;
+                return F::DROP;
             }
             bump(Reason::CtReply);
             return forward4(ctx, packet.l4);
         }
         // A reply of a local backend arriving here (it is routed out of this interface
         // after the stack): the egress program translates it.
-        return NEXT;
+        return F::NEXT;
     }
 
     // 2. A known flow.
@@ -207,7 +200,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
 
     // 3. A new flow.
     let Some((service_key, service)) = external_service(&packet) else {
-        return NEXT;
+        return F::NEXT;
     };
     if service.has_flag(ServiceValue::FLAG_SOURCE_RANGES) {
         let key = aya_ebpf::maps::lpm_trie::Key::new(
@@ -216,7 +209,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         );
         if SOURCE_RANGES4.get(&key).is_none() {
             bump(Reason::SourceRangeDrop);
-            return DROP;
+            return F::DROP;
         }
     }
     let _ = service_key;
@@ -225,11 +218,11 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         Err(Reason::ExternalNoBackend) => return crate::reject::reject4(ctx),
         Err(reason) => {
             bump(reason);
-            return DROP;
+            return F::DROP;
         }
     };
     let Some(value) = open_flow(&packet, &service, backend_id, &backend, now) else {
-        return DROP;
+        return F::DROP;
     };
     bump(Reason::ExternalHit);
     translate(ctx, &packet, &value)
@@ -238,24 +231,24 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
 /// TC egress on an external interface: replies of local backends get the frontend back as
 /// source.
 #[inline(always)]
-pub(crate) fn egress(ctx: &TcContext) -> i32 {
+pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
     let Some(packet) = parse(ctx) else {
-        return NEXT;
+        return F::NEXT;
     };
     let ct = ct_map(packet.protocol);
     let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
-        return NEXT;
+        return F::NEXT;
     };
     // SAFETY: as in `ingress`.
     let value = unsafe { touch(entry, now_secs(), &packet) };
     if value.has_flag(CtValue::FLAG_SNAT) {
-        return NEXT;
+        return F::NEXT;
     }
     if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err() {
-        return DROP;
+        return F::DROP;
     }
     bump(Reason::CtReply);
-    PASS
+    F::PASS
 }
 
 /// Refreshes a conntrack entry (time, closing and reply flags) and returns a copy.
@@ -501,14 +494,14 @@ fn snat_address(packet: &Packet) -> Option<Be32> {
 /// Translates a packet of a flow's original direction as its conntrack entry says, then
 /// routes it ([`forward4`]).
 #[inline(always)]
-fn translate(ctx: &TcContext, packet: &Packet, value: &CtValue) -> i32 {
+fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &CtValue) -> i32 {
     if rewrite(ctx, packet, Side::Destination, value.address, value.port).is_err() {
-        return DROP;
+        return F::DROP;
     }
     if value.has_flag(CtValue::FLAG_SNAT)
         && rewrite(ctx, packet, Side::Source, value.nat_address, value.nat_port).is_err()
     {
-        return DROP;
+        return F::DROP;
     }
     forward4(ctx, packet.l4)
 }
@@ -521,8 +514,8 @@ enum Side {
 
 /// Rewrites the source or destination address and port, fixing the IP and L4 checksums.
 #[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
+fn rewrite<F: Frame>(
+    ctx: &F,
     packet: &Packet,
     side: Side,
     address: Be32,
@@ -532,15 +525,15 @@ fn rewrite(
         Side::Source => (IP_SRC, packet.l4),
         Side::Destination => (IP_DST, packet.l4 + 2),
     };
-    let old_address: u32 = ctx.load(addr_offset).map_err(|_| ())?;
-    let old_port: u16 = ctx.load(port_offset).map_err(|_| ())?;
+    let old_address: u32 = ctx.load(addr_offset).ok_or(())?;
+    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let new_address = address.raw();
     let new_port = port.raw();
     let csum = packet.csum_offset();
     let udp = packet.protocol == Protocol::Udp.raw();
     // A UDP checksum of 0 means "none": leave it so (BPF_F_MARK_MANGLED_0 keeps a computed 0
     // from turning into "none").
-    let skip_l4 = udp && ctx.load::<u16>(csum).map_err(|_| ())? == 0;
+    let skip_l4 = udp && ctx.load::<u16>(csum).ok_or(())? == 0;
     let mangled = if udp {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
@@ -550,22 +543,22 @@ fn rewrite(
         if !skip_l4 {
             ctx.l4_csum_replace(
                 csum,
-                u64::from(old_address),
-                u64::from(new_address),
+                old_address,
+                new_address,
                 u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
             )
-            .map_err(|_| ())?;
+            .ok_or(())?;
         }
-        ctx.l3_csum_replace(IP_CSUM, u64::from(old_address), u64::from(new_address), 4)
-            .map_err(|_| ())?;
-        ctx.store(addr_offset, &new_address, 0).map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CSUM, old_address, new_address, 4)
+            .ok_or(())?;
+        ctx.store(addr_offset, &new_address).ok_or(())?;
     }
     if old_port != new_port {
         if !skip_l4 {
-            ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), mangled | 2)
-                .map_err(|_| ())?;
+            ctx.l4_csum_replace(csum, u32::from(old_port), u32::from(new_port), mangled | 2)
+                .ok_or(())?;
         }
-        ctx.store(port_offset, &new_port, 0).map_err(|_| ())?;
+        ctx.store(port_offset, &new_port).ok_or(())?;
     }
     Ok(())
 }

@@ -8,7 +8,6 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     helpers::generated::bpf_csum_diff,
     maps::LruHashMap,
-    programs::TcContext,
 };
 use fairlead_abi::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend6, Be16, Ct6Key, Ct6Value, CtValue,
@@ -18,15 +17,13 @@ use fairlead_abi::{
 };
 
 use crate::{
+    frame::Frame,
     lb::{bump, copy_of, now_secs, random},
     maps::{
         AFFINITY, BACKENDS6, CT6_ANY, CT6_TCP, IF_ADDR6, MAGLEV, NODE_ADDR6, SERVICES6,
         SOURCE_RANGES6,
     },
-    nodeport::{
-        DROP, EXTERNAL_CLIENT, NEXT, PASS, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix,
-        no_backend,
-    },
+    nodeport::{EXTERNAL_CLIENT, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix, no_backend},
     route::forward6,
 };
 
@@ -74,7 +71,7 @@ impl Packet {
 /// Reads the headers of an IPv6 TCP/UDP packet into `out` (not inlined: its temporaries
 /// stay out of the callers' frames).
 #[inline(never)]
-fn parse_into(ctx: &TcContext, out: &mut Packet) -> bool {
+fn parse_into<F: Frame>(ctx: &F, out: &mut Packet) -> bool {
     let Some(packet) = parse(ctx) else {
         return false;
     };
@@ -83,21 +80,21 @@ fn parse_into(ctx: &TcContext, out: &mut Packet) -> bool {
 }
 
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    let version: u8 = ctx.load(ETH_HLEN).ok()?;
+fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
+    let version: u8 = ctx.load(ETH_HLEN)?;
     if version >> 4 != 6 {
         return None;
     }
-    let protocol: u8 = ctx.load(ETH_HLEN + 6).ok()?;
+    let protocol: u8 = ctx.load(ETH_HLEN + 6)?;
     if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
         return None;
     }
-    let saddr: [u8; 16] = ctx.load(IP6_SRC).ok()?;
-    let daddr: [u8; 16] = ctx.load(IP6_DST).ok()?;
-    let sport: u16 = ctx.load(L4).ok()?;
-    let dport: u16 = ctx.load(L4 + 2).ok()?;
+    let saddr: [u8; 16] = ctx.load(IP6_SRC)?;
+    let daddr: [u8; 16] = ctx.load(IP6_DST)?;
+    let sport: u16 = ctx.load(L4)?;
+    let dport: u16 = ctx.load(L4 + 2)?;
     let tcp_flags = if protocol == Protocol::Tcp.raw() {
-        ctx.load::<u8>(L4 + 13).ok()?
+        ctx.load::<u8>(L4 + 13)?
     } else {
         0
     };
@@ -121,10 +118,10 @@ fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
 
 /// TC ingress, IPv6.
 #[inline(always)]
-pub(crate) fn ingress(ctx: &TcContext) -> i32 {
+pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let mut packet = Packet::default();
     if !parse_into(ctx, &mut packet) {
-        return NEXT;
+        return F::NEXT;
     }
     // Each step in a function of its own: a call chain has 512 bytes of stack, and IPv6
     // keys and entries are large.
@@ -141,7 +138,7 @@ const NO_ENTRY: i32 = i32::MIN;
 /// Steps 1 and 2 of [`ingress`]: a source-NATed reply, or a packet of a known flow;
 /// [`NO_ENTRY`] when conntrack has neither.
 #[inline(never)]
-fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
+fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
     // One key, turned from the reply to the original direction: the stack is tight.
@@ -165,12 +162,12 @@ fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
                 )
                 .is_err()
             {
-                return DROP;
+                return F::DROP;
             }
             bump(Reason::CtReply);
             return forward6(ctx, L4);
         }
-        return NEXT;
+        return F::NEXT;
     }
 
     key.direction = CT_ORIGINAL;
@@ -193,10 +190,10 @@ fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
 
 /// Step 3 of [`ingress`]: a new flow.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
+fn new_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     let now = now_secs();
     let Some(service) = external_service(packet) else {
-        return NEXT;
+        return F::NEXT;
     };
     if service.has_flag(ServiceValue::FLAG_SOURCE_RANGES) {
         let key = aya_ebpf::maps::lpm_trie::Key::new(
@@ -205,20 +202,21 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
         );
         if SOURCE_RANGES6.get(&key).is_none() {
             bump(Reason::SourceRangeDrop);
-            return DROP;
+            return F::DROP;
         }
     }
     let (backend_id, backend) = match choose(packet, &service, now) {
         Ok(chosen) => chosen,
-        Err(Reason::ExternalNoBackend) => return crate::reject::reject6(ctx),
+        Err(Reason::ExternalNoBackend) if F::REJECTS_IPV6 => return crate::reject::reject6(ctx),
+        Err(Reason::ExternalNoBackend) => return F::NEXT,
         Err(reason) => {
             bump(reason);
-            return DROP;
+            return F::DROP;
         }
     };
     let mut value = Ct6Value::default();
     if !open_flow(packet, &service, backend_id, &backend, &mut value) {
-        return DROP;
+        return F::DROP;
     }
     bump(Reason::ExternalHit);
     translate(ctx, packet, &value)
@@ -226,13 +224,13 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
 
 /// TC egress, IPv6: replies of local backends get the frontend back as source.
 #[inline(always)]
-pub(crate) fn egress(ctx: &TcContext) -> i32 {
+pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
     let Some(packet) = parse(ctx) else {
-        return NEXT;
+        return F::NEXT;
     };
     let ct = ct_map(packet.protocol);
     let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
-        return NEXT;
+        return F::NEXT;
     };
     // SAFETY: as in `ingress`.
     let value = unsafe {
@@ -240,13 +238,13 @@ pub(crate) fn egress(ctx: &TcContext) -> i32 {
         &*entry
     };
     if value.has_flag(CtValue::FLAG_SNAT) {
-        return NEXT;
+        return F::NEXT;
     }
     if rewrite(ctx, &packet, Side::Source, &value.address, value.port).is_err() {
-        return DROP;
+        return F::DROP;
     }
     bump(Reason::CtReply);
-    PASS
+    F::PASS
 }
 
 /// Refreshes a conntrack entry in place (time, closing flag).
@@ -458,9 +456,9 @@ fn open_flow(
 }
 
 #[inline(always)]
-fn translate(ctx: &TcContext, packet: &Packet, value: &Ct6Value) -> i32 {
+fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &Ct6Value) -> i32 {
     if rewrite(ctx, packet, Side::Destination, &value.address, value.port).is_err() {
-        return DROP;
+        return F::DROP;
     }
     if value.has_flag(CtValue::FLAG_SNAT)
         && rewrite(
@@ -472,7 +470,7 @@ fn translate(ctx: &TcContext, packet: &Packet, value: &Ct6Value) -> i32 {
         )
         .is_err()
     {
-        return DROP;
+        return F::DROP;
     }
     forward6(ctx, L4)
 }
@@ -485,8 +483,8 @@ enum Side {
 
 /// Rewrites the source or destination address and port, fixing the L4 checksum.
 #[inline(never)]
-fn rewrite(
-    ctx: &TcContext,
+fn rewrite<F: Frame>(
+    ctx: &F,
     packet: &Packet,
     side: Side,
     address: &[u8; 16],
@@ -496,8 +494,8 @@ fn rewrite(
         Side::Source => (IP6_SRC, L4),
         Side::Destination => (IP6_DST, L4 + 2),
     };
-    let old_address: [u32; 4] = ctx.load(addr_offset).map_err(|_| ())?;
-    let old_port: u16 = ctx.load(port_offset).map_err(|_| ())?;
+    let old_address: [u32; 4] = ctx.load(addr_offset).ok_or(())?;
+    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let mut new_address = [0_u32; 4];
     for (i, word) in new_address.iter_mut().enumerate() {
         let at = i * 4;
@@ -519,18 +517,19 @@ fn rewrite(
         let mut to = new_address;
         // SAFETY: both buffers are 16-byte stack arrays of u32, the sizes passed.
         let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
-        let Ok(diff) = u64::try_from(diff) else {
+        // The helper's 32-bit sum (the kernel's `__wsum`), or a negative error.
+        let Ok(diff) = u32::try_from(diff) else {
             return Err(());
         };
         ctx.l4_csum_replace(csum, 0, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled)
-            .map_err(|_| ())?;
-        ctx.store(addr_offset, &new_address, 0).map_err(|_| ())?;
+            .ok_or(())?;
+        ctx.store(addr_offset, &new_address).ok_or(())?;
     }
     let new_port = port.raw();
     if old_port != new_port {
-        ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), mangled | 2)
-            .map_err(|_| ())?;
-        ctx.store(port_offset, &new_port, 0).map_err(|_| ())?;
+        ctx.l4_csum_replace(csum, u32::from(old_port), u32::from(new_port), mangled | 2)
+            .ok_or(())?;
+        ctx.store(port_offset, &new_port).ok_or(())?;
     }
     Ok(())
 }

@@ -8,17 +8,12 @@
 //! own errors); beyond that, and for packets that cannot be quoted (IPv4 options, a packet
 //! shorter than the quote), the packet is dropped and counted.
 
-use aya_ebpf::{
-    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
-};
 use fairlead_abi::{Reason, nodeport::ICMP_REJECTS_PER_SEC};
 
 use crate::{
+    frame::Frame,
     lb::{bump, now_secs},
     maps::REJECT_BUDGET,
-    nodeport::DROP,
-    route::ingress_ifindex,
 };
 
 const ETH_HLEN: usize = 14;
@@ -44,25 +39,23 @@ const HOP_LIMIT: u8 = 64;
 /// Answers an IPv4 packet with ICMP destination unreachable, port unreachable (type 3,
 /// code 3); returns the TC verdict.
 #[inline(never)]
-pub(crate) fn reject4(ctx: &TcContext) -> i32 {
+pub(crate) fn reject4<F: Frame>(ctx: &F) -> i32 {
     if !take_budget() {
         bump(Reason::RejectLimited);
-        return DROP;
+        return F::DROP;
     }
     // The quote: the IPv4 header, which must have no options, and 8 bytes of L4 header.
-    let Ok(original) = ctx.load::<[u8; QUOTE4]>(ETH_HLEN) else {
-        bump(Reason::RejectFailed);
-        return DROP;
-    };
-    if original[0] != 0x45 {
-        bump(Reason::RejectFailed);
-        return DROP;
-    }
     let mut frame = [0_u8; FRAME4];
-    frame[ETH_HLEN + 28..].copy_from_slice(&original);
+    let loaded = <&mut [u8; QUOTE4]>::try_from(&mut frame[ETH_HLEN + 28..])
+        .ok()
+        .and_then(|slot| ctx.load_into(ETH_HLEN, slot));
+    if loaded.is_none() || frame[ETH_HLEN + 28] != 0x45 {
+        bump(Reason::RejectFailed);
+        return F::DROP;
+    }
     if !swap_ethernet(ctx, &mut frame, 0x0800) {
         bump(Reason::RejectFailed);
-        return DROP;
+        return F::DROP;
     }
     let quote = ETH_HLEN + 28;
     let ip = ETH_HLEN;
@@ -90,50 +83,79 @@ pub(crate) fn reject4(ctx: &TcContext) -> i32 {
 }
 
 /// Answers an IPv6 packet (without extension headers) with ICMPv6 destination
-/// unreachable, port unreachable (type 1, code 4); returns the TC verdict.
+/// unreachable, port unreachable (type 1, code 4); returns the verdict.
+///
+/// Built in place (the quote moved behind the new headers), not on the stack: the IPv6
+/// call chains leave little of the 512 bytes the verifier allows. Only at TC
+/// ([`Frame::REJECTS_IPV6`]).
 #[inline(never)]
-pub(crate) fn reject6(ctx: &TcContext) -> i32 {
+pub(crate) fn reject6<F: Frame>(ctx: &F) -> i32 {
     if !take_budget() {
         bump(Reason::RejectLimited);
-        return DROP;
+        return F::DROP;
     }
-    let Ok(original) = ctx.load::<[u8; QUOTE6]>(ETH_HLEN) else {
+    let Some(verdict) = answer6(ctx) else {
         bump(Reason::RejectFailed);
-        return DROP;
+        return F::DROP;
     };
-    let mut frame = [0_u8; FRAME6];
+    bump(Reason::ExternalNoBackend);
+    verdict
+}
+
+#[inline(always)]
+fn answer6<F: Frame>(ctx: &F) -> Option<i32> {
+    let macs: [u8; 12] = ctx.load(0)?;
+    let client: [u8; 16] = ctx.load(ETH_HLEN + 8)?;
+    let frontend: [u8; 16] = ctx.load(ETH_HLEN + 24)?;
+    // The packet holds the whole quote.
+    let _: u64 = ctx.load(ETH_HLEN + QUOTE6 - 8)?;
+    ctx.resize(FRAME6)?;
+    // The quote (the IPv6 header and 8 bytes) moves behind the new headers (the two ranges
+    // do not overlap), summed on the way.
     let quote = ETH_HLEN + 48;
-    frame[quote..].copy_from_slice(&original);
-    if !swap_ethernet(ctx, &mut frame, 0x86dd) {
-        bump(Reason::RejectFailed);
-        return DROP;
+    let mut sum = 0_u32;
+    let mut at = 0;
+    while at < QUOTE6 {
+        let word: [u8; 8] = ctx.load(ETH_HLEN + at)?;
+        ctx.store(quote + at, &word)?;
+        sum += sum16(&word);
+        at += 8;
     }
-    let ip = ETH_HLEN;
-    frame[ip] = 0x60;
-    frame[ip + 4..ip + 6].copy_from_slice(&PAYLOAD6.to_be_bytes());
-    frame[ip + 6] = IPPROTO_ICMPV6;
-    frame[ip + 7] = HOP_LIMIT;
-    let mut i = 0;
-    while i < 16 {
-        frame[ip + 8 + i] = frame[quote + 24 + i];
-        frame[ip + 24 + i] = frame[quote + 8 + i];
-        i += 1;
-    }
-    let icmp = ETH_HLEN + 40;
-    frame[icmp] = 1;
-    frame[icmp + 1] = 4;
-    // The pseudo-header: both addresses, the upper-layer length and the next header.
-    let pseudo = u32::from(PAYLOAD6) + u32::from(IPPROTO_ICMPV6);
-    let sum = checksum(pseudo, &frame[ip + 8..ip + 40]);
-    let sum = checksum(u32::from(!sum), &frame[icmp..]);
-    frame[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
-    send(ctx, &frame)
+    let mut ethernet = [0_u8; ETH_HLEN];
+    ethernet[..6].copy_from_slice(&macs[6..]);
+    ethernet[6..12].copy_from_slice(&macs[..6]);
+    ethernet[12..].copy_from_slice(&0x86dd_u16.to_be_bytes());
+    ctx.store(0, &ethernet)?;
+    let [length_high, length_low] = PAYLOAD6.to_be_bytes();
+    let fixed = [
+        0x60,
+        0,
+        0,
+        0,
+        length_high,
+        length_low,
+        IPPROTO_ICMPV6,
+        HOP_LIMIT,
+    ];
+    ctx.store(ETH_HLEN, &fixed)?;
+    // From the frontend to the client.
+    ctx.store(ETH_HLEN + 8, &frontend)?;
+    ctx.store(ETH_HLEN + 24, &client)?;
+    // The pseudo-header (addresses, upper-layer length, next header), type and code.
+    sum += sum16(&frontend)
+        + sum16(&client)
+        + u32::from(PAYLOAD6)
+        + u32::from(IPPROTO_ICMPV6)
+        + (1 << 8 | 4);
+    let [sum_high, sum_low] = (!fold(sum)).to_be_bytes();
+    ctx.store(ETH_HLEN + 40, &[1_u8, 4, sum_high, sum_low, 0, 0, 0, 0])?;
+    Some(ctx.send_back())
 }
 
 /// Writes the answer's Ethernet header into `frame`: the packet's addresses swapped.
 #[inline(always)]
-fn swap_ethernet(ctx: &TcContext, frame: &mut [u8], ethertype: u16) -> bool {
-    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+fn swap_ethernet<F: Frame>(ctx: &F, frame: &mut [u8], ethertype: u16) -> bool {
+    let Some(macs) = ctx.load::<[u8; 12]>(0) else {
         return false;
     };
     frame[..6].copy_from_slice(&macs[6..]);
@@ -142,21 +164,15 @@ fn swap_ethernet(ctx: &TcContext, frame: &mut [u8], ethertype: u16) -> bool {
     true
 }
 
-/// Resizes the packet to `frame`, writes it and sends it back out of its interface.
+/// Sends `frame` back out in place of the packet.
 #[inline(always)]
-fn send<const N: usize>(ctx: &TcContext, frame: &[u8; N]) -> i32 {
-    #[expect(clippy::cast_possible_truncation, reason = "frames are ~100 bytes")]
-    let len = N as u32;
-    // SAFETY: the context pointer of this run; the helper only resizes the packet (the
-    // loads and stores below are checked against its new length).
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, len, 0) } != 0 || ctx.store(0, frame, 0).is_err() {
+fn send<F: Frame, const N: usize>(ctx: &F, frame: &[u8; N]) -> i32 {
+    if ctx.resize(N).is_none() || ctx.store_bytes(0, frame).is_none() {
         bump(Reason::RejectFailed);
-        return DROP;
+        return F::DROP;
     }
     bump(Reason::ExternalNoBackend);
-    // SAFETY: plain helper call with an interface index and no flags.
-    let verdict = unsafe { bpf_redirect(ingress_ifindex(ctx), 0) };
-    i32::try_from(verdict).unwrap_or(DROP)
+    ctx.send_back()
 }
 
 /// Takes one reject from this CPU's budget of the current second.
@@ -188,9 +204,27 @@ fn checksum(seed: u32, data: &[u8]) -> u16 {
         sum += u32::from(u16::from_be_bytes([data[i], data[i + 1]]));
         i += 2;
     }
+    !fold(sum)
+}
+
+/// The one's-complement sum of `data`'s 16-bit big-endian words, unfolded.
+#[inline(always)]
+fn sum16<const N: usize>(data: &[u8; N]) -> u32 {
+    let mut sum = 0;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(u16::from_be_bytes([data[i], data[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// `sum` folded to 16 bits.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
     let folded = sum as u16;
-    !folded
+    folded
 }
