@@ -141,10 +141,15 @@ impl Frame for TcContext {
     }
 
     #[inline(always)]
+    #[expect(
+        clippy::misnamed_getters,
+        reason = "at TC ingress the packet's device is the one it arrived on; the skb's \
+                  ingress_ifindex is not set for BPF_PROG_TEST_RUN"
+    )]
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: `skb` is the program's context pointer, valid for the whole run; reading
-        // `ingress_ifindex` is a context access the verifier rewrites to the device's index.
-        unsafe { (*self.skb.skb).ingress_ifindex }
+        // `ifindex` is a context access the verifier rewrites to the device's index.
+        unsafe { (*self.skb.skb).ifindex }
     }
 
     #[inline(always)]
