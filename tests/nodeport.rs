@@ -1008,3 +1008,43 @@ fn xdp_balances_in_front_of_tc(mode: &'static str) {
     assert!(t.counter(Reason::ExternalNoBackend) >= 6);
     assert_eq!(t.counter(Reason::RejectFailed), 0);
 }
+
+#[test]
+fn path_mtu_discovery_works_through_the_translation() {
+    if !privileged("nodeport::path_mtu_discovery_works_through_the_translation") {
+        return;
+    }
+    let mut t = Topology::new("pmtu");
+    // The link to node2 is narrower than the client's.
+    t.node1
+        .ip(&["link", "set", &t.interfaces[1], "mtu", "1300"])
+        .expect("mtu");
+    t.write(
+        "web.yaml",
+        &service("web", "NodePort", "10.96.0.10", &[POD_C], ""),
+    );
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30053/udp", "10.244.2.2:5353"]);
+    // 1400 bytes with DF do not fit node1's route to the backend: node1 answers
+    // "fragmentation needed" (MTU 1300) from the NodePort, quoting the client's own
+    // packet, and the client's kernel learns the path MTU. (Answered from the translated
+    // packet, the error would go to node1's own source-NAT address.)
+    let result = t.client(&t.ext, false, &["pmtu", NODE, "30053", "1400"]);
+    assert_eq!(
+        result["mtu"].as_u64(),
+        Some(1300),
+        "{result}; {:?}",
+        [
+            Reason::TooBig,
+            Reason::FibRedirect,
+            Reason::FibFallback,
+            Reason::RejectFailed,
+            Reason::ExternalHit
+        ]
+        .map(|r| (r, t.counter(r)))
+    );
+    assert!(t.counter(Reason::TooBig) >= 1);
+    // Datagrams that fit still flow.
+    let results = t.ext_clients("udp", NODE, 30053, 3, None);
+    assert_eq!(by_backend(&results)["pod-c"].len(), 3, "{results:?}");
+}

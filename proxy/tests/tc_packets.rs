@@ -108,7 +108,7 @@ fn tcp_checksum(p: &[u8]) -> u16 {
 
 /// Runs the ingress program on `packet`; returns the verdict and the packet after it.
 fn run(program: &SchedClassifier, packet: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0_u8; 256];
+    let mut out = vec![0_u8; 2048];
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(packet),
@@ -378,17 +378,74 @@ fn translated_packets_are_routed_by_the_fib() {
         "TCP checksum"
     );
 
-    // A TTL about to expire goes to the stack, which answers "time exceeded".
+    // A TTL about to expire is answered "time exceeded" from the frontend, quoting the
+    // packet as the client sent it (so the client's traceroute sees the service).
     clear_conntrack(&mut datapath);
     let mut last_hop = syn(client, 40_001, LB_IP, 80);
-    last_hop[14 + 8] = 1;
-    last_hop[24] = 0;
-    last_hop[25] = 0;
-    let csum = fold(sum16(&last_hop[14..34], 0));
-    last_hop[24..26].copy_from_slice(&csum.to_be_bytes());
+    set_ip(&mut last_hop, |ip| ip[8] = 1);
     let (verdict, out) = run(ingress(&datapath), &last_hop);
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out[14 + 8], 1, "TTL left to the stack");
+    assert_eq!(verdict, TC_ACT_REDIRECT, "answered: {out:02x?}");
+    assert_icmp4(&out, &last_hop, (11, 0), [0; 4]);
+
+    // Larger than the output interface's MTU: with DF, "fragmentation needed" with the MTU,
+    // quoting the untranslated packet (the client must learn, not the node); without DF,
+    // to the stack, which fragments.
+    netns
+        .ip(&["link", "set", "fl-pods", "mtu", "1000"])
+        .expect("mtu");
+    clear_conntrack(&mut datapath);
+    let mut big = syn(client, 40_002, LB_IP, 80);
+    big.resize(1100, 0);
+    set_ip(&mut big, |ip| {
+        ip[2..4].copy_from_slice(&1086_u16.to_be_bytes());
+        ip[6] = 0x40; // DF
+    });
+    let (verdict, out) = run(ingress(&datapath), &big);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "answered: {out:02x?}");
+    assert_icmp4(&out, &big, (3, 4), [0, 0, 0x03, 0xe8]);
+    clear_conntrack(&mut datapath);
+    set_ip(&mut big, |ip| ip[6] = 0);
+    let (verdict, out) = run(ingress(&datapath), &big);
+    assert_eq!(verdict, TC_ACT_OK, "to the stack");
+    assert_eq!(&out[30..34], &[10, 244, 1, 10], "translated all the same");
+}
+
+/// Edits a packet's IPv4 header and fixes its checksum.
+fn set_ip(packet: &mut [u8], edit: impl FnOnce(&mut [u8])) {
+    edit(&mut packet[14..34]);
+    packet[24] = 0;
+    packet[25] = 0;
+    let csum = fold(sum16(&packet[14..34], 0));
+    packet[24..26].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// Checks that `out` is the ICMP error (type, code, second header word) answering `packet`
+/// from its destination to its source, with valid checksums.
+fn assert_icmp4(out: &[u8], packet: &[u8], (icmp_type, code): (u8, u8), rest: [u8; 4]) {
+    assert_eq!(out.len(), 14 + 20 + 8 + 28, "{out:02x?}");
+    assert_eq!(&out[0..6], &packet[6..12], "to the sender's MAC");
+    assert_eq!(&out[6..12], &packet[0..6], "from the receiver's MAC");
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 56, "total length");
+    assert_eq!(ip[9], 1, "ICMP");
+    assert_eq!(
+        &ip[12..16],
+        &packet[30..34],
+        "from the packet's destination"
+    );
+    assert_eq!(&ip[16..20], &packet[26..30], "to the packet's source");
+    assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (icmp_type, code), "type and code");
+    assert_eq!(&icmp[4..8], &rest, "second header word");
+    assert_eq!(fold(sum16(icmp, 0)), 0, "ICMP checksum");
+    assert_eq!(
+        &icmp[8..],
+        &packet[14..14 + 28],
+        "quotes the IP header and 8 bytes"
+    );
 }
 
 #[test]
@@ -408,25 +465,7 @@ fn a_frontend_without_endpoints_answers_icmp_port_unreachable() {
     packet[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xbb]);
     let (verdict, out) = run(ingress(&datapath), &packet);
     assert_eq!(verdict, TC_ACT_REDIRECT, "sent back out: {out:02x?}");
-    assert_eq!(out.len(), 14 + 20 + 8 + 28, "{out:02x?}");
-    assert_eq!(&out[0..6], &packet[6..12], "to the sender's MAC");
-    assert_eq!(&out[6..12], &packet[0..6], "from the receiver's MAC");
-    assert_eq!(&out[12..14], &[0x08, 0x00]);
-    let ip = &out[14..34];
-    assert_eq!(ip[0], 0x45);
-    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 56, "total length");
-    assert_eq!(ip[9], 1, "ICMP");
-    assert_eq!(&ip[12..16], &LB_IP.octets(), "from the frontend");
-    assert_eq!(&ip[16..20], &client.octets(), "to the client");
-    assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum");
-    let icmp = &out[34..];
-    assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port");
-    assert_eq!(fold(sum16(icmp, 0)), 0, "ICMP checksum");
-    assert_eq!(
-        &icmp[8..],
-        &packet[14..14 + 28],
-        "quotes the IP header and 8 bytes"
-    );
+    assert_icmp4(&out, &packet, (3, 3), [0; 4]);
 }
 
 #[test]

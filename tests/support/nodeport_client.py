@@ -4,6 +4,8 @@
 #       the backend saw it, "peer": where the answer came from) or {"errno"}.
 #   udp-connected HOST PORT N      as udp, from a connected socket (which sees ICMP errors).
 #   flood HOST PORT N              sends N UDP datagrams as fast as it can; prints {"sent": n}.
+#   pmtu HOST PORT SIZE            sends SIZE bytes of UDP with "don't fragment" from a connected
+#       socket, waits, and prints {"mtu": the path MTU the kernel has learnt for HOST}.
 #   bind PORT                      tries to bind TCP 0.0.0.0:PORT; prints {"errno": n} (0: ok).
 #   stream HOST PORT               one TCP connection: prints the greeting as JSON, then sends
 #       numbered 1 KiB chunks and checks each echoed byte, until stdin has a line; then
@@ -36,6 +38,19 @@ if mode == "bind":
     sys.exit(0)
 
 host, port = sys.argv[2], int(sys.argv[3])
+
+if mode == "pmtu":
+    IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+    s.connect((host, port))
+    try:
+        s.send(b"x" * int(sys.argv[4]))
+    except OSError:
+        pass
+    time.sleep(0.5)
+    print(json.dumps({"mtu": s.getsockopt(socket.IPPROTO_IP, IP_MTU)}))
+    sys.exit(0)
 
 if mode == "stream":
     s = socket.create_connection((host, port), timeout=5)

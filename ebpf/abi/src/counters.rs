@@ -70,17 +70,25 @@ pub enum Reason {
     /// A translated packet was sent straight to its output interface (`bpf_fib_lookup` +
     /// redirect), past the kernel's forwarding path.
     FibRedirect = 26,
-    /// A reject (ICMP port unreachable) was not sent: this CPU was over its budget of
+    /// An ICMP error (a reject, fragmentation needed, time exceeded) was not sent: this CPU
+    /// was over its budget of
     /// [`ICMP_REJECTS_PER_SEC`](crate::nodeport::ICMP_REJECTS_PER_SEC); the packet was dropped.
     RejectLimited = 27,
-    /// A reject could not be built (IP options, a short packet, a failed resize); the packet
-    /// was dropped.
+    /// An ICMP error could not be built (IP options, a short packet, a failed resize); the
+    /// packet was dropped.
     RejectFailed = 28,
+    /// A packet too large for its route's MTU that must not be fragmented (IPv4 with DF, or
+    /// IPv6) was answered with ICMP "fragmentation needed" / ICMPv6 "packet too big", from
+    /// its untranslated headers (path MTU discovery works through the translation).
+    TooBig = 29,
+    /// A packet whose TTL (hop limit) would expire here was answered with ICMP "time
+    /// exceeded".
+    TtlExceeded = 30,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 31;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -113,6 +121,8 @@ impl Reason {
         Self::FibRedirect,
         Self::RejectLimited,
         Self::RejectFailed,
+        Self::TooBig,
+        Self::TtlExceeded,
     ];
 
     /// The index of this reason in the counter array.
@@ -164,6 +174,8 @@ impl Reason {
             Self::FibRedirect => "fib_redirect",
             Self::RejectLimited => "reject_limited",
             Self::RejectFailed => "reject_failed",
+            Self::TooBig => "too_big",
+            Self::TtlExceeded => "ttl_exceeded",
         }
     }
 
@@ -212,8 +224,10 @@ impl Reason {
             Self::CtReply => "reply packets of external flows translated back",
             Self::CtStale => "external flows whose backend was gone, balanced again",
             Self::FibRedirect => "translated packets redirected to their output interface (FIB)",
-            Self::RejectLimited => "rejects not sent: over the per-CPU ICMP rate limit",
-            Self::RejectFailed => "rejects not sent: packet could not be answered",
+            Self::RejectLimited => "ICMP errors not sent: over the per-CPU rate limit",
+            Self::RejectFailed => "ICMP errors not sent: packet could not be answered",
+            Self::TooBig => "packets too big for their route, answered (fragmentation needed)",
+            Self::TtlExceeded => "packets whose TTL expired, answered (time exceeded)",
         }
     }
 
@@ -242,7 +256,9 @@ impl Reason {
             | Self::BindRefused
             | Self::MaglevMissing
             | Self::RejectLimited
-            | Self::RejectFailed => ReasonKind::Drop,
+            | Self::RejectFailed
+            | Self::TooBig
+            | Self::TtlExceeded => ReasonKind::Drop,
             Self::InternalScopeMissing
             | Self::SelectionRetried
             | Self::AffinityStale

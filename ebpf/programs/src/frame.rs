@@ -15,8 +15,8 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, bpf_fib_lookup as FibParams},
     cty::c_void,
     helpers::generated::{
-        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail, bpf_xdp_adjust_tail,
+        bpf_xdp_get_buff_len,
     },
     programs::{TcContext, XdpContext},
 };
@@ -44,9 +44,6 @@ pub(crate) trait Frame {
     /// Reads a `T` at `offset` from the start of the Ethernet header.
     fn load<T: Copy>(&self, offset: usize) -> Option<T>;
 
-    /// Reads `N` bytes at `offset` into `out` (without a copy on the stack).
-    fn load_into<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Option<()>;
-
     /// Writes `value` at `offset`.
     fn store<T: Copy>(&self, offset: usize, value: &T) -> Option<()>;
 
@@ -63,6 +60,9 @@ pub(crate) trait Frame {
     /// The index of the interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
 
+    /// The segment size of a GRO/GSO packet (which leaves as segments of that payload), or 0.
+    fn gso_size(&self) -> u16;
+
     /// `bpf_fib_lookup` without flags; returns `BPF_FIB_LKUP_RET_*`.
     fn fib_lookup(&self, params: &mut FibParams) -> u32;
 
@@ -74,9 +74,6 @@ pub(crate) trait Frame {
     /// Sends the packet out of `ifindex` (see [`Frame::sends_to`]): its Ethernet header
     /// already set when `neighbour_known`, else the kernel resolves the next hop.
     fn send(&self, ifindex: u32, neighbour_known: bool) -> i32;
-
-    /// Writes `bytes` at `offset` (without a copy on the stack).
-    fn store_bytes<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Option<()>;
 
     /// Makes the packet `len` bytes long (cutting or extending its end).
     fn resize(&self, len: usize) -> Option<()>;
@@ -110,22 +107,6 @@ impl Frame for TcContext {
     }
 
     #[inline(always)]
-    fn load_into<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Option<()> {
-        let offset = u32::try_from(offset).ok()?;
-        let len = u32::try_from(N).ok()?;
-        // SAFETY: the context pointer of this run and a buffer of the length passed.
-        let rc = unsafe {
-            bpf_skb_load_bytes(
-                self.skb.skb.cast::<c_void>(),
-                offset,
-                out.as_mut_ptr().cast::<c_void>(),
-                len,
-            )
-        };
-        (rc == 0).then_some(())
-    }
-
-    #[inline(always)]
     fn store<T: Copy>(&self, offset: usize, value: &T) -> Option<()> {
         TcContext::store(self, offset, value, 0).ok()
     }
@@ -150,6 +131,13 @@ impl Frame for TcContext {
         // SAFETY: `skb` is the program's context pointer, valid for the whole run; reading
         // `ifindex` is a context access the verifier rewrites to the device's index.
         unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn gso_size(&self) -> u16 {
+        // SAFETY: the program's context pointer, valid for the whole run; a context read.
+        let size = unsafe { (*self.skb.skb).gso_size };
+        u16::try_from(size).unwrap_or(u16::MAX)
     }
 
     #[inline(always)]
@@ -181,11 +169,6 @@ impl Frame for TcContext {
             // next hop itself, from the packet's destination.
             verdict(unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) })
         }
-    }
-
-    #[inline(always)]
-    fn store_bytes<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Option<()> {
-        TcContext::store(self, offset, bytes, 0).ok()
     }
 
     #[inline(always)]
@@ -270,22 +253,6 @@ impl Frame for XdpContext {
     }
 
     #[inline(always)]
-    fn load_into<const N: usize>(&self, offset: usize, out: &mut [u8; N]) -> Option<()> {
-        // Word by word, as in `answer`.
-        let mut at = 0;
-        while at + 8 <= N {
-            let word: u64 = Frame::load(self, offset + at)?;
-            out[at..at + 8].copy_from_slice(&word.to_ne_bytes());
-            at += 8;
-        }
-        while at < N {
-            out[at] = Frame::load(self, offset + at)?;
-            at += 1;
-        }
-        Some(())
-    }
-
-    #[inline(always)]
     fn store<T: Copy>(&self, offset: usize, value: &T) -> Option<()> {
         let at = xdp_at::<T>(self, offset)?;
         // SAFETY: as in `load`; the program owns the buffer during the run. Byte-wise, so
@@ -323,6 +290,11 @@ impl Frame for XdpContext {
     }
 
     #[inline(always)]
+    fn gso_size(&self) -> u16 {
+        0
+    }
+
+    #[inline(always)]
     fn fib_lookup(&self, params: &mut FibParams) -> u32 {
         // SAFETY: the context pointer of this run and a stack struct of the size passed.
         let rc = unsafe {
@@ -344,24 +316,6 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn send(&self, _ifindex: u32, _neighbour_known: bool) -> i32 {
         XDP_VERDICTS.2
-    }
-
-    #[inline(always)]
-    fn store_bytes<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> Option<()> {
-        // Word by word: a copy of the whole buffer would take the stack the verifier allows
-        // for the call chain.
-        let mut at = 0;
-        while at + 8 <= N {
-            let mut word = [0_u8; 8];
-            word.copy_from_slice(&bytes[at..at + 8]);
-            Frame::store(self, offset + at, &word)?;
-            at += 8;
-        }
-        while at < N {
-            Frame::store(self, offset + at, &bytes[at])?;
-            at += 1;
-        }
-        Some(())
     }
 
     #[inline(always)]

@@ -40,7 +40,8 @@ use crate::{
         AFFINITY, BACKENDS4, CT4_ANY, CT4_TCP, IF_ADDR4, MAGLEV, NODE_ADDR4, SERVICES4,
         SOURCE_RANGES4,
     },
-    route::forward4,
+    reject::{Icmp, icmp4},
+    route::{Route, Way, apply4, route4},
 };
 
 const ETH_HLEN: usize = 14;
@@ -164,6 +165,14 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
         // until the program returns; racing writers store whole small fields.
         let value = unsafe { touch(entry, now, &packet) };
         if value.has_flag(CtValue::FLAG_SNAT) {
+            let route = match routed(
+                ctx,
+                (value.address, value.port),
+                (value.nat_address, value.nat_port),
+            ) {
+                Ok(route) => route,
+                Err(verdict) => return verdict,
+            };
             if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err()
                 || rewrite(
                     ctx,
@@ -177,7 +186,7 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
                 return F::DROP;
             }
             bump(Reason::CtReply);
-            return forward4(ctx, packet.l4);
+            return apply4(ctx, &route);
         }
         // A reply of a local backend arriving here (it is routed out of this interface
         // after the stack): the egress program translates it.
@@ -215,7 +224,7 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let _ = service_key;
     let (backend_id, backend) = match choose(&packet, &service, now) {
         Ok(chosen) => chosen,
-        Err(Reason::ExternalNoBackend) => return crate::reject::reject4(ctx),
+        Err(Reason::ExternalNoBackend) => return icmp4(ctx, Icmp::PORT_UNREACHABLE),
         Err(reason) => {
             bump(reason);
             return F::DROP;
@@ -491,19 +500,40 @@ fn snat_address(packet: &Packet) -> Option<Be32> {
     NODE_ADDR4.get_ptr(packet.daddr).map(|_| packet.daddr)
 }
 
+/// The route of the packet once translated to `src` and `dst`, or the verdict of the ICMP
+/// error that answers it when the route cannot take it.
+#[inline(always)]
+fn routed<F: Frame>(ctx: &F, src: (Be32, Be16), dst: (Be32, Be16)) -> Result<Route, i32> {
+    let mut route = Route::other(Way::Stack, 0);
+    let mtu = route4(ctx, &(src, dst), &mut route);
+    match route.way {
+        Way::TooBig => Err(icmp4(ctx, Icmp::too_big(mtu))),
+        Way::Expiring => Err(icmp4(ctx, Icmp::TIME_EXCEEDED)),
+        Way::Send | Way::Stack => Ok(route),
+    }
+}
+
 /// Translates a packet of a flow's original direction as its conntrack entry says, then
-/// routes it ([`forward4`]).
+/// routes it (the route found first, see [`crate::route`]).
 #[inline(always)]
 fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &CtValue) -> i32 {
+    let snat = value.has_flag(CtValue::FLAG_SNAT);
+    let src = if snat {
+        (value.nat_address, value.nat_port)
+    } else {
+        (packet.saddr, packet.sport)
+    };
+    let route = match routed(ctx, src, (value.address, value.port)) {
+        Ok(route) => route,
+        Err(verdict) => return verdict,
+    };
     if rewrite(ctx, packet, Side::Destination, value.address, value.port).is_err() {
         return F::DROP;
     }
-    if value.has_flag(CtValue::FLAG_SNAT)
-        && rewrite(ctx, packet, Side::Source, value.nat_address, value.nat_port).is_err()
-    {
+    if snat && rewrite(ctx, packet, Side::Source, value.nat_address, value.nat_port).is_err() {
         return F::DROP;
     }
-    forward4(ctx, packet.l4)
+    apply4(ctx, &route)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,8 @@ use crate::{
         SOURCE_RANGES6,
     },
     nodeport::{EXTERNAL_CLIENT, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix, no_backend},
-    route::forward6,
+    reject::{Icmp, icmp6},
+    route::{Route, Way, apply6, route6},
 };
 
 const ETH_HLEN: usize = 14;
@@ -152,6 +153,14 @@ fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
             &*entry
         };
         if value.has_flag(CtValue::FLAG_SNAT) {
+            let route = match routed(
+                ctx,
+                (&value.address, value.port),
+                (&value.nat_address, value.nat_port),
+            ) {
+                Ok(route) => route,
+                Err(verdict) => return verdict,
+            };
             if rewrite(ctx, packet, Side::Source, &value.address, value.port).is_err()
                 || rewrite(
                     ctx,
@@ -165,7 +174,7 @@ fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
                 return F::DROP;
             }
             bump(Reason::CtReply);
-            return forward6(ctx, L4);
+            return apply6(ctx, &route);
         }
         return F::NEXT;
     }
@@ -207,7 +216,9 @@ fn new_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     }
     let (backend_id, backend) = match choose(packet, &service, now) {
         Ok(chosen) => chosen,
-        Err(Reason::ExternalNoBackend) if F::REJECTS_IPV6 => return crate::reject::reject6(ctx),
+        Err(Reason::ExternalNoBackend) if F::REJECTS_IPV6 => {
+            return icmp6(ctx, Icmp::PORT_UNREACHABLE);
+        }
         Err(Reason::ExternalNoBackend) => return F::NEXT,
         Err(reason) => {
             bump(reason);
@@ -455,12 +466,41 @@ fn open_flow(
     true
 }
 
+/// The route of the packet once translated to `src` and `dst`, or the verdict of the
+/// ICMPv6 error that answers it when the route cannot take it (at XDP: left to TC,
+/// untouched).
+#[inline(always)]
+fn routed<F: Frame>(ctx: &F, src: (&[u8; 16], Be16), dst: (&[u8; 16], Be16)) -> Result<Route, i32> {
+    let mut route = Route::other(Way::Stack, 0);
+    let mtu = route6(ctx, &(src, dst), &mut route);
+    let error = match route.way {
+        Way::TooBig => Icmp::too_big(mtu),
+        Way::Expiring => Icmp::TIME_EXCEEDED,
+        Way::Send | Way::Stack => return Ok(route),
+    };
+    if F::REJECTS_IPV6 {
+        Err(icmp6(ctx, error))
+    } else {
+        Err(F::NEXT)
+    }
+}
+
 #[inline(always)]
 fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &Ct6Value) -> i32 {
+    let snat = value.has_flag(CtValue::FLAG_SNAT);
+    let src = if snat {
+        (&value.nat_address, value.nat_port)
+    } else {
+        (&packet.saddr, packet.sport)
+    };
+    let route = match routed(ctx, src, (&value.address, value.port)) {
+        Ok(route) => route,
+        Err(verdict) => return verdict,
+    };
     if rewrite(ctx, packet, Side::Destination, &value.address, value.port).is_err() {
         return F::DROP;
     }
-    if value.has_flag(CtValue::FLAG_SNAT)
+    if snat
         && rewrite(
             ctx,
             packet,
@@ -472,7 +512,7 @@ fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &Ct6Value) -> i32 {
     {
         return F::DROP;
     }
-    forward6(ctx, L4)
+    apply6(ctx, &route)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,14 @@
-//! Rejects of new external flows to a frontend without backends, as kube-proxy's REJECT
-//! rule does: the first packet is turned, in place, into an ICMP (ICMPv6) "port
-//! unreachable" error from the frontend to the client, quoting the packet's IP header and
-//! first 8 bytes of L4 header, and sent back out of the interface it came in on. Clients
-//! see `ECONNREFUSED` at once instead of a timeout.
+//! ICMP errors the load balancer answers a packet with, turning it in place into the error
+//! from its destination to its source, quoting its IP header and first 8 bytes of L4
+//! header, sent back out of the interface it came in on:
 //!
-//! Every CPU sends at most [`ICMP_REJECTS_PER_SEC`] per second (as the kernel limits its
+//! - rejects of new external flows to a frontend without backends, as kube-proxy's REJECT
+//!   rule does ("port unreachable"): clients see `ECONNREFUSED` at once, not a timeout;
+//! - "fragmentation needed" / "packet too big" and "time exceeded" for packets the route
+//!   of their translation cannot take ([`crate::route`]), answered from the untranslated
+//!   headers so that the client (or the backend) learns, not the node's own address.
+//!
+//! Every CPU sends at most [`ICMP_REJECTS_PER_SEC`] errors per second (as the kernel limits its
 //! own errors); beyond that, and for packets that cannot be quoted (IPv4 options, a packet
 //! shorter than the quote), the packet is dropped and counted.
 
@@ -36,96 +40,120 @@ const IPPROTO_ICMPV6: u8 = 58;
 /// TTL / hop limit of the errors.
 const HOP_LIMIT: u8 = 64;
 
-/// Answers an IPv4 packet with ICMP destination unreachable, port unreachable (type 3,
-/// code 3); returns the TC verdict.
-#[inline(never)]
-pub(crate) fn reject4<F: Frame>(ctx: &F) -> i32 {
-    if !take_budget() {
-        bump(Reason::RejectLimited);
-        return F::DROP;
-    }
-    // The quote: the IPv4 header, which must have no options, and 8 bytes of L4 header.
-    let mut frame = [0_u8; FRAME4];
-    let loaded = <&mut [u8; QUOTE4]>::try_from(&mut frame[ETH_HLEN + 28..])
-        .ok()
-        .and_then(|slot| ctx.load_into(ETH_HLEN, slot));
-    if loaded.is_none() || frame[ETH_HLEN + 28] != 0x45 {
-        bump(Reason::RejectFailed);
-        return F::DROP;
-    }
-    if !swap_ethernet(ctx, &mut frame, 0x0800) {
-        bump(Reason::RejectFailed);
-        return F::DROP;
-    }
-    let quote = ETH_HLEN + 28;
-    let ip = ETH_HLEN;
-    frame[ip] = 0x45;
-    // DSCP CS6 (internetwork control), as the kernel's ICMP errors.
-    frame[ip + 1] = 0xc0;
-    frame[ip + 2..ip + 4].copy_from_slice(&TOTAL4.to_be_bytes());
-    frame[ip + 8] = HOP_LIMIT;
-    frame[ip + 9] = IPPROTO_ICMP;
-    // From the frontend (the quoted destination) to the client (the quoted source).
-    let mut i = 0;
-    while i < 4 {
-        frame[ip + 12 + i] = frame[quote + 16 + i];
-        frame[ip + 16 + i] = frame[quote + 12 + i];
-        i += 1;
-    }
-    let ip_sum = checksum(0, &frame[ip..ip + 20]);
-    frame[ip + 10..ip + 12].copy_from_slice(&ip_sum.to_be_bytes());
-    let icmp = ETH_HLEN + 20;
-    frame[icmp] = 3;
-    frame[icmp + 1] = 3;
-    let icmp_sum = checksum(0, &frame[icmp..]);
-    frame[icmp + 2..icmp + 4].copy_from_slice(&icmp_sum.to_be_bytes());
-    send(ctx, &frame)
+/// An ICMP error the load balancer sends. (A plain pair of integers, not an enum with
+/// data: every byte of an argument must be initialised for the verifier.)
+#[derive(Clone, Copy)]
+pub(crate) struct Icmp {
+    kind: u8,
+    mtu: u16,
 }
 
-/// Answers an IPv6 packet (without extension headers) with ICMPv6 destination
-/// unreachable, port unreachable (type 1, code 4); returns the verdict.
-///
-/// Built in place (the quote moved behind the new headers), not on the stack: the IPv6
-/// call chains leave little of the 512 bytes the verifier allows. Only at TC
+impl Icmp {
+    /// Destination unreachable, port unreachable: a frontend without endpoints.
+    pub(crate) const PORT_UNREACHABLE: Self = Self { kind: 0, mtu: 0 };
+    /// Time exceeded in transit.
+    pub(crate) const TIME_EXCEEDED: Self = Self { kind: 2, mtu: 0 };
+
+    /// Fragmentation needed (ICMPv6: packet too big), with the route's MTU.
+    pub(crate) const fn too_big(mtu: u16) -> Self {
+        Self { kind: 1, mtu }
+    }
+
+    /// Type, code and the header's second word for IPv4.
+    fn v4(self) -> (u8, u8, [u8; 4]) {
+        let [high, low] = self.mtu.to_be_bytes();
+        match self.kind {
+            0 => (3, 3, [0; 4]),
+            1 => (3, 4, [0, 0, high, low]),
+            _ => (11, 0, [0; 4]),
+        }
+    }
+
+    /// Type, code and the header's second word for IPv6.
+    fn v6(self) -> (u8, u8, [u8; 4]) {
+        match self.kind {
+            0 => (1, 4, [0; 4]),
+            1 => (2, 0, u32::from(self.mtu).to_be_bytes()),
+            _ => (3, 0, [0; 4]),
+        }
+    }
+
+    /// The counter of a sent error.
+    fn reason(self) -> Reason {
+        match self.kind {
+            0 => Reason::ExternalNoBackend,
+            1 => Reason::TooBig,
+            _ => Reason::TtlExceeded,
+        }
+    }
+}
+
+/// Answers an IPv4 packet (without options) with the ICMP error `kind`, from its
+/// destination to its source; returns the verdict.
+#[inline(never)]
+pub(crate) fn icmp4<F: Frame>(ctx: &F, kind: Icmp) -> i32 {
+    answered(ctx, kind, answer4)
+}
+
+/// Answers an IPv6 packet (without extension headers) with the ICMPv6 error `kind`, from
+/// its destination to its source; returns the verdict. Only at TC
 /// ([`Frame::REJECTS_IPV6`]).
 #[inline(never)]
-pub(crate) fn reject6<F: Frame>(ctx: &F) -> i32 {
+pub(crate) fn icmp6<F: Frame>(ctx: &F, kind: Icmp) -> i32 {
+    answered(ctx, kind, answer6)
+}
+
+/// Takes an error from the budget, builds it with `answer`, counts the outcome.
+#[inline(always)]
+fn answered<F: Frame>(ctx: &F, kind: Icmp, answer: impl FnOnce(&F, Icmp) -> Option<i32>) -> i32 {
     if !take_budget() {
         bump(Reason::RejectLimited);
         return F::DROP;
     }
-    let Some(verdict) = answer6(ctx) else {
+    let Some(verdict) = answer(ctx, kind) else {
         bump(Reason::RejectFailed);
         return F::DROP;
     };
-    bump(Reason::ExternalNoBackend);
+    bump(kind.reason());
     verdict
 }
 
+/// Builds the IPv4 error in place: the quote (the IP header and 8 bytes) moves behind the
+/// new headers, then the headers are written. (In place, not on the stack: the call chains
+/// leave little of the 512 bytes the verifier allows.)
 #[inline(always)]
-fn answer6<F: Frame>(ctx: &F) -> Option<i32> {
-    let macs: [u8; 12] = ctx.load(0)?;
+fn answer4<F: Frame>(ctx: &F, kind: Icmp) -> Option<i32> {
+    if ctx.load::<u8>(ETH_HLEN)? != 0x45 {
+        return None;
+    }
+    let client: [u8; 4] = ctx.load(ETH_HLEN + 12)?;
+    let frontend: [u8; 4] = ctx.load(ETH_HLEN + 16)?;
+    let quote = ETH_HLEN + 28;
+    let sum = move_quote::<F, QUOTE4>(ctx, 0x0800, FRAME4, quote)?;
+    let mut ip = [0_u8; 20];
+    ip[0] = 0x45;
+    // DSCP CS6 (internetwork control), as the kernel's ICMP errors.
+    ip[1] = 0xc0;
+    ip[2..4].copy_from_slice(&TOTAL4.to_be_bytes());
+    ip[8] = HOP_LIMIT;
+    ip[9] = IPPROTO_ICMP;
+    ip[12..16].copy_from_slice(&frontend);
+    ip[16..20].copy_from_slice(&client);
+    let ip_sum = !fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    ctx.store(ETH_HLEN, &ip)?;
+    let (icmp_type, code, rest) = kind.v4();
+    let sum = sum + (u32::from(icmp_type) << 8 | u32::from(code)) + sum16(&rest);
+    store_icmp_header(ctx, ETH_HLEN + 20, (icmp_type, code), !fold(sum), rest)?;
+    Some(ctx.send_back())
+}
+
+/// Builds the IPv6 error in place, as [`answer4`].
+#[inline(always)]
+fn answer6<F: Frame>(ctx: &F, kind: Icmp) -> Option<i32> {
     let client: [u8; 16] = ctx.load(ETH_HLEN + 8)?;
     let frontend: [u8; 16] = ctx.load(ETH_HLEN + 24)?;
-    // The packet holds the whole quote.
-    let _: u64 = ctx.load(ETH_HLEN + QUOTE6 - 8)?;
-    ctx.resize(FRAME6)?;
-    // The quote (the IPv6 header and 8 bytes) moves behind the new headers (the two ranges
-    // do not overlap), summed on the way.
-    let quote = ETH_HLEN + 48;
-    let mut sum = 0_u32;
-    let mut at = 0;
-    while at < QUOTE6 {
-        let word: [u8; 8] = ctx.load(ETH_HLEN + at)?;
-        ctx.store(quote + at, &word)?;
-        sum += sum16(&word);
-        at += 8;
-    }
-    let mut ethernet = [0_u8; ETH_HLEN];
-    ethernet[..6].copy_from_slice(&macs[6..]);
-    ethernet[6..12].copy_from_slice(&macs[..6]);
-    ethernet[12..].copy_from_slice(&0x86dd_u16.to_be_bytes());
-    ctx.store(0, &ethernet)?;
+    let mut sum = move_quote::<F, QUOTE6>(ctx, 0x86dd, FRAME6, ETH_HLEN + 48)?;
     let [length_high, length_low] = PAYLOAD6.to_be_bytes();
     let fixed = [
         0x60,
@@ -141,38 +169,66 @@ fn answer6<F: Frame>(ctx: &F) -> Option<i32> {
     // From the frontend to the client.
     ctx.store(ETH_HLEN + 8, &frontend)?;
     ctx.store(ETH_HLEN + 24, &client)?;
-    // The pseudo-header (addresses, upper-layer length, next header), type and code.
+    // The pseudo-header (addresses, upper-layer length, next header) and the header.
+    let (icmp_type, code, rest) = kind.v6();
     sum += sum16(&frontend)
         + sum16(&client)
         + u32::from(PAYLOAD6)
         + u32::from(IPPROTO_ICMPV6)
-        + (1 << 8 | 4);
-    let [sum_high, sum_low] = (!fold(sum)).to_be_bytes();
-    ctx.store(ETH_HLEN + 40, &[1_u8, 4, sum_high, sum_low, 0, 0, 0, 0])?;
+        + (u32::from(icmp_type) << 8 | u32::from(code))
+        + sum16(&rest);
+    store_icmp_header(ctx, ETH_HLEN + 40, (icmp_type, code), !fold(sum), rest)?;
     Some(ctx.send_back())
 }
 
-/// Writes the answer's Ethernet header into `frame`: the packet's addresses swapped.
+/// Resizes the packet to `frame_len`, moves its first `QUOTE` bytes after the Ethernet
+/// header to `quote` (behind the new headers; the two ranges do not overlap) and writes
+/// the answer's Ethernet header (the packet's addresses swapped, `ethertype`). Returns the
+/// unfolded sum of the quote.
 #[inline(always)]
-fn swap_ethernet<F: Frame>(ctx: &F, frame: &mut [u8], ethertype: u16) -> bool {
-    let Some(macs) = ctx.load::<[u8; 12]>(0) else {
-        return false;
-    };
-    frame[..6].copy_from_slice(&macs[6..]);
-    frame[6..12].copy_from_slice(&macs[..6]);
-    frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
-    true
+fn move_quote<F: Frame, const QUOTE: usize>(
+    ctx: &F,
+    ethertype: u16,
+    frame_len: usize,
+    quote: usize,
+) -> Option<u32> {
+    let macs: [u8; 12] = ctx.load(0)?;
+    // The packet holds the whole quote.
+    let _: u32 = ctx.load(ETH_HLEN + QUOTE - 4)?;
+    ctx.resize(frame_len)?;
+    let mut sum = 0;
+    let mut at = 0;
+    while at + 8 <= QUOTE {
+        let word: [u8; 8] = ctx.load(ETH_HLEN + at)?;
+        ctx.store(quote + at, &word)?;
+        sum += sum16(&word);
+        at += 8;
+    }
+    if at + 4 <= QUOTE {
+        let word: [u8; 4] = ctx.load(ETH_HLEN + at)?;
+        ctx.store(quote + at, &word)?;
+        sum += sum16(&word);
+    }
+    let mut ethernet = [0_u8; ETH_HLEN];
+    ethernet[..6].copy_from_slice(&macs[6..]);
+    ethernet[6..12].copy_from_slice(&macs[..6]);
+    ethernet[12..].copy_from_slice(&ethertype.to_be_bytes());
+    ctx.store(0, &ethernet)?;
+    Some(sum)
 }
 
-/// Sends `frame` back out in place of the packet.
+/// Writes an ICMP (ICMPv6) header at `at`.
 #[inline(always)]
-fn send<F: Frame, const N: usize>(ctx: &F, frame: &[u8; N]) -> i32 {
-    if ctx.resize(N).is_none() || ctx.store_bytes(0, frame).is_none() {
-        bump(Reason::RejectFailed);
-        return F::DROP;
-    }
-    bump(Reason::ExternalNoBackend);
-    ctx.send_back()
+fn store_icmp_header<F: Frame>(
+    ctx: &F,
+    at: usize,
+    (icmp_type, code): (u8, u8),
+    checksum: u16,
+    rest: [u8; 4],
+) -> Option<()> {
+    let [high, low] = checksum.to_be_bytes();
+    let [r0, r1, r2, r3] = rest;
+    ctx.store(at, &[icmp_type, code, high, low, r0, r1, r2, r3])
 }
 
 /// Takes one reject from this CPU's budget of the current second.
@@ -193,18 +249,6 @@ fn take_budget() -> bool {
     // SAFETY: as above.
     unsafe { *slot = (now << 32) | (sent + 1) };
     true
-}
-
-/// The Internet checksum of `data` (even length) added to `seed`, folded and inverted.
-#[inline(always)]
-fn checksum(seed: u32, data: &[u8]) -> u16 {
-    let mut sum = seed;
-    let mut i = 0;
-    while i + 1 < data.len() {
-        sum += u32::from(u16::from_be_bytes([data[i], data[i + 1]]));
-        i += 2;
-    }
-    !fold(sum)
 }
 
 /// The one's-complement sum of `data`'s 16-bit big-endian words, unfolded.
