@@ -1047,4 +1047,31 @@ fn path_mtu_discovery_works_through_the_translation() {
     // Datagrams that fit still flow.
     let results = t.ext_clients("udp", NODE, 30053, 3, None);
     assert_eq!(by_backend(&results)["pod-c"].len(), 3, "{results:?}");
+
+    // Narrower further on: node2's link to the backend. node2 answers the source-NATed
+    // packet "fragmentation needed" (MTU 1280) to node1's address; node1 translates the
+    // error back to the client (outer destination, quoted addresses and ports, checksums),
+    // and the client's kernel learns.
+    t.node1
+        .ip(&["link", "set", &t.interfaces[1], "mtu", "1500"])
+        .expect("mtu");
+    let out = t
+        ._node2
+        .command("ip")
+        .args(["-o", "route", "get", "10.244.2.2"])
+        .output()
+        .expect("ip route get");
+    let route = String::from_utf8_lossy(&out.stdout).into_owned();
+    let dev = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no dev in {route}"));
+    t._node2
+        .ip(&["link", "set", dev, "mtu", "1280"])
+        .expect("mtu");
+    t.ext.ip(&["route", "flush", "cache"]).expect("flush");
+    let result = t.client(&t.ext, false, &["pmtu", NODE, "30053", "1400"]);
+    assert_eq!(result["mtu"].as_u64(), Some(1280), "{result}");
+    assert!(t.counter(Reason::IcmpRelated) >= 1);
 }

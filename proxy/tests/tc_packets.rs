@@ -516,3 +516,74 @@ fn an_ipv6_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
         "quotes the IPv6 header and 8 bytes"
     );
 }
+
+#[test]
+fn an_icmp_error_about_a_reply_goes_to_the_backend() {
+    if !privileged("tc_packets::an_icmp_error_about_a_reply_goes_to_the_backend") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
+    let report = reconciler.sync(&snapshot(&mut writer, 1), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // A flow: client → frontend, balanced to the (local) backend 10.244.1.10:8080.
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    let (verdict, _) = run(ingress(&datapath), &syn(client, 40_000, LB_IP, 80));
+    assert_eq!(verdict, TC_ACT_OK);
+
+    // A router on the client's side says the flow's reply (frontend → client) was too big.
+    let router = Ipv4Addr::new(203, 0, 113, 1);
+    let reply = syn(LB_IP, 80, client, 40_000);
+    let mut error = vec![0_u8; 14 + 20 + 8 + 28];
+    error[12..14].copy_from_slice(&0x0800_u16.to_be_bytes());
+    error[14] = 0x45;
+    error[16..18].copy_from_slice(&56_u16.to_be_bytes());
+    error[22] = 64;
+    error[23] = 1;
+    error[26..30].copy_from_slice(&router.octets());
+    error[30..34].copy_from_slice(&LB_IP.octets());
+    let csum = fold(sum16(&error[14..34], 0));
+    error[24..26].copy_from_slice(&csum.to_be_bytes());
+    error[34] = 3;
+    error[35] = 4;
+    error[40..42].copy_from_slice(&1400_u16.to_be_bytes());
+    error[42..70].copy_from_slice(&reply[14..42]);
+    let csum = fold(sum16(&error[34..], 0));
+    error[36..38].copy_from_slice(&csum.to_be_bytes());
+
+    let (verdict, out) = run(ingress(&datapath), &error);
+    assert_eq!(verdict, TC_ACT_OK, "to the stack: {out:02x?}");
+    // To the backend, quoting the reply as the backend sent it.
+    assert_eq!(&out[26..30], &router.octets(), "outer source kept");
+    assert_eq!(
+        &out[30..34],
+        &[10, 244, 1, 10],
+        "outer destination: the backend"
+    );
+    assert_eq!(fold(sum16(&out[14..34], 0)), 0, "outer IPv4 checksum");
+    let inner = &out[42..70];
+    assert_eq!(
+        &inner[12..16],
+        &[10, 244, 1, 10],
+        "quoted source: the backend"
+    );
+    assert_eq!(
+        &inner[16..20],
+        &client.octets(),
+        "quoted destination: the client"
+    );
+    assert_eq!(
+        u16::from_be_bytes([inner[20], inner[21]]),
+        8080,
+        "backend port"
+    );
+    assert_eq!(
+        u16::from_be_bytes([inner[22], inner[23]]),
+        40_000,
+        "client port"
+    );
+    assert_eq!(fold(sum16(&inner[..20], 0)), 0, "quoted IPv4 checksum");
+    assert_eq!(fold(sum16(&out[34..], 0)), 0, "ICMP checksum");
+    assert_eq!(&out[40..42], &1400_u16.to_be_bytes(), "the MTU kept");
+}

@@ -84,11 +84,14 @@ pub enum Reason {
     /// A packet whose TTL (hop limit) would expire here was answered with ICMP "time
     /// exceeded".
     TtlExceeded = 30,
+    /// An ICMP error about a packet of a balanced flow was translated back to the host that
+    /// sent the packet (the client, or the backend).
+    IcmpRelated = 31,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -123,6 +126,7 @@ impl Reason {
         Self::RejectFailed,
         Self::TooBig,
         Self::TtlExceeded,
+        Self::IcmpRelated,
     ];
 
     /// The index of this reason in the counter array.
@@ -176,6 +180,7 @@ impl Reason {
             Self::RejectFailed => "reject_failed",
             Self::TooBig => "too_big",
             Self::TtlExceeded => "ttl_exceeded",
+            Self::IcmpRelated => "icmp_related",
         }
     }
 
@@ -228,6 +233,7 @@ impl Reason {
             Self::RejectFailed => "ICMP errors not sent: packet could not be answered",
             Self::TooBig => "packets too big for their route, answered (fragmentation needed)",
             Self::TtlExceeded => "packets whose TTL expired, answered (time exceeded)",
+            Self::IcmpRelated => "ICMP errors about balanced flows, translated back",
         }
     }
 
@@ -241,7 +247,8 @@ impl Reason {
             | Self::RevNatHit
             | Self::ExternalHit
             | Self::CtReply
-            | Self::FibRedirect => ReasonKind::Translated,
+            | Self::FibRedirect
+            | Self::IcmpRelated => ReasonKind::Translated,
             Self::NotService | Self::UnsupportedProtocol => ReasonKind::Untouched,
             Self::NoBackendReject
             | Self::BackendSlotMissing

@@ -37,9 +37,10 @@ pub(crate) trait Frame {
     const PASS: i32;
     /// Drop the packet.
     const DROP: i32;
-    /// Whether IPv6 rejects are answered at this hook. XDP leaves them to the TC program
-    /// behind it: the IPv6 call chain at XDP has no stack left for building the answer.
-    const REJECTS_IPV6: bool;
+    /// Whether this hook handles the rare, heavier cases: IPv6 ICMP errors (rejects, too
+    /// big, time exceeded) and ICMP errors about balanced flows. XDP leaves them to the TC
+    /// program behind it (untouched): its call chains have no stack left for them.
+    const SLOW_PATH: bool;
 
     /// Reads a `T` at `offset` from the start of the Ethernet header.
     fn load<T: Copy>(&self, offset: usize) -> Option<T>;
@@ -99,7 +100,7 @@ impl Frame for TcContext {
     const NEXT: i32 = TC_VERDICTS.0;
     const PASS: i32 = TC_VERDICTS.1;
     const DROP: i32 = TC_VERDICTS.2;
-    const REJECTS_IPV6: bool = true;
+    const SLOW_PATH: bool = true;
 
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
@@ -243,7 +244,7 @@ impl Frame for XdpContext {
     const NEXT: i32 = XDP_VERDICTS.1;
     const PASS: i32 = XDP_VERDICTS.1;
     const DROP: i32 = XDP_VERDICTS.0;
-    const REJECTS_IPV6: bool = false;
+    const SLOW_PATH: bool = false;
 
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {

@@ -37,6 +37,7 @@ mod post_bind4;
 mod recvmsg4;
 mod recvmsg6;
 mod reject;
+mod related;
 mod route;
 mod sendmsg4;
 mod sendmsg6;

@@ -142,7 +142,7 @@ fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
     })
 }
 
-fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
+pub(crate) fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
     if protocol == Protocol::Tcp.raw() {
         &CT4_TCP
     } else {
@@ -154,7 +154,12 @@ fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
 #[inline(always)]
 pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let Some(packet) = parse(ctx) else {
-        return F::NEXT;
+        // Not TCP or UDP: perhaps an ICMP error about a balanced flow.
+        return if F::SLOW_PATH {
+            crate::related::related4(ctx)
+        } else {
+            F::NEXT
+        };
     };
     let ct = ct_map(packet.protocol);
     let now = now_secs();

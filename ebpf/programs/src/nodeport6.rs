@@ -216,7 +216,7 @@ fn new_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     }
     let (backend_id, backend) = match choose(packet, &service, now) {
         Ok(chosen) => chosen,
-        Err(Reason::ExternalNoBackend) if F::REJECTS_IPV6 => {
+        Err(Reason::ExternalNoBackend) if F::SLOW_PATH => {
             return icmp6(ctx, Icmp::PORT_UNREACHABLE);
         }
         Err(Reason::ExternalNoBackend) => return F::NEXT,
@@ -478,7 +478,7 @@ fn routed<F: Frame>(ctx: &F, src: (&[u8; 16], Be16), dst: (&[u8; 16], Be16)) -> 
         Way::Expiring => Icmp::TIME_EXCEEDED,
         Way::Send | Way::Stack => return Ok(route),
     };
-    if F::REJECTS_IPV6 {
+    if F::SLOW_PATH {
         Err(icmp6(ctx, error))
     } else {
         Err(F::NEXT)

@@ -97,7 +97,7 @@ pub(crate) fn icmp4<F: Frame>(ctx: &F, kind: Icmp) -> i32 {
 
 /// Answers an IPv6 packet (without extension headers) with the ICMPv6 error `kind`, from
 /// its destination to its source; returns the verdict. Only at TC
-/// ([`Frame::REJECTS_IPV6`]).
+/// ([`Frame::SLOW_PATH`]).
 #[inline(never)]
 pub(crate) fn icmp6<F: Frame>(ctx: &F, kind: Icmp) -> i32 {
     answered(ctx, kind, answer6)
