@@ -49,7 +49,7 @@ struct Topology {
     pins: TestPinDir,
     ext: TestNetns,
     node1: TestNetns,
-    _node2: TestNetns,
+    node2: TestNetns,
     pods: Vec<Pod>,
     interfaces: Vec<String>,
     /// `--xdp` for the proxy, if not off.
@@ -222,7 +222,7 @@ impl Topology {
             pins: TestPinDir::new(label).expect("pin dir"),
             ext,
             node1,
-            _node2: node2,
+            node2: node2,
             pods,
             interfaces: vec![to_ext, to_node2],
             xdp: None,
@@ -1056,7 +1056,7 @@ fn path_mtu_discovery_works_through_the_translation() {
         .ip(&["link", "set", &t.interfaces[1], "mtu", "1500"])
         .expect("mtu");
     let out = t
-        ._node2
+        .node2
         .command("ip")
         .args(["-o", "route", "get", "10.244.2.2"])
         .output()
@@ -1067,7 +1067,7 @@ fn path_mtu_discovery_works_through_the_translation() {
         .skip_while(|w| *w != "dev")
         .nth(1)
         .unwrap_or_else(|| panic!("no dev in {route}"));
-    t._node2
+    t.node2
         .ip(&["link", "set", dev, "mtu", "1280"])
         .expect("mtu");
     t.ext.ip(&["route", "flush", "cache"]).expect("flush");
