@@ -222,7 +222,7 @@ impl Topology {
             pins: TestPinDir::new(label).expect("pin dir"),
             ext,
             node1,
-            node2: node2,
+            node2,
             pods,
             interfaces: vec![to_ext, to_node2],
             xdp: None,
