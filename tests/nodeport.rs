@@ -1015,46 +1015,12 @@ fn path_mtu_discovery_works_through_the_translation() {
         return;
     }
     let mut t = Topology::new("pmtu");
-    // The link to node2 is narrower than the client's.
-    t.node1
-        .ip(&["link", "set", &t.interfaces[1], "mtu", "1300"])
-        .expect("mtu");
     t.write(
         "web.yaml",
-        &service("web", "NodePort", "10.96.0.10", &[POD_C], ""),
+        &dual_stack("web", &[("10.244.2.2", "fd44:2::2", "node-2")]),
     );
     t.start_proxy();
-    t.wait_programmed(&["0.0.0.0:30053/udp", "10.244.2.2:5353"]);
-    // 1400 bytes with DF do not fit node1's route to the backend: node1 answers
-    // "fragmentation needed" (MTU 1300) from the NodePort, quoting the client's own
-    // packet, and the client's kernel learns the path MTU. (Answered from the translated
-    // packet, the error would go to node1's own source-NAT address.)
-    let result = t.client(&t.ext, false, &["pmtu", NODE, "30053", "1400"]);
-    assert_eq!(
-        result["mtu"].as_u64(),
-        Some(1300),
-        "{result}; {:?}",
-        [
-            Reason::TooBig,
-            Reason::FibRedirect,
-            Reason::FibFallback,
-            Reason::RejectFailed,
-            Reason::ExternalHit
-        ]
-        .map(|r| (r, t.counter(r)))
-    );
-    assert!(t.counter(Reason::TooBig) >= 1);
-    // Datagrams that fit still flow.
-    let results = t.ext_clients("udp", NODE, 30053, 3, None);
-    assert_eq!(by_backend(&results)["pod-c"].len(), 3, "{results:?}");
-
-    // Narrower further on: node2's link to the backend. node2 answers the source-NATed
-    // packet "fragmentation needed" (MTU 1280) to node1's address; node1 translates the
-    // error back to the client (outer destination, quoted addresses and ports, checksums),
-    // and the client's kernel learns.
-    t.node1
-        .ip(&["link", "set", &t.interfaces[1], "mtu", "1500"])
-        .expect("mtu");
+    t.wait_programmed(&["0.0.0.0:30053/udp", "[::]:30053/udp", "10.244.2.2:5353"]);
     let out = t
         .node2
         .command("ip")
@@ -1062,16 +1028,51 @@ fn path_mtu_discovery_works_through_the_translation() {
         .output()
         .expect("ip route get");
     let route = String::from_utf8_lossy(&out.stdout).into_owned();
-    let dev = route
+    let to_pod = route
         .split_whitespace()
         .skip_while(|w| *w != "dev")
         .nth(1)
-        .unwrap_or_else(|| panic!("no dev in {route}"));
-    t.node2
-        .ip(&["link", "set", dev, "mtu", "1280"])
-        .expect("mtu");
-    t.ext.ip(&["route", "flush", "cache"]).expect("flush");
-    let result = t.client(&t.ext, false, &["pmtu", NODE, "30053", "1400"]);
-    assert_eq!(result["mtu"].as_u64(), Some(1280), "{result}");
-    assert!(t.counter(Reason::IcmpRelated) >= 1);
+        .unwrap_or_else(|| panic!("no dev in {route}"))
+        .to_owned();
+    for (family, host) in [("-4", NODE), ("-6", "fd50::1")] {
+        // node1's own route to the backend is narrower than the client's: node1 answers
+        // the 1400-byte packet ("don't fragment"; IPv6 never fragments on the way) with
+        // "fragmentation needed" / "packet too big" (1300) from the NodePort, quoting the
+        // client's own packet, and the client's kernel learns the path MTU. (Answered from
+        // the translated packet, the error would go to node1's own source-NAT address.)
+        t.node1
+            .ip(&["link", "set", &t.interfaces[1], "mtu", "1300"])
+            .expect("mtu");
+        t.node2
+            .ip(&["link", "set", &to_pod, "mtu", "1500"])
+            .expect("mtu");
+        t.ext
+            .ip(&[family, "route", "flush", "cache"])
+            .expect("flush");
+        let too_big = t.counter(Reason::TooBig);
+        let result = t.client(&t.ext, false, &["pmtu", host, "30053", "1400"]);
+        assert_eq!(result["mtu"].as_u64(), Some(1300), "{host}: {result}");
+        assert!(t.counter(Reason::TooBig) > too_big);
+        // Datagrams that fit still flow.
+        let results = t.ext_clients("udp", host, 30053, 3, None);
+        assert_eq!(by_backend(&results)["pod-c"].len(), 3, "{results:?}");
+
+        // Narrower further on: node2's link to the backend. node2 answers the
+        // source-NATed packet (MTU 1280) to node1's address; node1 translates the error
+        // back to the client (outer destination, quoted addresses and ports, checksums),
+        // and the client's kernel learns.
+        t.node1
+            .ip(&["link", "set", &t.interfaces[1], "mtu", "1500"])
+            .expect("mtu");
+        t.node2
+            .ip(&["link", "set", &to_pod, "mtu", "1280"])
+            .expect("mtu");
+        t.ext
+            .ip(&[family, "route", "flush", "cache"])
+            .expect("flush");
+        let related = t.counter(Reason::IcmpRelated);
+        let result = t.client(&t.ext, false, &["pmtu", host, "30053", "1400"]);
+        assert_eq!(result["mtu"].as_u64(), Some(1280), "{host}: {result}");
+        assert!(t.counter(Reason::IcmpRelated) > related);
+    }
 }

@@ -40,16 +40,19 @@ if mode == "bind":
 host, port = sys.argv[2], int(sys.argv[3])
 
 if mode == "pmtu":
-    IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+    if ":" in host:
+        level, discover, do, mtu = socket.IPPROTO_IPV6, 23, 2, 24
+    else:
+        level, discover, do, mtu = socket.IPPROTO_IP, 10, 2, 14
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
+    s.setsockopt(level, discover, do)
     s.connect((host, port))
     try:
         s.send(b"x" * int(sys.argv[4]))
     except OSError:
         pass
     time.sleep(0.5)
-    print(json.dumps({"mtu": s.getsockopt(socket.IPPROTO_IP, IP_MTU)}))
+    print(json.dumps({"mtu": s.getsockopt(level, mtu)}))
     sys.exit(0)
 
 if mode == "stream":

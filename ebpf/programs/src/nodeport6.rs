@@ -109,7 +109,7 @@ fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
     })
 }
 
-fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
+pub(crate) fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
     if protocol == Protocol::Tcp.raw() {
         &CT6_TCP
     } else {
@@ -122,7 +122,12 @@ fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
 pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let mut packet = Packet::default();
     if !parse_into(ctx, &mut packet) {
-        return F::NEXT;
+        // Not TCP or UDP: perhaps an ICMPv6 error about a balanced flow.
+        return if F::SLOW_PATH {
+            crate::related::related6(ctx)
+        } else {
+            F::NEXT
+        };
     }
     // Each step in a function of its own: a call chain has 512 bytes of stack, and IPv6
     // keys and entries are large.

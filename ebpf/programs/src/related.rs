@@ -1,4 +1,4 @@
-//! ICMP errors about packets of balanced flows (IPv4), translated back to the host that sent
+//! ICMP errors about packets of balanced flows (IPv4 and IPv6), translated back to the host that sent
 //! the packet. An error quotes the packet as it was on the wire where it failed, that is
 //! translated, and is addressed to the packet's (translated) source; the kernel's own
 //! connection tracking does this for kube-proxy's NAT ("related" packets). Two cases:
@@ -16,10 +16,13 @@
 //! the ICMP checksum are rewritten (the quoted L4 checksum is left: nobody checks it), and
 //! the stack routes the error. Errors about other packets go on untouched.
 
-use fairlead_abi::nodeport::CT_REPLY;
-use fairlead_abi::{Be16, Be32, Ct4Key, CtValue, Protocol, Reason, nodeport::CT_ORIGINAL};
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::generated::bpf_csum_diff};
+use fairlead_abi::{
+    Be16, Be32, Ct4Key, Ct6Key, CtValue, Protocol, Reason,
+    nodeport::{CT_ORIGINAL, CT_REPLY},
+};
 
-use crate::{frame::Frame, lb::bump, nodeport::ct_map};
+use crate::{frame::Frame, lb::bump, nodeport::ct_map, nodeport6::ct_map as ct6_map};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -150,4 +153,147 @@ fn quoted_port<F: Frame>(ctx: &F, at: usize, old: u16, new: u16) -> Option<()> {
     }
     ctx.l4_csum_replace(ICMP_CSUM, u32::from(old), u32::from(new), 2)?;
     ctx.store(at, &new)
+}
+
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_ICMPV6: u8 = 58;
+/// The ICMPv6 header, right after an IPv6 header without extension headers.
+const ICMP6: usize = ETH_HLEN + 40;
+const ICMP6_CSUM: usize = ICMP6 + 2;
+/// The quoted IPv6 header.
+const INNER6: usize = ICMP6 + 8;
+
+/// [`related4`] for ICMPv6 errors (destination unreachable, packet too big, time exceeded,
+/// parameter problem) about IPv6 flows. The ICMPv6 checksum covers the outer addresses too
+/// (pseudo-header); the quoted IPv6 header has no checksum of its own.
+#[inline(never)]
+pub(crate) fn related6<F: Frame>(ctx: &F) -> i32 {
+    match translate6(ctx) {
+        Some(true) => {
+            bump(Reason::IcmpRelated);
+            F::PASS
+        }
+        Some(false) => F::NEXT,
+        None => F::DROP,
+    }
+}
+
+#[inline(always)]
+fn translate6<F: Frame>(ctx: &F) -> Option<bool> {
+    let (Some(ethertype), Some(next_header), Some(icmp_type), Some(inner_next)) = (
+        ctx.load::<u16>(12),
+        ctx.load::<u8>(ETH_HLEN + 6),
+        ctx.load::<u8>(ICMP6),
+        ctx.load::<u8>(INNER6 + 6),
+    ) else {
+        return Some(false);
+    };
+    if u16::from_be(ethertype) != ETH_P_IPV6
+        || next_header != IPPROTO_ICMPV6
+        || !matches!(icmp_type, 1..=4)
+        || (inner_next != Protocol::Tcp.raw() && inner_next != Protocol::Udp.raw())
+    {
+        return Some(false);
+    }
+    let (Some(src), Some(dst), Some(sport), Some(dport)) = (
+        ctx.load::<[u8; 16]>(INNER6 + 8),
+        ctx.load::<[u8; 16]>(INNER6 + 24),
+        ctx.load::<u16>(INNER6 + 40),
+        ctx.load::<u16>(INNER6 + 42),
+    ) else {
+        return Some(false);
+    };
+    let (sport, dport) = (Be16::from_raw(sport), Be16::from_raw(dport));
+    let ct = ct6_map(inner_next);
+    let mut key = Ct6Key::new(dst, src, dport, sport, inner_next, CT_REPLY);
+    let mut to = Rewrite6 {
+        from_src: (src, sport),
+        from_dst: (dst, dport),
+        ..Rewrite6::default()
+    };
+    if let Some(entry) = ct.get_ptr(key)
+        // SAFETY: a pointer from a successful lookup points to a live LRU element.
+        && let value = unsafe { &*entry }
+        && value.has_flag(CtValue::FLAG_SNAT)
+    {
+        // To a backend, with source NAT: back to the client, as it sent the packet.
+        to.outer = value.nat_address;
+        to.src = (value.nat_address, value.nat_port);
+        to.dst = (value.address, value.port);
+    } else {
+        // A reply to a client: to the backend, as it sent the reply.
+        key.direction = CT_ORIGINAL;
+        let entry = ct.get_ptr(key)?;
+        // SAFETY: as above.
+        let value = unsafe { &*entry };
+        to.outer = value.address;
+        to.src = (value.address, value.port);
+        to.dst = if value.has_flag(CtValue::FLAG_SNAT) {
+            (value.nat_address, value.nat_port)
+        } else {
+            (dst, dport)
+        };
+    }
+    rewrite6(ctx, &to).map(|()| true)
+}
+
+/// Where an ICMPv6 error goes, and what it quotes, once translated (and what it quotes
+/// now). One struct: a BPF function takes at most five arguments.
+#[derive(Default)]
+struct Rewrite6 {
+    outer: [u8; 16],
+    src: ([u8; 16], Be16),
+    dst: ([u8; 16], Be16),
+    from_src: ([u8; 16], Be16),
+    from_dst: ([u8; 16], Be16),
+}
+
+/// Applies `to` (the outer destination, the quoted addresses and ports), fixing the ICMPv6
+/// checksum. `None` when a step failed (the packet is then half-translated: dropped).
+#[inline(never)]
+fn rewrite6<F: Frame>(ctx: &F, to: &Rewrite6) -> Option<()> {
+    let outer: [u8; 16] = ctx.load(ETH_HLEN + 24)?;
+    address6(ctx, ETH_HLEN + 24, &outer, &to.outer, true)?;
+    address6(ctx, INNER6 + 8, &to.from_src.0, &to.src.0, false)?;
+    address6(ctx, INNER6 + 24, &to.from_dst.0, &to.dst.0, false)?;
+    port6(ctx, INNER6 + 40, to.from_src.1, to.src.1)?;
+    port6(ctx, INNER6 + 42, to.from_dst.1, to.dst.1)
+}
+
+#[inline(always)]
+fn address6<F: Frame>(
+    ctx: &F,
+    at: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    pseudo_header: bool,
+) -> Option<()> {
+    if old == new {
+        return Some(());
+    }
+    let mut from = [0_u32; 4];
+    let mut to = [0_u32; 4];
+    for i in 0..4 {
+        from[i] = u32::from_ne_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]);
+        to[i] = u32::from_ne_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]);
+    }
+    // SAFETY: both buffers are 16-byte stack arrays of u32, the sizes passed.
+    let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+    let diff = u32::try_from(diff).ok()?;
+    let flags = if pseudo_header {
+        u64::from(BPF_F_PSEUDO_HDR)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(ICMP6_CSUM, 0, diff, flags)?;
+    ctx.store(at, new)
+}
+
+#[inline(always)]
+fn port6<F: Frame>(ctx: &F, at: usize, old: Be16, new: Be16) -> Option<()> {
+    if old == new {
+        return Some(());
+    }
+    ctx.l4_csum_replace(ICMP6_CSUM, u32::from(old.raw()), u32::from(new.raw()), 2)?;
+    ctx.store(at, &new.raw())
 }
