@@ -3,8 +3,9 @@
 //! a caching forwarder for every other name.
 //!
 //! The pieces, in the order a request meets them:
-//! - transport: our own UDP loops (SO_REUSEPORT sockets), hickory-server's
-//!   TCP loop, on `--listen`;
+//! - transport: our own UDP loops (SO_REUSEPORT sockets; on a wildcard
+//!   address each answer leaves from the address its query was sent to),
+//!   hickory-server's TCP loop, on `--listen`;
 //! - the UDP fast path: plain questions about cluster names answered from a
 //!   per-loop cache of pre-serialised responses (`fast`);
 //! - [`Handler`]: everything else, on hickory: EDNS0, the asker's case kept,
@@ -26,6 +27,7 @@ mod handler;
 pub mod index;
 pub mod metrics;
 pub mod names;
+mod pktinfo;
 mod udp;
 
 use std::net::SocketAddr;
