@@ -619,12 +619,16 @@ fn ifindex(netns: &TestNetns, dev: &str) -> u32 {
 /// interface, an IPv6 link-local one besides the kernel's, and an address
 /// of each family on loopback (a VIP, as node-local DNS caches use) that
 /// the client reaches through the first. The client has no link-local
-/// address: it asks fe80::53 from fd53::100, so the answer must name the
-/// interface to leave from. Returns the node, the client and the client's
+/// address (only a route to fe80::/64): it asks fe80::53 from fd53::100, so
+/// the answer must name the interface to leave from. Returns the node, the client and the client's
 /// interface.
 fn multi_homed_node() -> (TestNetns, TestNetns, String) {
     let node = TestNetns::new("dnode").expect("node netns");
     let client = TestNetns::new("dcli").expect("client netns");
+    // Set before the veth arrives: no link-local address on it, ever.
+    client
+        .sysctl("net.ipv6.conf.default.addr_gen_mode=1")
+        .unwrap();
     let (_, client_if) = node
         .link(
             &[
@@ -644,7 +648,6 @@ fn multi_homed_node() -> (TestNetns, TestNetns, String) {
     for route in [
         &["route", "add", "10.99.0.53/32", "via", "10.53.0.1"][..],
         &["route", "add", "fd99::53/128", "via", "fd53::1"],
-        &["addr", "flush", "dev", &client_if, "scope", "link"],
         &["-6", "route", "replace", "fe80::/64", "dev", &client_if],
     ] {
         client.ip(route).unwrap();
