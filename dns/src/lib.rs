@@ -55,7 +55,7 @@ pub use metrics::Metrics;
 #[derive(clap::Args, Debug, Clone)]
 #[group(id = "dns-args")]
 pub struct Args {
-    /// Where to serve DNS, over UDP and TCP (repeatable): IP:PORT, [IPv6]:PORT, or :PORT for every IPv4 address.
+    /// Where to serve DNS, over UDP and TCP (repeatable): IP:PORT, [IPv6]:PORT, or :PORT for every IPv4 address. On a wildcard address ([::] takes IPv4 too), each UDP answer leaves from the address its query was sent to.
     #[arg(long = "listen", value_name = "ADDR", default_value = ":53", value_parser = names::parse_listen)]
     pub listen: Vec<SocketAddr>,
     /// The cluster domain.
@@ -371,11 +371,12 @@ async fn follow(
         }
         ready.serving(index.load().generation());
         if index.load().synced() && !ready.get() {
+            // Ready first: whoever reads this line may ask /ready at once.
+            ready.set(true);
             info!(
                 generation = index.load().generation(),
                 "model synced; answering cluster names"
             );
-            ready.set(true);
         }
         tokio::select! {
             changed = model.changed() => if changed.is_err() {
