@@ -1034,24 +1034,29 @@ fn path_mtu_discovery_works_through_the_translation() {
         .nth(1)
         .unwrap_or_else(|| panic!("no dev in {route}"))
         .to_owned();
-    for (family, host) in [("-4", NODE), ("-6", "fd50::1")] {
-        // node1's own route to the backend is narrower than the client's: node1 answers
-        // the 1400-byte packet ("don't fragment"; IPv6 never fragments on the way) with
-        // "fragmentation needed" / "packet too big" (1300) from the NodePort, quoting the
-        // client's own packet, and the client's kernel learns the path MTU. (Answered from
-        // the translated packet, the error would go to node1's own source-NAT address.)
+    // The path MTU the client's kernel learns for `host` after a 1400-byte datagram ("don't
+    // fragment"; IPv6 never fragments on the way), with node1's link to node2 and node2's
+    // link to the backend at the MTUs given.
+    let learnt = |family: &str, host: &str, node1_mtu: &str, node2_mtu: &str| {
         t.node1
-            .ip(&["link", "set", &t.interfaces[1], "mtu", "1300"])
+            .ip(&["link", "set", &t.interfaces[1], "mtu", node1_mtu])
             .expect("mtu");
         t.node2
-            .ip(&["link", "set", &to_pod, "mtu", "1500"])
+            .ip(&["link", "set", &to_pod, "mtu", node2_mtu])
             .expect("mtu");
         t.ext
             .ip(&[family, "route", "flush", "cache"])
             .expect("flush");
-        let too_big = t.counter(Reason::TooBig);
         let result = t.client(&t.ext, false, &["pmtu", host, "30053", "1400"]);
-        assert_eq!(result["mtu"].as_u64(), Some(1300), "{host}: {result}");
+        result["mtu"].as_u64()
+    };
+    for (family, host) in [("-4", NODE), ("-6", "fd50::1")] {
+        // node1's own route to the backend is narrower than the client's: node1 answers
+        // "fragmentation needed" / "packet too big" (1300) from the NodePort, quoting the
+        // client's own packet. (Answered from the translated packet, the error would go to
+        // node1's own source-NAT address.)
+        let too_big = t.counter(Reason::TooBig);
+        assert_eq!(learnt(family, host, "1300", "1500"), Some(1300), "{host}");
         assert!(t.counter(Reason::TooBig) > too_big);
         // Datagrams that fit still flow.
         let results = t.ext_clients("udp", host, 30053, 3, None);
@@ -1059,20 +1064,9 @@ fn path_mtu_discovery_works_through_the_translation() {
 
         // Narrower further on: node2's link to the backend. node2 answers the
         // source-NATed packet (MTU 1280) to node1's address; node1 translates the error
-        // back to the client (outer destination, quoted addresses and ports, checksums),
-        // and the client's kernel learns.
-        t.node1
-            .ip(&["link", "set", &t.interfaces[1], "mtu", "1500"])
-            .expect("mtu");
-        t.node2
-            .ip(&["link", "set", &to_pod, "mtu", "1280"])
-            .expect("mtu");
-        t.ext
-            .ip(&[family, "route", "flush", "cache"])
-            .expect("flush");
+        // back to the client (outer destination, quoted addresses and ports, checksums).
         let related = t.counter(Reason::IcmpRelated);
-        let result = t.client(&t.ext, false, &["pmtu", host, "30053", "1400"]);
-        assert_eq!(result["mtu"].as_u64(), Some(1280), "{host}: {result}");
+        assert_eq!(learnt(family, host, "1500", "1280"), Some(1280), "{host}");
         assert!(t.counter(Reason::IcmpRelated) > related);
     }
 }

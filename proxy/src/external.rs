@@ -46,14 +46,7 @@ impl Datapath {
                     attach_tcx(program, name, ifname, attach_type)?;
                 }
                 Some(links) => {
-                    let fd = program
-                        .fd()
-                        .and_then(|fd| {
-                            fd.as_fd()
-                                .try_clone_to_owned()
-                                .map_err(aya::programs::ProgramError::IOError)
-                        })
-                        .map_err(|source| tc_error(name, "open", source))?;
+                    let fd = owned_fd(program.fd(), name)?;
                     links.install(
                         &format!("tc-{ifname}-{suffix}"),
                         &Hook::Interface(ifindex),
@@ -104,14 +97,7 @@ impl Datapath {
                     .map_err(|source| tc_error(name, "attach", source))?;
             }
             Some(links) => {
-                let fd = program
-                    .fd()
-                    .and_then(|fd| {
-                        fd.as_fd()
-                            .try_clone_to_owned()
-                            .map_err(aya::programs::ProgramError::IOError)
-                    })
-                    .map_err(|source| tc_error(name, "open", source))?;
+                let fd = owned_fd(program.fd(), name)?;
                 links.install(
                     &format!("xdp-{ifname}"),
                     &Hook::Interface(ifindex),
@@ -283,6 +269,19 @@ fn attach_tcx(
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
         .map_err(|source| tc_error(name, "attach", source))
+}
+
+/// A descriptor of its own for the loaded program `name` (which the datapath keeps).
+fn owned_fd(
+    fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+    name: &str,
+) -> Result<std::os::fd::OwnedFd, Error> {
+    fd.and_then(|fd| {
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(aya::programs::ProgramError::IOError)
+    })
+    .map_err(|source| tc_error(name, "open", source))
 }
 
 fn tc_error(name: &str, action: &'static str, source: aya::programs::ProgramError) -> Error {

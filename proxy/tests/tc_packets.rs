@@ -211,6 +211,17 @@ fn datapath() -> (Datapath, TestNetns) {
     (datapath, netns)
 }
 
+/// [`datapath`] with the maps programmed for the `web` Service with `backends` local
+/// endpoints ([`snapshot`]).
+fn programmed(backends: usize) -> (Datapath, TestNetns) {
+    let (mut datapath, netns) = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let report = Reconciler::new(Some("node-1".to_owned()))
+        .sync(&snapshot(&mut writer, backends), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    (datapath, netns)
+}
+
 fn ingress(datapath: &Datapath) -> &SchedClassifier {
     program(datapath, programs::TC_INGRESS)
 }
@@ -322,7 +333,7 @@ fn translated_packets_are_routed_by_the_fib() {
     if !privileged("tc_packets::translated_packets_are_routed_by_the_fib") {
         return;
     }
-    let (mut datapath, netns) = datapath();
+    let (mut datapath, netns) = programmed(1);
     // The backends' subnet on an interface (a veth, both ends here) with a known
     // neighbour, and forwarding on.
     let backend_mac = [0x02, 0, 0, 0, 0, 0x0a];
@@ -355,10 +366,6 @@ fn translated_packets_are_routed_by_the_fib() {
         netns.ip(args).expect("ip");
     }
     netns.sysctl("net.ipv4.ip_forward=1").expect("forwarding");
-    let (mut writer, _rx) = ModelWriter::new();
-    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
-    let report = reconciler.sync(&snapshot(&mut writer, 1), &mut datapath);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
 
     let client = Ipv4Addr::new(198, 51, 100, 7);
     let (verdict, out) = run(ingress(&datapath), &syn(client, 40_000, LB_IP, 80));
@@ -453,11 +460,7 @@ fn a_frontend_without_endpoints_answers_icmp_port_unreachable() {
     if !privileged("tc_packets::a_frontend_without_endpoints_answers_icmp_port_unreachable") {
         return;
     }
-    let (mut datapath, _netns) = datapath();
-    let (mut writer, _rx) = ModelWriter::new();
-    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
-    let report = reconciler.sync(&snapshot(&mut writer, 0), &mut datapath);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let (datapath, _netns) = programmed(0);
 
     let client = Ipv4Addr::new(198, 51, 100, 7);
     let mut packet = syn(client, 40_000, LB_IP, 80);
@@ -522,11 +525,7 @@ fn an_icmp_error_about_a_reply_goes_to_the_backend() {
     if !privileged("tc_packets::an_icmp_error_about_a_reply_goes_to_the_backend") {
         return;
     }
-    let (mut datapath, _netns) = datapath();
-    let (mut writer, _rx) = ModelWriter::new();
-    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
-    let report = reconciler.sync(&snapshot(&mut writer, 1), &mut datapath);
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let (datapath, _netns) = programmed(1);
     // A flow: client → frontend, balanced to the (local) backend 10.244.1.10:8080.
     let client = Ipv4Addr::new(198, 51, 100, 7);
     let (verdict, _) = run(ingress(&datapath), &syn(client, 40_000, LB_IP, 80));

@@ -37,7 +37,14 @@ const INNER: usize = ICMP + 8;
 /// documentation); returns the verdict (`NEXT` for anything else).
 #[inline(never)]
 pub(crate) fn related4<F: Frame>(ctx: &F) -> i32 {
-    match translate(ctx) {
+    verdict::<F>(translate(ctx))
+}
+
+/// The verdict of a translation: to the stack when translated, on untouched when not ours,
+/// dropped when a rewrite failed half-way.
+#[inline(always)]
+fn verdict<F: Frame>(translated: Option<bool>) -> i32 {
+    match translated {
         Some(true) => {
             bump(Reason::IcmpRelated);
             F::PASS
@@ -168,14 +175,7 @@ const INNER6: usize = ICMP6 + 8;
 /// (pseudo-header); the quoted IPv6 header has no checksum of its own.
 #[inline(never)]
 pub(crate) fn related6<F: Frame>(ctx: &F) -> i32 {
-    match translate6(ctx) {
-        Some(true) => {
-            bump(Reason::IcmpRelated);
-            F::PASS
-        }
-        Some(false) => F::NEXT,
-        None => F::DROP,
-    }
+    verdict::<F>(translate6(ctx))
 }
 
 #[inline(always)]
