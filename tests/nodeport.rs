@@ -454,6 +454,11 @@ fn dual_stack(name: &str, pods: &[(&str, &str, &str)]) -> String {
     )
 }
 
+/// pod-a (local) and pod-c (remote), IPv4 and IPv6.
+const DUAL_STACK_PODS: [(&str, &str, &str); 2] = [
+    ("10.244.1.2", "fd44:1::2", "node-1"),
+    ("10.244.2.2", "fd44:2::2", "node-2"),
+];
 const POD_A: (&str, &str) = ("10.244.1.2", "node-1");
 const POD_B: (&str, &str) = ("10.244.1.3", "node-1");
 const POD_C: (&str, &str) = ("10.244.2.2", "node-2");
@@ -844,16 +849,7 @@ fn ipv6_nodeport_reaches_local_and_remote_backends() {
         return;
     }
     let mut t = Topology::new("np6");
-    t.write(
-        "web.yaml",
-        &dual_stack(
-            "web",
-            &[
-                ("10.244.1.2", "fd44:1::2", "node-1"),
-                ("10.244.2.2", "fd44:2::2", "node-2"),
-            ],
-        ),
-    );
+    t.write("web.yaml", &dual_stack("web", &DUAL_STACK_PODS));
     t.start_proxy();
     t.wait_programmed(&["[::]:30080/tcp", "[::]:30053/udp", "0.0.0.0:30080/tcp"]);
 
@@ -940,16 +936,7 @@ fn xdp_generic_balances_and_rejects_in_front_of_tc() {
 fn xdp_balances_in_front_of_tc(mode: &'static str) {
     let mut t = Topology::new("xdp");
     t.xdp = Some(mode);
-    t.write(
-        "web.yaml",
-        &dual_stack(
-            "web",
-            &[
-                ("10.244.1.2", "fd44:1::2", "node-1"),
-                ("10.244.2.2", "fd44:2::2", "node-2"),
-            ],
-        ),
-    );
+    t.write("web.yaml", &dual_stack("web", &DUAL_STACK_PODS));
     t.start_proxy();
     t.wait_programmed(&["0.0.0.0:30080/tcp", "[::]:30080/tcp", "10.244.2.2:8080"]);
     let out = t
