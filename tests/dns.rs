@@ -2,15 +2,20 @@
 //! (dig and kdig over UDP and TCP, glibc's resolver in a network namespace),
 //! with truncation forcing a TCP retry, a manifest change reaching the
 //! answer, forwarding to an upstream (a second fairlead) and serving stale
-//! when it stops, bad packets, telemetry and the lameduck shutdown.
+//! when it stops, bad packets, telemetry and the lameduck shutdown; and, on
+//! a wildcard `--listen` in a node namespace with several addresses, UDP
+//! answers that leave from the address asked.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use fairlead_proxy::testing::TestNetns;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("dns/tests/fixtures/cluster")
@@ -568,4 +573,202 @@ fn glibc_resolves_a_short_name_through_the_search_path_in_a_namespace() {
     );
     // A name that exists nowhere: not found (exit 2).
     assert_eq!(getent("nosuch").status.code(), Some(2));
+}
+
+/// A plain query for `name` (type A, class IN, no EDNS) with message id `id`.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut query = id.to_be_bytes().to_vec();
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        query.push(u8::try_from(label.len()).unwrap());
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+/// Runs `f` on a thread inside `netns` (sockets it opens belong there).
+fn in_netns<T: Send>(netns: &TestNetns, f: impl FnOnce() -> T + Send) -> T {
+    let path = netns.path();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(&path).unwrap();
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// The interface index of `dev` in `netns`.
+fn ifindex(netns: &TestNetns, dev: &str) -> u32 {
+    let out = run(Command::new("ip").args(["-n", netns.name(), "-o", "link", "show", "dev", dev]));
+    out.split(':')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex for {dev}: {out}"))
+}
+
+/// The node of the wildcard test: two IPv4 and two IPv6 addresses on its
+/// interface, an IPv6 link-local one besides the kernel's, and an address
+/// of each family on loopback (a VIP, as node-local DNS caches use) that
+/// the client reaches through the first. The client has no link-local
+/// address (only a route to fe80::/64): it asks fe80::53 from fd53::100, so
+/// the answer must name the interface to leave from. Returns the node, the client and the client's
+/// interface.
+fn multi_homed_node() -> (TestNetns, TestNetns, String) {
+    let node = TestNetns::new("dnode").expect("node netns");
+    let client = TestNetns::new("dcli").expect("client netns");
+    // Set before the veth arrives: no link-local address on it, ever.
+    client
+        .sysctl("net.ipv6.conf.default.addr_gen_mode=1")
+        .unwrap();
+    let (_, client_if) = node
+        .link(
+            &[
+                "10.53.0.1/24",
+                "10.53.0.2/24",
+                "fd53::1/64",
+                "fd53::2/64",
+                "fe80::53/64",
+            ],
+            &client,
+            &["10.53.0.100/24", "fd53::100/64"],
+        )
+        .expect("veth");
+    for vip in ["10.99.0.53/32", "fd99::53/128"] {
+        node.ip(&["addr", "add", vip, "dev", "lo"]).unwrap();
+    }
+    for route in [
+        &["route", "add", "10.99.0.53/32", "via", "10.53.0.1"][..],
+        &["route", "add", "fd99::53/128", "via", "fd53::1"],
+        &["-6", "route", "replace", "fe80::/64", "dev", &client_if],
+    ] {
+        client.ip(route).unwrap();
+    }
+    (node, client, client_if)
+}
+
+/// dig, from `client`, asks `server` on `port` over each path of the UDP
+/// loop; each answer must arrive (dig drops or never sees one from another
+/// address).
+fn dig_gets_every_answer(client: &TestNetns, server: &str, port: u16) {
+    let port = port.to_string();
+    for (question, want) in [
+        // The fast path.
+        (&["web.shop.svc.cluster.local", "A"][..], "10.96.10.10"),
+        // The general path (another class: REFUSED).
+        (
+            &["-c", "CH", "web.shop.svc.cluster.local", "A"][..],
+            "status: REFUSED",
+        ),
+        // Forwarded to the upstream, answered from a spawned task.
+        (&["web.shop.svc.upstream.test", "A"][..], "10.96.10.10"),
+    ] {
+        let mut dig = client.command("dig");
+        dig.arg(format!("@{server}"))
+            .args(["-p", &port, "+time=2", "+tries=1"])
+            .args(question);
+        let out = fairlead_proxy::testing::run_with_timeout(dig, Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("status: ") && text.contains(want),
+            "dig @{server} -p {port} {question:?}:\n{text}"
+        );
+        assert!(!text.contains("unexpected source"), "{text}");
+    }
+}
+
+/// A UDP socket in `client`, connect()ed to `to` (the kernel drops
+/// datagrams from any other address), gets its answers: a cluster name
+/// (fast path) and a forwarded one.
+fn connected_socket_gets_answers(client: &TestNetns, to: SocketAddr) {
+    let answers = in_netns(client, || {
+        let local: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let socket = UdpSocket::bind(local).unwrap();
+        socket.connect(to).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut answers = Vec::new();
+        for (id, name) in [
+            (0x5301, "web.shop.svc.cluster.local"),
+            (0x5302, "web.shop.svc.upstream.test"),
+        ] {
+            socket.send(&a_query(id, name)).unwrap();
+            let mut buf = [0u8; 512];
+            let answer = socket.recv(&mut buf).map(|n| buf[..n].to_vec());
+            answers.push((id, answer.map_err(|e| e.to_string())));
+        }
+        answers
+    });
+    for (id, answer) in answers {
+        let answer = answer.unwrap_or_else(|e| panic!("no answer from {to} to {id:#x}: {e}"));
+        assert_eq!(answer[..2], id.to_be_bytes(), "{to}");
+        assert_eq!(answer[3] & 0x0F, 0, "NOERROR from {to}");
+        assert_eq!(answer[6..8], [0, 1], "one answer from {to}");
+    }
+}
+
+/// On a wildcard `--listen`, every UDP answer leaves from the address its
+/// query was sent to. fairlead listens on `:53` (IPv4) and on `[::]:5353`
+/// (dual-stack: IPv4 arrives v4-mapped) on a node with several addresses
+/// (`multi_homed_node`). From another namespace, dig asks each address over
+/// each path and must get its answers, and so must a socket connect()ed to
+/// the address asked.
+#[test]
+fn udp_answers_on_a_wildcard_listener_leave_from_the_address_asked() {
+    if !fairlead_proxy::testing::privileged(
+        "udp_answers_on_a_wildcard_listener_leave_from_the_address_asked",
+    ) {
+        return;
+    }
+    let (node, client, client_if) = multi_homed_node();
+    let fairlead = || node.command(env!("CARGO_BIN_EXE_fairlead"));
+    let upstream = Fairlead::start_with(
+        fairlead(),
+        &fixtures(),
+        "127.0.0.1:0",
+        &["--zone", "upstream.test", "--upstream", "127.0.0.1:9"],
+    );
+    let forward_to = upstream.dns.to_string();
+    let _v4 = Fairlead::start_with(fairlead(), &fixtures(), ":53", &["--upstream", &forward_to]);
+    let _dual = Fairlead::start_with(
+        fairlead(),
+        &fixtures(),
+        "[::]:5353",
+        &["--upstream", &forward_to],
+    );
+
+    let mut asked: Vec<(String, SocketAddr)> = Vec::new();
+    for ip in ["10.53.0.1", "10.53.0.2", "10.99.0.53"] {
+        for port in [53, 5353] {
+            asked.push((ip.to_owned(), SocketAddr::new(ip.parse().unwrap(), port)));
+        }
+    }
+    for ip in ["fd53::1", "fd53::2", "fd99::53"] {
+        asked.push((ip.to_owned(), SocketAddr::new(ip.parse().unwrap(), 5353)));
+    }
+    let link_local = std::net::SocketAddrV6::new(
+        "fe80::53".parse().unwrap(),
+        5353,
+        0,
+        ifindex(&client, &client_if),
+    );
+    asked.push((format!("fe80::53%{client_if}"), link_local.into()));
+    for (server, to) in &asked {
+        dig_gets_every_answer(&client, server, to.port());
+        connected_socket_gets_answers(&client, *to);
+    }
 }

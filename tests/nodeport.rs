@@ -49,9 +49,11 @@ struct Topology {
     pins: TestPinDir,
     ext: TestNetns,
     node1: TestNetns,
-    _node2: TestNetns,
+    node2: TestNetns,
     pods: Vec<Pod>,
     interfaces: Vec<String>,
+    /// `--xdp` for the proxy, if not off.
+    xdp: Option<&'static str>,
     proxy: Option<KillOnDrop>,
     log: PathBuf,
 }
@@ -220,9 +222,10 @@ impl Topology {
             pins: TestPinDir::new(label).expect("pin dir"),
             ext,
             node1,
-            _node2: node2,
+            node2,
             pods,
             interfaces: vec![to_ext, to_node2],
+            xdp: None,
             proxy: None,
             log,
         };
@@ -271,6 +274,7 @@ impl Topology {
                 "--maglev-table-size",
                 "1021",
             ])
+            .args(self.xdp.map(|mode| format!("--xdp={mode}")))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -319,6 +323,46 @@ impl Topology {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Counts, in node1's netfilter forward hook, packets to the backends' ports (TCP 8080,
+    /// UDP 5353): [`Topology::forwarded_to_backends`] reads the counts.
+    fn count_forwarded_to_backends(&self) {
+        let rules = "table inet fltest {\n chain counted {\n  type filter hook forward priority 0;\n  tcp dport 8080 counter\n  udp dport 5353 counter\n }\n}\n";
+        let mut nft = self.node1.command("nft");
+        nft.args(["-f", "-"]).stdin(Stdio::piped());
+        let mut child = nft.spawn().expect("nft");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("nft rules");
+        assert!(child.wait().expect("nft").success(), "nft -f failed");
+    }
+
+    /// The (TCP, UDP) packet counts of [`Topology::count_forwarded_to_backends`].
+    fn forwarded_to_backends(&self) -> (u64, u64) {
+        let out = self
+            .node1
+            .command("nft")
+            .args(["list", "chain", "inet", "fltest", "counted"])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let count = |proto: &str| -> u64 {
+            let line = text
+                .lines()
+                .find(|l| l.contains(proto))
+                .unwrap_or_else(|| panic!("no {proto} rule in {text}"));
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words
+                .iter()
+                .position(|w| *w == "packets")
+                .unwrap_or_else(|| panic!("no counter in {line}"));
+            words[at + 1].parse().expect("a packet count")
+        };
+        (count("tcp dport 8080"), count("udp dport 5353"))
     }
 
     /// Runs the client in `ns` (optionally in the test cgroup).
@@ -400,12 +444,21 @@ fn dual_stack(name: &str, pods: &[(&str, &str, &str)]) -> String {
             "  - {{addresses: [\"{a6}\"], conditions: {{ready: true}}, nodeName: {node}}}"
         );
     }
+    if pods.is_empty() {
+        v4.push_str("  []\n");
+        v6.push_str("  []\n");
+    }
     let ports = "[{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]";
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  type: NodePort\n  clusterIP: \"10.96.0.20\"\n  clusterIPs: [\"10.96.0.20\", \"fd96::20\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-4, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: {ports}\nendpoints:\n{v4}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-6, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv6\nports: {ports}\nendpoints:\n{v6}"
     )
 }
 
+/// pod-a (local) and pod-c (remote), IPv4 and IPv6.
+const DUAL_STACK_PODS: [(&str, &str, &str); 2] = [
+    ("10.244.1.2", "fd44:1::2", "node-1"),
+    ("10.244.2.2", "fd44:2::2", "node-2"),
+];
 const POD_A: (&str, &str) = ("10.244.1.2", "node-1");
 const POD_B: (&str, &str) = ("10.244.1.3", "node-1");
 const POD_C: (&str, &str) = ("10.244.2.2", "node-2");
@@ -451,6 +504,7 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
         "0.0.0.0:30053/udp",
         "maglev 1021 slots",
     ]);
+    t.count_forwarded_to_backends();
 
     // TCP: 80 connections from ext to node1:30080 spread over both backends (each gets at
     // least 15 of 80 with probability > 1 - 1e-7 under Maglev's even split). The local
@@ -490,6 +544,20 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
     // conntrack already knows the flow.
     assert!(t.counter(Reason::ExternalHit) >= 80);
     assert!(t.counter(Reason::CtReply) >= 140);
+    // Translated packets went straight to their output interface (bpf_fib_lookup +
+    // redirect): netfilter's forward hook on node1 saw none of them, and none needed the
+    // kernel's forwarding path. (Replies of the local backend are the stack's own.)
+    assert_eq!(
+        t.forwarded_to_backends(),
+        (0, 0),
+        "packets took the stack's path"
+    );
+    assert!(
+        t.counter(Reason::FibRedirect) >= 80 * 3 + 60,
+        "{}",
+        t.rendered()
+    );
+    assert_eq!(t.counter(Reason::FibFallback), 0);
 
     // Status shows the NodePort with its Maglev table and the conntrack fill.
     let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
@@ -517,6 +585,27 @@ fn external_traffic_policy_local_serves_only_local_endpoints() {
         return;
     }
     let mut t = Topology::new("etp");
+    // No endpoint at all: rejected at once, whatever the policy (ECONNREFUSED).
+    t.write(
+        "web.yaml",
+        &service(
+            "web",
+            "NodePort",
+            "10.96.0.11",
+            &[],
+            "  externalTrafficPolicy: Local\n",
+        ),
+    );
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30080/tcp"]);
+    let results = t.ext_clients("tcp", NODE, 30080, 2, None);
+    assert!(
+        results.iter().all(|r| r["errno"].as_i64() == Some(111)),
+        "{results:?}"
+    );
+    let rejected = t.counter(Reason::ExternalNoBackend);
+    assert!(rejected >= 2);
+
     // Only a remote endpoint: node1 does not serve the NodePort (dropped, counted).
     t.write(
         "web.yaml",
@@ -528,14 +617,16 @@ fn external_traffic_policy_local_serves_only_local_endpoints() {
             "  externalTrafficPolicy: Local\n",
         ),
     );
-    t.start_proxy();
     t.wait_programmed(&["0.0.0.0:30080/tcp", "external-local"]);
+    // Dropped (the client times out: -1), not refused: kube-proxy drops too, so that a load
+    // balancer's health check, not the client, learns that this node does not serve.
     let results = t.ext_clients("tcp", NODE, 30080, 3, None);
     assert!(
-        results.iter().all(|r| r.get("errno").is_some()),
+        results.iter().all(|r| r["errno"].as_i64() == Some(-1)),
         "{results:?}"
     );
     assert!(t.counter(Reason::ExternalNoLocalBackend) >= 3);
+    assert_eq!(t.counter(Reason::ExternalNoBackend), rejected);
 
     // With local endpoints: only they serve, and they see the client's own address.
     t.write(
@@ -758,16 +849,7 @@ fn ipv6_nodeport_reaches_local_and_remote_backends() {
         return;
     }
     let mut t = Topology::new("np6");
-    t.write(
-        "web.yaml",
-        &dual_stack(
-            "web",
-            &[
-                ("10.244.1.2", "fd44:1::2", "node-1"),
-                ("10.244.2.2", "fd44:2::2", "node-2"),
-            ],
-        ),
-    );
+    t.write("web.yaml", &dual_stack("web", &DUAL_STACK_PODS));
     t.start_proxy();
     t.wait_programmed(&["[::]:30080/tcp", "[::]:30053/udp", "0.0.0.0:30080/tcp"]);
 
@@ -784,4 +866,194 @@ fn ipv6_nodeport_reaches_local_and_remote_backends() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen["pod-c"].iter().all(|ip| ip == "fd18::1"), "{seen:?}");
     all_from(&results, "fd50::1:30053");
+    // Routed by the FIB lookup (and redirect), as for IPv4.
+    assert!(t.counter(Reason::FibRedirect) >= 60 * 3 + 40);
+    assert_eq!(t.counter(Reason::FibFallback), 0, "{}", t.rendered());
+}
+
+#[test]
+fn a_frontend_without_endpoints_rejects_at_once() {
+    if !privileged("nodeport::a_frontend_without_endpoints_rejects_at_once") {
+        return;
+    }
+    let mut t = Topology::new("rej");
+    t.write("web.yaml", &dual_stack("web", &[]));
+    t.start_proxy();
+    t.wait_programmed(&["[::]:30080/tcp", "0.0.0.0:30053/udp"]);
+
+    // TCP and UDP, IPv4 and IPv6: ICMP port unreachable from the NodePort, so every
+    // attempt fails with ECONNREFUSED (111) at once (a drop would time out: -1).
+    for (mode, host, port) in [
+        ("tcp", NODE, 30080),
+        ("tcp", "fd50::1", 30080),
+        ("udp-connected", NODE, 30053),
+        ("udp-connected", "fd50::1", 30053),
+    ] {
+        let results = t.ext_clients(mode, host, port, 3, None);
+        assert!(
+            results.iter().all(|r| r["errno"].as_i64() == Some(111)),
+            "{mode} {host}: {results:?}; log:\n{}",
+            t.log_text()
+        );
+    }
+    assert!(t.counter(Reason::ExternalNoBackend) >= 12);
+    assert_eq!(t.counter(Reason::RejectFailed), 0);
+
+    // A flood is answered at most ICMP_REJECTS_PER_SEC times per CPU and second; the rest
+    // is dropped and counted.
+    let before = t.counter(Reason::ExternalNoBackend);
+    let flood = t.client(&t.ext, false, &["flood", NODE, "30053", "6000"]);
+    assert_eq!(flood["sent"].as_u64(), Some(6000), "{flood}");
+    let answered = t.counter(Reason::ExternalNoBackend) - before;
+    let limited = t.counter(Reason::RejectLimited);
+    assert!(limited > 0, "answered {answered}, none limited");
+    assert_eq!(
+        answered + limited,
+        6000,
+        "answered {answered}, limited {limited}"
+    );
+}
+
+#[test]
+fn xdp_native_balances_in_front_of_tc() {
+    if !privileged("nodeport::xdp_native_balances_in_front_of_tc") {
+        return;
+    }
+    xdp_balances_in_front_of_tc("native");
+}
+
+#[test]
+fn xdp_generic_balances_and_rejects_in_front_of_tc() {
+    if !privileged("nodeport::xdp_generic_balances_and_rejects_in_front_of_tc") {
+        return;
+    }
+    xdp_balances_in_front_of_tc("generic");
+}
+
+/// NodePorts through the XDP program (`--xdp mode`). Rejects are checked in generic mode
+/// only: what native XDP sends back out of a veth (`XDP_TX`) reaches the peer only when the
+/// peer runs NAPI (an XDP program of its own), which the client's end does not here.
+fn xdp_balances_in_front_of_tc(mode: &'static str) {
+    let mut t = Topology::new("xdp");
+    t.xdp = Some(mode);
+    t.write("web.yaml", &dual_stack("web", &DUAL_STACK_PODS));
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30080/tcp", "[::]:30080/tcp", "10.244.2.2:8080"]);
+    let out = t
+        .node1
+        .command("ip")
+        .args(["-d", "link", "show", "dev", &t.interfaces[0]])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("prog/xdp"),
+        "no XDP program on the interface: {text}"
+    );
+
+    // Served as at TC: the local backend sees the client, the remote one node1's InternalIP;
+    // answers come from the NodePort.
+    for (mode, host, port, n) in [
+        ("tcp", NODE, 30080, 40),
+        ("udp", NODE, 30053, 30),
+        ("tcp", "fd50::1", 30080, 30),
+    ] {
+        let results = t.ext_clients(mode, host, port, n, None);
+        let seen = by_backend(&results);
+        assert_eq!(seen.len(), 2, "{mode} {host}: {seen:?}");
+        let (client, internal) = if host == NODE {
+            ("192.168.50.2", "172.18.0.1")
+        } else {
+            ("fd50::2", "fd18::1")
+        };
+        assert!(seen["pod-a"].iter().all(|ip| ip == client), "{seen:?}");
+        assert!(seen["pod-c"].iter().all(|ip| ip == internal), "{seen:?}");
+        all_from(&results, &format!("{host}:{port}"));
+    }
+    // XDP translated them: it hands packets for other interfaces to the stack (counted as
+    // FIB fallbacks), where TC would have redirected them itself.
+    assert_eq!(t.counter(Reason::FibRedirect), 0, "{}", t.rendered());
+    assert!(t.counter(Reason::FibFallback) >= 100 * 3);
+
+    if mode == "native" {
+        return;
+    }
+    // Without endpoints: rejected, IPv4 by XDP (XDP_TX), IPv6 by TC behind it.
+    t.write("web.yaml", &dual_stack("web", &[]));
+    let deadline = Instant::now() + TIMEOUT;
+    while t.rendered().contains("10.244.2.2:8080") {
+        assert!(Instant::now() < deadline, "endpoints never removed");
+        thread::sleep(Duration::from_millis(50));
+    }
+    for host in [NODE, "fd50::1"] {
+        let results = t.ext_clients("tcp", host, 30080, 3, None);
+        assert!(
+            results.iter().all(|r| r["errno"].as_i64() == Some(111)),
+            "{host}: {results:?}"
+        );
+    }
+    assert!(t.counter(Reason::ExternalNoBackend) >= 6);
+    assert_eq!(t.counter(Reason::RejectFailed), 0);
+}
+
+#[test]
+fn path_mtu_discovery_works_through_the_translation() {
+    if !privileged("nodeport::path_mtu_discovery_works_through_the_translation") {
+        return;
+    }
+    let mut t = Topology::new("pmtu");
+    t.write(
+        "web.yaml",
+        &dual_stack("web", &[("10.244.2.2", "fd44:2::2", "node-2")]),
+    );
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30053/udp", "[::]:30053/udp", "10.244.2.2:5353"]);
+    let out = t
+        .node2
+        .command("ip")
+        .args(["-o", "route", "get", "10.244.2.2"])
+        .output()
+        .expect("ip route get");
+    let route = String::from_utf8_lossy(&out.stdout).into_owned();
+    let to_pod = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no dev in {route}"))
+        .to_owned();
+    // The path MTU the client's kernel learns for `host` after a 1400-byte datagram ("don't
+    // fragment"; IPv6 never fragments on the way), with node1's link to node2 and node2's
+    // link to the backend at the MTUs given.
+    let learnt = |family: &str, host: &str, node1_mtu: &str, node2_mtu: &str| {
+        t.node1
+            .ip(&["link", "set", &t.interfaces[1], "mtu", node1_mtu])
+            .expect("mtu");
+        t.node2
+            .ip(&["link", "set", &to_pod, "mtu", node2_mtu])
+            .expect("mtu");
+        t.ext
+            .ip(&[family, "route", "flush", "cache"])
+            .expect("flush");
+        let result = t.client(&t.ext, false, &["pmtu", host, "30053", "1400"]);
+        result["mtu"].as_u64()
+    };
+    for (family, host) in [("-4", NODE), ("-6", "fd50::1")] {
+        // node1's own route to the backend is narrower than the client's: node1 answers
+        // "fragmentation needed" / "packet too big" (1300) from the NodePort, quoting the
+        // client's own packet. (Answered from the translated packet, the error would go to
+        // node1's own source-NAT address.)
+        let too_big = t.counter(Reason::TooBig);
+        assert_eq!(learnt(family, host, "1300", "1500"), Some(1300), "{host}");
+        assert!(t.counter(Reason::TooBig) > too_big);
+        // Datagrams that fit still flow.
+        let results = t.ext_clients("udp", host, 30053, 3, None);
+        assert_eq!(by_backend(&results)["pod-c"].len(), 3, "{results:?}");
+
+        // Narrower further on: node2's link to the backend. node2 answers the
+        // source-NATed packet (MTU 1280) to node1's address; node1 translates the error
+        // back to the client (outer destination, quoted addresses and ports, checksums).
+        let related = t.counter(Reason::IcmpRelated);
+        assert_eq!(learnt(family, host, "1500", "1280"), Some(1280), "{host}");
+        assert!(t.counter(Reason::IcmpRelated) > related);
+    }
 }

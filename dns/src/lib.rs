@@ -3,8 +3,9 @@
 //! a caching forwarder for every other name.
 //!
 //! The pieces, in the order a request meets them:
-//! - transport: our own UDP loops (SO_REUSEPORT sockets), hickory-server's
-//!   TCP loop, on `--listen`;
+//! - transport: our own UDP loops (SO_REUSEPORT sockets; on a wildcard
+//!   address each answer leaves from the address its query was sent to),
+//!   hickory-server's TCP loop, on `--listen`;
 //! - the UDP fast path: plain questions about cluster names answered from a
 //!   per-loop cache of pre-serialised responses (`fast`);
 //! - [`Handler`]: everything else, on hickory: EDNS0, the asker's case kept,
@@ -26,6 +27,7 @@ mod handler;
 pub mod index;
 pub mod metrics;
 pub mod names;
+mod pktinfo;
 mod udp;
 
 use std::net::SocketAddr;
@@ -53,7 +55,7 @@ pub use metrics::Metrics;
 #[derive(clap::Args, Debug, Clone)]
 #[group(id = "dns-args")]
 pub struct Args {
-    /// Where to serve DNS, over UDP and TCP (repeatable): IP:PORT, [IPv6]:PORT, or :PORT for every IPv4 address.
+    /// Where to serve DNS, over UDP and TCP (repeatable): IP:PORT, [IPv6]:PORT, or :PORT for every IPv4 address. On a wildcard address ([::] takes IPv4 too), each UDP answer leaves from the address its query was sent to.
     #[arg(long = "listen", value_name = "ADDR", default_value = ":53", value_parser = names::parse_listen)]
     pub listen: Vec<SocketAddr>,
     /// The cluster domain.
@@ -369,11 +371,12 @@ async fn follow(
         }
         ready.serving(index.load().generation());
         if index.load().synced() && !ready.get() {
+            // Ready first: whoever reads this line may ask /ready at once.
+            ready.set(true);
             info!(
                 generation = index.load().generation(),
                 "model synced; answering cluster names"
             );
-            ready.set(true);
         }
         tokio::select! {
             changed = model.changed() => if changed.is_err() {

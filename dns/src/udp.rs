@@ -5,9 +5,13 @@
 //! with hickory, answers cluster names inline through the same [`Handler`]
 //! (hickory's `RequestHandler`), and spawns a task only for questions that
 //! wait on an upstream. Several sockets share a port with SO_REUSEPORT, one loop each.
-//! TCP stays on hickory-server's transport.
+//! On a wildcard address every answer, fast or not, leaves from the address
+//! its query was sent to (see `pktinfo`). TCP stays on hickory-server's
+//! transport.
 
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +23,7 @@ use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -28,9 +33,11 @@ use crate::Error;
 use crate::fast::{AnswerCache, Fast};
 use crate::handler::Handler;
 use crate::metrics::{LoopMetrics, Source};
+use crate::pktinfo::{self, Local};
 
 /// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); with port 0, the
-/// port the first one got.
+/// port the first one got. On a wildcard address they report each
+/// datagram's destination (`pktinfo`).
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Error> {
     let bind_error = |source| Error::Bind {
         protocol: "udp",
@@ -51,6 +58,9 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Err
             // `[::]` also takes IPv4, as a plain bind would.
             let _ = socket.set_only_v6(false);
         }
+        if at.ip().is_unspecified() {
+            pktinfo::enable(&socket, at.is_ipv6()).map_err(bind_error)?;
+        }
         socket.set_nonblocking(true).map_err(bind_error)?;
         socket.bind(&at.into()).map_err(bind_error)?;
         let socket = UdpSocket::from_std(socket.into()).map_err(bind_error)?;
@@ -60,11 +70,59 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, Err
     Ok(sockets)
 }
 
-/// Sends a response straight on the socket it came in on.
+/// A socket of the loop. On a wildcard address, it receives each datagram
+/// with its destination and sends the answer from it.
+#[derive(Debug)]
+struct Socket {
+    udp: UdpSocket,
+    wildcard: bool,
+}
+
+impl Socket {
+    fn new(udp: UdpSocket) -> io::Result<Self> {
+        let wildcard = udp.local_addr()?.ip().is_unspecified();
+        Ok(Self { udp, wildcard })
+    }
+
+    /// The next datagram: length, sender and (wildcard sockets) destination.
+    async fn recv(
+        &self,
+        buf: &mut [u8],
+        control: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, Option<Local>)> {
+        if !self.wildcard {
+            let (len, peer) = self.udp.recv_from(buf).await?;
+            return Ok((len, peer, None));
+        }
+        self.udp
+            .async_io(Interest::READABLE, || {
+                pktinfo::recv(self.udp.as_fd(), buf, control)
+            })
+            .await
+    }
+
+    /// Sends `bytes` to `peer`, from `local` when known.
+    async fn send(&self, bytes: &[u8], peer: SocketAddr, local: Option<Local>) -> io::Result<()> {
+        match local {
+            None => self.udp.send_to(bytes, peer).await.map(drop),
+            Some(local) => self
+                .udp
+                .async_io(Interest::WRITABLE, || {
+                    pktinfo::send(self.udp.as_fd(), bytes, peer, local)
+                })
+                .await
+                .map(drop),
+        }
+    }
+}
+
+/// Sends a response straight on the socket it came in on, from the address
+/// it was sent to.
 #[derive(Clone, Debug)]
 struct Reply {
-    socket: Arc<UdpSocket>,
+    socket: Arc<Socket>,
     peer: SocketAddr,
+    local: Option<Local>,
 }
 
 #[async_trait::async_trait]
@@ -85,7 +143,7 @@ impl ResponseHandler for Reply {
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit);
         let info = response.destructive_emit(&mut encoder)?;
-        self.socket.send_to(&bytes, self.peer).await?;
+        self.socket.send(&bytes, self.peer, self.local).await?;
         Ok(info)
     }
 }
@@ -96,17 +154,20 @@ pub(crate) async fn serve(
     handler: Handler,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let socket = Arc::new(socket);
+    let socket = Arc::new(
+        Socket::new(socket).map_err(|e| Error::Server(format!("UDP socket failed: {e}")))?,
+    );
     let mut buf = vec![0u8; usize::from(u16::MAX)];
+    let mut control = pktinfo::control_buffer();
     let mut cache = AnswerCache::default();
     let mut local = LoopMetrics::default();
     let mut out = Vec::with_capacity(1232);
     loop {
         let received = tokio::select! {
-            received = socket.recv_from(&mut buf) => received,
+            received = socket.recv(&mut buf, &mut control) => received,
             () = cancel.cancelled() => return Ok(()),
         };
-        let (len, peer) = match received {
+        let (len, peer, asked) = match received {
             Ok(r) => r,
             Err(error)
                 if matches!(
@@ -128,8 +189,8 @@ pub(crate) async fn serve(
         let raw = &buf[..len];
         let started = Instant::now();
         if let Fast::Answered { qtype, rcode } = handler.answer_fast(&mut cache, raw, &mut out) {
-            if let Err(error) = socket.send_to(&out, peer).await {
-                debug!(%error, %peer, "UDP send error");
+            if let Err(error) = socket.send(&out, peer, asked).await {
+                debug!(%error, %peer, asked = ?asked.map(Local::ip), "UDP send error");
             }
             handler.count_fast(&mut local, qtype, rcode, started.elapsed());
             continue;
@@ -137,6 +198,7 @@ pub(crate) async fn serve(
         let reply = Reply {
             socket: socket.clone(),
             peer,
+            local: asked,
         };
         let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
             continue;

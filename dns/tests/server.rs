@@ -5,18 +5,18 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fairlead_dns::{Args, Context, Dns, Error};
 use fairlead_model::source::ManifestDir;
 use fairlead_model::{ModelWriter, Ready, Snapshot};
-use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{DNSClass, RData, RecordType};
 use prometheus_client::registry::Registry;
 use support::upstream::Upstream;
-use support::{fixtures, rcode_name, render, tcp_query, udp_query};
+use support::{fixtures, query_bytes, rcode_name, render, tcp_query, udp_query};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -373,4 +373,101 @@ async fn external_names_are_resolved_through_the_upstream() {
     );
     upstream.stop().await;
     server.stop().await;
+}
+
+/// Sends `query` from a socket connected to `to` (so that only datagrams
+/// from exactly `to` reach it) and waits at most 5 s for the response.
+async fn ask_connected(to: SocketAddr, query: &[u8]) -> Vec<u8> {
+    let any: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await.unwrap();
+    socket.connect(to).await.unwrap();
+    socket.send(query).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no response from {to} within 5 s"))
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// On a wildcard address, every UDP answer leaves from the address its
+/// query was sent to: asked at 127.0.0.2, where the route back would pick
+/// 127.0.0.1, on an IPv4 socket and on a dual-stack one (v4-mapped), on
+/// each path (fast, general, forwarded, FORMERR). The client's socket is
+/// connected: an answer from any other address never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_on_a_wildcard_address_leave_from_the_address_asked() {
+    let upstream = Upstream::start(60).await;
+    for wildcard in ["0.0.0.0:0", "[::]:0"] {
+        let (mut writer, model) = ModelWriter::new();
+        let loaded = ManifestDir::new(fixtures()).load().unwrap();
+        writer.replace_all(loaded.changes, loaded.problems, true);
+        let mut a = Args::with_listen(wildcard.parse().unwrap());
+        a.upstream = vec![upstream.addr.to_string()];
+        let server = Running::start(a, model).await;
+        eventually("synced", || async { server.ready.get() }).await;
+        let port = server.addr.port();
+        let mut asked: Vec<SocketAddr> = vec![(Ipv4Addr::new(127, 0, 0, 2), port).into()];
+        if server.addr.is_ipv6() {
+            asked.push((Ipv6Addr::LOCALHOST, port).into());
+        }
+        for to in asked {
+            let at = format!("{wildcard}, asked at {to}");
+            // The fast path, twice (a miss builds the answer, a hit copies it).
+            for _ in 0..2 {
+                let query = query_bytes(
+                    "web.shop.svc.cluster.local.",
+                    RecordType::A,
+                    DNSClass::IN,
+                    Some(1232),
+                );
+                let response = Message::from_vec(&ask_connected(to, &query).await).unwrap();
+                assert_eq!(
+                    render(&response),
+                    "NOERROR aa\nan: web.shop.svc.cluster.local. 5 IN A 10.96.10.10",
+                    "{at}"
+                );
+            }
+            // The general path, inline: another class.
+            let query = query_bytes(
+                "web.shop.svc.cluster.local.",
+                RecordType::A,
+                DNSClass::CH,
+                Some(1232),
+            );
+            let response = Message::from_vec(&ask_connected(to, &query).await).unwrap();
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::Refused,
+                "{at}"
+            );
+            // Forwarded: answered from a spawned task.
+            let name = format!("www-{}.example.test.", to.port() ^ u16::from(to.is_ipv6()));
+            let query = query_bytes(&name, RecordType::A, DNSClass::IN, Some(1232));
+            let response = Message::from_vec(&ask_connected(to, &query).await).unwrap();
+            assert_eq!(
+                render(&response),
+                format!("NOERROR\nan: {name} 60 IN A 192.0.2.1"),
+                "{at}"
+            );
+            // A header and a question cut short: FORMERR.
+            let mut query = query_bytes(
+                "web.shop.svc.cluster.local.",
+                RecordType::A,
+                DNSClass::IN,
+                None,
+            );
+            query.truncate(20);
+            let response = ask_connected(to, &query).await;
+            assert_eq!(response[..2], query[..2], "{at}");
+            assert_eq!(response[3] & 0x0F, 1, "FORMERR, {at}");
+        }
+        server.stop().await;
+    }
+    upstream.stop().await;
 }

@@ -179,7 +179,9 @@ fn external_frontends(
                 if node_port {
                     flags |= ServiceValue::FLAG_NODEPORT;
                 }
-                if local {
+                // Local without a local endpoint drops; but a Service without any endpoint
+                // rejects whatever its policy (kube-proxy alike), so it is not marked.
+                if local && !backends.is_empty() {
                     flags |= ServiceValue::FLAG_EXTERNAL_LOCAL;
                 }
                 // Ranges of the frontend's family (a range of the other family admits no one

@@ -12,7 +12,7 @@ use aya::maps::{HashMap, MapData};
 use std::os::fd::AsFd as _;
 
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
 use fairlead_abi::{Be32, maps, programs};
 use tracing::{info, warn};
 
@@ -46,14 +46,7 @@ impl Datapath {
                     attach_tcx(program, name, ifname, attach_type)?;
                 }
                 Some(links) => {
-                    let fd = program
-                        .fd()
-                        .and_then(|fd| {
-                            fd.as_fd()
-                                .try_clone_to_owned()
-                                .map_err(aya::programs::ProgramError::IOError)
-                        })
-                        .map_err(|source| tc_error(name, "open", source))?;
+                    let fd = owned_fd(program.fd(), name)?;
                     links.install(
                         &format!("tc-{ifname}-{suffix}"),
                         &Hook::Interface(ifindex),
@@ -76,6 +69,72 @@ impl Datapath {
             "NodePort programs attached"
         );
         Ok(())
+    }
+
+    /// Attaches the XDP program ([`programs::XDP`]) to `ifname`, in front of the TC programs
+    /// ([`Datapath::attach_interface`], which stay: egress for the replies of local backends,
+    /// ingress for what XDP passes on). With `links`, the link is pinned as `xdp-<ifname>`
+    /// and taken over in place on restart, as the TC links are (a pinned link keeps the mode
+    /// it was attached in; `--cleanup` first to change modes).
+    pub fn attach_xdp(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+        links: Option<&mut PinnedLinks>,
+    ) -> Result<(), Error> {
+        let flags = match mode {
+            XdpMode::Off => return Ok(()),
+            XdpMode::Native => aya::programs::XdpMode::Driver,
+            XdpMode::Generic => aya::programs::XdpMode::Skb,
+        };
+        let ifindex = interface_index(ifname)?;
+        let name = programs::XDP;
+        let program = self.xdp_program()?;
+        match links {
+            None => {
+                program
+                    .attach(ifname, flags)
+                    .map_err(|source| tc_error(name, "attach", source))?;
+            }
+            Some(links) => {
+                let fd = owned_fd(program.fd(), name)?;
+                links.install(
+                    &format!("xdp-{ifname}"),
+                    &Hook::Interface(ifindex),
+                    fd.as_fd(),
+                    || {
+                        let program = self.xdp_program()?;
+                        let id = program
+                            .attach(ifname, flags)
+                            .map_err(|source| tc_error(name, "attach", source))?;
+                        program
+                            .take_link(id)
+                            .map_err(|source| tc_error(name, "take the link of", source))
+                    },
+                )?;
+            }
+        }
+        info!(interface = ifname, ?mode, "XDP program attached");
+        Ok(())
+    }
+
+    /// The XDP program, loaded.
+    fn xdp_program(&mut self) -> Result<&mut Xdp, Error> {
+        let name = programs::XDP;
+        let program: &mut Xdp = self
+            .ebpf_mut()
+            .program_mut(name)
+            .ok_or_else(|| Error::MissingProgram {
+                name: name.to_owned(),
+            })?
+            .try_into()
+            .map_err(|source| tc_error(name, "open", source))?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| tc_error(name, "load", source))?;
+        }
+        Ok(program)
     }
 
     /// The TC program `name`, loaded.
@@ -131,6 +190,20 @@ impl Datapath {
     pub fn collect_conntrack(&mut self, timeouts: &Timeouts) -> Result<GcReport, Error> {
         conntrack::collect(self, timeouts)
     }
+}
+
+/// Whether, and how, the XDP program runs on the external interfaces (`--xdp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// TC programs only.
+    #[default]
+    Off,
+    /// In the driver (`XDP_FLAGS_DRV_MODE`): the fast one; the attach fails on a driver
+    /// without XDP support.
+    Native,
+    /// In the kernel's generic path (`XDP_FLAGS_SKB_MODE`): works on any interface, after
+    /// the socket buffer is allocated; for tests and drivers without XDP.
+    Generic,
 }
 
 /// Translated packets go through the kernel's forwarding, and a flow to a backend on another
@@ -196,6 +269,19 @@ fn attach_tcx(
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
         .map_err(|source| tc_error(name, "attach", source))
+}
+
+/// A descriptor of its own for the loaded program `name` (which the datapath keeps).
+fn owned_fd(
+    fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+    name: &str,
+) -> Result<std::os::fd::OwnedFd, Error> {
+    fd.and_then(|fd| {
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(aya::programs::ProgramError::IOError)
+    })
+    .map_err(|source| tc_error(name, "open", source))
 }
 
 fn tc_error(name: &str, action: &'static str, source: aya::programs::ProgramError) -> Error {

@@ -152,7 +152,7 @@ pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32)
         source,
     };
     let count = match name {
-        maps::COUNTERS => return Ok((max as usize, max)),
+        maps::COUNTERS | maps::REJECT_BUDGET => return Ok((max as usize, max)),
         maps::SERVICES4 => HashMap::<_, Service4Key, ServiceValue>::try_from(map)
             .map_err(read)?
             .keys()

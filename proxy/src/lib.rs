@@ -51,6 +51,7 @@ pub mod testing;
 pub use conntrack::{GcReport, Timeouts, next_interval};
 pub use datapath::{Counters, Datapath, LoadOptions, cgroup2_root, link_name};
 pub use error::Error;
+pub use external::XdpMode;
 pub use fairlead_abi as abi;
 pub use kernel::PinnedMaps;
 pub use links::links_dir;

@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::Error;
 use crate::conntrack::{Timeouts, next_interval};
 use crate::datapath::{Datapath, LoadOptions};
+use crate::external::XdpMode;
 use crate::health::HealthServers;
 use crate::links::{PinnedLinks, links_dir};
 use crate::metrics::Metrics;
@@ -116,6 +117,11 @@ pub struct Args {
     /// comma-separated list.
     #[arg(long, value_name = "auto|none|IF,...", default_value = "auto")]
     pub interfaces: Interfaces,
+    /// Run the per-packet load balancer at XDP on --interfaces, in front of the TC
+    /// programs: `native` (in the driver; fails if the driver has no XDP), `generic` (any
+    /// interface, slower), or `off`.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = XdpMode::Off)]
+    pub xdp: XdpMode,
     /// Slots of each Maglev table (a prime: 251, 509, 1021, 2039, 4093, 8191, 16381); more
     /// slots spread flows more evenly and move fewer when backends change.
     #[arg(long, value_name = "SLOTS", default_value_t = fairlead_abi::nodeport::MAGLEV_DEFAULT_SIZE)]
@@ -155,6 +161,7 @@ impl Args {
             map_sock_rev_nat: maps::SOCK_REV_NAT_MAX_ENTRIES,
             map_affinity: maps::AFFINITY_MAX_ENTRIES,
             interfaces: Interfaces::Auto,
+            xdp: XdpMode::Off,
             maglev_table_size: fairlead_abi::nodeport::MAGLEV_DEFAULT_SIZE,
             map_maglev: maps::MAGLEV_MAX_ENTRIES,
             map_ct: maps::CT_MAX_ENTRIES,
@@ -266,6 +273,7 @@ impl Proxy {
         datapath.set_node_addresses(&addresses, snat.0, snat.1)?;
         for interface in &interfaces {
             datapath.attach_interface(interface, Some(&mut links))?;
+            datapath.attach_xdp(interface, args.xdp, Some(&mut links))?;
         }
         let pruned = links.prune()?;
         let metrics = Metrics::register(ctx.registry);

@@ -280,6 +280,18 @@ impl TestNetns {
         }
     }
 
+    /// Moves the calling thread into the namespace, for good (`BPF_PROG_TEST_RUN` runs
+    /// programs in the caller's namespace: its routes and settings decide `bpf_fib_lookup`'s
+    /// answers). The namespace lives on while the thread is in it.
+    pub fn enter(&self) -> io::Result<()> {
+        let file = std::fs::File::open(self.path())?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&file),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(io::Error::from)
+    }
+
     /// The path of the namespace (for `nsenter --net=`).
     #[must_use]
     pub fn path(&self) -> PathBuf {

@@ -2,6 +2,10 @@
 #   tcp|udp HOST PORT N [SOURCE]  N attempts (new socket each, optionally bound to SOURCE);
 #       prints one JSON list of {"backend", "seen", "peer"} ("seen": the client address as
 #       the backend saw it, "peer": where the answer came from) or {"errno"}.
+#   udp-connected HOST PORT N      as udp, from a connected socket (which sees ICMP errors).
+#   flood HOST PORT N              sends N UDP datagrams as fast as it can; prints {"sent": n}.
+#   pmtu HOST PORT SIZE            sends SIZE bytes of UDP with "don't fragment" from a connected
+#       socket, waits, and prints {"mtu": the path MTU the kernel has learnt for HOST}.
 #   bind PORT                      tries to bind TCP 0.0.0.0:PORT; prints {"errno": n} (0: ok).
 #   stream HOST PORT               one TCP connection: prints the greeting as JSON, then sends
 #       numbered 1 KiB chunks and checks each echoed byte, until stdin has a line; then
@@ -34,6 +38,22 @@ if mode == "bind":
     sys.exit(0)
 
 host, port = sys.argv[2], int(sys.argv[3])
+
+if mode == "pmtu":
+    if ":" in host:
+        level, discover, do, mtu = socket.IPPROTO_IPV6, 23, 2, 24
+    else:
+        level, discover, do, mtu = socket.IPPROTO_IP, 10, 2, 14
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
+    s.setsockopt(level, discover, do)
+    s.connect((host, port))
+    try:
+        s.send(b"x" * int(sys.argv[4]))
+    except OSError:
+        pass
+    time.sleep(0.5)
+    print(json.dumps({"mtu": s.getsockopt(level, mtu)}))
+    sys.exit(0)
 
 if mode == "stream":
     s = socket.create_connection((host, port), timeout=5)
@@ -78,6 +98,19 @@ if mode == "stream":
 
 n = int(sys.argv[4])
 source = sys.argv[5] if len(sys.argv) > 5 else None
+
+if mode == "flood":
+    s = socket.socket(family_of(host), socket.SOCK_DGRAM)
+    sent = 0
+    for _ in range(n):
+        try:
+            s.sendto(b"x", (host, port))
+            sent += 1
+        except OSError:
+            pass
+    print(json.dumps({"sent": sent}))
+    sys.exit(0)
+
 out = []
 for _ in range(n):
     s = socket.socket(family_of(host), socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM)
@@ -94,6 +127,11 @@ for _ in range(n):
                 if not chunk:
                     break
                 data += chunk
+        elif mode == "udp-connected":
+            s.connect((host, port))
+            s.send(b"hi")
+            data = s.recv(200)
+            peer = s.getpeername()
         else:
             s.sendto(b"hi", (host, port))
             data, peer = s.recvfrom(200)

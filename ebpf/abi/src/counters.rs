@@ -45,7 +45,9 @@ pub enum Reason {
     NoLocalBackendReject = 14,
     /// A new flow from outside the node to a NodePort, LoadBalancer IP or external IP was sent to a backend (Maglev, or session affinity).
     ExternalHit = 15,
-    /// A packet of a new external flow to a frontend without backends was dropped.
+    /// A packet of a new external flow to a frontend without backends was rejected: answered
+    /// with ICMP port unreachable (as kube-proxy's REJECT rule does), or dropped when over
+    /// the rate limit ([`Reason::RejectLimited`]) or not answerable ([`Reason::RejectFailed`]).
     ExternalNoBackend = 16,
     /// A packet of a new external flow to a frontend with `externalTrafficPolicy: Local` and no endpoint on this node was dropped.
     ExternalNoLocalBackend = 17,
@@ -65,11 +67,31 @@ pub enum Reason {
     CtReply = 24,
     /// A conntrack entry named a backend no longer serving its frontend; the flow was balanced again.
     CtStale = 25,
+    /// A translated packet was sent straight to its output interface (`bpf_fib_lookup` +
+    /// redirect), past the kernel's forwarding path.
+    FibRedirect = 26,
+    /// An ICMP error (a reject, fragmentation needed, time exceeded) was not sent: this CPU
+    /// was over its budget of
+    /// [`ICMP_REJECTS_PER_SEC`](crate::nodeport::ICMP_REJECTS_PER_SEC); the packet was dropped.
+    RejectLimited = 27,
+    /// An ICMP error could not be built (IP options, a short packet, a failed resize); the
+    /// packet was dropped.
+    RejectFailed = 28,
+    /// A packet too large for its route's MTU that must not be fragmented (IPv4 with DF, or
+    /// IPv6) was answered with ICMP "fragmentation needed" / ICMPv6 "packet too big", from
+    /// its untranslated headers (path MTU discovery works through the translation).
+    TooBig = 29,
+    /// A packet whose TTL (hop limit) would expire here was answered with ICMP "time
+    /// exceeded".
+    TtlExceeded = 30,
+    /// An ICMP error about a packet of a balanced flow was translated back to the host that
+    /// sent the packet (the client, or the backend).
+    IcmpRelated = 31,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 32;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -99,6 +121,12 @@ impl Reason {
         Self::MaglevMissing,
         Self::CtReply,
         Self::CtStale,
+        Self::FibRedirect,
+        Self::RejectLimited,
+        Self::RejectFailed,
+        Self::TooBig,
+        Self::TtlExceeded,
+        Self::IcmpRelated,
     ];
 
     /// The index of this reason in the counter array.
@@ -147,6 +175,12 @@ impl Reason {
             Self::MaglevMissing => "maglev_missing",
             Self::CtReply => "ct_reply",
             Self::CtStale => "ct_stale",
+            Self::FibRedirect => "fib_redirect",
+            Self::RejectLimited => "reject_limited",
+            Self::RejectFailed => "reject_failed",
+            Self::TooBig => "too_big",
+            Self::TtlExceeded => "ttl_exceeded",
+            Self::IcmpRelated => "icmp_related",
         }
     }
 
@@ -178,7 +212,9 @@ impl Reason {
             Self::ExternalHit => {
                 "new external flows (NodePort, LoadBalancer, externalIP) sent to a backend by Maglev"
             }
-            Self::ExternalNoBackend => "external packets dropped: service has no backends",
+            Self::ExternalNoBackend => {
+                "external packets rejected (ICMP port unreachable): service has no backends"
+            }
             Self::ExternalNoLocalBackend => {
                 "external packets dropped: externalTrafficPolicy Local, no local endpoint"
             }
@@ -192,6 +228,12 @@ impl Reason {
             Self::MaglevMissing => "external packets dropped: Maglev table missing",
             Self::CtReply => "reply packets of external flows translated back",
             Self::CtStale => "external flows whose backend was gone, balanced again",
+            Self::FibRedirect => "translated packets redirected to their output interface (FIB)",
+            Self::RejectLimited => "ICMP errors not sent: over the per-CPU rate limit",
+            Self::RejectFailed => "ICMP errors not sent: packet could not be answered",
+            Self::TooBig => "packets too big for their route, answered (fragmentation needed)",
+            Self::TtlExceeded => "packets whose TTL expired, answered (time exceeded)",
+            Self::IcmpRelated => "ICMP errors about balanced flows, translated back",
         }
     }
 
@@ -204,7 +246,9 @@ impl Reason {
             | Self::AffinityHit
             | Self::RevNatHit
             | Self::ExternalHit
-            | Self::CtReply => ReasonKind::Translated,
+            | Self::CtReply
+            | Self::FibRedirect
+            | Self::IcmpRelated => ReasonKind::Translated,
             Self::NotService | Self::UnsupportedProtocol => ReasonKind::Untouched,
             Self::NoBackendReject
             | Self::BackendSlotMissing
@@ -217,7 +261,11 @@ impl Reason {
             | Self::CtFull
             | Self::SnatFailed
             | Self::BindRefused
-            | Self::MaglevMissing => ReasonKind::Drop,
+            | Self::MaglevMissing
+            | Self::RejectLimited
+            | Self::RejectFailed
+            | Self::TooBig
+            | Self::TtlExceeded => ReasonKind::Drop,
             Self::InternalScopeMissing
             | Self::SelectionRetried
             | Self::AffinityStale

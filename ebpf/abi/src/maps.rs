@@ -68,6 +68,10 @@ pub const IF_ADDR6: &str = "fl_if_addr6";
 pub const SOURCE_RANGES6: &str = "fl_lb6_srcrange";
 /// `loadBalancerSourceRanges`, IPv4 (LPM trie): {prefix length, [`SourceRange4Key`]} → `u8`.
 pub const SOURCE_RANGES4: &str = "fl_lb4_srcrange";
+/// Per-CPU budget of ICMP rejects (one `u64` at index 0: the second in the high half, the
+/// rejects sent in it in the low half), see
+/// [`ICMP_REJECTS_PER_SEC`](crate::nodeport::ICMP_REJECTS_PER_SEC).
+pub const REJECT_BUDGET: &str = "fl_reject_quota";
 
 /// Default size of a service map. Every service frontend takes `1 + backends` entries (one
 /// per slot), so this fits 20,000 frontends of ten backends with room to spare.
@@ -140,7 +144,7 @@ const fn size32<T>() -> u32 {
 }
 
 /// Every map of the object.
-pub const ALL: [MapSpec; 21] = [
+pub const ALL: [MapSpec; 22] = [
     MapSpec {
         name: SERVICES4,
         kind: MapKind::Hash,
@@ -308,6 +312,14 @@ pub const ALL: [MapSpec; 21] = [
         value_size: size32::<u8>(),
         max_entries: SOURCE_RANGE_MAX_ENTRIES,
         flags: BPF_F_NO_PREALLOC,
+    },
+    MapSpec {
+        name: REJECT_BUDGET,
+        kind: MapKind::PerCpuArray,
+        key_size: size32::<u32>(),
+        value_size: size32::<u64>(),
+        max_entries: 1,
+        flags: 0,
     },
 ];
 

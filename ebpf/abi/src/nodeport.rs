@@ -66,6 +66,11 @@ pub struct MaglevTable {
     pub slots: [BackendId; MAGLEV_MAX_SIZE],
 }
 
+/// How many ICMP port unreachable answers (rejects of flows to frontends without backends)
+/// each CPU sends per second at most; more are dropped. The kernel's own ICMP errors are
+/// limited alike (`net.ipv4.icmp_msgs_per_sec`, 1000 by default).
+pub const ICMP_REJECTS_PER_SEC: u32 = 1_000;
+
 /// Which direction of a flow a conntrack entry describes.
 pub const CT_ORIGINAL: u8 = 0;
 /// The reply direction (backend → client, or backend → node after source NAT).

@@ -39,6 +39,10 @@ pub const TC_EGRESS: &str = "fl_tc_egress";
 pub const TC_INGRESS6: &str = "fl_tc_ingress6";
 /// [`TC_EGRESS`] for IPv6.
 pub const TC_EGRESS6: &str = "fl_tc_egress6";
+/// XDP on the node's external interfaces (`--xdp`, in place of [`TC_INGRESS`] and
+/// [`TC_INGRESS6`]): the same balancing, IPv4 and IPv6, before the kernel allocates a socket
+/// buffer.
+pub const XDP: &str = "fl_xdp";
 
 /// Every program attached to the cgroup: the socket-address programs and the NodePort
 /// bind guard, sorted.
@@ -68,7 +72,7 @@ pub const SOCK_ADDR: [&str; 8] = [
 ];
 
 /// Every program of the object, sorted by name.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     CONNECT4,
     CONNECT6,
     GETPEERNAME4,
@@ -83,6 +87,7 @@ pub const ALL: [&str; 14] = [
     TC_EGRESS6,
     TC_INGRESS,
     TC_INGRESS6,
+    XDP,
 ];
 
 #[cfg(test)]

@@ -26,6 +26,7 @@
 mod connect4;
 mod connect6;
 mod family;
+mod frame;
 mod getpeername4;
 mod getpeername6;
 mod lb;
@@ -35,6 +36,9 @@ mod nodeport6;
 mod post_bind4;
 mod recvmsg4;
 mod recvmsg6;
+mod reject;
+mod related;
+mod route;
 mod sendmsg4;
 mod sendmsg6;
 mod sock;
@@ -42,6 +46,7 @@ mod tc_egress;
 mod tc_egress6;
 mod tc_ingress;
 mod tc_ingress6;
+mod xdp;
 
 /// Panics cannot happen in a verified program: code that could panic leads here, and a
 /// program that can reach this loop is rejected by the verifier rather than loaded.
@@ -59,8 +64,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
-/// The license the kernel reads from the object. fairlead is Apache-2.0; the programs call
-/// no GPL-only helper.
+/// The license the kernel reads from the object. The eBPF programs are dual-licensed MIT or
+/// GPL-2.0 (the rest of fairlead is Apache-2.0): the kernel lets only GPL-compatible
+/// programs call helpers such as `bpf_fib_lookup` and `bpf_redirect_neigh`.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 11] = *b"Apache-2.0\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -103,6 +103,10 @@ pub(crate) static IF_ADDR4: HashMap<u32, Be32> =
 pub(crate) static SOURCE_RANGES4: LpmTrie<SourceRange4Key, u8> =
     LpmTrie::with_max_entries(SOURCE_RANGE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// `fairlead_abi::maps::REJECT_BUDGET`.
+#[map(name = "fl_reject_quota")]
+pub(crate) static REJECT_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// `fairlead_abi::maps::CT6_TCP`.
 #[map(name = "fl_ct6_tcp")]
 pub(crate) static CT6_TCP: LruHashMap<Ct6Key, Ct6Value> =

@@ -5,13 +5,16 @@
 //!
 //! 1. a **reply** of a balanced flow whose source was translated to a node address (the
 //!    backend is on another node): restore the frontend as source and the client as
-//!    destination, then route it ([`forward`]);
+//!    destination, then route it;
 //! 2. a packet of a **known flow** (conntrack, original direction): translate it as its
 //!    first packet was;
 //! 3. a **new flow** to an external frontend: check `loadBalancerSourceRanges`, pick a
 //!    backend (session affinity, else the frontend's Maglev table indexed by a hash of the
 //!    5-tuple), translate the destination, and the source to a node address when the backend
-//!    is on another node; record both directions in conntrack.
+//!    is on another node; record both directions in conntrack. A frontend without any
+//!    endpoint answers with ICMP port unreachable ([`crate::reject`]).
+//!
+//! Translated packets are routed by [`crate::route`] (FIB lookup and redirect).
 //!
 //! Egress: a reply of a local backend leaving towards the client gets the frontend as
 //! source back (flows to local backends keep the client's address, so their replies do
@@ -20,9 +23,8 @@
 //! Everything else goes on untouched (`TC_ACT_UNSPEC`: the next program, or the stack).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     maps::LruHashMap,
-    programs::TcContext,
 };
 use fairlead_abi::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, Be16, Be32, Ct4Key, CtValue,
@@ -32,11 +34,14 @@ use fairlead_abi::{
 };
 
 use crate::{
+    frame::Frame,
     lb::{bump, copy_of, now_secs, random},
     maps::{
         AFFINITY, BACKENDS4, CT4_ANY, CT4_TCP, IF_ADDR4, MAGLEV, NODE_ADDR4, SERVICES4,
         SOURCE_RANGES4,
     },
+    reject::{Icmp, icmp4},
+    route::{Route, Way, apply4, route4},
 };
 
 const ETH_HLEN: usize = 14;
@@ -51,13 +56,6 @@ pub(crate) const TCP_RST: u8 = 0x04;
 pub(crate) const EXTERNAL_CLIENT: u64 = 1 << 63;
 /// How many ports source NAT tries before giving up on a flow.
 pub(crate) const SNAT_ATTEMPTS: u32 = 4;
-
-/// `TC_ACT_UNSPEC`: not ours; let the next program or the stack decide.
-pub(crate) const NEXT: i32 = TC_ACT_UNSPEC;
-/// `TC_ACT_OK`: deliver (ingress) or send (egress) the packet.
-pub(crate) const PASS: i32 = 0;
-/// `TC_ACT_SHOT`: drop the packet.
-pub(crate) const DROP: i32 = 2;
 
 /// The fields of an IPv4 TCP/UDP packet the load balancer reads.
 #[derive(Clone, Copy)]
@@ -101,12 +99,12 @@ impl Packet {
 
 /// Reads the headers of an IPv4 TCP/UDP packet that is not a fragment.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    let ethertype: u16 = ctx.load(12).ok()?;
+fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
+    let ethertype: u16 = ctx.load(12)?;
     if u16::from_be(ethertype) != ETH_P_IP {
         return None;
     }
-    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let version_ihl: u8 = ctx.load(ETH_HLEN)?;
     if version_ihl >> 4 != 4 {
         return None;
     }
@@ -114,22 +112,22 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     if ihl < 20 {
         return None;
     }
-    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    let frag: u16 = ctx.load(ETH_HLEN + 6)?;
     // More fragments, or an offset: the ports are not in this packet (or not reliably).
     if u16::from_be(frag) & 0x3fff != 0 {
         return None;
     }
-    let protocol: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    let protocol: u8 = ctx.load(ETH_HLEN + 9)?;
     if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
         return None;
     }
-    let saddr: u32 = ctx.load(IP_SRC).ok()?;
-    let daddr: u32 = ctx.load(IP_DST).ok()?;
+    let saddr: u32 = ctx.load(IP_SRC)?;
+    let daddr: u32 = ctx.load(IP_DST)?;
     let l4 = ETH_HLEN + ihl;
-    let sport: u16 = ctx.load(l4).ok()?;
-    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    let sport: u16 = ctx.load(l4)?;
+    let dport: u16 = ctx.load(l4 + 2)?;
     let tcp_flags = if protocol == Protocol::Tcp.raw() {
-        ctx.load::<u8>(l4 + 13).ok()?
+        ctx.load::<u8>(l4 + 13)?
     } else {
         0
     };
@@ -144,7 +142,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     })
 }
 
-fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
+pub(crate) fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
     if protocol == Protocol::Tcp.raw() {
         &CT4_TCP
     } else {
@@ -154,9 +152,14 @@ fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
 
 /// TC ingress on an external interface (IPv4; IPv6 in [`crate::nodeport6`]).
 #[inline(always)]
-pub(crate) fn ingress(ctx: &TcContext) -> i32 {
+pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let Some(packet) = parse(ctx) else {
-        return NEXT;
+        // Not TCP or UDP: perhaps an ICMP error about a balanced flow.
+        return if F::SLOW_PATH {
+            crate::related::related4(ctx)
+        } else {
+            F::NEXT
+        };
     };
     let ct = ct_map(packet.protocol);
     let now = now_secs();
@@ -167,6 +170,14 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         // until the program returns; racing writers store whole small fields.
         let value = unsafe { touch(entry, now, &packet) };
         if value.has_flag(CtValue::FLAG_SNAT) {
+            let route = match routed(
+                ctx,
+                (value.address, value.port),
+                (value.nat_address, value.nat_port),
+            ) {
+                Ok(route) => route,
+                Err(verdict) => return verdict,
+            };
             if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err()
                 || rewrite(
                     ctx,
@@ -177,14 +188,14 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
                 )
                 .is_err()
             {
-                return DROP;
+                return F::DROP;
             }
             bump(Reason::CtReply);
-            return forward();
+            return apply4(ctx, &route);
         }
         // A reply of a local backend arriving here (it is routed out of this interface
         // after the stack): the egress program translates it.
-        return NEXT;
+        return F::NEXT;
     }
 
     // 2. A known flow.
@@ -203,7 +214,7 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
 
     // 3. A new flow.
     let Some((service_key, service)) = external_service(&packet) else {
-        return NEXT;
+        return F::NEXT;
     };
     if service.has_flag(ServiceValue::FLAG_SOURCE_RANGES) {
         let key = aya_ebpf::maps::lpm_trie::Key::new(
@@ -212,19 +223,20 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
         );
         if SOURCE_RANGES4.get(&key).is_none() {
             bump(Reason::SourceRangeDrop);
-            return DROP;
+            return F::DROP;
         }
     }
     let _ = service_key;
     let (backend_id, backend) = match choose(&packet, &service, now) {
         Ok(chosen) => chosen,
+        Err(Reason::ExternalNoBackend) => return icmp4(ctx, Icmp::PORT_UNREACHABLE),
         Err(reason) => {
             bump(reason);
-            return DROP;
+            return F::DROP;
         }
     };
     let Some(value) = open_flow(&packet, &service, backend_id, &backend, now) else {
-        return DROP;
+        return F::DROP;
     };
     bump(Reason::ExternalHit);
     translate(ctx, &packet, &value)
@@ -233,24 +245,24 @@ pub(crate) fn ingress(ctx: &TcContext) -> i32 {
 /// TC egress on an external interface: replies of local backends get the frontend back as
 /// source.
 #[inline(always)]
-pub(crate) fn egress(ctx: &TcContext) -> i32 {
+pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
     let Some(packet) = parse(ctx) else {
-        return NEXT;
+        return F::NEXT;
     };
     let ct = ct_map(packet.protocol);
     let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
-        return NEXT;
+        return F::NEXT;
     };
     // SAFETY: as in `ingress`.
     let value = unsafe { touch(entry, now_secs(), &packet) };
     if value.has_flag(CtValue::FLAG_SNAT) {
-        return NEXT;
+        return F::NEXT;
     }
     if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err() {
-        return DROP;
+        return F::DROP;
     }
     bump(Reason::CtReply);
-    PASS
+    F::PASS
 }
 
 /// Refreshes a conntrack entry (time, closing and reply flags) and returns a copy.
@@ -334,17 +346,16 @@ fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Bac
         }
         bump(Reason::AffinityStale);
     }
+    if service.count == 0 {
+        return Err(no_backend(local_only));
+    }
     let Some(table) = MAGLEV.get_ptr(MaglevKey::new(service.rev_nat_id, FAMILY_V4)) else {
         return Err(Reason::MaglevMissing);
     };
     // SAFETY: a pointer from a successful lookup points to a live element (RCU).
     let size = unsafe { (*table).size };
-    if size == 0 || service.count == 0 {
-        return Err(if local_only {
-            Reason::ExternalNoLocalBackend
-        } else {
-            Reason::ExternalNoBackend
-        });
+    if size == 0 {
+        return Err(no_backend(local_only));
     }
     let index = flow_hash(packet) % size;
     let Ok(index) = usize::try_from(index) else {
@@ -365,6 +376,18 @@ fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Bac
         bump(Reason::AffinityUpdateFailed);
     }
     Ok((backend_id, backend))
+}
+
+/// Why a frontend takes no new flow: no endpoint at all (rejected, as kube-proxy does), or
+/// none on this node under `externalTrafficPolicy: Local` (dropped, as kube-proxy does, so
+/// that load balancers' health checks steer clients away).
+#[inline(always)]
+pub(crate) fn no_backend(local_only: bool) -> Reason {
+    if local_only {
+        Reason::ExternalNoLocalBackend
+    } else {
+        Reason::ExternalNoBackend
+    }
 }
 
 /// Records a new flow in conntrack (both directions), choosing the source NAT when the
@@ -482,19 +505,40 @@ fn snat_address(packet: &Packet) -> Option<Be32> {
     NODE_ADDR4.get_ptr(packet.daddr).map(|_| packet.daddr)
 }
 
-/// Translates a packet of a flow's original direction as its conntrack entry says, then
-/// routes it.
+/// The route of the packet once translated to `src` and `dst`, or the verdict of the ICMP
+/// error that answers it when the route cannot take it.
 #[inline(always)]
-fn translate(ctx: &TcContext, packet: &Packet, value: &CtValue) -> i32 {
+fn routed<F: Frame>(ctx: &F, src: (Be32, Be16), dst: (Be32, Be16)) -> Result<Route, i32> {
+    let mut route = Route::other(Way::Stack, 0);
+    let mtu = route4(ctx, &(src, dst), &mut route);
+    match route.way {
+        Way::TooBig => Err(icmp4(ctx, Icmp::too_big(mtu))),
+        Way::Expiring => Err(icmp4(ctx, Icmp::TIME_EXCEEDED)),
+        Way::Send | Way::Stack => Ok(route),
+    }
+}
+
+/// Translates a packet of a flow's original direction as its conntrack entry says, then
+/// routes it (the route found first, see [`crate::route`]).
+#[inline(always)]
+fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &CtValue) -> i32 {
+    let snat = value.has_flag(CtValue::FLAG_SNAT);
+    let src = if snat {
+        (value.nat_address, value.nat_port)
+    } else {
+        (packet.saddr, packet.sport)
+    };
+    let route = match routed(ctx, src, (value.address, value.port)) {
+        Ok(route) => route,
+        Err(verdict) => return verdict,
+    };
     if rewrite(ctx, packet, Side::Destination, value.address, value.port).is_err() {
-        return DROP;
+        return F::DROP;
     }
-    if value.has_flag(CtValue::FLAG_SNAT)
-        && rewrite(ctx, packet, Side::Source, value.nat_address, value.nat_port).is_err()
-    {
-        return DROP;
+    if snat && rewrite(ctx, packet, Side::Source, value.nat_address, value.nat_port).is_err() {
+        return F::DROP;
     }
-    forward()
+    apply4(ctx, &route)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -505,8 +549,8 @@ enum Side {
 
 /// Rewrites the source or destination address and port, fixing the IP and L4 checksums.
 #[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
+fn rewrite<F: Frame>(
+    ctx: &F,
     packet: &Packet,
     side: Side,
     address: Be32,
@@ -516,15 +560,15 @@ fn rewrite(
         Side::Source => (IP_SRC, packet.l4),
         Side::Destination => (IP_DST, packet.l4 + 2),
     };
-    let old_address: u32 = ctx.load(addr_offset).map_err(|_| ())?;
-    let old_port: u16 = ctx.load(port_offset).map_err(|_| ())?;
+    let old_address: u32 = ctx.load(addr_offset).ok_or(())?;
+    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let new_address = address.raw();
     let new_port = port.raw();
     let csum = packet.csum_offset();
     let udp = packet.protocol == Protocol::Udp.raw();
     // A UDP checksum of 0 means "none": leave it so (BPF_F_MARK_MANGLED_0 keeps a computed 0
     // from turning into "none").
-    let skip_l4 = udp && ctx.load::<u16>(csum).map_err(|_| ())? == 0;
+    let skip_l4 = udp && ctx.load::<u16>(csum).ok_or(())? == 0;
     let mangled = if udp {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
@@ -534,34 +578,24 @@ fn rewrite(
         if !skip_l4 {
             ctx.l4_csum_replace(
                 csum,
-                u64::from(old_address),
-                u64::from(new_address),
+                old_address,
+                new_address,
                 u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
             )
-            .map_err(|_| ())?;
+            .ok_or(())?;
         }
-        ctx.l3_csum_replace(IP_CSUM, u64::from(old_address), u64::from(new_address), 4)
-            .map_err(|_| ())?;
-        ctx.store(addr_offset, &new_address, 0).map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CSUM, old_address, new_address, 4)
+            .ok_or(())?;
+        ctx.store(addr_offset, &new_address).ok_or(())?;
     }
     if old_port != new_port {
         if !skip_l4 {
-            ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), mangled | 2)
-                .map_err(|_| ())?;
+            ctx.l4_csum_replace(csum, u32::from(old_port), u32::from(new_port), mangled | 2)
+                .ok_or(())?;
         }
-        ctx.store(port_offset, &new_port, 0).map_err(|_| ())?;
+        ctx.store(port_offset, &new_port).ok_or(())?;
     }
     Ok(())
-}
-
-/// Hands a translated packet to the kernel, which routes it by its new destination (the
-/// node forwards, as every Kubernetes node does).
-///
-/// `bpf_fib_lookup` + `bpf_redirect` would skip the stack, but the helper is GPL-only and
-/// the object is licensed Apache-2.0.
-#[inline(always)]
-fn forward() -> i32 {
-    PASS
 }
 
 /// A hash of the 5-tuple, the same on every node and across restarts (Maglev and the

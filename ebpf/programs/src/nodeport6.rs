@@ -8,7 +8,6 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     helpers::generated::bpf_csum_diff,
     maps::LruHashMap,
-    programs::TcContext,
 };
 use fairlead_abi::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend6, Be16, Ct6Key, Ct6Value, CtValue,
@@ -18,12 +17,15 @@ use fairlead_abi::{
 };
 
 use crate::{
+    frame::Frame,
     lb::{bump, copy_of, now_secs, random},
     maps::{
         AFFINITY, BACKENDS6, CT6_ANY, CT6_TCP, IF_ADDR6, MAGLEV, NODE_ADDR6, SERVICES6,
         SOURCE_RANGES6,
     },
-    nodeport::{DROP, EXTERNAL_CLIENT, NEXT, PASS, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix},
+    nodeport::{EXTERNAL_CLIENT, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix, no_backend},
+    reject::{Icmp, icmp6},
+    route::{Route, Way, apply6, route6},
 };
 
 const ETH_HLEN: usize = 14;
@@ -70,7 +72,7 @@ impl Packet {
 /// Reads the headers of an IPv6 TCP/UDP packet into `out` (not inlined: its temporaries
 /// stay out of the callers' frames).
 #[inline(never)]
-fn parse_into(ctx: &TcContext, out: &mut Packet) -> bool {
+fn parse_into<F: Frame>(ctx: &F, out: &mut Packet) -> bool {
     let Some(packet) = parse(ctx) else {
         return false;
     };
@@ -79,21 +81,21 @@ fn parse_into(ctx: &TcContext, out: &mut Packet) -> bool {
 }
 
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    let version: u8 = ctx.load(ETH_HLEN).ok()?;
+fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
+    let version: u8 = ctx.load(ETH_HLEN)?;
     if version >> 4 != 6 {
         return None;
     }
-    let protocol: u8 = ctx.load(ETH_HLEN + 6).ok()?;
+    let protocol: u8 = ctx.load(ETH_HLEN + 6)?;
     if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
         return None;
     }
-    let saddr: [u8; 16] = ctx.load(IP6_SRC).ok()?;
-    let daddr: [u8; 16] = ctx.load(IP6_DST).ok()?;
-    let sport: u16 = ctx.load(L4).ok()?;
-    let dport: u16 = ctx.load(L4 + 2).ok()?;
+    let saddr: [u8; 16] = ctx.load(IP6_SRC)?;
+    let daddr: [u8; 16] = ctx.load(IP6_DST)?;
+    let sport: u16 = ctx.load(L4)?;
+    let dport: u16 = ctx.load(L4 + 2)?;
     let tcp_flags = if protocol == Protocol::Tcp.raw() {
-        ctx.load::<u8>(L4 + 13).ok()?
+        ctx.load::<u8>(L4 + 13)?
     } else {
         0
     };
@@ -107,7 +109,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     })
 }
 
-fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
+pub(crate) fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
     if protocol == Protocol::Tcp.raw() {
         &CT6_TCP
     } else {
@@ -117,10 +119,15 @@ fn ct_map(protocol: u8) -> &'static LruHashMap<Ct6Key, Ct6Value> {
 
 /// TC ingress, IPv6.
 #[inline(always)]
-pub(crate) fn ingress(ctx: &TcContext) -> i32 {
+pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let mut packet = Packet::default();
     if !parse_into(ctx, &mut packet) {
-        return NEXT;
+        // Not TCP or UDP: perhaps an ICMPv6 error about a balanced flow.
+        return if F::SLOW_PATH {
+            crate::related::related6(ctx)
+        } else {
+            F::NEXT
+        };
     }
     // Each step in a function of its own: a call chain has 512 bytes of stack, and IPv6
     // keys and entries are large.
@@ -137,7 +144,7 @@ const NO_ENTRY: i32 = i32::MIN;
 /// Steps 1 and 2 of [`ingress`]: a source-NATed reply, or a packet of a known flow;
 /// [`NO_ENTRY`] when conntrack has neither.
 #[inline(never)]
-fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
+fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
     // One key, turned from the reply to the original direction: the stack is tight.
@@ -151,6 +158,14 @@ fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
             &*entry
         };
         if value.has_flag(CtValue::FLAG_SNAT) {
+            let route = match routed(
+                ctx,
+                (&value.address, value.port),
+                (&value.nat_address, value.nat_port),
+            ) {
+                Ok(route) => route,
+                Err(verdict) => return verdict,
+            };
             if rewrite(ctx, packet, Side::Source, &value.address, value.port).is_err()
                 || rewrite(
                     ctx,
@@ -161,12 +176,12 @@ fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
                 )
                 .is_err()
             {
-                return DROP;
+                return F::DROP;
             }
             bump(Reason::CtReply);
-            return PASS;
+            return apply6(ctx, &route);
         }
-        return NEXT;
+        return F::NEXT;
     }
 
     key.direction = CT_ORIGINAL;
@@ -189,10 +204,10 @@ fn known_flow(ctx: &TcContext, packet: &Packet) -> i32 {
 
 /// Step 3 of [`ingress`]: a new flow.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
+fn new_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     let now = now_secs();
     let Some(service) = external_service(packet) else {
-        return NEXT;
+        return F::NEXT;
     };
     if service.has_flag(ServiceValue::FLAG_SOURCE_RANGES) {
         let key = aya_ebpf::maps::lpm_trie::Key::new(
@@ -201,19 +216,23 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
         );
         if SOURCE_RANGES6.get(&key).is_none() {
             bump(Reason::SourceRangeDrop);
-            return DROP;
+            return F::DROP;
         }
     }
     let (backend_id, backend) = match choose(packet, &service, now) {
         Ok(chosen) => chosen,
+        Err(Reason::ExternalNoBackend) if F::SLOW_PATH => {
+            return icmp6(ctx, Icmp::PORT_UNREACHABLE);
+        }
+        Err(Reason::ExternalNoBackend) => return F::NEXT,
         Err(reason) => {
             bump(reason);
-            return DROP;
+            return F::DROP;
         }
     };
     let mut value = Ct6Value::default();
     if !open_flow(packet, &service, backend_id, &backend, &mut value) {
-        return DROP;
+        return F::DROP;
     }
     bump(Reason::ExternalHit);
     translate(ctx, packet, &value)
@@ -221,13 +240,13 @@ fn new_flow(ctx: &TcContext, packet: &Packet) -> i32 {
 
 /// TC egress, IPv6: replies of local backends get the frontend back as source.
 #[inline(always)]
-pub(crate) fn egress(ctx: &TcContext) -> i32 {
+pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
     let Some(packet) = parse(ctx) else {
-        return NEXT;
+        return F::NEXT;
     };
     let ct = ct_map(packet.protocol);
     let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
-        return NEXT;
+        return F::NEXT;
     };
     // SAFETY: as in `ingress`.
     let value = unsafe {
@@ -235,13 +254,13 @@ pub(crate) fn egress(ctx: &TcContext) -> i32 {
         &*entry
     };
     if value.has_flag(CtValue::FLAG_SNAT) {
-        return NEXT;
+        return F::NEXT;
     }
     if rewrite(ctx, &packet, Side::Source, &value.address, value.port).is_err() {
-        return DROP;
+        return F::DROP;
     }
     bump(Reason::CtReply);
-    PASS
+    F::PASS
 }
 
 /// Refreshes a conntrack entry in place (time, closing flag).
@@ -315,17 +334,16 @@ fn choose(packet: &Packet, service: &ServiceValue, now: u32) -> Result<(u32, Bac
         }
         bump(Reason::AffinityStale);
     }
+    if service.count == 0 {
+        return Err(no_backend(local_only));
+    }
     let Some(table) = MAGLEV.get_ptr(MaglevKey::new(service.rev_nat_id, FAMILY_V6)) else {
         return Err(Reason::MaglevMissing);
     };
     // SAFETY: a pointer from a successful lookup points to a live element (RCU).
     let size = unsafe { (*table).size };
-    if size == 0 || service.count == 0 {
-        return Err(if local_only {
-            Reason::ExternalNoLocalBackend
-        } else {
-            Reason::ExternalNoBackend
-        });
+    if size == 0 {
+        return Err(no_backend(local_only));
     }
     let Ok(index) = usize::try_from(flow_hash(packet) % size) else {
         return Err(Reason::BackendSlotMissing);
@@ -453,12 +471,41 @@ fn open_flow(
     true
 }
 
+/// The route of the packet once translated to `src` and `dst`, or the verdict of the
+/// ICMPv6 error that answers it when the route cannot take it (at XDP: left to TC,
+/// untouched).
 #[inline(always)]
-fn translate(ctx: &TcContext, packet: &Packet, value: &Ct6Value) -> i32 {
-    if rewrite(ctx, packet, Side::Destination, &value.address, value.port).is_err() {
-        return DROP;
+fn routed<F: Frame>(ctx: &F, src: (&[u8; 16], Be16), dst: (&[u8; 16], Be16)) -> Result<Route, i32> {
+    let mut route = Route::other(Way::Stack, 0);
+    let mtu = route6(ctx, &(src, dst), &mut route);
+    let error = match route.way {
+        Way::TooBig => Icmp::too_big(mtu),
+        Way::Expiring => Icmp::TIME_EXCEEDED,
+        Way::Send | Way::Stack => return Ok(route),
+    };
+    if F::SLOW_PATH {
+        Err(icmp6(ctx, error))
+    } else {
+        Err(F::NEXT)
     }
-    if value.has_flag(CtValue::FLAG_SNAT)
+}
+
+#[inline(always)]
+fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &Ct6Value) -> i32 {
+    let snat = value.has_flag(CtValue::FLAG_SNAT);
+    let src = if snat {
+        (&value.nat_address, value.nat_port)
+    } else {
+        (&packet.saddr, packet.sport)
+    };
+    let route = match routed(ctx, src, (&value.address, value.port)) {
+        Ok(route) => route,
+        Err(verdict) => return verdict,
+    };
+    if rewrite(ctx, packet, Side::Destination, &value.address, value.port).is_err() {
+        return F::DROP;
+    }
+    if snat
         && rewrite(
             ctx,
             packet,
@@ -468,9 +515,9 @@ fn translate(ctx: &TcContext, packet: &Packet, value: &Ct6Value) -> i32 {
         )
         .is_err()
     {
-        return DROP;
+        return F::DROP;
     }
-    PASS
+    apply6(ctx, &route)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -481,8 +528,8 @@ enum Side {
 
 /// Rewrites the source or destination address and port, fixing the L4 checksum.
 #[inline(never)]
-fn rewrite(
-    ctx: &TcContext,
+fn rewrite<F: Frame>(
+    ctx: &F,
     packet: &Packet,
     side: Side,
     address: &[u8; 16],
@@ -492,8 +539,8 @@ fn rewrite(
         Side::Source => (IP6_SRC, L4),
         Side::Destination => (IP6_DST, L4 + 2),
     };
-    let old_address: [u32; 4] = ctx.load(addr_offset).map_err(|_| ())?;
-    let old_port: u16 = ctx.load(port_offset).map_err(|_| ())?;
+    let old_address: [u32; 4] = ctx.load(addr_offset).ok_or(())?;
+    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let mut new_address = [0_u32; 4];
     for (i, word) in new_address.iter_mut().enumerate() {
         let at = i * 4;
@@ -515,18 +562,19 @@ fn rewrite(
         let mut to = new_address;
         // SAFETY: both buffers are 16-byte stack arrays of u32, the sizes passed.
         let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
-        let Ok(diff) = u64::try_from(diff) else {
+        // The helper's 32-bit sum (the kernel's `__wsum`), or a negative error.
+        let Ok(diff) = u32::try_from(diff) else {
             return Err(());
         };
         ctx.l4_csum_replace(csum, 0, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled)
-            .map_err(|_| ())?;
-        ctx.store(addr_offset, &new_address, 0).map_err(|_| ())?;
+            .ok_or(())?;
+        ctx.store(addr_offset, &new_address).ok_or(())?;
     }
     let new_port = port.raw();
     if old_port != new_port {
-        ctx.l4_csum_replace(csum, u64::from(old_port), u64::from(new_port), mangled | 2)
-            .map_err(|_| ())?;
-        ctx.store(port_offset, &new_port, 0).map_err(|_| ())?;
+        ctx.l4_csum_replace(csum, u32::from(old_port), u32::from(new_port), mangled | 2)
+            .ok_or(())?;
+        ctx.store(port_offset, &new_port).ok_or(())?;
     }
     Ok(())
 }
