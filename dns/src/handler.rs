@@ -20,7 +20,7 @@ use hickory_server::proto::op::{
 };
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncoder, NameEncoding,
+    BinDecodable, BinDecoder, BinEncodable as _, BinEncoder, NameEncoding,
 };
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
@@ -256,6 +256,8 @@ impl Handler {
         let edns = request.edns.as_ref().map(|theirs| {
             let mut ours = Edns::new();
             ours.set_max_payload(theirs.max_payload().clamp(512, self.max_udp_payload));
+            // RFC 3225: the DO bit of the query is copied into the response.
+            ours.set_dnssec_ok(theirs.flags().dnssec_ok);
             ours
         });
         let query = match request.queries.queries() {
@@ -280,8 +282,9 @@ impl Handler {
             Protocol::Udp => usize::from(edns.as_ref().map_or(512, Edns::max_payload)),
             _ => usize::from(u16::MAX),
         };
+        let rewritten = rewritten_question(&request.queries);
         let info = send(
-            &request.queries,
+            rewritten.as_ref().unwrap_or(&request.queries),
             metadata,
             edns.as_ref(),
             &reply,
@@ -293,8 +296,59 @@ impl Handler {
     }
 }
 
-/// The question section exactly as hickory-server writes it in a response:
-/// the asker's bytes, with one compression pointer to them. A trial encoding
+/// The question section a response carries when it cannot be the asker's
+/// bytes (`None`: it can be). A compression pointer in a question is legal
+/// (RFC 1035 4.1.4), but it holds an offset into the *query*: copied into a
+/// response, whose header bytes differ, it points at garbage (the flags
+/// byte, say) and the answer no longer parses. Such questions are written
+/// out again from their decoded form, in the asker's case, as CoreDNS does
+/// (Knot refuses them with FORMERR; answering is the more useful choice).
+fn rewritten_question(queries: &Queries) -> Option<Queries> {
+    if !has_pointer(queries.as_bytes(), queries.len()) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(queries.as_bytes().len() + 64);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    let written = queries
+        .queries()
+        .iter()
+        .try_for_each(|query| query.original().emit(&mut encoder));
+    let rewritten = written
+        .ok()
+        .and_then(|()| Queries::read(&mut BinDecoder::new(&bytes), queries.len()).ok());
+    // Writing out decoded names cannot fail; if it ever did, an empty
+    // question section still makes a message that parses.
+    rewritten.or_else(|| Queries::read(&mut BinDecoder::new(&[]), 0).ok())
+}
+
+/// Whether the `count` questions in `bytes` (as read from a query) use a
+/// compression pointer anywhere in their names.
+fn has_pointer(bytes: &[u8], count: usize) -> bool {
+    let mut at = 0;
+    for _ in 0..count {
+        loop {
+            let Some(&len) = bytes.get(at) else {
+                return false;
+            };
+            if len & 0xC0 != 0 {
+                // A pointer (or an extended label type, which hickory
+                // refuses to read in the first place).
+                return true;
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        // Type and class.
+        at += 4;
+    }
+    false
+}
+
+/// The question section exactly as a response carries it (see
+/// [`rewritten_question`]), with one compression pointer to it. A trial encoding
 /// must compress the same way to predict the real size.
 struct RawQueries<'q>(&'q Queries);
 
