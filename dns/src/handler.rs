@@ -145,6 +145,10 @@ impl Handler {
         self.metrics.cluster_request(local, qtype, rcode, elapsed);
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub(crate) fn count(
         &self,
         qtype: Option<RecordType>,
@@ -505,6 +509,22 @@ struct Capture {
     bytes: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
+impl Capture {
+    fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            bytes: Arc::default(),
+        }
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        self.bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
     async fn send_response<'a>(
@@ -531,7 +551,62 @@ impl ResponseHandler for Capture {
     }
 }
 
+/// A raw message, read.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// Nothing is sent back: shorter than a header, or not a query
+    /// (answering responses would reflect).
+    Drop,
+    /// The header reads, the rest does not: FORMERR.
+    FormErr(Header),
+    /// A request for the handler.
+    Request(Box<Request>),
+}
+
 impl Handler {
+    /// Reads one raw message as it arrived on a socket.
+    pub(crate) fn parse(raw: &[u8], src: SocketAddr, protocol: Protocol) -> Parsed {
+        let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
+            return Parsed::Drop;
+        };
+        match Request::from_bytes(raw.to_vec(), src, protocol) {
+            Ok(request) if request.metadata.message_type == MessageType::Response => Parsed::Drop,
+            Ok(request) => Parsed::Request(Box::new(request)),
+            Err(_) => Parsed::FormErr(header),
+        }
+    }
+
+    /// The FORMERR answer to a message with `header` (no question: the
+    /// rest did not parse), counted.
+    pub(crate) async fn formerr(&self, header: &Header, protocol: Protocol) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let empty = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+        let mut metadata = Metadata::response_from_request(&header.metadata);
+        metadata.response_code = ResponseCode::FormErr;
+        let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
+        let mut capture = Capture::new(protocol);
+        capture.send_response(response).await.ok()?;
+        self.count(
+            None,
+            ResponseCode::FormErr,
+            Source::Error,
+            started.elapsed(),
+        );
+        capture.take()
+    }
+
+    /// The encoded answer to `request` (counted like every answer).
+    pub(crate) async fn answer(&self, request: &Request) -> Option<Vec<u8>> {
+        let capture = Capture::new(request.protocol());
+        RequestHandler::handle_request::<_, hickory_server::net::runtime::TokioTime>(
+            self,
+            request,
+            capture.clone(),
+        )
+        .await;
+        capture.take()
+    }
+
     /// Answers one raw DNS message the way the server does on a socket:
     /// `None` when nothing would be sent (shorter than a header, or not a
     /// query), FORMERR when it does not parse, else the handler's response.
@@ -557,34 +632,10 @@ impl Handler {
                 return Some(out);
             }
         }
-        let capture = Capture {
-            protocol,
-            bytes: Arc::new(Mutex::new(None)),
-        };
-        let mut decoder = BinDecoder::new(raw);
-        let header = Header::read(&mut decoder).ok()?;
-        if let Ok(request) = Request::from_bytes(raw.to_vec(), src, protocol) {
-            if request.metadata.message_type == MessageType::Response {
-                return None;
-            }
-            RequestHandler::handle_request::<_, hickory_server::net::runtime::TokioTime>(
-                self,
-                &request,
-                capture.clone(),
-            )
-            .await;
-        } else {
-            let empty = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-            let mut metadata = Metadata::response_from_request(&header.metadata);
-            metadata.response_code = ResponseCode::FormErr;
-            let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
-            let mut c = capture.clone();
-            c.send_response(response).await.ok()?;
+        match Self::parse(raw, src, protocol) {
+            Parsed::Drop => None,
+            Parsed::FormErr(header) => self.formerr(&header, protocol).await,
+            Parsed::Request(request) => self.answer(&request).await,
         }
-        capture
-            .bytes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
     }
 }

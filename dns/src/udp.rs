@@ -18,11 +18,11 @@ use std::time::Instant;
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Edns, Header, MessageType, Metadata, ResponseCode};
+use hickory_server::proto::op::{Edns, Header};
 use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::server::{RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,8 @@ use tracing::{debug, warn};
 
 use crate::Error;
 use crate::fast::{AnswerCache, Fast};
-use crate::handler::Handler;
-use crate::metrics::{LoopMetrics, Source};
+use crate::handler::{Handler, Parsed};
+use crate::metrics::LoopMetrics;
 use crate::pktinfo::{self, Local};
 
 /// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); with port 0, the
@@ -200,16 +200,14 @@ pub(crate) async fn serve(
             peer,
             local: asked,
         };
-        let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
-            continue;
+        let request = match Handler::parse(raw, peer, Protocol::Udp) {
+            Parsed::Drop => continue,
+            Parsed::FormErr(header) => {
+                formerr(&handler, &header, reply).await;
+                continue;
+            }
+            Parsed::Request(request) => request,
         };
-        let Ok(request) = Request::from_bytes(raw.to_vec(), peer, Protocol::Udp) else {
-            formerr(&handler, &header, reply).await;
-            continue;
-        };
-        if request.metadata.message_type == MessageType::Response {
-            continue;
-        }
         if handler.answers_from_memory(&request) {
             RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
         } else {
@@ -224,21 +222,11 @@ pub(crate) async fn serve(
     }
 }
 
-async fn formerr(handler: &Handler, header: &Header, mut reply: Reply) {
-    let started = Instant::now();
-    let Ok(empty) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+async fn formerr(handler: &Handler, header: &Header, reply: Reply) {
+    let Some(bytes) = handler.formerr(header, Protocol::Udp).await else {
         return;
     };
-    let mut metadata = Metadata::response_from_request(&header.metadata);
-    metadata.response_code = ResponseCode::FormErr;
-    let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
-    if let Err(error) = reply.send_response(response).await {
+    if let Err(error) = reply.socket.send(&bytes, reply.peer, reply.local).await {
         warn!(%error, "failed to send FORMERR");
     }
-    handler.count(
-        None,
-        ResponseCode::FormErr,
-        Source::Error,
-        started.elapsed(),
-    );
 }

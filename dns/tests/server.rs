@@ -471,3 +471,138 @@ async fn answers_on_a_wildcard_address_leave_from_the_address_asked() {
     }
     upstream.stop().await;
 }
+
+/// `message` with its two-byte length in front (DNS over TCP).
+fn framed(id: u16, name: &str) -> Vec<u8> {
+    let mut bytes = query_bytes(name, RecordType::A, DNSClass::IN, None);
+    bytes[..2].copy_from_slice(&id.to_be_bytes());
+    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    out.extend(bytes);
+    out
+}
+
+/// The next answer on `stream`, or `None` once the server closed it.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> Option<Message> {
+    use tokio::io::AsyncReadExt as _;
+    let mut len = [0u8; 2];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return None,
+        Err(_) => panic!("neither an answer nor a close within 5 s"),
+    }
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).await.unwrap();
+    Some(Message::from_vec(&buf).expect("the answer parses"))
+}
+
+/// Whether the server closes `stream` within `within` (reading nothing).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_queries_are_pipelined_and_answered_as_they_are_ready() {
+    use tokio::io::AsyncWriteExt as _;
+    // An upstream that never answers: forwarded questions take the timeout.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (writer, _) = support::model();
+    let mut a = args();
+    a.upstream = vec![silent.local_addr().unwrap().to_string()];
+    a.upstream_timeout = Duration::from_millis(800);
+    a.serve_stale = Duration::ZERO;
+    let server = Running::start(a, writer.subscribe()).await;
+    eventually("ready", || async { server.ready.get() }).await;
+
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Four queries in one write: a forwarded name first, then cluster names.
+    let mut burst = framed(1, "slow.example.test.");
+    burst.extend(framed(2, "web.shop.svc.cluster.local."));
+    burst.extend(framed(3, "nosuch.shop.svc.cluster.local."));
+    burst.extend(framed(4, "dual.shop.svc.cluster.local."));
+    stream.write_all(&burst).await.unwrap();
+    // A fifth, a byte at a time (partial reads on the server's side).
+    for byte in framed(5, "db.data.svc.cluster.local.") {
+        stream.write_all(&[byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let answer = read_answer(&mut stream).await.expect("an answer");
+        let want = match answer.metadata.id {
+            1 => ResponseCode::ServFail,
+            3 => ResponseCode::NXDomain,
+            _ => ResponseCode::NoError,
+        };
+        assert_eq!(answer.metadata.response_code, want, "{answer:?}");
+        order.push(answer.metadata.id);
+    }
+    // The cluster names did not wait for the upstream.
+    assert_eq!(order.last(), Some(&1), "answered in the order {order:?}");
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [1, 2, 3, 4, 5]);
+    // The client closes its side: the server finishes and closes.
+    stream.shutdown().await.unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(2)).await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_dribbling_tcp_connections_are_closed_and_their_number_is_capped() {
+    use tokio::io::AsyncWriteExt as _;
+    let (writer, _) = support::model();
+    let mut a = args();
+    a.tcp_idle_timeout = Duration::from_millis(300);
+    a.tcp_max_connections = 2;
+    let server = Running::start(a, writer.subscribe()).await;
+    eventually("ready", || async { server.ready.get() }).await;
+
+    // Silent: closed after the idle timeout.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(2)).await);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // A byte every 100 ms never completes a message: closed all the same.
+    let mut dribbling = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let query = framed(7, "web.shop.svc.cluster.local.");
+    let mut closed = false;
+    for byte in query.iter().take(20) {
+        if dribbling.write_all(&[*byte]).await.is_err()
+            || closed_within(&mut dribbling, Duration::from_millis(100)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after 20 bytes in 2 s");
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Two connections are served; a third is closed at once, and counted.
+    let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        stream
+            .write_all(&framed(8, "web.shop.svc.cluster.local."))
+            .await
+            .unwrap();
+        assert!(read_answer(stream).await.is_some());
+    }
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let _ = third
+        .write_all(&framed(9, "web.shop.svc.cluster.local."))
+        .await;
+    assert!(read_answer(&mut third).await.is_none(), "closed unanswered");
+    assert_eq!(
+        server.metric("fairlead_dns_tcp_connections_refused_total"),
+        1.0
+    );
+    assert_eq!(server.metric("fairlead_dns_tcp_connections "), 2.0);
+    server.stop().await;
+}
