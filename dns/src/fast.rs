@@ -38,6 +38,9 @@ const MAX_NAME: usize = 255;
 const KEY_MAX: usize = MAX_NAME + 7;
 /// Size of the OPT record we add.
 const OPT_LEN: usize = 11;
+/// EDNS option codes the general path validates (RFC 5001, RFC 7871).
+const NSID: u16 = 3;
+const CLIENT_SUBNET: u16 = 8;
 /// Offset of the question in a message.
 const QUESTION: usize = 12;
 
@@ -182,6 +185,11 @@ pub(crate) fn parse(raw: &[u8], max_udp_payload: u16) -> Option<Query<'_>> {
         let options = raw.get(at..at + rdlen)?;
         let mut o = 0;
         while o < options.len() {
+            // NSID and client subnet have contents to validate (a malformed
+            // one is FORMERR, RFC 7871 7.1.1): the general path reads them.
+            if matches!(be16(options, o)?, NSID | CLIENT_SUBNET) {
+                return None;
+            }
             o += 4 + usize::from(be16(options, o + 2)?);
         }
         if o != options.len() {
@@ -685,6 +693,14 @@ mod tests {
                 }),
             ),
             ("an OPT that is not root", Box::new(|q| q[29] = 1)),
+            (
+                "a client subnet option (validated there)",
+                Box::new(|q| {
+                    let n = q.len();
+                    q[n - 1] = 4;
+                    q.extend_from_slice(&[0, 8, 0, 0]);
+                }),
+            ),
             (
                 "an option longer than the OPT",
                 Box::new(|q| {
