@@ -606,3 +606,96 @@ async fn idle_and_dribbling_tcp_connections_are_closed_and_their_number_is_cappe
     assert!((open - 2.0).abs() < f64::EPSILON, "{open} open");
     server.stop().await;
 }
+
+/// Bursts larger than a receive batch, on a specific and on wildcard
+/// addresses, from two clients asking at two addresses of ours: every
+/// query gets its own answer (id, question, rcode) from the address it
+/// asked, whatever mix of paths a batch holds (fast, general inline,
+/// FORMERR, forwarded in a task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_queries_are_each_answered_from_the_address_asked() {
+    let upstream = Upstream::start(60).await;
+    for listen in ["127.0.0.1:0", "0.0.0.0:0", "[::]:0"] {
+        let (mut writer, model) = ModelWriter::new();
+        let loaded = ManifestDir::new(fixtures()).load().unwrap();
+        writer.replace_all(loaded.changes, loaded.problems, true);
+        let mut a = Args::with_listen(listen.parse().unwrap());
+        a.upstream = vec![upstream.addr.to_string()];
+        a.udp_sockets = 1;
+        let server = Running::start(a, model).await;
+        eventually("synced", || async { server.ready.get() }).await;
+        let port = server.addr.port();
+        let mut targets: Vec<SocketAddr> = vec![(Ipv4Addr::LOCALHOST, port).into()];
+        if listen.starts_with('0') || listen.starts_with('[') {
+            targets.push((Ipv4Addr::new(127, 0, 0, 2), port).into());
+        }
+        if listen.starts_with('[') {
+            targets.push((Ipv6Addr::LOCALHOST, port).into());
+        }
+        let mut clients = Vec::new();
+        for to in &targets {
+            let any: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let socket = tokio::net::UdpSocket::bind(any).await.unwrap();
+            socket.connect(to).await.unwrap();
+            clients.push(socket);
+        }
+        let expect = |i: u16| -> (String, ResponseCode) {
+            match i % 5 {
+                0 | 1 => ("web.shop.svc.cluster.local.".into(), ResponseCode::NoError),
+                2 => (
+                    "nosuch.shop.svc.cluster.local.".into(),
+                    ResponseCode::NXDomain,
+                ),
+                3 => (format!("b{i}.example.test."), ResponseCode::NoError),
+                _ => (String::new(), ResponseCode::FormErr),
+            }
+        };
+        // Waves of 50 (more than a receive batch), each read before the
+        // next: 150 unread answers would overflow the client's socket buffer.
+        const WAVE: u16 = 50;
+        for (c, client) in clients.iter().enumerate() {
+            for wave in 0..3 {
+                for i in wave * WAVE..(wave + 1) * WAVE {
+                    let (name, _) = expect(i);
+                    let mut query = if name.is_empty() {
+                        // A question announced, none there: FORMERR.
+                        vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+                    } else {
+                        query_bytes(&name, RecordType::A, DNSClass::IN, Some(1232))
+                    };
+                    let id = u16::try_from(c).unwrap() * 1000 + i;
+                    query[..2].copy_from_slice(&id.to_be_bytes());
+                    client.send(&query).await.unwrap();
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                let mut buf = vec![0u8; 65535];
+                while seen.len() < usize::from(WAVE) {
+                    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!(
+                                "{listen} via {}: {} of {WAVE} answers",
+                                targets[c],
+                                seen.len()
+                            )
+                        })
+                        .unwrap();
+                    let answer = Message::from_vec(&buf[..n]).unwrap();
+                    let i = answer.metadata.id - u16::try_from(c).unwrap() * 1000;
+                    let (name, rcode) = expect(i);
+                    assert_eq!(answer.metadata.response_code, rcode, "{listen} #{i}");
+                    if !name.is_empty() {
+                        assert_eq!(answer.queries[0].name().to_string(), name);
+                    }
+                    assert!(seen.insert(i), "{listen}: #{i} answered twice");
+                }
+            }
+        }
+        server.stop().await;
+    }
+    upstream.stop().await;
+}
