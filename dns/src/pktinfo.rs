@@ -181,66 +181,65 @@ impl Batch {
         }
         Ok(received)
     }
+}
 
-    /// Sends `answers` (bytes, peer, source address) with as few
-    /// `sendmmsg` calls as their source addresses allow (non-blocking):
-    /// how many were sent from the front, or `WouldBlock` if none could be.
-    pub(crate) fn send(
-        &self,
-        socket: BorrowedFd<'_>,
-        answers: &[(&[u8], SocketAddr, Option<Local>)],
-    ) -> io::Result<usize> {
-        let Some(&(_, _, local)) = answers.first() else {
-            return Ok(0);
-        };
-        // One call takes answers from one source address (the control
-        // message is shared by the whole call).
-        let run = answers
-            .iter()
-            .take(BATCH)
-            .take_while(|(_, _, l)| *l == local)
-            .count();
-        let slices: Vec<[IoSlice<'_>; 1]> = answers[..run]
-            .iter()
-            .map(|(bytes, _, _)| [IoSlice::new(bytes)])
-            .collect();
-        let addrs: Vec<Option<SockaddrStorage>> = answers[..run]
-            .iter()
-            .map(|(_, peer, _)| Some(SockaddrStorage::from(*peer)))
-            .collect();
-        let (info4, info6, v4, v6);
-        let control: &[ControlMessage<'_>] = match local {
-            None => &[],
-            Some(Local::V4(addr)) => {
-                info4 = in_pktinfo(addr);
-                v4 = [ControlMessage::Ipv4PacketInfo(&info4)];
-                &v4
-            }
-            Some(Local::V6 { addr, ifindex }) => {
-                info6 = in6_pktinfo(addr, ifindex);
-                v6 = [ControlMessage::Ipv6PacketInfo(&info6)];
-                &v6
-            }
-        };
-        // Room for exactly the one control message sent: nix passes the
-        // whole room as its length, and the kernel refuses a zeroed one
-        // after it (EINVAL).
-        let room = match local {
-            None => None,
-            Some(Local::V4(_)) => Some(nix::cmsg_space!(libc::in_pktinfo)),
-            Some(Local::V6 { .. }) => Some(nix::cmsg_space!(libc::in6_pktinfo)),
-        };
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(run, room);
-        let sent = sendmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            &slices,
-            &addrs,
-            control,
-            MsgFlags::MSG_DONTWAIT,
-        )?;
-        Ok(sent.count())
-    }
+/// Sends `answers` (bytes, peer, source address) with as few
+/// `sendmmsg` calls as their source addresses allow (non-blocking):
+/// how many were sent from the front, or `WouldBlock` if none could be.
+pub(crate) fn send_many(
+    socket: BorrowedFd<'_>,
+    answers: &[(&[u8], SocketAddr, Option<Local>)],
+) -> io::Result<usize> {
+    let Some(&(_, _, local)) = answers.first() else {
+        return Ok(0);
+    };
+    // One call takes answers from one source address (the control
+    // message is shared by the whole call).
+    let run = answers
+        .iter()
+        .take(BATCH)
+        .take_while(|(_, _, l)| *l == local)
+        .count();
+    let slices: Vec<[IoSlice<'_>; 1]> = answers[..run]
+        .iter()
+        .map(|(bytes, _, _)| [IoSlice::new(bytes)])
+        .collect();
+    let addrs: Vec<Option<SockaddrStorage>> = answers[..run]
+        .iter()
+        .map(|(_, peer, _)| Some(SockaddrStorage::from(*peer)))
+        .collect();
+    let (info4, info6, v4, v6);
+    let control: &[ControlMessage<'_>] = match local {
+        None => &[],
+        Some(Local::V4(addr)) => {
+            info4 = in_pktinfo(addr);
+            v4 = [ControlMessage::Ipv4PacketInfo(&info4)];
+            &v4
+        }
+        Some(Local::V6 { addr, ifindex }) => {
+            info6 = in6_pktinfo(addr, ifindex);
+            v6 = [ControlMessage::Ipv6PacketInfo(&info6)];
+            &v6
+        }
+    };
+    // Room for exactly the one control message sent: nix passes the
+    // whole room as its length, and the kernel refuses a zeroed one
+    // after it (EINVAL).
+    let room = match local {
+        None => None,
+        Some(Local::V4(_)) => Some(nix::cmsg_space!(libc::in_pktinfo)),
+        Some(Local::V6 { .. }) => Some(nix::cmsg_space!(libc::in6_pktinfo)),
+    };
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(run, room);
+    let sent = sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        &slices,
+        &addrs,
+        control,
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(sent.count())
 }
 
 /// The destination of a received datagram, when the kernel reported one

@@ -91,13 +91,15 @@ impl Socket {
     }
 
     /// Sends the answers of a batch, as few system calls as possible.
-    async fn send_batch(&self, batch: &Batch, answers: &[(&[u8], SocketAddr, Option<Local>)]) {
+    async fn send_batch(&self, answers: &[(&[u8], SocketAddr, Option<Local>)]) {
         let mut sent = 0;
         while sent < answers.len() {
             let rest = &answers[sent..];
             match self
                 .udp
-                .async_io(Interest::WRITABLE, || batch.send(self.udp.as_fd(), rest))
+                .async_io(Interest::WRITABLE, || {
+                    pktinfo::send_many(self.udp.as_fd(), rest)
+                })
                 .await
             {
                 Ok(n) => sent += n.max(1),
@@ -198,6 +200,6 @@ pub(crate) async fn serve(
             .iter()
             .map(|&(i, peer, local)| (outs[i].as_slice(), peer, local))
             .collect();
-        socket.send_batch(&batch, &answers).await;
+        socket.send_batch(&answers).await;
     }
 }

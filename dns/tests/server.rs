@@ -656,10 +656,10 @@ async fn bursts_of_queries_are_each_answered_from_the_address_asked() {
         };
         // Waves of 50 (more than a receive batch), each read before the
         // next: 150 unread answers would overflow the client's socket buffer.
-        const WAVE: u16 = 50;
+        let wave_size: u16 = 50;
         for (c, client) in clients.iter().enumerate() {
             for wave in 0..3 {
-                for i in wave * WAVE..(wave + 1) * WAVE {
+                for i in wave * wave_size..(wave + 1) * wave_size {
                     let (name, _) = expect(i);
                     let mut query = if name.is_empty() {
                         // A question announced, none there: FORMERR.
@@ -673,12 +673,12 @@ async fn bursts_of_queries_are_each_answered_from_the_address_asked() {
                 }
                 let mut seen = std::collections::BTreeSet::new();
                 let mut buf = vec![0u8; 65535];
-                while seen.len() < usize::from(WAVE) {
+                while seen.len() < usize::from(wave_size) {
                     let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
                         .await
                         .unwrap_or_else(|_| {
                             panic!(
-                                "{listen} via {}: {} of {WAVE} answers",
+                                "{listen} via {}: {} of {wave_size} answers",
                                 targets[c],
                                 seen.len()
                             )
