@@ -97,6 +97,15 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
         telemetry_addr: std::net::SocketAddr,
     },
+    /// Print a shell completion script, e.g. `fairlead completions bash >
+    /// /etc/bash_completion.d/fairlead`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `fairlead man | man -l -`.
+    Man,
 }
 
 /// `fairlead node`: every component's flags, and switches.
@@ -232,6 +241,31 @@ fn run(command: Command) -> Result<ExitCode> {
             bpffs,
             telemetry_addr,
         } => status(json, &bpffs, telemetry_addr),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command, "fairlead", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .context("rendering the manual page")?;
+            write_stdout(&out)
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) ends quietly.
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("writing to stdout")
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -257,7 +291,8 @@ fn start_proxy(rt: &mut runtime::Runtime, args: &fairlead_proxy::Args) -> Result
         ready: rt.ready_flag("proxy"),
         cancel: rt.cancel.clone(),
         node_name: rt.node_name().map(str::to_owned),
-        registry: &mut rt.registry,
+        // `fairlead_proxy_*`, as documented (the proxy adds `proxy`).
+        registry: rt.registry.sub_registry_with_prefix("fairlead"),
     };
     let component = fairlead_proxy::Proxy::start(args, context)
         .context("starting the proxy (needs root, bpffs and cgroup v2)")?;

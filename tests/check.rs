@@ -174,3 +174,33 @@ fn kernel_check_loads_every_program() {
         "{stdout}"
     );
 }
+
+#[test]
+fn completions_and_the_manual_page_are_generated_from_the_cli() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+            .args(args)
+            .output()
+            .expect("fairlead runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    for (shell, marker) in [
+        ("bash", "_fairlead()"),
+        ("zsh", "#compdef fairlead"),
+        ("fish", "complete -c fairlead"),
+    ] {
+        let script = run(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        // Subcommands and their flags are completed.
+        for word in ["node", "status", "manifests", "dns-autopath"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH fairlead"),
+        "{man}"
+    );
+    assert!(man.contains("node") && man.contains("completions"), "{man}");
+}
