@@ -315,17 +315,21 @@ impl Dns {
             }
             .in_current_span(),
         );
-        let result = tokio::select! {
-            tcp = server.block_until_done() => tcp.map_err(|e| e.to_string()),
-            Some(udp) = udp_loops.join_next() => match udp {
+        let (result, tcp_done) = tokio::select! {
+            tcp = server.block_until_done() => (tcp.map_err(|e| e.to_string()), true),
+            Some(udp) = udp_loops.join_next() => (match udp {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
-            },
+            }, false),
         };
         let shutdown = ctx.cancel.is_cancelled();
         stop.cancel();
-        let _ = server.shutdown_gracefully().await;
+        // Once done, the server has no task left, and waiting for it again
+        // would only log a warning.
+        if !tcp_done {
+            let _ = server.shutdown_gracefully().await;
+        }
         while udp_loops.join_next().await.is_some() {}
         ctx.ready.set(false);
         let _ = stopper.await;
