@@ -438,6 +438,90 @@ fn bad_packets_do_not_stop_the_server() {
     });
 }
 
+/// The query of issue 20: `Dual.Shop` then a compression pointer to offset 3
+/// of the message (the low flags byte, 0: the root), type 0x7376, class
+/// 0x6307 (REFUSED), trailing bytes. Its answer used to copy the pointer,
+/// which then pointed at the answer's flags byte.
+const COMPRESSED_QUESTION: [u8; 46] = [
+    18, 52, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, 68, 117, 97, 108, 4, 83, 104, 111, 112, 192, 3, 115,
+    118, 99, 7, 99, 108, 117, 115, 116, 101, 114, 5, 108, 111, 99, 97, 108, 0, 0, 228, 0, 1,
+];
+
+/// A UDP relay on loopback between one client question and `server`: the
+/// client's query is replaced by `rewrite(query)` (its id kept), and the
+/// server's answer goes back to the client byte for byte.
+fn relay(server: SocketAddr, rewrite: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = front.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 65535];
+        let Ok((n, client)) = front.recv_from(&mut buf) else {
+            return;
+        };
+        let mut query = rewrite(&buf[..n]);
+        query[..2].copy_from_slice(&buf[..2]);
+        back.send_to(&query, server).unwrap();
+        if let Ok(n) = back.recv(&mut buf) {
+            front.send_to(&buf[..n], client).unwrap();
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_question_with_a_compression_pointer_gets_an_answer_that_parses() {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::serialize::binary::{BinDecodable as _, BinDecoder};
+
+    let dns = Fairlead::start(&fixtures(), &["--upstream", "127.0.0.1:9"]);
+    // Raw, parsed by a DNS library.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(dns.dns).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket.send(&COMPRESSED_QUESTION).unwrap();
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).unwrap();
+    let mut decoder = BinDecoder::new(&buf[..n]);
+    let answer = Message::read(&mut decoder).expect("the answer parses");
+    assert!(decoder.is_empty(), "nothing after the message");
+    assert_eq!(answer.metadata.id, 0x1234);
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(answer.queries.len(), 1);
+    assert_eq!(answer.queries[0].name().to_string(), "Dual.Shop.");
+
+    // kdig asks the same question written out; the relay sends the
+    // compressed form instead and kdig reads fairlead's answer.
+    let via = relay(dns.dns, |_| COMPRESSED_QUESTION.to_vec());
+    let out = run(Command::new("kdig")
+        .arg(format!("@{}", via.ip()))
+        .args(["-p", &via.port().to_string(), "+timeout=3", "+retry=0"])
+        .args(["Dual.Shop.", "CLASS25351", "TYPE29558"]));
+    assert!(out.contains("status: REFUSED"), "{out}");
+    assert!(!out.to_lowercase().contains("malformed"), "{out}");
+    assert!(out.contains("Dual.Shop."), "{out}");
+
+    // A real question whose root label is such a pointer gets its answer.
+    let via = relay(dns.dns, |_| {
+        let mut query = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend(b"\x03Web\x04Shop\x03svc\x07cluster\x05local\xC0\x03\x00\x01\x00\x01");
+        query
+    });
+    let out = run(Command::new("kdig")
+        .arg(format!("@{}", via.ip()))
+        .args(["-p", &via.port().to_string(), "+timeout=3", "+retry=0"])
+        .args(["Web.Shop.svc.cluster.local.", "A"]));
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(!out.to_lowercase().contains("malformed"), "{out}");
+    assert!(
+        out.contains("Web.Shop.svc.cluster.local.\t5\tIN\tA\t10.96.10.10"),
+        "{out}"
+    );
+}
+
 #[test]
 fn sigterm_fails_ready_at_once_and_stops_after_the_lameduck_period() {
     let mut dns = Fairlead::start(
@@ -573,6 +657,124 @@ fn glibc_resolves_a_short_name_through_the_search_path_in_a_namespace() {
     );
     // A name that exists nowhere: not found (exit 2).
     assert_eq!(getent("nosuch").status.code(), Some(2));
+}
+
+/// Sum of the samples of metric `name` of a fairlead whose telemetry
+/// listens inside `netns`.
+fn metric_in(netns: &Netns, telemetry: SocketAddr, name: &str) -> f64 {
+    let out = netns
+        .exec("curl")
+        .args(["-sf", "--max-time", "2"])
+        .arg(format!("http://{telemetry}/metrics"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn autopath_answers_a_pods_external_lookup_in_one_query() {
+    if !fairlead_proxy::testing::privileged("autopath_answers_a_pods_external_lookup_in_one_query")
+    {
+        return;
+    }
+    // A pod of namespace `data` (db-0, 10.244.1.41) with the cluster's
+    // default search path; the DNS service address on the same loopback,
+    // reached from the pod's address (the local route's source).
+    let netns = Netns::new(
+        "autopath",
+        "nameserver 10.96.0.10\n\
+         search data.svc.cluster.local svc.cluster.local cluster.local\n\
+         options ndots:5 timeout:1 attempts:2\n",
+    );
+    for addr in ["10.244.1.41/32", "10.244.9.9/32", "10.96.0.10/32"] {
+        run(Command::new("ip").args(["-n", &netns.name, "addr", "add", addr, "dev", "lo"]));
+    }
+    let source = |from: &str| {
+        run(Command::new("ip").args([
+            "-n",
+            &netns.name,
+            "route",
+            "replace",
+            "table",
+            "local",
+            "local",
+            "10.96.0.10",
+            "dev",
+            "lo",
+            "proto",
+            "kernel",
+            "scope",
+            "host",
+            "src",
+            from,
+        ]));
+    };
+    source("10.244.1.41");
+    // The upstream: another fairlead, authoritative for `upstream.test`.
+    let _upstream = Fairlead::start_with(
+        netns.exec(env!("CARGO_BIN_EXE_fairlead")),
+        &fixtures(),
+        "127.0.0.1:5300",
+        &["--zone", "upstream.test", "--upstream", "127.0.0.1:9"],
+    );
+    // The node's resolv.conf has no search domains.
+    let host_conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host_conf.path(), "nameserver 127.0.0.1\n").unwrap();
+    let dns = Fairlead::start_with(
+        netns.exec(env!("CARGO_BIN_EXE_fairlead")),
+        &fixtures(),
+        "10.96.0.10:53",
+        &[
+            "--upstream",
+            "127.0.0.1:5300",
+            "--dns-autopath",
+            "--dns-resolv-conf",
+            host_conf.path().to_str().unwrap(),
+        ],
+    );
+    let requests = || metric_in(&netns, dns.telemetry, "fairlead_dns_requests_total");
+    // `web.shop.svc.upstream.test` has four dots: with ndots:5 the resolver
+    // tries the search list first. Each lookup must find the address.
+    let lookup = |name: &str| {
+        let before = requests();
+        let out = netns
+            .exec("getent")
+            .args(["ahostsv4", name])
+            .output()
+            .expect("getent runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{name}: {text}");
+        (text, requests() - before)
+    };
+    let (text, queries) = lookup("web.shop.svc.upstream.test");
+    assert!(text.contains("10.96.10.10"), "{text}");
+    assert!(
+        (queries - 1.0).abs() < f64::EPSILON,
+        "one query with autopath, not {queries}"
+    );
+    assert!(
+        (metric_in(
+            &netns,
+            dns.telemetry,
+            "fairlead_dns_autopath_total{result=\"completed\"}"
+        ) - 1.0)
+            .abs()
+            < f64::EPSILON
+    );
+    // A Service of another namespace by its short name: one query too.
+    let (text, queries) = lookup("web.shop");
+    assert!(text.contains("10.96.10.10"), "{text}");
+    assert!((queries - 1.0).abs() < f64::EPSILON, "{queries} queries");
+    // A client that is not a pod in the model searches by itself: four
+    // queries (three search domains, then the name), the same address.
+    source("10.244.9.9");
+    let (text, queries) = lookup("web.shop.svc.upstream.test");
+    assert!(text.contains("10.96.10.10"), "{text}");
+    assert!((queries - 4.0).abs() < f64::EPSILON, "{queries} queries");
 }
 
 /// A plain query for `name` (type A, class IN, no EDNS) with message id `id`.

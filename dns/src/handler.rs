@@ -5,7 +5,7 @@
 //! the asker's buffer (TC set, so the client retries over TCP).
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -18,9 +18,10 @@ use hickory_server::proto::op::{
     Edns, EmitAndCount, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode,
     ResponseCode, emit_message_parts,
 };
+use hickory_server::proto::rr::rdata::CNAME;
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncoder, NameEncoding,
+    BinDecodable, BinDecoder, BinEncodable as _, BinEncoder, NameEncoding,
 };
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
@@ -28,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::fast::{self, AnswerCache, Fast};
 use crate::forward::Forwarder;
-use crate::index::{Index, Lookup};
+use crate::index::{AutopathQuestion, Index, Lookup};
 use crate::metrics::{LoopMetrics, Metrics, Source};
 use crate::names::has_upper;
 
@@ -47,6 +48,9 @@ pub struct Handler {
     /// The fast path's cache for [`Handler::answer_raw`] (the UDP loops
     /// have their own).
     raw_cache: Arc<Mutex<AnswerCache>>,
+    /// Search-path completion: on with the host's search domains (those a
+    /// pod's resolv.conf lists after the cluster's), off when `None`.
+    autopath: Option<Arc<[Name]>>,
 }
 
 type Records<'a> = Vec<Cow<'a, Record>>;
@@ -95,7 +99,18 @@ impl Handler {
             metrics,
             max_udp_payload: max_udp_payload.max(512),
             raw_cache: Arc::default(),
+            autopath: None,
         }
+    }
+
+    /// The same handler completing pods' search paths (`--dns-autopath`),
+    /// `search` being the host's search domains, which a pod's resolv.conf
+    /// lists after `<ns>.svc.<zone> svc.<zone> <zone>`. The index must be
+    /// built with [`crate::ZoneConfig::with_autopath`] to know the pods.
+    #[must_use]
+    pub fn with_autopath(mut self, search: Vec<Name>) -> Self {
+        self.autopath = Some(search.into());
+        self
     }
 
     /// The UDP fast path: answers `raw` into `out` from `cache` when it is
@@ -145,6 +160,10 @@ impl Handler {
         self.metrics.cluster_request(local, qtype, rcode, elapsed);
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub(crate) fn count(
         &self,
         qtype: Option<RecordType>,
@@ -155,7 +174,7 @@ impl Handler {
         self.metrics.request(qtype, rcode, source, elapsed);
     }
 
-    async fn reply<'a>(&self, index: &'a Index, query: &LowerQuery) -> Reply<'a> {
+    async fn reply<'a>(&self, index: &'a Index, query: &LowerQuery, src: IpAddr) -> Reply<'a> {
         let qname = query.name();
         let qtype = query.query_type();
         if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
@@ -167,21 +186,59 @@ impl Handler {
         if self.forwarder.is_loop_probe(qname) {
             return Reply::error(ResponseCode::ServFail);
         }
-        let mut reply = match index.lookup(qname, qtype) {
-            Lookup::NotSynced => return Reply::error(ResponseCode::ServFail),
+        let mut reply = self.resolve(index, qname, qtype, query.query_class()).await;
+        if reply.rcode == ResponseCode::NXDomain
+            && let Some(search) = &self.autopath
+            && let Some(question) = index.autopath_question(qname)
+            && index.is_pod_of(src, &question.namespace)
+            && let Some(completed) = self
+                .complete(index, qname, &question, search, qtype, query.query_class())
+                .await
+        {
+            reply = completed;
+        }
+        // Answers keep the asker's case (0x20-randomising resolvers check).
+        let original = query.original().name();
+        if has_upper(original) {
+            for record in &mut reply.answers {
+                if record.name == *original {
+                    record.to_mut().name = original.clone();
+                }
+            }
+        }
+        // Shuffle the trailing set of the asked type (after any CNAMEs).
+        if matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::SRV) {
+            let start = reply
+                .answers
+                .iter()
+                .rposition(|r| r.record_type() != qtype)
+                .map_or(0, |i| i + 1);
+            fastrand::shuffle(&mut reply.answers[start..]);
+        }
+        reply
+    }
+
+    /// The answer for `qname` alone: the index's, with CNAMEs (ExternalName)
+    /// followed, or the forwarder's.
+    async fn resolve<'a>(
+        &self,
+        index: &'a Index,
+        qname: &LowerName,
+        qtype: RecordType,
+        class: DNSClass,
+    ) -> Reply<'a> {
+        match index.lookup(qname, qtype) {
+            Lookup::NotSynced => Reply::error(ResponseCode::ServFail),
             Lookup::Forward => {
-                let f = self
-                    .forwarder
-                    .resolve(qname, qtype, query.query_class())
-                    .await;
-                return Reply {
+                let f = self.forwarder.resolve(qname, qtype, class).await;
+                Reply {
                     rcode: f.rcode,
                     authoritative: false,
                     answers: owned(f.answers),
                     authorities: owned(f.authorities),
                     additionals: owned(f.additionals),
                     source: f.source,
-                };
+                }
             }
             Lookup::Answer(answer) => {
                 let mut chase = answer.chase;
@@ -212,10 +269,7 @@ impl Handler {
                         }
                         Lookup::NotSynced => {}
                         Lookup::Forward => {
-                            let f = self
-                                .forwarder
-                                .resolve(&target, qtype, query.query_class())
-                                .await;
+                            let f = self.forwarder.resolve(&target, qtype, class).await;
                             reply.rcode = f.rcode;
                             reply.answers.extend(owned(f.answers));
                             reply.authorities = owned(f.authorities);
@@ -224,26 +278,64 @@ impl Handler {
                 }
                 reply
             }
-        };
-        // Answers keep the asker's case (0x20-randomising resolvers check).
-        let original = query.original().name();
-        if has_upper(original) {
-            for record in &mut reply.answers {
-                if record.name == *original {
-                    record.to_mut().name = original.clone();
+        }
+    }
+
+    /// Search-path completion (autopath): a pod of `question.namespace`
+    /// asked `<base>.<ns>.svc.<zone>` and it does not exist, so its resolver
+    /// would go on with `<base>.svc.<zone>`, `<base>.<zone>`, `<base>.` each
+    /// host search domain, then `<base>` itself. The first of those that
+    /// exists is answered here, as a CNAME from the asked name to it followed
+    /// by its records, and the resolver stops searching. `None` when none
+    /// exists or one fails (the asker then gets the plain NXDOMAIN and
+    /// searches on by itself, as without autopath).
+    async fn complete<'a>(
+        &self,
+        index: &'a Index,
+        qname: &LowerName,
+        question: &AutopathQuestion,
+        search: &[Name],
+        qtype: RecordType,
+        class: DNSClass,
+    ) -> Option<Reply<'a>> {
+        let zone = &index.config().zone;
+        let svc = Name::from_labels([b"svc".as_slice()])
+            .ok()
+            .and_then(|svc| svc.append_domain(zone).ok());
+        let domains = svc
+            .into_iter()
+            .chain([zone.clone()])
+            .chain(search.iter().cloned())
+            .chain([Name::root()]);
+        for domain in domains {
+            let Ok(candidate) = question.base.clone().append_domain(&domain) else {
+                // Too long with this domain: the resolver skips it too.
+                continue;
+            };
+            let candidate = LowerName::new(&candidate);
+            if candidate == *qname || self.forwarder.is_loop_probe(&candidate) {
+                continue;
+            }
+            let found = self.resolve(index, &candidate, qtype, class).await;
+            match found.rcode {
+                ResponseCode::NXDomain => {}
+                ResponseCode::NoError => {
+                    self.metrics.autopath(true);
+                    let cname = Record::from_rdata(
+                        Name::from(qname),
+                        index.config().ttl,
+                        RData::CNAME(CNAME(Name::from(&candidate))),
+                    );
+                    let mut answers = Vec::with_capacity(found.answers.len() + 1);
+                    answers.push(Cow::Owned(cname));
+                    answers.extend(found.answers);
+                    return Some(Reply { answers, ..found });
                 }
+                _ => break,
             }
         }
-        // Shuffle the trailing set of the asked type (after any CNAMEs).
-        if matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::SRV) {
-            let start = reply
-                .answers
-                .iter()
-                .rposition(|r| r.record_type() != qtype)
-                .map_or(0, |i| i + 1);
-            fastrand::shuffle(&mut reply.answers[start..]);
-        }
-        reply
+        self.metrics.autopath(false);
+        None
     }
 
     async fn respond<R: ResponseHandler>(
@@ -256,6 +348,8 @@ impl Handler {
         let edns = request.edns.as_ref().map(|theirs| {
             let mut ours = Edns::new();
             ours.set_max_payload(theirs.max_payload().clamp(512, self.max_udp_payload));
+            // RFC 3225: the DO bit of the query is copied into the response.
+            ours.set_dnssec_ok(theirs.flags().dnssec_ok);
             ours
         });
         let query = match request.queries.queries() {
@@ -269,7 +363,7 @@ impl Handler {
         } else if request.metadata.op_code != OpCode::Query {
             Reply::error(ResponseCode::NotImp)
         } else if let Some(query) = query {
-            self.reply(&index, query).await
+            self.reply(&index, query, request.src().ip()).await
         } else {
             Reply::error(ResponseCode::FormErr)
         };
@@ -280,8 +374,9 @@ impl Handler {
             Protocol::Udp => usize::from(edns.as_ref().map_or(512, Edns::max_payload)),
             _ => usize::from(u16::MAX),
         };
+        let rewritten = rewritten_question(&request.queries);
         let info = send(
-            &request.queries,
+            rewritten.as_ref().unwrap_or(&request.queries),
             metadata,
             edns.as_ref(),
             &reply,
@@ -293,8 +388,59 @@ impl Handler {
     }
 }
 
-/// The question section exactly as hickory-server writes it in a response:
-/// the asker's bytes, with one compression pointer to them. A trial encoding
+/// The question section a response carries when it cannot be the asker's
+/// bytes (`None`: it can be). A compression pointer in a question is legal
+/// (RFC 1035 4.1.4), but it holds an offset into the *query*: copied into a
+/// response, whose header bytes differ, it points at garbage (the flags
+/// byte, say) and the answer no longer parses. Such questions are written
+/// out again from their decoded form, in the asker's case, as CoreDNS does
+/// (Knot refuses them with FORMERR; answering is the more useful choice).
+fn rewritten_question(queries: &Queries) -> Option<Queries> {
+    if !has_pointer(queries.as_bytes(), queries.len()) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(queries.as_bytes().len() + 64);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    let written = queries
+        .queries()
+        .iter()
+        .try_for_each(|query| query.original().emit(&mut encoder));
+    let rewritten = written
+        .ok()
+        .and_then(|()| Queries::read(&mut BinDecoder::new(&bytes), queries.len()).ok());
+    // Writing out decoded names cannot fail; if it ever did, an empty
+    // question section still makes a message that parses.
+    rewritten.or_else(|| Queries::read(&mut BinDecoder::new(&[]), 0).ok())
+}
+
+/// Whether the `count` questions in `bytes` (as read from a query) use a
+/// compression pointer anywhere in their names.
+fn has_pointer(bytes: &[u8], count: usize) -> bool {
+    let mut at = 0;
+    for _ in 0..count {
+        loop {
+            let Some(&len) = bytes.get(at) else {
+                return false;
+            };
+            if len & 0xC0 != 0 {
+                // A pointer (or an extended label type, which hickory
+                // refuses to read in the first place).
+                return true;
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        // Type and class.
+        at += 4;
+    }
+    false
+}
+
+/// The question section exactly as a response carries it (see
+/// [`rewritten_question`]), with one compression pointer to it. A trial encoding
 /// must compress the same way to predict the real size.
 struct RawQueries<'q>(&'q Queries);
 
@@ -451,6 +597,22 @@ struct Capture {
     bytes: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
+impl Capture {
+    fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            bytes: Arc::default(),
+        }
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        self.bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
     async fn send_response<'a>(
@@ -477,7 +639,62 @@ impl ResponseHandler for Capture {
     }
 }
 
+/// A raw message, read.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// Nothing is sent back: shorter than a header, or not a query
+    /// (answering responses would reflect).
+    Drop,
+    /// The header reads, the rest does not: FORMERR.
+    FormErr(Header),
+    /// A request for the handler.
+    Request(Box<Request>),
+}
+
 impl Handler {
+    /// Reads one raw message as it arrived on a socket.
+    pub(crate) fn parse(raw: &[u8], src: SocketAddr, protocol: Protocol) -> Parsed {
+        let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
+            return Parsed::Drop;
+        };
+        match Request::from_bytes(raw.to_vec(), src, protocol) {
+            Ok(request) if request.metadata.message_type == MessageType::Response => Parsed::Drop,
+            Ok(request) => Parsed::Request(Box::new(request)),
+            Err(_) => Parsed::FormErr(header),
+        }
+    }
+
+    /// The FORMERR answer to a message with `header` (no question: the
+    /// rest did not parse), counted.
+    pub(crate) async fn formerr(&self, header: &Header, protocol: Protocol) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let empty = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+        let mut metadata = Metadata::response_from_request(&header.metadata);
+        metadata.response_code = ResponseCode::FormErr;
+        let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
+        let mut capture = Capture::new(protocol);
+        capture.send_response(response).await.ok()?;
+        self.count(
+            None,
+            ResponseCode::FormErr,
+            Source::Error,
+            started.elapsed(),
+        );
+        capture.take()
+    }
+
+    /// The encoded answer to `request` (counted like every answer).
+    pub(crate) async fn answer(&self, request: &Request) -> Option<Vec<u8>> {
+        let capture = Capture::new(request.protocol());
+        RequestHandler::handle_request::<_, hickory_server::net::runtime::TokioTime>(
+            self,
+            request,
+            capture.clone(),
+        )
+        .await;
+        capture.take()
+    }
+
     /// Answers one raw DNS message the way the server does on a socket:
     /// `None` when nothing would be sent (shorter than a header, or not a
     /// query), FORMERR when it does not parse, else the handler's response.
@@ -503,34 +720,10 @@ impl Handler {
                 return Some(out);
             }
         }
-        let capture = Capture {
-            protocol,
-            bytes: Arc::new(Mutex::new(None)),
-        };
-        let mut decoder = BinDecoder::new(raw);
-        let header = Header::read(&mut decoder).ok()?;
-        if let Ok(request) = Request::from_bytes(raw.to_vec(), src, protocol) {
-            if request.metadata.message_type == MessageType::Response {
-                return None;
-            }
-            RequestHandler::handle_request::<_, hickory_server::net::runtime::TokioTime>(
-                self,
-                &request,
-                capture.clone(),
-            )
-            .await;
-        } else {
-            let empty = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-            let mut metadata = Metadata::response_from_request(&header.metadata);
-            metadata.response_code = ResponseCode::FormErr;
-            let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
-            let mut c = capture.clone();
-            c.send_response(response).await.ok()?;
+        match Self::parse(raw, src, protocol) {
+            Parsed::Drop => None,
+            Parsed::FormErr(header) => self.formerr(&header, protocol).await,
+            Parsed::Request(request) => self.answer(&request).await,
         }
-        capture
-            .bytes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
     }
 }

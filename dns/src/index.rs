@@ -68,6 +68,9 @@ pub struct ZoneConfig {
     pub ttl: u32,
     /// Pod records.
     pub pods: PodsMode,
+    /// Search-path completion (`--dns-autopath`): the index keeps every
+    /// Pod endpoint's namespace so the handler can tell a pod's questions.
+    pub autopath: bool,
 }
 
 impl ZoneConfig {
@@ -88,8 +91,26 @@ impl ZoneConfig {
             zone: name.to_lowercase(),
             ttl,
             pods,
+            autopath: false,
         })
     }
+
+    /// The same configuration with search-path completion on or off.
+    #[must_use]
+    pub fn with_autopath(mut self, autopath: bool) -> Self {
+        self.autopath = autopath;
+        self
+    }
+}
+
+/// A question autopath may complete: `<base>.<namespace>.svc.<zone>`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct AutopathQuestion {
+    /// The name the pod looked up (`example.org` of
+    /// `example.org.shop.svc.cluster.local`), not fully qualified.
+    pub base: Name,
+    /// The namespace of the search domain the resolver appended.
+    pub namespace: String,
 }
 
 /// Namespace and name of the Service that put an entry in a shared map.
@@ -373,10 +394,10 @@ fn srv_targets(targets: &[(Option<u32>, u16)]) -> Vec<SrvTarget> {
         .collect()
 }
 
-/// Pod addresses a Service vouches for (`--pods verified`): its endpoints
-/// that point at a Pod, with the Pod's namespace.
+/// Pod addresses a Service vouches for (`--pods verified`, `--dns-autopath`):
+/// its endpoints that point at a Pod, with the Pod's namespace.
 fn verified_pod_ips(config: &ZoneConfig, service: &Service) -> Vec<(IpAddr, Arc<str>)> {
-    if config.pods != PodsMode::Verified {
+    if config.pods != PodsMode::Verified && !config.autopath {
         return Vec::new();
     }
     service
@@ -745,6 +766,35 @@ impl Index {
             [_, _, _, ..] => Dep::Static,
             _ => Dep::Any,
         }
+    }
+
+    /// The parts of `qname` when autopath is on and it has the form a
+    /// pod's first search domain gives (`<base>.<ns>.svc.<zone>`).
+    pub(crate) fn autopath_question(&self, qname: &LowerName) -> Option<AutopathQuestion> {
+        if !self.config.autopath || !self.zone.zone_of(qname) {
+            return None;
+        }
+        let depth = usize::from(qname.num_labels()).checked_sub(self.zone_labels)?;
+        if depth < 3 {
+            return None;
+        }
+        let labels: Vec<&[u8]> = qname.iter().take(depth).collect();
+        if !labels[depth - 1].eq_ignore_ascii_case(b"svc") {
+            return None;
+        }
+        let namespace = std::str::from_utf8(labels[depth - 2])
+            .ok()?
+            .to_ascii_lowercase();
+        let base = Name::from_labels(labels[..depth - 2].iter().copied()).ok()?;
+        Some(AutopathQuestion { base, namespace })
+    }
+
+    /// Whether `ip` is the address of a Pod of `namespace` that some
+    /// Service's endpoints name (kept with `--pods verified` or autopath).
+    pub(crate) fn is_pod_of(&self, ip: IpAddr, namespace: &str) -> bool {
+        self.pods
+            .get(&ip)
+            .is_some_and(|tags| tags.iter().any(|t| &*t.value == namespace))
     }
 
     /// Whether the model had synced (cluster names are answered).

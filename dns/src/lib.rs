@@ -4,8 +4,9 @@
 //!
 //! The pieces, in the order a request meets them:
 //! - transport: our own UDP loops (SO_REUSEPORT sockets; on a wildcard
-//!   address each answer leaves from the address its query was sent to),
-//!   hickory-server's TCP loop, on `--listen`;
+//!   address each answer leaves from the address its query was sent to)
+//!   and TCP connections (pipelined, answered out of order; [`tcp`]), on
+//!   `--listen`;
 //! - the UDP fast path: plain questions about cluster names answered from a
 //!   per-loop cache of pre-serialised responses (`fast`);
 //! - [`Handler`]: everything else, on hickory: EDNS0, the asker's case kept,
@@ -28,6 +29,7 @@ pub mod index;
 pub mod metrics;
 pub mod names;
 mod pktinfo;
+pub mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fairlead_model::{Ready, Snapshot};
-use hickory_server::Server;
+use hickory_proto::rr::Name;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -119,6 +121,16 @@ pub struct Args {
     /// TCP connections idle this long are closed.
     #[arg(long = "dns-tcp-idle-timeout", value_name = "DURATION", default_value = "10s", value_parser = names::parse_duration)]
     pub tcp_idle_timeout: Duration,
+    /// TCP connections served at once per listen address; further ones are closed at once.
+    #[arg(
+        long = "dns-tcp-max-connections",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub tcp_max_connections: usize,
+    /// Search-path completion, as CoreDNS's autopath: when a pod asks `NAME.<its namespace>.svc.<zone>` and that does not exist, answer with a CNAME to the first later search name that exists (`NAME.svc.<zone>`, `NAME.<zone>`, NAME with each search domain of --dns-resolv-conf, then NAME itself through the upstreams), so its resolver stops after one query instead of five. Pods are known by their endpoint addresses: a client that is not an endpoint of some Service, or whose resolv.conf search path differs from the cluster default, gets plain answers.
+    #[arg(long = "dns-autopath")]
+    pub autopath: bool,
 }
 
 impl Args {
@@ -134,6 +146,19 @@ impl Args {
         let mut args = Wrapper::parse_from(["fairlead-dns"]).args;
         args.listen = vec![listen];
         args
+    }
+
+    /// The host search domains autopath completes with (from
+    /// --dns-resolv-conf; none when it cannot be read).
+    fn search_domains(&self) -> Vec<Name> {
+        match std::fs::read_to_string(&self.resolv_conf) {
+            Ok(text) => names::resolv_conf_search(&text),
+            Err(error) => {
+                warn!(path = %self.resolv_conf.display(), %error,
+                    "cannot read the host search domains for --dns-autopath; completing with the cluster's only");
+                Vec::new()
+            }
+        }
     }
 
     fn upstreams(&self) -> Result<Vec<SocketAddr>, Error> {
@@ -213,7 +238,9 @@ impl Dns {
     /// Binds the sockets, reads the upstreams and registers the metrics
     /// (prefix `fairlead_dns`). Nothing is answered until [`Dns::run`].
     pub async fn bind(args: Args, registry: &mut Registry) -> Result<Self, Error> {
-        let config = Arc::new(ZoneConfig::new(&args.zone, args.ttl, args.pods)?);
+        let config = Arc::new(
+            ZoneConfig::new(&args.zone, args.ttl, args.pods)?.with_autopath(args.autopath),
+        );
         let upstreams = args.upstreams()?;
         let metrics = Metrics::register(registry);
         let mut udp = Vec::new();
@@ -248,12 +275,15 @@ impl Dns {
         );
         forwarder.detect_static_loops(&local_addrs);
         let index = Arc::new(ArcSwap::from_pointee(Index::new(config)));
-        let handler = Handler::new(
+        let mut handler = Handler::new(
             index.clone(),
             forwarder,
             metrics.clone(),
             args.max_udp_payload,
         );
+        if args.autopath {
+            handler = handler.with_autopath(args.search_domains());
+        }
         Ok(Self {
             args,
             handler,
@@ -282,14 +312,20 @@ impl Dns {
         forward::log_setup(self.handler.forwarder());
         // Stops everything here: on shutdown, or when a transport fails.
         let stop = ctx.cancel.child_token();
-        let mut server = Server::new(self.handler.clone());
         let mut udp_loops = tokio::task::JoinSet::new();
         for socket in self.udp {
             udp_loops
                 .spawn(udp::serve(socket, self.handler.clone(), stop.clone()).in_current_span());
         }
+        let limits = tcp::TcpLimits {
+            idle_timeout: self.args.tcp_idle_timeout,
+            max_connections: self.args.tcp_max_connections.max(1),
+        };
+        let mut tcp_loops = tokio::task::JoinSet::new();
         for listener in self.tcp {
-            server.register_listener(listener, self.args.tcp_idle_timeout, 64);
+            tcp_loops.spawn(
+                tcp::serve(listener, self.handler.clone(), limits, stop.clone()).in_current_span(),
+            );
         }
         let addrs: Vec<String> = self.local_addrs.iter().map(ToString::to_string).collect();
         info!(addrs = %addrs.join(","), "serving DNS");
@@ -306,33 +342,23 @@ impl Dns {
         let forwarder = self.handler.forwarder().clone();
         let prober = tokio::spawn(async move { forwarder.probe_loops().await }.in_current_span());
 
-        let token = server.shutdown_token().clone();
-        let on_stop = stop.clone();
-        let stopper = tokio::spawn(
-            async move {
-                on_stop.cancelled().await;
-                token.cancel();
-            }
-            .in_current_span(),
-        );
-        let (result, tcp_done) = tokio::select! {
-            tcp = server.block_until_done() => (tcp.map_err(|e| e.to_string()), true),
-            Some(udp) = udp_loops.join_next() => (match udp {
+        let result = tokio::select! {
+            Some(tcp) = tcp_loops.join_next() => match tcp {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("TCP listener failed: {e}")),
+                Err(e) => Err(e.to_string()),
+            },
+            Some(udp) = udp_loops.join_next() => match udp {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
-            }, false),
+            },
         };
         let shutdown = ctx.cancel.is_cancelled();
         stop.cancel();
-        // Once done, the server has no task left, and waiting for it again
-        // would only log a warning.
-        if !tcp_done {
-            let _ = server.shutdown_gracefully().await;
-        }
         while udp_loops.join_next().await.is_some() {}
+        while tcp_loops.join_next().await.is_some() {}
         ctx.ready.set(false);
-        let _ = stopper.await;
         prober.abort();
         let _ = follower.await;
         if shutdown {

@@ -176,6 +176,16 @@ pub(crate) struct LoopMetrics {
     cluster: Option<Histogram>,
 }
 
+/// Counts one open TCP connection while it lives.
+#[derive(Debug)]
+pub(crate) struct TcpConnectionGuard(Gauge);
+
+impl Drop for TcpConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric of the DNS server. Cheap to clone (shared handles).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -192,6 +202,16 @@ pub struct Metrics {
     index_updates: Family<UpdateLabels, Counter>,
     index_generation: Gauge,
     index_services: Gauge,
+    tcp_connections: Gauge,
+    tcp_refused: Counter,
+    autopath: Family<AutopathLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AutopathLabels {
+    /// `completed` (answered with a CNAME to a later search name) or
+    /// `nxdomain` (no search name exists, or one failed: answered plainly).
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -210,6 +230,9 @@ impl Default for Metrics {
             index_updates: Family::default(),
             index_generation: Gauge::default(),
             index_services: Gauge::default(),
+            tcp_connections: Gauge::default(),
+            tcp_refused: Counter::default(),
+            autopath: Family::default(),
         }
     }
 }
@@ -286,7 +309,42 @@ impl Metrics {
             "Services in the record index",
             metrics.index_services.clone(),
         );
+        r.register(
+            "tcp_connections",
+            "Open DNS-over-TCP connections",
+            metrics.tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_connections_refused",
+            "DNS-over-TCP connections closed at once because --dns-tcp-max-connections were open",
+            metrics.tcp_refused.clone(),
+        );
+        r.register(
+            "autopath",
+            "Questions of pods searched through on their behalf (--dns-autopath), by result",
+            metrics.autopath.clone(),
+        );
         metrics
+    }
+
+    /// A search-path completion tried: `completed` when a later search
+    /// name existed and was answered.
+    pub(crate) fn autopath(&self, completed: bool) {
+        self.autopath
+            .get_or_create(&AutopathLabels {
+                result: if completed { "completed" } else { "nxdomain" },
+            })
+            .inc();
+    }
+
+    /// A TCP connection opened; it counts as open until the guard drops.
+    pub(crate) fn tcp_connection(&self) -> TcpConnectionGuard {
+        self.tcp_connections.inc();
+        TcpConnectionGuard(self.tcp_connections.clone())
+    }
+
+    pub(crate) fn tcp_refused(&self) {
+        self.tcp_refused.inc();
     }
 
     pub(crate) fn request(
