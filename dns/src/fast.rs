@@ -48,7 +48,7 @@ const QUESTION: usize = 12;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dep {
     /// Nothing but the zone configuration (names too deep, names outside
-    /// the `svc` and `pod` trees, pod records in insecure mode).
+    /// the `svc` and `pod` trees).
     Static,
     /// The Service with this [`service_hash`], whether it exists or not.
     Service(u64),

@@ -15,7 +15,7 @@
 //! | `<svc>.<ns>.svc.<zone>` | A/AAAA of every ClusterIP; for headless Services of every served endpoint; SRV for every port; CNAME for ExternalName |
 //! | `<ep>.<svc>.<ns>.svc.<zone>` | A/AAAA of a served endpoint, `<ep>` its hostname or dashed address |
 //! | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV for a named port (headless: one per served endpoint, address records as additionals) |
-//! | `<a-b-c-d>.<ns>.pod.<zone>` | A/AAAA, with `--pods insecure` or `verified` |
+//! | `<a-b-c-d>.<ns>.pod.<zone>` | A/AAAA, with `--pods insecure` (`<ns>` exists) or `verified` (a Pod of `<ns>` has that address) |
 //! | `<reverse>.in-addr.arpa`, `ip6.arpa` | PTR of ClusterIPs and served endpoints |
 //!
 //! A served endpoint is one that is not terminating and is ready (or its
@@ -51,8 +51,9 @@ pub enum PodsMode {
     /// No pod records (`pod.<zone>` does not exist).
     #[default]
     Disabled,
-    /// Any well-formed dashed address in any namespace answers with that
-    /// address (CoreDNS `pods insecure`, kube-dns compatible).
+    /// Any well-formed dashed address in a namespace that exists answers
+    /// with that address (CoreDNS `pods insecure`, kube-dns compatible); a
+    /// namespace that does not exist has no pod names (NXDOMAIN).
     Insecure,
     /// Only addresses of endpoints that point at a Pod of that namespace.
     Verified,
@@ -758,9 +759,10 @@ impl Index {
         rel.reverse();
         match rel.as_slice() {
             [b"svc", ns, name, ..] => Dep::Service(service_hash(ns, name)),
-            [b"pod", ..] if self.config.pods == PodsMode::Verified => Dep::Any,
-            // Pod records in insecure mode (or none), and every other
-            // name this deep, are the same whatever the model holds.
+            // Pod records depend on the namespaces (and, verified, on the
+            // endpoints).
+            [b"pod", ..] if self.config.pods != PodsMode::Disabled => Dep::Any,
+            // Every other name this deep is the same whatever the model holds.
             [_, _, _, ..] => Dep::Static,
             _ => Dep::Any,
         }
@@ -1048,12 +1050,10 @@ impl Index {
         }
     }
 
+    /// Whether `<ns>.pod.<zone>` exists: pod records are on and the
+    /// namespace exists, in both modes (as CoreDNS's `namespaceExposed`).
     fn pod_namespace(&self, ns: &str) -> bool {
-        match self.config.pods {
-            PodsMode::Disabled => false,
-            PodsMode::Insecure => true,
-            PodsMode::Verified => self.namespace_exists(ns),
-        }
+        self.config.pods != PodsMode::Disabled && self.namespace_exists(ns)
     }
 
     fn pod<'a>(
@@ -1066,6 +1066,9 @@ impl Index {
         let Some(ip) = parse_dashed_ip(label.as_bytes()) else {
             return self.nxdomain();
         };
+        if !self.pod_namespace(ns) {
+            return self.nxdomain();
+        }
         let known = match self.config.pods {
             PodsMode::Disabled => false,
             PodsMode::Insecure => true,

@@ -69,7 +69,7 @@ pub struct Args {
     /// Upstream servers for names outside the cluster, IP or IP:PORT (repeatable or comma-separated). Default: the nameservers of --dns-resolv-conf.
     #[arg(long = "upstream", value_name = "ADDR", value_delimiter = ',')]
     pub upstream: Vec<String>,
-    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: disabled, insecure (any address) or verified (addresses of endpoints that are Pods of that namespace).
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: disabled, insecure (any address, in a namespace that exists) or verified (addresses of endpoints that are Pods of that namespace).
     #[arg(long, value_enum, default_value_t = PodsMode::Disabled)]
     pub pods: PodsMode,
     /// Where the default upstreams are read from.

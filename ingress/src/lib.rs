@@ -13,6 +13,7 @@
 pub mod error;
 pub mod framing;
 pub mod gateway;
+mod h2c;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
