@@ -203,6 +203,7 @@ fn completions_and_the_manual_page_are_generated_from_the_cli() {
         "{man}"
     );
     assert!(man.contains("node") && man.contains("completions"), "{man}");
+}
 
 /// Runs fairlead with its stdout on a pipe whose reader has already gone, as
 /// after `fairlead … | head` once `head` has what it wants.
