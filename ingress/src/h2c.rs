@@ -1,138 +1,88 @@
 //! HTTP/2 with prior knowledge (h2c, RFC 9113 section 3.3) on the plain
 //! listener, beside HTTP/1.1: a connection that opens with the HTTP/2
-//! connection preface speaks HTTP/2, any other speaks HTTP/1.1. The bytes
-//! read to tell them apart are handed back to whichever protocol serves the
-//! connection ([`Replay`]).
+//! connection preface speaks HTTP/2, any other speaks HTTP/1.1. The first
+//! bytes are only peeked at (`MSG_PEEK`), never consumed, so whichever
+//! protocol serves the connection reads the stream exactly as the client
+//! sent it, in the same segments: the HTTP/1.1 framing guard and parser see
+//! what they saw before h2c existed.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// The client connection preface of HTTP/2 (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Pause before peeking again when only part of the preface has arrived.
+const PARTIAL_PREFACE_PAUSE: Duration = Duration::from_millis(5);
+
 /// What a plain connection's first bytes say it speaks.
 #[derive(Debug)]
-pub(crate) enum Sniffed<I> {
+pub(crate) enum Sniffed {
     /// HTTP/1.1 (or something hyper's HTTP/1.1 parser will refuse).
-    Http1(Replay<I>),
+    Http1(TcpStream),
     /// HTTP/2 with prior knowledge: the whole preface arrived.
-    H2c(Replay<I>),
+    H2c(TcpStream),
     /// Closed, or silent (or half a preface) for `timeout`: nothing to serve.
     Nothing,
 }
 
-/// Reads the first bytes of `io` until they differ from the HTTP/2 preface
-/// (HTTP/1.1: usually the first or second byte) or match all of it (h2c),
-/// for at most `timeout` (the header timeout: a client that sends nothing
-/// is closed as HTTP/1.1's header-read timeout would).
-pub(crate) async fn sniff<I>(mut io: I, timeout: Duration) -> io::Result<Sniffed<I>>
-where
-    I: AsyncRead + Unpin,
-{
-    let mut head = [0u8; PREFACE.len()];
-    let mut len = 0;
-    let read = async {
+/// Peeks at the first bytes of `stream` until they differ from the HTTP/2
+/// preface (HTTP/1.1: usually the first or second byte) or match all of it
+/// (h2c), for at most `timeout` (the header timeout: a client that sends
+/// nothing is closed as HTTP/1.1's header-read timeout would).
+pub(crate) async fn sniff(stream: TcpStream, timeout: Duration) -> io::Result<Sniffed> {
+    let peek = async {
+        let mut head = [0u8; PREFACE.len()];
+        let mut seen = 0;
         loop {
-            let n = io.read(&mut head[len..]).await?;
-            len += n;
-            if n == 0 || head[..len] != PREFACE[..len] {
-                return Ok::<_, io::Error>(false);
+            let n = stream.peek(&mut head).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(None);
             }
-            if len == PREFACE.len() {
-                return Ok(true);
+            if head[..n] != PREFACE[..n] {
+                return Ok(Some(false));
             }
+            if n == PREFACE.len() {
+                return Ok(Some(true));
+            }
+            // A proper prefix of the preface: peek returns at once while
+            // those bytes wait, so wait for more before looking again.
+            if n == seen {
+                tokio::time::sleep(PARTIAL_PREFACE_PAUSE).await;
+            }
+            seen = n;
         }
     };
-    let h2 = match tokio::time::timeout(timeout, read).await {
-        Ok(result) => result?,
-        Err(_) => return Ok(Sniffed::Nothing),
-    };
-    if len == 0 {
-        return Ok(Sniffed::Nothing);
-    }
-    let replay = Replay {
-        head,
-        len,
-        pos: 0,
-        inner: io,
-    };
-    Ok(if h2 {
-        Sniffed::H2c(replay)
-    } else {
-        Sniffed::Http1(replay)
+    Ok(match tokio::time::timeout(timeout, peek).await {
+        Ok(Ok(Some(true))) => Sniffed::H2c(stream),
+        Ok(Ok(Some(false))) => Sniffed::Http1(stream),
+        Ok(Ok(None)) | Err(_) => Sniffed::Nothing,
+        Ok(Err(e)) => return Err(e),
     })
-}
-
-/// A stream whose first bytes were already read: reads return them again
-/// first, then what the stream brings. Writes go straight through.
-#[derive(Debug)]
-pub(crate) struct Replay<I> {
-    head: [u8; PREFACE.len()],
-    len: usize,
-    pos: usize,
-    inner: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos < this.len {
-            let n = (this.len - this.pos).min(buf.remaining());
-            buf.put_slice(&this.head[this.pos..this.pos + n]);
-            this.pos += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Replay<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// A connected pair on loopback: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
 
     /// Sends `chunks` (with a pause between them) and sniffs; returns the
-    /// verdict and everything the replaying stream then reads.
+    /// verdict and everything the stream then reads.
     async fn sniffed(chunks: &[&[u8]]) -> (&'static str, Vec<u8>) {
-        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut client, server) = pair().await;
         let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
         let writer = tokio::spawn(async move {
             for chunk in chunks {
@@ -140,18 +90,19 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             client.write_all(b"|rest").await.unwrap();
+            client
         });
         let verdict = sniff(server, Duration::from_secs(5)).await.unwrap();
-        let (kind, mut replay) = match verdict {
-            Sniffed::Http1(r) => ("http1", r),
-            Sniffed::H2c(r) => ("h2c", r),
+        let (kind, mut stream) = match verdict {
+            Sniffed::Http1(s) => ("http1", s),
+            Sniffed::H2c(s) => ("h2c", s),
             Sniffed::Nothing => return ("nothing", Vec::new()),
         };
-        writer.await.unwrap();
+        let _client = writer.await.unwrap();
         let mut all = Vec::new();
         let mut buf = [0u8; 7];
         while !all.ends_with(b"|rest") {
-            let n = replay.read(&mut buf).await.unwrap();
+            let n = stream.read(&mut buf).await.unwrap();
             assert!(n > 0);
             all.extend_from_slice(&buf[..n]);
         }
@@ -185,15 +136,15 @@ mod tests {
 
     #[tokio::test]
     async fn silence_or_half_a_preface_is_nothing() {
-        let (_client, server) = tokio::io::duplex(64);
+        let (_client, server) = pair().await;
         let verdict = sniff(server, Duration::from_millis(50)).await.unwrap();
         assert!(matches!(verdict, Sniffed::Nothing));
-        let (mut client, server) = tokio::io::duplex(64);
+        let (mut client, server) = pair().await;
         client.write_all(b"PRI * HTTP/2.0").await.unwrap();
         let verdict = sniff(server, Duration::from_millis(50)).await.unwrap();
         assert!(matches!(verdict, Sniffed::Nothing));
         drop(client);
-        let (client, server) = tokio::io::duplex(64);
+        let (client, server) = pair().await;
         drop(client);
         let verdict = sniff(server, Duration::from_millis(50)).await.unwrap();
         assert!(matches!(verdict, Sniffed::Nothing));
