@@ -9,6 +9,14 @@ bash scripts/setup.sh
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 
+# The shipped artefact: the release binary in the container image (about 10
+# CPU-minutes to build), at most 30 MB. tests/image.rs runs this image as
+# deploy/ does.
+echo "== container image (scripts/image.sh, release build)" >&2
+image="$(bash scripts/image.sh --max-size 30 | tee /dev/stderr | sed -n 's/^image: //p')"
+[ -n "$image" ] || { echo "scripts/image.sh named no image" >&2; exit 1; }
+export FAIRLEAD_IMAGE="$image"
+
 echo "== tests (cargo nextest)" >&2
 cargo nextest run --workspace --no-fail-fast
 
