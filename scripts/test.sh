@@ -26,20 +26,28 @@ cargo test --workspace --doc --quiet
 echo "== clippy" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-# The DNS request path under libFuzzer for a bounded time, from the checked-in
-# seeds (dns/fuzz/seeds/request) into a throw-away corpus. A debug build
+# The DNS server under libFuzzer for a bounded time per target, from the
+# committed corpus (dns/fuzz/corpus/<target>, minimised after each long
+# campaign) and the hand-written seeds (dns/fuzz/seeds/<target>), new inputs
+# going to a throw-away directory. Targets: `request` (raw messages through
+# the UDP fast path and the general path, which must agree), `tcp` (byte
+# streams through the TCP connection loop: framing, pipelining, partial
+# reads), `edns` (well-formed questions with any OPT record). A debug build
 # without sanitizer (debug assertions and overflow checks on): about 7
-# CPU-minutes to build, where cargo-fuzz's default (release, one codegen unit,
-# AddressSanitizer) took 23 minutes at load 9. The code under test forbids
-# unsafe, so panics and wrong answers are what there is to find; the target
-# also checks that the UDP fast path answers like the general path. A crash
-# leaves its input in dns/fuzz/artifacts/request and fails CI.
-fuzz_seconds="${FAIRLEAD_FUZZ_SECONDS:-60}"
-echo "== fuzz: DNS request path (cargo fuzz, ${fuzz_seconds} s)" >&2
+# CPU-minutes to build, where cargo-fuzz's default (release, one codegen
+# unit, AddressSanitizer) took 23 minutes at load 9. The code under test
+# forbids unsafe, so panics and wrong answers are what there is to find. A
+# crash leaves its input in dns/fuzz/artifacts/<target> and fails CI.
+fuzz_seconds="${FAIRLEAD_FUZZ_SECONDS:-40}"
 fuzz_corpus="$(mktemp -d)"
 trap 'rm -rf "$fuzz_corpus"' EXIT
-(
-  cd dns/fuzz
-  cargo +nightly fuzz run request --dev --sanitizer none "$fuzz_corpus" seeds/request -- \
-    -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
-)
+for target in request tcp edns; do
+  echo "== fuzz: DNS ${target} (cargo fuzz, ${fuzz_seconds} s)" >&2
+  mkdir -p "$fuzz_corpus/$target"
+  (
+    cd dns/fuzz
+    cargo +nightly fuzz run "$target" --dev --sanitizer none "$fuzz_corpus/$target" \
+      "corpus/$target" "seeds/$target" -- \
+      -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+  )
+done

@@ -438,6 +438,90 @@ fn bad_packets_do_not_stop_the_server() {
     });
 }
 
+/// The query of issue 20: `Dual.Shop` then a compression pointer to offset 3
+/// of the message (the low flags byte, 0: the root), type 0x7376, class
+/// 0x6307 (REFUSED), trailing bytes. Its answer used to copy the pointer,
+/// which then pointed at the answer's flags byte.
+const COMPRESSED_QUESTION: [u8; 46] = [
+    18, 52, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, 68, 117, 97, 108, 4, 83, 104, 111, 112, 192, 3, 115,
+    118, 99, 7, 99, 108, 117, 115, 116, 101, 114, 5, 108, 111, 99, 97, 108, 0, 0, 228, 0, 1,
+];
+
+/// A UDP relay on loopback between one client question and `server`: the
+/// client's query is replaced by `rewrite(query)` (its id kept), and the
+/// server's answer goes back to the client byte for byte.
+fn relay(server: SocketAddr, rewrite: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = front.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 65535];
+        let Ok((n, client)) = front.recv_from(&mut buf) else {
+            return;
+        };
+        let mut query = rewrite(&buf[..n]);
+        query[..2].copy_from_slice(&buf[..2]);
+        back.send_to(&query, server).unwrap();
+        if let Ok(n) = back.recv(&mut buf) {
+            front.send_to(&buf[..n], client).unwrap();
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_question_with_a_compression_pointer_gets_an_answer_that_parses() {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::serialize::binary::{BinDecodable as _, BinDecoder};
+
+    let dns = Fairlead::start(&fixtures(), &["--upstream", "127.0.0.1:9"]);
+    // Raw, parsed by a DNS library.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(dns.dns).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket.send(&COMPRESSED_QUESTION).unwrap();
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).unwrap();
+    let mut decoder = BinDecoder::new(&buf[..n]);
+    let answer = Message::read(&mut decoder).expect("the answer parses");
+    assert!(decoder.is_empty(), "nothing after the message");
+    assert_eq!(answer.metadata.id, 0x1234);
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(answer.queries.len(), 1);
+    assert_eq!(answer.queries[0].name().to_string(), "Dual.Shop.");
+
+    // kdig asks the same question written out; the relay sends the
+    // compressed form instead and kdig reads fairlead's answer.
+    let via = relay(dns.dns, |_| COMPRESSED_QUESTION.to_vec());
+    let out = run(Command::new("kdig")
+        .arg(format!("@{}", via.ip()))
+        .args(["-p", &via.port().to_string(), "+timeout=3", "+retry=0"])
+        .args(["Dual.Shop.", "CLASS25351", "TYPE29558"]));
+    assert!(out.contains("status: REFUSED"), "{out}");
+    assert!(!out.to_lowercase().contains("malformed"), "{out}");
+    assert!(out.contains("Dual.Shop."), "{out}");
+
+    // A real question whose root label is such a pointer gets its answer.
+    let via = relay(dns.dns, |_| {
+        let mut query = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend(b"\x03Web\x04Shop\x03svc\x07cluster\x05local\xC0\x03\x00\x01\x00\x01");
+        query
+    });
+    let out = run(Command::new("kdig")
+        .arg(format!("@{}", via.ip()))
+        .args(["-p", &via.port().to_string(), "+timeout=3", "+retry=0"])
+        .args(["Web.Shop.svc.cluster.local.", "A"]));
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(!out.to_lowercase().contains("malformed"), "{out}");
+    assert!(
+        out.contains("Web.Shop.svc.cluster.local.\t5\tIN\tA\t10.96.10.10"),
+        "{out}"
+    );
+}
+
 #[test]
 fn sigterm_fails_ready_at_once_and_stops_after_the_lameduck_period() {
     let mut dns = Fairlead::start(

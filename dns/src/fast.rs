@@ -4,12 +4,13 @@
 //! nothing else) is parsed in place, and its answer is looked up in a cache
 //! of wire-format responses keyed by the lower-cased name, the type, the
 //! class and the EDNS buffer size. Sending one is a copy: the query's id,
-//! its RD/CD flags and its question (in the asker's case) are written over
-//! the template. Owner names equal to the question are compression pointers
-//! to it, so they come back in the asker's case; other names are written
-//! out (lower-case) and later ones point at them. Address and SRV sets are
-//! shuffled at send time by permuting whole records, which is safe because
-//! nothing points into the answer section. Negative answers carry the SOA
+//! its RD/CD flags, its EDNS DO bit and its question (in the asker's case,
+//! never with a compression pointer: those take the general path) are
+//! written over the template. Owner names equal to the question are
+//! compression pointers to it, so they come back in the asker's case; other
+//! names are written out (lower-case) and later ones point at them. Address
+//! and SRV sets are shuffled at send time by permuting whole records, which
+//! is safe because nothing points into the answer section. Negative answers carry the SOA
 //! serial of the index that serves them, patched in at send time.
 //!
 //! Each UDP loop owns its cache (no locks). When the index changes, the
@@ -37,6 +38,9 @@ const MAX_NAME: usize = 255;
 const KEY_MAX: usize = MAX_NAME + 7;
 /// Size of the OPT record we add.
 const OPT_LEN: usize = 11;
+/// EDNS option codes the general path validates (RFC 5001, RFC 7871).
+const NSID: u16 = 3;
+const CLIENT_SUBNET: u16 = 8;
 /// Offset of the question in a message.
 const QUESTION: usize = 12;
 
@@ -80,6 +84,8 @@ pub(crate) struct Query<'a> {
     qtype: u16,
     /// The UDP payload size we honour and advertise (EDNS), if any.
     edns: Option<u16>,
+    /// The query's DO bit (EDNS), copied into the answer (RFC 3225).
+    dnssec_ok: bool,
 }
 
 impl Query<'_> {
@@ -162,6 +168,7 @@ pub(crate) fn parse(raw: &[u8], max_udp_payload: u16) -> Option<Query<'_>> {
     at += 4;
     let question_end = at;
     let mut edns = None;
+    let mut dnssec_ok = false;
     if additional == 1 {
         let opt = raw.get(at..at + OPT_LEN)?;
         if opt[0] != 0 || be16(opt, 1)? != u16::from(RecordType::OPT) {
@@ -172,11 +179,17 @@ pub(crate) fn parse(raw: &[u8], max_udp_payload: u16) -> Option<Query<'_>> {
             return None;
         }
         let payload = be16(opt, 3)?;
+        dnssec_ok = opt[7] & 0x80 != 0;
         let rdlen = usize::from(be16(opt, 9)?);
         at += OPT_LEN;
         let options = raw.get(at..at + rdlen)?;
         let mut o = 0;
         while o < options.len() {
+            // NSID and client subnet have contents to validate (a malformed
+            // one is FORMERR, RFC 7871 7.1.1): the general path reads them.
+            if matches!(be16(options, o)?, NSID | CLIENT_SUBNET) {
+                return None;
+            }
             o += 4 + usize::from(be16(options, o + 2)?);
         }
         if o != options.len() {
@@ -207,6 +220,7 @@ pub(crate) fn parse(raw: &[u8], max_udp_payload: u16) -> Option<Query<'_>> {
         key,
         qtype,
         edns,
+        dnssec_ok,
     })
 }
 
@@ -381,6 +395,12 @@ fn write(
     out[QUESTION..query.question_end].copy_from_slice(&query.raw[QUESTION..query.question_end]);
     if let Some(at) = template.serial_at {
         out[at..at + 4].copy_from_slice(&serial.to_be_bytes());
+    }
+    // The OPT record ends the template when the query had one; the high
+    // byte of its flags (TTL byte 3) holds DO.
+    if query.edns.is_some() && query.dnssec_ok {
+        let flags = out.len() - OPT_LEN + 7;
+        out[flags] |= 0x80;
     }
     let records = template.shuffle.len().saturating_sub(1);
     if records > 1 {
@@ -673,6 +693,14 @@ mod tests {
                 }),
             ),
             ("an OPT that is not root", Box::new(|q| q[29] = 1)),
+            (
+                "a client subnet option (validated there)",
+                Box::new(|q| {
+                    let n = q.len();
+                    q[n - 1] = 4;
+                    q.extend_from_slice(&[0, 8, 0, 0]);
+                }),
+            ),
             (
                 "an option longer than the OPT",
                 Box::new(|q| {

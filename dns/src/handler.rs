@@ -20,7 +20,7 @@ use hickory_server::proto::op::{
 };
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncoder, NameEncoding,
+    BinDecodable, BinDecoder, BinEncodable as _, BinEncoder, NameEncoding,
 };
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
@@ -145,6 +145,10 @@ impl Handler {
         self.metrics.cluster_request(local, qtype, rcode, elapsed);
     }
 
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub(crate) fn count(
         &self,
         qtype: Option<RecordType>,
@@ -256,6 +260,8 @@ impl Handler {
         let edns = request.edns.as_ref().map(|theirs| {
             let mut ours = Edns::new();
             ours.set_max_payload(theirs.max_payload().clamp(512, self.max_udp_payload));
+            // RFC 3225: the DO bit of the query is copied into the response.
+            ours.set_dnssec_ok(theirs.flags().dnssec_ok);
             ours
         });
         let query = match request.queries.queries() {
@@ -280,8 +286,9 @@ impl Handler {
             Protocol::Udp => usize::from(edns.as_ref().map_or(512, Edns::max_payload)),
             _ => usize::from(u16::MAX),
         };
+        let rewritten = rewritten_question(&request.queries);
         let info = send(
-            &request.queries,
+            rewritten.as_ref().unwrap_or(&request.queries),
             metadata,
             edns.as_ref(),
             &reply,
@@ -293,8 +300,59 @@ impl Handler {
     }
 }
 
-/// The question section exactly as hickory-server writes it in a response:
-/// the asker's bytes, with one compression pointer to them. A trial encoding
+/// The question section a response carries when it cannot be the asker's
+/// bytes (`None`: it can be). A compression pointer in a question is legal
+/// (RFC 1035 4.1.4), but it holds an offset into the *query*: copied into a
+/// response, whose header bytes differ, it points at garbage (the flags
+/// byte, say) and the answer no longer parses. Such questions are written
+/// out again from their decoded form, in the asker's case, as CoreDNS does
+/// (Knot refuses them with FORMERR; answering is the more useful choice).
+fn rewritten_question(queries: &Queries) -> Option<Queries> {
+    if !has_pointer(queries.as_bytes(), queries.len()) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(queries.as_bytes().len() + 64);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    let written = queries
+        .queries()
+        .iter()
+        .try_for_each(|query| query.original().emit(&mut encoder));
+    let rewritten = written
+        .ok()
+        .and_then(|()| Queries::read(&mut BinDecoder::new(&bytes), queries.len()).ok());
+    // Writing out decoded names cannot fail; if it ever did, an empty
+    // question section still makes a message that parses.
+    rewritten.or_else(|| Queries::read(&mut BinDecoder::new(&[]), 0).ok())
+}
+
+/// Whether the `count` questions in `bytes` (as read from a query) use a
+/// compression pointer anywhere in their names.
+fn has_pointer(bytes: &[u8], count: usize) -> bool {
+    let mut at = 0;
+    for _ in 0..count {
+        loop {
+            let Some(&len) = bytes.get(at) else {
+                return false;
+            };
+            if len & 0xC0 != 0 {
+                // A pointer (or an extended label type, which hickory
+                // refuses to read in the first place).
+                return true;
+            }
+            at += 1 + usize::from(len);
+            if len == 0 {
+                break;
+            }
+        }
+        // Type and class.
+        at += 4;
+    }
+    false
+}
+
+/// The question section exactly as a response carries it (see
+/// [`rewritten_question`]), with one compression pointer to it. A trial encoding
 /// must compress the same way to predict the real size.
 struct RawQueries<'q>(&'q Queries);
 
@@ -451,6 +509,22 @@ struct Capture {
     bytes: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
+impl Capture {
+    fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            bytes: Arc::default(),
+        }
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        self.bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
 #[async_trait::async_trait]
 impl ResponseHandler for Capture {
     async fn send_response<'a>(
@@ -477,7 +551,62 @@ impl ResponseHandler for Capture {
     }
 }
 
+/// A raw message, read.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// Nothing is sent back: shorter than a header, or not a query
+    /// (answering responses would reflect).
+    Drop,
+    /// The header reads, the rest does not: FORMERR.
+    FormErr(Header),
+    /// A request for the handler.
+    Request(Box<Request>),
+}
+
 impl Handler {
+    /// Reads one raw message as it arrived on a socket.
+    pub(crate) fn parse(raw: &[u8], src: SocketAddr, protocol: Protocol) -> Parsed {
+        let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
+            return Parsed::Drop;
+        };
+        match Request::from_bytes(raw.to_vec(), src, protocol) {
+            Ok(request) if request.metadata.message_type == MessageType::Response => Parsed::Drop,
+            Ok(request) => Parsed::Request(Box::new(request)),
+            Err(_) => Parsed::FormErr(header),
+        }
+    }
+
+    /// The FORMERR answer to a message with `header` (no question: the
+    /// rest did not parse), counted.
+    pub(crate) async fn formerr(&self, header: &Header, protocol: Protocol) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let empty = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+        let mut metadata = Metadata::response_from_request(&header.metadata);
+        metadata.response_code = ResponseCode::FormErr;
+        let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
+        let mut capture = Capture::new(protocol);
+        capture.send_response(response).await.ok()?;
+        self.count(
+            None,
+            ResponseCode::FormErr,
+            Source::Error,
+            started.elapsed(),
+        );
+        capture.take()
+    }
+
+    /// The encoded answer to `request` (counted like every answer).
+    pub(crate) async fn answer(&self, request: &Request) -> Option<Vec<u8>> {
+        let capture = Capture::new(request.protocol());
+        RequestHandler::handle_request::<_, hickory_server::net::runtime::TokioTime>(
+            self,
+            request,
+            capture.clone(),
+        )
+        .await;
+        capture.take()
+    }
+
     /// Answers one raw DNS message the way the server does on a socket:
     /// `None` when nothing would be sent (shorter than a header, or not a
     /// query), FORMERR when it does not parse, else the handler's response.
@@ -503,34 +632,10 @@ impl Handler {
                 return Some(out);
             }
         }
-        let capture = Capture {
-            protocol,
-            bytes: Arc::new(Mutex::new(None)),
-        };
-        let mut decoder = BinDecoder::new(raw);
-        let header = Header::read(&mut decoder).ok()?;
-        if let Ok(request) = Request::from_bytes(raw.to_vec(), src, protocol) {
-            if request.metadata.message_type == MessageType::Response {
-                return None;
-            }
-            RequestHandler::handle_request::<_, hickory_server::net::runtime::TokioTime>(
-                self,
-                &request,
-                capture.clone(),
-            )
-            .await;
-        } else {
-            let empty = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-            let mut metadata = Metadata::response_from_request(&header.metadata);
-            metadata.response_code = ResponseCode::FormErr;
-            let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
-            let mut c = capture.clone();
-            c.send_response(response).await.ok()?;
+        match Self::parse(raw, src, protocol) {
+            Parsed::Drop => None,
+            Parsed::FormErr(header) => self.formerr(&header, protocol).await,
+            Parsed::Request(request) => self.answer(&request).await,
         }
-        capture
-            .bytes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! The pieces, in the order a request meets them:
 //! - transport: our own UDP loops (SO_REUSEPORT sockets; on a wildcard
-//!   address each answer leaves from the address its query was sent to),
-//!   hickory-server's TCP loop, on `--listen`;
+//!   address each answer leaves from the address its query was sent to)
+//!   and TCP connections (pipelined, answered out of order; [`tcp`]), on
+//!   `--listen`;
 //! - the UDP fast path: plain questions about cluster names answered from a
 //!   per-loop cache of pre-serialised responses (`fast`);
 //! - [`Handler`]: everything else, on hickory: EDNS0, the asker's case kept,
@@ -28,6 +29,7 @@ pub mod index;
 pub mod metrics;
 pub mod names;
 mod pktinfo;
+pub mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
@@ -37,7 +39,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fairlead_model::{Ready, Snapshot};
-use hickory_server::Server;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -119,6 +120,13 @@ pub struct Args {
     /// TCP connections idle this long are closed.
     #[arg(long = "dns-tcp-idle-timeout", value_name = "DURATION", default_value = "10s", value_parser = names::parse_duration)]
     pub tcp_idle_timeout: Duration,
+    /// TCP connections served at once per listen address; further ones are closed at once.
+    #[arg(
+        long = "dns-tcp-max-connections",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub tcp_max_connections: usize,
 }
 
 impl Args {
@@ -282,14 +290,20 @@ impl Dns {
         forward::log_setup(self.handler.forwarder());
         // Stops everything here: on shutdown, or when a transport fails.
         let stop = ctx.cancel.child_token();
-        let mut server = Server::new(self.handler.clone());
         let mut udp_loops = tokio::task::JoinSet::new();
         for socket in self.udp {
             udp_loops
                 .spawn(udp::serve(socket, self.handler.clone(), stop.clone()).in_current_span());
         }
+        let limits = tcp::TcpLimits {
+            idle_timeout: self.args.tcp_idle_timeout,
+            max_connections: self.args.tcp_max_connections.max(1),
+        };
+        let mut tcp_loops = tokio::task::JoinSet::new();
         for listener in self.tcp {
-            server.register_listener(listener, self.args.tcp_idle_timeout, 64);
+            tcp_loops.spawn(
+                tcp::serve(listener, self.handler.clone(), limits, stop.clone()).in_current_span(),
+            );
         }
         let addrs: Vec<String> = self.local_addrs.iter().map(ToString::to_string).collect();
         info!(addrs = %addrs.join(","), "serving DNS");
@@ -306,17 +320,12 @@ impl Dns {
         let forwarder = self.handler.forwarder().clone();
         let prober = tokio::spawn(async move { forwarder.probe_loops().await }.in_current_span());
 
-        let token = server.shutdown_token().clone();
-        let on_stop = stop.clone();
-        let stopper = tokio::spawn(
-            async move {
-                on_stop.cancelled().await;
-                token.cancel();
-            }
-            .in_current_span(),
-        );
         let result = tokio::select! {
-            tcp = server.block_until_done() => tcp.map_err(|e| e.to_string()),
+            Some(tcp) = tcp_loops.join_next() => match tcp {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("TCP listener failed: {e}")),
+                Err(e) => Err(e.to_string()),
+            },
             Some(udp) = udp_loops.join_next() => match udp {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
@@ -325,10 +334,9 @@ impl Dns {
         };
         let shutdown = ctx.cancel.is_cancelled();
         stop.cancel();
-        let _ = server.shutdown_gracefully().await;
         while udp_loops.join_next().await.is_some() {}
+        while tcp_loops.join_next().await.is_some() {}
         ctx.ready.set(false);
-        let _ = stopper.await;
         prober.abort();
         let _ = follower.await;
         if shutdown {

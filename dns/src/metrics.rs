@@ -176,6 +176,16 @@ pub(crate) struct LoopMetrics {
     cluster: Option<Histogram>,
 }
 
+/// Counts one open TCP connection while it lives.
+#[derive(Debug)]
+pub(crate) struct TcpConnectionGuard(Gauge);
+
+impl Drop for TcpConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Every metric of the DNS server. Cheap to clone (shared handles).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -192,6 +202,8 @@ pub struct Metrics {
     index_updates: Family<UpdateLabels, Counter>,
     index_generation: Gauge,
     index_services: Gauge,
+    tcp_connections: Gauge,
+    tcp_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -210,6 +222,8 @@ impl Default for Metrics {
             index_updates: Family::default(),
             index_generation: Gauge::default(),
             index_services: Gauge::default(),
+            tcp_connections: Gauge::default(),
+            tcp_refused: Counter::default(),
         }
     }
 }
@@ -286,7 +300,27 @@ impl Metrics {
             "Services in the record index",
             metrics.index_services.clone(),
         );
+        r.register(
+            "tcp_connections",
+            "Open DNS-over-TCP connections",
+            metrics.tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_connections_refused",
+            "DNS-over-TCP connections closed at once because --dns-tcp-max-connections were open",
+            metrics.tcp_refused.clone(),
+        );
         metrics
+    }
+
+    /// A TCP connection opened; it counts as open until the guard drops.
+    pub(crate) fn tcp_connection(&self) -> TcpConnectionGuard {
+        self.tcp_connections.inc();
+        TcpConnectionGuard(self.tcp_connections.clone())
+    }
+
+    pub(crate) fn tcp_refused(&self) {
+        self.tcp_refused.inc();
     }
 
     pub(crate) fn request(

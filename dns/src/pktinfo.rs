@@ -18,8 +18,11 @@
 //! (broadcast, multicast) are not used as sources: the kernel picks, as
 //! without pktinfo.
 //!
-//! Everything goes through `nix`'s safe wrappers of `setsockopt`, `recvmsg`
-//! and `sendmsg`: no `unsafe` here.
+//! Datagrams are received and answers sent in batches (`recvmmsg`,
+//! `sendmmsg`: one system call for up to [`BATCH`] of them), as Knot does;
+//! answers leaving from different addresses take one `sendmmsg` per run of
+//! the same address. Everything goes through `nix`'s safe wrappers: no
+//! `unsafe` here.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -27,8 +30,8 @@ use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd};
 
 use nix::libc;
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt,
-    sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, RecvMsg, SockaddrStorage,
+    recvmmsg, sendmmsg, sendmsg, setsockopt, sockopt,
 };
 
 /// The address a datagram was sent to, in the family of the socket that
@@ -72,26 +75,176 @@ pub(crate) fn enable(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives one datagram into `buf` (non-blocking): its length, its sender
-/// and, when the kernel reported one that can be a source, the address it
-/// was sent to.
-pub(crate) fn recv(
+/// Datagrams received, and answers sent, per system call.
+pub(crate) const BATCH: usize = 32;
+/// Room for one query. A longer datagram (no DNS query is; the large EDNS
+/// sizes are for answers) arrives cut and is dropped.
+pub(crate) const QUERY_MAX: usize = 4096;
+
+/// One datagram of a batch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Datagram {
+    /// Its bytes in the batch's buffer `i`.
+    pub(crate) len: usize,
+    /// Its sender.
+    pub(crate) peer: SocketAddr,
+    /// The address it was sent to, on a wildcard socket, when the kernel
+    /// reported one that can be a source.
+    pub(crate) local: Option<Local>,
+}
+
+/// Buffers for receiving [`BATCH`] datagrams at once (`recvmmsg`) and
+/// sending as many answers (`sendmmsg`), allocated once per socket. (The
+/// message headers are made per call: nix's hold raw pointers, which a
+/// task that moves between threads cannot keep.)
+pub(crate) struct Batch {
+    buffers: Box<[u8]>,
+    /// Whether to ask for (and send with) each datagram's destination.
+    pktinfo: bool,
+    /// What the last receive got, in order.
+    pub(crate) datagrams: Vec<Datagram>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("datagrams", &self.datagrams.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batch {
+    /// Room for a batch; `pktinfo`: with space for the destination of each
+    /// datagram (wildcard sockets).
+    pub(crate) fn new(pktinfo: bool) -> Self {
+        Self {
+            buffers: vec![0; BATCH * QUERY_MAX].into_boxed_slice(),
+            pktinfo,
+            datagrams: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The bytes of datagram `i` of the last receive.
+    pub(crate) fn query(&self, i: usize) -> &[u8] {
+        let at = i * QUERY_MAX;
+        &self.buffers[at..at + self.datagrams[i].len]
+    }
+
+    /// Receives up to [`BATCH`] datagrams waiting on `socket` (non-blocking:
+    /// `WouldBlock` when there are none) into [`Batch::datagrams`]; datagrams
+    /// without an IP sender or cut short are left out.
+    pub(crate) fn receive(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
+        self.datagrams.clear();
+        let (received, kept) = {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+                .buffers
+                .chunks_exact_mut(QUERY_MAX)
+                .map(|chunk| [IoSliceMut::new(chunk)])
+                .collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                BATCH,
+                self.pktinfo.then(control_buffer),
+            );
+            let results = recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )?;
+            let mut received = 0;
+            let mut kept = [None; BATCH];
+            for (slot, message) in kept.iter_mut().zip(results) {
+                received += 1;
+                let peer = message.address.as_ref().and_then(socket_addr);
+                let cut = message.flags.contains(MsgFlags::MSG_TRUNC);
+                *slot = peer.filter(|_| !cut).map(|peer| Datagram {
+                    len: message.bytes,
+                    peer,
+                    local: destination(&message, peer),
+                });
+            }
+            (received, kept)
+        };
+        // Keep buffer `i` for datagram `i`: drop the unusable ones by
+        // moving the later ones' bytes down.
+        for (i, datagram) in kept.into_iter().take(received).enumerate() {
+            let Some(datagram) = datagram else { continue };
+            let slot = self.datagrams.len();
+            if slot != i {
+                self.buffers.copy_within(
+                    i * QUERY_MAX..i * QUERY_MAX + datagram.len,
+                    slot * QUERY_MAX,
+                );
+            }
+            self.datagrams.push(datagram);
+        }
+        Ok(received)
+    }
+}
+
+/// Sends `answers` (bytes, peer, source address) with as few
+/// `sendmmsg` calls as their source addresses allow (non-blocking):
+/// how many were sent from the front, or `WouldBlock` if none could be.
+pub(crate) fn send_many(
     socket: BorrowedFd<'_>,
-    buf: &mut [u8],
-    control: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<Local>)> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let message = recvmsg::<SockaddrStorage>(
+    answers: &[(&[u8], SocketAddr, Option<Local>)],
+) -> io::Result<usize> {
+    let Some(&(_, _, local)) = answers.first() else {
+        return Ok(0);
+    };
+    // One call takes answers from one source address (the control
+    // message is shared by the whole call).
+    let run = answers
+        .iter()
+        .take(BATCH)
+        .take_while(|(_, _, l)| *l == local)
+        .count();
+    let slices: Vec<[IoSlice<'_>; 1]> = answers[..run]
+        .iter()
+        .map(|(bytes, _, _)| [IoSlice::new(bytes)])
+        .collect();
+    let addrs: Vec<Option<SockaddrStorage>> = answers[..run]
+        .iter()
+        .map(|(_, peer, _)| Some(SockaddrStorage::from(*peer)))
+        .collect();
+    let (info4, info6, v4, v6);
+    let control: &[ControlMessage<'_>] = match local {
+        None => &[],
+        Some(Local::V4(addr)) => {
+            info4 = in_pktinfo(addr);
+            v4 = [ControlMessage::Ipv4PacketInfo(&info4)];
+            &v4
+        }
+        Some(Local::V6 { addr, ifindex }) => {
+            info6 = in6_pktinfo(addr, ifindex);
+            v6 = [ControlMessage::Ipv6PacketInfo(&info6)];
+            &v6
+        }
+    };
+    // Room for exactly the one control message sent: nix passes the
+    // whole room as its length, and the kernel refuses a zeroed one
+    // after it (EINVAL).
+    let room = match local {
+        None => None,
+        Some(Local::V4(_)) => Some(nix::cmsg_space!(libc::in_pktinfo)),
+        Some(Local::V6 { .. }) => Some(nix::cmsg_space!(libc::in6_pktinfo)),
+    };
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(run, room);
+    let sent = sendmmsg(
         socket.as_raw_fd(),
-        &mut iov,
-        Some(control),
-        MsgFlags::empty(),
+        &mut headers,
+        &slices,
+        &addrs,
+        control,
+        MsgFlags::MSG_DONTWAIT,
     )?;
-    let peer = message
-        .address
-        .as_ref()
-        .and_then(socket_addr)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no IP sender address"))?;
+    Ok(sent.count())
+}
+
+/// The destination of a received datagram, when the kernel reported one
+/// that can be a source.
+fn destination(message: &RecvMsg<'_, '_, SockaddrStorage>, peer: SocketAddr) -> Option<Local> {
     let (mut v4, mut v6) = (None, None);
     // Truncated control data (ENOBUFS) leaves the kernel to pick.
     if let Ok(messages) = message.cmsgs() {
@@ -103,21 +256,18 @@ pub(crate) fn recv(
             }
         }
     }
-    let local = match (v4, v6) {
-        (Some(info), _) => {
-            destination_v4(&info).map(|addr| match peer {
-                SocketAddr::V4(_) => Local::V4(addr),
-                // An IPv4 datagram on a dual-stack socket.
-                SocketAddr::V6(_) => Local::V6 {
-                    addr: addr.to_ipv6_mapped(),
-                    ifindex: 0,
-                },
-            })
-        }
+    match (v4, v6) {
+        (Some(info), _) => destination_v4(&info).map(|addr| match peer {
+            SocketAddr::V4(_) => Local::V4(addr),
+            // An IPv4 datagram on a dual-stack socket.
+            SocketAddr::V6(_) => Local::V6 {
+                addr: addr.to_ipv6_mapped(),
+                ifindex: 0,
+            },
+        }),
         (None, Some(info)) => destination_v6(&info),
         (None, None) => None,
-    };
-    Ok((message.bytes, peer, local))
+    }
 }
 
 /// Sends `bytes` to `peer` from `local` (non-blocking).
@@ -132,22 +282,11 @@ pub(crate) fn send(
     let (v4, v6);
     let control = match local {
         Local::V4(addr) => {
-            v4 = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from(addr).to_be(),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
+            v4 = in_pktinfo(addr);
             ControlMessage::Ipv4PacketInfo(&v4)
         }
         Local::V6 { addr, ifindex } => {
-            v6 = libc::in6_pktinfo {
-                ipi6_addr: libc::in6_addr {
-                    s6_addr: addr.octets(),
-                },
-                ipi6_ifindex: ifindex,
-            };
+            v6 = in6_pktinfo(addr, ifindex);
             ControlMessage::Ipv6PacketInfo(&v6)
         }
     };
@@ -158,6 +297,25 @@ pub(crate) fn send(
         MsgFlags::empty(),
         Some(&to),
     )?)
+}
+
+fn in_pktinfo(addr: Ipv4Addr) -> libc::in_pktinfo {
+    libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    }
+}
+
+fn in6_pktinfo(addr: Ipv6Addr, ifindex: u32) -> libc::in6_pktinfo {
+    libc::in6_pktinfo {
+        ipi6_addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
+        ipi6_ifindex: ifindex,
+    }
 }
 
 fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {

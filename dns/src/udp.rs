@@ -6,8 +6,7 @@
 //! (hickory's `RequestHandler`), and spawns a task only for questions that
 //! wait on an upstream. Several sockets share a port with SO_REUSEPORT, one loop each.
 //! On a wildcard address every answer, fast or not, leaves from the address
-//! its query was sent to (see `pktinfo`). TCP stays on hickory-server's
-//! transport.
+//! its query was sent to (see `pktinfo`). TCP has its own loop (`tcp`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,25 +14,18 @@ use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Edns, Header, MessageType, Metadata, ResponseCode};
-use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::Error;
 use crate::fast::{AnswerCache, Fast};
-use crate::handler::Handler;
-use crate::metrics::{LoopMetrics, Source};
-use crate::pktinfo::{self, Local};
+use crate::handler::{Handler, Parsed};
+use crate::metrics::LoopMetrics;
+use crate::pktinfo::{self, BATCH, Batch, Datagram, Local};
 
 /// Binds `count` UDP sockets sharing `addr` (SO_REUSEPORT); with port 0, the
 /// port the first one got. On a wildcard address they report each
@@ -84,24 +76,7 @@ impl Socket {
         Ok(Self { udp, wildcard })
     }
 
-    /// The next datagram: length, sender and (wildcard sockets) destination.
-    async fn recv(
-        &self,
-        buf: &mut [u8],
-        control: &mut [u8],
-    ) -> io::Result<(usize, SocketAddr, Option<Local>)> {
-        if !self.wildcard {
-            let (len, peer) = self.udp.recv_from(buf).await?;
-            return Ok((len, peer, None));
-        }
-        self.udp
-            .async_io(Interest::READABLE, || {
-                pktinfo::recv(self.udp.as_fd(), buf, control)
-            })
-            .await
-    }
-
-    /// Sends `bytes` to `peer`, from `local` when known.
+    /// Sends one answer to `peer`, from `local` when known.
     async fn send(&self, bytes: &[u8], peer: SocketAddr, local: Option<Local>) -> io::Result<()> {
         match local {
             None => self.udp.send_to(bytes, peer).await.map(drop),
@@ -114,41 +89,35 @@ impl Socket {
                 .map(drop),
         }
     }
-}
 
-/// Sends a response straight on the socket it came in on, from the address
-/// it was sent to.
-#[derive(Clone, Debug)]
-struct Reply {
-    socket: Arc<Socket>,
-    peer: SocketAddr,
-    local: Option<Local>,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Reply {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let limit = response.edns().map_or(512, Edns::max_payload);
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(limit);
-        let info = response.destructive_emit(&mut encoder)?;
-        self.socket.send(&bytes, self.peer, self.local).await?;
-        Ok(info)
+    /// Sends the answers of a batch, as few system calls as possible.
+    async fn send_batch(&self, answers: &[(&[u8], SocketAddr, Option<Local>)]) {
+        let mut sent = 0;
+        while sent < answers.len() {
+            let rest = &answers[sent..];
+            match self
+                .udp
+                .async_io(Interest::WRITABLE, || {
+                    pktinfo::send_many(self.udp.as_fd(), rest)
+                })
+                .await
+            {
+                Ok(n) => sent += n.max(1),
+                Err(error) => {
+                    // The first answer of the call failed (an unreachable
+                    // peer, say): skip it, send the rest.
+                    let (_, peer, local) = rest[0];
+                    debug!(%error, %peer, asked = ?local.map(Local::ip), "UDP send error");
+                    sent += 1;
+                }
+            }
+        }
     }
 }
 
-/// Serves one socket until `cancel`.
+/// Serves one socket until `cancel`: receives a batch of datagrams, answers
+/// each (the fast path, else the handler inline, else a task for questions
+/// that wait on an upstream), and sends the batch's answers together.
 pub(crate) async fn serve(
     socket: UdpSocket,
     handler: Handler,
@@ -157,22 +126,25 @@ pub(crate) async fn serve(
     let socket = Arc::new(
         Socket::new(socket).map_err(|e| Error::Server(format!("UDP socket failed: {e}")))?,
     );
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
-    let mut control = pktinfo::control_buffer();
+    let mut batch = Batch::new(socket.wildcard);
     let mut cache = AnswerCache::default();
-    let mut local = LoopMetrics::default();
-    let mut out = Vec::with_capacity(1232);
+    let mut metrics = LoopMetrics::default();
+    // An answer buffer per datagram of a batch, reused.
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
+    let mut ready: Vec<(usize, SocketAddr, Option<Local>)> = Vec::with_capacity(BATCH);
     loop {
         let received = tokio::select! {
-            received = socket.recv(&mut buf, &mut control) => received,
+            received = socket.udp.async_io(Interest::READABLE, || {
+                batch.receive(socket.udp.as_fd())
+            }) => received,
             () = cancel.cancelled() => return Ok(()),
         };
-        let (len, peer, asked) = match received {
-            Ok(r) => r,
+        match received {
+            Ok(_) => {}
             Err(error)
                 if matches!(
                     error.kind(),
-                    std::io::ErrorKind::NotConnected | std::io::ErrorKind::ConnectionAborted
+                    io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
                 ) =>
             {
                 return Err(Error::Server(format!("UDP socket failed: {error}")));
@@ -181,64 +153,53 @@ pub(crate) async fn serve(
                 debug!(%error, "UDP receive error");
                 continue;
             }
-        };
-        // Never answer to port 0 or an unspecified address (reflection).
-        if peer.port() == 0 || peer.ip().is_unspecified() {
-            continue;
         }
-        let raw = &buf[..len];
-        let started = Instant::now();
-        if let Fast::Answered { qtype, rcode } = handler.answer_fast(&mut cache, raw, &mut out) {
-            if let Err(error) = socket.send(&out, peer, asked).await {
-                debug!(%error, %peer, asked = ?asked.map(Local::ip), "UDP send error");
+        ready.clear();
+        for (i, out) in outs.iter_mut().enumerate().take(batch.datagrams.len()) {
+            let Datagram { peer, local, .. } = batch.datagrams[i];
+            // Never answer to port 0 or an unspecified address (reflection).
+            if peer.port() == 0 || peer.ip().is_unspecified() {
+                continue;
             }
-            handler.count_fast(&mut local, qtype, rcode, started.elapsed());
-            continue;
-        }
-        let reply = Reply {
-            socket: socket.clone(),
-            peer,
-            local: asked,
-        };
-        let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else {
-            continue;
-        };
-        let Ok(request) = Request::from_bytes(raw.to_vec(), peer, Protocol::Udp) else {
-            formerr(&handler, &header, reply).await;
-            continue;
-        };
-        if request.metadata.message_type == MessageType::Response {
-            continue;
-        }
-        if handler.answers_from_memory(&request) {
-            RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
-        } else {
-            let handler = handler.clone();
-            tokio::spawn(
-                async move {
-                    RequestHandler::handle_request::<_, TokioTime>(&handler, &request, reply).await;
+            let raw = batch.query(i);
+            let started = Instant::now();
+            if let Fast::Answered { qtype, rcode } = handler.answer_fast(&mut cache, raw, out) {
+                handler.count_fast(&mut metrics, qtype, rcode, started.elapsed());
+                ready.push((i, peer, local));
+                continue;
+            }
+            let answer = match Handler::parse(raw, peer, Protocol::Udp) {
+                Parsed::Drop => None,
+                Parsed::FormErr(header) => handler.formerr(&header, Protocol::Udp).await,
+                Parsed::Request(request) if handler.answers_from_memory(&request) => {
+                    handler.answer(&request).await
                 }
-                .in_current_span(),
-            );
+                Parsed::Request(request) => {
+                    let handler = handler.clone();
+                    let socket = socket.clone();
+                    tokio::spawn(
+                        async move {
+                            let Some(answer) = handler.answer(&request).await else {
+                                return;
+                            };
+                            if let Err(error) = socket.send(&answer, peer, local).await {
+                                debug!(%error, %peer, "UDP send error");
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                    None
+                }
+            };
+            if let Some(answer) = answer {
+                *out = answer;
+                ready.push((i, peer, local));
+            }
         }
+        let answers: Vec<(&[u8], SocketAddr, Option<Local>)> = ready
+            .iter()
+            .map(|&(i, peer, local)| (outs[i].as_slice(), peer, local))
+            .collect();
+        socket.send_batch(&answers).await;
     }
-}
-
-async fn formerr(handler: &Handler, header: &Header, mut reply: Reply) {
-    let started = Instant::now();
-    let Ok(empty) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
-        return;
-    };
-    let mut metadata = Metadata::response_from_request(&header.metadata);
-    metadata.response_code = ResponseCode::FormErr;
-    let response = MessageResponseBuilder::new(&empty, None).build_no_records(metadata);
-    if let Err(error) = reply.send_response(response).await {
-        warn!(%error, "failed to send FORMERR");
-    }
-    handler.count(
-        None,
-        ResponseCode::FormErr,
-        Source::Error,
-        started.elapsed(),
-    );
 }

@@ -471,3 +471,231 @@ async fn answers_on_a_wildcard_address_leave_from_the_address_asked() {
     }
     upstream.stop().await;
 }
+
+/// `message` with its two-byte length in front (DNS over TCP).
+fn framed(id: u16, name: &str) -> Vec<u8> {
+    let mut bytes = query_bytes(name, RecordType::A, DNSClass::IN, None);
+    bytes[..2].copy_from_slice(&id.to_be_bytes());
+    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    out.extend(bytes);
+    out
+}
+
+/// The next answer on `stream`, or `None` once the server closed it.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> Option<Message> {
+    use tokio::io::AsyncReadExt as _;
+    let mut len = [0u8; 2];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len))
+        .await
+        .expect("an answer or a close within 5 s");
+    if read.is_err() {
+        return None;
+    }
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).await.unwrap();
+    Some(Message::from_vec(&buf).expect("the answer parses"))
+}
+
+/// Whether the server closes `stream` within `within` (reading nothing).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_queries_are_pipelined_and_answered_as_they_are_ready() {
+    use tokio::io::AsyncWriteExt as _;
+    // An upstream that never answers: forwarded questions take the timeout.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (writer, _) = support::model();
+    let mut a = args();
+    a.upstream = vec![silent.local_addr().unwrap().to_string()];
+    a.upstream_timeout = Duration::from_millis(800);
+    a.serve_stale = Duration::ZERO;
+    let server = Running::start(a, writer.subscribe()).await;
+    eventually("ready", || async { server.ready.get() }).await;
+
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Four queries in one write: a forwarded name first, then cluster names.
+    let mut burst = framed(1, "slow.example.test.");
+    burst.extend(framed(2, "web.shop.svc.cluster.local."));
+    burst.extend(framed(3, "nosuch.shop.svc.cluster.local."));
+    burst.extend(framed(4, "dual.shop.svc.cluster.local."));
+    stream.write_all(&burst).await.unwrap();
+    // A fifth, a byte at a time (partial reads on the server's side).
+    for byte in framed(5, "db.data.svc.cluster.local.") {
+        stream.write_all(&[byte]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let answer = read_answer(&mut stream).await.expect("an answer");
+        let want = match answer.metadata.id {
+            1 => ResponseCode::ServFail,
+            3 => ResponseCode::NXDomain,
+            _ => ResponseCode::NoError,
+        };
+        assert_eq!(answer.metadata.response_code, want, "{answer:?}");
+        order.push(answer.metadata.id);
+    }
+    // The cluster names did not wait for the upstream.
+    assert_eq!(order.last(), Some(&1), "answered in the order {order:?}");
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [1, 2, 3, 4, 5]);
+    // The client closes its side: the server finishes and closes.
+    stream.shutdown().await.unwrap();
+    assert!(closed_within(&mut stream, Duration::from_secs(2)).await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_dribbling_tcp_connections_are_closed_and_their_number_is_capped() {
+    use tokio::io::AsyncWriteExt as _;
+    let (writer, _) = support::model();
+    let mut a = args();
+    a.tcp_idle_timeout = Duration::from_millis(300);
+    a.tcp_max_connections = 2;
+    let server = Running::start(a, writer.subscribe()).await;
+    eventually("ready", || async { server.ready.get() }).await;
+
+    // Silent: closed after the idle timeout.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(2)).await);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // A byte every 100 ms never completes a message: closed all the same.
+    let mut dribbling = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    let query = framed(7, "web.shop.svc.cluster.local.");
+    let mut closed = false;
+    for byte in query.iter().take(20) {
+        if dribbling.write_all(&[*byte]).await.is_err()
+            || closed_within(&mut dribbling, Duration::from_millis(100)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after 20 bytes in 2 s");
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Two connections are served; a third is closed at once, and counted.
+    let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        stream
+            .write_all(&framed(8, "web.shop.svc.cluster.local."))
+            .await
+            .unwrap();
+        assert!(read_answer(stream).await.is_some());
+    }
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let _ = third
+        .write_all(&framed(9, "web.shop.svc.cluster.local."))
+        .await;
+    assert!(read_answer(&mut third).await.is_none(), "closed unanswered");
+    let refused = server.metric("fairlead_dns_tcp_connections_refused_total");
+    assert!((refused - 1.0).abs() < f64::EPSILON, "{refused} refused");
+    let open = server.metric("fairlead_dns_tcp_connections ");
+    assert!((open - 2.0).abs() < f64::EPSILON, "{open} open");
+    server.stop().await;
+}
+
+/// Bursts larger than a receive batch, on a specific and on wildcard
+/// addresses, from two clients asking at two addresses of ours: every
+/// query gets its own answer (id, question, rcode) from the address it
+/// asked, whatever mix of paths a batch holds (fast, general inline,
+/// FORMERR, forwarded in a task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_queries_are_each_answered_from_the_address_asked() {
+    let upstream = Upstream::start(60).await;
+    for listen in ["127.0.0.1:0", "0.0.0.0:0", "[::]:0"] {
+        let (mut writer, model) = ModelWriter::new();
+        let loaded = ManifestDir::new(fixtures()).load().unwrap();
+        writer.replace_all(loaded.changes, loaded.problems, true);
+        let mut a = Args::with_listen(listen.parse().unwrap());
+        a.upstream = vec![upstream.addr.to_string()];
+        a.udp_sockets = 1;
+        let server = Running::start(a, model).await;
+        eventually("synced", || async { server.ready.get() }).await;
+        let port = server.addr.port();
+        let mut targets: Vec<SocketAddr> = vec![(Ipv4Addr::LOCALHOST, port).into()];
+        if listen.starts_with('0') || listen.starts_with('[') {
+            targets.push((Ipv4Addr::new(127, 0, 0, 2), port).into());
+        }
+        if listen.starts_with('[') {
+            targets.push((Ipv6Addr::LOCALHOST, port).into());
+        }
+        let mut clients = Vec::new();
+        for to in &targets {
+            let any: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let socket = tokio::net::UdpSocket::bind(any).await.unwrap();
+            socket.connect(to).await.unwrap();
+            clients.push(socket);
+        }
+        let expect = |i: u16| -> (String, ResponseCode) {
+            match i % 5 {
+                0 | 1 => ("web.shop.svc.cluster.local.".into(), ResponseCode::NoError),
+                2 => (
+                    "nosuch.shop.svc.cluster.local.".into(),
+                    ResponseCode::NXDomain,
+                ),
+                3 => (format!("b{i}.example.test."), ResponseCode::NoError),
+                _ => (String::new(), ResponseCode::FormErr),
+            }
+        };
+        // Waves of 50 (more than a receive batch), each read before the
+        // next: 150 unread answers would overflow the client's socket buffer.
+        let wave_size: u16 = 50;
+        for (c, client) in clients.iter().enumerate() {
+            for wave in 0..3 {
+                for i in wave * wave_size..(wave + 1) * wave_size {
+                    let (name, _) = expect(i);
+                    let mut query = if name.is_empty() {
+                        // A question announced, none there: FORMERR.
+                        vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+                    } else {
+                        query_bytes(&name, RecordType::A, DNSClass::IN, Some(1232))
+                    };
+                    let id = u16::try_from(c).unwrap() * 1000 + i;
+                    query[..2].copy_from_slice(&id.to_be_bytes());
+                    client.send(&query).await.unwrap();
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                let mut buf = vec![0u8; 65535];
+                while seen.len() < usize::from(wave_size) {
+                    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!(
+                                "{listen} via {}: {} of {wave_size} answers",
+                                targets[c],
+                                seen.len()
+                            )
+                        })
+                        .unwrap();
+                    let answer = Message::from_vec(&buf[..n]).unwrap();
+                    let i = answer.metadata.id - u16::try_from(c).unwrap() * 1000;
+                    let (name, rcode) = expect(i);
+                    assert_eq!(answer.metadata.response_code, rcode, "{listen} #{i}");
+                    if !name.is_empty() {
+                        assert_eq!(answer.queries[0].name().to_string(), name);
+                    }
+                    assert!(seen.insert(i), "{listen}: #{i} answered twice");
+                }
+            }
+        }
+        server.stop().await;
+    }
+    upstream.stop().await;
+}

@@ -300,3 +300,116 @@ async fn random_and_mutated_packets_never_panic() {
         "most packets with a header get an answer: {answered}"
     );
 }
+
+/// The query of issue 20, as the fuzzer found it: `Dual.Shop` and a
+/// compression pointer to offset 3 (the low flags byte, 0: the root),
+/// class 0x6307 (so REFUSED), and trailing bytes. Copied verbatim, the
+/// pointer pointed at the answer's flags byte (0x85) and the name did not
+/// decode.
+const POINTER_TO_THE_HEADER: [u8; 46] = [
+    18, 52, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, 68, 117, 97, 108, 4, 83, 104, 111, 112, 192, 3, 115,
+    118, 99, 7, 99, 108, 117, 115, 116, 101, 114, 5, 108, 111, 99, 97, 108, 0, 0, 228, 0, 1,
+];
+
+#[tokio::test]
+async fn a_question_with_a_pointer_is_answered_with_the_name_written_out() {
+    let handler = fixtures_handler();
+    for protocol in [Protocol::Udp, Protocol::Tcp] {
+        let response = raw(&handler, &POINTER_TO_THE_HEADER, protocol)
+            .await
+            .expect("an answer");
+        assert_eq!(response.metadata.id, 0x1234, "{protocol}");
+        assert_eq!(
+            response.metadata.response_code,
+            ResponseCode::Refused,
+            "{protocol}"
+        );
+        let [question] = response.queries.as_slice() else {
+            panic!("{protocol}: one question, got {:?}", response.queries);
+        };
+        // The decoded name, in the asker's case.
+        assert_eq!(question.name().to_string(), "Dual.Shop.", "{protocol}");
+        assert_eq!(u16::from(question.query_type()), 0x7376, "{protocol}");
+    }
+
+    // A real question whose root label is a pointer to the header: answered
+    // like the same question written out, in the asker's case.
+    let mut packet = header(0x0BAD, 0x0100, 1, 0, 0, 0);
+    packet.extend(b"\x03Web\x04Shop\x03svc\x07cluster\x05local\xC0\x03\x00\x01\x00\x01");
+    let plain = query_bytes(
+        "Web.Shop.svc.cluster.local.",
+        RecordType::A,
+        DNSClass::IN,
+        None,
+    );
+    let expected = raw(&handler, &plain, Protocol::Tcp).await.unwrap();
+    for protocol in [Protocol::Udp, Protocol::Tcp] {
+        let response = raw(&handler, &packet, protocol).await.unwrap();
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(response.queries, expected.queries, "{protocol}");
+        assert_eq!(
+            response.queries[0].name().to_string(),
+            "Web.Shop.svc.cluster.local."
+        );
+        let mut answers: Vec<String> = response.answers.iter().map(ToString::to_string).collect();
+        let mut want: Vec<String> = expected.answers.iter().map(ToString::to_string).collect();
+        answers.sort();
+        want.sort();
+        assert!(!answers.is_empty());
+        assert_eq!(answers, want, "{protocol}");
+    }
+
+    // Two questions, the second compressed against the first: FORMERR, and
+    // both come back written out.
+    let mut packet = header(0x0BAE, 0x0100, 2, 0, 0, 0);
+    packet.extend(b"\x03web\x04shop\x03svc\x07cluster\x05local\x00\x00\x01\x00\x01");
+    packet.extend(b"\x03api\xC0\x10\x00\x1C\x00\x01");
+    for protocol in [Protocol::Udp, Protocol::Tcp] {
+        let response = raw(&handler, &packet, protocol).await.unwrap();
+        assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
+        let names: Vec<String> = response
+            .queries
+            .iter()
+            .map(|q| q.name().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["web.shop.svc.cluster.local.", "api.shop.svc.cluster.local."],
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_do_bit_of_the_query_comes_back() {
+    let handler = fixtures_handler();
+    let names = [
+        // The fast path (UDP) and the general path (TCP) for a cluster name,
+        "web.shop.svc.cluster.local.",
+        // a negative answer,
+        "nope.shop.svc.cluster.local.",
+        // and an error.
+        "web.shop.svc.cluster.local.",
+    ];
+    for (i, name) in names.into_iter().enumerate() {
+        let class = if i == 2 { DNSClass::CH } else { DNSClass::IN };
+        for dnssec_ok in [false, true] {
+            let mut packet = query_bytes(name, RecordType::A, class, Some(1232));
+            // The OPT record ends the query; its flags' high byte is 4 from
+            // the end (then RDLENGTH 0).
+            let flags = packet.len() - 4;
+            if dnssec_ok {
+                packet[flags] |= 0x80;
+            }
+            for protocol in [Protocol::Udp, Protocol::Udp, Protocol::Tcp] {
+                let response = raw(&handler, &packet, protocol).await.unwrap();
+                let edns = response.edns.as_ref().expect("an OPT record");
+                assert_eq!(
+                    edns.flags().dnssec_ok,
+                    dnssec_ok,
+                    "{name} {class} {protocol} DO={dnssec_ok}"
+                );
+            }
+        }
+    }
+}
