@@ -18,14 +18,14 @@ node's), the ConfigMaps (--config), and extra mounts and arguments (the
 manifest directory that stands in for the apiserver).
 
 `RuntimeDefault` is the seccomp profile of current container runtimes:
-containerd (since 1.6.9) and containers-common (since 0.60, used by podman and
-CRI-O) allow bpf(2) to a container with CAP_BPF and perf_event_open(2) with
-CAP_PERFMON. Older runtimes allowed both only with CAP_SYS_ADMIN; Debian 12's
-podman (containers-common 0.50) is one of them. This script therefore derives
-the profile from podman's own default (/usr/share/containers/seccomp.json) and
-adds those two rules where the installed profile lacks them;
-`--runtime-default=legacy` keeps the older rules instead (what an older
-runtime would do).
+containerd (since 1.6.9) and Docker (since 23) allow bpf(2) to a container with
+CAP_BPF and perf_event_open(2) with CAP_PERFMON; recent containers-common
+releases (CRI-O, podman) do the same. Older runtimes allowed both only with
+CAP_SYS_ADMIN; Debian 12's podman (containers-common 0.50) is one of them. This
+script therefore derives the profile from podman's own default
+(/usr/share/containers/seccomp.json) and adds those two rules where the
+installed profile lacks them; `--runtime-default=legacy` keeps the older rules
+instead (what an older runtime would do).
 
     run-pod.py --manifest deploy/30-node.yaml --config deploy/20-config.yaml \
         --netns /run/netns/node --node-name node-a --rm [-- check --kernel]

@@ -271,7 +271,7 @@ fn the_image_runs_as_deploy_describes() {
     check_contents(&image);
     check_seccomp_is_in_force(&image);
 
-    let demo = Demo::run("flim", &[("FAIRLEAD_IMAGE", &image.tag)]);
+    let demo = Demo::run("img", &[("FAIRLEAD_IMAGE", &image.tag)]);
     demo.check_steps();
 
     // The image's own steps, in order.

@@ -521,8 +521,8 @@ fn every_namespaced_object_is_in_a_namespace_defined_here() {
 /// Every container of deploy/ (the cleanup DaemonSet in uninstall/ too) states its
 /// seccomp profile, in its own or its pod's security context, and it is the runtime's
 /// default: what a platform's admission policy checks, and what tests/image.rs runs
-/// the image with (containerd since 1.6.9 and containers-common since 0.60 allow bpf(2)
-/// with CAP_BPF under it).
+/// the image with (containerd since 1.6.9, Docker since 23 and recent containers-common
+/// releases allow bpf(2) with CAP_BPF under it).
 #[test]
 fn every_container_runs_with_the_runtime_default_seccomp_profile() {
     let m = load();
