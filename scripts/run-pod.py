@@ -256,6 +256,11 @@ def podman_command(a):
     caps = sc.get("capabilities") or {}
     for cap in caps.get("drop", []):
         cmd += ["--cap-drop", cap]
+    if caps.get("add") and str(sc.get("runAsUser", "")) != "0":
+        # Not root (without runAsUser: the image's user, 65532). podman would
+        # make them ambient; the kubelet sets no ambient capabilities, so a
+        # non-root process loses them at execve.
+        fail(f"capabilities {caps['add']} added to a non-root container: the kubelet would not make them effective")
     for cap in caps.get("add", []):
         cmd += ["--cap-add", cap]
     cmd += ["--security-opt", seccomp_option(sc.get("seccompProfile"), a.runtime_default)]
