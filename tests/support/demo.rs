@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 /// One finished, successful run of the demo.
-pub struct Demo {
+pub(crate) struct Demo {
     /// FAIRLEAD_DEMO_PREFIX of the run: its namespaces, cgroup, pins and containers.
-    pub prefix: String,
+    pub(crate) prefix: String,
     lines: Vec<String>,
     stdout: String,
 }
@@ -16,7 +16,7 @@ pub struct Demo {
 impl Demo {
     /// Runs the demo with `env` under a prefix of its own (`label` and this process's
     /// id); panics with its output if it fails.
-    pub fn run(label: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn run(label: &str, env: &[(&str, &str)]) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let prefix = format!("{label}{}", std::process::id() % 100_000);
         let out = Command::new("bash")
@@ -41,7 +41,7 @@ impl Demo {
     }
 
     /// The index of the first line at or after `from` that contains `needle`.
-    pub fn position(&self, needle: &str, from: usize) -> usize {
+    pub(crate) fn position(&self, needle: &str, from: usize) -> usize {
         let found = self.lines[from..].iter().position(|l| l.contains(needle));
         let Some(i) = found else {
             panic!(
@@ -53,7 +53,7 @@ impl Demo {
     }
 
     /// Line `at`.
-    pub fn line(&self, at: usize) -> &str {
+    pub(crate) fn line(&self, at: usize) -> &str {
         &self.lines[at]
     }
 
@@ -71,7 +71,7 @@ impl Demo {
     /// - `fairlead node --cleanup` leaves no pins and no program attached, and neither
     ///   the ClusterIP nor the NodePort answers any more;
     /// - fairlead logged no warning and no error.
-    pub fn check_steps(&self) {
+    pub(crate) fn check_steps(&self) {
         let mut at = self.position("Three paths to Service shop/web", 0);
         let paths = |at: &mut usize, addresses: &str, pods: &str| {
             *at = self.position("resolves the short name 'web'", *at);
