@@ -17,9 +17,21 @@
 # connection. Every step is checked: the script exits non-zero if one fails.
 # It removes everything it created when it ends, also on Ctrl-C.
 #
+# At the end, `fairlead node --cleanup` removes the programs and the pins,
+# and the ClusterIP stops answering.
+#
+# With FAIRLEAD_IMAGE=localhost/fairlead:<version> (built by scripts/image.sh)
+# fairlead runs from that image instead, with podman, exactly as deploy/ runs
+# it (scripts/run-pod.py reads the manifests): the node DaemonSet's container
+# with its capabilities, seccomp profile, read-only root, ConfigMap settings and
+# arguments, host network = node-a; the cleanup DaemonSet's init container for
+# the cleanup; and also the ingress gateway Deployment's container (non-root,
+# no capabilities) in a pod of its own, serving the Ingress over HTTPS.
+#
 # Needs root. Installs what is missing first (scripts/setup.sh) and builds the
-# binary, unless FAIRLEAD_BIN names one (the end-to-end test does that).
-# FAIRLEAD_DEMO_PREFIX names the namespaces, cgroup and pins (default fldemo).
+# binary, unless FAIRLEAD_BIN names one (the end-to-end test does that) or
+# FAIRLEAD_IMAGE is set. FAIRLEAD_DEMO_PREFIX names the namespaces, cgroup,
+# pins and containers (default fldemo).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -40,7 +52,12 @@ fail() {
     exit 1
 }
 
-if [ -n "${FAIRLEAD_BIN:-}" ]; then
+image="${FAIRLEAD_IMAGE:-}"
+if [ -n "$image" ]; then
+    bin=""
+    podman image exists "$image" 2>/dev/null ||
+        fail "image $image not found: build it with scripts/image.sh"
+elif [ -n "${FAIRLEAD_BIN:-}" ]; then
     bin="$FAIRLEAD_BIN"
 else
     say "Installing what is missing and building fairlead"
@@ -57,21 +74,28 @@ cgroup_root="$(findmnt -n -t cgroup2 -o TARGET | head -n 1)"
 [ -n "$cgroup_root" ] || fail "no cgroup v2 hierarchy is mounted"
 cg="$cgroup_root/$p"
 bpffs="/sys/fs/bpf/$p"
+# Where the pins land: the DaemonSet's --bpffs=/sys/fs/bpf/fairlead with this
+# run's directory as the host's /sys/fs/bpf.
+pins="$bpffs"
+[ -z "$image" ] || pins="$bpffs/fairlead"
 work="$(mktemp -d "/tmp/$p.XXXXXX")"
 fairlead_pid=""
+gateway_pid=""
+gateway="$p-gw"
 
 cleanup() {
     set +e
     trap - EXIT INT TERM
-    if [ -n "$fairlead_pid" ]; then
-        kill -TERM "$fairlead_pid" 2>/dev/null && wait "$fairlead_pid" 2>/dev/null
-    fi
+    for pid in "$fairlead_pid" "$gateway_pid"; do
+        [ -z "$pid" ] || { kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; }
+    done
+    [ -z "$image" ] || podman rm --force --ignore --time 0 "$p-node" "$p-gw" "$p-cleanup" >/dev/null 2>&1
     if [ -d "$cg" ]; then
         echo 1 >"$cg/cgroup.kill" 2>/dev/null
-        for _ in $(seq 50); do [ -s "$cg/cgroup.procs" ] || break; sleep 0.1; done
-        rmdir "$cg" 2>/dev/null
+        # cgroupfs files show size 0: wait on `populated 0` instead.
+        for _ in $(seq 50); do grep -q 'populated 0' "$cg/cgroup.events" && rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
     fi
-    for ns in "$ext" "$node" "${pods[@]/#/$p-web-}"; do
+    for ns in "$ext" "$node" "$gateway" "${pods[@]/#/$p-web-}"; do
         ip netns del "$ns" 2>/dev/null
         rm -rf "/etc/netns/$ns"
     done
@@ -84,7 +108,8 @@ trap 'echo; echo "interrupted; cleaning up"; exit 130' INT TERM
 say "Building the topology: an outside client, node-a and three pods of shop/web"
 cleanup_previous() {
     # A previous run killed hard may have left its pieces.
-    for ns in "$ext" "$node" "${pods[@]/#/$p-web-}"; do ip netns del "$ns" 2>/dev/null || true; done
+    for ns in "$ext" "$node" "$gateway" "${pods[@]/#/$p-web-}"; do ip netns del "$ns" 2>/dev/null || true; done
+    [ -z "$image" ] || podman rm --force --ignore --time 0 "$p-node" "$p-gw" "$p-cleanup" >/dev/null 2>&1 || true
     if [ -d "$cg" ]; then echo 1 >"$cg/cgroup.kill" 2>/dev/null || true; sleep 0.2; rmdir "$cg" 2>/dev/null || true; fi
     rm -rf "$bpffs"
 }
@@ -124,6 +149,17 @@ EOF
     n=$((n + 1))
 done
 ok "namespaces $ext, $node, ${pods[*]/#/$p-web-}; pod processes in cgroup $cg"
+if [ -n "$image" ]; then
+    # A pod for the ingress gateway Deployment, wired as CNI would.
+    ip netns add "$gateway"
+    ip -n "$gateway" link set lo up
+    ip -n "$node" link add veth-gw type veth peer name eth0 netns "$gateway"
+    ip -n "$node" link set veth-gw master cbr0 up
+    ip -n "$gateway" addr add 10.244.1.20/24 dev eth0
+    ip -n "$gateway" link set eth0 up
+    ip -n "$gateway" route add default via 10.244.1.1
+    ok "namespace $gateway (10.244.1.20): the pod of the ingress gateway Deployment"
+fi
 
 # Runs a command as a process of pod web-$1: in its network namespace and in
 # the cgroup fairlead balances.
@@ -148,13 +184,47 @@ ok "web-a, web-b and web-c serve HTTP on :8080"
 # --- fairlead node ------------------------------------------------------------
 mkdir "$work/manifests"
 cp -r examples/. "$work/manifests/"
+
+# The image: a container of a deploy/ workload, run by podman as the kubelet
+# would run it (scripts/run-pod.py), from $image. Commands, not functions, so
+# that `$!` is podman itself (run-pod.py execs it), which passes SIGTERM on.
+run_pod=(python3 scripts/run-pod.py --config deploy/20-config.yaml --image "$image")
+# The node DaemonSet's container: host network = node-a; this run's bpffs
+# directory and cgroup stand in for the host's /sys/fs/bpf and /sys/fs/cgroup.
+node_pod=("${run_pod[@]}" --manifest deploy/30-node.yaml --netns "/run/netns/$node" --netns-is-node
+    --node-name node-a --host-path /sys/fs/bpf="$bpffs" --host-path /sys/fs/cgroup="$cg")
+# The manifests stand in for the apiserver.
+from_manifests=(--mount "$work/manifests:/run/fairlead/manifests:ro" --arg=--manifests=/run/fairlead/manifests)
+# Prints what the kernel says a container's process runs with.
+caps() {
+    local names
+    names="$(capsh --decode="$1" | sed 's/.*=//')"
+    echo "${names:-none}"
+}
+show_security() {
+    local pid
+    pid="$(podman inspect --format '{{.State.Pid}}' "$1")"
+    awk -v name="$1" -v root="$(awk '$5 == "/" { print $6 }' "/proc/$pid/mountinfo")" '
+        $1 == "Uid:" { uid = $2 } $1 == "Gid:" { gid = $2 }
+        $1 == "CapEff:" { eff = $2 } $1 == "CapBnd:" { bnd = $2 }
+        $1 == "NoNewPrivs:" { nnp = $2 } $1 == "Seccomp:" { seccomp = $2 }
+        END { printf "%s %s %s %s %s %s %s %s\n", name, uid, gid, eff, bnd, nnp, seccomp, root }' \
+        "/proc/$pid/status" | while read -r name uid gid eff bnd nnp seccomp root; do
+        ok "container $name runs as uid $uid gid $gid; capabilities: $(caps "$eff"); bounding set: $(caps "$bnd"); no_new_privs $nnp; seccomp mode $seccomp (2: filter); root filesystem ${root%%,*}"
+    done
+}
 start_fairlead() {
-    # Not through in_node: `$!` must be fairlead itself (nsenter execs it).
-    nsenter --net="/run/netns/$node" "$bin" node --manifests "$work/manifests" --node-name node-a \
-        --cgroup "$cg" --bpffs "$bpffs" \
-        --listen 192.168.50.10:53 \
-        --telemetry-addr 127.0.0.1:9402 --lameduck 0 --drain-timeout 5 \
-        >>"$work/fairlead.log" 2>&1 &
+    if [ -n "$image" ]; then
+        # run-pod.py execs podman, which passes SIGTERM on to the container.
+        "${node_pod[@]}" --name "$p-node" --rm "${from_manifests[@]}" >>"$work/fairlead.log" 2>&1 &
+    else
+        # Not through in_node: `$!` must be fairlead itself (nsenter execs it).
+        nsenter --net="/run/netns/$node" "$bin" node --manifests "$work/manifests" --node-name node-a \
+            --cgroup "$cg" --bpffs "$bpffs" \
+            --listen 192.168.50.10:53 \
+            --telemetry-addr 127.0.0.1:9402 --lameduck 0 --drain-timeout 5 \
+            >>"$work/fairlead.log" 2>&1 &
+    fi
     fairlead_pid=$!
     for _ in $(seq 300); do
         if in_node curl -sf -o /dev/null http://127.0.0.1:9402/ready; then return 0; fi
@@ -163,11 +233,31 @@ start_fairlead() {
     done
     fail "fairlead node is not ready after 30 s"
 }
-say "Starting fairlead node on node-a, on a copy of examples/ ($work/manifests)"
-echo "   $bin node --manifests ... --node-name node-a --cgroup $cg --bpffs $bpffs"
+fairlead_status() {
+    if [ -n "$image" ]; then
+        podman exec "$p-node" /usr/bin/fairlead status
+    else
+        in_node "$bin" status --bpffs "$bpffs"
+    fi
+}
+if [ -n "$image" ]; then
+    mkdir -p "$bpffs"
+    say "The image $image, run as deploy/30-node.yaml's container"
+    version="$("${node_pod[@]}" --name "$p-node" --rm -- --version)" || fail "fairlead --version failed in the image"
+    ok "fairlead --version: $version"
+    verdict="$("${node_pod[@]}" --name "$p-node" --rm -- check --kernel 2>"$work/check.log" | tail -n 1)" ||
+        fail "fairlead check --kernel failed in the image: $(tail -n 5 "$work/check.log")"
+    ok "fairlead check --kernel: ${verdict#kernel: }"
+    say "Starting fairlead node on node-a from the image, on a copy of examples/ ($work/manifests)"
+    echo "   $("${node_pod[@]}" --name "$p-node" --rm "${from_manifests[@]}" --print)"
+else
+    say "Starting fairlead node on node-a, on a copy of examples/ ($work/manifests)"
+    echo "   $bin node --manifests ... --node-name node-a --cgroup $cg --bpffs $bpffs"
+fi
 start_fairlead
 ok "ready: /ready on the node's telemetry listener answers 200"
-in_node "$bin" status --bpffs "$bpffs" | sed -n '1,/^$/p' | sed 's/^/   /'
+[ -z "$image" ] || show_security "$p-node"
+fairlead_status | sed -n '1,/^$/p' | sed 's/^/   /'
 
 # --- the three paths ------------------------------------------------------------
 # Runs `$@` 30 times; prints the sorted set of pods that answered.
@@ -210,6 +300,29 @@ if [ -n "${FAIRLEAD_DEMO_METRICS:-}" ]; then
         || fail "could not read the node's /metrics"
 fi
 
+# --- the ingress gateway Deployment ------------------------------------------------
+if [ -n "$image" ]; then
+    say "The ingress gateway Deployment's container (deploy/50-ingress.yaml) in pod $gateway"
+    "${run_pod[@]}" --manifest deploy/50-ingress.yaml --netns "/run/netns/$gateway" --name "$p-gw" --rm \
+        "${from_manifests[@]}" >>"$work/gateway.log" 2>&1 &
+    gateway_pid=$!
+    for _ in $(seq 300); do
+        in_node curl -sf -o /dev/null http://10.244.1.20:9402/ready && break
+        kill -0 "$gateway_pid" 2>/dev/null || fail "the gateway exited: $(tail -n 5 "$work/gateway.log")"
+        sleep 0.1
+    done
+    in_node curl -sf -o /dev/null http://10.244.1.20:9402/ready || fail "the gateway is not ready after 30 s"
+    ok "ready: /ready on 10.244.1.20:9402 answers 200"
+    show_security "$p-gw"
+    expect "pod web-a -> https://shop.example.com/ (the gateway pod 10.244.1.20, TLS, Ingress shop/shop -> Service web)" \
+        "web-a web-b web-c" \
+        "$(sample in_pod a curl -sf --max-time 2 --cacert "$ca" --resolve shop.example.com:443:10.244.1.20 https://shop.example.com/)"
+    kill -TERM "$gateway_pid"
+    wait "$gateway_pid" || fail "the gateway did not stop cleanly on SIGTERM: $(tail -n 5 "$work/gateway.log")"
+    gateway_pid=""
+    ok "the gateway stopped (SIGTERM)"
+fi
+
 # --- an endpoint goes away ------------------------------------------------------
 status_json() { in_node curl -sf http://127.0.0.1:9402/status; }
 generation_before="$(status_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_generation"])')"
@@ -236,7 +349,7 @@ sys.exit(0 if g > int(sys.argv[1]) and all(c["generation"] == g for c in s["comp
     sleep 0.05
 done
 elapsed_ms=$((($(date +%s%N) - started) / 1000000))
-in_node "$bin" status --bpffs "$bpffs" | sed -n '1,/^$/p' | sed 's/^/   /'
+fairlead_status | sed -n '1,/^$/p' | sed 's/^/   /'
 status_json | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
@@ -267,5 +380,52 @@ wait "$steady_pid" || fail "the live connection broke: $(cat "$work/steady.log")
 ok "the live connection: $(tail -n 1 "$work/steady.log")"
 expect "after the restart, pod web-a -> http://web/" "web-a web-b" \
     "$(sample in_pod a curl -sf --max-time 2 http://web/)"
+
+# --- cleanup --------------------------------------------------------------------------
+say "Removing fairlead from node-a: stop it, then fairlead node --cleanup"
+kill -TERM "$fairlead_pid"
+wait "$fairlead_pid" || fail "fairlead node did not stop cleanly on SIGTERM"
+fairlead_pid=""
+if [ -n "$image" ]; then
+    # The init container of deploy/uninstall/cleanup.yaml.
+    removed="$("${run_pod[@]}" --manifest deploy/uninstall/cleanup.yaml --init --container cleanup \
+        --netns "/run/netns/$node" --netns-is-node --host-path /sys/fs/bpf="$bpffs" \
+        --name "$p-cleanup" --rm 2>&1 | tail -n 1)" || fail "the cleanup failed: $removed"
+else
+    removed="$(in_node "$bin" node --cleanup --bpffs "$bpffs" 2>&1 | tail -n 1)" || fail "the cleanup failed: $removed"
+fi
+ok "${removed#fairlead: }"
+if [ -e "$pins" ]; then
+    fail "pins left under $pins: $(find "$pins" -mindepth 1 | tr '\n' ' ')"
+fi
+ok "no pins left under $pins"
+attached="$(bpftool cgroup show "$cg" | tail -n +2)"
+[ -z "$attached" ] || fail "programs still attached to $cg: $attached"
+ok "no program attached to cgroup $cg (bpftool cgroup show)"
+# The kernel detaches a program once the last reference to its link is gone,
+# from a work queue: allow it a moment.
+answers_until() {
+    local what="$1"
+    shift
+    for _ in $(seq 50); do
+        "$@" curl -sf --max-time 1 -o /dev/null "$what" || return 0
+        sleep 0.1
+    done
+    return 1
+}
+answers_until http://10.96.10.10/ in_pod a || fail "the ClusterIP still answers after the cleanup"
+ok "pod web-a -> http://10.96.10.10/ (ClusterIP): no answer any more"
+answers_until http://192.168.50.10:30080/ in_ext || fail "the NodePort still answers after the cleanup"
+ok "outside client -> http://192.168.50.10:30080/ (NodePort): no answer any more"
+
+logs=("$work/fairlead.log")
+[ -z "$image" ] || logs+=("$work/gateway.log")
+# Expected, and left out: the gateway Deployment asks to publish the Ingress
+# status, which needs the apiserver the manifests stand in for here.
+warnings="$(grep -hE '"level":"(WARN|ERROR)"|^[^ ]+ +(WARN|ERROR) ' "${logs[@]}" |
+    grep -v -- '--ingress-status-\* ignored: the model comes from --manifests' || true)"
+[ -z "$warnings" ] || fail "fairlead logged warnings or errors:
+$warnings"
+ok "fairlead logged no warning and no error ($(cat "${logs[@]}" | wc -l) lines of log)"
 
 say "Done: every path followed the model; cleaning up"

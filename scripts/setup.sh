@@ -8,7 +8,12 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux iperf3; do
+# buildah, podman, runc, binutils (objcopy), python3-yaml and libcap2-bin (capsh):
+# the container image (scripts/image.sh) and its test, which runs it as
+# deploy/ does (scripts/run-pod.py). podman runs with `--runtime runc`: crun,
+# its default, refuses the hybrid cgroup layout of this kind of machine.
+for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux iperf3 \
+    buildah podman runc binutils python3-yaml libcap2-bin; do
   have_pkg "$pkg" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

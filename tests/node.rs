@@ -3,27 +3,16 @@
 //! build's binary. The script builds an outside client, node-a and three pods
 //! of shop/web in network namespaces, runs `fairlead node` on a copy of
 //! examples/, and checks every path it shows, failing on the first that does
-//! not hold:
-//!
-//! - a pod resolves `web` by its short name (glibc resolver, kube-dns
-//!   ClusterIP, the node's DNS server), resolves the headless `web-pods` to the
-//!   three pod addresses, and reaches all three pods through the ClusterIP;
-//! - the outside client reaches all three through NodePort 30080 and through
-//!   the ingress over HTTPS by host name;
-//! - after web-c's endpoint is removed from the manifests, every component
-//!   serves the new model generation, DNS no longer gives its address and no
-//!   path reaches web-c any more;
-//! - a connection through the ClusterIP keeps working, request after request,
-//!   while `fairlead node` is stopped and started again.
-//!
-//! This test also asserts that the script reported each of these steps, so a
-//! step dropped from the demo fails here; and that every metric the Grafana
-//! dashboard and the alerting rules of deploy/monitoring name is one the node
-//! exported during the demo.
+//! not hold; this test also asserts that the script reported each step
+//! ([`Demo::check_steps`] lists them), so a step dropped from the demo fails
+//! here. tests/image.rs runs the same demo with the container image. It also
+//! checks that every metric the Grafana dashboard and the alerting rules of
+//! deploy/monitoring name is one the node exported during the demo.
 
-use std::path::Path;
-use std::process::Command;
+#[path = "support/demo.rs"]
+mod demo;
 
+use demo::Demo;
 use fairlead_proxy::testing::privileged;
 
 #[test]
@@ -31,63 +20,19 @@ fn the_demo_shows_every_path_following_the_model_and_surviving_a_restart() {
     if !privileged("the_demo_shows_every_path_following_the_model_and_surviving_a_restart") {
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let prefix = format!("fldt{}", std::process::id() % 100_000);
     let metrics = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new("bash")
-        .arg(root.join("scripts/demo.sh"))
-        .env("FAIRLEAD_DEMO_METRICS", metrics.path())
-        .env("FAIRLEAD_BIN", env!("CARGO_BIN_EXE_fairlead"))
-        .env("FAIRLEAD_DEMO_PREFIX", &prefix)
-        .current_dir(root)
-        .output()
-        .expect("running scripts/demo.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the demo failed ({}):\n{stdout}\n{stderr}",
-        out.status
+    let metrics_path = metrics.path().to_str().unwrap();
+    let demo = Demo::run(
+        "fldt",
+        &[
+            ("FAIRLEAD_BIN", env!("CARGO_BIN_EXE_fairlead")),
+            ("FAIRLEAD_DEMO_METRICS", metrics_path),
+        ],
     );
-
-    let lines: Vec<&str> = stdout.lines().collect();
-    let position = |needle: &str, from: usize| {
-        let found = lines[from..].iter().position(|line| line.contains(needle));
-        let Some(i) = found else {
-            panic!("the demo did not report {needle:?} after line {from}:\n{stdout}");
-        };
-        i + from
-    };
-    // Before the endpoint is removed every path reaches all three pods; after, every
-    // component serves the new generation, and web-c is gone from DNS and every path.
-    let mut at = position("Three paths to Service shop/web", 0);
-    let paths = |at: &mut usize, addresses: &str, pods: &str| {
-        *at = position("resolves the short name 'web'", *at);
-        *at = position("headless Service 'web-pods'", *at);
-        assert!(lines[*at].ends_with(addresses), "{}", lines[*at]);
-        for path in ["ClusterIP", "NodePort", "ingress, TLS"] {
-            *at = position(path, *at);
-            let answered = format!("answered by {pods}");
-            assert!(lines[*at].ends_with(&answered), "{}", lines[*at]);
-        }
-    };
-    paths(
-        &mut at,
-        "10.244.1.11 10.244.1.12 10.244.1.13",
-        "web-a web-b web-c",
-    );
-    at = position("all serve the new model generation", at);
-    paths(&mut at, "10.244.1.11 10.244.1.12", "web-a web-b");
-    // The restart: one connection, no request lost.
-    at = position("the live connection:", at);
-    assert!(
-        lines[at].contains("requests on one connection"),
-        "{}",
-        lines[at]
-    );
-    position("Done: every path followed the model", at);
+    demo.check_steps();
 
     // The dashboard and the alerts name only metrics the node exports.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let exported = exported_names(&std::fs::read_to_string(metrics.path()).unwrap());
     assert!(
         exported.contains("fairlead_proxy_map_entries")
@@ -111,17 +56,6 @@ fn the_demo_shows_every_path_following_the_model_and_surviving_a_restart() {
             "{file} names metrics fairlead node does not export: {unknown:?}"
         );
     }
-
-    // Nothing is left behind.
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&netns.stdout).contains(&prefix),
-        "network namespaces left behind"
-    );
-    assert!(
-        !Path::new("/sys/fs/bpf").join(&prefix).exists(),
-        "pins left behind"
-    );
 }
 
 /// Every sample name an exposition can hold for the families in `text`

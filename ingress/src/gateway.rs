@@ -249,7 +249,13 @@ pub(crate) async fn run(
             break;
         }
         tokio::select! {
-            changed = snapshots.changed() => changed.map_err(|_| Error::ModelClosed)?,
+            changed = snapshots.changed() => {
+                // On shutdown the source stops once cancelled: not a failure.
+                if changed.is_err() && cancel.is_cancelled() {
+                    return Ok(());
+                }
+                changed.map_err(|_| Error::ModelClosed)?;
+            }
             () = cancel.cancelled() => return Ok(()),
         }
     }
@@ -279,7 +285,9 @@ pub(crate) async fn run(
         tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
-                    break Err(Error::ModelClosed);
+                    // The source stops once cancelled, and select! may see
+                    // that before the cancellation: only an early stop fails.
+                    break if cancel.is_cancelled() { Ok(()) } else { Err(Error::ModelClosed) };
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
                 let applied = reconciler.apply(&snapshot, &shared.routing, &certs);

@@ -4,9 +4,7 @@
 //! socket programs, [`Datapath::install_pinned`].)
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
 use std::os::fd::AsFd as _;
@@ -62,7 +60,7 @@ impl Datapath {
                 }
             }
         }
-        accept_local(ifname);
+        accept_local(ifname, ifindex);
         info!(
             interface = ifname,
             pinned = links.is_some(),
@@ -209,11 +207,8 @@ pub enum XdpMode {
 /// Translated packets go through the kernel's forwarding, and a flow to a backend on another
 /// node leaves with a node address as source: the stack drops such packets as martians
 /// unless the interface accepts local source addresses.
-fn accept_local(ifname: &str) {
-    let path = Path::new("/proc/sys/net/ipv4/conf")
-        .join(ifname)
-        .join("accept_local");
-    if let Err(e) = fs::write(&path, "1") {
+fn accept_local(ifname: &str, ifindex: u32) {
+    if let Err(e) = crate::nodeaddr::set_accept_local(ifindex) {
         warn!(interface = ifname, error = %e, "cannot set accept_local; source-NATed NodePort flows will be dropped");
     }
 }

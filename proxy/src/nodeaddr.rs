@@ -1,6 +1,7 @@
 //! The node's own addresses, read with rtnetlink (`RTM_GETADDR` dump), for the NodePort
 //! path: which destinations are "this node" (a NodePort serves every one of them), which
-//! interfaces to attach to by default, and the address source NAT uses.
+//! interfaces to attach to by default, and the address source NAT uses. Also the one
+//! interface setting that path needs, written with rtnetlink too ([`set_accept_local`]).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -33,11 +34,19 @@ impl NodeAddress {
     }
 }
 
+const RTM_SETLINK: u16 = 19;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INET_CONF: u16 = 1;
+/// `IPV4_DEVCONF_ACCEPT_LOCAL` (`include/uapi/linux/ip.h`).
+const IPV4_DEVCONF_ACCEPT_LOCAL: u16 = 23;
+const AF_INET: u16 = 2;
+const IFINFOMSG_LEN: usize = 16;
 const NLM_F_DUMP: u16 = 0x300;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -75,6 +84,52 @@ pub fn node_addresses() -> io::Result<Vec<NodeAddress>> {
         }
     }
     Ok(out)
+}
+
+/// Sets `net.ipv4.conf.<interface>.accept_local = 1` on the interface `ifindex` of this
+/// network namespace, through rtnetlink (`RTM_SETLINK` with `IFLA_AF_SPEC` /
+/// `AF_INET` / `IFLA_INET_CONF`) rather than /proc/sys: a container has /proc/sys
+/// mounted read-only, and CAP_NET_ADMIN is all this needs.
+pub fn set_accept_local(ifindex: u32) -> io::Result<()> {
+    // The attributes, innermost first: one u32 setting, in IFLA_INET_CONF, in AF_INET,
+    // in IFLA_AF_SPEC (each header: length and type, u16 each; lengths include it).
+    let setting = [
+        &8_u16.to_ne_bytes()[..],
+        &IPV4_DEVCONF_ACCEPT_LOCAL.to_ne_bytes(),
+        &1_u32.to_ne_bytes(),
+    ]
+    .concat();
+    let nest = |kind: u16, inner: &[u8]| {
+        let len = u16::try_from(4 + inner.len()).unwrap_or(u16::MAX);
+        [&len.to_ne_bytes()[..], &kind.to_ne_bytes(), inner].concat()
+    };
+    let attributes = nest(
+        IFLA_AF_SPEC,
+        &nest(AF_INET, &nest(IFLA_INET_CONF, &setting)),
+    );
+    let len = u32::try_from(NLMSG_HDRLEN + IFINFOMSG_LEN + attributes.len()).unwrap_or(u32::MAX);
+    let mut request = Vec::with_capacity(len as usize);
+    request.extend_from_slice(&len.to_ne_bytes());
+    request.extend_from_slice(&RTM_SETLINK.to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    request.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
+    request.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel assigns
+    // struct ifinfomsg: family, pad, type, index, flags, change.
+    request.extend_from_slice(&[0; 4]);
+    request.extend_from_slice(&ifindex.to_ne_bytes());
+    request.extend_from_slice(&[0; 8]);
+    request.extend_from_slice(&attributes);
+    let fd = socket(AddressFamily::NETLINK, SocketType::RAW, None)?;
+    sendto(
+        &fd,
+        &request,
+        SendFlags::empty(),
+        &SocketAddrNetlink::new(0, 0),
+    )?;
+    let mut buf = vec![0_u8; 4096];
+    let (n, _) = recv(&fd, &mut buf[..], RecvFlags::empty())?;
+    // The answer is the acknowledgement: an NLMSG_ERROR with errno 0, or the error.
+    parse_messages(&buf[..n], &mut Vec::new()).map(|_| ())
 }
 
 /// Parses one datagram of the dump into `out`; `Ok(true)` at the end of the dump.
@@ -209,5 +264,54 @@ mod tests {
             a("cni0", [169, 254, 0, 1], 253),
         ];
         assert_eq!(default_interfaces(&list), ["eth0", "eth1"]);
+    }
+
+    /// Through rtnetlink, as fairlead does in a container (where /proc/sys is read-only),
+    /// on an interface of a throw-away namespace; read back through /proc/sys.
+    #[cfg(feature = "testing")]
+    #[test]
+    fn accept_local_is_set_through_rtnetlink() {
+        use crate::testing::{TestNetns, privileged};
+        if !privileged("accept_local_is_set_through_rtnetlink") {
+            return;
+        }
+        let ns = TestNetns::new("acl").expect("netns");
+        let peer = TestNetns::new("acl").expect("netns");
+        let (dev, _) = ns.link(&["10.1.0.1/24"], &peer, &[]).expect("veth");
+        let read = || {
+            let out = ns
+                .command("sysctl")
+                .args(["-n", &format!("net.ipv4.conf.{dev}.accept_local")])
+                .output()
+                .expect("sysctl");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(read(), "0");
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                ns.enter().expect("enter the namespace");
+                let index = super::node_addresses()
+                    .expect("RTM_GETADDR dump")
+                    .into_iter()
+                    .find(|a| a.ifname == dev)
+                    .expect("the veth's address")
+                    .ifindex;
+                super::set_accept_local(index)
+            })
+            .join()
+            .expect("the thread")
+        });
+        result.expect("RTM_SETLINK");
+        assert_eq!(read(), "1");
+        // An interface that does not exist is an error, not a silent success.
+        let missing = std::thread::scope(|s| {
+            s.spawn(|| {
+                ns.enter().expect("enter the namespace");
+                super::set_accept_local(999_999)
+            })
+            .join()
+            .expect("the thread")
+        });
+        assert!(missing.is_err(), "{missing:?}");
     }
 }

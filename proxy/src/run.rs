@@ -380,7 +380,11 @@ impl Proxy {
                 () = cancel.cancelled() => break,
                 changed = model.changed() => {
                     if changed.is_err() {
-                        warn!("the model source is gone; stopping");
+                        // On shutdown the source stops once cancelled, and
+                        // select! may see that first: only an early stop warns.
+                        if !cancel.is_cancelled() {
+                            warn!("the model source is gone; stopping");
+                        }
                         break;
                     }
                     pending = true;
