@@ -45,7 +45,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::framing::{FramingGuard, Refusal};
-use crate::metrics::{H2CloseLabels, HandshakeLabels, ListenerLabels, RefusalLabels};
+use crate::metrics::{
+    H2CloseLabels, HandshakeLabels, ListenerLabels, RefusalLabels, TlsVersionLabels,
+};
 use crate::proxy::{ConnInfo, ProxyBody, Shared, local_response};
 
 /// Settings of client connections.
@@ -250,6 +252,13 @@ impl Server {
                         version,
                     })
                     .inc();
+                if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    self.shared
+                        .metrics
+                        .tls_resumed
+                        .get_or_create(&TlsVersionLabels { version })
+                        .inc();
+                }
                 let h2 = session.alpn_protocol() == Some(b"h2");
                 self.serve_http(stream, h2, info, shed).await;
             }
