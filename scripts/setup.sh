@@ -6,9 +6,13 @@ set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
+# The ingress gateway's TLS (rustls on aws-lc-rs) needs only the C compiler
+# Rust already needs: aws-lc-sys builds with the cc crate (no cmake, no
+# clang; bindings ship pre-generated for x86_64 and aarch64 Linux).
+# openssl: the s_client of the ingress TLS tests.
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux iperf3; do
+for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux iperf3 openssl; do
   have_pkg "$pkg" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

@@ -188,6 +188,7 @@ impl Args {
         tls::Resumption {
             lifetime: self.ingress_tls_session_timeout,
             cache_size: self.ingress_tls_session_cache,
+            ..tls::Resumption::default()
         }
     }
 

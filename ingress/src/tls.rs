@@ -344,12 +344,14 @@ impl ResolvesServerCert for Resolver {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resumption {
     /// How long after its full handshake a session may be resumed (zero:
-    /// resumption off). Tickets are encrypted with keys that rotate every
-    /// 6 hours and are dropped after 12, so tickets never live longer than
-    /// that, whatever this says.
+    /// resumption off). Tickets are also refused once their key is dropped
+    /// (two rotation periods after it was made), whatever this says.
     pub lifetime: Duration,
     /// TLS 1.2 sessions kept for clients that resume by session id.
     pub cache_size: usize,
+    /// How often the ticket key is replaced; the previous key still
+    /// decrypts for as long again, then it is dropped.
+    pub rotate_keys_every: Duration,
 }
 
 impl Default for Resumption {
@@ -357,6 +359,7 @@ impl Default for Resumption {
         Resumption {
             lifetime: Duration::from_secs(2 * 60 * 60),
             cache_size: 20_000,
+            rotate_keys_every: Duration::from_secs(6 * 60 * 60),
         }
     }
 }
@@ -415,6 +418,44 @@ impl ProducesTickets for ExpiringTickets {
     }
 }
 
+/// One ticket key: aws-lc-rs' RFC 5077 ticketer (AES-256-CBC and
+/// HMAC-SHA256), which [`ticket_keys`] replaces before its own rotation.
+#[derive(Debug)]
+struct TicketKey(Arc<dyn ProducesTickets>);
+
+impl ProducesTickets for TicketKey {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.0.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.0.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.0.decrypt(cipher)
+    }
+}
+
+fn new_ticket_key() -> Result<Box<dyn ProducesTickets>, rustls::crypto::GetRandomFailed> {
+    let key =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|_| rustls::crypto::GetRandomFailed)?;
+    Ok(Box::new(TicketKey(key)))
+}
+
+/// Ticket keys that rotate: a new key every `every` (at least a second),
+/// the previous one still decrypting until the next rotation.
+fn ticket_keys(every: Duration) -> Result<Arc<dyn ProducesTickets>, Error> {
+    let seconds = u32::try_from(every.as_secs().max(1)).unwrap_or(u32::MAX);
+    let keys = rustls::TicketRotator::new(seconds, new_ticket_key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    Ok(Arc::new(keys))
+}
+
 /// The TLS 1.2 session cache (session ids), whose entries expire.
 #[derive(Debug)]
 struct ExpiringSessions {
@@ -459,8 +500,7 @@ pub fn server_config(
     } else {
         let lifetime = u32::try_from(resumption.lifetime.as_secs()).unwrap_or(u32::MAX);
         config.ticketer = Arc::new(ExpiringTickets {
-            keys: rustls::crypto::aws_lc_rs::Ticketer::new()
-                .map_err(|e| Error::Tls(e.to_string()))?,
+            keys: ticket_keys(resumption.rotate_keys_every)?,
             lifetime,
         });
         config.session_storage = Arc::new(ExpiringSessions {
@@ -754,6 +794,37 @@ mod tests {
         plain.extend_from_slice(b"state");
         let ticket = expired.keys.encrypt(&plain).unwrap();
         assert!(expired.decrypt(&ticket).is_none());
+    }
+
+    #[test]
+    fn ticket_keys_rotate_and_the_previous_key_is_kept_one_period() {
+        // Rotation is checked against the clock in whole seconds: with a
+        // one-second period a key is replaced within 2 s.
+        let keys = ticket_keys(Duration::from_secs(1)).unwrap();
+        let first = keys.encrypt(b"first").unwrap();
+        assert_eq!(keys.decrypt(&first).as_deref(), Some(&b"first"[..]));
+        std::thread::sleep(Duration::from_millis(2100));
+        // A new key encrypts; the previous one still decrypts.
+        let second = keys.encrypt(b"second").unwrap();
+        assert_eq!(keys.decrypt(&first).as_deref(), Some(&b"first"[..]));
+        std::thread::sleep(Duration::from_millis(2100));
+        let third = keys.encrypt(b"third").unwrap();
+        // Two rotations later the first key is gone; the second is the
+        // previous one now.
+        assert!(keys.decrypt(&first).is_none(), "the first key was dropped");
+        assert_eq!(keys.decrypt(&second).as_deref(), Some(&b"second"[..]));
+        assert_eq!(keys.decrypt(&third).as_deref(), Some(&b"third"[..]));
+        // Another gateway's keys decrypt none of these.
+        let other = ticket_keys(Duration::from_secs(1)).unwrap();
+        assert!(other.decrypt(&third).is_none());
+        // The server configuration uses the period it is given.
+        let default = default_certificate(None).unwrap();
+        let resolver = Arc::new(Resolver(Arc::new(ArcSwap::from_pointee(
+            CertStore::with_default(default),
+        ))));
+        let config = server_config(resolver, Resumption::default()).unwrap();
+        assert!(config.ticketer.enabled());
+        assert_eq!(config.ticketer.lifetime(), 2 * 60 * 60);
     }
 
     /// Accepts any certificate, but checks the handshake signatures.
