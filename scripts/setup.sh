@@ -6,13 +6,17 @@ set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
+# The ingress gateway's TLS (rustls on aws-lc-rs) needs only the C compiler
+# Rust already needs: aws-lc-sys builds with the cc crate (no cmake, no
+# clang; bindings ship pre-generated for x86_64 and aarch64 Linux).
+# openssl: the s_client of the ingress TLS tests.
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 # buildah, podman, runc, binutils (objcopy), python3-yaml and libcap2-bin (capsh):
 # the container image (scripts/image.sh) and its test, which runs it as
 # deploy/ does (scripts/run-pod.py). podman runs with `--runtime runc`: crun,
 # its default, refuses the hybrid cgroup layout of this kind of machine.
-for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux iperf3 \
+for pkg in llvm-22-dev bpftool iproute2 dnsutils knot-dnsutils curl nghttp2-client python3 iptables nftables procps util-linux iperf3 openssl \
     buildah podman runc binutils python3-yaml libcap2-bin; do
   have_pkg "$pkg" || need_apt+=("$pkg")
 done

@@ -14,8 +14,9 @@
 //! `Content-Length` or chunked; upgrades). The headers hyper would hide are
 //! visible there. When a head is ambiguous, the guard cuts the stream at the
 //! line that showed it, replacing that line's LF by a NUL, and reads nothing
-//! more: hyper's parser then refuses the head with its 400 and closes the
-//! connection. Bytes of the head are never held back, so hyper's own limits
+//! more but a blank line (hyper parses a head that came in several reads
+//! again only once its end arrives): hyper's parser then refuses the head
+//! with its 400 and closes the connection. Bytes of the head are never held back, so hyper's own limits
 //! and timeouts apply unchanged.
 //!
 //! Refused, in a request head:
@@ -148,7 +149,7 @@ pub(crate) struct Scanner {
     line: Vec<u8>,
     head: Head,
     max_head: usize,
-    /// Complete heads seen.
+    /// Complete heads seen and not refused.
     heads: u64,
 }
 
@@ -167,6 +168,25 @@ impl Scanner {
             max_head,
             heads: 0,
         }
+    }
+
+    /// Whether the scanner still judges the stream: it has not left it to
+    /// hyper alone and is not waiting for the answer to an upgrade request.
+    #[allow(
+        dead_code,
+        reason = "read by the fuzz target (ingress/fuzz), which builds this file on its own"
+    )]
+    pub(crate) fn judging(&self) -> bool {
+        !matches!(self.state, State::Pass | State::Upgrade(_))
+    }
+
+    /// How many complete heads were let through.
+    #[allow(
+        dead_code,
+        reason = "read by the fuzz target (ingress/fuzz), which builds this file on its own"
+    )]
+    pub(crate) fn heads(&self) -> u64 {
+        self.heads
     }
 
     /// Follows `bytes`, the next bytes of the stream.
@@ -345,7 +365,6 @@ impl Scanner {
 
     /// The head is complete: judge it and follow its body.
     fn end_of_head(&mut self) -> Option<Refusal> {
-        self.heads += 1;
         let head = &self.head;
         let refusal = if head.encodings > 0 && head.lengths > 0 {
             Some(Refusal::LengthAndChunked)
@@ -365,6 +384,7 @@ impl Scanner {
         if refusal.is_some() {
             return refusal;
         }
+        self.heads += 1;
         if head.chunked {
             self.state = State::ChunkSize;
         } else {
@@ -477,7 +497,15 @@ pub struct FramingGuard<T, F> {
     scanner: Scanner,
     answers: std::sync::Arc<Answers>,
     on_refusal: Option<F>,
+    /// Whether the blank line after a refused head was given to hyper.
+    ended: bool,
 }
+
+/// What a refused stream ends with: a blank line, so that hyper parses the
+/// cut head and answers 400 even when the head came in several reads
+/// (hyper parses a partial head again only when the end of a head arrives;
+/// without one it would close the connection without an answer).
+const END_OF_REFUSED_HEAD: &[u8] = b"\r\n\r\n";
 
 impl<T, F: FnOnce(Refusal)> FramingGuard<T, F> {
     /// Guards `inner`: heads longer than `max_head` are left to hyper;
@@ -489,6 +517,7 @@ impl<T, F: FnOnce(Refusal)> FramingGuard<T, F> {
             scanner: Scanner::new(max_head),
             answers,
             on_refusal: Some(on_refusal),
+            ended: false,
         }
     }
 }
@@ -501,7 +530,14 @@ impl<T: AsyncRead + Unpin, F: FnOnce(Refusal) + Unpin> AsyncRead for FramingGuar
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match this.scanner.state {
-            State::Refused => return Poll::Ready(Ok(())),
+            State::Refused => {
+                if !this.ended {
+                    this.ended = true;
+                    let n = END_OF_REFUSED_HEAD.len().min(buf.remaining());
+                    buf.put_slice(&END_OF_REFUSED_HEAD[..n]);
+                }
+                return Poll::Ready(Ok(()));
+            }
             State::Upgrade(n) => match this.answers.poll_answer(n, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(true) => this.scanner.state = State::Pass,
@@ -708,6 +744,85 @@ mod tests {
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n".to_vec();
         stream.extend_from_slice(b"\x81\x85\n\n\0");
         assert_eq!(verdict(&stream), None);
+    }
+
+    /// A client whose bytes come in the given reads; what is written to it
+    /// is kept.
+    struct Reads {
+        reads: std::collections::VecDeque<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl AsyncRead for Reads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(read) = self.reads.pop_front() {
+                buf.put_slice(&read);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Reads {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What hyper answers, behind the guard, to a stream in these reads.
+    fn answer(reads: &[&[u8]]) -> String {
+        let client = Reads {
+            reads: reads.iter().map(|r| r.to_vec()).collect(),
+            written: Vec::new(),
+        };
+        let mut guard = FramingGuard::new(client, 1024, std::sync::Arc::default(), |_: Refusal| {});
+        let service = hyper::service::service_fn(|_| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok\n")))
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let io = hyper_util::rt::TokioIo::new(&mut guard);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+        String::from_utf8_lossy(&guard.inner.written).into_owned()
+    }
+
+    #[test]
+    fn a_refused_head_gets_400_however_it_was_read() {
+        let stream: &[u8] =
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\nX: y\r\n\r\n";
+        for cut in 1..stream.len() {
+            let answer = answer(&[&stream[..cut], &stream[cut..]]);
+            let statuses: Vec<&str> = answer
+                .lines()
+                .filter_map(|l| l.strip_prefix("HTTP/1.1 "))
+                .collect();
+            assert_eq!(statuses, ["200 OK", "400 Bad Request"], "cut at {cut}");
+        }
+        // In three reads, the bad line's LF alone in the last one.
+        let at = stream.windows(3).position(|w| w == b"x\nX").unwrap() + 1;
+        let answer = answer(&[&stream[..40], &stream[40..at], &stream[at..]]);
+        assert!(answer.ends_with("\r\n\r\n") && answer.contains("400 Bad Request"));
     }
 
     #[test]

@@ -221,7 +221,8 @@ pub(crate) async fn run(
     let certs = Arc::new(ArcSwap::from_pointee(CertStore::with_default(
         default_cert.clone(),
     )));
-    let tls_config = crate::tls::server_config(Arc::new(Resolver(certs.clone())))?;
+    let tls_config =
+        crate::tls::server_config(Arc::new(Resolver(certs.clone())), args.tls_resumption())?;
     // Bind first, so a taken port fails at once; accept once synced.
     let http = bind(args.http)?;
     let https = bind(args.https)?;

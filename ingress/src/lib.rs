@@ -85,6 +85,14 @@ pub struct Args {
     /// Time allowed for a TLS handshake.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub ingress_handshake_timeout: Duration,
+    /// How long a TLS session may be resumed after its full handshake
+    /// (TLS 1.3 and 1.2 session tickets, whose keys rotate every 6 hours;
+    /// a TLS 1.2 session cache); 0 turns resumption off.
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = parse_duration)]
+    pub ingress_tls_session_timeout: Duration,
+    /// TLS 1.2 sessions remembered for clients that resume by session id.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub ingress_tls_session_cache: usize,
     /// How long an HTTP/2 connection may stay without an open stream before
     /// it is closed (GOAWAY). An HTTP/1.1 keep-alive gap is bounded by
     /// --ingress-header-timeout.
@@ -172,6 +180,16 @@ impl Args {
             max_idle_per_endpoint: 256,
             eject_after: self.ingress_eject_after,
             eject_time: self.ingress_eject_time,
+        }
+    }
+
+    /// TLS session resumption.
+    #[must_use]
+    pub fn tls_resumption(&self) -> tls::Resumption {
+        tls::Resumption {
+            lifetime: self.ingress_tls_session_timeout,
+            cache_size: self.ingress_tls_session_cache,
+            ..tls::Resumption::default()
         }
     }
 

@@ -68,6 +68,13 @@ pub struct HandshakeLabels {
     pub version: &'static str,
 }
 
+/// Labels naming a TLS protocol version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsVersionLabels {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+}
+
 /// Histogram buckets for latencies: 0.5 ms to about 33 s.
 #[derive(Clone, Debug)]
 pub struct LatencyBuckets;
@@ -97,6 +104,8 @@ pub struct Metrics {
     pub shed_connections: Counter,
     /// TLS handshakes, by result and version.
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Successful TLS handshakes that resumed a session, by version.
+    pub tls_resumed: Family<TlsVersionLabels, Counter>,
     /// HTTP/1.1 requests refused (400) by the framing guard, by reason.
     pub refused_requests: Family<RefusalLabels, Counter>,
     /// HTTP/2 connections closed by the gateway, by reason (`idle`,
@@ -123,6 +132,7 @@ impl Default for Metrics {
             active_connections: Family::default(),
             shed_connections: Counter::default(),
             tls_handshakes: Family::default(),
+            tls_resumed: Family::default(),
             refused_requests: Family::default(),
             h2_closed: Family::default(),
             upgraded_connections: Gauge::default(),
@@ -177,6 +187,11 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes, by result and protocol version",
             m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_resumed_handshakes",
+            "Successful TLS handshakes that resumed a session (ticket or session id), by protocol version",
+            m.tls_resumed.clone(),
         );
         registry.register(
             "refused_requests",

@@ -47,7 +47,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::framing::{FramingGuard, Refusal};
 use crate::h2c::Sniffed;
-use crate::metrics::{H2CloseLabels, HandshakeLabels, ListenerLabels, RefusalLabels};
+use crate::metrics::{
+    H2CloseLabels, HandshakeLabels, ListenerLabels, RefusalLabels, TlsVersionLabels,
+};
 use crate::proxy::{ConnInfo, ProxyBody, Shared, local_response};
 
 /// Settings of client connections.
@@ -265,6 +267,13 @@ impl Server {
                         version,
                     })
                     .inc();
+                if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    self.shared
+                        .metrics
+                        .tls_resumed
+                        .get_or_create(&TlsVersionLabels { version })
+                        .inc();
+                }
                 let h2 = session.alpn_protocol() == Some(b"h2");
                 self.serve_http(stream, h2, info, shed).await;
             }

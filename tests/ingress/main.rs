@@ -9,6 +9,7 @@
 
 mod h2;
 mod support;
+mod tls;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

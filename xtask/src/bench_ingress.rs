@@ -6,6 +6,12 @@
 //! (fairlead then runs one tokio worker; nginx one worker process; HAProxy
 //! one thread); the load generator and the upstream (an nginx answering a
 //! fixed 200) share CPU 1.
+//!
+//! TLS handshakes are measured with `openssl s_time` (parallel clients,
+//! no SNI, so each proxy serves its default certificate: an RSA-2048 one,
+//! then the shop ECDSA P-256 one), full and resumed, TLS 1.3 and 1.2; the
+//! figure to compare is handshakes per CPU-second of the proxy process(es),
+//! because the clients share one core and saturate it first with ECDSA.
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -33,6 +39,13 @@ pub(crate) struct Options {
     /// Skip building fairlead (use the release binary already built).
     #[arg(long)]
     no_build: bool,
+    /// The fairlead binary to run (default: the release build of this
+    /// checkout); implies --no-build.
+    #[arg(long, value_name = "PATH")]
+    fairlead_bin: Option<PathBuf>,
+    /// Parallel `openssl s_time` clients in the handshake runs.
+    #[arg(long, default_value_t = 4)]
+    tls_clients: usize,
 }
 
 const UPSTREAM: u16 = 18_900;
@@ -73,6 +86,26 @@ struct Figures {
     h2_mean_ms: f64,
     h2_failed: u64,
     handshakes: f64,
+    https_h1_rps: f64,
+    https_h1_p99_ms: f64,
+}
+
+/// Handshakes with one certificate type (`openssl s_time`, no SNI: every
+/// proxy serves its default certificate): per second, and per CPU-second
+/// of the proxy (its own CPU time, so a saturated client does not hide
+/// what a handshake costs the proxy).
+#[derive(Default, Debug, Clone, Copy)]
+struct Handshakes {
+    full13: Rate,
+    resumed13: Rate,
+    full12: Rate,
+    resumed12: Rate,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Rate {
+    per_second: f64,
+    per_cpu_second: f64,
 }
 
 struct Process {
@@ -144,6 +177,109 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {program}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// CPU seconds (user + system) used so far by a process and its
+/// descendants (nginx's worker is a child of its master).
+fn cpu_seconds(pid: u32) -> f64 {
+    let mut ticks = 0u64;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            && let Some((_, rest)) = stat.rsplit_once(')')
+        {
+            // After the command: state is field 3; utime 14, stime 15.
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            for i in [11, 12] {
+                ticks += fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                    stack.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+    }
+    // USER_HZ is 100 on Linux.
+    #[allow(clippy::cast_precision_loss, reason = "CPU ticks of a bench run")]
+    let seconds = ticks as f64 / 100.0;
+    seconds
+}
+
+/// `clients` parallel `openssl s_time` runs (CPU 1) against `port` for
+/// `seconds`: full (`-new`) or resumed (`-reuse`) handshakes; the rate per
+/// second and per CPU-second of the proxy `pid`.
+fn s_time(pid: u32, port: u16, args: &[&str], seconds: u32, clients: usize) -> Result<Rate> {
+    let before = cpu_seconds(pid);
+    let connect = format!("127.0.0.1:{port}");
+    let time = seconds.to_string();
+    let children = (0..clients)
+        .map(|_| {
+            Command::new("taskset")
+                .args([
+                    "-c", "1", "openssl", "s_time", "-connect", &connect, "-time", &time,
+                ])
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("running openssl s_time")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut connections = 0.0;
+    let mut per_second = 0.0;
+    for child in children {
+        let out = child.wait_with_output()?;
+        let out = String::from_utf8_lossy(&out.stdout);
+        // "N connections in T real seconds, B bytes read per connection"
+        if let Some(line) = out.lines().rfind(|l| l.contains("real seconds")) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let n: f64 = words.first().and_then(|w| w.parse().ok()).unwrap_or(0.0);
+            let t: f64 = words
+                .get(3)
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(f64::NAN);
+            connections += n;
+            per_second += n / t;
+        }
+    }
+    let cpu = cpu_seconds(pid) - before;
+    Ok(Rate {
+        per_second,
+        per_cpu_second: connections / cpu,
+    })
+}
+
+/// The handshake rows, TLS 1.3 and 1.2, full and resumed. TLS 1.3 runs
+/// fetch `/` on each connection (s_time must read the response to get a
+/// ticket); TLS 1.2 runs only shake hands.
+fn handshakes(pid: u32, port: u16, o: &Options) -> Result<Handshakes> {
+    let (secs, n) = (o.seconds.min(5), o.tls_clients);
+    let www = ["-www", "/"];
+    Ok(Handshakes {
+        full13: s_time(
+            pid,
+            port,
+            &[&["-new", "-tls1_3"][..], &www].concat(),
+            secs,
+            n,
+        )?,
+        resumed13: s_time(
+            pid,
+            port,
+            &[&["-reuse", "-tls1_3"][..], &www].concat(),
+            secs,
+            n,
+        )?,
+        full12: s_time(pid, port, &["-new", "-tls1_2"], secs, n)?,
+        resumed12: s_time(pid, port, &["-reuse", "-tls1_2"], secs, n)?,
+    })
 }
 
 fn to_ms(value: &str) -> f64 {
@@ -270,6 +406,21 @@ fn measure(peer: Peer, o: &Options) -> Result<Figures> {
         ],
     )?;
     let (handshakes, ..) = parse_wrk(&handshakes);
+    let https_h1 = run(
+        "wrk",
+        &[
+            "-t1",
+            "-c",
+            &conns,
+            "-d",
+            &secs,
+            "--latency",
+            "-H",
+            &host,
+            &format!("https://127.0.0.1:{https}/"),
+        ],
+    )?;
+    let (https_h1_rps, _, https_h1_p99_ms, _) = parse_wrk(&https_h1);
     Ok(Figures {
         h1_rps,
         h1_p50_ms,
@@ -279,6 +430,8 @@ fn measure(peer: Peer, o: &Options) -> Result<Figures> {
         h2_mean_ms,
         h2_failed,
         handshakes,
+        https_h1_rps,
+        https_h1_p99_ms,
     })
 }
 
@@ -388,6 +541,41 @@ fn pem_files(snapshot: &Snapshot, dir: &Path) -> Result<(PathBuf, PathBuf, PathB
     Ok(paths)
 }
 
+/// An RSA-2048 certificate for the bench host (self-signed, made with
+/// `openssl req`): the certificate, key and both-in-one PEM files.
+fn rsa_files(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (crt, key, pem) = (
+        dir.join("rsa.crt"),
+        dir.join("rsa.key"),
+        dir.join("rsa.pem"),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-nodes", "-days", "2", "-newkey", "rsa:2048",
+        ])
+        .args(["-subj", &format!("/CN={HOST}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{HOST}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl req")?;
+    if !status.success() {
+        bail!("openssl req failed");
+    }
+    std::fs::write(
+        &pem,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&crt)?,
+            std::fs::read_to_string(&key)?
+        ),
+    )?;
+    Ok((crt, key, pem))
+}
+
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -440,7 +628,8 @@ fn nginx_conf(
          fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
          keepalive_requests 100000;\n{upstreams}\
          server {{\n    listen 127.0.0.1:{http} default_server;\n    listen 127.0.0.1:{https} ssl http2 default_server;\n\
-         server_name {host};\n    ssl_certificate {};\n    ssl_certificate_key {};\n{locations}  }}\n}}\n",
+         server_name {host};\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+         ssl_session_cache shared:SSL:10m;\n    ssl_session_timeout 2h;\n{locations}  }}\n}}\n",
         crt.display(),
         key.display()
     )
@@ -466,12 +655,14 @@ fn haproxy_cfg(routes: &[(String, String, Vec<SocketAddr>)], pem: &Path) -> Stri
     )
 }
 
+/// Starts a peer; fairlead's default certificate (what clients without SNI
+/// get, as nginx's and HAProxy's configurations serve theirs) is `pem`.
 fn start_peer(
     peer: Peer,
-    o: &Options,
     bin: &Path,
     dir: &Path,
     manifests_dir: &Path,
+    pem: &Path,
 ) -> Result<Process> {
     let (http, https) = peer.ports();
     let log = dir.join(format!("{}.log", peer.name()));
@@ -492,6 +683,8 @@ fn start_peer(
                 "127.0.0.1:18990",
                 "--ingress-access-log=false",
                 "--ingress-ssl-redirect=false",
+                "--default-cert",
+                &pem.display().to_string(),
             ],
             &log,
         )?,
@@ -517,7 +710,6 @@ fn start_peer(
             &log,
         )?,
     };
-    let _ = o;
     wait_port(http)?;
     wait_port(https)?;
     Ok(process)
@@ -730,13 +922,14 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
         ("nginx", "nginx"),
         ("haproxy", "haproxy"),
         ("taskset", "util-linux"),
+        ("openssl", "openssl"),
     ] {
         need(tool, package)?;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    if !o.no_build {
+    if !o.no_build && o.fairlead_bin.is_none() {
         eprintln!("bench: cargo build --release -p fairlead");
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
             .args(["build", "--release", "-p", "fairlead"])
@@ -746,7 +939,10 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
             bail!("the release build failed");
         }
     }
-    let bin = target.join("release/fairlead");
+    let bin = o
+        .fairlead_bin
+        .clone()
+        .unwrap_or_else(|| target.join("release/fairlead"));
     let dir = std::env::temp_dir().join(format!("fairlead-bench-{}", std::process::id()));
     let manifests_dir = dir.join("manifests");
     std::fs::create_dir_all(&manifests_dir)?;
@@ -767,6 +963,7 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
         nginx_conf(&dir, &routes, &crt, &key, false),
     )?;
     std::fs::write(dir.join("haproxy.cfg"), haproxy_cfg(&routes, &pem))?;
+    let (rsa_crt, rsa_key, rsa_pem) = rsa_files(&dir)?;
 
     // The upstream: nginx answering 200 on CPU 1.
     let up = dir.join("upstream");
@@ -807,9 +1004,28 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
     let load_before = load_average();
     let mut results = Vec::new();
     let mut update_results = Vec::new();
+    let mut tls_results = Vec::new();
     for peer in [Peer::Fairlead, Peer::Nginx, Peer::Haproxy] {
         eprintln!("bench: {}", peer.name());
-        let process = start_peer(peer, o, &bin, &dir, &manifests_dir)?;
+        // RSA-2048 first, then ECDSA P-256 (the shop certificate) for the
+        // rest.
+        std::fs::write(
+            dir.join("nginx.conf"),
+            nginx_conf(&dir, &routes, &rsa_crt, &rsa_key, false),
+        )?;
+        std::fs::write(dir.join("haproxy.cfg"), haproxy_cfg(&routes, &rsa_pem))?;
+        let process = start_peer(peer, &bin, &dir, &manifests_dir, &rsa_pem)?;
+        let rsa = handshakes(process.child.id(), peer.ports().1, o)?;
+        drop(process);
+        std::fs::write(
+            dir.join("nginx.conf"),
+            nginx_conf(&dir, &routes, &crt, &key, false),
+        )?;
+        std::fs::write(dir.join("haproxy.cfg"), haproxy_cfg(&routes, &pem))?;
+        let process = start_peer(peer, &bin, &dir, &manifests_dir, &pem)?;
+        let ecdsa = handshakes(process.child.id(), peer.ports().1, o)?;
+        eprintln!("bench: {} RSA {rsa:?} ECDSA {ecdsa:?}", peer.name());
+        tls_results.push((peer, rsa, ecdsa));
         let figures = measure(peer, o)?;
         eprintln!("bench: {} {figures:?}", peer.name());
         if peer != Peer::Haproxy {
@@ -880,15 +1096,61 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
             f.handshakes
         );
     }
+    println!("{:<9} {:>13} {:>9}", "", "https h1 req/s", "p99 ms");
+    for (peer, f) in &results {
+        println!(
+            "{:<9} {:>13.0} {:>9.3}",
+            peer.name(),
+            f.https_h1_rps,
+            f.https_h1_p99_ms
+        );
+    }
     for (peer, f) in results.iter().skip(1) {
         println!(
-            "fairlead / {:<8} h1 req/s {:.2}x, h1 p99 {:.2}x, h2 req/s {:.2}x, handshakes/s {:.2}x",
+            "fairlead / {:<8} h1 req/s {:.2}x, h1 p99 {:.2}x, h2 req/s {:.2}x, https h1 req/s {:.2}x, wrk close handshakes/s {:.2}x",
             peer.name(),
             base.h1_rps / f.h1_rps,
             base.h1_p99_ms / f.h1_p99_ms,
             base.h2_rps / f.h2_rps,
+            base.https_h1_rps / f.https_h1_rps,
             base.handshakes / f.handshakes
         );
+    }
+    println!(
+        "\nTLS handshakes (openssl s_time, {} clients on the other core; /s, and per CPU-second of the proxy)",
+        o.tls_clients
+    );
+    println!(
+        "{:<9} {:<6} {:>19} {:>19} {:>19} {:>19}",
+        "", "cert", "1.3 full (+GET)", "1.3 resumed (+GET)", "1.2 full", "1.2 resumed"
+    );
+    let cell = |r: Rate| format!("{:.0} / {:.0}", r.per_second, r.per_cpu_second);
+    for (peer, rsa, ecdsa) in &tls_results {
+        for (cert, h) in [("RSA", rsa), ("ECDSA", ecdsa)] {
+            println!(
+                "{:<9} {:<6} {:>19} {:>19} {:>19} {:>19}",
+                peer.name(),
+                cert,
+                cell(h.full13),
+                cell(h.resumed13),
+                cell(h.full12),
+                cell(h.resumed12)
+            );
+        }
+    }
+    let (_, base_rsa, base_ecdsa) = tls_results[0];
+    for (peer, rsa, ecdsa) in tls_results.iter().skip(1) {
+        for (cert, b, h) in [("RSA", base_rsa, rsa), ("ECDSA", base_ecdsa, ecdsa)] {
+            let ratio = |a: Rate, b: Rate| a.per_cpu_second / b.per_cpu_second;
+            println!(
+                "fairlead / {:<8} {cert:<5} handshakes per proxy CPU-second: 1.3 full {:.2}x, 1.3 resumed {:.2}x, 1.2 full {:.2}x, 1.2 resumed {:.2}x",
+                peer.name(),
+                ratio(b.full13, h.full13),
+                ratio(b.resumed13, h.resumed13),
+                ratio(b.full12, h.full12),
+                ratio(b.resumed12, h.resumed12)
+            );
+        }
     }
     for (label, done, applied, requests, errors) in &update_results {
         println!(
