@@ -437,6 +437,7 @@ mod tests {
             ClassSelection {
                 class: "fairlead".to_owned(),
                 default_backend: None,
+                gateway_api: crate::gateway_api::Selection::default(),
             },
             Arc::new(pool),
             metrics,
@@ -626,6 +627,7 @@ mod tests {
             ClassSelection {
                 class: "fairlead".to_owned(),
                 default_backend: None,
+                gateway_api: crate::gateway_api::Selection::default(),
             },
             Arc::new(PoolConfig::default()),
             metrics,
