@@ -263,3 +263,94 @@ pub struct HttpRoute {
     /// `spec.rules`.
     pub rules: Vec<HttpRouteRule>,
 }
+
+/// Renders the Gateway API objects of a snapshot for [`crate::dump`]
+/// (nothing when there are none).
+pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    if !s.gateway_classes.is_empty() {
+        writeln!(out, "gateway classes:")?;
+        for class in s.gateway_classes.values() {
+            writeln!(out, "  {} controller={}", class.name, class.controller)?;
+        }
+    }
+    for gateway in s.gateways.values() {
+        writeln!(out, "gateway {} class={}", gateway.key, gateway.class)?;
+        for l in &gateway.listeners {
+            let protocol = match &l.protocol {
+                ListenerProtocol::Http => "HTTP",
+                ListenerProtocol::Https => "HTTPS",
+                ListenerProtocol::Other(p) => p,
+            };
+            writeln!(
+                out,
+                "  listener {} {protocol}:{} host={} routes from {:?}{}",
+                l.name,
+                l.port,
+                l.hostname
+                    .as_ref()
+                    .map_or_else(|| "*".to_owned(), ToString::to_string),
+                l.allowed_namespaces,
+                if l.allowed_kinds.is_empty() {
+                    String::new()
+                } else {
+                    format!(" kinds [{}]", l.allowed_kinds.join(", "))
+                }
+            )?;
+        }
+    }
+    for route in s.http_routes.values() {
+        let hosts: Vec<String> = route.hostnames.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "httproute {} hostnames=[{}]",
+            route.key,
+            hosts.join(", ")
+        )?;
+        for p in &route.parents {
+            write!(out, "  parent gateway {}", p.gateway)?;
+            if let Some(section) = &p.section_name {
+                write!(out, " section={section}")?;
+            }
+            if let Some(port) = p.port {
+                write!(out, " port={port}")?;
+            }
+            writeln!(out)?;
+        }
+        for (i, rule) in route.rules.iter().enumerate() {
+            for m in &rule.matches {
+                let (kind, value) = match &m.path {
+                    PathMatch::Exact(p) => ("Exact", p),
+                    PathMatch::Prefix(p) => ("PathPrefix", p),
+                };
+                write!(out, "  rule {i} match {kind} {value}")?;
+                for h in &m.headers {
+                    write!(out, " header {}={:?}", h.name, h.value)?;
+                }
+                if let Some(method) = &m.method {
+                    write!(out, " method {method}")?;
+                }
+                writeln!(out)?;
+            }
+            for b in &rule.backends {
+                match &b.target {
+                    RouteBackendTarget::Service { service, port } => {
+                        writeln!(
+                            out,
+                            "  rule {i} -> service {service}:{port} weight {}",
+                            b.weight
+                        )?;
+                    }
+                    RouteBackendTarget::Invalid { wanted, reason } => {
+                        writeln!(
+                            out,
+                            "  rule {i} -> {wanted} weight {} INVALID: {reason}",
+                            b.weight
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
