@@ -204,6 +204,11 @@ check_paths() {
 }
 say "Three paths to Service shop/web, 30 requests each"
 check_paths "web-a web-b web-c" "10.244.1.11 10.244.1.12 10.244.1.13"
+if [ -n "${FAIRLEAD_DEMO_METRICS:-}" ]; then
+    # The end-to-end test checks deploy/monitoring against what a node exports.
+    in_node curl -sf http://127.0.0.1:9402/metrics >"$FAIRLEAD_DEMO_METRICS" \
+        || fail "could not read the node's /metrics"
+fi
 
 # --- an endpoint goes away ------------------------------------------------------
 status_json() { in_node curl -sf http://127.0.0.1:9402/status; }

@@ -97,6 +97,15 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
         telemetry_addr: std::net::SocketAddr,
     },
+    /// Print a shell completion script, e.g. `fairlead completions bash >
+    /// /etc/bash_completion.d/fairlead`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `fairlead man | man -l -`.
+    Man,
 }
 
 /// `fairlead node`: every component's flags, and switches.
@@ -151,6 +160,10 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format, default_level);
     match run(cli.command) {
         Ok(code) => code,
+        // The reader of our output went away (`fairlead status | head`): end
+        // quietly, with the status a shell reports for a coreutils program
+        // that SIGPIPE ended (128 + 13).
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::from(141),
         Err(e) => {
             eprintln!("fairlead: {e:#}");
             ExitCode::from(2)
@@ -232,6 +245,31 @@ fn run(command: Command) -> Result<ExitCode> {
             bpffs,
             telemetry_addr,
         } => status(json, &bpffs, telemetry_addr),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut command, "fairlead", &mut out);
+            write_stdout(&out)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut out)
+                .context("rendering the manual page")?;
+            write_stdout(&out)
+        }
+    }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) ends quietly.
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("writing to stdout")
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -257,7 +295,8 @@ fn start_proxy(rt: &mut runtime::Runtime, args: &fairlead_proxy::Args) -> Result
         ready: rt.ready_flag("proxy"),
         cancel: rt.cancel.clone(),
         node_name: rt.node_name().map(str::to_owned),
-        registry: &mut rt.registry,
+        // `fairlead_proxy_*`, as documented (the proxy adds `proxy`).
+        registry: rt.registry.sub_registry_with_prefix("fairlead"),
     };
     let component = fairlead_proxy::Proxy::start(args, context)
         .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
@@ -364,18 +403,42 @@ fn status(json: bool, bpffs: &Path, telemetry: std::net::SocketAddr) -> Result<E
         if let (Ok(runtime), Some(object)) = (&runtime, out.as_object_mut()) {
             object.insert("runtime".to_owned(), runtime.clone());
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        emit(format_args!("{}\n", serde_json::to_string_pretty(&out)?))?;
         return Ok(ExitCode::SUCCESS);
     }
     match &runtime {
-        Ok(runtime) => print!("{}", render_runtime_status(runtime)),
-        Err(e) => println!("components: not reachable ({e:#})\n"),
+        Ok(runtime) => emit(render_runtime_status(runtime))?,
+        Err(e) => emit(format_args!("components: not reachable ({e:#})\n\n"))?,
     }
     match &kernel {
-        Ok(kernel) => print!("{kernel}"),
-        Err(e) => println!("kernel: {e:#}"),
+        Ok(kernel) => emit(kernel)?,
+        Err(e) => emit(format_args!("kernel: {e:#}\n"))?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Standard output was closed by its reader (`fairlead status | head`).
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output is closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes the CLI's output to stdout. A closed stdout is [`StdoutClosed`],
+/// which `main` ends on quietly; other write errors are errors.
+fn emit(text: impl std::fmt::Display) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match write!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
 }
 
 /// `GET /status` from a running fairlead's telemetry listener.
@@ -447,11 +510,11 @@ fn check_kernel() -> Result<ExitCode> {
     let programs = datapath
         .load_all_programs()
         .context("loading the eBPF programs into the kernel")?;
-    println!(
-        "kernel: {} eBPF program(s) accepted by the verifier: {}",
+    emit(format_args!(
+        "kernel: {} eBPF program(s) accepted by the verifier: {}\n",
         programs.len(),
         programs.join(", ")
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -461,7 +524,7 @@ fn check(dir: &Path) -> Result<ExitCode> {
     source
         .sync(&mut writer)
         .with_context(|| format!("loading manifests from {}", dir.display()))?;
-    Ok(report(&writer.snapshot(), &dir.display().to_string()))
+    report(&writer.snapshot(), &dir.display().to_string())
 }
 
 /// How long `check --kubeconfig` waits for every initial list.
@@ -491,12 +554,12 @@ fn check_apiserver(kubeconfig: &Path) -> Result<ExitCode> {
             )
         })
     })?;
-    Ok(report(&snapshot, "the apiserver"))
+    report(&snapshot, "the apiserver")
 }
 
 /// Prints the model and its problems; 1 when anything is invalid.
-fn report(snapshot: &Snapshot, what: &str) -> ExitCode {
-    print!("{}", dump::render(snapshot));
+fn report(snapshot: &Snapshot, what: &str) -> Result<ExitCode> {
+    emit(dump::render(snapshot))?;
     let errors = snapshot
         .problems
         .iter()
@@ -505,9 +568,9 @@ fn report(snapshot: &Snapshot, what: &str) -> ExitCode {
     let warnings = snapshot.problems.len() - errors;
     if errors > 0 {
         eprintln!("fairlead check: {errors} error(s), {warnings} warning(s) in {what}");
-        ExitCode::from(1)
+        Ok(ExitCode::from(1))
     } else {
         eprintln!("fairlead check: {what} OK ({warnings} warning(s))");
-        ExitCode::SUCCESS
+        Ok(ExitCode::SUCCESS)
     }
 }

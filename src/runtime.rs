@@ -20,7 +20,7 @@ use fairlead_model::source::kube::{
 use fairlead_model::{ModelWriter, ObjectKey, Ready, Snapshot};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -73,6 +73,12 @@ pub(crate) struct Runtime {
     pub(crate) cancel: CancellationToken,
     components: Vec<(&'static str, Ready)>,
     tasks: JoinSet<(&'static str, Result<()>)>,
+    /// The model source. It stops last, after the components have drained:
+    /// a component that sees the model channel close while it drains would
+    /// take that for a failure.
+    source: JoinHandle<Result<()>>,
+    /// Cancelled once the components have stopped; stops the source.
+    source_stop: CancellationToken,
     args: SourceArgs,
     /// Set when the model comes from the apiserver.
     apiserver: Option<Apiserver>,
@@ -152,22 +158,23 @@ impl Runtime {
     pub(crate) fn start(args: &SourceArgs) -> Result<Self> {
         let (writer, model) = ModelWriter::new();
         let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        let tasks = JoinSet::new();
         // Components name their metrics `fairlead_<component>_…` themselves.
         let mut registry = Registry::default();
         let mut apiserver = None;
-        let stop = cancel.clone();
-        if let Some(dir) = &args.manifests {
+        let source_stop = CancellationToken::new();
+        let stop = source_stop.clone();
+        let source = if let Some(dir) = &args.manifests {
             if !dir.is_dir() {
                 bail!("--manifests {}: not a directory", dir.display());
             }
             let source = ManifestDir::new(dir);
-            tasks.spawn(async move {
+            tokio::spawn(async move {
                 tokio::select! {
-                    result = source.watch(writer) => ("source", result.context("manifest source")),
-                    () = stop.cancelled() => ("source", Ok(())),
+                    result = source.watch(writer) => result.context("manifest source"),
+                    () = stop.cancelled() => Ok(()),
                 }
-            });
+            })
         } else {
             let options = KubeOptions {
                 node_name: args.node_name.clone(),
@@ -182,24 +189,26 @@ impl Runtime {
                 ingresses: source.ingresses(),
             });
             let kubeconfig = args.kubeconfig.clone();
-            tasks.spawn(async move {
+            tokio::spawn(async move {
                 let run = async {
                     let client = kube_source::client(kubeconfig.as_deref()).await?;
                     client_tx.send_replace(Some(client.clone()));
                     source.run(client, writer).await
                 };
                 tokio::select! {
-                    result = run => ("source", result.context("apiserver source")),
-                    () = stop.cancelled() => ("source", Ok(())),
+                    result = run => result.context("apiserver source"),
+                    () = stop.cancelled() => Ok(()),
                 }
-            });
-        }
+            })
+        };
         Ok(Self {
             model,
             registry,
             cancel,
             components: Vec::new(),
             tasks,
+            source,
+            source_stop,
             args: args.clone(),
             apiserver,
         })
@@ -290,11 +299,13 @@ impl Runtime {
                 None
             }
             Some(joined) = self.tasks.join_next() => Some(joined),
+            joined = &mut self.source => Some(joined.map(|result| ("source", result))),
         };
         if let Some(joined) = failure {
             let (name, result) = joined.context("a component panicked")?;
             telemetry_cancel.cancel();
             self.cancel.cancel();
+            self.source_stop.cancel();
             return match result {
                 Err(e) => Err(e.context(format!("{name} failed"))),
                 Ok(()) => bail!("{name} stopped unexpectedly"),
@@ -311,7 +322,7 @@ impl Runtime {
         let drained = tokio::time::timeout(drain, async {
             while let Some(joined) = self.tasks.join_next().await {
                 match joined {
-                    Ok((name, Err(e))) if name != "source" => {
+                    Ok((name, Err(e))) => {
                         error!(component = name, error = %format!("{e:#}"), "failed while draining");
                     }
                     Err(e) => error!(error = %e, "a component panicked while draining"),
@@ -323,6 +334,17 @@ impl Runtime {
         if drained.is_err() {
             warn!(?drain, "drain timeout reached; exiting with work in flight");
             self.tasks.abort_all();
+        }
+        // The components are done with the model: now the source may stop.
+        self.source_stop.cancel();
+        match self.source.await {
+            Ok(Err(e)) => {
+                warn!(error = %format!("{e:#}"), "the model source failed while stopping");
+            }
+            Err(e) if e.is_panic() => {
+                error!(error = %e, "the model source panicked while stopping");
+            }
+            Ok(Ok(())) | Err(_) => {}
         }
         telemetry_cancel.cancel();
         info!("stopped");

@@ -174,3 +174,107 @@ fn kernel_check_loads_every_program() {
         "{stdout}"
     );
 }
+
+#[test]
+fn completions_and_the_manual_page_are_generated_from_the_cli() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+            .args(args)
+            .output()
+            .expect("fairlead runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    for (shell, marker) in [
+        ("bash", "_fairlead()"),
+        ("zsh", "#compdef fairlead"),
+        ("fish", "complete -c fairlead"),
+    ] {
+        let script = run(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        // Subcommands and their flags are completed.
+        for word in ["node", "status", "manifests", "dns-autopath"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH fairlead"),
+        "{man}"
+    );
+    assert!(man.contains("node") && man.contains("completions"), "{man}");
+}
+
+/// Runs fairlead with its stdout on a pipe whose reader has already gone, as
+/// after `fairlead … | head` once `head` has what it wants.
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .output()
+        .expect("fairlead runs")
+}
+
+/// A telemetry listener that answers `GET /status` (like a running fairlead)
+/// to every connection; returns its address.
+fn fake_telemetry() -> std::net::SocketAddr {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let body = r#"{"model_generation":7,"model_synced":true,"shutting_down":false,"components":[{"name":"dns","ready":true,"generation":7}]}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Every CLI output to a closed pipe ends quietly, with the status a shell
+/// shows for a coreutils program ended by SIGPIPE (141), never a panic.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let telemetry = fake_telemetry().to_string();
+    let no_maps = "/sys/fs/bpf/fairlead-no-such-dir";
+    // The fake listener answers: the table and the JSON have something to print.
+    let open = Command::new(env!("CARGO_BIN_EXE_fairlead"))
+        .args(["status", "--json", "--bpffs", no_maps, "--telemetry-addr"])
+        .arg(&telemetry)
+        .output()
+        .unwrap();
+    assert!(
+        open.status.success() && String::from_utf8_lossy(&open.stdout).contains("\"runtime\""),
+        "{open:?}"
+    );
+    let runs: [&[&str]; 3] = [
+        &[
+            "status",
+            "--json",
+            "--bpffs",
+            no_maps,
+            "--telemetry-addr",
+            &telemetry,
+        ],
+        &["status", "--bpffs", no_maps, "--telemetry-addr", &telemetry],
+        &["check", "--manifests", "examples"],
+    ];
+    for args in runs {
+        let out = with_closed_stdout(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -456,7 +456,7 @@ fn relay(server: SocketAddr, rewrite: fn(&[u8]) -> Vec<u8>) -> SocketAddr {
     std::thread::spawn(move || {
         let back = UdpSocket::bind("127.0.0.1:0").unwrap();
         back.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 65535];
+        let mut buf = vec![0u8; 65535];
         let Ok((n, client)) = front.recv_from(&mut buf) else {
             return;
         };
@@ -657,6 +657,124 @@ fn glibc_resolves_a_short_name_through_the_search_path_in_a_namespace() {
     );
     // A name that exists nowhere: not found (exit 2).
     assert_eq!(getent("nosuch").status.code(), Some(2));
+}
+
+/// Sum of the samples of metric `name` of a fairlead whose telemetry
+/// listens inside `netns`.
+fn metric_in(netns: &Netns, telemetry: SocketAddr, name: &str) -> f64 {
+    let out = netns
+        .exec("curl")
+        .args(["-sf", "--max-time", "2"])
+        .arg(format!("http://{telemetry}/metrics"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn autopath_answers_a_pods_external_lookup_in_one_query() {
+    if !fairlead_proxy::testing::privileged("autopath_answers_a_pods_external_lookup_in_one_query")
+    {
+        return;
+    }
+    // A pod of namespace `data` (db-0, 10.244.1.41) with the cluster's
+    // default search path; the DNS service address on the same loopback,
+    // reached from the pod's address (the local route's source).
+    let netns = Netns::new(
+        "autopath",
+        "nameserver 10.96.0.10\n\
+         search data.svc.cluster.local svc.cluster.local cluster.local\n\
+         options ndots:5 timeout:1 attempts:2\n",
+    );
+    for addr in ["10.244.1.41/32", "10.244.9.9/32", "10.96.0.10/32"] {
+        run(Command::new("ip").args(["-n", &netns.name, "addr", "add", addr, "dev", "lo"]));
+    }
+    let source = |from: &str| {
+        run(Command::new("ip").args([
+            "-n",
+            &netns.name,
+            "route",
+            "replace",
+            "table",
+            "local",
+            "local",
+            "10.96.0.10",
+            "dev",
+            "lo",
+            "proto",
+            "kernel",
+            "scope",
+            "host",
+            "src",
+            from,
+        ]));
+    };
+    source("10.244.1.41");
+    // The upstream: another fairlead, authoritative for `upstream.test`.
+    let _upstream = Fairlead::start_with(
+        netns.exec(env!("CARGO_BIN_EXE_fairlead")),
+        &fixtures(),
+        "127.0.0.1:5300",
+        &["--zone", "upstream.test", "--upstream", "127.0.0.1:9"],
+    );
+    // The node's resolv.conf has no search domains.
+    let host_conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host_conf.path(), "nameserver 127.0.0.1\n").unwrap();
+    let dns = Fairlead::start_with(
+        netns.exec(env!("CARGO_BIN_EXE_fairlead")),
+        &fixtures(),
+        "10.96.0.10:53",
+        &[
+            "--upstream",
+            "127.0.0.1:5300",
+            "--dns-autopath",
+            "--dns-resolv-conf",
+            host_conf.path().to_str().unwrap(),
+        ],
+    );
+    let requests = || metric_in(&netns, dns.telemetry, "fairlead_dns_requests_total");
+    // `web.shop.svc.upstream.test` has four dots: with ndots:5 the resolver
+    // tries the search list first. Each lookup must find the address.
+    let lookup = |name: &str| {
+        let before = requests();
+        let out = netns
+            .exec("getent")
+            .args(["ahostsv4", name])
+            .output()
+            .expect("getent runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{name}: {text}");
+        (text, requests() - before)
+    };
+    let (text, queries) = lookup("web.shop.svc.upstream.test");
+    assert!(text.contains("10.96.10.10"), "{text}");
+    assert!(
+        (queries - 1.0).abs() < f64::EPSILON,
+        "one query with autopath, not {queries}"
+    );
+    assert!(
+        (metric_in(
+            &netns,
+            dns.telemetry,
+            "fairlead_dns_autopath_total{result=\"completed\"}"
+        ) - 1.0)
+            .abs()
+            < f64::EPSILON
+    );
+    // A Service of another namespace by its short name: one query too.
+    let (text, queries) = lookup("web.shop");
+    assert!(text.contains("10.96.10.10"), "{text}");
+    assert!((queries - 1.0).abs() < f64::EPSILON, "{queries} queries");
+    // A client that is not a pod in the model searches by itself: four
+    // queries (three search domains, then the name), the same address.
+    source("10.244.9.9");
+    let (text, queries) = lookup("web.shop.svc.upstream.test");
+    assert!(text.contains("10.96.10.10"), "{text}");
+    assert!((queries - 4.0).abs() < f64::EPSILON, "{queries} queries");
 }
 
 /// A plain query for `name` (type A, class IN, no EDNS) with message id `id`.

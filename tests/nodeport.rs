@@ -1057,3 +1057,111 @@ fn path_mtu_discovery_works_through_the_translation() {
         assert!(t.counter(Reason::IcmpRelated) > related);
     }
 }
+
+/// A NodePort Service (30081/tcp) named `name` whose endpoints are `addresses`
+/// (node-2's, so that they are remote and Maglev-balanced like web's).
+fn churned_service(name: &str, addresses: &[String]) -> String {
+    let mut eps = String::new();
+    for address in addresses {
+        let _ = writeln!(
+            eps,
+            "  - {{addresses: [\"{address}\"], conditions: {{ready: true}}, nodeName: node-2}}"
+        );
+    }
+    if addresses.is_empty() {
+        eps.push_str("  []\n");
+    }
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: t}}\nspec:\n  type: NodePort\n  clusterIP: \"10.96.0.30\"\n  clusterIPs: [\"10.96.0.30\"]\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30081}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n{eps}"
+    )
+}
+
+/// Issue 21: one NodePort request in 46,601 timed out while another Service's endpoints
+/// churned. 20,000 requests (a new TCP connection each, 2 s timeout, no retry) to an
+/// unchanged NodePort while another NodePort Service changes every 100 ms (its backend
+/// count, its Maglev table and backend slots rewritten, web's pods among its endpoints):
+/// not one fails.
+#[test]
+fn nodeport_requests_survive_another_services_churn() {
+    const REQUESTS: usize = 20_000;
+    if !privileged("nodeport::nodeport_requests_survive_another_services_churn") {
+        return;
+    }
+    let mut t = Topology::new("churn");
+    t.write(
+        "web.yaml",
+        &service("web", "NodePort", "10.96.0.10", &[POD_A, POD_C], ""),
+    );
+    // Addresses the churned Service draws from: web's pods, and some that serve nothing.
+    let pool: Vec<String> = [POD_A.0, POD_C.0, POD_B.0]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((10..20).map(|i| format!("10.244.2.{i}")))
+        .collect();
+    t.write("other.yaml", &churned_service("other", &pool[..5]));
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30080/tcp", "0.0.0.0:30081/tcp"]);
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (result, changes) = thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            let out = t.client(
+                &t.ext,
+                false,
+                &["tcp-count", NODE, "30080", &REQUESTS.to_string()],
+            );
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            out
+        });
+        let mut changes = 0usize;
+        let mut last = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            // 1 to 13 endpoints, a different window of the pool each time.
+            let count = changes % pool.len() + 1;
+            let start = (changes * 7) % pool.len();
+            let addresses: Vec<String> = (0..count)
+                .map(|i| pool[(start + i) % pool.len()].clone())
+                .collect();
+            t.write("other.yaml", &churned_service("other", &addresses));
+            last = count;
+            changes += 1;
+            thread::sleep(Duration::from_millis(100));
+        }
+        (client.join().expect("client thread"), (changes, last))
+    });
+    let (changes, last) = changes;
+    eprintln!("churn: {changes} changes, client {result}");
+    assert_eq!(
+        result["ok"].as_u64(),
+        Some(REQUESTS as u64),
+        "requests to the unchanged NodePort failed during {changes} changes of another Service: {}\nproxy log:\n{}",
+        result["failures"],
+        t.log_text()
+    );
+    let backends = &result["backends"];
+    assert!(
+        backends["pod-a"].as_u64() > Some(0) && backends["pod-c"].as_u64() > Some(0),
+        "{backends}"
+    );
+    // The other Service did churn, and its last change is programmed.
+    assert!(changes >= 20, "{changes} changes");
+    let frontend_line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("0.0.0.0:30081/tcp"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    let want = format!("backends {last}");
+    while !frontend_line(&t.rendered())
+        .split("  ")
+        .any(|field| field == want)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the last change ({last} backends) never programmed: {}",
+            t.rendered()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1026,6 +1026,96 @@ fn five_thousand_endpoints_and_a_full_map() {
     );
 }
 
+/// Issue 21: the reverse NAT of a socket lives with the socket. A long-lived unconnected UDP
+/// socket sends to a ClusterIP; then 200,000 other sockets connect to it (connected UDP,
+/// and one TCP connection in a hundred) and close; the first socket still reads its answer
+/// from the Service address. (With an LRU map of 65,536 entries keyed by socket cookie, the
+/// closed sockets' entries filled it and evicted the first socket's.) Its table, read from
+/// the pinned map with the socket as key, holds the one backend → Service slot; every
+/// sampled churned socket had a table while open. There is no map left that grows with the
+/// number of connections: socket-local storage has no size, and the kernel frees a
+/// socket's table with the socket.
+#[test]
+fn reverse_nat_lives_and_dies_with_its_socket() {
+    const CONNECTIONS: usize = 200_000;
+    if !privileged("proxy::reverse_nat_lives_and_dies_with_its_socket") {
+        return;
+    }
+    let mut c = Cluster::new("sknat", 1, &["udp:5353", "tcp:8080"]);
+    c.write(
+        "dns.yaml",
+        &docs(&[
+            service(
+                "dns",
+                &["10.96.0.80"],
+                "[{name: dns, port: 53, protocol: UDP, targetPort: 5353}, {name: web, port: 80, targetPort: 8080}]",
+                "",
+            ),
+            slice(
+                "dns-1",
+                "dns",
+                "IPv4",
+                "[{name: dns, port: 5353, protocol: UDP}, {name: web, port: 8080}]",
+                &[ready(&pod_ip(0))],
+            ),
+        ]),
+    );
+    c.start_proxy();
+    c.wait_backends("10.96.0.80:53/udp", &[format!("{}:5353", pod_ip(0))]);
+    c.wait_backends("10.96.0.80:80/tcp", &[format!("{}:8080", pod_ip(0))]);
+    // In the test cgroup, but not through `ip netns exec`: the client reads the pinned map,
+    // then enters the client netns itself.
+    let mut churn = Command::new("sh");
+    churn
+        .args([
+            "-c",
+            r#"echo $$ > "$1" && shift && exec python3 "$@""#,
+            "client",
+        ])
+        .arg(c.cgroup.procs_file())
+        .arg(support("client.py"))
+        .args(["churn", "10.96.0.80", "53", &CONNECTIONS.to_string(), "80"])
+        .arg(c.bpffs().join(maps::SOCK_REV_NAT4))
+        .arg(c.client.path());
+    let out = run_with_timeout(churn, Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client output {stdout:?} ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("churn: {result}");
+    assert_eq!(result["backend"], "pod-0:5353", "{result}");
+    assert_eq!(
+        result["peer"], "10.96.0.80:53",
+        "the long-lived socket lost its reverse NAT: {result}"
+    );
+    assert_eq!(
+        result["held"],
+        serde_json::json!([format!("{}:5353 -> 10.96.0.80:53", pod_ip(0))]),
+        "{result}"
+    );
+    assert_eq!(result["sampled"], CONNECTIONS.div_ceil(1000), "{result}");
+    // Nothing sized by connections: the per-socket maps are socket-local storage (no
+    // entries to count, no size), and the LRU maps of older versions are not there.
+    let pinned = PinnedMaps::open(&c.bpffs()).expect("pinned maps");
+    for name in [maps::SOCK_REV_NAT4, maps::SOCK_REV_NAT6] {
+        let info = pinned.map_info(name).expect("map info");
+        assert_eq!(info.max_entries(), 0, "{name}");
+        assert_eq!(
+            info.map_type().map(|t| format!("{t:?}")).ok().as_deref(),
+            Some("SkStorage"),
+            "{name}"
+        );
+    }
+    for retired in maps::RETIRED {
+        assert!(!c.bpffs().join(retired).exists(), "{retired}");
+    }
+    let counters = pinned.counters().expect("counters");
+    assert_eq!(counters.get(Reason::RevNatUpdateFailed), 0, "{counters:?}");
+}
+
 #[test]
 fn connected_udp_socket_to_a_removed_backend_is_destroyed() {
     if !privileged("proxy::connected_udp_socket_to_a_removed_backend_is_destroyed") {

@@ -48,7 +48,7 @@ const QUESTION: usize = 12;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dep {
     /// Nothing but the zone configuration (names too deep, names outside
-    /// the `svc` and `pod` trees, pod records in insecure mode).
+    /// the `svc` and `pod` trees).
     Static,
     /// The Service with this [`service_hash`], whether it exists or not.
     Service(u64),
@@ -348,6 +348,14 @@ fn build(
         crate::index::Lookup::NotSynced => return None,
         crate::index::Lookup::Forward => Kind::General,
         crate::index::Lookup::Answer(answer) if answer.chase.is_some() => Kind::General,
+        // With autopath, who asks decides the answer (a pod of the namespace
+        // gets its search completed): not something one template can hold.
+        crate::index::Lookup::Answer(answer)
+            if answer.rcode == ResponseCode::NXDomain
+                && index.autopath_question(&qname).is_some() =>
+        {
+            Kind::General
+        }
         crate::index::Lookup::Answer(answer) => {
             encode(query, &answer).map_or(Kind::General, Kind::Answer)
         }

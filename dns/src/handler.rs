@@ -5,7 +5,7 @@
 //! the asker's buffer (TC set, so the client retries over TCP).
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use hickory_server::proto::op::{
     Edns, EmitAndCount, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode,
     ResponseCode, emit_message_parts,
 };
+use hickory_server::proto::rr::rdata::CNAME;
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::{
     BinDecodable, BinDecoder, BinEncodable as _, BinEncoder, NameEncoding,
@@ -28,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::fast::{self, AnswerCache, Fast};
 use crate::forward::Forwarder;
-use crate::index::{Index, Lookup};
+use crate::index::{AutopathQuestion, Index, Lookup};
 use crate::metrics::{LoopMetrics, Metrics, Source};
 use crate::names::has_upper;
 
@@ -47,6 +48,9 @@ pub struct Handler {
     /// The fast path's cache for [`Handler::answer_raw`] (the UDP loops
     /// have their own).
     raw_cache: Arc<Mutex<AnswerCache>>,
+    /// Search-path completion: on with the host's search domains (those a
+    /// pod's resolv.conf lists after the cluster's), off when `None`.
+    autopath: Option<Arc<[Name]>>,
 }
 
 type Records<'a> = Vec<Cow<'a, Record>>;
@@ -95,7 +99,18 @@ impl Handler {
             metrics,
             max_udp_payload: max_udp_payload.max(512),
             raw_cache: Arc::default(),
+            autopath: None,
         }
+    }
+
+    /// The same handler completing pods' search paths (`--dns-autopath`),
+    /// `search` being the host's search domains, which a pod's resolv.conf
+    /// lists after `<ns>.svc.<zone> svc.<zone> <zone>`. The index must be
+    /// built with [`crate::ZoneConfig::with_autopath`] to know the pods.
+    #[must_use]
+    pub fn with_autopath(mut self, search: Vec<Name>) -> Self {
+        self.autopath = Some(search.into());
+        self
     }
 
     /// The UDP fast path: answers `raw` into `out` from `cache` when it is
@@ -159,7 +174,7 @@ impl Handler {
         self.metrics.request(qtype, rcode, source, elapsed);
     }
 
-    async fn reply<'a>(&self, index: &'a Index, query: &LowerQuery) -> Reply<'a> {
+    async fn reply<'a>(&self, index: &'a Index, query: &LowerQuery, src: IpAddr) -> Reply<'a> {
         let qname = query.name();
         let qtype = query.query_type();
         if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
@@ -171,21 +186,59 @@ impl Handler {
         if self.forwarder.is_loop_probe(qname) {
             return Reply::error(ResponseCode::ServFail);
         }
-        let mut reply = match index.lookup(qname, qtype) {
-            Lookup::NotSynced => return Reply::error(ResponseCode::ServFail),
+        let mut reply = self.resolve(index, qname, qtype, query.query_class()).await;
+        if reply.rcode == ResponseCode::NXDomain
+            && let Some(search) = &self.autopath
+            && let Some(question) = index.autopath_question(qname)
+            && index.is_pod_of(src, &question.namespace)
+            && let Some(completed) = self
+                .complete(index, qname, &question, search, qtype, query.query_class())
+                .await
+        {
+            reply = completed;
+        }
+        // Answers keep the asker's case (0x20-randomising resolvers check).
+        let original = query.original().name();
+        if has_upper(original) {
+            for record in &mut reply.answers {
+                if record.name == *original {
+                    record.to_mut().name = original.clone();
+                }
+            }
+        }
+        // Shuffle the trailing set of the asked type (after any CNAMEs).
+        if matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::SRV) {
+            let start = reply
+                .answers
+                .iter()
+                .rposition(|r| r.record_type() != qtype)
+                .map_or(0, |i| i + 1);
+            fastrand::shuffle(&mut reply.answers[start..]);
+        }
+        reply
+    }
+
+    /// The answer for `qname` alone: the index's, with CNAMEs (ExternalName)
+    /// followed, or the forwarder's.
+    async fn resolve<'a>(
+        &self,
+        index: &'a Index,
+        qname: &LowerName,
+        qtype: RecordType,
+        class: DNSClass,
+    ) -> Reply<'a> {
+        match index.lookup(qname, qtype) {
+            Lookup::NotSynced => Reply::error(ResponseCode::ServFail),
             Lookup::Forward => {
-                let f = self
-                    .forwarder
-                    .resolve(qname, qtype, query.query_class())
-                    .await;
-                return Reply {
+                let f = self.forwarder.resolve(qname, qtype, class).await;
+                Reply {
                     rcode: f.rcode,
                     authoritative: false,
                     answers: owned(f.answers),
                     authorities: owned(f.authorities),
                     additionals: owned(f.additionals),
                     source: f.source,
-                };
+                }
             }
             Lookup::Answer(answer) => {
                 let mut chase = answer.chase;
@@ -216,10 +269,7 @@ impl Handler {
                         }
                         Lookup::NotSynced => {}
                         Lookup::Forward => {
-                            let f = self
-                                .forwarder
-                                .resolve(&target, qtype, query.query_class())
-                                .await;
+                            let f = self.forwarder.resolve(&target, qtype, class).await;
                             reply.rcode = f.rcode;
                             reply.answers.extend(owned(f.answers));
                             reply.authorities = owned(f.authorities);
@@ -228,26 +278,64 @@ impl Handler {
                 }
                 reply
             }
-        };
-        // Answers keep the asker's case (0x20-randomising resolvers check).
-        let original = query.original().name();
-        if has_upper(original) {
-            for record in &mut reply.answers {
-                if record.name == *original {
-                    record.to_mut().name = original.clone();
+        }
+    }
+
+    /// Search-path completion (autopath): a pod of `question.namespace`
+    /// asked `<base>.<ns>.svc.<zone>` and it does not exist, so its resolver
+    /// would go on with `<base>.svc.<zone>`, `<base>.<zone>`, `<base>.` each
+    /// host search domain, then `<base>` itself. The first of those that
+    /// exists is answered here, as a CNAME from the asked name to it followed
+    /// by its records, and the resolver stops searching. `None` when none
+    /// exists or one fails (the asker then gets the plain NXDOMAIN and
+    /// searches on by itself, as without autopath).
+    async fn complete<'a>(
+        &self,
+        index: &'a Index,
+        qname: &LowerName,
+        question: &AutopathQuestion,
+        search: &[Name],
+        qtype: RecordType,
+        class: DNSClass,
+    ) -> Option<Reply<'a>> {
+        let zone = &index.config().zone;
+        let svc = Name::from_labels([b"svc".as_slice()])
+            .ok()
+            .and_then(|svc| svc.append_domain(zone).ok());
+        let domains = svc
+            .into_iter()
+            .chain([zone.clone()])
+            .chain(search.iter().cloned())
+            .chain([Name::root()]);
+        for domain in domains {
+            let Ok(candidate) = question.base.clone().append_domain(&domain) else {
+                // Too long with this domain: the resolver skips it too.
+                continue;
+            };
+            let candidate = LowerName::new(&candidate);
+            if candidate == *qname || self.forwarder.is_loop_probe(&candidate) {
+                continue;
+            }
+            let found = self.resolve(index, &candidate, qtype, class).await;
+            match found.rcode {
+                ResponseCode::NXDomain => {}
+                ResponseCode::NoError => {
+                    self.metrics.autopath(true);
+                    let cname = Record::from_rdata(
+                        Name::from(qname),
+                        index.config().ttl,
+                        RData::CNAME(CNAME(Name::from(&candidate))),
+                    );
+                    let mut answers = Vec::with_capacity(found.answers.len() + 1);
+                    answers.push(Cow::Owned(cname));
+                    answers.extend(found.answers);
+                    return Some(Reply { answers, ..found });
                 }
+                _ => break,
             }
         }
-        // Shuffle the trailing set of the asked type (after any CNAMEs).
-        if matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::SRV) {
-            let start = reply
-                .answers
-                .iter()
-                .rposition(|r| r.record_type() != qtype)
-                .map_or(0, |i| i + 1);
-            fastrand::shuffle(&mut reply.answers[start..]);
-        }
-        reply
+        self.metrics.autopath(false);
+        None
     }
 
     async fn respond<R: ResponseHandler>(
@@ -275,7 +363,7 @@ impl Handler {
         } else if request.metadata.op_code != OpCode::Query {
             Reply::error(ResponseCode::NotImp)
         } else if let Some(query) = query {
-            self.reply(&index, query).await
+            self.reply(&index, query, request.src().ip()).await
         } else {
             Reply::error(ResponseCode::FormErr)
         };

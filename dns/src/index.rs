@@ -15,7 +15,7 @@
 //! | `<svc>.<ns>.svc.<zone>` | A/AAAA of every ClusterIP; for headless Services of every served endpoint; SRV for every port; CNAME for ExternalName |
 //! | `<ep>.<svc>.<ns>.svc.<zone>` | A/AAAA of a served endpoint, `<ep>` its hostname or dashed address |
 //! | `_<port>._<proto>.<svc>.<ns>.svc.<zone>` | SRV for a named port (headless: one per served endpoint, address records as additionals) |
-//! | `<a-b-c-d>.<ns>.pod.<zone>` | A/AAAA, with `--pods insecure` or `verified` |
+//! | `<a-b-c-d>.<ns>.pod.<zone>` | A/AAAA, with `--pods insecure` (`<ns>` exists) or `verified` (a Pod of `<ns>` has that address) |
 //! | `<reverse>.in-addr.arpa`, `ip6.arpa` | PTR of ClusterIPs and served endpoints |
 //!
 //! A served endpoint is one that is not terminating and is ready (or its
@@ -51,8 +51,9 @@ pub enum PodsMode {
     /// No pod records (`pod.<zone>` does not exist).
     #[default]
     Disabled,
-    /// Any well-formed dashed address in any namespace answers with that
-    /// address (CoreDNS `pods insecure`, kube-dns compatible).
+    /// Any well-formed dashed address in a namespace that exists answers
+    /// with that address (CoreDNS `pods insecure`, kube-dns compatible); a
+    /// namespace that does not exist has no pod names (NXDOMAIN).
     Insecure,
     /// Only addresses of endpoints that point at a Pod of that namespace.
     Verified,
@@ -67,6 +68,9 @@ pub struct ZoneConfig {
     pub ttl: u32,
     /// Pod records.
     pub pods: PodsMode,
+    /// Search-path completion (`--dns-autopath`): the index keeps every
+    /// Pod endpoint's namespace so the handler can tell a pod's questions.
+    pub autopath: bool,
 }
 
 impl ZoneConfig {
@@ -87,8 +91,26 @@ impl ZoneConfig {
             zone: name.to_lowercase(),
             ttl,
             pods,
+            autopath: false,
         })
     }
+
+    /// The same configuration with search-path completion on or off.
+    #[must_use]
+    pub fn with_autopath(mut self, autopath: bool) -> Self {
+        self.autopath = autopath;
+        self
+    }
+}
+
+/// A question autopath may complete: `<base>.<namespace>.svc.<zone>`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct AutopathQuestion {
+    /// The name the pod looked up (`example.org` of
+    /// `example.org.shop.svc.cluster.local`), not fully qualified.
+    pub base: Name,
+    /// The namespace of the search domain the resolver appended.
+    pub namespace: String,
 }
 
 /// Namespace and name of the Service that put an entry in a shared map.
@@ -372,10 +394,10 @@ fn srv_targets(targets: &[(Option<u32>, u16)]) -> Vec<SrvTarget> {
         .collect()
 }
 
-/// Pod addresses a Service vouches for (`--pods verified`): its endpoints
-/// that point at a Pod, with the Pod's namespace.
+/// Pod addresses a Service vouches for (`--pods verified`, `--dns-autopath`):
+/// its endpoints that point at a Pod, with the Pod's namespace.
 fn verified_pod_ips(config: &ZoneConfig, service: &Service) -> Vec<(IpAddr, Arc<str>)> {
-    if config.pods != PodsMode::Verified {
+    if config.pods != PodsMode::Verified && !config.autopath {
         return Vec::new();
     }
     service
@@ -737,12 +759,42 @@ impl Index {
         rel.reverse();
         match rel.as_slice() {
             [b"svc", ns, name, ..] => Dep::Service(service_hash(ns, name)),
-            [b"pod", ..] if self.config.pods == PodsMode::Verified => Dep::Any,
-            // Pod records in insecure mode (or none), and every other
-            // name this deep, are the same whatever the model holds.
+            // Pod records depend on the namespaces (and, verified, on the
+            // endpoints).
+            [b"pod", ..] if self.config.pods != PodsMode::Disabled => Dep::Any,
+            // Every other name this deep is the same whatever the model holds.
             [_, _, _, ..] => Dep::Static,
             _ => Dep::Any,
         }
+    }
+
+    /// The parts of `qname` when autopath is on and it has the form a
+    /// pod's first search domain gives (`<base>.<ns>.svc.<zone>`).
+    pub(crate) fn autopath_question(&self, qname: &LowerName) -> Option<AutopathQuestion> {
+        if !self.config.autopath || !self.zone.zone_of(qname) {
+            return None;
+        }
+        let depth = usize::from(qname.num_labels()).checked_sub(self.zone_labels)?;
+        if depth < 3 {
+            return None;
+        }
+        let labels: Vec<&[u8]> = qname.iter().take(depth).collect();
+        if !labels[depth - 1].eq_ignore_ascii_case(b"svc") {
+            return None;
+        }
+        let namespace = std::str::from_utf8(labels[depth - 2])
+            .ok()?
+            .to_ascii_lowercase();
+        let base = Name::from_labels(labels[..depth - 2].iter().copied()).ok()?;
+        Some(AutopathQuestion { base, namespace })
+    }
+
+    /// Whether `ip` is the address of a Pod of `namespace` that some
+    /// Service's endpoints name (kept with `--pods verified` or autopath).
+    pub(crate) fn is_pod_of(&self, ip: IpAddr, namespace: &str) -> bool {
+        self.pods
+            .get(&ip)
+            .is_some_and(|tags| tags.iter().any(|t| &*t.value == namespace))
     }
 
     /// Whether the model had synced (cluster names are answered).
@@ -998,12 +1050,10 @@ impl Index {
         }
     }
 
+    /// Whether `<ns>.pod.<zone>` exists: pod records are on and the
+    /// namespace exists, in both modes (as CoreDNS's `namespaceExposed`).
     fn pod_namespace(&self, ns: &str) -> bool {
-        match self.config.pods {
-            PodsMode::Disabled => false,
-            PodsMode::Insecure => true,
-            PodsMode::Verified => self.namespace_exists(ns),
-        }
+        self.config.pods != PodsMode::Disabled && self.namespace_exists(ns)
     }
 
     fn pod<'a>(
@@ -1016,6 +1066,9 @@ impl Index {
         let Some(ip) = parse_dashed_ip(label.as_bytes()) else {
             return self.nxdomain();
         };
+        if !self.pod_namespace(ns) {
+            return self.nxdomain();
+        }
         let known = match self.config.pods {
             PodsMode::Disabled => false,
             PodsMode::Insecure => true,

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fairlead_model::{Ready, Snapshot};
+use hickory_proto::rr::Name;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -68,7 +69,7 @@ pub struct Args {
     /// Upstream servers for names outside the cluster, IP or IP:PORT (repeatable or comma-separated). Default: the nameservers of --dns-resolv-conf.
     #[arg(long = "upstream", value_name = "ADDR", value_delimiter = ',')]
     pub upstream: Vec<String>,
-    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: disabled, insecure (any address) or verified (addresses of endpoints that are Pods of that namespace).
+    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: disabled, insecure (any address, in a namespace that exists) or verified (addresses of endpoints that are Pods of that namespace).
     #[arg(long, value_enum, default_value_t = PodsMode::Disabled)]
     pub pods: PodsMode,
     /// Where the default upstreams are read from.
@@ -127,6 +128,9 @@ pub struct Args {
         default_value_t = 1024
     )]
     pub tcp_max_connections: usize,
+    /// Search-path completion, as CoreDNS's autopath: when a pod asks `NAME.<its namespace>.svc.<zone>` and that does not exist, answer with a CNAME to the first later search name that exists (`NAME.svc.<zone>`, `NAME.<zone>`, NAME with each search domain of --dns-resolv-conf, then NAME itself through the upstreams), so its resolver stops after one query instead of five. Pods are known by their endpoint addresses: a client that is not an endpoint of some Service, or whose resolv.conf search path differs from the cluster default, gets plain answers.
+    #[arg(long = "dns-autopath")]
+    pub autopath: bool,
 }
 
 impl Args {
@@ -142,6 +146,19 @@ impl Args {
         let mut args = Wrapper::parse_from(["fairlead-dns"]).args;
         args.listen = vec![listen];
         args
+    }
+
+    /// The host search domains autopath completes with (from
+    /// --dns-resolv-conf; none when it cannot be read).
+    fn search_domains(&self) -> Vec<Name> {
+        match std::fs::read_to_string(&self.resolv_conf) {
+            Ok(text) => names::resolv_conf_search(&text),
+            Err(error) => {
+                warn!(path = %self.resolv_conf.display(), %error,
+                    "cannot read the host search domains for --dns-autopath; completing with the cluster's only");
+                Vec::new()
+            }
+        }
     }
 
     fn upstreams(&self) -> Result<Vec<SocketAddr>, Error> {
@@ -221,7 +238,9 @@ impl Dns {
     /// Binds the sockets, reads the upstreams and registers the metrics
     /// (prefix `fairlead_dns`). Nothing is answered until [`Dns::run`].
     pub async fn bind(args: Args, registry: &mut Registry) -> Result<Self, Error> {
-        let config = Arc::new(ZoneConfig::new(&args.zone, args.ttl, args.pods)?);
+        let config = Arc::new(
+            ZoneConfig::new(&args.zone, args.ttl, args.pods)?.with_autopath(args.autopath),
+        );
         let upstreams = args.upstreams()?;
         let metrics = Metrics::register(registry);
         let mut udp = Vec::new();
@@ -256,12 +275,15 @@ impl Dns {
         );
         forwarder.detect_static_loops(&local_addrs);
         let index = Arc::new(ArcSwap::from_pointee(Index::new(config)));
-        let handler = Handler::new(
+        let mut handler = Handler::new(
             index.clone(),
             forwarder,
             metrics.clone(),
             args.max_udp_payload,
         );
+        if args.autopath {
+            handler = handler.with_autopath(args.search_domains());
+        }
         Ok(Self {
             args,
             handler,

@@ -204,6 +204,14 @@ pub struct Metrics {
     index_services: Gauge,
     tcp_connections: Gauge,
     tcp_refused: Counter,
+    autopath: Family<AutopathLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AutopathLabels {
+    /// `completed` (answered with a CNAME to a later search name) or
+    /// `nxdomain` (no search name exists, or one failed: answered plainly).
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -224,6 +232,7 @@ impl Default for Metrics {
             index_services: Gauge::default(),
             tcp_connections: Gauge::default(),
             tcp_refused: Counter::default(),
+            autopath: Family::default(),
         }
     }
 }
@@ -310,7 +319,22 @@ impl Metrics {
             "DNS-over-TCP connections closed at once because --dns-tcp-max-connections were open",
             metrics.tcp_refused.clone(),
         );
+        r.register(
+            "autopath",
+            "Questions of pods searched through on their behalf (--dns-autopath), by result",
+            metrics.autopath.clone(),
+        );
         metrics
+    }
+
+    /// A search-path completion tried: `completed` when a later search
+    /// name existed and was answered.
+    pub(crate) fn autopath(&self, completed: bool) {
+        self.autopath
+            .get_or_create(&AutopathLabels {
+                result: if completed { "completed" } else { "nxdomain" },
+            })
+            .inc();
     }
 
     /// A TCP connection opened; it counts as open until the guard drops.

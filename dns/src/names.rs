@@ -91,10 +91,42 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The search domains of a resolv.conf (its last `search` or `domain`
+/// line wins, as in glibc), fully qualified; unparsable ones left out.
+#[must_use]
+pub fn resolv_conf_search(text: &str) -> Vec<Name> {
+    let mut search = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let Some("search" | "domain") = words.next() {
+            search = words
+                .filter_map(|w| Name::from_ascii(w).ok())
+                .filter(|n| !n.is_root())
+                .map(|mut n| {
+                    n.set_fqdn(true);
+                    n.to_lowercase()
+                })
+                .collect();
+        }
+    }
+    search
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn search_domains_from_resolv_conf() {
+        let conf = "domain old.example\nsearch Corp.Example. lab.example\noptions ndots:5\n";
+        let names: Vec<String> = resolv_conf_search(conf)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, ["corp.example.", "lab.example."]);
+        assert!(resolv_conf_search("nameserver 10.0.0.2\n").is_empty());
+    }
 
     #[test]
     fn dashed_round_trip() {

@@ -667,16 +667,28 @@ async fn before_sync_cluster_names_fail_instead_of_not_existing() {
     }
 }
 
+/// Insecure pod records answer any dashed address, but only in a namespace
+/// that exists (as CoreDNS: a namespace that does not exist has no names).
 #[tokio::test]
 async fn pod_records_insecure() {
     let (_writer, snapshot) = model();
     let handler = handler(Index::build(config(PodsMode::Insecure), &snapshot));
     let serial = snapshot.generation.to_string();
     for (name, qtype, want) in [
+        // No namespace `nope`: no pod names in it.
+        ("1-2-3-4.nope.pod.cluster.local.", RecordType::A, nxdomain()),
+        ("nope.pod.cluster.local.", RecordType::A, nxdomain()),
+        // `quiet` exists (a Namespace object) with nothing in it: any address.
         (
-            "1-2-3-4.anywhere.pod.cluster.local.",
+            "1-2-3-4.quiet.pod.cluster.local.",
             RecordType::A,
-            "NOERROR aa\nan: 1-2-3-4.anywhere.pod.cluster.local. 5 IN A 1.2.3.4".to_owned(),
+            "NOERROR aa\nan: 1-2-3-4.quiet.pod.cluster.local. 5 IN A 1.2.3.4".to_owned(),
+        ),
+        ("quiet.pod.cluster.local.", RecordType::A, nodata()),
+        (
+            "1-2-3-4.data.pod.cluster.local.",
+            RecordType::A,
+            "NOERROR aa\nan: 1-2-3-4.data.pod.cluster.local. 5 IN A 1.2.3.4".to_owned(),
         ),
         (
             "10-244-1-41.data.pod.cluster.local.",
@@ -731,7 +743,12 @@ async fn pod_records_verified() {
         ("10-244-1-11.shop.pod.cluster.local.", nxdomain()),
         ("1-2-3-4.data.pod.cluster.local.", nxdomain()),
         ("nosuch.pod.cluster.local.", nxdomain()),
+        ("10-244-1-41.nosuch.pod.cluster.local.", nxdomain()),
         ("data.pod.cluster.local.", nodata()),
+        // A namespace that exists without Pods: the namespace name exists,
+        // no pod name in it does.
+        ("quiet.pod.cluster.local.", nodata()),
+        ("10-244-1-41.quiet.pod.cluster.local.", nxdomain()),
     ] {
         let want = want.replace("{serial}", &serial);
         assert_eq!(

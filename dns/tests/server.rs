@@ -164,6 +164,49 @@ async fn a_model_change_changes_the_answer_quickly() {
     server.stop().await;
 }
 
+/// `--pods insecure` names follow the Namespaces of the model, through the
+/// UDP fast path's answer caches too: NXDOMAIN while the namespace does not
+/// exist, the address once it does, NXDOMAIN again once it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_pod_names_follow_the_namespaces() {
+    let (mut writer, model) = ModelWriter::new();
+    let loaded = ManifestDir::new(fixtures()).load().unwrap();
+    writer.replace_all(loaded.changes, loaded.problems, true);
+    let mut args = args();
+    args.pods = fairlead_dns::PodsMode::Insecure;
+    let server = Running::start(args, model).await;
+    eventually("synced", || async { server.ready.get() }).await;
+    let name = "1-2-3-4.later.pod.cluster.local.";
+    let code = || async {
+        let response = udp_query(server.addr, name, RecordType::A).await;
+        (response.metadata.response_code, render(&response))
+    };
+    // Asked twice: the second answer comes from the fast path's cache.
+    for _ in 0..2 {
+        assert_eq!(code().await.0, ResponseCode::NXDomain);
+    }
+    let namespace: serde_json::Value =
+        serde_yaml::from_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n").unwrap();
+    writer.apply([fairlead_model::Change::Upsert {
+        object: fairlead_model::decode(namespace).unwrap(),
+        origin: None,
+    }]);
+    eventually("an answer once the namespace exists", || async {
+        code().await.1 == "NOERROR aa\nan: 1-2-3-4.later.pod.cluster.local. 5 IN A 1.2.3.4"
+    })
+    .await;
+    writer.apply([fairlead_model::Change::Delete(fairlead_model::ObjectId {
+        kind: fairlead_model::Kind::Namespace,
+        namespace: String::new(),
+        name: "later".to_owned(),
+    })]);
+    eventually("NXDOMAIN once the namespace is gone", || async {
+        code().await.0 == ResponseCode::NXDomain
+    })
+    .await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_caches_and_serves_stale() {
     let upstream = Upstream::start(1).await;

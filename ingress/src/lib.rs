@@ -14,6 +14,7 @@ pub mod error;
 pub mod framing;
 pub mod gateway;
 pub mod gateway_api;
+mod h2c;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

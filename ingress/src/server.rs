@@ -1,6 +1,7 @@
-//! Listeners and client connections: plain HTTP/1.1, and TLS with ALPN
-//! choosing HTTP/2 or HTTP/1.1; a connection cap with 503 shedding; header,
-//! handshake and idle timeouts; graceful shutdown.
+//! Listeners and client connections: plain HTTP/1.1 or HTTP/2 with prior
+//! knowledge (h2c, told apart by the connection preface: [`crate::h2c`]),
+//! and TLS with ALPN choosing HTTP/2 or HTTP/1.1; a connection cap with 503
+//! shedding; header, handshake and idle timeouts; graceful shutdown.
 //!
 //! HTTP/1.1: limits are enforced by hyper's parser: more than `max_headers`
 //! headers or more than `max_header_bytes` of request head get 431, a head
@@ -9,7 +10,7 @@
 //! of the parser, the [`FramingGuard`] refuses ambiguous framing (request
 //! smuggling) with 400 and closes the connection; see [`crate::framing`].
 //!
-//! HTTP/2: at most `h2_max_streams` concurrent streams and `max_header_bytes`
+//! HTTP/2, over TLS and h2c alike: at most `h2_max_streams` concurrent streams and `max_header_bytes`
 //! of header list per request (advertised in SETTINGS); a connection must
 //! bring its first request within `header_timeout` and is closed (GOAWAY,
 //! then the socket after a grace period) once it has had no open stream for
@@ -45,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::framing::{FramingGuard, Refusal};
+use crate::h2c::Sniffed;
 use crate::metrics::{H2CloseLabels, HandshakeLabels, ListenerLabels, RefusalLabels};
 use crate::proxy::{ConnInfo, ProxyBody, Shared, local_response};
 
@@ -208,7 +210,20 @@ impl Server {
         let local = stream.local_addr().unwrap_or(peer);
         let info = Arc::new(ConnInfo::new(peer, local, tls.is_some()));
         match tls {
-            None => self.serve_http(stream, false, info, shed).await,
+            None => {
+                // A connection that has not said what it speaks yet is idle:
+                // a shutdown closes it, as hyper closes an idle HTTP/1.1 one.
+                let sniffed = tokio::select! {
+                    sniffed = crate::h2c::sniff(stream, self.config.header_timeout) => sniffed,
+                    () = self.cancel.cancelled() => return,
+                };
+                match sniffed {
+                    Ok(Sniffed::Http1(stream)) => self.serve_http(stream, false, info, shed).await,
+                    Ok(Sniffed::H2c(stream)) => self.serve_http(stream, true, info, shed).await,
+                    Ok(Sniffed::Nothing) => {}
+                    Err(e) => debug!(%peer, error = %e, "reading the first bytes failed"),
+                }
+            }
             Some(acceptor) => {
                 let handshake = tokio::time::timeout(
                     self.config.tls_handshake_timeout,

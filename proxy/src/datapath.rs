@@ -20,7 +20,7 @@ use fairlead_abi::{
     maps::{self, MapKind, MapSpec},
     programs,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::links::{Hook, Installed, PinnedLinks};
 use crate::{Error, object::ebpf_object};
@@ -102,6 +102,18 @@ impl Datapath {
                 path: dir.to_owned(),
                 source,
             })?;
+            // An older fairlead's reverse socket NAT maps: replaced by socket-local
+            // storage, nothing reads them any more.
+            for retired in maps::RETIRED {
+                let path = dir.join(retired);
+                match fs::remove_file(&path) {
+                    Ok(()) => info!(path = %path.display(), "removed a retired pinned map"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        warn!(path = %path.display(), error = %e, "cannot remove a retired pinned map");
+                    }
+                }
+            }
             for spec in &maps::ALL {
                 let path = dir.join(spec.name);
                 if path.exists() {
@@ -457,6 +469,7 @@ fn check_pinned(path: &Path, spec: &MapSpec, max_entries: u32) -> Result<(), Err
         MapKind::PerCpuArray => MapType::PerCpuArray,
         MapKind::LruHash => MapType::LruHash,
         MapKind::LpmTrie => MapType::LpmTrie,
+        MapKind::SkStorage => MapType::SkStorage,
     };
     match info.map_type() {
         Ok(pinned) if pinned == expected_type => {}

@@ -60,6 +60,7 @@ impl PinnedMaps {
                 MapKind::LruHash => Map::LruHashMap(data),
                 MapKind::PerCpuArray => Map::PerCpuArray(data),
                 MapKind::LpmTrie => Map::LpmTrie(data),
+                MapKind::SkStorage => Map::SkStorage(data),
             };
             out.push((spec.name, map));
         }
@@ -110,7 +111,11 @@ impl MapSet for PinnedMaps {
 
 fn data<'a>(set: &'a impl MapSet, name: &'static str) -> Result<&'a MapData, Error> {
     match set.map(name)? {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::LpmTrie(d) => Ok(d),
+        Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::LpmTrie(d)
+        | Map::SkStorage(d) => Ok(d),
         _ => Err(Error::UnexpectedMapKind { name }),
     }
 }
@@ -153,6 +158,9 @@ pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32)
     };
     let count = match name {
         maps::COUNTERS | maps::REJECT_BUDGET => return Ok((max as usize, max)),
+        // Socket-local storage has no size and cannot be walked: its entries live in the
+        // sockets, and go with them.
+        maps::SOCK_REV_NAT4 | maps::SOCK_REV_NAT6 => return Ok((0, 0)),
         maps::SERVICES4 => HashMap::<_, Service4Key, ServiceValue>::try_from(map)
             .map_err(read)?
             .keys()
@@ -177,18 +185,6 @@ pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32)
             .map_err(read)?
             .keys()
             .count(),
-        maps::SOCK_REV_NAT4 => {
-            HashMap::<_, fairlead_abi::SockRevNat4Key, fairlead_abi::SockRevNat4>::try_from(map)
-                .map_err(read)?
-                .keys()
-                .count()
-        }
-        maps::SOCK_REV_NAT6 => {
-            HashMap::<_, fairlead_abi::SockRevNat6Key, fairlead_abi::SockRevNat6>::try_from(map)
-                .map_err(read)?
-                .keys()
-                .count()
-        }
         maps::AFFINITY => {
             HashMap::<_, fairlead_abi::AffinityKey, fairlead_abi::AffinityValue>::try_from(map)
                 .map_err(read)?

@@ -292,11 +292,13 @@ pub fn cleanup(dir: &Path) -> Result<Cleanup, Error> {
         done.links.push(name);
     }
     remove_empty_dir(&links_dir)?;
-    for spec in &fairlead_abi::maps::ALL {
-        let path = dir.join(spec.name);
+    let names = fairlead_abi::maps::ALL.iter().map(|spec| spec.name);
+    // And the maps older versions pinned that this one no longer has.
+    for name in names.chain(fairlead_abi::maps::RETIRED) {
+        let path = dir.join(name);
         if path.exists() {
             remove_pin(&path)?;
-            done.maps.push(spec.name.to_owned());
+            done.maps.push(name.to_owned());
         }
     }
     remove_empty_dir(dir)?;

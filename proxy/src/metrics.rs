@@ -59,6 +59,9 @@ impl Metrics {
             stale_sockets: Counter::default(),
             last_counters: None,
         };
+        for kind in crate::reconcile::SyncError::KINDS {
+            drop(this.sync_errors.get_or_create(&KindLabels { kind }));
+        }
         let r = registry.sub_registry_with_prefix("proxy");
         r.register(
             "sync_duration_seconds",

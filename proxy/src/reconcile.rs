@@ -89,8 +89,17 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// A short label for metrics: `map_full`, `kernel`, `too_many_backends`, `conflict`,
-    /// `no_rev_nat_id`.
+    /// Every value [`SyncError::kind`] can take (the metric's series are
+    /// created at zero, so `increase()` works from the first error).
+    pub const KINDS: [&'static str; 5] = [
+        "map_full",
+        "kernel",
+        "too_many_backends",
+        "conflict",
+        "no_rev_nat_id",
+    ];
+
+    /// A short label for metrics: one of [`SyncError::KINDS`].
     #[must_use]
     pub fn kind(&self) -> &'static str {
         match self {

@@ -106,9 +106,10 @@ pub struct Args {
     /// Size of each rev-NAT map (one entry per frontend; at most 65535).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::REV_NAT_MAX_ENTRIES)]
     pub map_rev_nat: u32,
-    /// Size of each reverse socket NAT map (LRU; one entry per balanced socket).
-    #[arg(long, value_name = "ENTRIES", default_value_t = maps::SOCK_REV_NAT_MAX_ENTRIES)]
-    pub map_sock_rev_nat: u32,
+    /// No effect, accepted so that older command lines still start: the reverse socket NAT
+    /// entries now live in their sockets (socket-local storage) and need no size.
+    #[arg(long, value_name = "ENTRIES", hide = true)]
+    pub map_sock_rev_nat: Option<u32>,
     /// Size of the session-affinity map (LRU; one entry per client and affine frontend).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::AFFINITY_MAX_ENTRIES)]
     pub map_affinity: u32,
@@ -158,7 +159,7 @@ impl Args {
             map_services: maps::SERVICE_MAX_ENTRIES,
             map_backends: maps::BACKEND_MAX_ENTRIES,
             map_rev_nat: maps::REV_NAT_MAX_ENTRIES,
-            map_sock_rev_nat: maps::SOCK_REV_NAT_MAX_ENTRIES,
+            map_sock_rev_nat: None,
             map_affinity: maps::AFFINITY_MAX_ENTRIES,
             interfaces: Interfaces::Auto,
             xdp: XdpMode::Off,
@@ -182,8 +183,6 @@ impl Args {
             .map_size(maps::BACKENDS6, self.map_backends)
             .map_size(maps::REV_NAT4, self.map_rev_nat)
             .map_size(maps::REV_NAT6, self.map_rev_nat)
-            .map_size(maps::SOCK_REV_NAT4, self.map_sock_rev_nat)
-            .map_size(maps::SOCK_REV_NAT6, self.map_sock_rev_nat)
             .map_size(maps::AFFINITY, self.map_affinity)
             .map_size(maps::MAGLEV, self.map_maglev)
             .map_size(maps::CT4_TCP, self.map_ct)
@@ -237,6 +236,12 @@ impl Proxy {
                     fairlead_abi::nodeport::MAGLEV_SIZES
                 ),
             });
+        }
+        if args.map_sock_rev_nat.is_some() {
+            warn!(
+                "--map-sock-rev-nat has no effect: reverse socket NAT entries live in their \
+                 sockets now"
+            );
         }
         let mut datapath = Datapath::load(&args.load_options())?;
         let reconciler = Reconciler::adopt(ctx.node_name.clone(), &datapath)?

@@ -305,6 +305,95 @@ fn tls_http2_sni_default_certificate_and_redirect() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// The plain listener serves HTTP/2 with prior knowledge (h2c, what gRPC
+/// clients inside a cluster speak) beside HTTP/1.1, to real clients: curl
+/// and h2load. (tests/ingress/h2.rs holds the HTTP/2 limits, over TLS and
+/// h2c alike.)
+#[test]
+fn h2c_prior_knowledge_beside_http1_on_the_plain_listener() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 10, 1], "web", false);
+    let spec = format!(
+        "  tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]\n  rules:\n{}{}",
+        rule("plain.example.com", &[("/", "web")]),
+        rule("shop.example.com", &[("/", "web")])
+    );
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("ns.yaml", namespace("h2c")),
+            ("web.yaml", service("h2c", "web", None, &[web.addr])),
+            ("tls.yaml", shop_tls("h2c")),
+            ("ingress.yaml", ingress("h2c", "web", &spec)),
+        ],
+        &[],
+    );
+    let url = |host: &str| format!("http://{host}:{}/grpc?q=1", gw.http.port());
+    let resolve = gw.resolve_http("plain.example.com");
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        "--resolve",
+        &resolve,
+        &url("plain.example.com"),
+    ]);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
+    assert_eq!(r.field("proto"), "HTTP/1.1", "HTTP/1.1 to the backend");
+    assert_eq!(r.field("x-forwarded-proto"), "http");
+    assert_eq!(r.field("path"), "/grpc", "{r:?}");
+    // HTTP/1.1 on the same port, as before.
+    let r = curl(&[
+        "--http1.1",
+        "--resolve",
+        &resolve,
+        &url("plain.example.com"),
+    ]);
+    assert_eq!((r.status, r.version.as_str()), (200, "1.1"), "{r:?}");
+    // A POST (its first byte is the preface's) is HTTP/1.1 too.
+    let r = curl(&[
+        "--http1.1",
+        "--data",
+        "x=1",
+        "--resolve",
+        &resolve,
+        &url("plain.example.com"),
+    ]);
+    assert_eq!((r.status, r.version.as_str()), (200, "1.1"), "{r:?}");
+    // h2c is plain HTTP: a host with TLS is redirected to HTTPS, as HTTP/1.1 is.
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        "--resolve",
+        &gw.resolve_http("shop.example.com"),
+        &url("shop.example.com"),
+    ]);
+    assert_eq!((r.status, r.version.as_str()), (308, "2"), "{r:?}");
+
+    // h2load: 4 connections, 10 streams each at a time, every request answered.
+    let before = web.hits.load(Ordering::SeqCst);
+    let out = std::process::Command::new("h2load")
+        .args([
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            "-H",
+            ":authority: plain.example.com",
+        ])
+        .arg(format!("http://127.0.0.1:{}/load", gw.http.port()))
+        .output()
+        .expect("h2load (nghttp2-client, scripts/setup.sh installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains("400 succeeded, 0 failed, 0 errored")
+            && report.contains("status codes: 400 2xx"),
+        "{report}"
+    );
+    assert!(report.contains("Application protocol: h2c"), "{report}");
+    assert_eq!(web.hits.load(Ordering::SeqCst) - before, 400);
+}
+
 #[test]
 fn hundred_requests_spread_over_ten_endpoints_refusing_one_retried_then_ejected() {
     let rt = runtime();

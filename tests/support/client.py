@@ -8,8 +8,17 @@
 # server: sends a numbered byte stream and checks every byte comes back, in order, until a
 # line arrives on stdin or N seconds pass; prints {"bytes": n, "error": null or text}),
 # tcp-loop (connects again and again, reading each greeting, until a line arrives on stdin
-# or N seconds pass; prints {"ok": n, "backends": {...}, "failures": [...]}).
+# or N seconds pass; prints {"ok": n, "backends": {...}, "failures": [...]}), churn (one
+# unconnected UDP socket sends to HOST:PORT; then N UDP sockets connect to it and close, and
+# N/100 TCP connections to HOST:TCP_PORT (argv[5]) come and go; then the first socket reads
+# its answer; prints {"backend", "peer", "held", "sampled", "churned", "seconds"}: "held"
+# is the first socket's reverse NAT table as read from the pinned map at argv[6] with the
+# socket as key, "sampled" how many churned sockets had a table while open; started
+# outside the client network namespace, it enters the one at argv[7] itself).
+import ctypes
 import json
+import os
+import struct
 import select
 import socket
 import sys
@@ -98,6 +107,86 @@ if mode == "tcp-loop":
         finally:
             s.close()
     print(json.dumps({"ok": ok, "backends": backends, "failures": failures}), flush=True)
+    sys.exit(0)
+
+SYS_BPF = 321  # x86_64
+BPF_MAP_LOOKUP_ELEM, BPF_OBJ_GET = 1, 7
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(attr, 128)
+    ret = libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(cmd), buf, ctypes.c_long(128))
+    if ret < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return ret
+
+
+def pinned_map(path):
+    name = ctypes.create_string_buffer(path.encode())
+    return bpf(BPF_OBJ_GET, struct.pack("=Q", ctypes.addressof(name)))
+
+
+def socket_table(map_fd, sock, slots=8):
+    """The IPv4 reverse NAT table of `sock` (socket-local storage: the key is the socket's
+    fd), as ["backend ip:port -> service ip:port", ...], or None when it has none."""
+    key = ctypes.c_int(sock.fileno())
+    value = ctypes.create_string_buffer(16 * slots + 8)
+    attr = struct.pack("=IIQQQ", map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0)
+    try:
+        bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except OSError as e:
+        if e.errno == 2:
+            return None
+        raise
+    out = []
+    for i in range(slots):
+        backend, bport, _, service, sport, _ = struct.unpack_from("=4sHH4sHH", value.raw, 16 * i)
+        if bport:
+            out.append("%s:%d -> %s:%d" % (socket.inet_ntoa(backend), socket.ntohs(bport),
+                                           socket.inet_ntoa(service), socket.ntohs(sport)))
+    return out
+
+
+if mode == "churn":
+    # Started in the host's namespaces (`ip netns exec` would mount another /sys, hiding
+    # bpffs): the map first, then into the client netns (argv[7]).
+    tcp_port, map_path, netns = int(sys.argv[5]), sys.argv[6], sys.argv[7]
+    try:
+        map_fd = pinned_map(map_path)
+    except FileNotFoundError:
+        map_fd = None  # (a fairlead without socket-local storage)
+    with open(netns) as ns:
+        if libc.setns(ns.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+    table = lambda s: None if map_fd is None else socket_table(map_fd, s)
+    started = time.monotonic()
+    held = socket.socket(family, socket.SOCK_DGRAM)
+    held.settimeout(5)
+    held.sendto(b"hi", (host, port))
+    sampled = 0
+    for i in range(n):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.connect((host, port))
+        if i % 1000 == 0:
+            sampled += table(s) is not None
+        s.close()
+        if i % 100 == 0:
+            t = socket.socket(family, socket.SOCK_STREAM)
+            t.settimeout(5)
+            t.connect((host, tcp_port))
+            t.recv(100)
+            t.close()
+    data, peer = held.recvfrom(100)
+    print(json.dumps({
+        "backend": data.decode(),
+        "peer": peer_text(peer),
+        "held": table(held),
+        "sampled": sampled,
+        "churned": n,
+        "seconds": time.monotonic() - started,
+    }))
     sys.exit(0)
 
 out = []

@@ -6,6 +6,9 @@
 #   flood HOST PORT N              sends N UDP datagrams as fast as it can; prints {"sent": n}.
 #   pmtu HOST PORT SIZE            sends SIZE bytes of UDP with "don't fragment" from a connected
 #       socket, waits, and prints {"mtu": the path MTU the kernel has learnt for HOST}.
+#   tcp-count HOST PORT N          N TCP requests (a new connection each, 2 s timeout, no
+#       retry); prints {"ok": n, "backends": {name: n}, "failures": [{"at", "error"}],
+#       "seconds": t}.
 #   bind PORT                      tries to bind TCP 0.0.0.0:PORT; prints {"errno": n} (0: ok).
 #   stream HOST PORT               one TCP connection: prints the greeting as JSON, then sends
 #       numbered 1 KiB chunks and checks each echoed byte, until stdin has a line; then
@@ -109,6 +112,31 @@ if mode == "flood":
         except OSError:
             pass
     print(json.dumps({"sent": sent}))
+    sys.exit(0)
+
+if mode == "tcp-count":
+    ok, backends, failures = 0, {}, []
+    started = time.monotonic()
+    for i in range(n):
+        s = socket.socket(family_of(host), socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect((host, port))
+            data = b""
+            while b"\n" not in data:
+                chunk = s.recv(100)
+                if not chunk:
+                    raise OSError("closed before the greeting")
+                data += chunk
+            name, _ = parse(data)
+            backends[name] = backends.get(name, 0) + 1
+            ok += 1
+        except (OSError, ValueError) as e:
+            failures.append({"at": i, "error": str(e), "s": time.monotonic() - started})
+        finally:
+            s.close()
+    print(json.dumps({"ok": ok, "backends": backends, "failures": failures,
+                      "seconds": time.monotonic() - started}))
     sys.exit(0)
 
 out = []

@@ -28,8 +28,9 @@ pub(crate) struct Options {
     /// Seconds of each dnsperf throughput run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Queries per second of the latency runs (well below saturation).
-    #[arg(long, default_value_t = 20_000)]
+    /// Queries per second of the latency runs; 0: 80% of fairlead's own
+    /// peak on the mixed queries, measured first.
+    #[arg(long, default_value_t = 0)]
     latency_qps: u64,
     /// Only fairlead (no Knot, no NSD).
     #[arg(long)]
@@ -348,30 +349,52 @@ fn pinned(cpu: usize, program: &str) -> Command {
     command
 }
 
-struct Perf {
-    qps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    lost: f64,
+/// A query file of one kind of question.
+struct Mix {
+    name: &'static str,
+    file: PathBuf,
 }
 
-fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, latency_qps: u64) -> Result<Perf> {
-    let base = |command: &mut Command| {
-        command.args([
-            "-s",
-            &server.ip().to_string(),
-            "-p",
-            &server.port().to_string(),
-            "-d",
-            &queries.display().to_string(),
-            "-t",
-            "2",
-        ]);
-    };
-    let mut throughput = pinned(0, "dnsperf");
-    base(&mut throughput);
-    throughput.args(["-l", &seconds.to_string(), "-q", "500", "-c", "4"]);
-    let out = throughput.output().context("running dnsperf")?;
+/// The mixes dnsperf runs: the whole mix, then each kind of question alone.
+fn mixes(cluster: &Cluster, dir: &Path) -> Result<Vec<Mix>> {
+    type Pick = fn(&str, &str) -> bool;
+    let kinds: [(&'static str, Pick); 5] = [
+        ("mixed", |_, _| true),
+        ("A ClusterIP", |n, t| t == "A" && n.starts_with("svc")),
+        ("A endpoint", |n, t| {
+            t == "A" && n.split('.').next().is_some_and(|l| l.contains('-'))
+        }),
+        ("SRV", |_, t| t == "SRV"),
+        ("NXDOMAIN", |n, _| n.starts_with("nosuch")),
+    ];
+    let mut out = Vec::new();
+    for (i, (name, pick)) in kinds.into_iter().enumerate() {
+        let mut text = String::new();
+        for (qname, qtype) in &cluster.queries {
+            if pick(qname, qtype) {
+                writeln!(text, "{qname} {qtype}")?;
+            }
+        }
+        ensure!(!text.is_empty(), "no question of the {name} mix");
+        let file = dir.join(format!("queries-{i}.txt"));
+        std::fs::write(&file, text)?;
+        out.push(Mix { name, file });
+    }
+    Ok(out)
+}
+
+/// Throughput: QPS and queries lost, over UDP (4 clients, 500 outstanding)
+/// or TCP (one connection, 100 queries pipelined on it).
+fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, tcp: bool) -> Result<(f64, f64)> {
+    let mut command = pinned(0, "dnsperf");
+    command.args(dnsperf_base(server, queries));
+    command.args(["-l", &seconds.to_string()]);
+    if tcp {
+        command.args(["-m", "tcp", "-c", "1", "-q", "100"]);
+    } else {
+        command.args(["-q", "500", "-c", "4"]);
+    }
+    let out = command.output().context("running dnsperf")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |label: &str| -> Option<f64> {
         text.lines()
@@ -379,16 +402,28 @@ fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, latency_qps: u64) -
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
     let qps = field("Queries per second:").context("dnsperf printed no QPS")?;
-    let lost = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Queries lost:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    // Latency at a steady rate below saturation, every response timed.
-    let mut latency = pinned(0, "dnsperf");
-    base(&mut latency);
-    latency.args(["-l", "5", "-Q", &latency_qps.to_string(), "-v"]);
-    let out = latency.output().context("running dnsperf -v")?;
+    Ok((qps, field("Queries lost:").unwrap_or(0.0)))
+}
+
+fn dnsperf_base(server: SocketAddr, queries: &Path) -> Vec<String> {
+    vec![
+        "-s".into(),
+        server.ip().to_string(),
+        "-p".into(),
+        server.port().to_string(),
+        "-d".into(),
+        queries.display().to_string(),
+        "-t".into(),
+        "2".into(),
+    ]
+}
+
+/// Latency at a steady `qps`, every response timed: p50 and p99 in µs.
+fn latency(server: SocketAddr, queries: &Path, qps: u64) -> Result<(f64, f64)> {
+    let mut command = pinned(0, "dnsperf");
+    command.args(dnsperf_base(server, queries));
+    command.args(["-l", "5", "-Q", &qps.to_string(), "-c", "4", "-v"]);
+    let out = command.output().context("running dnsperf -v")?;
     let mut samples: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with('>'))
@@ -406,12 +441,7 @@ fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, latency_qps: u64) -
         let i = ((samples.len() - 1) as f64 * q) as usize;
         samples[i] * 1e6
     };
-    Ok(Perf {
-        qps,
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-        lost,
-    })
+    Ok((at(0.50), at(0.99)))
 }
 
 /// Time from a model change to the changed answer, fairlead in-process.
@@ -680,12 +710,42 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         );
     }
 
-    let mut results = Vec::new();
-    for server in &servers {
-        eprintln!("bench dns: dnsperf against {}", server.name);
-        let perf = dnsperf(server.addr, &queries, options.seconds, options.latency_qps)?;
-        results.push((server.name, perf, server.rss_mib()));
+    let mixes = mixes(&cluster, work.path())?;
+    // Throughput of every mix over UDP, of the mixed one over TCP.
+    let mut udp = vec![vec![0.0; servers.len()]; mixes.len()];
+    let mut lost = vec![0.0; servers.len()];
+    let mut tcp = vec![0.0; servers.len()];
+    for (s, server) in servers.iter().enumerate() {
+        for (m, mix) in mixes.iter().enumerate() {
+            eprintln!("bench dns: dnsperf {} against {}", mix.name, server.name);
+            let (qps, l) = dnsperf(server.addr, &mix.file, options.seconds, false)?;
+            udp[m][s] = qps;
+            if m == 0 {
+                lost[s] = l;
+            }
+        }
+        eprintln!("bench dns: dnsperf over TCP against {}", server.name);
+        tcp[s] = dnsperf(server.addr, &mixes[0].file, options.seconds, true)?.0;
     }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a query rate"
+    )]
+    let latency_qps = match options.latency_qps {
+        0 => (udp[0][0] * 0.8) as u64,
+        qps => qps,
+    };
+    let mut results = Vec::new();
+    for (s, server) in servers.iter().enumerate() {
+        eprintln!(
+            "bench dns: latency at {latency_qps} QPS against {}",
+            server.name
+        );
+        let (p50, p99) = latency(server.addr, &mixes[0].file, latency_qps)?;
+        results.push((server.name, p50, p99, lost[s], server.rss_mib()));
+    }
+    let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     let file_change = change_to_answer_file(&cluster, &manifests, servers[0].addr)?;
     drop(servers);
 
@@ -698,19 +758,37 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         "load average (1, 5, 15 min) at the start: {load_before}; at the end: {}",
         load_average()
     );
-    println!(
-        "{:<10} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "server", "QPS", "p50 µs", "p99 µs", "lost", "RSS MiB"
-    );
-    for (name, perf, rss) in &results {
-        println!(
-            "{name:<10} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>9.1}",
-            perf.qps, perf.p50_us, perf.p99_us, perf.lost, rss
-        );
+    let mut header = format!("{:<14}", "QPS (UDP)");
+    for name in &names {
+        write!(header, " {name:>10}")?;
     }
-    let fairlead_qps = results[0].1.qps;
-    for (name, perf, _) in results.iter().skip(1) {
-        println!("fairlead / {name} QPS: {:.2}", fairlead_qps / perf.qps);
+    for name in names.iter().skip(1) {
+        write!(header, " {:>14}", format!("fairlead/{name}"))?;
+    }
+    println!("{header}");
+    let row = |label: &str, qps: &[f64]| -> Result<String> {
+        let mut line = format!("{label:<14}");
+        for q in qps {
+            write!(line, " {q:>10.0}")?;
+        }
+        for q in qps.iter().skip(1) {
+            write!(line, " {:>14.2}", qps[0] / q)?;
+        }
+        Ok(line)
+    };
+    for (m, mix) in mixes.iter().enumerate() {
+        println!("{}", row(mix.name, &udp[m])?);
+    }
+    println!("{}", row("TCP pipelined", &tcp)?);
+    println!(
+        "\nlatency at {latency_qps} QPS (80% of fairlead's mixed peak unless --latency-qps), mixed queries; memory after the runs"
+    );
+    println!(
+        "{:<10} {:>9} {:>9} {:>12} {:>9}",
+        "server", "p50 µs", "p99 µs", "lost (peak)", "RSS MiB"
+    );
+    for (name, p50, p99, lost, rss) in &results {
+        println!("{name:<10} {p50:>9.0} {p99:>9.0} {lost:>12.0} {rss:>9.1}");
     }
     println!(
         "index: full build {full:?}, one-Service update {incremental:?} (medians), {} MiB resident",

@@ -52,7 +52,8 @@ pub use nodeport::{
 pub use rev_nat::{RevNat4, RevNat6, RevNatId};
 pub use service::{Scope, Service4Key, Service6Key, ServiceValue};
 pub use sock::{
-    AffinityKey, AffinityValue, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
+    AffinityKey, AffinityValue, SOCK_REV_NAT_SLOTS, SockRevNat4, SockRevNat4Slot, SockRevNat4Table,
+    SockRevNat6, SockRevNat6Slot, SockRevNat6Table,
 };
 
 /// A transport protocol as the kernel numbers it (`IPPROTO_*`), stored as a `u8` in map keys.

@@ -8,7 +8,9 @@
 //! (before it is created). Hash maps are created with [`BPF_F_NO_PREALLOC`]: memory grows
 //! with use, and an update replaces an element under RCU, so a program that looked up the
 //! old value keeps reading a consistent copy instead of one being rewritten in place. The
-//! per-socket maps are LRU maps (always preallocated): they evict instead of refusing.
+//! affinity and conntrack maps are LRU maps (always preallocated): they evict instead of
+//! refusing. The reverse socket NAT maps are socket-local storage: an entry lives and dies
+//! with its socket, and the maps have no size.
 
 use core::mem::size_of;
 
@@ -18,8 +20,7 @@ use crate::nodeport::{
 };
 use crate::{
     AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Be32, Reason, RevNat4, RevNat6,
-    RevNatId, Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
-    SockRevNat6Key,
+    RevNatId, Service4Key, Service6Key, ServiceValue, SockRevNat4Table, SockRevNat6Table,
 };
 
 /// The longest map or program name the kernel keeps (`BPF_OBJ_NAME_LEN` - 1).
@@ -40,10 +41,15 @@ pub const REV_NAT6: &str = "fl_lb6_revnat";
 /// Per-CPU `u64` counters indexed by [`Reason`]. (Renamed from `fl_lb_counters` when it
 /// grew to [`COUNTERS_MAX_ENTRIES`] entries, room for reasons yet to come.)
 pub const COUNTERS: &str = "fl_counters";
-/// IPv4 reverse socket NAT (LRU): [`SockRevNat4Key`] → [`SockRevNat4`].
-pub const SOCK_REV_NAT4: &str = "fl_lb4_skrevnat";
-/// IPv6 reverse socket NAT (LRU): [`SockRevNat6Key`] → [`SockRevNat6`].
-pub const SOCK_REV_NAT6: &str = "fl_lb6_skrevnat";
+/// IPv4 reverse socket NAT (socket-local storage): socket → [`SockRevNat4Table`]. (Was
+/// `fl_lb4_skrevnat`, an LRU hash keyed by socket cookie, whose entries outlived their
+/// sockets.)
+pub const SOCK_REV_NAT4: &str = "fl_lb4_sknat";
+/// IPv6 reverse socket NAT (socket-local storage): socket → [`SockRevNat6Table`].
+pub const SOCK_REV_NAT6: &str = "fl_lb6_sknat";
+/// The names of the reverse socket NAT maps before they were socket-local storage: pins
+/// left by an older fairlead, removed when the maps are loaded.
+pub const RETIRED: [&str; 2] = ["fl_lb4_skrevnat", "fl_lb6_skrevnat"];
 /// Session affinity (LRU): [`AffinityKey`] → [`AffinityValue`].
 pub const AFFINITY: &str = "fl_lb_affinity";
 /// Maglev tables of external frontends: [`MaglevKey`] → [`MaglevTable`].
@@ -84,8 +90,6 @@ pub const REV_NAT_MAX_ENTRIES: u32 = 1 << 16;
 /// pinned map keeps its size across upgrades).
 pub const COUNTERS_MAX_ENTRIES: u32 = 64;
 const _: () = assert!(Reason::COUNT <= COUNTERS_MAX_ENTRIES);
-/// Default size of a reverse socket NAT map: one entry per balanced socket and backend.
-pub const SOCK_REV_NAT_MAX_ENTRIES: u32 = 1 << 16;
 /// Default size of the session-affinity map: one entry per client and affine frontend.
 pub const AFFINITY_MAX_ENTRIES: u32 = 1 << 16;
 
@@ -115,6 +119,9 @@ pub enum MapKind {
     LruHash = 9,
     /// `BPF_MAP_TYPE_LPM_TRIE` (always `BPF_F_NO_PREALLOC`).
     LpmTrie = 11,
+    /// `BPF_MAP_TYPE_SK_STORAGE`: one value per socket, freed with it (key: a socket fd
+    /// from user space; always `BPF_F_NO_PREALLOC`, no size).
+    SkStorage = 24,
 }
 
 /// Everything user space needs to check that a map (for instance one found pinned from a
@@ -203,19 +210,19 @@ pub const ALL: [MapSpec; 22] = [
     },
     MapSpec {
         name: SOCK_REV_NAT4,
-        kind: MapKind::LruHash,
-        key_size: size32::<SockRevNat4Key>(),
-        value_size: size32::<SockRevNat4>(),
-        max_entries: SOCK_REV_NAT_MAX_ENTRIES,
-        flags: 0,
+        kind: MapKind::SkStorage,
+        key_size: size32::<i32>(),
+        value_size: size32::<SockRevNat4Table>(),
+        max_entries: 0,
+        flags: BPF_F_NO_PREALLOC,
     },
     MapSpec {
         name: SOCK_REV_NAT6,
-        kind: MapKind::LruHash,
-        key_size: size32::<SockRevNat6Key>(),
-        value_size: size32::<SockRevNat6>(),
-        max_entries: SOCK_REV_NAT_MAX_ENTRIES,
-        flags: 0,
+        kind: MapKind::SkStorage,
+        key_size: size32::<i32>(),
+        value_size: size32::<SockRevNat6Table>(),
+        max_entries: 0,
+        flags: BPF_F_NO_PREALLOC,
     },
     MapSpec {
         name: AFFINITY,
@@ -364,8 +371,8 @@ mod tests {
             (4, 24),
             (2, 20),
             (4, 8),
-            (16, 8),
-            (32, 20),
+            (4, 136),
+            (4, 328),
             (16, 8),
             (4, 65_528),
             (16, 24),

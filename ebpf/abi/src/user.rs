@@ -14,8 +14,8 @@ use crate::nodeport::MAGLEV_MAX_SIZE;
 
 use crate::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey,
-    MaglevTable, RevNat4, RevNat6, Service4Key, Service6Key, ServiceValue, SockRevNat4,
-    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SourceRange4Key, SourceRange6Key,
+    MaglevTable, RevNat4, RevNat6, Service4Key, Service6Key, ServiceValue, SockRevNat4Table,
+    SockRevNat6Table, SourceRange4Key, SourceRange6Key,
 };
 
 // SAFETY: `repr(transparent)` over `u32`: every bit pattern valid, no padding.
@@ -54,21 +54,14 @@ unsafe impl aya::Pod for RevNat4 {}
 // padding (layout tests), every bit pattern valid.
 unsafe impl aya::Pod for RevNat6 {}
 
-// SAFETY: `#[repr(C)]`, integer fields with explicit `_pad`, no implicit padding (layout
-// tests in `sock`), every bit pattern valid.
-unsafe impl aya::Pod for SockRevNat4Key {}
+// SAFETY: `#[repr(C)]`, slots of integer fields with explicit `_pad` and a `u32` count
+// with explicit `_pad`, no implicit padding (layout tests in `sock`), every bit pattern
+// valid.
+unsafe impl aya::Pod for SockRevNat4Table {}
 
-// SAFETY: `#[repr(C)]`, integer fields filling all 8 bytes (layout tests), every bit
-// pattern valid.
-unsafe impl aya::Pod for SockRevNat4 {}
-
-// SAFETY: `#[repr(C)]`, integer and byte-array fields with explicit `_pad` (layout tests),
-// every bit pattern valid.
-unsafe impl aya::Pod for SockRevNat6Key {}
-
-// SAFETY: `#[repr(C)]`, a byte array and integer fields filling all 20 bytes (layout
-// tests), every bit pattern valid.
-unsafe impl aya::Pod for SockRevNat6 {}
+// SAFETY: `#[repr(C)]`, slots of byte-array and integer fields with explicit `_pad`, no
+// implicit padding (layout tests in `sock`), every bit pattern valid.
+unsafe impl aya::Pod for SockRevNat6Table {}
 
 // SAFETY: `#[repr(C)]`, integer fields with explicit `_pad` (layout tests), every bit
 // pattern valid.

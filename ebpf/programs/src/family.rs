@@ -2,11 +2,11 @@
 //! balancing logic ([`crate::lb`]) and the socket hooks ([`crate::sock`]) are written once,
 //! generic over [`Family`], and monomorphised into each program.
 
-use aya_ebpf::maps::{HashMap, LruHashMap};
+use aya_ebpf::{btf_maps::SkStorage, maps::HashMap};
 use fairlead_abi::{
     Backend4, Backend6, BackendId, Be16, Be32, RevNat4, RevNat6, RevNatId, Scope, Service4Key,
-    Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
-    sock::{FAMILY_V4, FAMILY_V6},
+    Service6Key, ServiceValue, SockRevNat4, SockRevNat4Table, SockRevNat6, SockRevNat6Table,
+    sock::{FAMILY_V4, FAMILY_V6, SockRevNatTable},
 };
 
 use crate::maps::{
@@ -23,10 +23,8 @@ pub(crate) trait Family {
     type Backend: Copy + 'static;
     /// Value of the rev-NAT map.
     type RevNat: Copy + 'static;
-    /// Key of the reverse socket NAT map.
-    type SockKey: Copy + 'static;
-    /// Value of the reverse socket NAT map.
-    type SockVal: Copy + 'static;
+    /// What a socket's reverse NAT table records per backend: the service.
+    type SockVal: Copy + PartialEq + 'static;
 
     /// The family byte of affinity keys.
     const FAMILY: u8;
@@ -34,7 +32,7 @@ pub(crate) trait Family {
     fn services() -> &'static HashMap<Self::ServiceKey, ServiceValue>;
     fn backends() -> &'static HashMap<BackendId, Self::Backend>;
     fn rev_nats() -> &'static HashMap<RevNatId, Self::RevNat>;
-    fn sock_rev_nats() -> &'static LruHashMap<Self::SockKey, Self::SockVal>;
+    fn sock_rev_nats() -> &'static SkStorage<SockRevNatTable<Self::Addr, Self::SockVal>>;
 
     fn with_slot(key: Self::ServiceKey, slot: u16) -> Self::ServiceKey;
     fn with_scope(key: Self::ServiceKey, scope: Scope) -> Self::ServiceKey;
@@ -45,7 +43,6 @@ pub(crate) trait Family {
     fn rev_nat_address(rev_nat: &Self::RevNat) -> (Self::Addr, Be16);
     fn is_unspecified(address: &Self::Addr) -> bool;
 
-    fn sock_key(cookie: u64, address: Self::Addr, port: Be16) -> Self::SockKey;
     fn sock_val(address: Self::Addr, port: Be16, rev_nat_id: RevNatId) -> Self::SockVal;
     fn sock_val_parts(value: &Self::SockVal) -> (Self::Addr, Be16, RevNatId);
 }
@@ -58,7 +55,6 @@ impl Family for V4 {
     type ServiceKey = Service4Key;
     type Backend = Backend4;
     type RevNat = RevNat4;
-    type SockKey = SockRevNat4Key;
     type SockVal = SockRevNat4;
 
     const FAMILY: u8 = FAMILY_V4;
@@ -76,7 +72,7 @@ impl Family for V4 {
         &REV_NAT4
     }
     #[inline(always)]
-    fn sock_rev_nats() -> &'static LruHashMap<SockRevNat4Key, SockRevNat4> {
+    fn sock_rev_nats() -> &'static SkStorage<SockRevNat4Table> {
         &SOCK_REV_NAT4
     }
     #[inline(always)]
@@ -104,10 +100,6 @@ impl Family for V4 {
         address.raw() == 0
     }
     #[inline(always)]
-    fn sock_key(cookie: u64, address: Be32, port: Be16) -> SockRevNat4Key {
-        SockRevNat4Key::new(cookie, address, port)
-    }
-    #[inline(always)]
     fn sock_val(address: Be32, port: Be16, rev_nat_id: RevNatId) -> SockRevNat4 {
         SockRevNat4::new(address, port, rev_nat_id)
     }
@@ -125,7 +117,6 @@ impl Family for V6 {
     type ServiceKey = Service6Key;
     type Backend = Backend6;
     type RevNat = RevNat6;
-    type SockKey = SockRevNat6Key;
     type SockVal = SockRevNat6;
 
     const FAMILY: u8 = FAMILY_V6;
@@ -143,7 +134,7 @@ impl Family for V6 {
         &REV_NAT6
     }
     #[inline(always)]
-    fn sock_rev_nats() -> &'static LruHashMap<SockRevNat6Key, SockRevNat6> {
+    fn sock_rev_nats() -> &'static SkStorage<SockRevNat6Table> {
         &SOCK_REV_NAT6
     }
     #[inline(always)]
@@ -169,10 +160,6 @@ impl Family for V6 {
     #[inline(always)]
     fn is_unspecified(address: &[u8; 16]) -> bool {
         u128::from_ne_bytes(*address) == 0
-    }
-    #[inline(always)]
-    fn sock_key(cookie: u64, address: [u8; 16], port: Be16) -> SockRevNat6Key {
-        SockRevNat6Key::new(cookie, address, port)
     }
     #[inline(always)]
     fn sock_val(address: [u8; 16], port: Be16, rev_nat_id: RevNatId) -> SockRevNat6 {

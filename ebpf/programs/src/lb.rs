@@ -6,7 +6,10 @@
 //! `BPF_F_NO_PREALLOC`, so an element found stays readable (RCU) while it is copied even if
 //! user space replaces it at that moment.
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::SockAddrContext,
+};
 use fairlead_abi::{
     AffinityKey, AffinityValue, Be16, Be32, Reason, RevNatId, Scope, Service4Key, Service6Key,
     ServiceValue,
@@ -207,37 +210,43 @@ fn select_backend<F: Family>(
         .ok_or(Reason::BackendMissing)
 }
 
-/// Records that socket `cookie`, sent to `backend`, asked for the service at
-/// `service_address:service_port`. Writes only when the entry differs, to spare the LRU.
+/// Records that the socket of `ctx`, sent to `backend`, asked for the service at
+/// `service_address:service_port`, in the socket's own reverse NAT table (created on first
+/// use, freed by the kernel with the socket).
 #[inline(always)]
 pub(crate) fn record_rev_nat<F: Family>(
-    cookie: u64,
+    ctx: &SockAddrContext,
     backend: &F::Backend,
-    service_address: F::Addr,
-    service_port: Be16,
-    rev_nat_id: RevNatId,
+    service: F::SockVal,
 ) -> Result<(), ()> {
     let (address, port) = F::backend_address(backend);
-    let key = F::sock_key(cookie, address, port);
-    if let Some(existing) = copy_of(F::sock_rev_nats().get_ptr(key)) {
-        let (a, p, id) = F::sock_val_parts(&existing);
-        if a == service_address && p == service_port && id == rev_nat_id {
-            return Ok(());
-        }
+    // SAFETY: the context's socket is a full socket the kernel passed to this sock_addr
+    // program; with the create flag the kernel allocates a zeroed table when there is none.
+    let table = unsafe { F::sock_rev_nats().get_or_insert_ptr_mut(ctx, None) };
+    if table.is_null() {
+        return Err(());
     }
-    let value = F::sock_val(service_address, service_port, rev_nat_id);
-    F::sock_rev_nats().insert(key, value, 0).map_err(|_| ())
+    // SAFETY: a non-null pointer from bpf_sk_storage_get points at the socket's table,
+    // valid for the whole program run.
+    unsafe { (*table).record(address, port, service) };
+    Ok(())
 }
 
-/// The service address a socket asked for when it was sent to `address:port`, if the
-/// service still exists with that address.
+/// The service address the socket of `ctx` asked for when it was sent to `address:port`,
+/// if the service still exists with that address.
 #[inline(always)]
 pub(crate) fn reverse<F: Family>(
-    cookie: u64,
+    ctx: &SockAddrContext,
     address: F::Addr,
     port: Be16,
 ) -> Option<(F::Addr, Be16)> {
-    let entry = copy_of(F::sock_rev_nats().get_ptr(F::sock_key(cookie, address, port)))?;
+    // SAFETY: as in `record_rev_nat`, without creating a table.
+    let table = unsafe { F::sock_rev_nats().get_ptr_mut(ctx) };
+    if table.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null pointer from bpf_sk_storage_get, valid for the program run.
+    let entry = unsafe { (*table).lookup(address, port) }?;
     let (service_address, service_port, rev_nat_id) = F::sock_val_parts(&entry);
     let current = copy_of(F::rev_nats().get_ptr(rev_nat_id)).map(|r| F::rev_nat_address(&r));
     // A NodePort's rev-NAT entry holds the unspecified address: the socket asked for one

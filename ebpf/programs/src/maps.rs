@@ -4,18 +4,17 @@
 //! holds exactly the maps of `fairlead_abi::maps::ALL`.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use fairlead_abi::{
     AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Be32, RevNat4, RevNat6, RevNatId,
-    Service4Key, Service6Key, ServiceValue, SockRevNat4, SockRevNat4Key, SockRevNat6,
-    SockRevNat6Key,
+    Service4Key, Service6Key, ServiceValue, SockRevNat4Table, SockRevNat6Table,
     maps::{
         ADDR_MAX_ENTRIES, AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES, BPF_F_NO_PREALLOC,
         COUNTERS_MAX_ENTRIES, CT_MAX_ENTRIES, HASH_MAP_FLAGS, MAGLEV_MAX_ENTRIES,
-        REV_NAT_MAX_ENTRIES, SERVICE_MAX_ENTRIES, SOCK_REV_NAT_MAX_ENTRIES,
-        SOURCE_RANGE_MAX_ENTRIES,
+        REV_NAT_MAX_ENTRIES, SERVICE_MAX_ENTRIES, SOURCE_RANGE_MAX_ENTRIES,
     },
     nodeport::{
         Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key,
@@ -58,15 +57,14 @@ pub(crate) static REV_NAT6: HashMap<RevNatId, RevNat6> =
 pub(crate) static COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(COUNTERS_MAX_ENTRIES, 0);
 
-/// `fairlead_abi::maps::SOCK_REV_NAT4`.
-#[map(name = "fl_lb4_skrevnat")]
-pub(crate) static SOCK_REV_NAT4: LruHashMap<SockRevNat4Key, SockRevNat4> =
-    LruHashMap::with_max_entries(SOCK_REV_NAT_MAX_ENTRIES, 0);
+/// `fairlead_abi::maps::SOCK_REV_NAT4` (socket-local storage: a BTF map, as the kernel
+/// requires).
+#[btf_map(name = "fl_lb4_sknat")]
+pub(crate) static SOCK_REV_NAT4: SkStorage<SockRevNat4Table> = SkStorage::new();
 
 /// `fairlead_abi::maps::SOCK_REV_NAT6`.
-#[map(name = "fl_lb6_skrevnat")]
-pub(crate) static SOCK_REV_NAT6: LruHashMap<SockRevNat6Key, SockRevNat6> =
-    LruHashMap::with_max_entries(SOCK_REV_NAT_MAX_ENTRIES, 0);
+#[btf_map(name = "fl_lb6_sknat")]
+pub(crate) static SOCK_REV_NAT6: SkStorage<SockRevNat6Table> = SkStorage::new();
 
 /// `fairlead_abi::maps::AFFINITY`.
 #[map(name = "fl_lb_affinity")]

@@ -4,7 +4,7 @@
 //!
 //! - forward ([`forward4`], [`forward6`]): `connect` (TCP, connected UDP, SCTP) and
 //!   `sendmsg` (each datagram of an unconnected UDP socket) to a service address go to a
-//!   backend; the reverse translation is recorded per socket.
+//!   backend; the reverse translation is recorded in the socket's own storage.
 //! - reverse ([`reverse4`], [`reverse6`]): `recvmsg` (UDP replies) and `getpeername` show
 //!   the service address instead of the backend.
 //!
@@ -20,7 +20,7 @@ use aya_ebpf::{
 use fairlead_abi::{Be16, Be32, Protocol, Reason};
 
 use crate::{
-    family::{V4, V6},
+    family::{Family as _, V4, V6},
     lb::{self, Client, Verdict},
 };
 
@@ -55,9 +55,8 @@ pub(crate) fn forward4(ctx: &SockAddrContext) -> i32 {
             backend,
             rev_nat_id,
         } => {
-            if lb::record_rev_nat::<V4>(cookie, &backend, service_address, service_port, rev_nat_id)
-                .is_err()
-            {
+            let service = V4::sock_val(service_address, service_port, rev_nat_id);
+            if lb::record_rev_nat::<V4>(ctx, &backend, service).is_err() {
                 lb::bump(Reason::RevNatUpdateFailed);
                 return refuse();
             }
@@ -75,9 +74,7 @@ pub(crate) fn reverse4(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     let address = Be32::from_raw(load(addr, Field::UserIp4));
     let port = user_port(load(addr, Field::UserPort));
-    if let Some((service_address, service_port)) =
-        lb::reverse::<V4>(socket_cookie(addr), address, port)
-    {
+    if let Some((service_address, service_port)) = lb::reverse::<V4>(ctx, address, port) {
         store(addr, Field::UserIp4, service_address.raw());
         store(addr, Field::UserPort, u32::from(service_port.raw()));
     }
@@ -106,8 +103,8 @@ pub(crate) fn forward6(ctx: &SockAddrContext) -> i32 {
                 backend,
                 rev_nat_id,
             } => {
-                if lb::record_rev_nat::<V4>(cookie, &backend, v4, service_port, rev_nat_id).is_err()
-                {
+                let service = V4::sock_val(v4, service_port, rev_nat_id);
+                if lb::record_rev_nat::<V4>(ctx, &backend, service).is_err() {
                     lb::bump(Reason::RevNatUpdateFailed);
                     return refuse();
                 }
@@ -125,9 +122,8 @@ pub(crate) fn forward6(ctx: &SockAddrContext) -> i32 {
             backend,
             rev_nat_id,
         } => {
-            if lb::record_rev_nat::<V6>(cookie, &backend, service_address, service_port, rev_nat_id)
-                .is_err()
-            {
+            let service = V6::sock_val(service_address, service_port, rev_nat_id);
+            if lb::record_rev_nat::<V6>(ctx, &backend, service).is_err() {
                 lb::bump(Reason::RevNatUpdateFailed);
                 return refuse();
             }
@@ -144,15 +140,14 @@ pub(crate) fn reverse6(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
     let address = load_ip6(addr);
     let port = user_port(load(addr, Field::UserPort));
-    let cookie = socket_cookie(addr);
     if let Some(v4) = v4_mapped(&address) {
-        if let Some((service_address, service_port)) = lb::reverse::<V4>(cookie, v4, port) {
+        if let Some((service_address, service_port)) = lb::reverse::<V4>(ctx, v4, port) {
             store(addr, Field::UserIp6(3), service_address.raw());
             store(addr, Field::UserPort, u32::from(service_port.raw()));
         }
         return PROCEED;
     }
-    if let Some((service_address, service_port)) = lb::reverse::<V6>(cookie, address, port) {
+    if let Some((service_address, service_port)) = lb::reverse::<V6>(ctx, address, port) {
         store_ip6(addr, &service_address);
         store(addr, Field::UserPort, u32::from(service_port.raw()));
     }
