@@ -446,6 +446,7 @@ mod tests {
             ClassSelection {
                 class: "fairlead".to_owned(),
                 default_backend: None,
+                gateway_api: crate::gateway_api::Selection::default(),
             },
             Arc::new(pool),
             metrics,
@@ -635,6 +636,7 @@ mod tests {
             ClassSelection {
                 class: "fairlead".to_owned(),
                 default_backend: None,
+                gateway_api: crate::gateway_api::Selection::default(),
             },
             Arc::new(PoolConfig::default()),
             metrics,

@@ -13,6 +13,7 @@
 pub mod error;
 pub mod framing;
 pub mod gateway;
+pub mod gateway_api;
 mod h2c;
 pub mod metrics;
 pub mod proxy;
@@ -49,6 +50,10 @@ pub struct Args {
     /// naming no class are served when it is the default IngressClass.
     #[arg(long, value_name = "NAME", default_value = "fairlead")]
     pub ingress_class: String,
+    /// The Gateway API controller name served: Gateways of GatewayClasses
+    /// with this `controllerName` are served.
+    #[arg(long, value_name = "NAME", default_value = fairlead_model::DEFAULT_GATEWAY_CONTROLLER)]
+    pub gateway_controller: String,
     /// Certificate for TLS names no Ingress has a certificate for: one PEM
     /// file holding the chain (leaf first) and the private key. Without it,
     /// a self-signed certificate is generated at start.
@@ -154,6 +159,10 @@ impl Args {
         router::ClassSelection {
             class: self.ingress_class.clone(),
             default_backend: self.ingress_default_backend.clone(),
+            gateway_api: gateway_api::Selection {
+                controller: self.gateway_controller.clone(),
+                http_port: self.http.port(),
+            },
         }
     }
 

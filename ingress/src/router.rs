@@ -157,6 +157,8 @@ pub struct ClassSelection {
     /// `--ingress-default-backend`: the global default backend, overriding the
     /// `defaultBackend` of rule-less Ingresses.
     pub default_backend: Option<DefaultBackend>,
+    /// The Gateway API routes served.
+    pub gateway_api: crate::gateway_api::Selection,
 }
 
 /// A Service port named on the command line as the global default backend.
@@ -252,6 +254,8 @@ pub struct RouteTable {
     /// Every Service a backend names, resolved or not: a change to one of
     /// them calls for a new table.
     pub referenced_services: std::collections::HashSet<ServiceKey>,
+    /// The HTTPRoutes of the served Gateways (see [`crate::gateway_api`]).
+    pub http_routes: crate::gateway_api::HttpRouteTable,
 }
 
 /// The host of a request, ready for [`RouteTable::route`]: the authority's
@@ -290,6 +294,7 @@ impl RouteTable {
         for ingress in &ingresses {
             compiler.add_ingress(ingress);
         }
+        crate::gateway_api::compile(&mut compiler, snapshot, &selection.gateway_api);
         // The global default backend.
         if let Some(default) = &selection.default_backend {
             let backend = compiler.service_backend(
@@ -343,9 +348,9 @@ impl RouteTable {
     }
 }
 
-struct Compiler<'a> {
+pub(crate) struct Compiler<'a> {
     snapshot: &'a Snapshot,
-    table: RouteTable,
+    pub(crate) table: RouteTable,
     backend_ids: HashMap<BackendSpec, BackendId>,
 }
 
@@ -381,7 +386,12 @@ impl Compiler<'_> {
         id
     }
 
-    fn unresolved(&mut self, ingress: Option<&ObjectKey>, wanted: String, reason: String) -> usize {
+    pub(crate) fn unresolved(
+        &mut self,
+        ingress: Option<&ObjectKey>,
+        wanted: String,
+        reason: String,
+    ) -> usize {
         if let Some(ingress) = ingress {
             self.table.problems.push(RouteProblem {
                 ingress: ingress.clone(),
@@ -391,7 +401,7 @@ impl Compiler<'_> {
         self.intern(BackendSpec::Unresolved { wanted, reason })
     }
 
-    fn service_backend(
+    pub(crate) fn service_backend(
         &mut self,
         namespace: &str,
         name: &str,

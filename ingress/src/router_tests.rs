@@ -10,6 +10,7 @@ fn selection(class: &str) -> ClassSelection {
     ClassSelection {
         class: class.to_owned(),
         default_backend: None,
+        gateway_api: crate::gateway_api::Selection::default(),
     }
 }
 
@@ -275,6 +276,7 @@ fn default_backends_per_ingress_and_global() {
     let flag = ClassSelection {
         class: "fairlead".to_owned(),
         default_backend: Some("default/flag:http".parse().unwrap()),
+        gateway_api: crate::gateway_api::Selection::default(),
     };
     let table = RouteTable::compile(&snapshot, &flag);
     check(

@@ -91,6 +91,7 @@ fn write_all(out: &mut String, s: &Snapshot) -> std::fmt::Result {
             )?;
         }
     }
+    crate::gateway_types::dump(out, s)?;
     if !s.certificates.is_empty() {
         writeln!(out, "certificates:")?;
         for cert in s.certificates.values() {

@@ -12,6 +12,8 @@
 
 pub mod dump;
 pub mod error;
+pub mod gateway_api;
+pub mod gateway_types;
 pub mod health;
 pub mod object;
 pub mod snapshot;
@@ -22,6 +24,7 @@ pub mod units;
 mod writer;
 
 pub use error::{Error, FieldError, Origin, Problem, Severity};
+pub use gateway_types::*;
 pub use health::Ready;
 pub use object::{KubeObject, decode};
 pub use snapshot::Snapshot;

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 
 use crate::error::FieldError;
+use crate::gateway_api;
 use crate::types::{Kind, ObjectId};
 
 /// A Kubernetes object of a kind fairlead reads.
@@ -25,6 +26,9 @@ pub enum KubeObject {
     Secret(Box<core::Secret>),
     Node(Box<core::Node>),
     Namespace(Box<core::Namespace>),
+    GatewayClass(Box<gateway_api::GatewayClass>),
+    Gateway(Box<gateway_api::Gateway>),
+    HttpRoute(Box<gateway_api::HTTPRoute>),
 }
 
 impl KubeObject {
@@ -39,6 +43,9 @@ impl KubeObject {
             KubeObject::Secret(_) => Kind::Secret,
             KubeObject::Node(_) => Kind::Node,
             KubeObject::Namespace(_) => Kind::Namespace,
+            KubeObject::GatewayClass(_) => Kind::GatewayClass,
+            KubeObject::Gateway(_) => Kind::Gateway,
+            KubeObject::HttpRoute(_) => Kind::HttpRoute,
         }
     }
 
@@ -53,6 +60,9 @@ impl KubeObject {
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::Node(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::GatewayClass(o) => &o.metadata,
+            KubeObject::Gateway(o) => &o.metadata,
+            KubeObject::HttpRoute(o) => &o.metadata,
         }
     }
 
@@ -87,8 +97,8 @@ pub struct DecodeError {
 
 /// Kinds fairlead knows of but does not read; objects of these kinds are
 /// reported as unsupported rather than unknown.
-const KINDS_READ: &str =
-    "Service, EndpointSlice, Ingress, IngressClass, Secret, Node, Namespace (and List)";
+const KINDS_READ: &str = "Service, EndpointSlice, Ingress, IngressClass, Secret, Node, Namespace, \
+     GatewayClass, Gateway, HTTPRoute (and List)";
 
 /// Decodes one object from an untyped value (one YAML document or one item of a
 /// `kind: List`). Checks `apiVersion`, `kind` and `metadata.name`, then every
@@ -161,6 +171,9 @@ pub fn decode(value: serde_json::Value) -> Result<KubeObject, DecodeError> {
         Kind::Secret => typed(value).map(KubeObject::Secret),
         Kind::Node => typed(value).map(KubeObject::Node),
         Kind::Namespace => typed(value).map(KubeObject::Namespace),
+        Kind::GatewayClass => typed(value).map(KubeObject::GatewayClass),
+        Kind::Gateway => typed(value).map(KubeObject::Gateway),
+        Kind::HttpRoute => typed(value).map(KubeObject::HttpRoute),
     };
     decoded.map_err(|error| DecodeError {
         object: Some(object),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet, Vector};
 
 use crate::error::{Problem, Severity};
+use crate::gateway_types::{Gateway, GatewayClass, HttpRoute};
 use crate::types::{Ingress, IngressClass, Node, ObjectKey, Service, ServiceKey, TlsCertificate};
 
 /// How many generations of Service changes a snapshot remembers, so that a
@@ -31,6 +32,12 @@ pub struct Snapshot {
     /// TLS material of the Secrets that some Ingress references in its own
     /// namespace (and only those).
     pub certificates: OrdMap<ObjectKey, Arc<TlsCertificate>>,
+    /// GatewayClasses by name (every controller's).
+    pub gateway_classes: OrdMap<String, Arc<GatewayClass>>,
+    /// Gateways (every class's).
+    pub gateways: OrdMap<ObjectKey, Arc<Gateway>>,
+    /// HTTPRoutes (attached or not).
+    pub http_routes: OrdMap<ObjectKey, Arc<HttpRoute>>,
     /// Nodes by name.
     pub nodes: OrdMap<String, Arc<Node>>,
     /// Namespaces known to exist.
@@ -38,7 +45,8 @@ pub struct Snapshot {
     /// Every current problem: bad files, bad objects (whose last good version
     /// is still in force), unresolved references.
     pub problems: Arc<[Problem]>,
-    /// Generation at which ingresses, classes or certificates last changed.
+    /// Generation at which ingresses, classes, certificates or Gateway API
+    /// objects last changed.
     pub ingress_generation: u64,
     /// Which Services changed at each recent generation, oldest first.
     pub(crate) changes: Vector<(u64, Arc<[ServiceKey]>)>,

@@ -53,11 +53,17 @@ pub enum Kind {
     Node,
     /// `v1/Namespace` (cluster-scoped)
     Namespace,
+    /// `gateway.networking.k8s.io/v1/GatewayClass` (cluster-scoped)
+    GatewayClass,
+    /// `gateway.networking.k8s.io/v1/Gateway`
+    Gateway,
+    /// `gateway.networking.k8s.io/v1/HTTPRoute`
+    HttpRoute,
 }
 
 impl Kind {
     /// Every kind, in dump order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Service,
@@ -65,7 +71,17 @@ impl Kind {
         Kind::IngressClass,
         Kind::Ingress,
         Kind::Secret,
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HttpRoute,
     ];
+
+    /// Whether this is a Gateway API kind (read from manifests; the
+    /// apiserver source does not watch them yet).
+    #[must_use]
+    pub fn gateway_api(self) -> bool {
+        matches!(self, Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute)
+    }
 
     /// The `kind` field as written in manifests.
     #[must_use]
@@ -78,6 +94,9 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::Node => "Node",
             Kind::Namespace => "Namespace",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
         }
     }
 
@@ -88,13 +107,17 @@ impl Kind {
             Kind::Service | Kind::Secret | Kind::Node | Kind::Namespace => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => "gateway.networking.k8s.io/v1",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     #[must_use]
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::IngressClass | Kind::Node | Kind::Namespace)
+        !matches!(
+            self,
+            Kind::IngressClass | Kind::Node | Kind::Namespace | Kind::GatewayClass
+        )
     }
 }
 

@@ -314,6 +314,23 @@ impl ModelWriter {
                 self.next.namespaces.insert(id.name.clone());
                 dirty.other = true;
             }
+            KubeObject::GatewayClass(o) => {
+                let class = translate::gateway_class(o)?;
+                self.next
+                    .gateway_classes
+                    .insert(id.name.clone(), Arc::new(class));
+                dirty.ingress = true;
+            }
+            KubeObject::Gateway(o) => {
+                let gateway = translate::gateway(o)?;
+                self.next.gateways.insert(key, Arc::new(gateway));
+                dirty.ingress = true;
+            }
+            KubeObject::HttpRoute(o) => {
+                let route = translate::http_route(o)?;
+                self.next.http_routes.insert(key, Arc::new(route));
+                dirty.ingress = true;
+            }
         }
         Ok(())
     }
@@ -349,6 +366,11 @@ impl ModelWriter {
             }
             Kind::Node => dirty.other |= self.next.nodes.remove(&id.name).is_some(),
             Kind::Namespace => dirty.other |= self.next.namespaces.remove(&id.name).is_some(),
+            Kind::GatewayClass => {
+                dirty.ingress |= self.next.gateway_classes.remove(&id.name).is_some();
+            }
+            Kind::Gateway => dirty.ingress |= self.next.gateways.remove(&key).is_some(),
+            Kind::HttpRoute => dirty.ingress |= self.next.http_routes.remove(&key).is_some(),
         }
     }
 

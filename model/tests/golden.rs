@@ -54,6 +54,14 @@ fn examples() {
 }
 
 #[test]
+fn gateway_api() {
+    check_golden(
+        &manifest_root().join("tests/fixtures/gateway-api"),
+        "gateway-api.txt",
+    );
+}
+
+#[test]
 fn bad_input() {
     check_golden(&manifest_root().join("tests/fixtures/bad"), "bad.txt");
 }

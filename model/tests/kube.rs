@@ -346,6 +346,9 @@ fn json_of(object: &KubeObject) -> Value {
         KubeObject::Secret(o) => serde_json::to_value(o),
         KubeObject::Node(o) => serde_json::to_value(o),
         KubeObject::Namespace(o) => serde_json::to_value(o),
+        KubeObject::GatewayClass(o) => serde_json::to_value(o),
+        KubeObject::Gateway(o) => serde_json::to_value(o),
+        KubeObject::HttpRoute(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
@@ -355,6 +358,8 @@ fn watched(object: &KubeObject, node: &str) -> bool {
     match object {
         KubeObject::Node(n) => n.metadata.name.as_deref() == Some(node),
         KubeObject::Secret(s) => s.type_.as_deref() == Some("kubernetes.io/tls"),
+        // Not watched from the apiserver yet (issue 14).
+        KubeObject::GatewayClass(_) | KubeObject::Gateway(_) | KubeObject::HttpRoute(_) => false,
         _ => true,
     }
 }

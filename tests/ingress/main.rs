@@ -7,6 +7,7 @@
     reason = "each end-to-end test reads as one scenario, top to bottom"
 )]
 
+mod gateway_api;
 mod h2;
 mod support;
 mod tls;

@@ -1,0 +1,708 @@
+//! Gateway API routing: the HTTPRoutes attached to the accepted Gateways,
+//! compiled into the same route table as the Ingresses (typed data, never
+//! configuration text), with the Gateway API semantics:
+//!
+//! - **Accepted Gateways.** A Gateway whose GatewayClass names our
+//!   controller (`--gateway-controller`). Its `HTTP` listeners on the port of
+//!   `--http` are served; other listeners are reported (HTTPS listeners and
+//!   other ports: not yet).
+//! - **Attachment.** A route's `parentRefs` entry names a Gateway and
+//!   optionally a listener (`sectionName`) and a `port`; the route attaches to
+//!   each such listener that allows it (`allowedRoutes`: namespaces Same or
+//!   All, kind HTTPRoute) and whose hostname intersects the route's
+//!   hostnames. Otherwise the route is reported with the spec's reason
+//!   (`NotAllowedByListeners`, `NoMatchingListenerHostname`, `NoMatchingParent`).
+//! - **Hosts.** The intersected hostnames select the route's host groups: a
+//!   request goes to the group of its exact host, else of the longest wildcard
+//!   suffix it ends with (`*.example.com` matches one or more labels), else
+//!   the group without a hostname. Only that group is searched.
+//! - **Precedence** inside a group, as the spec orders it: an `Exact` path
+//!   before any prefix, then the longest path, then a method match, then the
+//!   most header matches, then the oldest route, then namespace/name, then
+//!   rule and match order. The first match wins.
+//! - **Backends.** Weighted: each request picks one backendRef with
+//!   probability weight/total; a weight of 0 takes no traffic. A rule with no
+//!   weight at all, and a reference that does not resolve, answer 503.
+//! - A request no Gateway API group takes is routed by the Ingresses.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use fairlead_model::{
+    DEFAULT_GATEWAY_CONTROLLER, Gateway, HeaderMatch, Hostname, HttpRoute, ListenerProtocol,
+    PathMatch, PathType, PortRef, RouteBackendTarget, Snapshot,
+};
+use http::{HeaderMap, Method};
+
+use crate::router::{Compiler, Route, RouteProblem, RouteTable};
+
+/// Which Gateways this gateway serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// The `controllerName` of the GatewayClasses served.
+    pub controller: String,
+    /// The port of the plain-HTTP listener: HTTP listeners on this port are
+    /// served.
+    pub http_port: u16,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            controller: DEFAULT_GATEWAY_CONTROLLER.to_owned(),
+            http_port: 80,
+        }
+    }
+}
+
+/// The spec's order of matches inside a host group (lower first).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence {
+    /// False for an `Exact` path.
+    not_exact: bool,
+    /// Longer paths first.
+    path_len: std::cmp::Reverse<usize>,
+    /// False when a method is matched.
+    no_method: bool,
+    /// More header matches first.
+    headers: std::cmp::Reverse<usize>,
+    /// Older routes first.
+    created: i64,
+    /// Then by namespace/name.
+    route: Arc<str>,
+    /// Then rule and match order.
+    rule: usize,
+    matched: usize,
+}
+
+/// One compiled match of a route rule.
+#[derive(Clone, Debug)]
+struct Rule {
+    path: PathMatch,
+    headers: Vec<HeaderMatch>,
+    method: Option<Method>,
+    /// The rule's backends with their weights (weight 0 left out).
+    backends: Vec<(Route, u32)>,
+    total: u32,
+    /// Taken when `total` is 0: an unresolved backend (503).
+    none: Route,
+    /// Sort key: lower sorts first (see the module docs).
+    order: Precedence,
+}
+
+impl Rule {
+    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+        self.path.matches(path)
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.headers.iter().all(|h| {
+                headers
+                    .get_all(h.name.as_str())
+                    .iter()
+                    .any(|v| v.as_bytes() == h.value.as_bytes())
+            })
+    }
+
+    fn pick(&self) -> &Route {
+        if self.backends.len() == 1 {
+            return &self.backends[0].0;
+        }
+        if self.total == 0 {
+            return &self.none;
+        }
+        let mut ticket = fastrand::u32(0..self.total);
+        for (route, weight) in &self.backends {
+            if ticket < *weight {
+                return route;
+            }
+            ticket -= weight;
+        }
+        &self.backends[self.backends.len() - 1].0
+    }
+}
+
+/// The HTTPRoutes attached to the served Gateways, by host group.
+#[derive(Clone, Debug, Default)]
+pub struct HttpRouteTable {
+    exact: HashMap<String, Vec<Rule>>,
+    wildcard: HashMap<String, Vec<Rule>>,
+    any: Vec<Rule>,
+    /// HTTPRoutes attached to at least one listener (`namespace/name`).
+    pub attached: Vec<String>,
+}
+
+impl HttpRouteTable {
+    fn group(&self, host: &str) -> Option<&Vec<Rule>> {
+        if let Some(rules) = self.exact.get(host) {
+            return Some(rules);
+        }
+        if !self.wildcard.is_empty() {
+            let mut rest = host;
+            while let Some((_, suffix)) = rest.split_once('.') {
+                if let Some(rules) = self.wildcard.get(suffix) {
+                    return Some(rules);
+                }
+                rest = suffix;
+            }
+        }
+        (!self.any.is_empty()).then_some(&self.any)
+    }
+
+    /// Whether no route is attached.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_empty()
+    }
+}
+
+impl RouteTable {
+    /// The route for a request: the Gateway API routes first (see
+    /// [`crate::gateway_api`]), then the Ingress routes ([`RouteTable::route`]).
+    #[must_use]
+    pub fn route_request(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        let gateway_api = self
+            .http_routes
+            .group(host)
+            .and_then(|rules| rules.iter().find(|r| r.matches(path, method, headers)))
+            .map(Rule::pick);
+        gateway_api.or_else(|| self.route(host, path))
+    }
+}
+
+/// Compiles the HTTPRoutes of the Gateways `selection` serves into the
+/// table `compiler` builds.
+pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selection: &Selection) {
+    let mut table = HttpRouteTable::default();
+    let gateways: Vec<&Arc<Gateway>> = snapshot
+        .gateways
+        .values()
+        .filter(|g| {
+            snapshot
+                .gateway_classes
+                .get(&g.class)
+                .is_some_and(|c| c.controller == selection.controller)
+        })
+        .collect();
+    report_listeners(compiler, &gateways, selection);
+    let mut seen: HashSet<(fairlead_model::ObjectKey, Option<Hostname>)> = HashSet::new();
+    for route in snapshot.http_routes.values() {
+        let mut attached = false;
+        let mut reasons = Vec::new();
+        for parent in &route.parents {
+            let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
+                continue;
+            };
+            let listeners: Vec<_> = gateway
+                .listeners
+                .iter()
+                .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+                .filter(|l| parent.port.is_none_or(|p| p == l.port))
+                .collect();
+            if listeners.is_empty() {
+                reasons.push(format!(
+                    "NoMatchingParent: Gateway {} has no listener{}{}",
+                    gateway.key,
+                    parent
+                        .section_name
+                        .as_ref()
+                        .map(|s| format!(" named {s}"))
+                        .unwrap_or_default(),
+                    parent
+                        .port
+                        .map(|p| format!(" on port {p}"))
+                        .unwrap_or_default(),
+                ));
+                continue;
+            }
+            for listener in listeners {
+                if !listener.allows("HTTPRoute", &route.key.namespace, &gateway.key.namespace) {
+                    reasons.push(format!(
+                        "NotAllowedByListeners: listener {} of Gateway {} does not allow it",
+                        listener.name, gateway.key
+                    ));
+                    continue;
+                }
+                let hostnames = intersect(listener.hostname.as_ref(), &route.hostnames);
+                if hostnames.is_empty() {
+                    reasons.push(format!(
+                        "NoMatchingListenerHostname: no hostname of the route matches listener {} of Gateway {}",
+                        listener.name, gateway.key
+                    ));
+                    continue;
+                }
+                if listener.protocol != ListenerProtocol::Http
+                    || listener.port != selection.http_port
+                {
+                    // Accepted, but not served (reported with the listener).
+                    attached = true;
+                    continue;
+                }
+                attached = true;
+                for hostname in hostnames {
+                    if seen.insert((route.key.clone(), hostname.clone())) {
+                        add_route(compiler, &mut table, route, hostname.as_ref());
+                    }
+                }
+            }
+        }
+        if attached {
+            table.attached.push(route.key.to_string());
+        } else if !reasons.is_empty() {
+            compiler.table.problems.push(RouteProblem {
+                ingress: route.key.clone(),
+                message: format!("HTTPRoute not attached: {}", reasons.join("; ")),
+            });
+        }
+    }
+    for rules in table
+        .exact
+        .values_mut()
+        .chain(table.wildcard.values_mut())
+        .chain(std::iter::once(&mut table.any))
+    {
+        rules.sort_by(|a, b| a.order.cmp(&b.order));
+    }
+    compiler.table.http_routes = table;
+}
+
+/// Reports the listeners of accepted Gateways that are not served.
+fn report_listeners(
+    compiler: &mut Compiler<'_>,
+    gateways: &[&Arc<Gateway>],
+    selection: &Selection,
+) {
+    for gateway in gateways {
+        for listener in &gateway.listeners {
+            let why = match &listener.protocol {
+                ListenerProtocol::Http if listener.port == selection.http_port => continue,
+                ListenerProtocol::Http => format!(
+                    "port {} is not served: HTTP listeners are served on the --http port ({}) only, for now",
+                    listener.port, selection.http_port
+                ),
+                ListenerProtocol::Https => "HTTPS listeners are not served yet".to_owned(),
+                ListenerProtocol::Other(p) => {
+                    format!("UnsupportedProtocol: {p} listeners are not served")
+                }
+            };
+            compiler.table.problems.push(RouteProblem {
+                ingress: gateway.key.clone(),
+                message: format!("listener {}: {why}", listener.name),
+            });
+        }
+    }
+}
+
+/// The hostnames a route serves on a listener: the intersection of the
+/// listener's hostname with the route's (`None`: every host).
+fn intersect(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<Option<Hostname>> {
+    match (listener, route.is_empty()) {
+        (None, true) => vec![None],
+        (None, false) => route.iter().cloned().map(Some).collect(),
+        (Some(l), true) => vec![Some(l.clone())],
+        (Some(l), false) => route
+            .iter()
+            .filter_map(|r| l.intersect(r))
+            .map(Some)
+            .collect(),
+    }
+}
+
+fn add_route(
+    compiler: &mut Compiler<'_>,
+    table: &mut HttpRouteTable,
+    route: &HttpRoute,
+    hostname: Option<&Hostname>,
+) {
+    let name: Arc<str> = Arc::from(format!("HTTPRoute {}", route.key));
+    let host: Arc<str> = Arc::from(hostname.map(ToString::to_string).unwrap_or_default());
+    let key: Arc<str> = Arc::from(route.key.to_string());
+    let group = match hostname {
+        Some(Hostname::Exact(h)) => table.exact.entry(h.clone()).or_default(),
+        Some(Hostname::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
+        None => &mut table.any,
+    };
+    for (r, rule) in route.rules.iter().enumerate() {
+        let mut backend_ids = Vec::with_capacity(rule.backends.len());
+        for backend in &rule.backends {
+            let id = match &backend.target {
+                RouteBackendTarget::Service { service, port } => compiler.service_backend(
+                    &service.namespace,
+                    &service.name,
+                    &PortRef::Number(*port),
+                    Some(&route.key),
+                ),
+                RouteBackendTarget::Invalid { wanted, reason } => {
+                    compiler.unresolved(Some(&route.key), wanted.clone(), reason.clone())
+                }
+            };
+            backend_ids.push((id, backend.weight));
+        }
+        let none_id = compiler.unresolved(
+            None,
+            format!("HTTPRoute {} rule {r}", route.key),
+            "no backendRef with a weight".to_owned(),
+        );
+        for (m, route_match) in rule.matches.iter().enumerate() {
+            let make = |backend| Route {
+                backend,
+                ingress: name.clone(),
+                host: host.clone(),
+                path: Arc::from(route_match.path.value()),
+                path_type: Some(match route_match.path {
+                    PathMatch::Exact(_) => PathType::Exact,
+                    PathMatch::Prefix(_) => PathType::Prefix,
+                }),
+            };
+            let backends: Vec<(Route, u32)> = backend_ids
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(id, w)| (make(*id), *w))
+                .collect();
+            let total = backends.iter().map(|(_, w)| *w).sum();
+            group.push(Rule {
+                path: route_match.path.clone(),
+                headers: route_match.headers.clone(),
+                method: route_match
+                    .method
+                    .as_deref()
+                    .and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
+                backends,
+                total,
+                none: make(none_id),
+                order: Precedence {
+                    not_exact: !matches!(route_match.path, PathMatch::Exact(_)),
+                    path_len: std::cmp::Reverse(
+                        route_match.path.value().trim_end_matches('/').len(),
+                    ),
+                    no_method: route_match.method.is_none(),
+                    headers: std::cmp::Reverse(route_match.headers.len()),
+                    created: route.created,
+                    route: key.clone(),
+                    rule: r,
+                    matched: m,
+                },
+            });
+            compiler.table.route_count += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fairlead_model::{DEFAULT_GATEWAY_CONTROLLER, Snapshot};
+    use serde_json::{Value, json};
+
+    use crate::router::{ClassSelection, RouteTable};
+    use crate::test_support::{model, service};
+
+    use super::*;
+
+    fn class(name: &str, controller: &str) -> Value {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": name}, "spec": {"controllerName": controller}})
+    }
+
+    fn gateway(ns: &str, name: &str, class: &str, listeners: &Value) -> Value {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": name, "namespace": ns},
+               "spec": {"gatewayClassName": class, "listeners": listeners}})
+    }
+
+    fn http_route(ns: &str, name: &str, spec: &Value) -> Value {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": name, "namespace": ns}, "spec": spec})
+    }
+
+    fn compile(snapshot: &Snapshot) -> RouteTable {
+        RouteTable::compile(
+            snapshot,
+            &ClassSelection {
+                class: "fairlead".to_owned(),
+                default_backend: None,
+                gateway_api: Selection::default(),
+            },
+        )
+    }
+
+    /// `route name -> backend` of a request, or "404".
+    fn get(
+        table: &RouteTable,
+        host: &str,
+        path: &str,
+        method: &str,
+        headers: &[(&str, &str)],
+    ) -> String {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        table
+            .route_request(host, path, &method, &map)
+            .map_or("404".to_owned(), |r| {
+                format!("{} -> {}", r.ingress, table.backend(r.backend))
+            })
+    }
+
+    fn world() -> Arc<Snapshot> {
+        model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            class("theirs", "example.com/other"),
+            service("shop", "cart", &[("http", 8080)]),
+            service("shop", "cart-v2", &[("http", 8080)]),
+            service("shop", "post", &[("http", 80)]),
+            service("infra", "local", &[("http", 80)]),
+            gateway(
+                "infra",
+                "web",
+                "fl",
+                &json!([
+                    {"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.com",
+                     "allowedRoutes": {"namespaces": {"from": "All"}}},
+                    {"name": "same", "port": 80, "protocol": "HTTP"},
+                    {"name": "alt", "port": 8080, "protocol": "HTTP"},
+                ]),
+            ),
+            gateway(
+                "infra",
+                "theirs",
+                "theirs",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            http_route(
+                "shop",
+                "shop",
+                &json!({
+                "parentRefs": [{"name": "web", "namespace": "infra", "sectionName": "http"}],
+                "hostnames": ["shop.example.com"],
+                "rules": [
+                    {"matches": [{"path": {"type": "Exact", "value": "/cart"},
+                                  "headers": [{"name": "X-Canary", "value": "yes"}]}],
+                     "backendRefs": [{"name": "cart-v2", "port": 8080}]},
+                    {"matches": [{"path": {"value": "/cart"}}],
+                     "backendRefs": [{"name": "cart", "port": 8080}]},
+                    {"matches": [{"method": "POST"}],
+                     "backendRefs": [{"name": "post", "port": 80}]},
+                ]}),
+            ),
+            http_route(
+                "infra",
+                "local",
+                &json!({
+                "parentRefs": [{"name": "web", "sectionName": "same"}],
+                "rules": [{"backendRefs": [{"name": "local", "port": 80}]}]}),
+            ),
+            http_route(
+                "shop",
+                "denied",
+                &json!({
+                "parentRefs": [{"name": "web", "namespace": "infra", "sectionName": "same"}],
+                "hostnames": ["denied.test"],
+                "rules": [{"backendRefs": [{"name": "cart", "port": 8080}]}]}),
+            ),
+            http_route(
+                "shop",
+                "nosection",
+                &json!({
+                "parentRefs": [{"name": "web", "namespace": "infra", "sectionName": "nope"}],
+                "hostnames": ["nosection.test"],
+                "rules": [{"backendRefs": [{"name": "cart", "port": 8080}]}]}),
+            ),
+            http_route(
+                "shop",
+                "otherhost",
+                &json!({
+                "parentRefs": [{"name": "web", "namespace": "infra", "sectionName": "http"}],
+                "hostnames": ["shop.example.org"],
+                "rules": [{"backendRefs": [{"name": "cart", "port": 8080}]}]}),
+            ),
+            http_route(
+                "infra",
+                "theirs",
+                &json!({
+                "parentRefs": [{"name": "theirs"}],
+                "hostnames": ["theirs.test"],
+                "rules": [{"backendRefs": [{"name": "local", "port": 80}]}]}),
+            ),
+        ])
+    }
+
+    #[test]
+    fn attached_routes_are_routed_by_host_path_header_and_method() {
+        let table = compile(&world());
+        let get =
+            |host, path, method, headers: &[(&str, &str)]| get(&table, host, path, method, headers);
+        assert_eq!(
+            get("shop.example.com", "/cart", "GET", &[]),
+            "HTTPRoute shop/shop -> shop/cart:8080"
+        );
+        assert_eq!(
+            get("shop.example.com", "/cart/items", "GET", &[]),
+            "HTTPRoute shop/shop -> shop/cart:8080"
+        );
+        assert_eq!(
+            get("shop.example.com", "/cart", "GET", &[("x-canary", "yes")]),
+            "HTTPRoute shop/shop -> shop/cart-v2:8080"
+        );
+        assert_eq!(
+            get("shop.example.com", "/cart", "GET", &[("x-canary", "no")]),
+            "HTTPRoute shop/shop -> shop/cart:8080"
+        );
+        assert_eq!(
+            get("shop.example.com", "/cartoon", "POST", &[]),
+            "HTTPRoute shop/shop -> shop/post:80"
+        );
+        // The shop.example.com group answers alone: no fall-through to the
+        // catch-all listener's route.
+        assert_eq!(get("shop.example.com", "/cartoon", "GET", &[]), "404");
+        // The listener without a hostname takes every other host.
+        assert_eq!(
+            get("anything.test", "/x", "GET", &[]),
+            "HTTPRoute infra/local -> infra/local:80"
+        );
+        // Not attached: another namespace on a Same listener, no such
+        // section, no hostname in common, another controller's Gateway.
+        for host in [
+            "denied.test",
+            "nosection.test",
+            "shop.example.org",
+            "theirs.test",
+        ] {
+            assert_eq!(
+                get(host, "/", "GET", &[]),
+                "HTTPRoute infra/local -> infra/local:80",
+                "{host}"
+            );
+        }
+        assert_eq!(table.http_routes.attached, vec!["infra/local", "shop/shop"]);
+        let problems: Vec<String> = table
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.ingress, p.message))
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                "infra/web: listener alt: port 8080 is not served: HTTP listeners are served on the --http port (80) only, for now",
+                "shop/denied: HTTPRoute not attached: NotAllowedByListeners: listener same of Gateway infra/web does not allow it",
+                "shop/nosection: HTTPRoute not attached: NoMatchingParent: Gateway infra/web has no listener named nope",
+                "shop/otherhost: HTTPRoute not attached: NoMatchingListenerHostname: no hostname of the route matches listener http of Gateway infra/web",
+            ]
+        );
+    }
+
+    #[test]
+    fn precedence_across_routes() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            service("default", "b", &[("http", 80)]),
+            service("default", "c", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            // Written first by name, but less specific.
+            http_route(
+                "default",
+                "a",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["*.example.com"],
+                "rules": [{"matches": [{"path": {"value": "/api"}}], "backendRefs": [{"name": "a", "port": 80}]}]}),
+            ),
+            http_route(
+                "default",
+                "b",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["*.example.com"],
+                "rules": [
+                    {"matches": [{"path": {"value": "/api/v2"}}], "backendRefs": [{"name": "b", "port": 80}]},
+                    {"matches": [{"path": {"value": "/api"}, "headers": [{"name": "x-b", "value": "1"}]}],
+                     "backendRefs": [{"name": "b", "port": 80}]},
+                ]}),
+            ),
+            http_route(
+                "default",
+                "c",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["*.example.com"],
+                "rules": [{"matches": [{"path": {"type": "Exact", "value": "/api/v2/x"}}],
+                           "backendRefs": [{"name": "c", "port": 80}]}]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let get =
+            |path, headers: &[(&str, &str)]| get(&table, "www.a.example.com", path, "GET", headers);
+        assert_eq!(get("/api/x", &[]), "HTTPRoute default/a -> default/a:80");
+        assert_eq!(
+            get("/api/x", &[("x-b", "1")]),
+            "HTTPRoute default/b -> default/b:80"
+        );
+        assert_eq!(get("/api/v2/y", &[]), "HTTPRoute default/b -> default/b:80");
+        assert_eq!(get("/api/v2/x", &[]), "HTTPRoute default/c -> default/c:80");
+        assert_eq!(get("/other", &[]), "404");
+        // The wildcard needs a label in front of its suffix.
+        assert_eq!(get_host(&table, "example.com"), "404");
+    }
+
+    fn get_host(table: &RouteTable, host: &str) -> String {
+        get(table, host, "/api", "GET", &[])
+    }
+
+    #[test]
+    fn weighted_backends() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            service("default", "b", &[("http", 80)]),
+            service("default", "z", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            http_route(
+                "default",
+                "w",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["w.test"],
+                "rules": [{"backendRefs": [{"name": "a", "port": 80, "weight": 1},
+                                           {"name": "b", "port": 80, "weight": 3},
+                                           {"name": "z", "port": 80, "weight": 0}]}]}),
+            ),
+            http_route(
+                "default",
+                "zero",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["zero.test"],
+                "rules": [{"backendRefs": [{"name": "z", "port": 80, "weight": 0}]}]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        for _ in 0..4000 {
+            *counts
+                .entry(get(&table, "w.test", "/", "GET", &[]))
+                .or_default() += 1;
+        }
+        let a = counts["HTTPRoute default/w -> default/a:80"];
+        let b = counts["HTTPRoute default/w -> default/b:80"];
+        assert_eq!(a + b, 4000, "weight 0 takes nothing: {counts:?}");
+        assert!((800..1200).contains(&a), "1:3 split: {counts:?}");
+        assert_eq!(
+            get(&table, "zero.test", "/", "GET", &[]),
+            "HTTPRoute default/zero -> HTTPRoute default/zero rule 0 (unresolved)"
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! Model types of the Gateway API: GatewayClasses, Gateways and HTTPRoutes,
+//! validated and defaulted by [`crate::translate`]. Which route attaches to
+//! which listener is decided where the routes are compiled (the ingress
+//! router), from these.
+
+use crate::types::ObjectKey;
+
+/// The controller name fairlead answers to by default
+/// (`GatewayClass.spec.controllerName`).
+pub const DEFAULT_GATEWAY_CONTROLLER: &str = "fairlead.dev/gateway-controller";
+
+/// A GatewayClass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayClass {
+    /// Its name.
+    pub name: String,
+    /// `spec.controllerName`.
+    pub controller: String,
+}
+
+/// A hostname of a listener or a route. Unlike an Ingress wildcard, a
+/// Gateway API wildcard matches one or more labels in front of its suffix.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hostname {
+    /// Exactly this name (lower-cased).
+    Exact(String),
+    /// `*.suffix` (lower-cased, without the leading `*.`).
+    Wildcard(String),
+}
+
+impl Hostname {
+    /// Whether a (lower-cased) request host matches.
+    #[must_use]
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Hostname::Exact(h) => h == host,
+            Hostname::Wildcard(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .and_then(|front| front.strip_suffix('.'))
+                .is_some_and(|front| !front.is_empty()),
+        }
+    }
+
+    /// The hostnames both `self` (a listener's) and `other` (a route's)
+    /// match: the more specific of the two when one includes the other.
+    #[must_use]
+    pub fn intersect(&self, other: &Hostname) -> Option<Hostname> {
+        match (self, other) {
+            (Hostname::Exact(a), Hostname::Exact(b)) => (a == b).then(|| self.clone()),
+            (Hostname::Wildcard(_), Hostname::Exact(h)) => self.matches(h).then(|| other.clone()),
+            (Hostname::Exact(h), Hostname::Wildcard(_)) => other.matches(h).then(|| self.clone()),
+            (Hostname::Wildcard(a), Hostname::Wildcard(b)) => {
+                if a == b || Hostname::Wildcard(b.clone()).matches(a) {
+                    Some(self.clone())
+                } else if self.matches(b) {
+                    Some(other.clone())
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Hostname {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hostname::Exact(h) => f.write_str(h),
+            Hostname::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+/// A listener's protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// `HTTP`
+    Http,
+    /// `HTTPS` (TLS terminated by the gateway).
+    Https,
+    /// Anything else (`TLS`, `TCP`, `UDP`, an implementation-specific name):
+    /// not served, reported.
+    Other(String),
+}
+
+/// Which namespaces' routes a listener accepts (`allowedRoutes.namespaces.from`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedNamespaces {
+    /// The Gateway's own namespace (the default).
+    Same,
+    /// Every namespace.
+    All,
+    /// Namespaces whose labels match a selector (not supported yet: no
+    /// route attaches, and it is reported).
+    Selector,
+}
+
+/// A listener of a Gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// `name`, unique in its Gateway (what `sectionName` names).
+    pub name: String,
+    /// `hostname`; `None` matches every host.
+    pub hostname: Option<Hostname>,
+    /// `port`.
+    pub port: u16,
+    /// `protocol`.
+    pub protocol: ListenerProtocol,
+    /// `allowedRoutes.namespaces.from`.
+    pub allowed_namespaces: AllowedNamespaces,
+    /// `allowedRoutes.kinds[].kind` (group `gateway.networking.k8s.io`);
+    /// empty means the protocol's default (`HTTPRoute` for HTTP and HTTPS).
+    pub allowed_kinds: Vec<String>,
+}
+
+impl Listener {
+    /// Whether routes of `kind` from `route_namespace` may attach to this
+    /// listener of a Gateway in `gateway_namespace`.
+    #[must_use]
+    pub fn allows(&self, kind: &str, route_namespace: &str, gateway_namespace: &str) -> bool {
+        let kind_ok = if self.allowed_kinds.is_empty() {
+            matches!(
+                self.protocol,
+                ListenerProtocol::Http | ListenerProtocol::Https
+            ) && kind == "HTTPRoute"
+        } else {
+            self.allowed_kinds.iter().any(|k| k == kind)
+        };
+        let namespace_ok = match self.allowed_namespaces {
+            AllowedNamespaces::Same => route_namespace == gateway_namespace,
+            AllowedNamespaces::All => true,
+            AllowedNamespaces::Selector => false,
+        };
+        kind_ok && namespace_ok
+    }
+}
+
+/// A Gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `spec.gatewayClassName`.
+    pub class: String,
+    /// `spec.listeners`, in manifest order.
+    pub listeners: Vec<Listener>,
+}
+
+/// A route's `parentRefs[]` entry naming a Gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentRef {
+    /// The Gateway (namespace defaults to the route's).
+    pub gateway: ObjectKey,
+    /// `sectionName`: one listener by name.
+    pub section_name: Option<String>,
+    /// `port`: listeners on this port.
+    pub port: Option<u16>,
+}
+
+/// How a route matches the request path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// The whole path, case-sensitive.
+    Exact(String),
+    /// Element-wise prefix on `/` (trailing slash of the value ignored).
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// The path value as written.
+    #[must_use]
+    pub fn value(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+        }
+    }
+
+    /// Whether a request path matches.
+    #[must_use]
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                path.strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+        }
+    }
+}
+
+/// A header a request must carry (`Exact` match; the name is compared
+/// case-insensitively).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HeaderMatch {
+    /// Header name, lower-cased.
+    pub name: String,
+    /// The exact value.
+    pub value: String,
+}
+
+/// One `matches[]` entry: every condition must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteMatch {
+    /// Path condition (defaults to prefix `/`).
+    pub path: PathMatch,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+    /// Method condition (`GET`, ...).
+    pub method: Option<String>,
+}
+
+/// Where a rule sends traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RouteBackendTarget {
+    /// A port of a Service.
+    Service {
+        /// The Service.
+        service: ObjectKey,
+        /// The Service port.
+        port: u16,
+    },
+    /// A reference fairlead cannot follow; requests it would get are
+    /// answered with an error status.
+    Invalid {
+        /// What the route asked for.
+        wanted: String,
+        /// Why it does not resolve (with the spec's reason first).
+        reason: String,
+    },
+}
+
+/// A `backendRefs[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteBackend {
+    /// Where.
+    pub target: RouteBackendTarget,
+    /// Relative weight (0 takes no traffic).
+    pub weight: u32,
+}
+
+/// A rule of an HTTPRoute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRouteRule {
+    /// `matches` (one prefix `/` match when empty).
+    pub matches: Vec<RouteMatch>,
+    /// `backendRefs`.
+    pub backends: Vec<RouteBackend>,
+}
+
+/// An HTTPRoute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRoute {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.creationTimestamp` as seconds since the epoch (the spec's
+    /// tie-break: the oldest route wins); 0 when unset.
+    pub created: i64,
+    /// `spec.parentRefs` naming Gateways.
+    pub parents: Vec<ParentRef>,
+    /// `spec.hostnames`; empty means every hostname of the listener.
+    pub hostnames: Vec<Hostname>,
+    /// `spec.rules`.
+    pub rules: Vec<HttpRouteRule>,
+}
+
+/// Renders the Gateway API objects of a snapshot for [`crate::dump`]
+/// (nothing when there are none).
+pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    if !s.gateway_classes.is_empty() {
+        writeln!(out, "gateway classes:")?;
+        for class in s.gateway_classes.values() {
+            writeln!(out, "  {} controller={}", class.name, class.controller)?;
+        }
+    }
+    for gateway in s.gateways.values() {
+        writeln!(out, "gateway {} class={}", gateway.key, gateway.class)?;
+        for l in &gateway.listeners {
+            let protocol = match &l.protocol {
+                ListenerProtocol::Http => "HTTP",
+                ListenerProtocol::Https => "HTTPS",
+                ListenerProtocol::Other(p) => p,
+            };
+            writeln!(
+                out,
+                "  listener {} {protocol}:{} host={} routes from {:?}{}",
+                l.name,
+                l.port,
+                l.hostname
+                    .as_ref()
+                    .map_or_else(|| "*".to_owned(), ToString::to_string),
+                l.allowed_namespaces,
+                if l.allowed_kinds.is_empty() {
+                    String::new()
+                } else {
+                    format!(" kinds [{}]", l.allowed_kinds.join(", "))
+                }
+            )?;
+        }
+    }
+    for route in s.http_routes.values() {
+        let hosts: Vec<String> = route.hostnames.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "httproute {} hostnames=[{}]",
+            route.key,
+            hosts.join(", ")
+        )?;
+        for p in &route.parents {
+            write!(out, "  parent gateway {}", p.gateway)?;
+            if let Some(section) = &p.section_name {
+                write!(out, " section={section}")?;
+            }
+            if let Some(port) = p.port {
+                write!(out, " port={port}")?;
+            }
+            writeln!(out)?;
+        }
+        for (i, rule) in route.rules.iter().enumerate() {
+            for m in &rule.matches {
+                let (kind, value) = match &m.path {
+                    PathMatch::Exact(p) => ("Exact", p),
+                    PathMatch::Prefix(p) => ("PathPrefix", p),
+                };
+                write!(out, "  rule {i} match {kind} {value}")?;
+                for h in &m.headers {
+                    write!(out, " header {}={:?}", h.name, h.value)?;
+                }
+                if let Some(method) = &m.method {
+                    write!(out, " method {method}")?;
+                }
+                writeln!(out)?;
+            }
+            for b in &rule.backends {
+                match &b.target {
+                    RouteBackendTarget::Service { service, port } => {
+                        writeln!(
+                            out,
+                            "  rule {i} -> service {service}:{port} weight {}",
+                            b.weight
+                        )?;
+                    }
+                    RouteBackendTarget::Invalid { wanted, reason } => {
+                        writeln!(
+                            out,
+                            "  rule {i} -> {wanted} weight {} INVALID: {reason}",
+                            b.weight
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,638 @@
+//! Gateway API objects → model: GatewayClass, Gateway, HTTPRoute. Field
+//! errors name the field path; a route rule that asks for something fairlead
+//! does not do yet (a regular expression, a filter) is an error on that
+//! field, so the last good version stays in force and `fairlead check` says
+//! why.
+
+use crate::error::FieldError;
+use crate::gateway_api as wire;
+use crate::gateway_types::{
+    AllowedNamespaces, Gateway, GatewayClass, HeaderMatch, Hostname, HttpRoute, HttpRouteRule,
+    Listener, ListenerProtocol, ParentRef, PathMatch, RouteBackend, RouteBackendTarget, RouteMatch,
+};
+
+use super::{Errors, is_dns_label, is_dns_subdomain, object_key};
+
+/// Largest `backendRefs[].weight` the spec allows.
+const MAX_WEIGHT: i32 = 1_000_000;
+
+/// Methods `matches[].method` may name.
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Translates a GatewayClass.
+pub fn gateway_class(object: &wire::GatewayClass) -> Result<GatewayClass, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    if object.spec.controller_name.is_empty() {
+        errors.push("spec.controllerName", "missing");
+    }
+    errors.finish(GatewayClass {
+        name: object.metadata.name.clone().unwrap_or_default(),
+        controller: object.spec.controller_name.clone(),
+    })
+}
+
+/// A listener or route hostname: a DNS subdomain, or `*.` and one.
+fn hostname(errors: &mut Errors, field: String, text: &str) -> Option<Hostname> {
+    let lower = text.to_ascii_lowercase();
+    let (wild, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    if !is_dns_subdomain(name) || name.parse::<std::net::IpAddr>().is_ok() {
+        errors.push(
+            field,
+            format!("{text:?} is not a hostname (a DNS name, optionally starting with \"*.\"; no IP addresses)"),
+        );
+        return None;
+    }
+    Some(if wild {
+        Hostname::Wildcard(name.to_owned())
+    } else {
+        Hostname::Exact(name.to_owned())
+    })
+}
+
+/// Translates a Gateway: its listeners.
+pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let spec = &object.spec;
+    if spec.gateway_class_name.is_empty() {
+        errors.push("spec.gatewayClassName", "missing");
+    }
+    if spec.listeners.is_empty() {
+        errors.push("spec.listeners", "a Gateway needs at least one listener");
+    }
+    let mut listeners = Vec::with_capacity(spec.listeners.len());
+    for (i, l) in spec.listeners.iter().enumerate() {
+        let field = |name: &str| format!("spec.listeners[{i}].{name}");
+        if !is_dns_label(&l.name) {
+            errors.push(field("name"), format!("{:?} is not a DNS label", l.name));
+        }
+        if spec.listeners[..i].iter().any(|o| o.name == l.name) {
+            errors.push(
+                field("name"),
+                format!("{:?} is used by an earlier listener", l.name),
+            );
+        }
+        let host = l
+            .hostname
+            .as_deref()
+            .and_then(|h| hostname(&mut errors, field("hostname"), h));
+        let port = errors.port(field("port"), l.port);
+        let protocol = match l.protocol.as_str() {
+            "HTTP" => ListenerProtocol::Http,
+            "HTTPS" => ListenerProtocol::Https,
+            "" => {
+                errors.push(field("protocol"), "missing");
+                ListenerProtocol::Http
+            }
+            other => ListenerProtocol::Other(other.to_owned()),
+        };
+        let allowed = l.allowed_routes.as_ref();
+        let from = allowed
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.from.as_deref());
+        let allowed_namespaces = match from {
+            None | Some("Same") => AllowedNamespaces::Same,
+            Some("All") => AllowedNamespaces::All,
+            Some("Selector") => AllowedNamespaces::Selector,
+            Some(other) => {
+                errors.push(
+                    field("allowedRoutes.namespaces.from"),
+                    format!("must be All, Selector or Same, got {other:?}"),
+                );
+                AllowedNamespaces::Same
+            }
+        };
+        let mut allowed_kinds = Vec::new();
+        for (k, kind) in allowed
+            .map(|a| a.kinds.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match kind.group.as_deref() {
+                None | Some(wire::GROUP) => allowed_kinds.push(kind.kind.clone()),
+                Some(group) => errors.push(
+                    field(&format!("allowedRoutes.kinds[{k}].group")),
+                    format!("InvalidRouteKinds: group {group:?} has no route kinds"),
+                ),
+            }
+        }
+        listeners.push(Listener {
+            name: l.name.clone(),
+            hostname: host,
+            port: port.unwrap_or(0),
+            protocol,
+            allowed_namespaces,
+            allowed_kinds,
+        });
+    }
+    errors.finish(Gateway {
+        key: object_key(&object.metadata),
+        class: spec.gateway_class_name.clone(),
+        listeners,
+    })
+}
+
+/// Translates an HTTPRoute.
+pub fn http_route(object: &wire::HTTPRoute) -> Result<HttpRoute, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let key = object_key(&object.metadata);
+    let spec = &object.spec;
+
+    let mut parents = Vec::new();
+    for (i, p) in spec.parent_refs.iter().enumerate() {
+        let field = |name: &str| format!("spec.parentRefs[{i}].{name}");
+        let group = p.group.as_deref().unwrap_or(wire::GROUP);
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if group != wire::GROUP || kind != "Gateway" {
+            errors.push(
+                field("kind"),
+                format!(
+                    "only Gateways ({}) are parents fairlead serves, got {kind} ({group:?})",
+                    wire::GROUP
+                ),
+            );
+            continue;
+        }
+        let port = p.port.and_then(|port| errors.port(field("port"), port));
+        parents.push(ParentRef {
+            gateway: crate::types::ObjectKey::new(
+                p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+                p.name.clone(),
+            ),
+            section_name: p.section_name.clone(),
+            port,
+        });
+    }
+
+    let hostnames = spec
+        .hostnames
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| hostname(&mut errors, format!("spec.hostnames[{i}]"), h))
+        .collect();
+
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (r, rule) in spec.rules.iter().enumerate() {
+        let field = |name: &str| format!("spec.rules[{r}].{name}");
+        for (f, filter) in rule.filters.iter().enumerate() {
+            errors.push(
+                field(&format!("filters[{f}].type")),
+                format!("filter {} is not supported yet", filter.type_),
+            );
+        }
+        if rule.timeouts.is_some() {
+            errors.push(field("timeouts"), "timeouts are not supported yet");
+        }
+        let mut matches = Vec::with_capacity(rule.matches.len().max(1));
+        for (m, wire_match) in rule.matches.iter().enumerate() {
+            let field = |name: &str| format!("spec.rules[{r}].matches[{m}].{name}");
+            matches.push(route_match(&mut errors, &field, wire_match));
+        }
+        if matches.is_empty() {
+            matches.push(RouteMatch {
+                path: PathMatch::Prefix("/".to_owned()),
+                headers: Vec::new(),
+                method: None,
+            });
+        }
+        let mut backends = Vec::with_capacity(rule.backend_refs.len());
+        for (b, backend) in rule.backend_refs.iter().enumerate() {
+            let field = |name: &str| format!("spec.rules[{r}].backendRefs[{b}].{name}");
+            if let Some(backend) = route_backend(&mut errors, &field, &key.namespace, backend) {
+                backends.push(backend);
+            }
+        }
+        rules.push(HttpRouteRule { matches, backends });
+    }
+
+    let created = object
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    errors.finish(HttpRoute {
+        key,
+        created,
+        parents,
+        hostnames,
+        rules,
+    })
+}
+
+fn route_match(
+    errors: &mut Errors,
+    field: &dyn Fn(&str) -> String,
+    m: &wire::HTTPRouteMatch,
+) -> RouteMatch {
+    let value = m
+        .path
+        .as_ref()
+        .and_then(|p| p.value.clone())
+        .unwrap_or_else(|| "/".to_owned());
+    if !value.starts_with('/') {
+        errors.push(
+            field("path.value"),
+            format!("{value:?} must start with '/'"),
+        );
+    }
+    let path = match m.path.as_ref().and_then(|p| p.type_.as_deref()) {
+        None | Some("PathPrefix") => PathMatch::Prefix(value),
+        Some("Exact") => PathMatch::Exact(value),
+        Some("RegularExpression") => {
+            errors.push(
+                field("path.type"),
+                "RegularExpression paths are not supported yet",
+            );
+            PathMatch::Exact(value)
+        }
+        Some(other) => {
+            errors.push(
+                field("path.type"),
+                format!("must be Exact, PathPrefix or RegularExpression, got {other:?}"),
+            );
+            PathMatch::Exact(value)
+        }
+    };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (h, header) in m.headers.iter().enumerate() {
+        match header.type_.as_deref() {
+            None | Some("Exact") => {}
+            Some(other) => errors.push(
+                field(&format!("headers[{h}].type")),
+                format!("{other} header matches are not supported yet (Exact is)"),
+            ),
+        }
+        if !is_header_name(&header.name) {
+            errors.push(
+                field(&format!("headers[{h}].name")),
+                format!("{:?} is not a header name", header.name),
+            );
+        }
+        let name = header.name.to_ascii_lowercase();
+        if headers.iter().any(|o: &HeaderMatch| o.name == name) {
+            // The spec: only the first match of a name counts.
+            continue;
+        }
+        headers.push(HeaderMatch {
+            name,
+            value: header.value.clone(),
+        });
+    }
+    if !m.query_params.is_empty() {
+        errors.push(
+            field("queryParams"),
+            "query parameter matches are not supported yet",
+        );
+    }
+    let method = m.method.as_ref().map(|method| {
+        if !METHODS.contains(&method.as_str()) {
+            errors.push(
+                field("method"),
+                format!("must be one of {}, got {method:?}", METHODS.join(", ")),
+            );
+        }
+        method.clone()
+    });
+    RouteMatch {
+        path,
+        headers,
+        method,
+    }
+}
+
+fn route_backend(
+    errors: &mut Errors,
+    field: &dyn Fn(&str) -> String,
+    route_namespace: &str,
+    b: &wire::HTTPBackendRef,
+) -> Option<RouteBackend> {
+    if !b.filters.is_empty() {
+        errors.push(field("filters"), "backend filters are not supported yet");
+    }
+    let weight = match b.weight {
+        None => 1,
+        Some(w) if (0..=MAX_WEIGHT).contains(&w) => w.unsigned_abs(),
+        Some(w) => {
+            errors.push(
+                field("weight"),
+                format!("must be in 0..{MAX_WEIGHT}, got {w}"),
+            );
+            return None;
+        }
+    };
+    let group = b.group.as_deref().unwrap_or_default();
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    let namespace = b.namespace.as_deref().unwrap_or(route_namespace);
+    let wanted = format!("{kind} {namespace}/{}", b.name);
+    let target = if !group.is_empty() || kind != "Service" {
+        RouteBackendTarget::Invalid {
+            wanted,
+            reason: format!("InvalidKind: {kind} ({group:?}) is not a backend fairlead serves"),
+        }
+    } else if namespace != route_namespace {
+        RouteBackendTarget::Invalid {
+            wanted,
+            reason: "RefNotPermitted: cross-namespace backends need a ReferenceGrant, which is not supported yet".to_owned(),
+        }
+    } else {
+        let Some(port) = b.port else {
+            errors.push(field("port"), "required for a Service backend");
+            return None;
+        };
+        let port = errors.port(field("port"), port)?;
+        RouteBackendTarget::Service {
+            service: crate::types::ObjectKey::new(namespace, b.name.clone()),
+            port,
+        }
+    };
+    Some(RouteBackend { target, weight })
+}
+
+/// An HTTP field name: one or more `tchar`s (RFC 9110 §5.1).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::{KubeObject, decode};
+    use crate::types::ObjectKey;
+
+    fn object(yaml: &str) -> KubeObject {
+        decode(serde_yaml::from_str(yaml).unwrap()).unwrap()
+    }
+
+    fn route(yaml: &str) -> Result<HttpRoute, Vec<FieldError>> {
+        let KubeObject::HttpRoute(o) = object(yaml) else {
+            panic!("not an HTTPRoute")
+        };
+        http_route(&o)
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn gateway_class_and_gateway_decode_and_translate() {
+        let KubeObject::GatewayClass(class) = object(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: fl}\n\
+             spec: {controllerName: fairlead.dev/gateway-controller}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            gateway_class(&class).unwrap(),
+            GatewayClass {
+                name: "fl".into(),
+                controller: "fairlead.dev/gateway-controller".into()
+            }
+        );
+        let KubeObject::Gateway(gw) = object(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: infra}
+spec:
+  gatewayClassName: fl
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, hostname: "*.Example.com",
+     allowedRoutes: {namespaces: {from: All}}}
+  - {name: plain, port: 8080, protocol: HTTP}
+  - {name: tls, port: 443, protocol: TLS}
+"#,
+        ) else {
+            panic!()
+        };
+        let gw = gateway(&gw).unwrap();
+        assert_eq!(gw.key, ObjectKey::new("infra", "web"));
+        assert_eq!(gw.class, "fl");
+        assert_eq!(
+            gw.listeners[0],
+            Listener {
+                name: "http".into(),
+                hostname: Some(Hostname::Wildcard("example.com".into())),
+                port: 80,
+                protocol: ListenerProtocol::Http,
+                allowed_namespaces: AllowedNamespaces::All,
+                allowed_kinds: vec![],
+            }
+        );
+        assert_eq!(gw.listeners[1].allowed_namespaces, AllowedNamespaces::Same);
+        assert_eq!(gw.listeners[1].hostname, None);
+        assert_eq!(
+            gw.listeners[2].protocol,
+            ListenerProtocol::Other("TLS".into())
+        );
+        assert!(gw.listeners[0].allows("HTTPRoute", "shop", "infra"));
+        assert!(!gw.listeners[1].allows("HTTPRoute", "shop", "infra"));
+        assert!(gw.listeners[1].allows("HTTPRoute", "infra", "infra"));
+        assert!(!gw.listeners[1].allows("GRPCRoute", "infra", "infra"));
+    }
+
+    #[test]
+    fn http_route_defaults_and_fields() {
+        let r = route(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: web, namespace: infra, sectionName: http}, {name: other, port: 8080}]
+  hostnames: [shop.example.com, "*.shop.example.com"]
+  rules:
+  - matches:
+    - path: {type: Exact, value: /cart}
+      headers: [{name: X-Canary, value: "yes"}, {name: x-canary, value: "no"}]
+      method: POST
+    backendRefs: [{name: cart, port: 8080, weight: 3}, {name: cart-v2, port: 8080, weight: 0}]
+  - backendRefs:
+    - {name: web, port: 80}
+    - {name: web, namespace: elsewhere, port: 80}
+    - {group: example.com, kind: Bucket, name: b}
+"#,
+        )
+        .unwrap();
+        assert_eq!(r.key, ObjectKey::new("shop", "shop"));
+        assert_eq!(r.created, 1_767_225_600);
+        assert_eq!(
+            r.parents,
+            vec![
+                ParentRef {
+                    gateway: ObjectKey::new("infra", "web"),
+                    section_name: Some("http".into()),
+                    port: None
+                },
+                ParentRef {
+                    gateway: ObjectKey::new("shop", "other"),
+                    section_name: None,
+                    port: Some(8080)
+                },
+            ]
+        );
+        assert_eq!(
+            r.hostnames,
+            vec![
+                Hostname::Exact("shop.example.com".into()),
+                Hostname::Wildcard("shop.example.com".into())
+            ]
+        );
+        assert_eq!(
+            r.rules[0].matches,
+            vec![RouteMatch {
+                path: PathMatch::Exact("/cart".into()),
+                headers: vec![HeaderMatch {
+                    name: "x-canary".into(),
+                    value: "yes".into()
+                }],
+                method: Some("POST".into()),
+            }]
+        );
+        assert_eq!(r.rules[0].backends[0].weight, 3);
+        assert_eq!(r.rules[0].backends[1].weight, 0);
+        // No matches: one prefix `/` match; default weight 1.
+        assert_eq!(r.rules[1].matches[0].path, PathMatch::Prefix("/".into()));
+        assert_eq!(
+            r.rules[1].backends[0],
+            RouteBackend {
+                target: RouteBackendTarget::Service {
+                    service: ObjectKey::new("shop", "web"),
+                    port: 80
+                },
+                weight: 1
+            }
+        );
+        let reason = |b: &RouteBackend| match &b.target {
+            RouteBackendTarget::Invalid { reason, .. } => reason.clone(),
+            RouteBackendTarget::Service { .. } => String::new(),
+        };
+        assert!(reason(&r.rules[1].backends[1]).starts_with("RefNotPermitted"));
+        assert!(reason(&r.rules[1].backends[2]).starts_with("InvalidKind"));
+    }
+
+    #[test]
+    fn bad_routes_name_each_field() {
+        let errors = route(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad}
+spec:
+  parentRefs: [{name: web, kind: Service, group: ""}]
+  hostnames: ["10.0.0.1", "a..b"]
+  rules:
+  - matches:
+    - path: {type: RegularExpression, value: "/.*"}
+      method: FETCH
+    - path: {value: relative}
+      headers: [{name: "bad header", value: x}]
+    filters: [{type: RequestMirror}]
+    backendRefs: [{name: web}, {name: web, port: 80, weight: 2000000}]
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            fields(&errors),
+            vec![
+                "spec.parentRefs[0].kind: only Gateways (gateway.networking.k8s.io) are parents fairlead serves, got Service (\"\")".to_owned(),
+                "spec.hostnames[0]: \"10.0.0.1\" is not a hostname (a DNS name, optionally starting with \"*.\"; no IP addresses)".to_owned(),
+                "spec.hostnames[1]: \"a..b\" is not a hostname (a DNS name, optionally starting with \"*.\"; no IP addresses)".to_owned(),
+                "spec.rules[0].filters[0].type: filter RequestMirror is not supported yet".to_owned(),
+                "spec.rules[0].matches[0].path.type: RegularExpression paths are not supported yet".to_owned(),
+                "spec.rules[0].matches[0].method: must be one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH, got \"FETCH\"".to_owned(),
+                "spec.rules[0].matches[1].path.value: \"relative\" must start with '/'".to_owned(),
+                "spec.rules[0].matches[1].headers[0].name: \"bad header\" is not a header name".to_owned(),
+                "spec.rules[0].backendRefs[0].port: required for a Service backend".to_owned(),
+                "spec.rules[0].backendRefs[1].weight: must be in 0..1000000, got 2000000".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn wire_errors_name_the_field() {
+        let value = serde_yaml::from_str(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n\
+             spec: {gatewayClassName: fl, listeners: [{name: a, port: eighty, protocol: HTTP}]}\n",
+        )
+        .unwrap();
+        let err = decode(value).unwrap_err();
+        assert_eq!(err.error.field, "spec.listeners[0].port");
+        let value = serde_yaml::from_str(
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {name: r}\n",
+        )
+        .unwrap();
+        let err = decode(value).unwrap_err();
+        assert_eq!(err.error.field, "apiVersion");
+    }
+
+    #[test]
+    fn bad_gateway() {
+        let KubeObject::Gateway(gw) = object(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web}
+spec:
+  gatewayClassName: fl
+  listeners:
+  - {name: http, port: 0, protocol: HTTP, allowedRoutes: {namespaces: {from: Some}}}
+  - {name: http, port: 80, protocol: HTTP, hostname: "*"}
+"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            fields(&gateway(&gw).unwrap_err()),
+            vec![
+                "spec.listeners[0].port: must be a port number in 1..65535, got 0".to_owned(),
+                "spec.listeners[0].allowedRoutes.namespaces.from: must be All, Selector or Same, got \"Some\"".to_owned(),
+                "spec.listeners[1].name: \"http\" is used by an earlier listener".to_owned(),
+                "spec.listeners[1].hostname: \"*\" is not a hostname (a DNS name, optionally starting with \"*.\"; no IP addresses)".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn hostname_matching_and_intersection() {
+        let exact = |h: &str| Hostname::Exact(h.into());
+        let wild = |h: &str| Hostname::Wildcard(h.into());
+        assert!(wild("example.com").matches("a.example.com"));
+        assert!(wild("example.com").matches("a.b.example.com"));
+        assert!(!wild("example.com").matches("example.com"));
+        assert!(!wild("example.com").matches("aexample.com"));
+        assert_eq!(
+            wild("example.com").intersect(&exact("a.example.com")),
+            Some(exact("a.example.com"))
+        );
+        assert_eq!(
+            exact("a.example.com").intersect(&wild("example.com")),
+            Some(exact("a.example.com"))
+        );
+        assert_eq!(
+            exact("a.example.com").intersect(&exact("b.example.com")),
+            None
+        );
+        assert_eq!(
+            wild("example.com").intersect(&wild("a.example.com")),
+            Some(wild("a.example.com"))
+        );
+        assert_eq!(
+            wild("a.example.com").intersect(&wild("example.com")),
+            Some(wild("a.example.com"))
+        );
+        assert_eq!(wild("example.com").intersect(&wild("example.org")), None);
+        assert!(PathMatch::Prefix("/shop/".into()).matches("/shop"));
+        assert!(PathMatch::Prefix("/shop".into()).matches("/shop/cart"));
+        assert!(!PathMatch::Prefix("/shop".into()).matches("/shopping"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+}
