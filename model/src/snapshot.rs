@@ -6,6 +6,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet, Vector};
 
 use crate::error::{Problem, Severity};
+use crate::select::Locality;
 use crate::types::{Ingress, IngressClass, Node, ObjectKey, Service, ServiceKey, TlsCertificate};
 
 /// How many generations of Service changes a snapshot remembers, so that a
@@ -71,6 +72,18 @@ impl Snapshot {
     #[must_use]
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
         self.services.get(&ObjectKey::new(namespace, name))
+    }
+
+    /// Where a data plane on the node `node` runs: the name and the zone of
+    /// its Node object (no zone while that object is unknown).
+    #[must_use]
+    pub fn locality<'a>(&'a self, node: Option<&'a str>) -> Locality<'a> {
+        Locality {
+            node,
+            zone: node
+                .and_then(|n| self.nodes.get(n))
+                .and_then(|n| n.zone.as_deref()),
+        }
     }
 
     /// Whether any problem is an error (not just a warning).
