@@ -26,7 +26,7 @@ pub use error::{Error, FieldError, Origin, Problem, Severity};
 pub use health::Ready;
 pub use object::{KubeObject, decode};
 pub use select::{Locality, Purpose, Selection, Tier, Topology};
-pub use snapshot::Snapshot;
+pub use snapshot::{ChangeLog, Changes, ServiceChange, Snapshot};
 pub use types::*;
 pub use units::parse_duration;
 pub use writer::{Change, ModelWriter};
