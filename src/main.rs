@@ -336,6 +336,7 @@ fn start_ingress(
     let _entered = span.enter();
     rt.publish_ingress_status(&args.ingress_class, status)?;
     let ready = rt.ready_flag("ingress");
+    let node_name = rt.node_name().map(str::to_owned);
     let gateway = fairlead_ingress::run(
         args,
         fairlead_ingress::Context {
@@ -343,6 +344,7 @@ fn start_ingress(
             registry: &mut rt.registry,
             ready,
             cancel: rt.cancel.clone(),
+            node_name,
         },
     );
     let span = span.clone();

@@ -18,8 +18,9 @@
 //! | `<a-b-c-d>.<ns>.pod.<zone>` | A/AAAA, with `--pods insecure` (`<ns>` exists) or `verified` (a Pod of `<ns>` has that address) |
 //! | `<reverse>.in-addr.arpa`, `ip6.arpa` | PTR of ClusterIPs and served endpoints |
 //!
-//! A served endpoint is one that is not terminating and is ready (or its
-//! Service publishes not-ready addresses). A headless Service without a
+//! A served endpoint is one the model selects for DNS
+//! ([`fairlead_model::Purpose::Dns`]): ready (or its Service publishes
+//! not-ready addresses) and not terminating. A headless Service without a
 //! served endpoint has no name at all (NXDOMAIN, as in CoreDNS and the
 //! specification's 2.4.1). Names that exist without the asked
 //! type answer NODATA, names that do not exist NXDOMAIN; both carry the SOA,
@@ -30,7 +31,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use fairlead_model::{Endpoint, Service, ServiceKey, ServiceType, Snapshot};
+use fairlead_model::{
+    ChangeLog, Changes, Endpoint, Locality, Purpose, Service, ServiceKey, ServiceType, Snapshot,
+};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
@@ -326,21 +329,10 @@ pub struct Index {
     /// PTR targets by address.
     reverse: imbl::HashMap<IpAddr, Arc<[Tagged<Name>]>>,
     pods: imbl::HashMap<IpAddr, Arc<[Tagged<Arc<str>>]>>,
-    /// The last incremental updates that led to this index, oldest first:
-    /// what answer caches drop to catch up.
-    log: Arc<Vec<Delta>>,
+    /// The change log of the snapshot this index answers for: the model's
+    /// cursor tells answer caches what to drop ([`Index::changed_since`]).
+    changes: ChangeLog,
 }
-
-/// One incremental update: the Services it rebuilt, by [`service_hash`].
-#[derive(Debug)]
-struct Delta {
-    from: u64,
-    to: u64,
-    services: Vec<u64>,
-}
-
-/// Updates remembered in [`Index::changed_since`].
-const LOG_LEN: usize = 64;
 
 fn record(name: Name, ttl: u32, data: RData) -> Record {
     Record::from_rdata(name, ttl, data)
@@ -364,11 +356,6 @@ fn address_record(name: Name, ttl: u32, ip: IpAddr) -> Record {
         IpAddr::V4(v4) => record(name, ttl, RData::A(A(v4))),
         IpAddr::V6(v6) => record(name, ttl, RData::AAAA(AAAA(v6))),
     }
-}
-
-fn is_served(service: &Service, endpoint: &Endpoint) -> bool {
-    !endpoint.conditions.terminating
-        && (endpoint.conditions.ready || service.publish_not_ready_addresses)
 }
 
 fn protocol_label(protocol: fairlead_model::Protocol) -> &'static str {
@@ -568,10 +555,8 @@ fn build_service(
     }
 
     let served: Vec<&Endpoint> = service
-        .endpoints
-        .iter()
-        .filter(|e| is_served(service, e))
-        .collect();
+        .select_endpoints(None, Purpose::Dns, Locality::default())
+        .endpoints;
 
     let headless = service.service_type == ServiceType::Headless;
     if headless && served.is_empty() {
@@ -653,7 +638,7 @@ impl Index {
             services: imbl::HashMap::new(),
             reverse: imbl::HashMap::new(),
             pods: imbl::HashMap::new(),
-            log: Arc::new(Vec::new()),
+            changes: ChangeLog::default(),
             config,
         }
     }
@@ -670,48 +655,30 @@ impl Index {
     }
 
     /// The index of `snapshot`, rebuilding only the Services that changed
-    /// since this index's generation (everything when the snapshot's change
-    /// log does not reach back that far).
+    /// since this index's generation (everything when the model's change
+    /// cursor says so).
     #[must_use]
     pub fn update(&self, snapshot: &Snapshot) -> (Self, UpdateKind) {
-        let changed = if self.generation == 0 || snapshot.generation < self.generation {
-            None
-        } else {
-            snapshot.changed_services_since(self.generation)
-        };
-        let Some(changed) = changed else {
+        let changes = snapshot.changes_since(self.served());
+        if changes.everything() {
             return (Self::build(self.config.clone(), snapshot), UpdateKind::Full);
-        };
-        let mut next = self.clone();
-        let mut log: Vec<Delta> = Vec::with_capacity(LOG_LEN);
-        for delta in self
-            .log
-            .iter()
-            .skip((self.log.len() + 1).saturating_sub(LOG_LEN))
-        {
-            log.push(Delta {
-                from: delta.from,
-                to: delta.to,
-                services: delta.services.clone(),
-            });
         }
-        log.push(Delta {
-            from: self.generation,
-            to: snapshot.generation,
-            services: changed
-                .iter()
-                .map(|k| service_hash(k.namespace.as_bytes(), k.name.as_bytes()))
-                .collect(),
-        });
-        next.log = Arc::new(log);
-        for key in &changed {
+        let mut next = self.clone();
+        let mut rebuilt = 0;
+        for (key, _) in changes.services() {
             next.remove_service(key);
             if let Some(service) = snapshot.services.get(key) {
                 next.insert_service(service);
             }
+            rebuilt += 1;
         }
         next.finish(snapshot);
-        (next, UpdateKind::Incremental(changed.len()))
+        (next, UpdateKind::Incremental(rebuilt))
+    }
+
+    /// The generation this index was built from, if any snapshot.
+    fn served(&self) -> Option<u64> {
+        (self.generation != 0 || self.synced).then_some(self.generation)
     }
 
     /// The model generation this index answers for (the SOA serial).
@@ -726,23 +693,11 @@ impl Index {
         u32::try_from(self.generation & u64::from(u32::MAX)).unwrap_or(0)
     }
 
-    /// The Services (by [`service_hash`]) rebuilt between `generation` and
-    /// this index; `None` when the log does not reach back that far (or a
-    /// full rebuild happened since).
+    /// The Services (by [`service_hash`]) that changed between `generation`
+    /// and this index, from the model's change cursor; `None` when it says
+    /// everything.
     pub(crate) fn changed_since(&self, generation: u64) -> Option<HashSet<u64>> {
-        let mut changed = HashSet::new();
-        let mut at = self.generation;
-        for delta in self.log.iter().rev() {
-            if at == generation {
-                break;
-            }
-            if delta.to != at {
-                return None;
-            }
-            changed.extend(&delta.services);
-            at = delta.from;
-        }
-        (at == generation).then_some(changed)
+        service_hashes(&self.changes.changes_since(Some(generation)))
     }
 
     /// What the answer to a question about `qname` depends on, for the
@@ -816,6 +771,7 @@ impl Index {
     }
 
     fn finish(&mut self, snapshot: &Snapshot) {
+        self.changes = snapshot.change_log();
         self.generation = snapshot.generation;
         self.synced = snapshot.synced;
         let serial = self.serial();
@@ -1171,6 +1127,16 @@ impl Index {
             _ => self.nxdomain(),
         }
     }
+}
+
+/// The Services a change names, by [`service_hash`]; `None` for everything.
+fn service_hashes(changes: &Changes) -> Option<HashSet<u64>> {
+    (!changes.everything()).then(|| {
+        changes
+            .services()
+            .map(|(k, _)| service_hash(k.namespace.as_bytes(), k.name.as_bytes()))
+            .collect()
+    })
 }
 
 fn tag<T: Clone>(

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use fairlead_model::{Ready, ServiceKey, Snapshot};
+use fairlead_model::{
+    Kind, Locality, Protocol, Purpose, Ready, ServiceChange, ServiceKey, ServicePort, Snapshot,
+};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,16 +36,21 @@ struct UpstreamKey {
     protocol: UpstreamProtocol,
 }
 
-/// Turns snapshots into the state the request path reads.
+/// Turns snapshots into the state the request path reads, following the
+/// model's change cursor: routes are compiled again only when Ingresses,
+/// IngressClasses or the spec of a Service they use changed; when only a
+/// Service's endpoints did, the upstreams of that Service get their new
+/// endpoint set in place (the routes stay); certificates are rebuilt when
+/// Ingresses or Secrets changed.
 #[derive(Debug)]
 pub struct Reconciler {
     selection: ClassSelection,
     pool: Arc<PoolConfig>,
     metrics: Arc<Metrics>,
+    node_name: Option<String>,
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     referenced: HashSet<ServiceKey>,
     generation: Option<u64>,
-    ingress_generation: u64,
     default_cert: Arc<CertifiedKey>,
     certs: CertCache,
 }
@@ -60,22 +67,23 @@ pub struct Applied {
 }
 
 impl Reconciler {
-    /// A reconciler for `selection`.
+    /// A reconciler for `selection`, on the node `node_name`.
     #[must_use]
     pub fn new(
         selection: ClassSelection,
         pool: Arc<PoolConfig>,
         metrics: Arc<Metrics>,
         default_cert: Arc<CertifiedKey>,
+        node_name: Option<String>,
     ) -> Self {
         Reconciler {
             selection,
             pool,
             metrics,
+            node_name,
             upstreams: HashMap::new(),
             referenced: HashSet::new(),
             generation: None,
-            ingress_generation: 0,
             default_cert,
             certs: CertCache::default(),
         }
@@ -90,22 +98,27 @@ impl Reconciler {
         certs: &ArcSwap<CertStore>,
     ) -> Applied {
         let mut applied = Applied::default();
-        let first = self.generation.is_none();
         if self.generation == Some(snapshot.generation) {
             return applied;
         }
-        let ingress_changed = first || snapshot.ingress_generation != self.ingress_generation;
-        let changed_services = self
-            .generation
-            .and_then(|g| snapshot.changed_services_since(g));
-        let services_changed = match &changed_services {
-            None => true,
-            Some(keys) => keys.iter().any(|k| self.referenced.contains(k)),
-        };
+        let changes = snapshot.changes_since(self.generation);
+        let here = snapshot.locality(self.node_name.as_deref());
+        let ingress_changed = changes.touches(&[
+            Kind::Ingress,
+            Kind::IngressClass,
+            Kind::GatewayClass,
+            Kind::Gateway,
+            Kind::HttpRoute,
+        ]);
+        let routes_changed = ingress_changed
+            || changes
+                .services()
+                .any(|(k, c)| c == ServiceChange::Spec && self.referenced.contains(k));
+        let certificates_changed =
+            changes.touches(&[Kind::Ingress, Kind::IngressClass, Kind::Secret]);
         self.generation = Some(snapshot.generation);
-        self.ingress_generation = snapshot.ingress_generation;
 
-        if ingress_changed || services_changed {
+        if routes_changed {
             let table = RouteTable::compile(snapshot, &self.selection);
             for problem in &table.problems {
                 warn!(ingress = %problem.ingress, message = %problem.message, "route problem");
@@ -140,17 +153,7 @@ impl Reconciler {
                         ))
                     })
                     .clone();
-                let addrs: Vec<SocketAddr> = snapshot
-                    .services
-                    .get(service)
-                    .map(|svc| {
-                        svc.backends(port)
-                            .filter(|b| b.endpoint.conditions.ready)
-                            .map(|b| SocketAddr::new(b.address, b.port))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if upstream.set_endpoints(addrs) {
+                if upstream.set_endpoints(endpoints(snapshot, &key, here)) {
                     applied.endpoints += 1;
                 }
                 used.insert(key);
@@ -164,8 +167,19 @@ impl Reconciler {
             self.metrics.reloads.inc();
             routing.store(Arc::new(Routing { table, upstreams }));
             applied.routes = true;
+        } else {
+            // Only endpoints changed (or this node's zone): new endpoint sets for
+            // the upstreams of those Services, in place.
+            let relocated = changes.locality(here.node);
+            for (key, upstream) in &self.upstreams {
+                if (relocated || changes.service(&key.service).is_some())
+                    && upstream.set_endpoints(endpoints(snapshot, key, here))
+                {
+                    applied.endpoints += 1;
+                }
+            }
         }
-        if ingress_changed {
+        if certificates_changed {
             let store = CertStore::build(
                 snapshot,
                 &self.selection.class,
@@ -185,6 +199,27 @@ impl Reconciler {
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.upstreams.values()
     }
+}
+
+/// The endpoints of an upstream's Service port the model selects for the
+/// ingress (a client on this node: [`Purpose::ClusterIp`]).
+fn endpoints(snapshot: &Snapshot, key: &UpstreamKey, here: Locality<'_>) -> Vec<SocketAddr> {
+    let Some(service) = snapshot.services.get(&key.service) else {
+        return Vec::new();
+    };
+    let port: Option<&ServicePort> = service
+        .ports
+        .iter()
+        .find(|p| p.protocol == Protocol::Tcp && p.name == key.port_name && p.port == key.port);
+    port.map(|port| {
+        service
+            .select(port, None, Purpose::ClusterIp, here)
+            .endpoints
+            .iter()
+            .map(|b| SocketAddr::new(b.address, b.port))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -216,6 +251,7 @@ pub(crate) async fn run(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: Ready,
     cancel: CancellationToken,
+    node_name: Option<String>,
 ) -> Result<(), Error> {
     let default_cert = crate::tls::default_certificate(args.default_cert.as_deref())?;
     let certs = Arc::new(ArcSwap::from_pointee(CertStore::with_default(
@@ -238,6 +274,7 @@ pub(crate) async fn run(
         Arc::new(args.pool_config()),
         metrics,
         default_cert,
+        node_name,
     );
 
     // Serve nothing until the model is complete.
@@ -451,6 +488,7 @@ mod tests {
             Arc::new(pool),
             metrics,
             default,
+            None,
         );
         reconciler.apply(snapshot, &shared.routing, &certs);
         let cancel = CancellationToken::new();
@@ -641,6 +679,7 @@ mod tests {
             Arc::new(PoolConfig::default()),
             metrics,
             default,
+            None,
         );
         let s1 = load(&mut writer, web(&[a]));
         let applied = r.apply(&s1, &shared.routing, &certs);
@@ -659,11 +698,15 @@ mod tests {
         objects.push(endpoints("t", "other", "http", &[b]));
         let s2 = load(&mut writer, objects);
         assert_eq!(r.apply(&s2, &shared.routing, &certs), Applied::default());
-        // Endpoints of the routed Service: the same upstream object gets them.
+        // Endpoints of the routed Service: the same upstream object gets them,
+        // and the route table stays.
+        let table = shared.routing.load_full();
         let s3 = load(&mut writer, web(&[a, b]));
         let applied = r.apply(&s3, &shared.routing, &certs);
         assert_eq!(applied.endpoints, 1);
         assert!(!applied.certificates);
+        assert!(!applied.routes, "only endpoints changed: no recompile");
+        assert!(Arc::ptr_eq(&table, &shared.routing.load_full()));
         let now = shared.routing.load().upstreams[0].clone().unwrap();
         assert!(Arc::ptr_eq(&upstream, &now), "pools survive");
         assert_eq!(now.endpoints().len(), 2);

@@ -228,6 +228,9 @@ pub struct Context<'a> {
     pub ready: Ready,
     /// Cancelled to shut down: stop accepting, drain, return.
     pub cancel: CancellationToken,
+    /// This node's name: the ingress reaches a Service's endpoints as a
+    /// client on this node (`internalTrafficPolicy`, topology).
+    pub node_name: Option<String>,
 }
 
 /// Runs the gateway: registers its metrics (before the returned future is
@@ -240,7 +243,14 @@ pub fn run(
 ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
     let metrics =
         metrics::Metrics::register(ctx.registry.sub_registry_with_prefix("fairlead_ingress"));
-    gateway::run(args, metrics, ctx.snapshots, ctx.ready, ctx.cancel)
+    gateway::run(
+        args,
+        metrics,
+        ctx.snapshots,
+        ctx.ready,
+        ctx.cancel,
+        ctx.node_name,
+    )
 }
 
 #[cfg(test)]

@@ -436,19 +436,11 @@ impl Compiler<'_> {
                 "the Service has no such TCP port".to_owned(),
             );
         };
-        // appProtocol of the Service port, else of the EndpointSlice ports.
-        let app_protocol = found.app_protocol.as_deref().or_else(|| {
-            service.endpoints.iter().find_map(|e| {
-                e.ports
-                    .iter()
-                    .find(|p| p.name == found.name)
-                    .and_then(|p| p.app_protocol.as_deref())
-            })
-        });
+        // The model resolves appProtocol (the Service port's, else the EndpointSlice's).
         self.intern(BackendSpec::Service {
             service: service.key.clone(),
             port: found.clone(),
-            protocol: UpstreamProtocol::from_app_protocol(app_protocol),
+            protocol: UpstreamProtocol::from_app_protocol(service.app_protocol(found)),
         })
     }
 

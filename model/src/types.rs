@@ -377,6 +377,48 @@ impl Service {
         })
     }
 
+    /// Whether `other` differs from this Service in its endpoints at most: the
+    /// same spec and status, and the same resolved `appProtocol` on every port
+    /// (see [`crate::snapshot::ServiceChange`]).
+    #[must_use]
+    pub fn same_spec(&self, other: &Service) -> bool {
+        // Destructured, so that a new field cannot be forgotten here.
+        let Service {
+            key,
+            service_type,
+            cluster_ips,
+            ports,
+            external_ips,
+            load_balancer_ips,
+            load_balancer_source_ranges,
+            session_affinity,
+            external_traffic_policy,
+            internal_traffic_policy,
+            health_check_node_port,
+            publish_not_ready_addresses,
+            external_name,
+            traffic_distribution,
+            endpoints: _,
+        } = self;
+        *key == other.key
+            && *service_type == other.service_type
+            && *cluster_ips == other.cluster_ips
+            && *ports == other.ports
+            && *external_ips == other.external_ips
+            && *load_balancer_ips == other.load_balancer_ips
+            && *load_balancer_source_ranges == other.load_balancer_source_ranges
+            && *session_affinity == other.session_affinity
+            && *external_traffic_policy == other.external_traffic_policy
+            && *internal_traffic_policy == other.internal_traffic_policy
+            && *health_check_node_port == other.health_check_node_port
+            && *publish_not_ready_addresses == other.publish_not_ready_addresses
+            && *external_name == other.external_name
+            && *traffic_distribution == other.traffic_distribution
+            && ports
+                .iter()
+                .all(|p| self.app_protocol(p) == other.app_protocol(p))
+    }
+
     /// Counts of endpoints: (ready, total).
     #[must_use]
     pub fn ready_counts(&self) -> (usize, usize) {

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{FieldError, Origin, Problem, Severity};
 use crate::object::KubeObject;
-use crate::snapshot::{CHANGE_LOG_LEN, Snapshot};
+use crate::snapshot::{CHANGE_LOG_LEN, Logged, ServiceChange, Snapshot};
 use crate::translate::{self, Slice};
 use crate::types::{Kind, ObjectId, ObjectKey, Service, ServiceKey, TlsCertificate};
 
@@ -39,7 +39,9 @@ pub enum Change {
 }
 
 impl Change {
-    fn id(&self) -> ObjectId {
+    /// The object this change is about.
+    #[must_use]
+    pub fn id(&self) -> ObjectId {
         match self {
             Change::Upsert { object, .. } => object.id(),
             Change::Invalid { id, .. } | Change::Delete(id) => id.clone(),
@@ -47,22 +49,39 @@ impl Change {
     }
 }
 
-#[derive(Debug)]
+/// What the writer remembers of each object besides its translation: where
+/// it came from and what is wrong with it. The object itself is not kept:
+/// an upsert is translated and compared with the last good translation.
+#[derive(Debug, Default)]
 struct Entry {
-    /// The content last translated; `None` after an `Invalid`, so that any
-    /// later content is translated again.
-    raw: Option<KubeObject>,
     origin: Option<Origin>,
+    /// The last content did not decode (`Change::Invalid`).
+    invalid: bool,
     errors: Vec<Problem>,
+}
+
+/// The TLS material of a Secret, kept whether or not an Ingress references
+/// it (its problems are reported only when one does).
+#[derive(Debug, Default)]
+struct SecretState {
+    /// Of type `kubernetes.io/tls`.
+    is_tls: bool,
+    /// The last good material.
+    good: Option<Arc<TlsCertificate>>,
+    /// Why the last content was rejected.
+    errors: Vec<FieldError>,
 }
 
 /// What one batch touched.
 #[derive(Default)]
 struct Dirty {
     services: BTreeSet<ServiceKey>,
+    /// Objects of other kinds whose model value changed.
+    objects: BTreeSet<ObjectId>,
+    /// Ingress references must be resolved again.
     ingress: bool,
-    secrets: BTreeSet<ObjectKey>,
-    other: bool,
+    /// Everything may have changed (the model became synced).
+    everything: bool,
     problems: bool,
 }
 
@@ -79,8 +98,8 @@ pub struct ModelWriter {
     slices: HashMap<ObjectKey, Slice>,
     /// Slice names per Service.
     slices_by_service: HashMap<ServiceKey, BTreeSet<String>>,
-    /// Last good TLS material of referenced Secrets.
-    secrets: HashMap<ObjectKey, Arc<TlsCertificate>>,
+    /// TLS material of every Secret.
+    secrets: HashMap<ObjectKey, SecretState>,
     source_problems: Vec<Problem>,
     reference_problems: Vec<Problem>,
 }
@@ -163,7 +182,7 @@ impl ModelWriter {
         }
         if synced && !self.next.synced {
             self.next.synced = true;
-            dirty.other = true;
+            dirty.everything = true;
         }
         self.publish(&dirty)
     }
@@ -201,7 +220,7 @@ impl ModelWriter {
         let mut dirty = Dirty::default();
         if !self.next.synced {
             self.next.synced = true;
-            dirty.other = true;
+            dirty.everything = true;
         }
         self.publish(&dirty)
     }
@@ -210,42 +229,26 @@ impl ModelWriter {
         match change {
             Change::Upsert { object, origin } => {
                 let id = object.id();
-                let entry = self.entries.entry(id.clone()).or_insert(Entry {
-                    raw: None,
-                    origin: None,
-                    errors: Vec::new(),
-                });
-                if entry.raw.as_ref() == Some(&object) {
-                    if entry.origin != origin {
-                        entry.origin = origin;
-                        for e in &mut entry.errors {
-                            e.origin.clone_from(&entry.origin);
-                        }
-                        dirty.problems |= !entry.errors.is_empty();
-                    }
-                    return;
-                }
-                entry.origin = origin;
                 let result = self.translate(&id, &object, dirty);
-                let entry = self.entries.get_mut(&id).expect("inserted above");
-                entry.raw = Some(object);
+                let entry = self.entries.entry(id.clone()).or_default();
+                entry.origin = origin;
+                entry.invalid = false;
                 let errors = problems(result.err().unwrap_or_default(), entry.origin.as_ref(), &id);
                 if !errors.is_empty() {
                     warn!(object = %id, errors = errors.len(), "object rejected; its last good version stays in force");
                 }
-                if errors != entry.errors {
+                // A Secret's errors are reported only while an Ingress references it.
+                if id.kind != Kind::Secret && errors != entry.errors {
                     entry.errors = errors;
                     dirty.problems = true;
                 }
             }
             Change::Invalid { id, origin, error } => {
                 warn!(object = %id, %error, "object does not decode; its last good version stays in force");
-                let entry = self.entries.entry(id.clone()).or_insert(Entry {
-                    raw: None,
-                    origin: None,
-                    errors: Vec::new(),
-                });
-                entry.raw = None;
+                // A referenced Secret that does not decode is reported as such.
+                dirty.ingress |= id.kind == Kind::Secret;
+                let entry = self.entries.entry(id.clone()).or_default();
+                entry.invalid = true;
                 entry.origin.clone_from(&origin);
                 entry.errors = vec![Problem {
                     severity: Severity::Error,
@@ -264,8 +267,8 @@ impl ModelWriter {
         }
     }
 
-    /// Translates one object into the last-good state. On error nothing of
-    /// the last good version is touched.
+    /// Translates one object into the last-good state, marking what changed.
+    /// On error nothing of the last good version is touched.
     fn translate(
         &mut self,
         id: &ObjectId,
@@ -276,11 +279,16 @@ impl ModelWriter {
         match object {
             KubeObject::Service(o) => {
                 let service = translate::service(o)?;
-                self.services.insert(key.clone(), service);
-                dirty.services.insert(key);
+                if self.services.get(&key) != Some(&service) {
+                    self.services.insert(key.clone(), service);
+                    dirty.services.insert(key);
+                }
             }
             KubeObject::EndpointSlice(o) => {
                 let slice = translate::endpoint_slice(o)?;
+                if self.slices.get(&key) == Some(&slice) {
+                    return Ok(());
+                }
                 self.unlink_slice(&key, dirty);
                 self.slices_by_service
                     .entry(slice.service.clone())
@@ -291,45 +299,65 @@ impl ModelWriter {
             }
             KubeObject::Ingress(o) => {
                 let ingress = translate::ingress(o)?;
-                self.next.ingresses.insert(key, Arc::new(ingress));
-                dirty.ingress = true;
+                if put(&mut self.next.ingresses, key, ingress) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
             }
             KubeObject::IngressClass(o) => {
                 let class = translate::ingress_class(o)?;
-                self.next
-                    .ingress_classes
-                    .insert(id.name.clone(), Arc::new(class));
-                dirty.ingress = true;
+                if put(&mut self.next.ingress_classes, id.name.clone(), class) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
             }
-            KubeObject::Secret(_) => {
-                // Translated only if an Ingress references it (see `resolve_ingress`).
-                dirty.secrets.insert(key);
+            KubeObject::Secret(o) => {
+                let state = self.secrets.entry(key).or_default();
+                state.is_tls = translate::is_tls_secret(o);
+                if state.is_tls {
+                    match translate::tls_secret(o) {
+                        Ok(cert) => {
+                            state.good = Some(Arc::new(cert));
+                            state.errors.clear();
+                        }
+                        Err(errors) => state.errors = errors,
+                    }
+                }
+                // Whether the certificate served changed is decided when
+                // references are resolved.
+                dirty.ingress = true;
             }
             KubeObject::Node(o) => {
                 let node = translate::node(o)?;
-                self.next.nodes.insert(id.name.clone(), Arc::new(node));
-                dirty.other = true;
+                if put(&mut self.next.nodes, id.name.clone(), node) {
+                    dirty.objects.insert(id.clone());
+                }
             }
             KubeObject::Namespace(_) => {
-                self.next.namespaces.insert(id.name.clone());
-                dirty.other = true;
+                if self.next.namespaces.insert(id.name.clone()).is_none() {
+                    dirty.objects.insert(id.clone());
+                }
             }
             KubeObject::GatewayClass(o) => {
                 let class = translate::gateway_class(o)?;
-                self.next
-                    .gateway_classes
-                    .insert(id.name.clone(), Arc::new(class));
-                dirty.ingress = true;
+                if put(&mut self.next.gateway_classes, id.name.clone(), class) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
             }
             KubeObject::Gateway(o) => {
                 let gateway = translate::gateway(o)?;
-                self.next.gateways.insert(key, Arc::new(gateway));
-                dirty.ingress = true;
+                if put(&mut self.next.gateways, key, gateway) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
             }
             KubeObject::HttpRoute(o) => {
                 let route = translate::http_route(o)?;
-                self.next.http_routes.insert(key, Arc::new(route));
-                dirty.ingress = true;
+                if put(&mut self.next.http_routes, key, route) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
             }
         }
         Ok(())
@@ -350,27 +378,47 @@ impl ModelWriter {
     /// Drops the last good version of a deleted object.
     fn forget(&mut self, id: &ObjectId, dirty: &mut Dirty) {
         let key = id.key();
-        match id.kind {
+        let gone = match id.kind {
             Kind::Service => {
                 if self.services.remove(&key).is_some() {
                     dirty.services.insert(key);
                 }
+                false
             }
-            Kind::EndpointSlice => self.unlink_slice(&key, dirty),
-            Kind::Ingress => dirty.ingress |= self.next.ingresses.remove(&key).is_some(),
+            Kind::EndpointSlice => {
+                self.unlink_slice(&key, dirty);
+                false
+            }
+            Kind::Ingress => {
+                dirty.ingress = true;
+                self.next.ingresses.remove(&key).is_some()
+            }
             Kind::IngressClass => {
-                dirty.ingress |= self.next.ingress_classes.remove(&id.name).is_some();
+                dirty.ingress = true;
+                self.next.ingress_classes.remove(&id.name).is_some()
             }
             Kind::Secret => {
-                dirty.secrets.insert(key);
+                self.secrets.remove(&key);
+                dirty.ingress = true;
+                false
             }
-            Kind::Node => dirty.other |= self.next.nodes.remove(&id.name).is_some(),
-            Kind::Namespace => dirty.other |= self.next.namespaces.remove(&id.name).is_some(),
+            Kind::Node => self.next.nodes.remove(&id.name).is_some(),
+            Kind::Namespace => self.next.namespaces.remove(&id.name).is_some(),
             Kind::GatewayClass => {
-                dirty.ingress |= self.next.gateway_classes.remove(&id.name).is_some();
+                dirty.ingress = true;
+                self.next.gateway_classes.remove(&id.name).is_some()
             }
-            Kind::Gateway => dirty.ingress |= self.next.gateways.remove(&key).is_some(),
-            Kind::HttpRoute => dirty.ingress |= self.next.http_routes.remove(&key).is_some(),
+            Kind::Gateway => {
+                dirty.ingress = true;
+                self.next.gateways.remove(&key).is_some()
+            }
+            Kind::HttpRoute => {
+                dirty.ingress = true;
+                self.next.http_routes.remove(&key).is_some()
+            }
+        };
+        if gone {
+            dirty.objects.insert(id.clone());
         }
     }
 
@@ -409,80 +457,62 @@ impl ModelWriter {
         referenced
     }
 
-    /// Keeps a Secret's new TLS material, or records why it was rejected
-    /// (keeping the last good material). Returns whether problems changed.
-    fn record_secret(
-        &mut self,
-        id: &ObjectId,
-        result: Result<TlsCertificate, Vec<FieldError>>,
-    ) -> bool {
-        let Some(entry) = self.entries.get_mut(id) else {
-            return false;
-        };
-        match result {
-            Ok(cert) => {
-                self.secrets.insert(id.key(), Arc::new(cert));
-                let had_errors = !entry.errors.is_empty();
-                entry.errors.clear();
-                had_errors
-            }
-            Err(errors) => {
-                warn!(object = %id, "TLS Secret rejected; its last good version stays in force");
-                entry.errors = problems(errors, entry.origin.as_ref(), id);
-                true
-            }
-        }
-    }
-
-    /// Re-translates the Secrets Ingresses reference, and collects the
-    /// problems of references that do not resolve.
-    fn resolve_ingress(&mut self, dirty_secrets: &BTreeSet<ObjectKey>) -> bool {
+    /// Publishes the certificates of the Secrets Ingresses reference, and
+    /// collects the problems of references that do not resolve and of
+    /// referenced Secrets that were rejected. Returns whether problems
+    /// changed; marks the Secrets whose served certificate changed.
+    fn resolve_ingress(&mut self, dirty: &mut Dirty) -> bool {
         let now = SystemTime::now();
         let referenced = self.referenced_secrets();
         let mut changed = false;
-        self.secrets.retain(|key, _| referenced.contains_key(key));
         let mut reference_problems = Vec::new();
+        let mut certificates = imbl::OrdMap::new();
         for (secret_key, (ingress_key, tls_index)) in &referenced {
             let id = ObjectId {
                 kind: Kind::Secret,
                 namespace: secret_key.namespace.clone(),
                 name: secret_key.name.clone(),
             };
-            let raw = self.entries.get(&id).and_then(|e| e.raw.as_ref());
-            let secret = match raw {
-                Some(KubeObject::Secret(s)) if translate::is_tls_secret(s) => s,
-                other => {
-                    let why = if other.is_some() || self.entries.contains_key(&id) {
-                        "is not a valid kubernetes.io/tls Secret"
-                    } else {
-                        "does not exist"
-                    };
-                    if !self.entries.contains_key(&id) {
-                        self.secrets.remove(secret_key);
-                    }
-                    reference_problems.push(Problem {
-                        severity: Severity::Warning,
-                        origin: None,
-                        object: Some(ObjectId {
-                            kind: Kind::Ingress,
-                            namespace: ingress_key.namespace.clone(),
-                            name: ingress_key.name.clone(),
-                        }),
-                        error: FieldError::new(
-                            format!("spec.tls[{tls_index}].secretName"),
-                            format!("Secret {secret_key} {why}; the default certificate is served instead"),
-                        ),
-                    });
-                    continue;
-                }
+            let state = self.secrets.get(secret_key);
+            let why = match (self.entries.get(&id), state) {
+                (None, _) => Some("does not exist"),
+                (Some(_), Some(state)) if state.is_tls => None,
+                (Some(_), _) => Some("is not a valid kubernetes.io/tls Secret"),
             };
-            if dirty_secrets.contains(secret_key) || !self.secrets.contains_key(secret_key) {
-                let result = translate::tls_secret(secret);
-                changed |= self.record_secret(&id, result);
+            if let Some(why) = why {
+                reference_problems.push(Problem {
+                    severity: Severity::Warning,
+                    origin: None,
+                    object: Some(ObjectId {
+                        kind: Kind::Ingress,
+                        namespace: ingress_key.namespace.clone(),
+                        name: ingress_key.name.clone(),
+                    }),
+                    error: FieldError::new(
+                        format!("spec.tls[{tls_index}].secretName"),
+                        format!(
+                            "Secret {secret_key} {why}; the default certificate is served instead"
+                        ),
+                    ),
+                });
             }
-            if let Some(cert) = self.secrets.get(secret_key)
-                && cert.expired_at(now)
+            let Some(state) = state else { continue };
+            if let Some(entry) = self.entries.get_mut(&id)
+                && !entry.invalid
             {
+                let errors = problems(state.errors.clone(), entry.origin.as_ref(), &id);
+                if !errors.is_empty() && errors != entry.errors {
+                    warn!(object = %id, "TLS Secret rejected; its last good version stays in force");
+                }
+                if errors != entry.errors {
+                    entry.errors = errors;
+                    changed = true;
+                }
+            }
+            // The last good material stays in force while the Secret exists.
+            let Some(cert) = &state.good else { continue };
+            certificates.insert(secret_key.clone(), Arc::clone(cert));
+            if cert.expired_at(now) {
                 reference_problems.push(Problem {
                     severity: Severity::Warning,
                     origin: self.entries.get(&id).and_then(|e| e.origin.clone()),
@@ -499,20 +529,29 @@ impl ModelWriter {
             if id.kind == Kind::Secret
                 && !referenced.contains_key(&id.key())
                 && !entry.errors.is_empty()
-                && entry.raw.is_some()
+                && !entry.invalid
             {
                 entry.errors.clear();
                 changed = true;
             }
         }
-        let certificates: imbl::OrdMap<_, _> = self
-            .secrets
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect();
         if certificates != self.next.certificates {
+            for (key, cert) in &certificates {
+                if self
+                    .next
+                    .certificates
+                    .get(key)
+                    .is_none_or(|old| !Arc::ptr_eq(old, cert))
+                {
+                    dirty.objects.insert(secret_id(key));
+                }
+            }
+            for key in self.next.certificates.keys() {
+                if !certificates.contains_key(key) {
+                    dirty.objects.insert(secret_id(key));
+                }
+            }
             self.next.certificates = certificates;
-            changed = true;
         }
         if reference_problems != self.reference_problems {
             self.reference_problems = reference_problems;
@@ -522,44 +561,47 @@ impl ModelWriter {
     }
 
     fn publish(&mut self, dirty: &Dirty) -> u64 {
-        let generation = self.next.generation + 1;
-        let mut changed_services = Vec::new();
+        let mut dirty_objects = dirty.objects.clone();
+        let mut problems_changed = dirty.problems;
+        if dirty.ingress {
+            let mut resolved = Dirty::default();
+            problems_changed |= self.resolve_ingress(&mut resolved);
+            dirty_objects.extend(resolved.objects);
+        }
+        let mut services = Vec::new();
         for key in &dirty.services {
             let old = self.next.services.get(key);
-            match self.build_service(key) {
-                Some(service) if old.is_some_and(|o| **o == service) => {}
-                Some(service) => {
-                    self.next.services.insert(key.clone(), Arc::new(service));
-                    changed_services.push(key.clone());
+            match (old, self.build_service(key)) {
+                (Some(old), Some(new)) if **old == new => {}
+                (old, Some(new)) => {
+                    let change = match old {
+                        Some(old) if old.same_spec(&new) => ServiceChange::Endpoints,
+                        _ => ServiceChange::Spec,
+                    };
+                    self.next.services.insert(key.clone(), Arc::new(new));
+                    services.push((key.clone(), change));
                 }
-                None => {
-                    if self.next.services.remove(key).is_some() {
-                        changed_services.push(key.clone());
-                    }
+                (Some(_), None) => {
+                    self.next.services.remove(key);
+                    services.push((key.clone(), ServiceChange::Spec));
                 }
+                (None, None) => {}
             }
         }
-        let mut ingress_changed = dirty.ingress;
-        let mut problems_changed = dirty.problems;
-        if dirty.ingress || !dirty.secrets.is_empty() {
-            let resolved = self.resolve_ingress(&dirty.secrets);
-            ingress_changed |= resolved;
-            problems_changed |= resolved;
-        }
-        if changed_services.is_empty() && !ingress_changed && !problems_changed && !dirty.other {
+        if services.is_empty() && dirty_objects.is_empty() && !problems_changed && !dirty.everything
+        {
             return self.next.generation;
         }
+        let generation = self.next.generation + 1;
         self.next.generation = generation;
-        if ingress_changed {
-            self.next.ingress_generation = generation;
-        }
-        if !changed_services.is_empty() {
-            self.next
-                .changes
-                .push_back((generation, changed_services.into()));
-            while self.next.changes.len() > CHANGE_LOG_LEN {
-                self.next.changes.pop_front();
-            }
+        self.next.log.push_back(Arc::new(Logged {
+            generation,
+            everything: dirty.everything,
+            services,
+            objects: dirty_objects.into_iter().collect(),
+        }));
+        while self.next.log.len() > CHANGE_LOG_LEN {
+            self.next.log.pop_front();
         }
         if problems_changed {
             let mut problems: Vec<Problem> = self
@@ -588,6 +630,23 @@ impl ModelWriter {
         }
         self.tx.send_replace(Arc::new(self.next.clone()));
         generation
+    }
+}
+
+/// Puts `value` under `key` unless an equal value is there; whether it did.
+fn put<K: Ord + Clone, V: PartialEq>(map: &mut imbl::OrdMap<K, Arc<V>>, key: K, value: V) -> bool {
+    if map.get(&key).is_some_and(|old| **old == value) {
+        return false;
+    }
+    map.insert(key, Arc::new(value));
+    true
+}
+
+fn secret_id(key: &ObjectKey) -> ObjectId {
+    ObjectId {
+        kind: Kind::Secret,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
     }
 }
 

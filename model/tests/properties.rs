@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use fairlead_model::{Change, IpFamily, KubeObject, ModelWriter, TargetPort, decode, dump};
+use fairlead_model::{
+    Change, IpFamily, Kind, KubeObject, ModelWriter, ObjectId, ServiceChange, Snapshot, TargetPort,
+    decode, dump,
+};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -56,7 +59,133 @@ fn slices_strategy() -> impl Strategy<Value = Vec<SliceSpec>> {
     )
 }
 
+/// One step of a random history: (kind, index, variant, delete).
+type Step = (u8, usize, u8, bool);
+
+fn steps_strategy() -> impl Strategy<Value = Vec<Vec<Step>>> {
+    prop::collection::vec(
+        prop::collection::vec((0..5u8, 0..3usize, 0..3u8, any::<bool>()), 1..4),
+        1..25,
+    )
+}
+
+/// The change of one step: a Service (port variant), a slice of it, an
+/// Ingress, the Node or a Namespace; or its deletion.
+fn step_change(&(kind, i, variant, delete): &Step) -> Change {
+    let object = match kind {
+        0 => object(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc{i}"), "namespace": "ns"},
+            "spec": {"clusterIP": format!("10.96.0.{}", i + 1),
+                     "ports": [{"name": "http", "port": 80 + u16::from(variant), "targetPort": "http"}]},
+        })),
+        1 => slice(i, &(0, i, 8080, (0..=variant).map(|h| h + 1).collect())),
+        2 => object(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": format!("ing{i}"), "namespace": "ns"},
+            "spec": {"rules": [{"host": format!("h{variant}.example"), "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": format!("svc{i}"), "port": {"number": 80}}}}]}}]},
+        })),
+        3 => object(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("node{i}"), "labels": {"topology.kubernetes.io/zone": format!("zone-{variant}")}},
+        })),
+        _ => object(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns{i}")}}),
+        ),
+    };
+    if delete {
+        Change::Delete(object.id())
+    } else {
+        upsert(object)
+    }
+}
+
+/// Every id of the kinds the cursor tracks besides Services, with its value
+/// in `snapshot` (rendered).
+fn object_values(snapshot: &Snapshot) -> BTreeMap<ObjectId, String> {
+    let id = |kind, namespace: &str, name: &str| ObjectId {
+        kind,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in &snapshot.ingresses {
+        out.insert(id(Kind::Ingress, &k.namespace, &k.name), format!("{v:?}"));
+    }
+    for (k, v) in &snapshot.nodes {
+        out.insert(id(Kind::Node, "", k), format!("{v:?}"));
+    }
+    for k in &snapshot.namespaces {
+        out.insert(id(Kind::Namespace, "", k), String::new());
+    }
+    out
+}
+
 proptest! {
+    /// The change cursor: between any two generations, every Service and
+    /// object whose value differs is reported, a Service as `Endpoints` only
+    /// when its spec is the same; and from one generation to the next
+    /// (made by a batch that touched each object once), nothing else is.
+    #[test]
+    fn the_change_cursor_names_what_differs(batches in steps_strategy()) {
+        let (mut writer, _rx) = ModelWriter::new();
+        writer.set_synced();
+        let mut history = vec![writer.snapshot()];
+        let mut exact = false;
+        for batch in &batches {
+            writer.apply(batch.iter().map(step_change));
+            let snapshot = writer.snapshot();
+            if snapshot.generation != history.last().unwrap().generation {
+                history.push(snapshot);
+                let ids: std::collections::BTreeSet<_> =
+                    batch.iter().map(|s| step_change(s).id()).collect();
+                exact = ids.len() == batch.len();
+            }
+        }
+        let last = history.last().unwrap().clone();
+        for (i, old) in history.iter().enumerate() {
+            let changes = last.changes_since(Some(old.generation));
+            prop_assert!(!changes.everything());
+            let keys: std::collections::BTreeSet<_> =
+                old.services.keys().chain(last.services.keys()).cloned().collect();
+            for key in keys {
+                let (a, b) = (old.services.get(&key), last.services.get(&key));
+                let reported = changes.service(&key);
+                let next_step = exact && i + 2 == history.len();
+                match (a, b) {
+                    (Some(a), Some(b)) if a == b => {
+                        prop_assert!(!next_step || reported.is_none(), "{key} reported unchanged");
+                    }
+                    (Some(a), Some(b)) => {
+                        prop_assert!(reported.is_some(), "{key} changed, not reported");
+                        if reported == Some(ServiceChange::Endpoints) {
+                            prop_assert!(a.same_spec(b), "{key}: the spec changed");
+                        }
+                        if next_step && !a.same_spec(b) {
+                            prop_assert_eq!(reported, Some(ServiceChange::Spec));
+                        }
+                    }
+                    _ => prop_assert_eq!(reported, Some(ServiceChange::Spec), "{} came or went", key),
+                }
+            }
+            let (a, b) = (object_values(old), object_values(&last));
+            let ids: std::collections::BTreeSet<_> = a.keys().chain(b.keys()).cloned().collect();
+            for id in ids {
+                let differs = a.get(&id) != b.get(&id);
+                let reported = changes.touches_object(&id);
+                prop_assert!(!differs || reported, "{id} changed, not reported");
+                if exact && i + 2 == history.len() {
+                    prop_assert_eq!(differs, reported, "{}", id);
+                }
+            }
+        }
+        prop_assert!(last.changes_since(None).everything());
+        prop_assert!(last.changes_since(Some(last.generation + 1)).everything());
+        prop_assert!(last.changes_since(Some(last.generation)).is_empty());
+    }
+
+
     /// Every endpoint of a Service comes from a slice labelled with that
     /// Service's name in its namespace, and the named target port resolves to
     /// that slice's port.

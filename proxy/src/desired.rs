@@ -1,25 +1,25 @@
-//! What a Service should look like in the tables, by kube-proxy's rules: a pure function of
-//! the model ([`desired_frontends`]).
+//! What a Service should look like in the tables: a pure function of the model
+//! ([`desired_frontends`]). Which endpoints serve is the model's answer
+//! ([`fairlead_model::select`]); this module only lays it out as frontends.
 //!
 //! - Only Services with a virtual IP are programmed: ExternalName and headless Services are
 //!   not (DNS serves them).
 //! - Every ClusterIP (both families of a dual-stack Service) × every port is one frontend;
-//!   its backends are the endpoints of the same family, with the port resolved per endpoint
-//!   (named `targetPort`s may differ between endpoints).
-//! - `internalTrafficPolicy: Local` keeps only endpoints on this node.
-//! - Of the remaining endpoints, the ready ones are used; only when none is ready, the
-//!   terminating ones that still serve (KEP-1669); never the others.
+//!   its backends are the endpoints the model selects for [`Purpose::ClusterIp`] of the same
+//!   family, with the port resolved per endpoint (named `targetPort`s may differ between
+//!   endpoints). A terminating fallback is flagged, `internalTrafficPolicy: Local` too.
 //! - `sessionAffinity: ClientIP` sets the affinity flag and timeout.
 //!
-//! External frontends (balanced per packet on the node's interfaces, IPv4):
+//! External frontends (balanced per packet on the node's interfaces):
 //!
 //! - a NodePort (`NodePort` and `LoadBalancer` Services) is one frontend with the unspecified
 //!   address (`0.0.0.0:nodePort`), serving every node address;
 //! - every LoadBalancer ingress IP and every `externalIPs` address × port is a frontend;
-//! - their [`ExternalView`] lists the endpoints new external flows may use (Maglev): all of
-//!   them, or with `externalTrafficPolicy: Local` only this node's; `loadBalancerSourceRanges`
-//!   apply to LoadBalancer IPs;
-//! - their slots (what the node's own sockets use) list the endpoints a ClusterIP would.
+//! - their [`ExternalView`] lists the endpoints new external flows may use (Maglev): the
+//!   model's [`Purpose::External`] selection; `loadBalancerSourceRanges` apply to
+//!   LoadBalancer IPs;
+//! - their slots (what the node's own sockets use) list the [`Purpose::ExternalFromNode`]
+//!   selection.
 //!
 //! Both families: a dual-stack Service has a NodePort `0.0.0.0:nodePort` and `[::]:nodePort`.
 
@@ -29,7 +29,8 @@ use fairlead_abi::{BackendState, ServiceValue};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fairlead_model::{
-    Backend, IpFamily, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+    IpFamily, Locality, Purpose, Service, ServicePort, ServiceType, SessionAffinity, Tier,
+    TrafficPolicy,
 };
 use ipnet::IpNet;
 
@@ -78,9 +79,9 @@ pub struct DesiredBackend {
     pub local: bool,
 }
 
-/// The frontends of `service` on the node `node_name`, in a stable order.
+/// The frontends of `service` on the node `here`, in a stable order.
 #[must_use]
-pub fn desired_frontends(service: &Service, node_name: Option<&str>) -> Vec<DesiredFrontend> {
+pub fn desired_frontends(service: &Service, here: Locality<'_>) -> Vec<DesiredFrontend> {
     if matches!(
         service.service_type,
         ServiceType::Headless | ServiceType::ExternalName
@@ -103,7 +104,7 @@ pub fn desired_frontends(service: &Service, node_name: Option<&str>) -> Vec<Desi
                 continue;
             }
             let local_only = service.internal_traffic_policy == TrafficPolicy::Local;
-            let (backends, mut flags) = usable(service, port, family, node_name, local_only);
+            let (backends, mut flags) = usable(service, port, family, Purpose::ClusterIp, here);
             if local_only {
                 flags |= ServiceValue::FLAG_LOCAL_ONLY;
             }
@@ -117,14 +118,14 @@ pub fn desired_frontends(service: &Service, node_name: Option<&str>) -> Vec<Desi
             });
         }
     }
-    out.extend(external_frontends(service, node_name, &mut seen));
+    out.extend(external_frontends(service, here, &mut seen));
     out
 }
 
 /// NodePort, LoadBalancer IP and external IP frontends.
 fn external_frontends(
     service: &Service,
-    node_name: Option<&str>,
+    here: Locality<'_>,
     seen: &mut BTreeSet<Frontend>,
 ) -> Vec<DesiredFrontend> {
     let mut out = Vec::new();
@@ -169,12 +170,13 @@ fn external_frontends(
             if !seen.insert(frontend) {
                 continue;
             }
-            // The node's own sockets (and pods) use the cluster view; external flows the
-            // external one.
-            let (backends, mut flags) = usable(service, port, family, node_name, false);
+            // The node's own sockets (and pods) use the cluster-wide view; external flows
+            // the external one.
+            let (backends, mut flags) =
+                usable(service, port, family, Purpose::ExternalFromNode, here);
             flags |= affinity;
             let external = {
-                let (external, _) = usable(service, port, family, node_name, local);
+                let (external, _) = usable(service, port, family, Purpose::External, here);
                 flags |= ServiceValue::FLAG_EXTERNAL;
                 if node_port {
                     flags |= ServiceValue::FLAG_NODEPORT;
@@ -233,48 +235,32 @@ fn affinity_flags(service: &Service) -> (u8, u32) {
     }
 }
 
-/// The endpoints of `port` of the family that new connections may use: ready ones, else
-/// terminating ones that still serve (then with `FLAG_TERMINATING_FALLBACK`); only this
-/// node's when `local_only`.
+/// The endpoints of `port` of the family the model selects for `purpose`, as backends: active,
+/// or terminating with `FLAG_TERMINATING_FALLBACK` when the model fell back to them.
 fn usable(
     service: &Service,
     port: &ServicePort,
     family: IpFamily,
-    node_name: Option<&str>,
-    local_only: bool,
+    purpose: Purpose,
+    here: Locality<'_>,
 ) -> (Vec<DesiredBackend>, u8) {
-    let candidates: Vec<Backend<'_>> = service
-        .backends(port)
-        .filter(|b| IpFamily::of(&b.address) == family)
-        .filter(|b| !local_only || is_local(b.endpoint.node_name.as_deref(), node_name))
-        .collect();
-    let to_desired = |b: &Backend<'_>, state: BackendState| DesiredBackend {
-        address: b.address,
-        port: b.port,
-        state: state as u8,
-        local: is_local(b.endpoint.node_name.as_deref(), node_name),
+    let selection = service.select(port, Some(family), purpose, here);
+    let (state, flags) = match selection.tier {
+        Tier::Ready => (BackendState::Active, 0),
+        Tier::Terminating => (
+            BackendState::Terminating,
+            ServiceValue::FLAG_TERMINATING_FALLBACK,
+        ),
     };
-    let ready: BTreeSet<DesiredBackend> = candidates
+    let backends: BTreeSet<DesiredBackend> = selection
+        .endpoints
         .iter()
-        .filter(|b| b.endpoint.conditions.ready)
-        .map(|b| to_desired(b, BackendState::Active))
+        .map(|b| DesiredBackend {
+            address: b.address,
+            port: b.port,
+            state: state as u8,
+            local: here.hosts(b.endpoint),
+        })
         .collect();
-    if !ready.is_empty() {
-        return (ready.into_iter().collect(), 0);
-    }
-    let terminating: BTreeSet<DesiredBackend> = candidates
-        .iter()
-        .filter(|b| b.endpoint.conditions.serving && b.endpoint.conditions.terminating)
-        .map(|b| to_desired(b, BackendState::Terminating))
-        .collect();
-    let flags = if terminating.is_empty() {
-        0
-    } else {
-        ServiceValue::FLAG_TERMINATING_FALLBACK
-    };
-    (terminating.into_iter().collect(), flags)
-}
-
-fn is_local(endpoint_node: Option<&str>, this_node: Option<&str>) -> bool {
-    matches!((endpoint_node, this_node), (Some(a), Some(b)) if a == b)
+    (backends.into_iter().collect(), flags)
 }

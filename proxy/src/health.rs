@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fairlead_model::{Ready, Service, ServiceKey, Snapshot, TrafficPolicy};
+use fairlead_model::{Locality, Purpose, Ready, Service, ServiceKey, Snapshot, TrafficPolicy};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -37,18 +37,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 /// The ready endpoints of `service` on the node `node_name`: what the health server of the
-/// Service reports (kube-proxy's "local ready endpoints"). An endpoint counts once however
-/// many addresses (families) its Pod has; without a node name nothing is local.
+/// Service reports (kube-proxy's "local ready endpoints", the model's
+/// [`Purpose::HealthCheck`] selection). An endpoint counts once however many addresses
+/// (families) its Pod has; without a node name nothing is local.
 #[must_use]
 pub fn local_ready_endpoints(service: &Service, node_name: Option<&str>) -> usize {
-    let Some(node) = node_name else {
-        return 0;
+    let here = Locality {
+        node: node_name,
+        zone: None,
     };
     let mut seen = BTreeSet::new();
     service
+        .select_endpoints(None, Purpose::HealthCheck, here)
         .endpoints
-        .iter()
-        .filter(|e| e.conditions.ready && e.node_name.as_deref() == Some(node))
+        .into_iter()
         .filter(|e| match &e.target_ref {
             Some(target) => seen.insert(format!(
                 "{}/{}/{}",
@@ -168,17 +170,16 @@ impl HealthServers {
     /// Brings the servers to what `snapshot` asks for. Must run inside a tokio runtime
     /// (servers are tasks).
     pub fn sync(&mut self, snapshot: &Snapshot) {
-        let changed = self
-            .applied
-            .and_then(|generation| snapshot.changed_services_since(generation));
-        let mut todo: BTreeSet<ServiceKey> = match changed {
-            Some(keys) => keys,
-            None => snapshot
+        let changes = snapshot.changes_since(self.applied);
+        let mut todo: BTreeSet<ServiceKey> = if changes.everything() {
+            snapshot
                 .services
                 .keys()
                 .cloned()
                 .chain(self.servers.keys().cloned())
-                .collect(),
+                .collect()
+        } else {
+            changes.services().map(|(key, _)| key.clone()).collect()
         };
         todo.extend(std::mem::take(&mut self.failed));
         // Stops first, so a port moving from one Service to another is free for the start.

@@ -12,9 +12,10 @@
 //! found in pinned maps are adopted ([`Reconciler::adopt`]). Backend ids are allocated
 //! upwards and not reused while the 32-bit space lasts; rev-NAT ids are allocated round-robin.
 //!
-//! A sync costs O(changed Services): [`Snapshot::changed_services_since`] names them; only
-//! when the snapshot's change log no longer reaches back to the last applied generation is
-//! every Service compared (and what nobody claims pruned).
+//! A sync costs O(changed Services): the model's change cursor ([`Snapshot::changes_since`])
+//! names them; only when it says everything (first sync, a reader behind its log) or this
+//! node's Node changed (its zone decides topology) is every Service compared (and what nobody
+//! claims pruned).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -380,12 +381,10 @@ impl Reconciler {
     pub fn sync(&mut self, snapshot: &Snapshot, maps: &mut impl LbMaps) -> SyncReport {
         let mut report = SyncReport::default();
         self.capacity = Table::ALL.map(|t| maps.capacity(t));
-        let changed = self
-            .applied
-            .and_then(|generation| snapshot.changed_services_since(generation));
-        let mut todo: BTreeSet<ServiceKey> = if let Some(keys) = changed {
-            keys
-        } else {
+        let changes = snapshot.changes_since(self.applied);
+        let node_name = self.node_name.clone();
+        let here = snapshot.locality(node_name.as_deref());
+        let mut todo: BTreeSet<ServiceKey> = if changes.locality(here.node) {
             report.full = true;
             snapshot
                 .services
@@ -393,6 +392,8 @@ impl Reconciler {
                 .cloned()
                 .chain(self.by_service.keys().cloned())
                 .collect()
+        } else {
+            changes.services().map(|(key, _)| key.clone()).collect()
         };
         todo.extend(std::mem::take(&mut self.failed));
         let mut done = BTreeSet::new();
@@ -404,7 +405,7 @@ impl Reconciler {
             for key in std::mem::take(&mut todo) {
                 let service = snapshot.services.get(&key);
                 let desired = service
-                    .map(|s| desired_frontends(s, self.node_name.as_deref()))
+                    .map(|s| desired_frontends(s, here))
                     .unwrap_or_default();
                 report.services_compared += 1;
                 self.sync_service(&key, desired, maps, &mut report, &mut requeue);

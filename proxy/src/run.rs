@@ -130,10 +130,12 @@ pub struct Args {
     /// Size of the Maglev map (one 64 KiB entry per external frontend).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::MAGLEV_MAX_ENTRIES)]
     pub map_maglev: u32,
-    /// Size of each conntrack map (LRU, TCP and the rest apart; two entries per flow).
+    /// Size of each conntrack map (LRU; IPv4 and IPv6, TCP and the rest apart; two entries
+    /// per flow).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::CT_MAX_ENTRIES)]
     pub map_ct: u32,
-    /// Size of the loadBalancerSourceRanges trie (one entry per range and frontend).
+    /// Size of each loadBalancerSourceRanges trie (IPv4 and IPv6; one entry per range and
+    /// frontend).
     #[arg(long, value_name = "ENTRIES", default_value_t = maps::SOURCE_RANGE_MAX_ENTRIES)]
     pub map_source_ranges: u32,
     /// Source address for external flows sent to backends on other nodes (default: this
@@ -172,22 +174,33 @@ impl Args {
         }
     }
 
-    /// The load options these flags ask for.
+    /// The size the flags give the maps of `sizing` (`None`: fixed by the contract).
+    #[must_use]
+    pub fn map_size(&self, sizing: maps::Sizing) -> Option<u32> {
+        use maps::Sizing;
+        match sizing {
+            Sizing::Fixed => None,
+            Sizing::Services => Some(self.map_services),
+            Sizing::Backends => Some(self.map_backends),
+            Sizing::RevNat => Some(self.map_rev_nat),
+            Sizing::Affinity => Some(self.map_affinity),
+            Sizing::Maglev => Some(self.map_maglev),
+            Sizing::Conntrack => Some(self.map_ct),
+            Sizing::SourceRanges => Some(self.map_source_ranges),
+        }
+    }
+
+    /// The load options these flags ask for: every map of the object sized by its flag
+    /// ([`maps::MapSpec::sizing`]), IPv4 and IPv6 alike.
     #[must_use]
     pub fn load_options(&self) -> LoadOptions {
-        LoadOptions::new()
-            .pin_maps_under(&self.bpffs)
-            .map_size(maps::SERVICES4, self.map_services)
-            .map_size(maps::SERVICES6, self.map_services)
-            .map_size(maps::BACKENDS4, self.map_backends)
-            .map_size(maps::BACKENDS6, self.map_backends)
-            .map_size(maps::REV_NAT4, self.map_rev_nat)
-            .map_size(maps::REV_NAT6, self.map_rev_nat)
-            .map_size(maps::AFFINITY, self.map_affinity)
-            .map_size(maps::MAGLEV, self.map_maglev)
-            .map_size(maps::CT4_TCP, self.map_ct)
-            .map_size(maps::CT4_ANY, self.map_ct)
-            .map_size(maps::SOURCE_RANGES4, self.map_source_ranges)
+        maps::ALL.iter().fold(
+            LoadOptions::new().pin_maps_under(&self.bpffs),
+            |options, spec| match self.map_size(spec.sizing) {
+                Some(entries) => options.map_size(spec.name, entries),
+                None => options,
+            },
+        )
     }
 }
 

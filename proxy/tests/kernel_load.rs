@@ -76,6 +76,45 @@ fn loads_every_program_and_map() {
     }
 }
 
+/// The sizing flags size every map of their kind, IPv6 as well as IPv4: `--map-ct N`
+/// gives all four conntrack maps N entries, `--map-source-ranges` both tries.
+#[test]
+fn sizing_flags_size_the_ipv4_and_ipv6_maps_alike() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: fairlead_proxy::Args,
+    }
+    if !privileged("kernel_load::sizing_flags_size_the_ipv4_and_ipv6_maps_alike") {
+        return;
+    }
+    let pins = TestPinDir::new("sizing").expect("create a pin directory on bpffs");
+    let bpffs = pins.path().join("maps");
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "proxy",
+        "--bpffs",
+        bpffs.to_str().unwrap(),
+        "--map-ct",
+        "4096",
+        "--map-source-ranges",
+        "128",
+    ])
+    .unwrap();
+    let datapath = check(Datapath::load(&cli.args.load_options()));
+    for (name, entries) in [
+        (maps::CT4_TCP, 4096),
+        (maps::CT4_ANY, 4096),
+        (maps::CT6_TCP, 4096),
+        (maps::CT6_ANY, 4096),
+        (maps::SOURCE_RANGES4, 128),
+        (maps::SOURCE_RANGES6, 128),
+        (maps::SERVICES6, maps::SERVICE_MAX_ENTRIES),
+    ] {
+        let info = check(datapath.map_info(name));
+        assert_eq!(info.max_entries(), entries, "max_entries of {name}");
+    }
+}
+
 #[test]
 fn pinned_maps_are_adopted_and_checked() {
     if !privileged("kernel_load::pinned_maps_are_adopted_and_checked") {

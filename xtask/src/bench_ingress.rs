@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fairlead_model::source::ManifestDir;
-use fairlead_model::{IngressBackend, ModelWriter, PortRef, Snapshot};
+use fairlead_model::{IngressBackend, Locality, ModelWriter, PortRef, Purpose, Snapshot};
 
 /// Options of the ingress benchmark.
 #[derive(clap::Args, Debug)]
@@ -461,9 +461,11 @@ fn routes(snapshot: &Snapshot) -> Result<Vec<(String, String, Vec<SocketAddr>)>>
                         PortRef::Name(n) => p.name == *n,
                     })
                     .context("bench Service port missing")?;
+                // The gateway's own choice (no node name: no locality).
                 let endpoints = service
-                    .backends(port)
-                    .filter(|b| b.endpoint.conditions.ready)
+                    .select(port, None, Purpose::ClusterIp, Locality::default())
+                    .endpoints
+                    .iter()
                     .map(|b| SocketAddr::new(b.address, b.port))
                     .collect();
                 out.push((host.clone(), path.path.clone(), endpoints));
@@ -849,6 +851,7 @@ fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
             registry: &mut registry,
             ready: fairlead_model::Ready::new(),
             cancel: cancel.clone(),
+            node_name: None,
         },
     ));
     wait_port(http)?;

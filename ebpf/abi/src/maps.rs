@@ -138,8 +138,33 @@ pub struct MapSpec {
     pub value_size: u32,
     /// Default maximum number of entries.
     pub max_entries: u32,
+    /// Which sizing flag resizes it.
+    pub sizing: Sizing,
     /// Map flags (`BPF_F_*`).
     pub flags: u32,
+}
+
+/// What sets a map's size at load time: each kind of map has one sizing flag of
+/// `fairlead proxy` (`--map-ct`, ...), and the IPv4 and IPv6 maps of a kind share it.
+/// Every map of [`ALL`] names its own, so a new map cannot miss its flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sizing {
+    /// No flag: the size is part of the contract ([`MapSpec::max_entries`]).
+    Fixed,
+    /// The service maps (`--map-services`).
+    Services,
+    /// The backend maps (`--map-backends`).
+    Backends,
+    /// The rev-NAT maps (`--map-rev-nat`).
+    RevNat,
+    /// The session-affinity map (`--map-affinity`).
+    Affinity,
+    /// The Maglev map (`--map-maglev`).
+    Maglev,
+    /// The conntrack maps (`--map-ct`).
+    Conntrack,
+    /// The `loadBalancerSourceRanges` tries (`--map-source-ranges`).
+    SourceRanges,
 }
 
 #[expect(
@@ -158,6 +183,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<Service4Key>(),
         value_size: size32::<ServiceValue>(),
         max_entries: SERVICE_MAX_ENTRIES,
+        sizing: Sizing::Services,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -166,6 +192,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<BackendId>(),
         value_size: size32::<Backend4>(),
         max_entries: BACKEND_MAX_ENTRIES,
+        sizing: Sizing::Backends,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -174,6 +201,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<RevNatId>(),
         value_size: size32::<RevNat4>(),
         max_entries: REV_NAT_MAX_ENTRIES,
+        sizing: Sizing::RevNat,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -182,6 +210,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<Service6Key>(),
         value_size: size32::<ServiceValue>(),
         max_entries: SERVICE_MAX_ENTRIES,
+        sizing: Sizing::Services,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -190,6 +219,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<BackendId>(),
         value_size: size32::<Backend6>(),
         max_entries: BACKEND_MAX_ENTRIES,
+        sizing: Sizing::Backends,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -198,6 +228,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<RevNatId>(),
         value_size: size32::<RevNat6>(),
         max_entries: REV_NAT_MAX_ENTRIES,
+        sizing: Sizing::RevNat,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -206,6 +237,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<u32>(),
         value_size: size32::<u64>(),
         max_entries: COUNTERS_MAX_ENTRIES,
+        sizing: Sizing::Fixed,
         flags: 0,
     },
     MapSpec {
@@ -214,6 +246,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<i32>(),
         value_size: size32::<SockRevNat4Table>(),
         max_entries: 0,
+        sizing: Sizing::Fixed,
         flags: BPF_F_NO_PREALLOC,
     },
     MapSpec {
@@ -222,6 +255,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<i32>(),
         value_size: size32::<SockRevNat6Table>(),
         max_entries: 0,
+        sizing: Sizing::Fixed,
         flags: BPF_F_NO_PREALLOC,
     },
     MapSpec {
@@ -230,6 +264,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<AffinityKey>(),
         value_size: size32::<AffinityValue>(),
         max_entries: AFFINITY_MAX_ENTRIES,
+        sizing: Sizing::Affinity,
         flags: 0,
     },
     MapSpec {
@@ -238,6 +273,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<MaglevKey>(),
         value_size: size32::<MaglevTable>(),
         max_entries: MAGLEV_MAX_ENTRIES,
+        sizing: Sizing::Maglev,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -246,6 +282,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<Ct4Key>(),
         value_size: size32::<CtValue>(),
         max_entries: CT_MAX_ENTRIES,
+        sizing: Sizing::Conntrack,
         flags: 0,
     },
     MapSpec {
@@ -254,6 +291,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<Ct4Key>(),
         value_size: size32::<CtValue>(),
         max_entries: CT_MAX_ENTRIES,
+        sizing: Sizing::Conntrack,
         flags: 0,
     },
     MapSpec {
@@ -262,6 +300,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<Be32>(),
         value_size: size32::<NodeAddr>(),
         max_entries: ADDR_MAX_ENTRIES,
+        sizing: Sizing::Fixed,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -270,6 +309,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<u32>(),
         value_size: size32::<Be32>(),
         max_entries: ADDR_MAX_ENTRIES,
+        sizing: Sizing::Fixed,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -278,6 +318,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: 4 + size32::<SourceRange4Key>(),
         value_size: size32::<u8>(),
         max_entries: SOURCE_RANGE_MAX_ENTRIES,
+        sizing: Sizing::SourceRanges,
         flags: BPF_F_NO_PREALLOC,
     },
     MapSpec {
@@ -286,6 +327,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<Ct6Key>(),
         value_size: size32::<Ct6Value>(),
         max_entries: CT_MAX_ENTRIES,
+        sizing: Sizing::Conntrack,
         flags: 0,
     },
     MapSpec {
@@ -294,6 +336,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<Ct6Key>(),
         value_size: size32::<Ct6Value>(),
         max_entries: CT_MAX_ENTRIES,
+        sizing: Sizing::Conntrack,
         flags: 0,
     },
     MapSpec {
@@ -302,6 +345,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: 16,
         value_size: size32::<NodeAddr>(),
         max_entries: ADDR_MAX_ENTRIES,
+        sizing: Sizing::Fixed,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -310,6 +354,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<u32>(),
         value_size: 16,
         max_entries: ADDR_MAX_ENTRIES,
+        sizing: Sizing::Fixed,
         flags: HASH_MAP_FLAGS,
     },
     MapSpec {
@@ -318,6 +363,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: 4 + size32::<SourceRange6Key>(),
         value_size: size32::<u8>(),
         max_entries: SOURCE_RANGE_MAX_ENTRIES,
+        sizing: Sizing::SourceRanges,
         flags: BPF_F_NO_PREALLOC,
     },
     MapSpec {
@@ -326,6 +372,7 @@ pub const ALL: [MapSpec; 22] = [
         key_size: size32::<u32>(),
         value_size: size32::<u64>(),
         max_entries: 1,
+        sizing: Sizing::Fixed,
         flags: 0,
     },
 ];
@@ -338,7 +385,27 @@ pub fn spec(name: &str) -> Option<&'static MapSpec> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ALL, NAME_MAX_LEN, spec};
+    use super::{ALL, NAME_MAX_LEN, Sizing, spec};
+
+    #[test]
+    fn the_ipv4_and_ipv6_maps_of_a_kind_are_sized_alike() {
+        let mut pairs = 0;
+        for map in &ALL {
+            let Some(v6) = map.name.contains('4').then(|| map.name.replace('4', "6")) else {
+                continue;
+            };
+            let other = spec(&v6).unwrap_or_else(|| panic!("{} has no IPv6 twin", map.name));
+            assert_eq!(map.sizing, other.sizing, "{} and {}", map.name, other.name);
+            assert_eq!(
+                map.max_entries, other.max_entries,
+                "{} and {}",
+                map.name, other.name
+            );
+            pairs += 1;
+        }
+        assert_eq!(pairs, 9);
+        assert!(ALL.iter().filter(|m| m.sizing == Sizing::Conntrack).count() == 4);
+    }
 
     #[test]
     fn names_fit_the_kernel_and_are_unique() {

@@ -30,7 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::Client;
 use crate::error::Error;
 use crate::snapshot::Snapshot;
-use crate::types::ObjectKey;
+use crate::types::{Kind, ObjectKey};
 
 /// The subresource the status writer patches (see [`super::API_ACCESS`]).
 pub const INGRESS_STATUS: &str = "ingresses/status";
@@ -326,7 +326,7 @@ impl IngressStatusWriter {
         let span = info_span!("ingress_status", class = %self.config.class);
         async move {
             info!(addresses = ?self.config.addresses, "publishing Ingress status");
-            let mut ingress_generation = None;
+            let mut served = None;
             let mut deadline = tokio::time::Instant::now();
             loop {
                 let snapshot = model.borrow_and_update().clone();
@@ -338,11 +338,13 @@ impl IngressStatusWriter {
                     continue;
                 }
                 let addresses = self.config.addresses.resolve(&snapshot);
-                let due = ingress_generation != Some(snapshot.ingress_generation)
+                let due = snapshot
+                    .changes_since(served)
+                    .touches(&[Kind::Ingress, Kind::IngressClass])
                     || addresses != self.last_addresses
                     || tokio::time::Instant::now() >= deadline;
                 if due {
-                    ingress_generation = Some(snapshot.ingress_generation);
+                    served = Some(snapshot.generation);
                     let failures = self.reconcile(&client, &snapshot, addresses).await;
                     let wait = if failures > 0 {
                         RETRY
