@@ -405,6 +405,11 @@ impl FakeApiserver {
 
     /// A kube client pointed at the fake.
     pub(crate) fn client(&self) -> kube::Client {
+        // kube builds a TLS connector even for http:// from the process-wide
+        // rustls provider; with the whole workspace's features (ring and
+        // aws-lc-rs, the latter from the ingress) none is chosen by itself.
+        // The binary installs ring the same way (`source::kube::client`).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
         kube::Client::try_from(config).unwrap()
     }
