@@ -114,30 +114,12 @@ cleanup_previous() {
     rm -rf "$bpffs"
 }
 cleanup_previous
-for ns in "$ext" "$node"; do
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-done
-ip -n "$node" link add eth0 type veth peer name eth0 netns "$ext"
-ip -n "$node" addr add 192.168.50.10/24 dev eth0
-ip -n "$node" link set eth0 up
-ip -n "$ext" addr add 192.168.50.100/24 dev eth0
-ip -n "$ext" link set eth0 up
-ip -n "$node" link add cbr0 type bridge
-ip -n "$node" addr add 10.244.1.1/24 dev cbr0
-ip -n "$node" link set cbr0 up
-ip netns exec "$node" sysctl -qw net.ipv4.ip_forward=1
+# shellcheck source=scripts/demo/topology.sh
+. scripts/demo/topology.sh
+build_topology
 mkdir "$cg"
-n=11
 for pod in "${pods[@]}"; do
     ns="$p-web-$pod"
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip -n "$node" link add "veth-$pod" type veth peer name eth0 netns "$ns"
-    ip -n "$node" link set "veth-$pod" master cbr0 up
-    ip -n "$ns" addr add "10.244.1.$n/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" route add default via 10.244.1.1
     # What the kubelet writes into a pod of namespace shop (`ip netns exec`
     # mounts it over /etc/resolv.conf).
     mkdir -p "/etc/netns/$ns"
@@ -146,18 +128,11 @@ search shop.svc.cluster.local svc.cluster.local cluster.local
 nameserver 10.96.0.10
 options ndots:5
 EOF
-    n=$((n + 1))
 done
 ok "namespaces $ext, $node, ${pods[*]/#/$p-web-}; pod processes in cgroup $cg"
 if [ -n "$image" ]; then
     # A pod for the ingress gateway Deployment, wired as CNI would.
-    ip netns add "$gateway"
-    ip -n "$gateway" link set lo up
-    ip -n "$node" link add veth-gw type veth peer name eth0 netns "$gateway"
-    ip -n "$node" link set veth-gw master cbr0 up
-    ip -n "$gateway" addr add 10.244.1.20/24 dev eth0
-    ip -n "$gateway" link set eth0 up
-    ip -n "$gateway" route add default via 10.244.1.1
+    add_pod "$gateway" veth-gw 10.244.1.20
     ok "namespace $gateway (10.244.1.20): the pod of the ingress gateway Deployment"
 fi
 

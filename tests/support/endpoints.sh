@@ -61,32 +61,10 @@ cleanup_previous() {
 cleanup_previous
 
 # --- topology ---------------------------------------------------------------------
-for ns in "$ext" "$node"; do
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-done
-ip -n "$node" link add eth0 type veth peer name eth0 netns "$ext"
-ip -n "$node" addr add 192.168.50.10/24 dev eth0
-ip -n "$node" link set eth0 up
-ip -n "$ext" addr add 192.168.50.100/24 dev eth0
-ip -n "$ext" link set eth0 up
-ip -n "$node" link add cbr0 type bridge
-ip -n "$node" addr add 10.244.1.1/24 dev cbr0
-ip -n "$node" link set cbr0 up
-ip netns exec "$node" sysctl -qw net.ipv4.ip_forward=1
+# shellcheck source=scripts/demo/topology.sh
+. scripts/demo/topology.sh
+build_topology
 mkdir "$cg"
-n=11
-for pod in "${pods[@]}"; do
-    ns="$p-web-$pod"
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-    ip -n "$node" link add "veth-$pod" type veth peer name eth0 netns "$ns"
-    ip -n "$node" link set "veth-$pod" master cbr0 up
-    ip -n "$ns" addr add "10.244.1.$n/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" route add default via 10.244.1.1
-    n=$((n + 1))
-done
 in_pod() {
     local pod="$1"
     shift
