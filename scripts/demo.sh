@@ -136,24 +136,7 @@ if [ -n "$image" ]; then
     ok "namespace $gateway (10.244.1.20): the pod of the ingress gateway Deployment"
 fi
 
-# Runs a command as a process of pod web-$1: in its network namespace and in
-# the cgroup fairlead balances.
-in_pod() {
-    local pod="$1"
-    shift
-    sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" \
-        ip netns exec "$p-web-$pod" "$@"
-}
-in_ext() { ip netns exec "$ext" "$@"; }
-in_node() { nsenter --net="/run/netns/$node" "$@"; }
-
-for pod in "${pods[@]}"; do
-    in_pod "$pod" python3 scripts/demo/pod.py "web-$pod" 8080 >"$work/web-$pod.log" 2>&1 &
-done
-for pod in "${pods[@]}"; do
-    for _ in $(seq 100); do grep -q ready "$work/web-$pod.log" 2>/dev/null && break; sleep 0.1; done
-    grep -q ready "$work/web-$pod.log" || fail "pod web-$pod did not start: $(cat "$work/web-$pod.log")"
-done
+start_pods
 ok "web-a, web-b and web-c serve HTTP on :8080"
 
 # --- fairlead node ------------------------------------------------------------

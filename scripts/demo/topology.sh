@@ -1,5 +1,6 @@
 # The demo topology, shared by scripts/demo.sh and tests/support/endpoints.sh
-# (sourced; uses their variables p, ext, node and pods, and runs as root):
+# (sourced; uses their variables p, ext, node, pods, cg and work and their
+# fail function, and runs as root):
 # an outside client $ext and node-a $node joined by a veth (192.168.50.100 and
 # .10), a bridge cbr0 (10.244.1.1/24) on the node with forwarding on, and one
 # pod namespace $p-web-<pod> per name in pods, at 10.244.1.11, .12, ...
@@ -36,5 +37,29 @@ build_topology() {
     for pod in "${pods[@]}"; do
         add_pod "$p-web-$pod" "veth-$pod" "10.244.1.$n"
         n=$((n + 1))
+    done
+}
+
+# Runs a command as a process of pod web-$1: in its network namespace and in
+# the cgroup $cg that fairlead balances.
+in_pod() {
+    local pod="$1"
+    shift
+    sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" \
+        ip netns exec "$p-web-$pod" "$@"
+}
+in_ext() { ip netns exec "$ext" "$@"; }
+in_node() { nsenter --net="/run/netns/$node" "$@"; }
+
+# start_pods: each pod serves HTTP on :8080, answering with its name (logs in
+# $work/web-<pod>.log); returns once all say ready, else calls fail.
+start_pods() {
+    local pod
+    for pod in "${pods[@]}"; do
+        in_pod "$pod" python3 scripts/demo/pod.py "web-$pod" 8080 >"$work/web-$pod.log" 2>&1 &
+    done
+    for pod in "${pods[@]}"; do
+        for _ in $(seq 100); do grep -q ready "$work/web-$pod.log" 2>/dev/null && break; sleep 0.1; done
+        grep -q ready "$work/web-$pod.log" || fail "pod web-$pod did not start: $(cat "$work/web-$pod.log")"
     done
 }
