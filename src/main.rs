@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use runtime::SourceArgs;
 use tracing::Instrument as _;
 
+mod explain;
 mod runtime;
 mod telemetry;
 
@@ -97,6 +98,12 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
         telemetry_addr: std::net::SocketAddr,
     },
+    /// Explain one Service's whole story (its DNS records, kernel frontends
+    /// and backends, the routes that send traffic to it) or what the ingress
+    /// does with one request, from a running fairlead or a manifest
+    /// directory; each part with the model generation it comes from, and
+    /// every disagreement between components and the model flagged.
+    Explain(ExplainArgs),
     /// Print a shell completion script, e.g. `fairlead completions bash >
     /// /etc/bash_completion.d/fairlead`.
     Completions {
@@ -106,6 +113,43 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. `fairlead man | man -l -`.
     Man,
+}
+
+/// `fairlead explain`.
+#[derive(clap::Args, Debug)]
+struct ExplainArgs {
+    #[command(subcommand)]
+    what: ExplainWhat,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Explain from this directory of manifests (with the default flags:
+    /// zone cluster.local, IngressClass fairlead, no node) instead of
+    /// asking a running fairlead.
+    #[arg(long, value_name = "DIR", global = true)]
+    manifests: Option<PathBuf>,
+    /// The telemetry listener of the running fairlead.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9402",
+        global = true
+    )]
+    telemetry_addr: std::net::SocketAddr,
+}
+
+#[derive(Subcommand, Debug)]
+enum ExplainWhat {
+    /// A Service: `fairlead explain service NAMESPACE/NAME`.
+    Service {
+        /// NAMESPACE/NAME.
+        service: String,
+    },
+    /// A request: `fairlead explain request https://HOST/PATH`.
+    Request {
+        /// http://HOST/PATH or https://HOST/PATH.
+        url: String,
+    },
 }
 
 /// `fairlead node`: every component's flags, and switches.
@@ -151,8 +195,9 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `check` prints every problem itself; its log would only repeat them.
-    let default_level = if matches!(cli.command, Command::Check { .. }) {
+    // `check` and `explain` print every problem themselves; their log would
+    // only repeat them.
+    let default_level = if matches!(cli.command, Command::Check { .. } | Command::Explain(_)) {
         "error"
     } else {
         "info"
@@ -245,6 +290,7 @@ fn run(command: Command) -> Result<ExitCode> {
             bpffs,
             telemetry_addr,
         } => status(json, &bpffs, telemetry_addr),
+        Command::Explain(args) => explain(&args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -290,8 +336,9 @@ fn cleanup(bpffs: &Path) -> Result<ExitCode> {
 fn start_proxy(rt: &mut runtime::Runtime, args: &fairlead_proxy::Args) -> Result<()> {
     let span = tracing::info_span!("component", component = "proxy");
     let _entered = span.enter();
+    rt.live.proxy_bpffs = Some(args.bpffs.clone());
     let context = fairlead_proxy::Context {
-        model: rt.model.clone(),
+        model: rt.model_for("proxy"),
         ready: rt.ready_flag("proxy"),
         cancel: rt.cancel.clone(),
         node_name: rt.node_name().map(str::to_owned),
@@ -314,8 +361,9 @@ async fn start_dns(rt: &mut runtime::Runtime, args: fairlead_dns::Args) -> Resul
     let component = fairlead_dns::Dns::bind(args, &mut rt.registry)
         .instrument(span.clone())
         .await?;
+    rt.live.dns = Some(component.index());
     let ctx = fairlead_dns::Context {
-        model: rt.model.clone(),
+        model: rt.model_for("dns"),
         ready: rt.ready_flag("dns"),
         cancel: rt.cancel.clone(),
     };
@@ -337,10 +385,13 @@ fn start_ingress(
     rt.publish_ingress_status(&args.ingress_class, status)?;
     let ready = rt.ready_flag("ingress");
     let node_name = rt.node_name().map(str::to_owned);
+    let view = fairlead_ingress::explain::View::default();
+    rt.live.ingress = Some((view.clone(), args.class_selection()));
     let gateway = fairlead_ingress::run(
         args,
         fairlead_ingress::Context {
-            snapshots: rt.model.clone(),
+            snapshots: rt.model_for("ingress"),
+            view,
             registry: &mut rt.registry,
             ready,
             cancel: rt.cancel.clone(),
@@ -419,6 +470,59 @@ fn status(json: bool, bpffs: &Path, telemetry: std::net::SocketAddr) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// `fairlead explain`: the report from the manifests, or from the running
+/// fairlead's telemetry listener; text or JSON. Exits 1 when the report
+/// lists a disagreement, so scripts can wait for agreement.
+fn explain(args: &ExplainArgs) -> Result<ExitCode> {
+    let (json, disagreements, text) = match &args.what {
+        ExplainWhat::Service { service } => {
+            let key = explain::parse_service(service)?;
+            let report = match &args.manifests {
+                Some(dir) => explain::service_from_manifests(dir, &key)?,
+                None => serde_json::from_value(fetch_telemetry(
+                    args.telemetry_addr,
+                    &format!("/explain/service/{key}"),
+                )?)
+                .context("the /explain answer is not a service report")?,
+            };
+            (
+                serde_json::to_string_pretty(&report)?,
+                report.disagreements.len(),
+                report.to_string(),
+            )
+        }
+        ExplainWhat::Request { url } => {
+            let report = if let Some(dir) = &args.manifests {
+                explain::request_from_manifests(dir, url)?
+            } else {
+                let (scheme, rest) = url.split_once("://").with_context(|| {
+                    format!("{url:?}: expected http://HOST/PATH or https://HOST/PATH")
+                })?;
+                serde_json::from_value(fetch_telemetry(
+                    args.telemetry_addr,
+                    &format!("/explain/request/{scheme}/{rest}"),
+                )?)
+                .context("the /explain answer is not a request report")?
+            };
+            (
+                serde_json::to_string_pretty(&report)?,
+                report.disagreements.len(),
+                report.to_string(),
+            )
+        }
+    };
+    if args.json {
+        emit(format_args!("{json}\n"))?;
+    } else {
+        emit(text)?;
+    }
+    Ok(if disagreements == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 /// Standard output was closed by its reader (`fairlead status | head`).
 #[derive(Debug)]
 struct StdoutClosed;
@@ -445,6 +549,11 @@ fn emit(text: impl std::fmt::Display) -> Result<()> {
 
 /// `GET /status` from a running fairlead's telemetry listener.
 fn fetch_runtime_status(addr: std::net::SocketAddr) -> Result<serde_json::Value> {
+    fetch_telemetry(addr, "/status")
+}
+
+/// `GET path` (JSON) from a running fairlead's telemetry listener.
+fn fetch_telemetry(addr: std::net::SocketAddr, path: &str) -> Result<serde_json::Value> {
     use std::io::{Read as _, Write as _};
     let context = || format!("asking the telemetry listener {addr} (--telemetry-addr)");
     let mut stream =
@@ -452,24 +561,25 @@ fn fetch_runtime_status(addr: std::net::SocketAddr) -> Result<serde_json::Value>
     stream.set_read_timeout(Some(STATUS_TIMEOUT))?;
     stream.set_write_timeout(Some(STATUS_TIMEOUT))?;
     stream
-        .write_all(b"GET /status HTTP/1.0\r\nHost: fairlead\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: fairlead\r\n\r\n").as_bytes())
         .with_context(context)?;
     let mut response = Vec::new();
     stream
         .take(1 << 20)
         .read_to_end(&mut response)
         .with_context(context)?;
-    let response = String::from_utf8(response).context("the /status answer is not UTF-8")?;
+    let response = String::from_utf8(response).context("the telemetry answer is not UTF-8")?;
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .context("a malformed HTTP answer from /status")?;
+        .with_context(|| format!("a malformed HTTP answer from {path}"))?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         anyhow::bail!(
-            "/status answered {}",
-            head.lines().next().unwrap_or_default()
+            "{path} answered {}: {}",
+            head.lines().next().unwrap_or_default(),
+            body.trim()
         );
     }
-    serde_json::from_str(body).context("the /status answer is not JSON")
+    serde_json::from_str(body).with_context(|| format!("the {path} answer is not JSON"))
 }
 
 /// The components part of `fairlead status`.

@@ -60,6 +60,9 @@ pub(crate) struct SourceArgs {
     pub(crate) drain_timeout: f64,
 }
 
+/// The environment variable of the testing hook of [`Runtime::model_for`].
+const HOLD_ENV: &str = "FAIRLEAD_TESTING_HOLD";
+
 /// A component's main future.
 pub(crate) type Component = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
@@ -71,6 +74,8 @@ pub(crate) struct Runtime {
     pub(crate) registry: Registry,
     /// Cancelled when the process shuts down.
     pub(crate) cancel: CancellationToken,
+    /// What the components serve, for `/explain` (each fills its part).
+    pub(crate) live: crate::explain::Live,
     components: Vec<(&'static str, Ready)>,
     tasks: JoinSet<(&'static str, Result<()>)>,
     /// The model source. It stops last, after the components have drained:
@@ -205,6 +210,10 @@ impl Runtime {
             model,
             registry,
             cancel,
+            live: crate::explain::Live {
+                node_name: args.node_name.clone(),
+                ..crate::explain::Live::default()
+            },
             components: Vec::new(),
             tasks,
             source,
@@ -265,6 +274,42 @@ impl Runtime {
         self.args.node_name.as_deref()
     }
 
+    /// The model receiver for the component `name`.
+    ///
+    /// Testing hook: with `FAIRLEAD_TESTING_HOLD=<name>` in the environment,
+    /// that component gets snapshots up to the first synced one and nothing
+    /// after, so it lags the model deterministically from the next change on
+    /// (what the `explain` end-to-end test flags). Logged loudly.
+    pub(crate) fn model_for(&self, name: &str) -> watch::Receiver<Arc<Snapshot>> {
+        if std::env::var(HOLD_ENV).ok().as_deref() != Some(name) {
+            return self.model.clone();
+        }
+        warn!(
+            component = name,
+            "{HOLD_ENV}: this component stays on the first synced model generation"
+        );
+        let mut source = self.model.clone();
+        let (tx, rx) = watch::channel(source.borrow().clone());
+        tokio::spawn(async move {
+            loop {
+                let snapshot = source.borrow_and_update().clone();
+                let synced = snapshot.synced;
+                if tx.send(snapshot).is_err() {
+                    return;
+                }
+                if synced {
+                    break;
+                }
+                if source.changed().await.is_err() {
+                    return;
+                }
+            }
+            // Held: keep the channel open until the component goes away.
+            tx.closed().await;
+        });
+        rx
+    }
+
     /// A readiness flag for a component; `/ready` waits for all of them.
     pub(crate) fn ready_flag(&mut self, name: &'static str) -> Ready {
         let ready = Ready::new();
@@ -285,6 +330,7 @@ impl Runtime {
             self.registry,
             self.components,
             self.model.clone(),
+            self.live,
         ));
         let telemetry_cancel = CancellationToken::new();
         tokio::spawn(telemetry::serve(

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use fairlead_model::{Ready, Snapshot};
+
+use crate::explain::{Generations, Live};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
@@ -35,6 +37,7 @@ pub(crate) struct Telemetry {
     shutting_down: AtomicBool,
     generations: Family<ComponentLabel, Gauge>,
     model_generation: Gauge,
+    explain: Live,
 }
 
 /// The `component` label of the per-component gauges.
@@ -75,6 +78,7 @@ impl Telemetry {
         mut registry: Registry,
         components: Vec<(&'static str, Ready)>,
         model: watch::Receiver<Arc<Snapshot>>,
+        explain: Live,
     ) -> Self {
         let generations = Family::<ComponentLabel, Gauge>::default();
         registry.register(
@@ -95,6 +99,7 @@ impl Telemetry {
             shutting_down: AtomicBool::new(false),
             generations,
             model_generation,
+            explain,
         }
     }
 
@@ -152,6 +157,46 @@ impl Telemetry {
             .collect()
     }
 
+    fn generation_of(&self, name: &str) -> Option<u64> {
+        self.components
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, ready)| ready.generation())
+    }
+
+    /// `/explain/service/NS/NAME` and `/explain/request/SCHEME/HOST/PATH`:
+    /// the report of `fairlead explain`, as JSON.
+    fn explain(&self, what: &str) -> Result<String, (StatusCode, String)> {
+        let snapshot = self.model.borrow().clone();
+        let generations = Generations {
+            proxy: self.generation_of("proxy"),
+            ingress: self.generation_of("ingress"),
+        };
+        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}\n"));
+        let json = if let Some(service) = what.strip_prefix("service/") {
+            let key = crate::explain::parse_service(service).map_err(bad)?;
+            serde_json::to_string_pretty(&self.explain.service(&snapshot, generations, &key))
+        } else if let Some(request) = what.strip_prefix("request/") {
+            let (scheme, rest) = request.split_once('/').unwrap_or((request, ""));
+            let url = format!("{scheme}://{rest}");
+            let report = self
+                .explain
+                .request(&snapshot, generations, &url)
+                .map_err(bad)?;
+            serde_json::to_string_pretty(&report)
+        } else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "try /explain/service/NS/NAME or /explain/request/SCHEME/HOST/PATH\n".to_owned(),
+            ));
+        };
+        json.map(|mut j| {
+            j.push('\n');
+            j
+        })
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))
+    }
+
     fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
         let text = |status: StatusCode, body: String| {
             let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -183,6 +228,17 @@ impl Telemetry {
                 response
             }
             "/health" => text(StatusCode::OK, "OK\n".to_owned()),
+            _ if path.starts_with("/explain/") => match self.explain(&path["/explain/".len()..]) {
+                Ok(json) => {
+                    let mut response = text(StatusCode::OK, json);
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                Err((status, message)) => text(status, message),
+            },
             "/status" => match serde_json::to_string_pretty(&self.status()) {
                 Ok(mut json) => {
                     json.push('\n');
@@ -210,7 +266,7 @@ impl Telemetry {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /health, /ready or /status\n".to_owned(),
+                "not found; try /metrics, /health, /ready, /status or /explain/...\n".to_owned(),
             ),
         }
     }
@@ -248,7 +304,17 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
-                    let response = telemetry.respond(request.method(), request.uri().path());
+                    // `/explain/request/...` carries the request's query.
+                    let path = request
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(|| request.uri().path(), |p| p.as_str());
+                    let path = if path.starts_with("/explain/") {
+                        path
+                    } else {
+                        request.uri().path()
+                    };
+                    let response = telemetry.respond(request.method(), path);
                     async move { Ok::<_, Infallible>(response) }
                 },
             );
@@ -289,6 +355,7 @@ mod tests {
             registry,
             vec![("dns", dns.clone()), ("proxy", proxy.clone())],
             model,
+            Live::default(),
         );
 
         let r = t.respond(&Method::GET, "/ready");

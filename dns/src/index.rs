@@ -856,6 +856,28 @@ impl Index {
         out
     }
 
+    /// Every record the index answers for the Service `namespace/name`: its
+    /// address, SRV and endpoint records (or its CNAME), then the PTR records
+    /// of its addresses; `None` when the index has no such Service.
+    /// What `fairlead explain` shows.
+    #[must_use]
+    pub fn service_records(&self, namespace: &str, name: &str) -> Option<Vec<Record>> {
+        let zone = self.service(namespace, name)?;
+        let mut out = match &zone.body {
+            Body::Vacant => Vec::new(),
+            Body::Alias(cname) => vec![(**cname).clone()],
+            Body::Addresses(body) => body.all_records(self.config.ttl),
+        };
+        for ip in &zone.reverse {
+            if let Lookup::Answer(answer) =
+                self.lookup(&LowerName::new(&Name::from(*ip)), RecordType::PTR)
+            {
+                out.extend(answer.answers.into_iter().map(Cow::into_owned));
+            }
+        }
+        Some(out)
+    }
+
     /// The SOA record of the zone.
     #[must_use]
     pub fn soa(&self) -> &Record {

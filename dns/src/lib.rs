@@ -295,6 +295,13 @@ impl Dns {
         })
     }
 
+    /// The index the server answers from (swapped on every model change):
+    /// for `fairlead explain`.
+    #[must_use]
+    pub fn index(&self) -> Arc<ArcSwap<Index>> {
+        self.index.clone()
+    }
+
     /// The addresses served (UDP and TCP on each), with the actual ports.
     #[must_use]
     pub fn local_addrs(&self) -> &[SocketAddr] {

@@ -29,11 +29,11 @@ use crate::upstream::{PoolConfig, Upstream};
 
 /// Identity of an upstream: a Service port and how it is spoken to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct UpstreamKey {
-    service: ServiceKey,
-    port_name: String,
-    port: u16,
-    protocol: UpstreamProtocol,
+pub(crate) struct UpstreamKey {
+    pub(crate) service: ServiceKey,
+    pub(crate) port_name: String,
+    pub(crate) port: u16,
+    pub(crate) protocol: UpstreamProtocol,
 }
 
 /// Turns snapshots into the state the request path reads, following the
@@ -203,7 +203,11 @@ impl Reconciler {
 
 /// The endpoints of an upstream's Service port the model selects for the
 /// ingress (a client on this node: [`Purpose::ClusterIp`]).
-fn endpoints(snapshot: &Snapshot, key: &UpstreamKey, here: Locality<'_>) -> Vec<SocketAddr> {
+pub(crate) fn endpoints(
+    snapshot: &Snapshot,
+    key: &UpstreamKey,
+    here: Locality<'_>,
+) -> Vec<SocketAddr> {
     let Some(service) = snapshot.services.get(&key.service) else {
         return Vec::new();
     };
@@ -252,6 +256,7 @@ pub(crate) async fn run(
     ready: Ready,
     cancel: CancellationToken,
     node_name: Option<String>,
+    view: crate::explain::View,
 ) -> Result<(), Error> {
     let default_cert = crate::tls::default_certificate(args.default_cert.as_deref())?;
     let certs = Arc::new(ArcSwap::from_pointee(CertStore::with_default(
@@ -269,6 +274,7 @@ pub(crate) async fn run(
         proxy_config.https_port = tls_addr.port();
     }
     let shared = Arc::new(Shared::new(proxy_config, metrics.clone()));
+    view.set(shared.clone());
     let mut reconciler = Reconciler::new(
         args.class_selection(),
         Arc::new(args.pool_config()),

@@ -77,21 +77,21 @@ struct Precedence {
 
 /// One compiled match of a route rule.
 #[derive(Clone, Debug)]
-struct Rule {
-    path: PathMatch,
-    headers: Vec<HeaderMatch>,
-    method: Option<Method>,
+pub(crate) struct Rule {
+    pub(crate) path: PathMatch,
+    pub(crate) headers: Vec<HeaderMatch>,
+    pub(crate) method: Option<Method>,
     /// The rule's backends with their weights (weight 0 left out).
-    backends: Vec<(Route, u32)>,
+    pub(crate) backends: Vec<(Route, u32)>,
     total: u32,
     /// Taken when `total` is 0: an unresolved backend (503).
-    none: Route,
+    pub(crate) none: Route,
     /// Sort key: lower sorts first (see the module docs).
     order: Precedence,
 }
 
 impl Rule {
-    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    pub(crate) fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
         self.path.matches(path)
             && self.method.as_ref().is_none_or(|m| m == method)
             && self.headers.iter().all(|h| {
@@ -123,15 +123,15 @@ impl Rule {
 /// The HTTPRoutes attached to the served Gateways, by host group.
 #[derive(Clone, Debug, Default)]
 pub struct HttpRouteTable {
-    exact: HashMap<String, Vec<Rule>>,
-    wildcard: HashMap<String, Vec<Rule>>,
-    any: Vec<Rule>,
+    pub(crate) exact: HashMap<String, Vec<Rule>>,
+    pub(crate) wildcard: HashMap<String, Vec<Rule>>,
+    pub(crate) any: Vec<Rule>,
     /// HTTPRoutes attached to at least one listener (`namespace/name`).
     pub attached: Vec<String>,
 }
 
 impl HttpRouteTable {
-    fn group(&self, host: &str) -> Option<&Vec<Rule>> {
+    pub(crate) fn group(&self, host: &str) -> Option<&Vec<Rule>> {
         if let Some(rules) = self.exact.get(host) {
             return Some(rules);
         }

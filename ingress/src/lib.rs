@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod explain;
 pub mod framing;
 pub mod gateway;
 pub mod gateway_api;
@@ -231,6 +232,9 @@ pub struct Context<'a> {
     /// This node's name: the ingress reaches a Service's endpoints as a
     /// client on this node (`internalTrafficPolicy`, topology).
     pub node_name: Option<String>,
+    /// Filled with the gateway's routing state once it starts (`fairlead
+    /// explain`); `View::default()` when nobody asks.
+    pub view: explain::View,
 }
 
 /// Runs the gateway: registers its metrics (before the returned future is
@@ -250,6 +254,7 @@ pub fn run(
         ctx.ready,
         ctx.cancel,
         ctx.node_name,
+        ctx.view,
     )
 }
 

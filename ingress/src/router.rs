@@ -114,18 +114,18 @@ pub struct Route {
 
 /// The routes of one host group.
 #[derive(Clone, Debug, Default)]
-struct HostRoutes {
+pub(crate) struct HostRoutes {
     /// `Exact` paths.
-    exact: HashMap<String, Route>,
+    pub(crate) exact: HashMap<String, Route>,
     /// `Prefix` (and `ImplementationSpecific`) paths, keyed by the path with
     /// trailing slashes removed (`/` becomes the empty string).
-    prefix: HashMap<String, Route>,
+    pub(crate) prefix: HashMap<String, Route>,
     /// The `defaultBackend` of the first contributing Ingress that has one.
-    fallback: Option<Route>,
+    pub(crate) fallback: Option<Route>,
 }
 
 impl HostRoutes {
-    fn lookup(&self, path: &str) -> Option<&Route> {
+    pub(crate) fn lookup(&self, path: &str) -> Option<&Route> {
         if let Some(route) = self.exact.get(path) {
             return Some(route);
         }
@@ -238,10 +238,10 @@ pub struct RouteProblem {
 /// The compiled routes of every Ingress of one class.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    exact_hosts: HashMap<String, HostRoutes>,
-    wildcard_hosts: HashMap<String, HostRoutes>,
-    any_host: Option<HostRoutes>,
-    default_route: Option<Route>,
+    pub(crate) exact_hosts: HashMap<String, HostRoutes>,
+    pub(crate) wildcard_hosts: HashMap<String, HostRoutes>,
+    pub(crate) any_host: Option<HostRoutes>,
+    pub(crate) default_route: Option<Route>,
     /// Every backend a route refers to, deduplicated.
     pub backends: Vec<BackendSpec>,
     /// Hosts named in the `tls` section of a served Ingress (they get the

@@ -852,6 +852,7 @@ fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
             ready: fairlead_model::Ready::new(),
             cancel: cancel.clone(),
             node_name: None,
+            view: fairlead_ingress::explain::View::default(),
         },
     ));
     wait_port(http)?;
