@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use fairlead_dns::{Index, PodsMode, ZoneConfig};
+use fairlead_dns::{Index, ZoneConfig};
 use fairlead_ingress::explain::{RouteEntry, View};
 use fairlead_ingress::proxy::Routing;
 use fairlead_ingress::router::{BackendSpec, ClassSelection, RouteTable, normalize_host};
@@ -196,12 +196,41 @@ pub(crate) struct Generations {
     pub(crate) ingress: Option<u64>,
 }
 
+/// Why a component's part is missing.
+struct Absent {
+    /// For people.
+    why: String,
+    /// The component runs in this process but does not serve yet (a
+    /// disagreement), rather than not running here at all.
+    starting: bool,
+}
+
+impl Absent {
+    fn not_here(why: &str) -> Self {
+        Self {
+            why: why.to_owned(),
+            starting: false,
+        }
+    }
+
+    /// The part of a report for it; a starting component is a disagreement.
+    fn part<T: Default>(&self, disagreements: &mut Vec<String>) -> Part<T> {
+        if self.starting {
+            disagreements.push(self.why.clone());
+        }
+        Part {
+            note: Some(self.why.clone()),
+            ..Part::default()
+        }
+    }
+}
+
 /// What the components serve, gathered once per report.
 struct Observed {
     source: String,
-    dns: Result<(Arc<Index>, Option<u64>), String>,
-    kernel: Result<(Vec<FrontendStatus>, Option<u64>), String>,
-    ingress: Result<(Arc<Routing>, Option<u64>), String>,
+    dns: Result<(Arc<Index>, Option<u64>), Absent>,
+    kernel: Result<(Vec<FrontendStatus>, Option<u64>), Absent>,
+    ingress: Result<(Arc<Routing>, Option<u64>), Absent>,
 }
 
 /// What the model says the components should serve.
@@ -213,9 +242,11 @@ struct Expected {
 
 /// The DNS zone of `fairlead dns` with its default flags (manifest mode).
 fn default_zone() -> Arc<ZoneConfig> {
+    let args = fairlead_dns::Args::with_listen(std::net::SocketAddr::from(([127, 0, 0, 1], 53)));
     Arc::new(
-        ZoneConfig::new("cluster.local", 30, PodsMode::Disabled)
-            .expect("the default zone is valid"),
+        ZoneConfig::new(&args.zone, args.ttl, args.pods)
+            .expect("the default zone is valid")
+            .with_autopath(args.autopath),
     )
 }
 
@@ -261,20 +292,31 @@ impl Live {
                 let generation = index.synced().then(|| index.generation());
                 (index, generation)
             })
-            .ok_or_else(|| "the DNS server is not running in this process".to_owned());
+            .ok_or_else(|| Absent::not_here("the DNS server is not running in this process"));
         let kernel = match &self.proxy_bpffs {
-            None => Err("the proxy is not running in this process".to_owned()),
+            None => Err(Absent::not_here("the proxy is not running in this process")),
             Some(dir) => fairlead_proxy::PinnedMaps::open(dir)
                 .and_then(|pinned| fairlead_proxy::status::Status::read(&pinned))
                 .map(|status| (status.services, generations.proxy))
-                .map_err(|e| format!("reading the maps pinned under {}: {e}", dir.display())),
+                .map_err(|e| Absent {
+                    why: format!(
+                        "proxy: reading the maps pinned under {}: {e}",
+                        dir.display()
+                    ),
+                    starting: true,
+                }),
         };
         let ingress = match &self.ingress {
-            None => Err("the ingress gateway is not running in this process".to_owned()),
+            None => Err(Absent::not_here(
+                "the ingress gateway is not running in this process",
+            )),
             Some((view, _)) => view
                 .routing()
                 .map(|routing| (routing, generations.ingress))
-                .ok_or_else(|| "the ingress gateway has not started yet".to_owned()),
+                .ok_or_else(|| Absent {
+                    why: "ingress: the gateway has not started yet".to_owned(),
+                    starting: true,
+                }),
         };
         Observed {
             source: "running fairlead".to_owned(),
@@ -651,10 +693,7 @@ fn service_report(
                 items: served.unwrap_or_default(),
             }
         }
-        Err(why) => Part {
-            note: Some(why.clone()),
-            ..Part::default()
-        },
+        Err(absent) => absent.part(&mut disagreements),
     };
 
     let kernel = match &observed.kernel {
@@ -691,10 +730,7 @@ fn service_report(
                 items: served,
             }
         }
-        Err(why) => Part {
-            note: Some(why.clone()),
-            ..Part::default()
-        },
+        Err(absent) => absent.part(&mut disagreements),
     };
 
     let routes = match &observed.ingress {
@@ -725,10 +761,7 @@ fn service_report(
                     .collect(),
             }
         }
-        Err(why) => Part {
-            note: Some(why.clone()),
-            ..Part::default()
-        },
+        Err(absent) => absent.part(&mut disagreements),
     };
 
     ServiceReport {
@@ -822,13 +855,7 @@ fn request_report(
                 !https && routing.table.tls_hosts.contains(&host),
             )
         }
-        Err(why) => (
-            Part {
-                note: Some(why.clone()),
-                ..Part::default()
-            },
-            false,
-        ),
+        Err(absent) => (absent.part(&mut disagreements), false),
     };
     Ok(RequestReport {
         url: url.to_owned(),
