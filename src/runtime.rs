@@ -48,6 +48,13 @@ pub(crate) struct SourceArgs {
         env = "FAIRLEAD_NAMESPACE"
     )]
     pub(crate) namespace: Option<String>,
+    /// Publish a Warning Event on the object of each problem the model
+    /// reports (apiserver source; deduplicated and rate-limited like
+    /// client-go's recorder). Needs create and patch on events.k8s.io
+    /// events. Enable it on one workload (deploy/ enables it on the ingress
+    /// Deployment).
+    #[arg(long, env = "FAIRLEAD_EVENTS", conflicts_with = "manifests")]
+    pub(crate) events: bool,
     /// Address of the telemetry listener: /metrics, /health, /ready.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
     pub(crate) telemetry_addr: SocketAddr,
@@ -206,7 +213,7 @@ impl Runtime {
                 }
             })
         };
-        Ok(Self {
+        let mut runtime = Self {
             model,
             registry,
             cancel,
@@ -220,7 +227,41 @@ impl Runtime {
             source_stop,
             args: args.clone(),
             apiserver,
-        })
+        };
+        if args.events {
+            runtime.publish_events();
+        }
+        Ok(runtime)
+    }
+
+    /// Publishes a Warning Event for each problem of the model (apiserver
+    /// source only).
+    fn publish_events(&mut self) {
+        let Some(apiserver) = &self.apiserver else {
+            return;
+        };
+        let mut client = apiserver.client.clone();
+        let model = self.model.clone();
+        let stop = self.cancel.clone();
+        // The reportingInstance: the pod (POD_NAME), else the node.
+        let instance = std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| self.args.node_name.clone());
+        self.tasks.spawn(async move {
+            let run = async {
+                let Ok(client) = client.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+                    return Ok(());
+                };
+                let client = client.expect("waited for Some");
+                kube_source::events::ProblemEvents::new()
+                    .run(client, instance, model)
+                    .await
+            };
+            tokio::select! {
+                result = run => ("events", result.context("Event publisher")),
+                () = stop.cancelled() => ("events", Ok(())),
+            }
+        });
     }
 
     /// Publishes the Ingress gateway's addresses in the status of the

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use fairlead_model::source::kube::{
-    API_ACCESS, ApiAccess, KubeOptions, STATUS_ACCESS, watch_access,
+    API_ACCESS, ApiAccess, KubeOptions, STATUS_ACCESS, events::EVENTS_ACCESS, watch_access,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
@@ -259,6 +259,8 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
         .map(watch_access)
         .collect();
     expected.push(STATUS_ACCESS);
+    // ... and publishes the model's problems as Events (--events).
+    expected.push(EVENTS_ACCESS);
     assert_eq!(ingress_role, grants(expected), "the ingress role");
     let granted: BTreeSet<Grant> = m.roles.values().flat_map(role_grants).collect();
     assert_eq!(
@@ -270,8 +272,13 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
         granted
             .iter()
             .filter(|(_, _, verb)| !matches!(verb.as_str(), "list" | "watch"))
-            .all(|(_, resource, verb)| resource == "ingresses/status" && verb == "patch"),
-        "the only write is a patch of ingresses/status"
+            .all(
+                |(group, resource, verb)| (resource == "ingresses/status" && verb == "patch")
+                    || (group == "events.k8s.io"
+                        && resource == "events"
+                        && matches!(verb.as_str(), "create" | "patch"))
+            ),
+        "the only writes are a patch of ingresses/status and create/patch of events"
     );
 }
 

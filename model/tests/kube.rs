@@ -578,3 +578,129 @@ async fn a_namespace_limits_the_namespaced_watches() {
         "no Node watch without a node name"
     );
 }
+
+/// An Ingress whose TLS section names a Secret that does not exist; its
+/// default backend on `port` (changing it changes the Ingress).
+fn ingress_with_missing_secret(port: u16, tls: bool) -> Value {
+    let mut value = ingress("secure", Some("fairlead"), None);
+    value["spec"]["defaultBackend"]["service"]["port"]["number"] = json!(port);
+    if tls {
+        value["spec"]["tls"] = json!([{"hosts": ["secure.example.com"], "secretName": "missing"}]);
+    }
+    value
+}
+
+/// Waits until `count()` reaches `n`.
+async fn until_count(what: &str, n: usize, count: impl Fn() -> usize) {
+    tokio::time::timeout(LIMIT, async {
+        while count() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: {} within {LIMIT:?}, wanted {n}", count()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed() {
+    use fairlead_model::source::kube::events::ProblemEvents;
+    let server = FakeApiserver::start(vec![
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "fairlead"},
+            "spec": {"controller": "fairlead.dev/ingress"},
+        }),
+        ingress_with_missing_secret(80, true),
+    ])
+    .await;
+    let (mut running, source) = start(None);
+    let (writer, rx) = ModelWriter::new();
+    running.rx = rx.clone();
+    let client = server.client();
+    let events_client = server.client();
+    running.task = tokio::spawn(async move {
+        tokio::join!(async { source.run(client, writer).await.unwrap() }, async {
+            ProblemEvents::new()
+                .run(events_client, Some("test-pod".to_owned()), rx)
+                .await
+                .unwrap();
+        });
+    });
+    let events_path = "/apis/events.k8s.io/v1/namespaces/shop/events";
+    let event_writes = |method: hyper::Method| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == method && r.path.starts_with(events_path))
+            .count()
+    };
+    let stored = || -> Vec<Value> {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == hyper::Method::POST && r.path == events_path)
+            .filter_map(|r| r.body["metadata"]["name"].as_str().map(str::to_owned))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|name| server.get("Event", "shop", &name))
+            .collect()
+    };
+
+    until_count("Event created", 1, || event_writes(hyper::Method::POST)).await;
+    let events = stored();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "TLSSecretNotFound");
+    assert_eq!(event["regarding"]["kind"], "Ingress");
+    assert_eq!(event["regarding"]["name"], "secure");
+    assert_eq!(event["reportingController"], "fairlead.dev/fairlead");
+    assert_eq!(event["reportingInstance"], "test-pod");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("spec.tls[0].secretName")
+            && note.contains("Secret shop/missing does not exist"),
+        "{note}"
+    );
+
+    // Re-read three times with the problem still there: the same Event,
+    // its series count going up, never a second Event.
+    // (One at a time: the publisher, a reconciler, sees only the newest of
+    // several quick snapshots.)
+    for (n, port) in [81, 82, 83].into_iter().enumerate() {
+        server.apply(ingress_with_missing_secret(port, true));
+        until_count("Event updated", n + 1, || {
+            event_writes(hyper::Method::PATCH)
+        })
+        .await;
+    }
+    assert_eq!(
+        event_writes(hyper::Method::POST),
+        1,
+        "one Event, however often re-read"
+    );
+    let events = stored();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["series"]["count"], 4, "{:?}", events[0]);
+
+    // Fixed: no more Events, however often re-read.
+    server.apply(ingress_with_missing_secret(84, false));
+    running
+        .until("the problem gone", |s| s.problems.is_empty())
+        .await;
+    for port in [85, 86] {
+        server.apply(ingress_with_missing_secret(port, false));
+    }
+    running
+        .until("the last re-read", |s| {
+            s.ingresses.values().any(|i| {
+                i.default_backend
+                    .as_ref()
+                    .is_some_and(|b| b.to_string().contains("86"))
+            })
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(event_writes(hyper::Method::POST), 1);
+    assert_eq!(event_writes(hyper::Method::PATCH), 3);
+}

@@ -17,6 +17,7 @@
 //! module only moves objects. [`status`] publishes `status.loadBalancer` on
 //! the Ingresses a gateway serves.
 
+pub mod events;
 mod metrics;
 pub mod status;
 
@@ -128,7 +129,8 @@ pub const STATUS_ACCESS: ApiAccess = ApiAccess {
 };
 
 /// Everything fairlead does on the apiserver: the watchers of this module
-/// (one per [`Kind`]) and the Ingress status writer. The RBAC rules in
+/// (one per [`Kind`]), the Ingress status writer and the Events of
+/// [`events`]. The RBAC rules in
 /// `deploy/` are checked against this list by a test.
 pub const API_ACCESS: &[ApiAccess] = &[
     watch_access(Kind::Service),
@@ -139,6 +141,7 @@ pub const API_ACCESS: &[ApiAccess] = &[
     watch_access(Kind::Secret),
     watch_access(Kind::Node),
     STATUS_ACCESS,
+    events::EVENTS_ACCESS,
 ];
 
 /// What the apiserver source reads.
@@ -989,6 +992,7 @@ mod tests {
             .map(|(_, group, resource)| (*group, *resource, WATCH_VERBS))
             .collect();
         expected.push(("networking.k8s.io", "ingresses/status", STATUS_VERBS));
+        expected.push(("events.k8s.io", "events", &["create", "patch"]));
         expected.sort();
         let mut actual: Vec<(&str, &str, &[&str])> = API_ACCESS
             .iter()

@@ -40,7 +40,7 @@ struct Type {
     namespaced: bool,
 }
 
-const TYPES: [Type; 7] = [
+const TYPES: [Type; 9] = [
     Type {
         plural: "services",
         group_version: "v1",
@@ -75,6 +75,18 @@ const TYPES: [Type; 7] = [
         plural: "ingresses",
         group_version: "networking.k8s.io/v1",
         kind: "Ingress",
+        namespaced: true,
+    },
+    Type {
+        plural: "events",
+        group_version: "events.k8s.io/v1",
+        kind: "Event",
+        namespaced: true,
+    },
+    Type {
+        plural: "leases",
+        group_version: "coordination.k8s.io/v1",
+        kind: "Lease",
         namespaced: true,
     },
     Type {
@@ -600,6 +612,88 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
             // The status subresource takes only the status.
             let status_only = json!({"status": body.get("status").cloned().unwrap_or(Value::Null)});
             merge(&mut object, &status_only);
+            let (plural, kind, object) = state.put(object, true);
+            state.broadcast(plural, &[(kind, object.clone())]);
+            json_response(StatusCode::OK, &object)
+        }
+        (&Method::GET | &Method::POST | &Method::PATCH | &Method::PUT, _, None) => {
+            object_request(state, t, &method, namespace, name, &body)
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "not supported by the fake",
+        ),
+    }
+}
+
+/// GET of one object, POST (create), PATCH (JSON merge) and PUT (replace,
+/// with optimistic concurrency on resourceVersion) of whole objects.
+fn object_request(
+    state: &Arc<Mutex<State>>,
+    t: &Type,
+    method: &Method,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    body: &Value,
+) -> Response<Body> {
+    match (method, name) {
+        (&Method::GET, Some(name)) => {
+            let key = (namespace.unwrap_or_default().to_owned(), name.to_owned());
+            match state.lock().unwrap().resource(t.plural).objects.get(&key) {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => status(StatusCode::NOT_FOUND, "NotFound", "no such object"),
+            }
+        }
+        (&Method::POST, None) => {
+            let mut state = state.lock().unwrap();
+            let mut object = body.clone();
+            object["apiVersion"] = json!(t.group_version);
+            object["kind"] = json!(t.kind);
+            if let Some(ns) = namespace {
+                object["metadata"]["namespace"] = json!(ns);
+            }
+            let key = (
+                namespace.unwrap_or_default().to_owned(),
+                field(&object, "metadata.name").to_owned(),
+            );
+            if state.resource(t.plural).objects.contains_key(&key) {
+                return status(StatusCode::CONFLICT, "AlreadyExists", "already exists");
+            }
+            let (plural, kind, object) = state.put(object, true);
+            state.broadcast(plural, &[(kind, object.clone())]);
+            json_response(StatusCode::CREATED, &object)
+        }
+        (&Method::PATCH, Some(name)) => {
+            let mut state = state.lock().unwrap();
+            let key = (namespace.unwrap_or_default().to_owned(), name.to_owned());
+            let Some(mut object) = state.resource(t.plural).objects.get(&key).cloned() else {
+                return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
+            };
+            merge(&mut object, body);
+            let (plural, kind, object) = state.put(object, true);
+            state.broadcast(plural, &[(kind, object.clone())]);
+            json_response(StatusCode::OK, &object)
+        }
+        (&Method::PUT, Some(name)) => {
+            // Replace, with optimistic concurrency on resourceVersion.
+            let mut state = state.lock().unwrap();
+            let key = (namespace.unwrap_or_default().to_owned(), name.to_owned());
+            let Some(current) = state.resource(t.plural).objects.get(&key).cloned() else {
+                return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
+            };
+            let wanted = field(body, "metadata.resourceVersion");
+            if !wanted.is_empty() && wanted != field(&current, "metadata.resourceVersion") {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "the object has been modified",
+                );
+            }
+            let mut object = body.clone();
+            object["apiVersion"] = json!(t.group_version);
+            object["kind"] = json!(t.kind);
+            object["metadata"]["namespace"] = json!(key.0);
             let (plural, kind, object) = state.put(object, true);
             state.broadcast(plural, &[(kind, object.clone())]);
             json_response(StatusCode::OK, &object)
