@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use fairlead_model::source::ManifestDir;
+use fairlead_model::source::kube::leader::{LeaderElector, LeaseConfig, StatusLeader};
 use fairlead_model::source::kube::status::{
     DEFAULT_RESYNC, IngressStatusConfig, IngressStatusWriter, StatusAddress, StatusAddresses,
 };
@@ -94,6 +95,9 @@ pub(crate) struct Runtime {
     args: SourceArgs,
     /// Set when the model comes from the apiserver.
     apiserver: Option<Apiserver>,
+    /// Whether this replica writes status (every status writer checks it):
+    /// always, unless `--ingress-status-lease` elects one replica.
+    pub(crate) status_leader: StatusLeader,
 }
 
 /// What the apiserver source shares with other tasks.
@@ -135,6 +139,16 @@ pub(crate) struct IngressStatusArgs {
     /// gateway instance: instances on several nodes would overwrite each other.
     #[arg(long, env = "FAIRLEAD_INGRESS_STATUS_NODE")]
     pub(crate) ingress_status_node: bool,
+    /// With several replicas: only the holder of this coordination.k8s.io
+    /// Lease writes status (leader election; the others take over within
+    /// the lease duration, 15 s, when it dies). The identity is POD_NAME,
+    /// else the host name.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        env = "FAIRLEAD_INGRESS_STATUS_LEASE"
+    )]
+    pub(crate) ingress_status_lease: Option<String>,
 }
 
 impl IngressStatusArgs {
@@ -213,7 +227,7 @@ impl Runtime {
                 }
             })
         };
-        let mut runtime = Self {
+        Ok(Self {
             model,
             registry,
             cancel,
@@ -227,15 +241,45 @@ impl Runtime {
             source_stop,
             args: args.clone(),
             apiserver,
+            status_leader: StatusLeader::always(),
+        })
+    }
+
+    /// Runs the leader election of `--ingress-status-lease` (once), and
+    /// makes [`Runtime::status_leader`] follow it.
+    fn elect_status_leader(&mut self, lease: &str) -> Result<()> {
+        let Some(apiserver) = &self.apiserver else {
+            return Ok(());
         };
-        if args.events {
-            runtime.publish_events();
-        }
-        Ok(runtime)
+        let Some((namespace, name)) = lease.split_once('/') else {
+            bail!("--ingress-status-lease {lease:?}: expected NAMESPACE/NAME");
+        };
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| self.args.node_name.clone())
+            .context("--ingress-status-lease needs POD_NAME (or HOSTNAME) as the identity")?;
+        let (elector, leader) = LeaderElector::new(LeaseConfig::new(namespace, name, identity));
+        self.status_leader = leader;
+        let mut client = apiserver.client.clone();
+        let stop = self.cancel.clone();
+        self.tasks.spawn(async move {
+            let run = async {
+                let Ok(client) = client.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+                    return Ok(());
+                };
+                elector.run(client.expect("waited for Some")).await
+            };
+            tokio::select! {
+                result = run => ("status-lease", result.context("status leader election")),
+                () = stop.cancelled() => ("status-lease", Ok(())),
+            }
+        });
+        Ok(())
     }
 
     /// Publishes a Warning Event for each problem of the model (apiserver
-    /// source only).
+    /// source only), while this replica is the status leader.
     fn publish_events(&mut self) {
         let Some(apiserver) = &self.apiserver else {
             return;
@@ -243,6 +287,7 @@ impl Runtime {
         let mut client = apiserver.client.clone();
         let model = self.model.clone();
         let stop = self.cancel.clone();
+        let leader = self.status_leader.clone();
         // The reportingInstance: the pod (POD_NAME), else the node.
         let instance = std::env::var("POD_NAME")
             .ok()
@@ -254,7 +299,7 @@ impl Runtime {
                 };
                 let client = client.expect("waited for Some");
                 kube_source::events::ProblemEvents::new()
-                    .run(client, instance, model)
+                    .run(client, instance, model, leader)
                     .await
             };
             tokio::select! {
@@ -281,15 +326,23 @@ impl Runtime {
             warn!("--ingress-status-* ignored: the model comes from --manifests");
             return Ok(());
         };
+        let ingresses = apiserver.ingresses.clone();
+        if let Some(lease) = &status.ingress_status_lease {
+            self.elect_status_leader(lease)?;
+        }
         let writer = IngressStatusWriter::new(
-            apiserver.ingresses.clone(),
+            ingresses,
             IngressStatusConfig {
                 class: class.to_owned(),
                 addresses,
                 resync: DEFAULT_RESYNC,
             },
             &mut self.registry,
-        );
+        )
+        .with_leader(self.status_leader.clone());
+        let Some(apiserver) = &self.apiserver else {
+            return Ok(());
+        };
         let mut client = apiserver.client.clone();
         let model = self.model.clone();
         let stop = self.cancel.clone();
@@ -366,6 +419,10 @@ impl Runtime {
     /// Serves telemetry and waits for a signal (or a component failing),
     /// then shuts down: lameduck, cancel, drain.
     pub(crate) async fn run(mut self) -> Result<()> {
+        // Started last: it follows the status leader, settled by now.
+        if self.args.events {
+            self.publish_events();
+        }
         let listener = telemetry::bind(self.args.telemetry_addr).await?;
         let telemetry = Arc::new(Telemetry::new(
             self.registry,

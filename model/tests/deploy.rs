@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use fairlead_model::source::kube::{
-    API_ACCESS, ApiAccess, KubeOptions, STATUS_ACCESS, events::EVENTS_ACCESS, watch_access,
+    API_ACCESS, ApiAccess, KubeOptions, STATUS_ACCESS, events::EVENTS_ACCESS, leader::LEASE_ACCESS,
+    watch_access,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
@@ -261,6 +262,8 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
     expected.push(STATUS_ACCESS);
     // ... and publishes the model's problems as Events (--events).
     expected.push(EVENTS_ACCESS);
+    // ... and elects one status writer among its replicas.
+    expected.push(LEASE_ACCESS);
     assert_eq!(ingress_role, grants(expected), "the ingress role");
     let granted: BTreeSet<Grant> = m.roles.values().flat_map(role_grants).collect();
     assert_eq!(
@@ -273,12 +276,17 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
             .iter()
             .filter(|(_, _, verb)| !matches!(verb.as_str(), "list" | "watch"))
             .all(
-                |(group, resource, verb)| (resource == "ingresses/status" && verb == "patch")
-                    || (group == "events.k8s.io"
-                        && resource == "events"
-                        && matches!(verb.as_str(), "create" | "patch"))
+                |(group, resource, verb)| match (group.as_str(), resource.as_str()) {
+                    ("networking.k8s.io", "ingresses/status") => verb == "patch",
+                    ("events.k8s.io", "events") => matches!(verb.as_str(), "create" | "patch"),
+                    // `get` is a read, but only of the status Lease.
+                    ("coordination.k8s.io", "leases") => {
+                        matches!(verb.as_str(), "create" | "get" | "update")
+                    }
+                    _ => false,
+                }
             ),
-        "the only writes are a patch of ingresses/status and create/patch of events"
+        "the only writes: a patch of ingresses/status, create/patch of events, the status Lease"
     );
 }
 

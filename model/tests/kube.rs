@@ -621,7 +621,12 @@ async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed(
     running.task = tokio::spawn(async move {
         tokio::join!(async { source.run(client, writer).await.unwrap() }, async {
             ProblemEvents::new()
-                .run(events_client, Some("test-pod".to_owned()), rx)
+                .run(
+                    events_client,
+                    Some("test-pod".to_owned()),
+                    rx,
+                    fairlead_model::source::kube::leader::StatusLeader::always(),
+                )
                 .await
                 .unwrap();
         });
@@ -703,4 +708,144 @@ async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed(
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(event_writes(hyper::Method::POST), 1);
     assert_eq!(event_writes(hyper::Method::PATCH), 3);
+}
+
+/// One replica of the ingress gateway's status side: a candidate for the
+/// Lease, and a status writer publishing `address` while it leads.
+fn status_replica(
+    server: &FakeApiserver,
+    ingresses: ::kube::runtime::reflector::Store<k8s_openapi::api::networking::v1::Ingress>,
+    rx: watch::Receiver<Arc<Snapshot>>,
+    identity: &str,
+    address: &str,
+) -> (
+    fairlead_model::source::kube::leader::StatusLeader,
+    JoinHandle<()>,
+) {
+    use fairlead_model::source::kube::leader::{LeaderElector, LeaseConfig};
+    let mut config = LeaseConfig::new("fairlead-system", "fairlead-ingress-status", identity);
+    config.lease_duration = LEASE;
+    config.renew_deadline = LEASE * 2 / 3;
+    config.retry_period = Duration::from_millis(100);
+    let (elector, leader) = LeaderElector::new(config);
+    let writer = IngressStatusWriter::new(
+        ingresses,
+        IngressStatusConfig {
+            class: "fairlead".to_owned(),
+            addresses: StatusAddresses::Fixed(vec![address.parse().unwrap()]),
+            resync: Duration::from_millis(100),
+        },
+        &mut Registry::default(),
+    )
+    .with_leader(leader.clone());
+    let (elector_client, writer_client) = (server.client(), server.client());
+    let task = tokio::spawn(async move {
+        tokio::join!(
+            async { elector.run(elector_client).await.unwrap() },
+            async { writer.run(writer_client, rx).await.unwrap() },
+        );
+    });
+    (leader, task)
+}
+
+const LEASE: Duration = Duration::from_millis(1500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_replicas_writes_status_and_the_other_takes_over_when_it_dies() {
+    let server = FakeApiserver::start(vec![
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "fairlead"},
+            "spec": {"controller": "fairlead.dev/ingress"},
+        }),
+        ingress("served", Some("fairlead"), None),
+    ])
+    .await;
+    let (mut running, source) = start(None);
+    let ingresses = source.ingresses();
+    let (writer, rx) = ModelWriter::new();
+    running.rx = rx.clone();
+    let client = server.client();
+    running.task = tokio::spawn(async move { source.run(client, writer).await.unwrap() });
+    running.until("synced", |s| s.synced).await;
+
+    // Both candidates at once: exactly one leads.
+    let (a, a_task) = status_replica(&server, ingresses.clone(), rx.clone(), "a", "192.0.2.1");
+    let (b, b_task) = status_replica(&server, ingresses.clone(), rx.clone(), "b", "192.0.2.2");
+    let both = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (a, b, both) = (a.clone(), b.clone(), Arc::clone(&both));
+        tokio::spawn(async move {
+            loop {
+                if a.is_leader() && b.is_leader() {
+                    both.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let status_of = || {
+        server.get("Ingress", "shop", "served").unwrap()["status"]["loadBalancer"]["ingress"]
+            .clone()
+    };
+    let until_status = |ip: &'static str| async move {
+        tokio::time::timeout(LIMIT, async {
+            while status_of() != json!([{"ip": ip}]) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("status never became {ip}: {}", status_of()));
+    };
+    tokio::time::timeout(LIMIT, async {
+        while !a.is_leader() && !b.is_leader() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a leader within the limit");
+    let (leader, leader_task, follower, follower_ip, leader_ip) = if a.is_leader() {
+        (a, a_task, b, "192.0.2.2", "192.0.2.1")
+    } else {
+        (b, b_task, a, "192.0.2.1", "192.0.2.2")
+    };
+    until_status(leader_ip).await;
+    // Several renewals later: still the same leader, the follower never wrote.
+    tokio::time::sleep(LEASE * 2).await;
+    assert!(leader.is_leader() && !follower.is_leader());
+    let writes_of = |ip: &str| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == hyper::Method::PATCH && r.body.to_string().contains(ip))
+            .count()
+    };
+    assert_eq!(
+        writes_of(follower_ip),
+        0,
+        "the follower never writes status"
+    );
+    assert_eq!(writes_of(leader_ip), 1);
+
+    // The leader dies (no release): the follower takes over within the lease
+    // duration (plus a retry period) and writes its address.
+    leader_task.abort();
+    let died = tokio::time::Instant::now();
+    until_status(follower_ip).await;
+    let took = died.elapsed();
+    assert!(
+        took < LEASE + Duration::from_millis(500),
+        "took over after {took:?} (lease {LEASE:?})"
+    );
+    assert!(took >= LEASE / 2, "not before the lease ran out: {took:?}");
+    assert!(follower.is_leader());
+    let lease = server
+        .get("Lease", "fairlead-system", "fairlead-ingress-status")
+        .expect("the Lease");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+    monitor.abort();
+    assert!(
+        !both.load(std::sync::atomic::Ordering::SeqCst),
+        "never two leaders"
+    );
 }

@@ -18,6 +18,7 @@
 //! the Ingresses a gateway serves.
 
 pub mod events;
+pub mod leader;
 mod metrics;
 pub mod status;
 
@@ -129,8 +130,8 @@ pub const STATUS_ACCESS: ApiAccess = ApiAccess {
 };
 
 /// Everything fairlead does on the apiserver: the watchers of this module
-/// (one per [`Kind`]), the Ingress status writer and the Events of
-/// [`events`]. The RBAC rules in
+/// (one per [`Kind`]), the Ingress status writer, the Events of
+/// [`events`] and the status leader election of [`leader`]. The RBAC rules in
 /// `deploy/` are checked against this list by a test.
 pub const API_ACCESS: &[ApiAccess] = &[
     watch_access(Kind::Service),
@@ -142,6 +143,7 @@ pub const API_ACCESS: &[ApiAccess] = &[
     watch_access(Kind::Node),
     STATUS_ACCESS,
     events::EVENTS_ACCESS,
+    leader::LEASE_ACCESS,
 ];
 
 /// What the apiserver source reads.
@@ -993,6 +995,11 @@ mod tests {
             .collect();
         expected.push(("networking.k8s.io", "ingresses/status", STATUS_VERBS));
         expected.push(("events.k8s.io", "events", &["create", "patch"]));
+        expected.push((
+            "coordination.k8s.io",
+            "leases",
+            &["create", "get", "update"],
+        ));
         expected.sort();
         let mut actual: Vec<(&str, &str, &[&str])> = API_ACCESS
             .iter()

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument as _, debug, info_span, warn};
 
+use super::leader::StatusLeader;
 use super::{ApiAccess, Client};
 use crate::error::{Error, Problem, Severity};
 use crate::snapshot::Snapshot;
@@ -193,11 +194,15 @@ impl ProblemEvents {
     /// the channel closes. `instance` is the `reportingInstance` (the pod or
     /// node name). Failed writes are logged, not retried (the next change of
     /// the object tries again), as client-go does.
+    ///
+    /// Only while `leader` says this replica leads (see [`super::leader`]):
+    /// one replica reports. A new leader reports every current problem once.
     pub async fn run(
         mut self,
         client: Client,
         instance: Option<String>,
         mut model: watch::Receiver<Arc<Snapshot>>,
+        mut leader: StatusLeader,
     ) -> Result<(), Error> {
         let reporter = Reporter {
             controller: CONTROLLER.to_owned(),
@@ -206,6 +211,16 @@ impl ProblemEvents {
         let mut recorders: HashMap<EventKey, Recorder> = HashMap::new();
         async move {
             loop {
+                if !leader.is_leader() {
+                    self.served = None;
+                    self.active.clear();
+                    recorders.clear();
+                    tokio::select! {
+                        changed = model.changed() => if changed.is_err() { return Ok(()) },
+                        () = leader.until_leader() => {}
+                    }
+                    continue;
+                }
                 let snapshot = model.borrow_and_update().clone();
                 for key in self.plan(&snapshot, Instant::now()) {
                     let recorder = recorders
@@ -224,8 +239,9 @@ impl ProblemEvents {
                 }
                 // A problem that went away starts a new Event if it returns.
                 recorders.retain(|key, _| self.is_active(key));
-                if model.changed().await.is_err() {
-                    return Ok(());
+                tokio::select! {
+                    changed = model.changed() => if changed.is_err() { return Ok(()) },
+                    () = leader.changed() => {}
                 }
             }
         }

@@ -279,6 +279,7 @@ pub struct IngressStatusWriter {
     pending: BTreeMap<ObjectKey, Option<String>>,
     last_addresses: Vec<StatusAddress>,
     patches: Family<PatchLabels, Counter>,
+    leader: super::leader::StatusLeader,
 }
 
 impl fmt::Debug for IngressStatusWriter {
@@ -311,7 +312,16 @@ impl IngressStatusWriter {
             pending: BTreeMap::new(),
             last_addresses: Vec::new(),
             patches,
+            leader: super::leader::StatusLeader::always(),
         }
+    }
+
+    /// Writes only while `leader` says this replica leads (see
+    /// [`super::leader`]); without it, always.
+    #[must_use]
+    pub fn with_leader(mut self, leader: super::leader::StatusLeader) -> Self {
+        self.leader = leader;
+        self
     }
 
     /// Reconciles on every synced model change that concerns Ingresses or the
@@ -337,6 +347,16 @@ impl IngressStatusWriter {
                     }
                     continue;
                 }
+                if !self.leader.is_leader() {
+                    // Another replica writes; once this one leads, it
+                    // reconciles everything.
+                    served = None;
+                    tokio::select! {
+                        changed = model.changed() => if changed.is_err() { return Ok(()) },
+                        () = self.leader.until_leader() => {}
+                    }
+                    continue;
+                }
                 let addresses = self.config.addresses.resolve(&snapshot);
                 let due = snapshot
                     .changes_since(served)
@@ -356,6 +376,7 @@ impl IngressStatusWriter {
                 tokio::select! {
                     changed = model.changed() => if changed.is_err() { return Ok(()) },
                     () = tokio::time::sleep_until(deadline) => {}
+                    () = self.leader.changed() => {}
                 }
             }
         }
