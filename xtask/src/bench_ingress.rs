@@ -1399,13 +1399,13 @@ fn print_memory(memory: &[(Peer, u64, u64)]) {
     }
     // PSS shares the pages nginx's master and workers have in common; RSS
     // summed over the processes counts them once per process.
-    let (_, ours_rss, ours_pss) = memory[0];
+    let (_, resident, proportional) = memory[0];
     for (peer, rss, pss) in memory.iter().skip(1) {
         println!(
             "fairlead / {:<8} PSS {:.2}x, RSS summed {:.2}x",
             peer.name(),
-            mib(ours_pss) / mib(*pss),
-            mib(ours_rss) / mib(*rss)
+            mib(proportional) / mib(*pss),
+            mib(resident) / mib(*rss)
         );
     }
 }
