@@ -285,6 +285,7 @@ impl Runtime {
             return;
         };
         let mut client = apiserver.client.clone();
+        let ingresses = apiserver.ingresses.clone();
         let model = self.model.clone();
         let stop = self.cancel.clone();
         let leader = self.status_leader.clone();
@@ -299,6 +300,7 @@ impl Runtime {
                 };
                 let client = client.expect("waited for Some");
                 kube_source::events::ProblemEvents::new()
+                    .with_ingresses(ingresses)
                     .run(client, instance, model, leader)
                     .await
             };

@@ -583,6 +583,7 @@ async fn a_namespace_limits_the_namespaced_watches() {
 /// default backend on `port` (changing it changes the Ingress).
 fn ingress_with_missing_secret(port: u16, tls: bool) -> Value {
     let mut value = ingress("secure", Some("fairlead"), None);
+    value["metadata"]["uid"] = json!("0f4e-secure");
     value["spec"]["defaultBackend"]["service"]["port"]["number"] = json!(port);
     if tls {
         value["spec"]["tls"] = json!([{"hosts": ["secure.example.com"], "secretName": "missing"}]);
@@ -601,6 +602,10 @@ async fn until_count(what: &str, n: usize, count: impl Fn() -> usize) {
     .unwrap_or_else(|_| panic!("{what}: {} within {LIMIT:?}, wanted {n}", count()));
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario step by step: the order of the steps is what is tested"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed() {
     use fairlead_model::source::kube::events::ProblemEvents;
@@ -614,6 +619,7 @@ async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed(
     ])
     .await;
     let (mut running, source) = start(None);
+    let ingresses = source.ingresses();
     let (writer, rx) = ModelWriter::new();
     running.rx = rx.clone();
     let client = server.client();
@@ -621,6 +627,7 @@ async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed(
     running.task = tokio::spawn(async move {
         tokio::join!(async { source.run(client, writer).await.unwrap() }, async {
             ProblemEvents::new()
+                .with_ingresses(ingresses)
                 .run(
                     events_client,
                     Some("test-pod".to_owned()),
@@ -659,6 +666,10 @@ async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed(
     assert_eq!(event["reason"], "TLSSecretNotFound");
     assert_eq!(event["regarding"]["kind"], "Ingress");
     assert_eq!(event["regarding"]["name"], "secure");
+    assert_eq!(
+        event["regarding"]["uid"], "0f4e-secure",
+        "kubectl describe selects by uid"
+    );
     assert_eq!(event["reportingController"], "fairlead.dev/fairlead");
     assert_eq!(event["reportingInstance"], "test-pod");
     let note = event["note"].as_str().unwrap();

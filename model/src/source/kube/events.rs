@@ -127,6 +127,8 @@ pub struct ProblemEvents {
     buckets: HashMap<ObjectId, Bucket>,
     /// Events held back by the spam filter.
     pub suppressed: u64,
+    /// The source's Ingresses, for their uids.
+    ingresses: Option<super::IngressStore>,
 }
 
 impl ProblemEvents {
@@ -184,6 +186,32 @@ impl ProblemEvents {
         out
     }
 
+    /// Fills the `regarding.uid` of Events on Ingresses from `ingresses`
+    /// (the source's store): `kubectl describe ingress` selects Events by
+    /// uid. Other kinds have no store here, and go without.
+    #[must_use]
+    pub fn with_ingresses(mut self, ingresses: super::IngressStore) -> Self {
+        self.ingresses = Some(ingresses);
+        self
+    }
+
+    /// The reference of an Event to `object`.
+    fn reference(&self, object: &ObjectId) -> ObjectReference {
+        let uid = match (&self.ingresses, object.kind) {
+            (Some(store), crate::types::Kind::Ingress) => store
+                .get(
+                    &::kube::runtime::reflector::ObjectRef::new(&object.name)
+                        .within(&object.namespace),
+                )
+                .and_then(|ingress| ingress.metadata.uid.clone()),
+            _ => None,
+        };
+        ObjectReference {
+            uid,
+            ..reference(object)
+        }
+    }
+
     /// Whether `key` is a current problem.
     #[must_use]
     pub fn is_active(&self, key: &EventKey) -> bool {
@@ -233,7 +261,7 @@ impl ProblemEvents {
                         action: "Translate".to_owned(),
                         secondary: None,
                     };
-                    if let Err(e) = recorder.publish(&event, &reference(&key.object)).await {
+                    if let Err(e) = recorder.publish(&event, &self.reference(&key.object)).await {
                         warn!(object = %key.object, reason = key.reason, error = %e, "publishing an Event failed");
                     }
                 }
