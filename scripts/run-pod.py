@@ -106,7 +106,7 @@ def expand(value, env):
     return VAR.sub(one, value)
 
 
-def environment(container, namespace, maps, node_name):
+def environment(container, namespace, maps, node_name, pod_name):
     env = {}
     for var in container.get("env", []):
         name = var["name"]
@@ -116,7 +116,8 @@ def environment(container, namespace, maps, node_name):
         source = var.get("valueFrom") or {}
         if "fieldRef" in source:
             field = source["fieldRef"]["fieldPath"]
-            fields = {"metadata.namespace": namespace, "spec.nodeName": node_name}
+            # The podman container stands in for the pod: its name is the pod's.
+            fields = {"metadata.namespace": namespace, "metadata.name": pod_name, "spec.nodeName": node_name}
             if field not in fields or fields[field] is None:
                 fail(f"env {name}: fieldRef {field} is not known here (give --node-name for spec.nodeName)")
             env[name] = fields[field]
@@ -289,7 +290,7 @@ def podman_command(a):
     for extra in a.mount:
         cmd += ["--volume", extra]
 
-    env = environment(container, namespace, maps, a.node_name)
+    env = environment(container, namespace, maps, a.node_name, a.name or container["name"])
     for name, value in env.items():
         cmd += ["--env", f"{name}={value}"]
     if "command" in container:

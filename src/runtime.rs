@@ -54,7 +54,7 @@ pub(crate) struct SourceArgs {
     /// client-go's recorder). Needs create and patch on events.k8s.io
     /// events. Enable it on one workload (deploy/ enables it on the ingress
     /// Deployment).
-    #[arg(long, env = "FAIRLEAD_EVENTS", conflicts_with = "manifests")]
+    #[arg(long, env = "FAIRLEAD_EVENTS")]
     pub(crate) events: bool,
     /// Address of the telemetry listener: /metrics, /health, /ready.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
@@ -282,6 +282,7 @@ impl Runtime {
     /// source only), while this replica is the status leader.
     fn publish_events(&mut self) {
         let Some(apiserver) = &self.apiserver else {
+            warn!("--events ignored: the model comes from --manifests");
             return;
         };
         let mut client = apiserver.client.clone();
