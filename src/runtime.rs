@@ -282,7 +282,7 @@ impl Runtime {
     /// source only), while this replica is the status leader.
     fn publish_events(&mut self) {
         let Some(apiserver) = &self.apiserver else {
-            warn!("--events ignored: the model comes from --manifests");
+            info!("--events: no Events, the model comes from --manifests");
             return;
         };
         let mut client = apiserver.client.clone();
