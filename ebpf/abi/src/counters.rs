@@ -87,11 +87,18 @@ pub enum Reason {
     /// An ICMP error about a packet of a balanced flow was translated back to the host that
     /// sent the packet (the client, or the backend).
     IcmpRelated = 31,
+    /// A later fragment of a datagram (no L4 header) got the translation of its first
+    /// fragment, found in the fragment map by the datagram's identification.
+    FragmentTranslated = 32,
+    /// A later fragment whose datagram's first fragment was not seen (it was lost, came
+    /// later, or was evicted) went on untouched: the stack reassembles it if the datagram is
+    /// the node's own, else drops it when reassembly times out.
+    FragmentUnknown = 33,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 34;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -127,6 +134,8 @@ impl Reason {
         Self::TooBig,
         Self::TtlExceeded,
         Self::IcmpRelated,
+        Self::FragmentTranslated,
+        Self::FragmentUnknown,
     ];
 
     /// The index of this reason in the counter array.
@@ -181,6 +190,8 @@ impl Reason {
             Self::TooBig => "too_big",
             Self::TtlExceeded => "ttl_exceeded",
             Self::IcmpRelated => "icmp_related",
+            Self::FragmentTranslated => "fragment_translated",
+            Self::FragmentUnknown => "fragment_unknown",
         }
     }
 
@@ -234,6 +245,10 @@ impl Reason {
             Self::TooBig => "packets too big for their route, answered (fragmentation needed)",
             Self::TtlExceeded => "packets whose TTL expired, answered (time exceeded)",
             Self::IcmpRelated => "ICMP errors about balanced flows, translated back",
+            Self::FragmentTranslated => {
+                "later fragments translated as their datagram's first fragment was"
+            }
+            Self::FragmentUnknown => "later fragments whose first fragment was not seen, untouched",
         }
     }
 
@@ -248,8 +263,11 @@ impl Reason {
             | Self::ExternalHit
             | Self::CtReply
             | Self::FibRedirect
-            | Self::IcmpRelated => ReasonKind::Translated,
-            Self::NotService | Self::UnsupportedProtocol => ReasonKind::Untouched,
+            | Self::IcmpRelated
+            | Self::FragmentTranslated => ReasonKind::Translated,
+            Self::NotService | Self::UnsupportedProtocol | Self::FragmentUnknown => {
+                ReasonKind::Untouched
+            }
             Self::NoBackendReject
             | Self::BackendSlotMissing
             | Self::BackendMissing
