@@ -869,6 +869,21 @@ fn ipv6_nodeport_reaches_local_and_remote_backends() {
     // Routed by the FIB lookup (and redirect), as for IPv4.
     assert!(t.counter(Reason::FibRedirect) >= 60 * 3 + 40);
     assert_eq!(t.counter(Reason::FibFallback), 0, "{}", t.rendered());
+
+    // Datagrams over the MTU: fragments (a fragment header after the fixed one), each
+    // request and answer reassembled whole.
+    let results = t.ext_clients("udp-big", "fd50::1", 30053, 20, None);
+    all_intact(&results);
+    let seen = by_backend(&results);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen["pod-a"].iter().all(|ip| ip == "fd50::2"), "{seen:?}");
+    assert!(seen["pod-c"].iter().all(|ip| ip == "fd18::1"), "{seen:?}");
+    all_from(&results, "fd50::1:30053");
+    assert!(
+        t.counter(Reason::FragmentTranslated) >= 20 * 4,
+        "{}",
+        t.rendered()
+    );
 }
 
 #[test]
@@ -958,6 +973,7 @@ fn xdp_balances_in_front_of_tc(mode: &'static str) {
         ("udp", NODE, 30053, 30),
         ("udp-big", NODE, 30053, 16),
         ("tcp", "fd50::1", 30080, 30),
+        ("udp-big", "fd50::1", 30053, 16),
     ] {
         let results = t.ext_clients(mode, host, port, n, None);
         if mode == "udp-big" {

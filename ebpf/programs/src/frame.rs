@@ -186,6 +186,11 @@ impl Frame for TcContext {
     }
 }
 
+/// The largest offset [`xdp_at`] reads at: the verifier accepts a bounds check only on a
+/// packet pointer whose variable part is known to be small, and an offset read back from
+/// memory (the L4 offset after IPv6 extension headers) is not, until compared.
+const XDP_MAX_OFFSET: usize = 0x3fff;
+
 /// A pointer to a `T` at `offset` in an XDP buffer, when the buffer holds it whole.
 ///
 /// The buffer's bounds are read from the context right here, with volatile reads: were the
@@ -202,7 +207,7 @@ fn xdp_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
             ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize,
         )
     };
-    if start + offset + size_of::<T>() > end {
+    if offset > XDP_MAX_OFFSET || start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *mut T)
