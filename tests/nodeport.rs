@@ -558,6 +558,13 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
         t.rendered()
     );
     assert_eq!(t.counter(Reason::FibFallback), 0);
+    // The remote backend's packets (to node2) and its translated replies (to ext) left
+    // through node1's egress programs without a conntrack lookup there.
+    assert!(
+        t.counter(Reason::EgressSkipped) >= 15 * 3,
+        "{:?}",
+        PinnedMaps::open(&t.bpffs()).and_then(|m| m.counters())
+    );
 
     // Status shows the NodePort with its Maglev table and the conntrack fill.
     let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))

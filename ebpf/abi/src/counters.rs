@@ -94,11 +94,14 @@ pub enum Reason {
     /// later, or was evicted) went on untouched: the stack reassembles it if the datagram is
     /// the node's own, else drops it when reassembly times out.
     FragmentUnknown = 33,
+    /// A packet the ingress program translated and sent out of an interface of the node went
+    /// through the egress program there without a conntrack lookup (none could match it).
+    EgressSkipped = 34,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 34;
+    pub const COUNT: u32 = 35;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -136,6 +139,7 @@ impl Reason {
         Self::IcmpRelated,
         Self::FragmentTranslated,
         Self::FragmentUnknown,
+        Self::EgressSkipped,
     ];
 
     /// The index of this reason in the counter array.
@@ -192,6 +196,7 @@ impl Reason {
             Self::IcmpRelated => "icmp_related",
             Self::FragmentTranslated => "fragment_translated",
             Self::FragmentUnknown => "fragment_unknown",
+            Self::EgressSkipped => "egress_skipped",
         }
     }
 
@@ -249,6 +254,7 @@ impl Reason {
                 "later fragments translated as their datagram's first fragment was"
             }
             Self::FragmentUnknown => "later fragments whose first fragment was not seen, untouched",
+            Self::EgressSkipped => "translated packets leaving without an egress conntrack lookup",
         }
     }
 
@@ -264,7 +270,8 @@ impl Reason {
             | Self::CtReply
             | Self::FibRedirect
             | Self::IcmpRelated
-            | Self::FragmentTranslated => ReasonKind::Translated,
+            | Self::FragmentTranslated
+            | Self::EgressSkipped => ReasonKind::Translated,
             Self::NotService | Self::UnsupportedProtocol | Self::FragmentUnknown => {
                 ReasonKind::Untouched
             }

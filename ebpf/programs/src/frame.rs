@@ -81,7 +81,20 @@ pub(crate) trait Frame {
 
     /// Sends the packet back out of the interface it came in on.
     fn send_back(&self) -> i32;
+
+    /// Marks the packet as translated by this node's ingress program, so that the egress
+    /// program on its way out skips it (its conntrack lookups cannot hit: it is in the
+    /// original direction, or a reply already translated). TC: a bit of the skb's
+    /// `tc_index`, which a redirect keeps (as Cilium's `TC_INDEX_F_SKIP_NODEPORT`); XDP:
+    /// nothing (the skb does not exist yet).
+    fn mark_translated(&self);
+
+    /// Whether the packet carries [`Frame::mark_translated`]'s mark; clears it.
+    fn take_translated(&self) -> bool;
 }
+
+/// The `tc_index` bit of [`Frame::mark_translated`].
+const TC_INDEX_TRANSLATED: u32 = 1 << 15;
 
 #[expect(
     clippy::cast_possible_truncation,
@@ -183,6 +196,25 @@ impl Frame for TcContext {
     #[inline(always)]
     fn send_back(&self) -> i32 {
         self.send(Frame::ingress_ifindex(self), true)
+    }
+
+    #[inline(always)]
+    fn mark_translated(&self) {
+        // SAFETY: the context pointer of this run; `tc_index` is writable at TC.
+        unsafe { (*self.skb.skb).tc_index |= TC_INDEX_TRANSLATED };
+    }
+
+    #[inline(always)]
+    fn take_translated(&self) -> bool {
+        // SAFETY: as in `mark_translated`.
+        unsafe {
+            let index = (*self.skb.skb).tc_index;
+            if index & TC_INDEX_TRANSLATED == 0 {
+                return false;
+            }
+            (*self.skb.skb).tc_index = index & !TC_INDEX_TRANSLATED;
+        }
+        true
     }
 }
 
@@ -337,5 +369,13 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn send_back(&self) -> i32 {
         XDP_VERDICTS.2
+    }
+
+    #[inline(always)]
+    fn mark_translated(&self) {}
+
+    #[inline(always)]
+    fn take_translated(&self) -> bool {
+        false
     }
 }

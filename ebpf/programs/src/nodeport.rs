@@ -255,6 +255,7 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
             }
             bump(Reason::CtReply);
             packet.count_fragment();
+            ctx.mark_translated();
             return apply4(ctx, &route);
         }
         // A reply of a local backend arriving here (it is routed out of this interface
@@ -314,6 +315,12 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
 /// source.
 #[inline(always)]
 pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
+    // Translated by the ingress program (and redirected or forwarded out here): no reply
+    // entry can match it.
+    if ctx.take_translated() {
+        bump(Reason::EgressSkipped);
+        return F::NEXT;
+    }
     let Some(packet) = parse(ctx) else {
         return F::NEXT;
     };
@@ -608,6 +615,7 @@ fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &CtValue) -> i32 {
         return F::DROP;
     }
     packet.count_fragment();
+    ctx.mark_translated();
     apply4(ctx, &route)
 }
 

@@ -275,6 +275,7 @@ fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
             }
             bump(Reason::CtReply);
             packet.count_fragment();
+            ctx.mark_translated();
             return apply6(ctx, &route);
         }
         return F::NEXT;
@@ -341,6 +342,11 @@ fn new_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
 /// TC egress, IPv6: replies of local backends get the frontend back as source.
 #[inline(always)]
 pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
+    // Translated by the ingress program: no reply entry can match it.
+    if ctx.take_translated() {
+        bump(Reason::EgressSkipped);
+        return F::NEXT;
+    }
     let Some(packet) = parse(ctx) else {
         return F::NEXT;
     };
@@ -619,6 +625,7 @@ fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &Ct6Value) -> i32 {
         return F::DROP;
     }
     packet.count_fragment();
+    ctx.mark_translated();
     apply6(ctx, &route)
 }
 
