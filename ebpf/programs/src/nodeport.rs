@@ -3,11 +3,11 @@
 //!
 //! Ingress, for each IPv4 TCP/UDP packet:
 //!
-//! 1. a **reply** of a balanced flow whose source was translated to a node address (the
+//! 1. a packet of a **known flow** (conntrack, original direction): translate it as its
+//!    first packet was;
+//! 2. a **reply** of a balanced flow whose source was translated to a node address (the
 //!    backend is on another node): restore the frontend as source and the client as
 //!    destination, then route it;
-//! 2. a packet of a **known flow** (conntrack, original direction): translate it as its
-//!    first packet was;
 //! 3. a **new flow** to an external frontend: check `loadBalancerSourceRanges`, pick a
 //!    backend (session affinity, else the frontend's Maglev table indexed by a hash of the
 //!    5-tuple), translate the destination, and the source to a node address when the backend
@@ -227,10 +227,25 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
 
-    // 1. A reply to a node address (source-NATed flow).
-    if let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) {
+    // 1. A known flow (first: for a packet from a client, the common case at ingress,
+    // one lookup instead of a reply lookup that misses first).
+    let original = packet.key(CT_ORIGINAL);
+    if let Some(entry) = ct.get_ptr_mut(original) {
         // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
         // until the program returns; racing writers store whole small fields.
+        let value = unsafe { touch(entry, now, &packet) };
+        let backend_ok = copy_of(BACKENDS4.get_ptr(value.backend_id))
+            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
+        if backend_ok {
+            return translate(ctx, &packet, &value);
+        }
+        bump(Reason::CtStale);
+        let _ = ct.remove(original);
+    }
+
+    // 2. A reply to a node address (source-NATed flow).
+    if let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) {
+        // SAFETY: as above.
         let value = unsafe { touch(entry, now, &packet) };
         if value.has_flag(CtValue::FLAG_SNAT) {
             let route = match routed(
@@ -261,20 +276,6 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
         // A reply of a local backend arriving here (it is routed out of this interface
         // after the stack): the egress program translates it.
         return F::NEXT;
-    }
-
-    // 2. A known flow.
-    let original = packet.key(CT_ORIGINAL);
-    if let Some(entry) = ct.get_ptr_mut(original) {
-        // SAFETY: as above.
-        let value = unsafe { touch(entry, now, &packet) };
-        let backend_ok = copy_of(BACKENDS4.get_ptr(value.backend_id))
-            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
-        if backend_ok {
-            return translate(ctx, &packet, &value);
-        }
-        bump(Reason::CtStale);
-        let _ = ct.remove(original);
     }
 
     // 3. A new flow, opened by a packet with ports (a later fragment whose first fragment

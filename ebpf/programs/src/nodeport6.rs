@@ -236,18 +236,35 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
 /// Returned by [`known_flow`] when conntrack does not know the flow.
 const NO_ENTRY: i32 = i32::MIN;
 
-/// Steps 1 and 2 of [`ingress`]: a source-NATed reply, or a packet of a known flow;
+/// Steps 1 and 2 of [`ingress`]: a packet of a known flow, or a source-NATed reply;
 /// [`NO_ENTRY`] when conntrack has neither.
 #[inline(never)]
 fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
-    // One key, turned from the reply to the original direction: the stack is tight.
-    let mut key = packet.key(CT_REPLY);
-
+    // One key, turned from the original to the reply direction: the stack is tight. The
+    // original direction first: for a packet from a client, the common case at ingress,
+    // one lookup instead of a reply lookup that misses first.
+    let mut key = packet.key(CT_ORIGINAL);
     if let Some(entry) = ct.get_ptr_mut(key) {
         // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
         // until the program returns; the references below only read it.
+        let value = unsafe {
+            touch(entry, now, packet);
+            &*entry
+        };
+        let backend_ok = copy_of(BACKENDS6.get_ptr(value.backend_id))
+            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
+        if backend_ok {
+            return translate(ctx, packet, value);
+        }
+        bump(Reason::CtStale);
+        let _ = ct.remove(key);
+    }
+
+    key.direction = CT_REPLY;
+    if let Some(entry) = ct.get_ptr_mut(key) {
+        // SAFETY: as above.
         let value = unsafe {
             touch(entry, now, packet);
             &*entry
@@ -281,21 +298,6 @@ fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
         return F::NEXT;
     }
 
-    key.direction = CT_ORIGINAL;
-    if let Some(entry) = ct.get_ptr_mut(key) {
-        // SAFETY: as above.
-        let value = unsafe {
-            touch(entry, now, packet);
-            &*entry
-        };
-        let backend_ok = copy_of(BACKENDS6.get_ptr(value.backend_id))
-            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
-        if backend_ok {
-            return translate(ctx, packet, value);
-        }
-        bump(Reason::CtStale);
-        let _ = ct.remove(key);
-    }
     NO_ENTRY
 }
 
