@@ -1125,3 +1125,57 @@ fn ipv6_udp_fragments_follow_their_first_fragment() {
     assert_eq!(verdict, TC_ACT_UNSPEC, "not ours");
     assert_eq!(out, orphan[2], "untouched");
 }
+
+/// A TCP flow to a backend on another node, at TC and at XDP: the SYN leaves from the
+/// node's address to the backend, its reply comes back from the frontend to the client,
+/// byte for byte (both addresses and ports rewritten at once, every checksum with them).
+#[test]
+fn source_nat_rewrites_both_directions_byte_for_byte() {
+    if !privileged("tc_packets::source_nat_rewrites_both_directions_byte_for_byte") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let xdp: &mut Xdp = datapath
+        .ebpf_mut()
+        .program_mut(programs::XDP)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n  - {{addresses: [\"10.244.2.10\"], conditions: {{ready: true}}, nodeName: node-2}}\n"
+    );
+    let changes: Vec<Change> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+            Change::Upsert {
+                object: decode(value).expect("object"),
+                origin: None,
+            }
+        })
+        .collect();
+    let (mut writer, _rx) = ModelWriter::new();
+    writer.replace_all(changes, Vec::new(), true);
+    let report = Reconciler::new(Some("node-1".to_owned())).sync(&writer.snapshot(), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let node = Ipv4Addr::new(172, 18, 0, 1);
+    set_snat_address(&mut datapath, node);
+    let backend = Ipv4Addr::new(10, 244, 2, 10);
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    for (sport, at_xdp) in [(40_000, false), (40_001, true)] {
+        let (verdict, out) = if at_xdp {
+            run_xdp(&datapath, &syn(client, sport, LB_IP, 80))
+        } else {
+            run(ingress(&datapath), &syn(client, sport, LB_IP, 80))
+        };
+        assert_eq!(verdict, if at_xdp { XDP_PASS } else { TC_ACT_OK });
+        assert_eq!(out, syn(node, sport, backend, 8080), "SYN, XDP: {at_xdp}");
+        let (verdict, out) = if at_xdp {
+            run_xdp(&datapath, &syn(backend, 8080, node, sport))
+        } else {
+            run(ingress(&datapath), &syn(backend, 8080, node, sport))
+        };
+        assert_eq!(verdict, if at_xdp { XDP_PASS } else { TC_ACT_OK });
+        assert_eq!(out, syn(LB_IP, 80, client, sport), "reply, XDP: {at_xdp}");
+    }
+}
