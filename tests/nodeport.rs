@@ -558,6 +558,13 @@ fn nodeport_tcp_and_udp_reach_local_and_remote_backends() {
         t.rendered()
     );
     assert_eq!(t.counter(Reason::FibFallback), 0);
+    // The remote backend's packets (to node2) and its translated replies (to ext) left
+    // through node1's egress programs without a conntrack lookup there.
+    assert!(
+        t.counter(Reason::EgressSkipped) >= 15 * 3,
+        "{:?}",
+        PinnedMaps::open(&t.bpffs()).and_then(|m| m.counters())
+    );
 
     // Status shows the NodePort with its Maglev table and the conntrack fill.
     let out = Command::new(env!("CARGO_BIN_EXE_fairlead"))
@@ -869,6 +876,21 @@ fn ipv6_nodeport_reaches_local_and_remote_backends() {
     // Routed by the FIB lookup (and redirect), as for IPv4.
     assert!(t.counter(Reason::FibRedirect) >= 60 * 3 + 40);
     assert_eq!(t.counter(Reason::FibFallback), 0, "{}", t.rendered());
+
+    // Datagrams over the MTU: fragments (a fragment header after the fixed one), each
+    // request and answer reassembled whole.
+    let results = t.ext_clients("udp-big", "fd50::1", 30053, 20, None);
+    all_intact(&results);
+    let seen = by_backend(&results);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen["pod-a"].iter().all(|ip| ip == "fd50::2"), "{seen:?}");
+    assert!(seen["pod-c"].iter().all(|ip| ip == "fd18::1"), "{seen:?}");
+    all_from(&results, "fd50::1:30053");
+    assert!(
+        t.counter(Reason::FragmentTranslated) >= 20 * 4,
+        "{}",
+        t.rendered()
+    );
 }
 
 #[test]
@@ -956,9 +978,15 @@ fn xdp_balances_in_front_of_tc(mode: &'static str) {
     for (mode, host, port, n) in [
         ("tcp", NODE, 30080, 40),
         ("udp", NODE, 30053, 30),
+        ("udp-big", NODE, 30053, 16),
         ("tcp", "fd50::1", 30080, 30),
+        ("udp-big", "fd50::1", 30053, 16),
     ] {
         let results = t.ext_clients(mode, host, port, n, None);
+        if mode == "udp-big" {
+            // Fragmented both ways; XDP translates the client's later fragments.
+            all_intact(&results);
+        }
         let seen = by_backend(&results);
         assert_eq!(seen.len(), 2, "{mode} {host}: {seen:?}");
         let (client, internal) = if host == NODE {
@@ -1164,4 +1192,55 @@ fn nodeport_requests_survive_another_services_churn() {
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every `udp-big` result: answered, the 3000-byte datagram echoed intact (the request and
+/// the answer each crossed a 1500-byte MTU in fragments).
+fn all_intact(results: &[Value]) {
+    for r in results {
+        assert_eq!(r["intact"], Value::Bool(true), "{results:?}");
+        assert!(r["bytes"].as_u64().unwrap_or(0) > 3000, "{r}");
+    }
+}
+
+/// UDP datagrams larger than the MTU (3000 bytes over 1500-byte veths) to a NodePort: the
+/// client's stack sends each in three fragments, of which only the first carries the UDP
+/// ports. Every fragment must reach the backend the first was balanced to (else the
+/// backend's stack cannot reassemble the datagram), the remote backend's with the same
+/// source NAT; the backends' answers, as large and fragmented, come back from the NodePort.
+/// Many flows spread over three backends (two local, one remote), each echoed intact.
+#[test]
+fn fragmented_udp_datagrams_reach_their_backend_whole() {
+    if !privileged("nodeport::fragmented_udp_datagrams_reach_their_backend_whole") {
+        return;
+    }
+    let mut t = Topology::new("frag");
+    t.write(
+        "web.yaml",
+        &service("web", "NodePort", "10.96.0.10", &[POD_A, POD_B, POD_C], ""),
+    );
+    t.start_proxy();
+    t.wait_programmed(&["0.0.0.0:30053/udp", "10.244.2.2:5353", "10.244.1.3:5353"]);
+
+    let results = t.ext_clients("udp-big", NODE, 30053, 45, None);
+    all_intact(&results);
+    let seen = by_backend(&results);
+    assert_eq!(seen.len(), 3, "spread over every backend: {seen:?}");
+    for local in ["pod-a", "pod-b"] {
+        assert!(
+            seen[local].iter().all(|ip| ip == "192.168.50.2"),
+            "{seen:?}"
+        );
+    }
+    assert!(
+        seen["pod-c"].iter().all(|ip| ip == "172.18.0.1"),
+        "{seen:?}"
+    );
+    all_from(&results, "192.168.50.1:30053");
+    // Each request and each answer has two later fragments, all translated by the map.
+    assert!(
+        t.counter(Reason::FragmentTranslated) >= 45 * 4,
+        "{}",
+        t.rendered()
+    );
 }

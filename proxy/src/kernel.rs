@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
 use fairlead_abi::{
-    Backend4, Backend6, BackendId, Be16, Be32, Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey,
-    MaglevTable, Reason, RevNat4, RevNat6, RevNatId, Scope, Service4Key, Service6Key, ServiceValue,
-    SourceRange4Key, SourceRange6Key, maps, maps::MapKind,
+    Backend4, Backend6, BackendId, Be16, Be32, Ct4Key, Ct6Key, Ct6Value, CtValue, Frag4Key,
+    Frag6Key, FragPorts, MaglevKey, MaglevTable, Reason, RevNat4, RevNat6, RevNatId, Scope,
+    Service4Key, Service6Key, ServiceValue, SourceRange4Key, SourceRange6Key, maps, maps::MapKind,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -224,6 +224,14 @@ pub(crate) fn fill(set: &impl MapSet, name: &'static str) -> Result<(usize, u32)
             .keys()
             .count(),
         maps::IF_ADDR6 => HashMap::<_, u32, [u8; 16]>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::FRAG4 => HashMap::<_, Frag4Key, FragPorts>::try_from(map)
+            .map_err(read)?
+            .keys()
+            .count(),
+        maps::FRAG6 => HashMap::<_, Frag6Key, FragPorts>::try_from(map)
             .map_err(read)?
             .keys()
             .count(),

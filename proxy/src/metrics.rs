@@ -143,7 +143,7 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn observe_counters(&mut self, counters: Counters) {
+    pub(crate) fn observe_counters(&mut self, counters: &Counters) {
         for reason in Reason::ALL {
             let now = counters.get(reason);
             let before = self.last_counters.map_or(0, |c| c.get(reason));
@@ -156,7 +156,7 @@ impl Metrics {
                 })
                 .inc_by(delta);
         }
-        self.last_counters = Some(counters);
+        self.last_counters = Some(*counters);
     }
 
     pub(crate) fn stale_sockets_destroyed(&self, n: u64) {

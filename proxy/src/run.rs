@@ -410,7 +410,7 @@ impl Proxy {
                     }
                     if let Some((datapath, _)) = &mut state {
                         match datapath.counters() {
-                            Ok(c) => metrics.observe_counters(c),
+                            Ok(c) => metrics.observe_counters(&c),
                             Err(e) => warn!(error = %e, "reading the datapath counters failed"),
                         }
                         if external {

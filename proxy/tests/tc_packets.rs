@@ -16,9 +16,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use fairlead_model::{Change, ModelWriter, Snapshot, decode};
-use fairlead_proxy::abi::{Ct4Key, CtValue, maps, programs};
+use fairlead_proxy::abi::{Be32, Ct4Key, CtValue, maps, programs};
 use fairlead_proxy::testing::{TestNetns, error_chain, privileged};
 use fairlead_proxy::{Datapath, LoadOptions, Reconciler};
 
@@ -585,4 +585,597 @@ fn an_icmp_error_about_a_reply_goes_to_the_backend() {
     assert_eq!(fold(sum16(&inner[..20], 0)), 0, "quoted IPv4 checksum");
     assert_eq!(fold(sum16(&out[34..], 0)), 0, "ICMP checksum");
     assert_eq!(&out[40..42], &1400_u16.to_be_bytes(), "the MTU kept");
+}
+
+/// `TC_ACT_UNSPEC`: not ours, on to the next program or the stack.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+/// `XDP_PASS`.
+const XDP_PASS: u32 = 2;
+
+/// A UDP Service `dns` on `LB_IP`:53 → 5353 with one endpoint, 10.244.`subnet`.10, on
+/// `node` (node-1 is this node: a local backend; node-2: another node's, reached with
+/// source NAT).
+fn udp_service(writer: &mut ModelWriter, node: &str, subnet: u8) -> Arc<Snapshot> {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: t}}\nspec:\n  clusterIP: 10.96.0.53\n  ports: [{{port: 53, protocol: UDP, targetPort: 5353}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dns-1, namespace: t, labels: {{kubernetes.io/service-name: dns}}}}\naddressType: IPv4\nports: [{{port: 5353, protocol: UDP}}]\nendpoints:\n  - {{addresses: [\"10.244.{subnet}.10\"], conditions: {{ready: true}}, nodeName: {node}}}\n"
+    );
+    let changes: Vec<Change> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+            Change::Upsert {
+                object: decode(value).expect("object"),
+                origin: None,
+            }
+        })
+        .collect();
+    writer.replace_all(changes, Vec::new(), true);
+    writer.snapshot()
+}
+
+/// A UDP datagram of `payload` from `src` to `dst` with IP identification `id`, as the
+/// Ethernet frames of its fragments: IP payloads of `first` bytes (UDP header included),
+/// then `middle`-byte pieces, then the rest (every length a multiple of 8 but the last's).
+/// Checksums correct: the IPv4 header's of each fragment, the UDP one over the datagram.
+fn udp_fragments(
+    (src, sport): (Ipv4Addr, u16),
+    (dst, dport): (Ipv4Addr, u16),
+    id: u16,
+    payload: &[u8],
+    (first, middle): (usize, usize),
+) -> Vec<Vec<u8>> {
+    let udp_len = u16::try_from(8 + payload.len()).unwrap();
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    let csum = fold(sum16(&udp, sum16(&pseudo, 0)));
+    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while offset < udp.len() {
+        let size = if offset == 0 { first } else { middle };
+        let end = (offset + size).min(udp.len());
+        let more = end < udp.len();
+        let mut p = vec![0_u8; 14 + 20];
+        p[12..14].copy_from_slice(&0x0800_u16.to_be_bytes());
+        let ip = &mut p[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&u16::try_from(20 + end - offset).unwrap().to_be_bytes());
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        let flags = u16::try_from(offset / 8).unwrap() | if more { 0x2000 } else { 0 };
+        ip[6..8].copy_from_slice(&flags.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
+        let csum = fold(sum16(ip, 0));
+        ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        p.extend_from_slice(&udp[offset..end]);
+        frames.push(p);
+        offset = end;
+    }
+    frames
+}
+
+/// Loads the classifier `name` of the object (the packet-test datapath loads only the
+/// ingress programs).
+fn load_classifier(datapath: &mut Datapath, name: &str) {
+    let program: &mut SchedClassifier = datapath
+        .ebpf_mut()
+        .program_mut(name)
+        .expect("program")
+        .try_into()
+        .expect("a classifier");
+    program
+        .load()
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+}
+
+/// Sets the node's source-NAT address (`IF_ADDR4` key 0), as user space does from the
+/// node's InternalIP.
+fn set_snat_address(datapath: &mut Datapath, address: Ipv4Addr) {
+    let map = datapath.ebpf_mut().map_mut(maps::IF_ADDR4).expect("map");
+    let mut addrs = HashMap::<&mut MapData, u32, Be32>::try_from(map).expect("if addrs");
+    addrs
+        .insert(0, Be32::from_raw(u32::from_ne_bytes(address.octets())), 0)
+        .expect("insert");
+}
+
+/// A datagram's payload: `len` bytes counting up.
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect()
+}
+
+/// Every fragment of a UDP datagram to a frontend reaches the backend its first fragment
+/// was balanced to, with the first fragment's source NAT; the backend's fragmented reply
+/// comes back from the frontend, every fragment of it. Byte for byte: each translated
+/// fragment is exactly the fragment of the translated datagram (addresses, ports, IPv4
+/// header checksums, the datagram's UDP checksum in its first fragment), payload
+/// untouched. A later fragment whose first was never seen goes on untouched.
+#[test]
+fn udp_fragments_follow_their_first_fragment_both_ways() {
+    if !privileged("tc_packets::udp_fragments_follow_their_first_fragment_both_ways") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let report = Reconciler::new(Some("node-1".to_owned()))
+        .sync(&udp_service(&mut writer, "node-2", 2), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let node = Ipv4Addr::new(172, 18, 0, 1);
+    set_snat_address(&mut datapath, node);
+    let backend = Ipv4Addr::new(10, 244, 2, 10);
+    let program = ingress(&datapath);
+
+    // Client → frontend, 3 fragments (24 + 24 + 20 bytes of IP payload).
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    let data = payload(60);
+    let sent = udp_fragments((client, 40_000), (LB_IP, 53), 0x1234, &data, (24, 24));
+    assert_eq!(sent.len(), 3);
+    // The datagram as the backend must receive it: from the node (same port: free), to
+    // the backend.
+    let expected = udp_fragments((node, 40_000), (backend, 5353), 0x1234, &data, (24, 24));
+    for (i, (fragment, want)) in sent.iter().zip(&expected).enumerate() {
+        let (verdict, out) = run(program, fragment);
+        assert_eq!(
+            verdict, TC_ACT_OK,
+            "fragment {i}: to the stack (no route here)"
+        );
+        assert_eq!(out, *want, "fragment {i}, byte for byte");
+    }
+
+    // A later fragment of a datagram whose first fragment was never seen: untouched.
+    let orphan = udp_fragments((client, 40_001), (LB_IP, 53), 0x9999, &data, (24, 24));
+    let (verdict, out) = run(program, &orphan[1]);
+    assert_eq!(verdict, TC_ACT_UNSPEC, "not ours");
+    assert_eq!(out, orphan[1], "untouched");
+
+    // The backend answers with a fragmented datagram to the node: back from the frontend
+    // to the client, every fragment.
+    let answer = payload(44);
+    let reply = udp_fragments((backend, 5353), (node, 40_000), 0x4321, &answer, (16, 16));
+    assert_eq!(reply.len(), 4);
+    let expected = udp_fragments((LB_IP, 53), (client, 40_000), 0x4321, &answer, (16, 16));
+    for (i, (fragment, want)) in reply.iter().zip(&expected).enumerate() {
+        let (verdict, out) = run(program, fragment);
+        assert_eq!(verdict, TC_ACT_OK, "reply fragment {i}");
+        assert_eq!(out, *want, "reply fragment {i}, byte for byte");
+    }
+
+    // Fragments of another client's datagram with the same IP id keep apart.
+    let other = Ipv4Addr::new(198, 51, 100, 8);
+    let sent = udp_fragments((other, 40_000), (LB_IP, 53), 0x1234, &data, (24, 24));
+    let (_, first) = run(program, &sent[0]);
+    let nat_port = u16::from_be_bytes([first[34], first[35]]);
+    let expected = udp_fragments((node, nat_port), (backend, 5353), 0x1234, &data, (24, 24));
+    assert_eq!(first, expected[0]);
+    for (fragment, want) in sent[1..].iter().zip(&expected[1..]) {
+        assert_eq!(run(program, fragment), (TC_ACT_OK, want.clone()));
+    }
+}
+
+/// A local backend's fragmented reply leaves through TC egress with the frontend as
+/// source, every fragment of it; the client's fragments reach that backend with their
+/// source kept. The same at XDP for the ingress half.
+#[test]
+fn udp_fragments_of_a_local_backend_at_tc_egress_and_xdp() {
+    if !privileged("tc_packets::udp_fragments_of_a_local_backend_at_tc_egress_and_xdp") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    load_classifier(&mut datapath, programs::TC_EGRESS);
+    let xdp: &mut Xdp = datapath
+        .ebpf_mut()
+        .program_mut(programs::XDP)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let (mut writer, _rx) = ModelWriter::new();
+    let report = Reconciler::new(Some("node-1".to_owned()))
+        .sync(&udp_service(&mut writer, "node-1", 1), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let backend = Ipv4Addr::new(10, 244, 1, 10);
+    let client = Ipv4Addr::new(198, 51, 100, 9);
+    let data = payload(100);
+
+    for (round, sport) in [40_100_u16, 40_101].into_iter().enumerate() {
+        let id = 0x0a00 + u16::try_from(round).unwrap();
+        let sent = udp_fragments((client, sport), (LB_IP, 53), id, &data, (32, 40));
+        assert_eq!(sent.len(), 3);
+        let expected = udp_fragments((client, sport), (backend, 5353), id, &data, (32, 40));
+        for (i, (fragment, want)) in sent.iter().zip(&expected).enumerate() {
+            let out = if round == 0 {
+                let (verdict, out) = run(ingress(&datapath), fragment);
+                assert_eq!(verdict, TC_ACT_OK, "TC, fragment {i}");
+                out
+            } else {
+                let (verdict, out) = run_xdp(&datapath, fragment);
+                assert_eq!(verdict, XDP_PASS, "XDP, fragment {i}");
+                out
+            };
+            assert_eq!(out, *want, "round {round}, fragment {i}, byte for byte");
+        }
+        // The backend's fragmented answer leaves from the frontend.
+        let answer = payload(70);
+        let reply = udp_fragments((backend, 5353), (client, sport), id, &answer, (24, 24));
+        let expected = udp_fragments((LB_IP, 53), (client, sport), id, &answer, (24, 24));
+        for (i, (fragment, want)) in reply.iter().zip(&expected).enumerate() {
+            let (verdict, out) = run(program(&datapath, programs::TC_EGRESS), fragment);
+            assert_eq!(verdict, TC_ACT_OK, "egress, fragment {i}");
+            assert_eq!(
+                out, *want,
+                "egress, round {round}, fragment {i}, byte for byte"
+            );
+        }
+    }
+}
+
+/// Runs the XDP program on `packet`.
+fn run_xdp(datapath: &Datapath, packet: &[u8]) -> (u32, Vec<u8>) {
+    let program: &Xdp = datapath
+        .ebpf()
+        .program(programs::XDP)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    let mut out = vec![0_u8; 2048];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// An IPv6 Service `v6` on `2001:db8::80` (TCP 80 → 8080, UDP 53 → 5353) with one
+/// endpoint, `backend`, on `node`.
+fn ipv6_service(writer: &mut ModelWriter, backend: Ipv6Addr, node: &str) -> Arc<Snapshot> {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: v6, namespace: t}}\nspec:\n  clusterIP: \"fd96::80\"\n  clusterIPs: [\"fd96::80\"]\n  ipFamilies: [IPv6]\n  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]\n  externalIPs: [\"2001:db8::80\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: v6-1, namespace: t, labels: {{kubernetes.io/service-name: v6}}}}\naddressType: IPv6\nports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n  - {{addresses: [\"{backend}\"], conditions: {{ready: true}}, nodeName: {node}}}\n"
+    );
+    let changes: Vec<Change> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+            Change::Upsert {
+                object: decode(value).expect("object"),
+                origin: None,
+            }
+        })
+        .collect();
+    writer.replace_all(changes, Vec::new(), true);
+    writer.snapshot()
+}
+
+/// The IPv6 pseudo-header sum (RFC 8200 8.1).
+fn pseudo6_sum(src: Ipv6Addr, dst: Ipv6Addr, length: usize, protocol: u8) -> u32 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&u32::try_from(length).unwrap().to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, protocol]);
+    sum16(&pseudo, 0)
+}
+
+/// A UDP header and `payload`, checksum over the IPv6 pseudo-header.
+fn udp6_datagram(
+    (src, sport): (Ipv6Addr, u16),
+    (dst, dport): (Ipv6Addr, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = 8 + payload.len();
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let csum = fold(sum16(&udp, pseudo6_sum(src, dst, len, 17)));
+    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+    udp
+}
+
+/// A TCP SYN header, checksum over the IPv6 pseudo-header.
+fn tcp6_syn((src, sport): (Ipv6Addr, u16), (dst, dport): (Ipv6Addr, u16)) -> Vec<u8> {
+    let mut tcp = vec![0_u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&7_u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&65_535_u16.to_be_bytes());
+    let csum = fold(sum16(&tcp, pseudo6_sum(src, dst, 20, 6)));
+    tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+    tcp
+}
+
+/// Hop-by-hop options: one PadN option filling 8 bytes.
+const HOP_BY_HOP: (u8, &[u8]) = (0, &[0, 0, 1, 4, 0, 0, 0, 0]);
+/// Destination options, 16 bytes: a PadN option of 12.
+const DEST_OPTS: (u8, &[u8]) = (60, &[0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+/// A routing header (an experimental type, RFC 4727) with no segment left.
+const ROUTING: (u8, &[u8]) = (43, &[0, 0, 253, 0, 0, 0, 0, 0]);
+
+/// An Ethernet + IPv6 frame: `extensions` (type, bytes; their next-header bytes are set
+/// here) then `upper` of protocol `protocol`.
+fn ipv6_frame(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    extensions: &[(u8, &[u8])],
+    protocol: u8,
+    upper: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![0_u8; 14 + 40];
+    p[12..14].copy_from_slice(&0x86dd_u16.to_be_bytes());
+    p[14] = 0x60;
+    p[21] = 64;
+    p[22..38].copy_from_slice(&src.octets());
+    p[38..54].copy_from_slice(&dst.octets());
+    p[20] = extensions.first().map_or(protocol, |(kind, _)| *kind);
+    for (i, (_, bytes)) in extensions.iter().enumerate() {
+        let mut header = bytes.to_vec();
+        header[0] = extensions.get(i + 1).map_or(protocol, |(kind, _)| *kind);
+        p.extend_from_slice(&header);
+    }
+    p.extend_from_slice(upper);
+    let payload = u16::try_from(p.len() - 54).unwrap();
+    p[18..20].copy_from_slice(&payload.to_be_bytes());
+    p
+}
+
+/// A fragment header: `offset` bytes into the datagram, more to come or not.
+fn fragment_header(offset: usize, more: bool, id: u32) -> Vec<u8> {
+    let mut h = vec![0_u8; 8];
+    let word = u16::try_from(offset).unwrap() | u16::from(more);
+    h[2..4].copy_from_slice(&word.to_be_bytes());
+    h[4..8].copy_from_slice(&id.to_be_bytes());
+    h
+}
+
+/// The fragments of an IPv6 UDP datagram (hop-by-hop options, then the fragment header):
+/// pieces of `size` bytes (a multiple of 8), the last one what is left.
+fn udp6_fragments(
+    (src, sport): (Ipv6Addr, u16),
+    (dst, dport): (Ipv6Addr, u16),
+    id: u32,
+    payload: &[u8],
+    size: usize,
+) -> Vec<Vec<u8>> {
+    let datagram = udp6_datagram((src, sport), (dst, dport), payload);
+    datagram
+        .chunks(size)
+        .enumerate()
+        .map(|(i, piece)| {
+            let more = (i + 1) * size < datagram.len();
+            let fragment = fragment_header(i * size, more, id);
+            ipv6_frame(src, dst, &[HOP_BY_HOP, (44, &fragment)], 17, piece)
+        })
+        .collect()
+}
+
+/// IPv6 packets with hop-by-hop, destination-options and routing headers before TCP/UDP
+/// are balanced at TC and XDP, and the local backend's reply (with destination options)
+/// leaves from the frontend. Byte for byte: the extension headers untouched, the addresses,
+/// ports and L4 checksum those of the translated packet.
+#[test]
+fn ipv6_extension_headers_are_walked_and_the_rewrite_is_exact() {
+    if !privileged("tc_packets::ipv6_extension_headers_are_walked_and_the_rewrite_is_exact") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    load_classifier(&mut datapath, programs::TC_EGRESS6);
+    let xdp: &mut Xdp = datapath
+        .ebpf_mut()
+        .program_mut(programs::XDP)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let backend: Ipv6Addr = "fd44:1::10".parse().unwrap();
+    let (mut writer, _rx) = ModelWriter::new();
+    let report = Reconciler::new(Some("node-1".to_owned()))
+        .sync(&ipv6_service(&mut writer, backend, "node-1"), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let frontend: Ipv6Addr = "2001:db8::80".parse().unwrap();
+    let client: Ipv6Addr = "2001:db8:1::7".parse().unwrap();
+    let ingress6 = program(&datapath, programs::TC_INGRESS6);
+
+    let chains: [&[(u8, &[u8])]; 4] = [
+        &[HOP_BY_HOP],
+        &[DEST_OPTS],
+        &[HOP_BY_HOP, DEST_OPTS],
+        &[HOP_BY_HOP, ROUTING, DEST_OPTS],
+    ];
+    let mut sport = 41_000_u16;
+    for (i, chain) in chains.iter().enumerate() {
+        for (protocol, at_xdp) in [(17, false), (6, false), (17, true), (6, true)] {
+            sport += 1;
+            let (port, target) = if protocol == 17 {
+                (53, 5353)
+            } else {
+                (80, 8080)
+            };
+            let upper = |dst: Ipv6Addr, dport: u16| {
+                if protocol == 17 {
+                    udp6_datagram((client, sport), (dst, dport), b"question")
+                } else {
+                    tcp6_syn((client, sport), (dst, dport))
+                }
+            };
+            let packet = ipv6_frame(client, frontend, chain, protocol, &upper(frontend, port));
+            let want = ipv6_frame(client, backend, chain, protocol, &upper(backend, target));
+            let (verdict, out) = if at_xdp {
+                run_xdp(&datapath, &packet)
+            } else {
+                run(ingress6, &packet)
+            };
+            let hook = if at_xdp { "XDP" } else { "TC" };
+            assert_eq!(
+                verdict,
+                if at_xdp { XDP_PASS } else { TC_ACT_OK },
+                "chain {i}, protocol {protocol}, {hook}"
+            );
+            assert_eq!(
+                out, want,
+                "chain {i}, protocol {protocol}, {hook}: byte for byte"
+            );
+
+            // The reply, with destination options, leaves from the frontend.
+            let reply_upper = |src: Ipv6Addr, from: u16| {
+                if protocol == 17 {
+                    udp6_datagram((src, from), (client, sport), b"answer!!")
+                } else {
+                    tcp6_syn((src, from), (client, sport))
+                }
+            };
+            let reply = ipv6_frame(
+                backend,
+                client,
+                &[DEST_OPTS],
+                protocol,
+                &reply_upper(backend, target),
+            );
+            let want = ipv6_frame(
+                frontend,
+                client,
+                &[DEST_OPTS],
+                protocol,
+                &reply_upper(frontend, port),
+            );
+            let (verdict, out) = run(program(&datapath, programs::TC_EGRESS6), &reply);
+            assert_eq!(verdict, TC_ACT_OK, "reply, chain {i}, protocol {protocol}");
+            assert_eq!(
+                out, want,
+                "reply, chain {i}, protocol {protocol}: byte for byte"
+            );
+        }
+    }
+
+    // More extension headers than the parser walks: untouched.
+    let long: [(u8, &[u8]); 5] = [HOP_BY_HOP, DEST_OPTS, ROUTING, DEST_OPTS, DEST_OPTS];
+    let packet = ipv6_frame(
+        client,
+        frontend,
+        &long,
+        17,
+        &udp6_datagram((client, 42_000), (frontend, 53), b"question"),
+    );
+    let (verdict, out) = run(ingress6, &packet);
+    assert_eq!(verdict, TC_ACT_UNSPEC, "not balanced");
+    assert_eq!(out, packet, "untouched");
+}
+
+/// IPv6 fragments (hop-by-hop options, then the fragment header) of a datagram to a
+/// backend on another node: every fragment gets the first's translation, source NAT
+/// included, and the backend's fragmented answer comes back from the frontend. A later
+/// fragment of an unseen datagram goes on untouched.
+#[test]
+fn ipv6_udp_fragments_follow_their_first_fragment() {
+    if !privileged("tc_packets::ipv6_udp_fragments_follow_their_first_fragment") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let backend: Ipv6Addr = "fd44:2::10".parse().unwrap();
+    let (mut writer, _rx) = ModelWriter::new();
+    let report = Reconciler::new(Some("node-1".to_owned()))
+        .sync(&ipv6_service(&mut writer, backend, "node-2"), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let node: Ipv6Addr = "fd18::1".parse().unwrap();
+    {
+        let map = datapath.ebpf_mut().map_mut(maps::IF_ADDR6).expect("map");
+        let mut addrs = HashMap::<&mut MapData, u32, [u8; 16]>::try_from(map).expect("map");
+        addrs.insert(0, node.octets(), 0).expect("insert");
+    }
+    let frontend: Ipv6Addr = "2001:db8::80".parse().unwrap();
+    let client: Ipv6Addr = "2001:db8:1::7".parse().unwrap();
+    let ingress6 = program(&datapath, programs::TC_INGRESS6);
+    let data = payload(90);
+
+    let sent = udp6_fragments((client, 43_000), (frontend, 53), 0xdead_beef, &data, 32);
+    assert_eq!(sent.len(), 4);
+    let want = udp6_fragments((node, 43_000), (backend, 5353), 0xdead_beef, &data, 32);
+    for (i, (fragment, want)) in sent.iter().zip(&want).enumerate() {
+        let (verdict, out) = run(ingress6, fragment);
+        assert_eq!(verdict, TC_ACT_OK, "fragment {i}");
+        assert_eq!(out, *want, "fragment {i}, byte for byte");
+    }
+
+    let answer = payload(50);
+    let reply = udp6_fragments((backend, 5353), (node, 43_000), 7, &answer, 24);
+    let want = udp6_fragments((frontend, 53), (client, 43_000), 7, &answer, 24);
+    for (i, (fragment, want)) in reply.iter().zip(&want).enumerate() {
+        let (verdict, out) = run(ingress6, fragment);
+        assert_eq!(verdict, TC_ACT_OK, "reply fragment {i}");
+        assert_eq!(out, *want, "reply fragment {i}, byte for byte");
+    }
+
+    let orphan = udp6_fragments((client, 43_001), (frontend, 53), 99, &data, 32);
+    let (verdict, out) = run(ingress6, &orphan[2]);
+    assert_eq!(verdict, TC_ACT_UNSPEC, "not ours");
+    assert_eq!(out, orphan[2], "untouched");
+}
+
+/// A TCP flow to a backend on another node, at TC and at XDP: the SYN leaves from the
+/// node's address to the backend, its reply comes back from the frontend to the client,
+/// byte for byte (both addresses and ports rewritten at once, every checksum with them).
+#[test]
+fn source_nat_rewrites_both_directions_byte_for_byte() {
+    if !privileged("tc_packets::source_nat_rewrites_both_directions_byte_for_byte") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let xdp: &mut Xdp = datapath
+        .ebpf_mut()
+        .program_mut(programs::XDP)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n  - {{addresses: [\"10.244.2.10\"], conditions: {{ready: true}}, nodeName: node-2}}\n"
+    );
+    let changes: Vec<Change> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+            Change::Upsert {
+                object: decode(value).expect("object"),
+                origin: None,
+            }
+        })
+        .collect();
+    let (mut writer, _rx) = ModelWriter::new();
+    writer.replace_all(changes, Vec::new(), true);
+    let report = Reconciler::new(Some("node-1".to_owned())).sync(&writer.snapshot(), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let node = Ipv4Addr::new(172, 18, 0, 1);
+    set_snat_address(&mut datapath, node);
+    let backend = Ipv4Addr::new(10, 244, 2, 10);
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    for (sport, at_xdp) in [(40_000, false), (40_001, true)] {
+        let (verdict, out) = if at_xdp {
+            run_xdp(&datapath, &syn(client, sport, LB_IP, 80))
+        } else {
+            run(ingress(&datapath), &syn(client, sport, LB_IP, 80))
+        };
+        assert_eq!(verdict, if at_xdp { XDP_PASS } else { TC_ACT_OK });
+        assert_eq!(out, syn(node, sport, backend, 8080), "SYN, XDP: {at_xdp}");
+        let (verdict, out) = if at_xdp {
+            run_xdp(&datapath, &syn(backend, 8080, node, sport))
+        } else {
+            run(ingress(&datapath), &syn(backend, 8080, node, sport))
+        };
+        assert_eq!(verdict, if at_xdp { XDP_PASS } else { TC_ACT_OK });
+        assert_eq!(out, syn(LB_IP, 80, client, sport), "reply, XDP: {at_xdp}");
+    }
 }

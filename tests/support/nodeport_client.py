@@ -3,6 +3,9 @@
 #       prints one JSON list of {"backend", "seen", "peer"} ("seen": the client address as
 #       the backend saw it, "peer": where the answer came from) or {"errno"}.
 #   udp-connected HOST PORT N      as udp, from a connected socket (which sees ICMP errors).
+#   udp-big HOST PORT N            as udp, each datagram 3000 random bytes (fragmented on a
+#       1500-byte MTU); the backend echoes it after its line: adds "intact" (the echo is
+#       exactly what was sent).
 #   flood HOST PORT N              sends N UDP datagrams as fast as it can; prints {"sent": n}.
 #   pmtu HOST PORT SIZE            sends SIZE bytes of UDP with "don't fragment" from a connected
 #       socket, waits, and prints {"mtu": the path MTU the kernel has learnt for HOST}.
@@ -14,6 +17,7 @@
 #       numbered 1 KiB chunks and checks each echoed byte, until stdin has a line; then
 #       prints {"bytes": n, "ok": bool, "error": text} and exits.
 import json
+import os
 import select
 import socket
 import sys
@@ -160,6 +164,15 @@ for _ in range(n):
             s.send(b"hi")
             data = s.recv(200)
             peer = s.getpeername()
+        elif mode == "udp-big":
+            sent = os.urandom(3000)
+            s.sendto(sent, (host, port))
+            data, peer = s.recvfrom(65536)
+            line, _, echoed = data.partition(b"\n")
+            name, seen = parse(line)
+            out.append({"backend": name, "seen": seen, "peer": "%s:%d" % (peer[0], peer[1]),
+                        "intact": echoed == sent, "bytes": len(data)})
+            continue
         else:
             s.sendto(b"hi", (host, port))
             data, peer = s.recvfrom(200)

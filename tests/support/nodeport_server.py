@@ -1,6 +1,7 @@
 # A backend for tests/nodeport.rs: on each TCP connection sends "<name> <peer-ip>:<peer-port>\n"
 # (the client address as the backend sees it) and then echoes every byte back; answers each
-# UDP datagram with the same line. Listens on 0.0.0.0 and :: for every "tcp:PORT" / "udp:PORT"
+# UDP datagram with the same line (a datagram over 200 bytes: the line, then the datagram
+# echoed, so a large request gets a large answer). Listens on 0.0.0.0 and :: for every "tcp:PORT" / "udp:PORT"
 # argument; prints "ready" once listening; exits when stdin closes.
 import socket
 import sys
@@ -52,8 +53,11 @@ def udp(family, address, port):
 
     def serve():
         while True:
-            _, peer = s.recvfrom(2048)
-            s.sendto(greeting(peer), peer)
+            data, peer = s.recvfrom(65536)
+            answer = greeting(peer)
+            if len(data) > 200:
+                answer += data
+            s.sendto(answer, peer)
 
     threading.Thread(target=serve, daemon=True).start()
 

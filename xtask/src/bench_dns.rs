@@ -3,7 +3,8 @@
 //! server pinned to one core, dnsperf pinned to the other. Prints QPS,
 //! latency percentiles, memory and ratios; and, for fairlead alone, the
 //! index build and update times and the time from a model change (and from
-//! a manifest edit) to the changed answer.
+//! a manifest edit) to the changed answer; and what `--dns-autopath` saves a
+//! pod's resolver (`bench_autopath`).
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -35,6 +36,9 @@ pub(crate) struct Options {
     /// Only fairlead (no Knot, no NSD).
     #[arg(long)]
     fairlead_only: bool,
+    /// Only the autopath row.
+    #[arg(long)]
+    autopath_only: bool,
 }
 
 const ZONE: &str = "cluster.local";
@@ -83,12 +87,17 @@ fn generate(services: usize) -> Cluster {
         objects.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}));
         let mut eps = Vec::new();
         let mut first_ep = None;
-        for _ in 0..endpoints {
+        for k in 0..endpoints {
             next_ep += 1;
             let [_, a, b, c] = next_ep.to_be_bytes();
             let addr = format!("10.{}.{b}.{c}", 128 + a);
             first_ep.get_or_insert_with(|| addr.clone());
-            eps.push(json!({"addresses": [addr]}));
+            // As the EndpointSlice controller writes them: the Pod behind
+            // each address (what `--dns-autopath` recognises a pod by).
+            eps.push(json!({
+                "addresses": [addr],
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": format!("{name}-{k}")},
+            }));
         }
         let slice_ports: Vec<Value> = ports
             .iter()
@@ -570,6 +579,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
             .args(["--seconds", &options.seconds.to_string()])
             .args(["--latency-qps", &options.latency_qps.to_string()])
             .args(options.fairlead_only.then_some("--fairlead-only"))
+            .args(options.autopath_only.then_some("--autopath-only"))
             .current_dir(root)
             .status()?;
         ensure!(status.success(), "the release bench failed");
@@ -605,6 +615,19 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         writeln!(text, "{name} {qtype}")?;
     }
     std::fs::write(&queries, text)?;
+    if options.autopath_only {
+        let (plain, autopath) = crate::bench_autopath::run(
+            &fairlead,
+            &manifests,
+            POD.0,
+            POD.1,
+            ZONE,
+            &external_names(options.services),
+        )?;
+        println!("load average (1, 5, 15 min): {}", load_average());
+        print_autopath(plain, autopath);
+        return Ok(());
+    }
 
     eprintln!(
         "bench dns: index build and update ({} Services)",
@@ -748,6 +771,15 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     let file_change = change_to_answer_file(&cluster, &manifests, servers[0].addr)?;
     drop(servers);
+    eprintln!("bench dns: autopath, external names looked up from a pod (glibc)");
+    let (plain, autopath) = crate::bench_autopath::run(
+        &fairlead,
+        &manifests,
+        POD.0,
+        POD.1,
+        ZONE,
+        &external_names(options.services),
+    )?;
 
     println!(
         "\nDNS, {} Services ({records} records), {} queries in the mix, one core per server, dnsperf on the other",
@@ -802,5 +834,46 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     println!(
         "manifest edit -> new answer (binary, includes the 100 ms file debounce): {file_change:?}"
     );
+    print_autopath(plain, autopath);
     Ok(())
+}
+
+/// Prints the autopath row.
+fn print_autopath(plain: crate::bench_autopath::Lookups, autopath: crate::bench_autopath::Lookups) {
+    println!(
+        "\nautopath: {} external names (`svcN.nsM.svc.example.org`, from an upstream) looked up by glibc in a pod of {} \
+         (ndots:5, three search domains), each answer checked",
+        plain.count, POD.1
+    );
+    for (label, run) in [
+        ("without --dns-autopath", plain),
+        ("with --dns-autopath", autopath),
+    ] {
+        println!(
+            "{label:<23} {:>5.2} queries per lookup, {:>7.3} ms per lookup",
+            run.queries_per_lookup, run.ms_per_lookup
+        );
+    }
+}
+
+/// The pod of the autopath row: the first endpoint the generator hands out
+/// (`svc0`'s, in `ns0`).
+const POD: (&str, &str) = ("10.128.0.1", "ns0");
+
+/// External names of the autopath row with the address each must resolve
+/// to: ClusterIP Services of the generated cluster, served by the upstream
+/// as `example.org` (four dots: below `ndots:5`, so the search list comes
+/// first).
+fn external_names(services: usize) -> Vec<(String, String)> {
+    (0..services)
+        .filter(|i| i % 10 <= 5)
+        .take(200)
+        .map(|i| {
+            let n = i + 1;
+            (
+                format!("svc{i}.ns{}.svc.example.org", i % 100),
+                format!("10.{}.{}.{}", 96 + n / 65536, (n / 256) % 256, n % 256),
+            )
+        })
+        .collect()
 }

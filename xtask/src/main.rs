@@ -1,5 +1,6 @@
 //! `cargo xtask …`: chores around fairlead that are not part of building it.
 
+mod bench_autopath;
 mod bench_dns;
 mod bench_node;
 

@@ -87,11 +87,21 @@ pub enum Reason {
     /// An ICMP error about a packet of a balanced flow was translated back to the host that
     /// sent the packet (the client, or the backend).
     IcmpRelated = 31,
+    /// A later fragment of a datagram (no L4 header) got the translation of its first
+    /// fragment, found in the fragment map by the datagram's identification.
+    FragmentTranslated = 32,
+    /// A later fragment whose datagram's first fragment was not seen (it was lost, came
+    /// later, or was evicted) went on untouched: the stack reassembles it if the datagram is
+    /// the node's own, else drops it when reassembly times out.
+    FragmentUnknown = 33,
+    /// A packet the ingress program translated and sent out of an interface of the node went
+    /// through the egress program there without a conntrack lookup (none could match it).
+    EgressSkipped = 34,
 }
 
 impl Reason {
     /// Number of reasons, and so of entries in the counter array.
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 35;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -127,6 +137,9 @@ impl Reason {
         Self::TooBig,
         Self::TtlExceeded,
         Self::IcmpRelated,
+        Self::FragmentTranslated,
+        Self::FragmentUnknown,
+        Self::EgressSkipped,
     ];
 
     /// The index of this reason in the counter array.
@@ -181,6 +194,9 @@ impl Reason {
             Self::TooBig => "too_big",
             Self::TtlExceeded => "ttl_exceeded",
             Self::IcmpRelated => "icmp_related",
+            Self::FragmentTranslated => "fragment_translated",
+            Self::FragmentUnknown => "fragment_unknown",
+            Self::EgressSkipped => "egress_skipped",
         }
     }
 
@@ -234,6 +250,11 @@ impl Reason {
             Self::TooBig => "packets too big for their route, answered (fragmentation needed)",
             Self::TtlExceeded => "packets whose TTL expired, answered (time exceeded)",
             Self::IcmpRelated => "ICMP errors about balanced flows, translated back",
+            Self::FragmentTranslated => {
+                "later fragments translated as their datagram's first fragment was"
+            }
+            Self::FragmentUnknown => "later fragments whose first fragment was not seen, untouched",
+            Self::EgressSkipped => "translated packets leaving without an egress conntrack lookup",
         }
     }
 
@@ -248,8 +269,12 @@ impl Reason {
             | Self::ExternalHit
             | Self::CtReply
             | Self::FibRedirect
-            | Self::IcmpRelated => ReasonKind::Translated,
-            Self::NotService | Self::UnsupportedProtocol => ReasonKind::Untouched,
+            | Self::IcmpRelated
+            | Self::FragmentTranslated
+            | Self::EgressSkipped => ReasonKind::Translated,
+            Self::NotService | Self::UnsupportedProtocol | Self::FragmentUnknown => {
+                ReasonKind::Untouched
+            }
             Self::NoBackendReject
             | Self::BackendSlotMissing
             | Self::BackendMissing

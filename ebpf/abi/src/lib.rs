@@ -47,7 +47,8 @@ pub use backend::{BACKEND_FLAG_LOCAL, Backend4, Backend6, BackendId, BackendStat
 pub use byte_order::{Be16, Be32};
 pub use counters::{Reason, ReasonKind};
 pub use nodeport::{
-    Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, SourceRange4Key, SourceRange6Key,
+    Ct4Key, Ct6Key, Ct6Value, CtValue, Frag4Key, Frag6Key, FragPorts, MaglevKey, MaglevTable,
+    SourceRange4Key, SourceRange6Key,
 };
 pub use rev_nat::{RevNat4, RevNat6, RevNatId};
 pub use service::{Scope, Service4Key, Service6Key, ServiceValue};

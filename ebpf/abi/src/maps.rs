@@ -15,8 +15,8 @@
 use core::mem::size_of;
 
 use crate::nodeport::{
-    Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key,
-    SourceRange6Key,
+    Ct4Key, Ct6Key, Ct6Value, CtValue, Frag4Key, Frag6Key, FragPorts, MaglevKey, MaglevTable,
+    NodeAddr, SourceRange4Key, SourceRange6Key,
 };
 use crate::{
     AffinityKey, AffinityValue, Backend4, Backend6, BackendId, Be32, Reason, RevNat4, RevNat6,
@@ -78,6 +78,11 @@ pub const SOURCE_RANGES4: &str = "fl_lb4_srcrange";
 /// rejects sent in it in the low half), see
 /// [`ICMP_REJECTS_PER_SEC`](crate::nodeport::ICMP_REJECTS_PER_SEC).
 pub const REJECT_BUDGET: &str = "fl_reject_quota";
+/// IPv4 fragments (LRU): [`Frag4Key`] → [`FragPorts`], the ports of each fragmented
+/// datagram's first fragment, for its later fragments.
+pub const FRAG4: &str = "fl_frag4";
+/// IPv6 fragments (LRU): [`Frag6Key`] → [`FragPorts`].
+pub const FRAG6: &str = "fl_frag6";
 
 /// Default size of a service map. Every service frontend takes `1 + backends` entries (one
 /// per slot), so this fits 20,000 frontends of ten backends with room to spare.
@@ -99,6 +104,10 @@ pub const MAGLEV_MAX_ENTRIES: u32 = 4_096;
 pub const CT_MAX_ENTRIES: u32 = 1 << 18;
 /// Default size of the node- and interface-address maps.
 pub const ADDR_MAX_ENTRIES: u32 = 1_024;
+/// Size of each fragment map: datagrams in flight in fragments at once (Cilium's default,
+/// `bpf-fragments-map-max`, is 8192 too). Entries are needed only until the datagram's last
+/// fragment went by.
+pub const FRAG_MAX_ENTRIES: u32 = 8_192;
 /// Default size of the source-range trie.
 pub const SOURCE_RANGE_MAX_ENTRIES: u32 = 16_384;
 
@@ -176,7 +185,7 @@ const fn size32<T>() -> u32 {
 }
 
 /// Every map of the object.
-pub const ALL: [MapSpec; 22] = [
+pub const ALL: [MapSpec; 24] = [
     MapSpec {
         name: SERVICES4,
         kind: MapKind::Hash,
@@ -375,6 +384,24 @@ pub const ALL: [MapSpec; 22] = [
         sizing: Sizing::Fixed,
         flags: 0,
     },
+    MapSpec {
+        name: FRAG4,
+        kind: MapKind::LruHash,
+        key_size: size32::<Frag4Key>(),
+        value_size: size32::<FragPorts>(),
+        max_entries: FRAG_MAX_ENTRIES,
+        sizing: Sizing::Fixed,
+        flags: 0,
+    },
+    MapSpec {
+        name: FRAG6,
+        kind: MapKind::LruHash,
+        key_size: size32::<Frag6Key>(),
+        value_size: size32::<FragPorts>(),
+        max_entries: FRAG_MAX_ENTRIES,
+        sizing: Sizing::Fixed,
+        flags: 0,
+    },
 ];
 
 /// The spec of the map called `name`.
@@ -403,7 +430,7 @@ mod tests {
             );
             pairs += 1;
         }
-        assert_eq!(pairs, 9);
+        assert_eq!(pairs, 10);
         assert!(ALL.iter().filter(|m| m.sizing == Sizing::Conntrack).count() == 4);
     }
 
@@ -430,7 +457,7 @@ mod tests {
 
     #[test]
     fn sizes_are_what_the_kernel_is_told() {
-        let sizes: [(u32, u32); 21] = [
+        let sizes: [(u32, u32); 24] = [
             (12, 16),
             (4, 12),
             (2, 8),
@@ -452,6 +479,9 @@ mod tests {
             (16, 4),
             (4, 16),
             (24, 1),
+            (4, 8),
+            (12, 4),
+            (40, 4),
         ];
         for (map, (key, value)) in ALL.iter().zip(sizes) {
             assert_eq!((map.key_size, map.value_size), (key, value), "{}", map.name);

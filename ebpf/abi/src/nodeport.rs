@@ -355,6 +355,83 @@ impl SourceRange4Key {
     }
 }
 
+/// Key of the IPv4 fragment map ([`FRAG4`](crate::maps::FRAG4)): what identifies the
+/// fragments of one datagram on the wire (RFC 791: source, destination, protocol and IP
+/// identification).
+///
+/// Only the first fragment of a datagram carries the L4 header. The programs record its
+/// ports under this key ([`FragPorts`]); a later fragment (no L4 header) takes them from
+/// here and goes through the same conntrack entry, so every fragment of a datagram gets
+/// the translation of the first: the same backend, the same source NAT (as Cilium's
+/// `IPV4_FRAG_DATAGRAMS` map). An LRU map: entries age out with use, nobody deletes them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Frag4Key {
+    /// Source address.
+    pub saddr: Be32,
+    /// Destination address.
+    pub daddr: Be32,
+    /// The IP identification, as on the wire.
+    pub id: Be16,
+    /// `IPPROTO_*`.
+    pub protocol: u8,
+    _pad: u8,
+}
+
+impl Frag4Key {
+    /// A key.
+    #[must_use]
+    pub const fn new(saddr: Be32, daddr: Be32, id: Be16, protocol: u8) -> Self {
+        Self {
+            saddr,
+            daddr,
+            id,
+            protocol,
+            _pad: 0,
+        }
+    }
+}
+
+/// Key of the IPv6 fragment map ([`FRAG6`](crate::maps::FRAG6)): the addresses, the
+/// identification of the fragment header (RFC 8200) and the upper-layer protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Frag6Key {
+    /// Source address (octets).
+    pub saddr: [u8; 16],
+    /// Destination address (octets).
+    pub daddr: [u8; 16],
+    /// The fragment header's identification, as on the wire.
+    pub id: Be32,
+    /// `IPPROTO_*` of the upper-layer header.
+    pub protocol: u8,
+    _pad: [u8; 3],
+}
+
+impl Frag6Key {
+    /// A key.
+    #[must_use]
+    pub const fn new(saddr: [u8; 16], daddr: [u8; 16], id: Be32, protocol: u8) -> Self {
+        Self {
+            saddr,
+            daddr,
+            id,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of the fragment maps: the ports of a datagram's first fragment, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    /// Source port.
+    pub sport: Be16,
+    /// Destination port.
+    pub dport: Be16,
+}
+
 /// The low port of the range source NAT picks from when a client's own port is taken.
 pub const SNAT_PORT_MIN: u16 = 32_768;
 /// The number of ports in the source NAT range.
@@ -365,8 +442,8 @@ mod tests {
     use core::mem::{align_of, offset_of, size_of};
 
     use super::{
-        Ct4Key, Ct6Key, Ct6Value, CtValue, MAGLEV_MAX_SIZE, MAGLEV_SIZES, MaglevKey,
-        SourceRange4Key, SourceRange6Key,
+        Ct4Key, Ct6Key, Ct6Value, CtValue, Frag4Key, Frag6Key, FragPorts, MAGLEV_MAX_SIZE,
+        MAGLEV_SIZES, MaglevKey, SourceRange4Key, SourceRange6Key,
     };
 
     #[test]
@@ -389,6 +466,11 @@ mod tests {
         assert_eq!(offset_of!(Ct6Value, last_seen_secs), 36);
         assert_eq!(offset_of!(Ct6Value, flags), 46);
         assert_eq!(size_of::<SourceRange6Key>(), 20);
+        assert_eq!(size_of::<Frag4Key>(), 12);
+        assert_eq!(offset_of!(Frag4Key, protocol), 10);
+        assert_eq!(size_of::<Frag6Key>(), 40);
+        assert_eq!(offset_of!(Frag6Key, protocol), 36);
+        assert_eq!(size_of::<FragPorts>(), 4);
     }
 
     #[test]

@@ -13,13 +13,20 @@ use core::alloc::Layout;
 use crate::nodeport::MAGLEV_MAX_SIZE;
 
 use crate::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey,
-    MaglevTable, RevNat4, RevNat6, Service4Key, Service6Key, ServiceValue, SockRevNat4Table,
-    SockRevNat6Table, SourceRange4Key, SourceRange6Key,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct6Key, Ct6Value, CtValue, Frag4Key,
+    Frag6Key, FragPorts, MaglevKey, MaglevTable, RevNat4, RevNat6, Service4Key, Service6Key,
+    ServiceValue, SockRevNat4Table, SockRevNat6Table, SourceRange4Key, SourceRange6Key,
 };
 
 // SAFETY: `repr(transparent)` over `u32`: every bit pattern valid, no padding.
 unsafe impl aya::Pod for crate::Be32 {}
+// SAFETY: `#[repr(C)]`, integer and byte-array fields with explicit `_pad` (layout tests in
+// `nodeport`), every bit pattern valid.
+unsafe impl aya::Pod for Frag4Key {}
+// SAFETY: as for `Frag4Key`.
+unsafe impl aya::Pod for Frag6Key {}
+// SAFETY: `#[repr(C)]`, two `Be16`: no padding, every bit pattern valid.
+unsafe impl aya::Pod for FragPorts {}
 
 // SAFETY: `repr(transparent)` over `u16`: every bit pattern valid, no padding.
 unsafe impl aya::Pod for crate::Be16 {}

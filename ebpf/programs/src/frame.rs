@@ -9,14 +9,17 @@
 //! support, which a veth to a pod or a bridge may lack, so such packets go to the stack,
 //! translated, and the kernel forwards them.
 
-use core::{mem::size_of, ptr};
+use core::{
+    mem::{MaybeUninit, size_of},
+    ptr,
+};
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, bpf_fib_lookup as FibParams},
     cty::c_void,
     helpers::generated::{
-        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail, bpf_xdp_adjust_tail,
-        bpf_xdp_get_buff_len,
+        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
     programs::{TcContext, XdpContext},
 };
@@ -81,7 +84,20 @@ pub(crate) trait Frame {
 
     /// Sends the packet back out of the interface it came in on.
     fn send_back(&self) -> i32;
+
+    /// Marks the packet as translated by this node's ingress program, so that the egress
+    /// program on its way out skips it (its conntrack lookups cannot hit: it is in the
+    /// original direction, or a reply already translated). TC: a bit of the skb's
+    /// `tc_index`, which a redirect keeps (as Cilium's `TC_INDEX_F_SKIP_NODEPORT`); XDP:
+    /// nothing (the skb does not exist yet).
+    fn mark_translated(&self);
+
+    /// Whether the packet carries [`Frame::mark_translated`]'s mark; clears it.
+    fn take_translated(&self) -> bool;
 }
+
+/// The `tc_index` bit of [`Frame::mark_translated`].
+const TC_INDEX_TRANSLATED: u32 = 1 << 15;
 
 #[expect(
     clippy::cast_possible_truncation,
@@ -96,15 +112,69 @@ const TC_VERDICTS: (i32, i32, i32) = (-1, 0, 2);
 /// `XDP_DROP`, `XDP_PASS`, `XDP_TX`.
 const XDP_VERDICTS: (i32, i32, i32) = (1, 2, 3);
 
+/// A pointer to a `T` at `offset` in the linear part of a socket buffer (direct packet
+/// access, as [`xdp_at`]), or `None` when the linear part does not hold it whole (then
+/// `bpf_skb_load_bytes` reaches it in the paged data).
+#[inline(always)]
+fn tc_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    // SAFETY: the program's context pointer, valid for the whole run; the verifier turns
+    // these field reads into the linear data's bounds.
+    let (start, end) = unsafe {
+        (
+            ptr::read_volatile(&raw const (*ctx.skb.skb).data) as usize,
+            ptr::read_volatile(&raw const (*ctx.skb.skb).data_end) as usize,
+        )
+    };
+    if offset > XDP_MAX_OFFSET {
+        return None;
+    }
+    // Through the stack, hidden from the optimiser, so that the verifier sees the pointer,
+    // the pointer plus the size, and `past > end`: reassociated (the size added to the
+    // offset first) or folded (`!(end > at)` for one byte), the check tells it nothing.
+    let at = start + offset;
+    // SAFETY: reads of initialised locals.
+    let at = unsafe { ptr::read_volatile(&raw const at) };
+    let past = at + size_of::<T>();
+    // SAFETY: as above.
+    let past = unsafe { ptr::read_volatile(&raw const past) };
+    if past > end {
+        return None;
+    }
+    Some(at as *const T)
+}
+
 impl Frame for TcContext {
     const NEXT: i32 = TC_VERDICTS.0;
     const PASS: i32 = TC_VERDICTS.1;
     const DROP: i32 = TC_VERDICTS.2;
     const SLOW_PATH: bool = true;
 
+    /// Direct packet access when the linear data holds the value, else the helper.
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Option<T> {
-        TcContext::load(self, offset).ok()
+        // Zeroed, not uninitialised: the verifier refuses a program that spills a register
+        // never written, which an undefined value merged from the two paths can become.
+        let mut value = MaybeUninit::<T>::zeroed();
+        if let Some(at) = tc_at::<T>(self, offset) {
+            // SAFETY: `tc_at` checked that the linear data holds the whole `T`; the
+            // loaded types are integers and byte arrays, for which any bytes are valid.
+            return Some(unsafe { at.read_unaligned() });
+        }
+        let (Ok(at), Ok(len)) = (u32::try_from(offset), u32::try_from(size_of::<T>())) else {
+            return None;
+        };
+        // SAFETY: the context pointer of this run and a buffer of `len` bytes.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb.cast::<c_void>(),
+                at,
+                value.as_mut_ptr().cast::<c_void>(),
+                len,
+            )
+        };
+        // SAFETY: zeroed, then written by the helper when it succeeded; the loaded types
+        // are integers and byte arrays, valid for any bytes.
+        (rc == 0).then(|| unsafe { value.assume_init() })
     }
 
     #[inline(always)]
@@ -184,7 +254,31 @@ impl Frame for TcContext {
     fn send_back(&self) -> i32 {
         self.send(Frame::ingress_ifindex(self), true)
     }
+
+    #[inline(always)]
+    fn mark_translated(&self) {
+        // SAFETY: the context pointer of this run; `tc_index` is writable at TC.
+        unsafe { (*self.skb.skb).tc_index |= TC_INDEX_TRANSLATED };
+    }
+
+    #[inline(always)]
+    fn take_translated(&self) -> bool {
+        // SAFETY: as in `mark_translated`.
+        unsafe {
+            let index = (*self.skb.skb).tc_index;
+            if index & TC_INDEX_TRANSLATED == 0 {
+                return false;
+            }
+            (*self.skb.skb).tc_index = index & !TC_INDEX_TRANSLATED;
+        }
+        true
+    }
 }
+
+/// The largest offset [`xdp_at`] reads at: the verifier accepts a bounds check only on a
+/// packet pointer whose variable part is known to be small, and an offset read back from
+/// memory (the L4 offset after IPv6 extension headers) is not, until compared.
+const XDP_MAX_OFFSET: usize = 0x3fff;
 
 /// A pointer to a `T` at `offset` in an XDP buffer, when the buffer holds it whole.
 ///
@@ -202,7 +296,7 @@ fn xdp_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
             ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize,
         )
     };
-    if start + offset + size_of::<T>() > end {
+    if offset > XDP_MAX_OFFSET || start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *mut T)
@@ -332,5 +426,13 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn send_back(&self) -> i32 {
         XDP_VERDICTS.2
+    }
+
+    #[inline(always)]
+    fn mark_translated(&self) {}
+
+    #[inline(always)]
+    fn take_translated(&self) -> bool {
+        false
     }
 }

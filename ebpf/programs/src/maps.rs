@@ -13,12 +13,12 @@ use fairlead_abi::{
     Service4Key, Service6Key, ServiceValue, SockRevNat4Table, SockRevNat6Table,
     maps::{
         ADDR_MAX_ENTRIES, AFFINITY_MAX_ENTRIES, BACKEND_MAX_ENTRIES, BPF_F_NO_PREALLOC,
-        COUNTERS_MAX_ENTRIES, CT_MAX_ENTRIES, HASH_MAP_FLAGS, MAGLEV_MAX_ENTRIES,
+        COUNTERS_MAX_ENTRIES, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, HASH_MAP_FLAGS, MAGLEV_MAX_ENTRIES,
         REV_NAT_MAX_ENTRIES, SERVICE_MAX_ENTRIES, SOURCE_RANGE_MAX_ENTRIES,
     },
     nodeport::{
-        Ct4Key, Ct6Key, Ct6Value, CtValue, MaglevKey, MaglevTable, NodeAddr, SourceRange4Key,
-        SourceRange6Key,
+        Ct4Key, Ct6Key, Ct6Value, CtValue, Frag4Key, Frag6Key, FragPorts, MaglevKey, MaglevTable,
+        NodeAddr, SourceRange4Key, SourceRange6Key,
     },
 };
 
@@ -129,3 +129,13 @@ pub(crate) static IF_ADDR6: HashMap<u32, [u8; 16]> =
 #[map(name = "fl_lb6_srcrange")]
 pub(crate) static SOURCE_RANGES6: LpmTrie<SourceRange6Key, u8> =
     LpmTrie::with_max_entries(SOURCE_RANGE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `fairlead_abi::maps::FRAG4`.
+#[map(name = "fl_frag4")]
+pub(crate) static FRAG4: LruHashMap<Frag4Key, FragPorts> =
+    LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
+
+/// `fairlead_abi::maps::FRAG6`.
+#[map(name = "fl_frag6")]
+pub(crate) static FRAG6: LruHashMap<Frag6Key, FragPorts> =
+    LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);

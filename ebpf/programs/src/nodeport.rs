@@ -3,11 +3,11 @@
 //!
 //! Ingress, for each IPv4 TCP/UDP packet:
 //!
-//! 1. a **reply** of a balanced flow whose source was translated to a node address (the
+//! 1. a packet of a **known flow** (conntrack, original direction): translate it as its
+//!    first packet was;
+//! 2. a **reply** of a balanced flow whose source was translated to a node address (the
 //!    backend is on another node): restore the frontend as source and the client as
 //!    destination, then route it;
-//! 2. a packet of a **known flow** (conntrack, original direction): translate it as its
-//!    first packet was;
 //! 3. a **new flow** to an external frontend: check `loadBalancerSourceRanges`, pick a
 //!    backend (session affinity, else the frontend's Maglev table indexed by a hash of the
 //!    5-tuple), translate the destination, and the source to a node address when the backend
@@ -20,6 +20,13 @@
 //! source back (flows to local backends keep the client's address, so their replies do
 //! not come back to a node address).
 //!
+//! Fragments: a datagram's first fragment is balanced as a whole packet and records its
+//! ports in [`FRAG4`] under the datagram's identification (source, destination, protocol,
+//! IP id); its later fragments, which carry no L4 header, take the ports from there and so
+//! find the same conntrack entry: the same backend, source NAT and reverse translation
+//! (Cilium's fragment map). A later fragment whose first was not seen goes on untouched
+//! (see [`parse`]).
+//!
 //! Everything else goes on untouched (`TC_ACT_UNSPEC`: the next program, or the stack).
 
 use aya_ebpf::{
@@ -28,7 +35,8 @@ use aya_ebpf::{
 };
 use fairlead_abi::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, Be16, Be32, Ct4Key, CtValue,
-    MaglevKey, Protocol, Reason, Scope, Service4Key, ServiceValue, SourceRange4Key,
+    Frag4Key, FragPorts, MaglevKey, Protocol, Reason, Scope, Service4Key, ServiceValue,
+    SourceRange4Key,
     nodeport::{CT_ORIGINAL, CT_REPLY, SNAT_PORT_COUNT, SNAT_PORT_MIN},
     sock::FAMILY_V4,
 };
@@ -37,7 +45,7 @@ use crate::{
     frame::Frame,
     lb::{bump, copy_of, now_secs, random},
     maps::{
-        AFFINITY, BACKENDS4, CT4_ANY, CT4_TCP, IF_ADDR4, MAGLEV, NODE_ADDR4, SERVICES4,
+        AFFINITY, BACKENDS4, CT4_ANY, CT4_TCP, FRAG4, IF_ADDR4, MAGLEV, NODE_ADDR4, SERVICES4,
         SOURCE_RANGES4,
     },
     reject::{Icmp, icmp4},
@@ -57,6 +65,18 @@ pub(crate) const EXTERNAL_CLIENT: u64 = 1 << 63;
 /// How many ports source NAT tries before giving up on a flow.
 pub(crate) const SNAT_ATTEMPTS: u32 = 4;
 
+/// Whether a packet is a whole datagram or which fragment of one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fragment {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment (offset 0, more to come): it carries the L4 header.
+    First,
+    /// A later fragment: no L4 header; its ports are the first fragment's, from
+    /// [`FRAG4`].
+    Later,
+}
+
 /// The fields of an IPv4 TCP/UDP packet the load balancer reads.
 #[derive(Clone, Copy)]
 struct Packet {
@@ -69,6 +89,7 @@ struct Packet {
     l4: usize,
     /// TCP flags (0 for UDP).
     tcp_flags: u8,
+    fragment: Fragment,
 }
 
 impl Packet {
@@ -87,6 +108,11 @@ impl Packet {
         self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
 
+    /// Whether the packet carries the L4 header (ports and checksum).
+    fn has_l4(&self) -> bool {
+        self.fragment != Fragment::Later
+    }
+
     /// Offset of the L4 checksum.
     fn csum_offset(&self) -> usize {
         if self.protocol == Protocol::Tcp.raw() {
@@ -95,9 +121,26 @@ impl Packet {
             self.l4 + 6
         }
     }
+
+    /// Counts a later fragment translated.
+    #[inline(always)]
+    fn count_fragment(&self) {
+        if !self.has_l4() {
+            bump(Reason::FragmentTranslated);
+        }
+    }
 }
 
-/// Reads the headers of an IPv4 TCP/UDP packet that is not a fragment.
+/// IPv4 "more fragments" and the fragment offset, in the flags word.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// Reads the headers of an IPv4 TCP/UDP packet, fragments included: the first fragment of a
+/// datagram records its ports in [`FRAG4`] under the datagram's identification, a later
+/// fragment takes them from there. A later fragment whose first was not seen is left alone
+/// (`None`, counted): Cilium drops it, but here it may be a fragment of the node's own
+/// traffic, which the stack must still reassemble, and a fragment of a balanced datagram
+/// whose first went elsewhere is dropped by the stack's reassembly timeout all the same.
 #[inline(always)]
 fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
     let ethertype: u16 = ctx.load(12)?;
@@ -112,34 +155,54 @@ fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
     if ihl < 20 {
         return None;
     }
-    let frag: u16 = ctx.load(ETH_HLEN + 6)?;
-    // More fragments, or an offset: the ports are not in this packet (or not reliably).
-    if u16::from_be(frag) & 0x3fff != 0 {
-        return None;
-    }
+    let flags_offset = u16::from_be(ctx.load::<u16>(ETH_HLEN + 6)?);
     let protocol: u8 = ctx.load(ETH_HLEN + 9)?;
     if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
         return None;
     }
-    let saddr: u32 = ctx.load(IP_SRC)?;
-    let daddr: u32 = ctx.load(IP_DST)?;
+    let saddr = Be32::from_raw(ctx.load(IP_SRC)?);
+    let daddr = Be32::from_raw(ctx.load(IP_DST)?);
     let l4 = ETH_HLEN + ihl;
-    let sport: u16 = ctx.load(l4)?;
-    let dport: u16 = ctx.load(l4 + 2)?;
-    let tcp_flags = if protocol == Protocol::Tcp.raw() {
-        ctx.load::<u8>(l4 + 13)?
-    } else {
-        0
-    };
-    Some(Packet {
-        saddr: Be32::from_raw(saddr),
-        daddr: Be32::from_raw(daddr),
-        sport: Be16::from_raw(sport),
-        dport: Be16::from_raw(dport),
+    let mut packet = Packet {
+        saddr,
+        daddr,
+        sport: Be16::from_raw(0),
+        dport: Be16::from_raw(0),
         protocol,
         l4,
-        tcp_flags,
-    })
+        tcp_flags: 0,
+        fragment: Fragment::Whole,
+    };
+    if flags_offset & (IP_MF | IP_OFFSET) != 0 {
+        let id = Be16::from_raw(ctx.load(ETH_HLEN + 4)?);
+        let key = Frag4Key::new(saddr, daddr, id, protocol);
+        if flags_offset & IP_OFFSET != 0 {
+            let Some(ports) = copy_of(FRAG4.get_ptr(key)) else {
+                bump(Reason::FragmentUnknown);
+                return None;
+            };
+            packet.sport = ports.sport;
+            packet.dport = ports.dport;
+            packet.fragment = Fragment::Later;
+            return Some(packet);
+        }
+        packet.fragment = Fragment::First;
+        packet.sport = Be16::from_raw(ctx.load(l4)?);
+        packet.dport = Be16::from_raw(ctx.load(l4 + 2)?);
+        let ports = FragPorts {
+            sport: packet.sport,
+            dport: packet.dport,
+        };
+        // Recorded before anything else: the later fragments may be on other CPUs already.
+        let _ = FRAG4.insert(key, ports, 0);
+    } else {
+        packet.sport = Be16::from_raw(ctx.load(l4)?);
+        packet.dport = Be16::from_raw(ctx.load(l4 + 2)?);
+    }
+    if protocol == Protocol::Tcp.raw() {
+        packet.tcp_flags = ctx.load::<u8>(l4 + 13)?;
+    }
+    Some(packet)
 }
 
 pub(crate) fn ct_map(protocol: u8) -> &'static LruHashMap<Ct4Key, CtValue> {
@@ -164,44 +227,12 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
 
-    // 1. A reply to a node address (source-NATed flow).
-    if let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) {
-        // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
-        // until the program returns; racing writers store whole small fields.
-        let value = unsafe { touch(entry, now, &packet) };
-        if value.has_flag(CtValue::FLAG_SNAT) {
-            let route = match routed(
-                ctx,
-                (value.address, value.port),
-                (value.nat_address, value.nat_port),
-            ) {
-                Ok(route) => route,
-                Err(verdict) => return verdict,
-            };
-            if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err()
-                || rewrite(
-                    ctx,
-                    &packet,
-                    Side::Destination,
-                    value.nat_address,
-                    value.nat_port,
-                )
-                .is_err()
-            {
-                return F::DROP;
-            }
-            bump(Reason::CtReply);
-            return apply4(ctx, &route);
-        }
-        // A reply of a local backend arriving here (it is routed out of this interface
-        // after the stack): the egress program translates it.
-        return F::NEXT;
-    }
-
-    // 2. A known flow.
+    // 1. A known flow (first: for a packet from a client, the common case at ingress,
+    // one lookup instead of a reply lookup that misses first).
     let original = packet.key(CT_ORIGINAL);
     if let Some(entry) = ct.get_ptr_mut(original) {
-        // SAFETY: as above.
+        // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
+        // until the program returns; racing writers store whole small fields.
         let value = unsafe { touch(entry, now, &packet) };
         let backend_ok = copy_of(BACKENDS4.get_ptr(value.backend_id))
             .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
@@ -212,7 +243,44 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
         let _ = ct.remove(original);
     }
 
-    // 3. A new flow.
+    // 2. A reply to a node address (source-NATed flow).
+    if let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) {
+        // SAFETY: as above.
+        let value = unsafe { touch(entry, now, &packet) };
+        if value.has_flag(CtValue::FLAG_SNAT) {
+            let route = match routed(
+                ctx,
+                (value.address, value.port),
+                (value.nat_address, value.nat_port),
+            ) {
+                Ok(route) => route,
+                Err(verdict) => return verdict,
+            };
+            if rewrite_both(
+                ctx,
+                &packet,
+                (value.address, value.port),
+                (value.nat_address, value.nat_port),
+            )
+            .is_err()
+            {
+                return F::DROP;
+            }
+            bump(Reason::CtReply);
+            packet.count_fragment();
+            ctx.mark_translated();
+            return apply4(ctx, &route);
+        }
+        // A reply of a local backend arriving here (it is routed out of this interface
+        // after the stack): the egress program translates it.
+        return F::NEXT;
+    }
+
+    // 3. A new flow, opened by a packet with ports (a later fragment whose first fragment
+    // opened no flow is not balanced: it goes where the rest of its datagram went).
+    if !packet.has_l4() {
+        return F::NEXT;
+    }
     let Some((service_key, service)) = external_service(&packet) else {
         return F::NEXT;
     };
@@ -246,6 +314,12 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
 /// source.
 #[inline(always)]
 pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
+    // Translated by the ingress program (and redirected or forwarded out here): no reply
+    // entry can match it.
+    if ctx.take_translated() {
+        bump(Reason::EgressSkipped);
+        return F::NEXT;
+    }
     let Some(packet) = parse(ctx) else {
         return F::NEXT;
     };
@@ -262,6 +336,7 @@ pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
         return F::DROP;
     }
     bump(Reason::CtReply);
+    packet.count_fragment();
     F::PASS
 }
 
@@ -532,12 +607,16 @@ fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &CtValue) -> i32 {
         Ok(route) => route,
         Err(verdict) => return verdict,
     };
-    if rewrite(ctx, packet, Side::Destination, value.address, value.port).is_err() {
+    let rewritten = if snat {
+        rewrite_both(ctx, packet, src, (value.address, value.port))
+    } else {
+        rewrite(ctx, packet, Side::Destination, value.address, value.port)
+    };
+    if rewritten.is_err() {
         return F::DROP;
     }
-    if snat && rewrite(ctx, packet, Side::Source, value.nat_address, value.nat_port).is_err() {
-        return F::DROP;
-    }
+    packet.count_fragment();
+    ctx.mark_translated();
     apply4(ctx, &route)
 }
 
@@ -547,7 +626,9 @@ enum Side {
     Destination,
 }
 
-/// Rewrites the source or destination address and port, fixing the IP and L4 checksums.
+/// Rewrites the source or destination address and port, fixing the IP and L4 checksums. A
+/// later fragment has neither ports nor L4 checksum (the datagram's, in its first fragment,
+/// covers the addresses as the first fragment rewrote them): only the address changes.
 #[inline(always)]
 fn rewrite<F: Frame>(
     ctx: &F,
@@ -561,8 +642,16 @@ fn rewrite<F: Frame>(
         Side::Destination => (IP_DST, packet.l4 + 2),
     };
     let old_address: u32 = ctx.load(addr_offset).ok_or(())?;
-    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let new_address = address.raw();
+    if !packet.has_l4() {
+        if old_address != new_address {
+            ctx.l3_csum_replace(IP_CSUM, old_address, new_address, 4)
+                .ok_or(())?;
+            ctx.store(addr_offset, &new_address).ok_or(())?;
+        }
+        return Ok(());
+    }
+    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let new_port = port.raw();
     let csum = packet.csum_offset();
     let udp = packet.protocol == Protocol::Udp.raw();
@@ -596,6 +685,67 @@ fn rewrite<F: Frame>(
         ctx.store(port_offset, &new_port).ok_or(())?;
     }
     Ok(())
+}
+
+/// Rewrites both addresses and both ports (source NAT with destination NAT, or the reply
+/// of a source-NATed flow) with one checksum update per checksum and kind: the IPv4
+/// header's and the pseudo-header's by the ones'-complement difference of the two
+/// addresses, the L4 checksum's for the ports as one 32-bit word; one store each for the
+/// addresses and the ports. (Four helper calls at TC where two [`rewrite`]s make ten.)
+#[inline(always)]
+fn rewrite_both<F: Frame>(
+    ctx: &F,
+    packet: &Packet,
+    (saddr, sport): (Be32, Be16),
+    (daddr, dport): (Be32, Be16),
+) -> Result<(), ()> {
+    let old_addresses: [u32; 2] = ctx.load(IP_SRC).ok_or(())?;
+    let new_addresses = [saddr.raw(), daddr.raw()];
+    let addresses_change = old_addresses != new_addresses;
+    let diff = csum_diff8(old_addresses, new_addresses);
+    if packet.has_l4() {
+        let old_ports: u32 = ctx.load(packet.l4).ok_or(())?;
+        let [s0, s1] = sport.raw().to_ne_bytes();
+        let [d0, d1] = dport.raw().to_ne_bytes();
+        let new_ports = u32::from_ne_bytes([s0, s1, d0, d1]);
+        let csum = packet.csum_offset();
+        let udp = packet.protocol == Protocol::Udp.raw();
+        // A UDP checksum of 0 means "none": leave it so.
+        let skip_l4 = udp && ctx.load::<u16>(csum).ok_or(())? == 0;
+        let mangled = if udp {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        if !skip_l4 && addresses_change {
+            ctx.l4_csum_replace(csum, 0, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled)
+                .ok_or(())?;
+        }
+        if old_ports != new_ports {
+            if !skip_l4 {
+                ctx.l4_csum_replace(csum, old_ports, new_ports, mangled | 4)
+                    .ok_or(())?;
+            }
+            ctx.store(packet.l4, &new_ports).ok_or(())?;
+        }
+    }
+    if addresses_change {
+        ctx.l3_csum_replace(IP_CSUM, 0, diff, 0).ok_or(())?;
+        ctx.store(IP_SRC, &new_addresses).ok_or(())?;
+    }
+    Ok(())
+}
+
+/// The ones'-complement difference (a 32-bit partial sum, as `bpf_csum_diff` returns) of
+/// replacing the two words `old` with `new`, computed here rather than by the helper.
+#[inline(always)]
+fn csum_diff8(old: [u32; 2], new: [u32; 2]) -> u32 {
+    let mut sum = u64::from(!old[0]) + u64::from(!old[1]) + u64::from(new[0]) + u64::from(new[1]);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    #[expect(clippy::cast_possible_truncation, reason = "folded to 32 bits")]
+    let folded = sum as u32;
+    folded
 }
 
 /// A hash of the 5-tuple, the same on every node and across restarts (Maglev and the

@@ -1,8 +1,15 @@
 //! The per-packet load balancer for IPv6 (programs of their own, `fl_tc_ingress6` and
 //! `fl_tc_egress6`: each program has 512 bytes of stack): [`crate::nodeport`]'s three steps (source-NATed
 //! reply, known flow, new flow) over the IPv6 maps. IPv6 has no header checksum; the L4
-//! checksum is fixed with `bpf_csum_diff` over the 16-byte addresses. Packets with
-//! extension headers before TCP/UDP go on untouched.
+//! checksum is fixed with `bpf_csum_diff` over the 16-byte addresses.
+//!
+//! Extension headers: up to [`MAX_EXTENSIONS`] hop-by-hop, routing, destination-options and
+//! fragment headers before TCP/UDP are walked over (a bounded loop the verifier unrolls);
+//! the translation rewrites the fixed header's addresses and the L4 header after them.
+//! Other extension headers (ESP, AH, more of them) go on untouched. A fragmented datagram
+//! is handled as IPv4's ([`crate::nodeport`]): its first fragment records its ports in
+//! [`FRAG6`] under the fragment header's identification, its later fragments take them
+//! from there.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
@@ -10,8 +17,9 @@ use aya_ebpf::{
     maps::LruHashMap,
 };
 use fairlead_abi::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend6, Be16, Ct6Key, Ct6Value, CtValue,
-    MaglevKey, Protocol, Reason, Scope, Service6Key, ServiceValue, SourceRange6Key,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend6, Be16, Be32, Ct6Key, Ct6Value,
+    CtValue, Frag6Key, FragPorts, MaglevKey, Protocol, Reason, Scope, Service6Key, ServiceValue,
+    SourceRange6Key,
     nodeport::{CT_ORIGINAL, CT_REPLY, SNAT_PORT_COUNT, SNAT_PORT_MIN},
     sock::FAMILY_V6,
 };
@@ -20,7 +28,7 @@ use crate::{
     frame::Frame,
     lb::{bump, copy_of, now_secs, random},
     maps::{
-        AFFINITY, BACKENDS6, CT6_ANY, CT6_TCP, IF_ADDR6, MAGLEV, NODE_ADDR6, SERVICES6,
+        AFFINITY, BACKENDS6, CT6_ANY, CT6_TCP, FRAG6, IF_ADDR6, MAGLEV, NODE_ADDR6, SERVICES6,
         SOURCE_RANGES6,
     },
     nodeport::{EXTERNAL_CLIENT, SNAT_ATTEMPTS, TCP_FIN, TCP_RST, finalize, mix, no_backend},
@@ -31,8 +39,19 @@ use crate::{
 const ETH_HLEN: usize = 14;
 const IP6_SRC: usize = ETH_HLEN + 8;
 const IP6_DST: usize = ETH_HLEN + 24;
-const L4: usize = ETH_HLEN + 40;
+/// The fixed header's end: the first extension header, or the L4 header.
+const L3_END: usize = ETH_HLEN + 40;
 const UNSPECIFIED: [u8; 16] = [0; 16];
+/// How many extension headers the parser walks over before giving up.
+const MAX_EXTENSIONS: usize = 4;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// `Packet::fragment`: not fragmented; the first fragment; a later one (no L4 header).
+const WHOLE: u8 = 0;
+const FIRST: u8 = 1;
+const LATER: u8 = 2;
 
 #[derive(Clone, Copy, Default)]
 struct Packet {
@@ -42,6 +61,11 @@ struct Packet {
     dport: Be16,
     protocol: u8,
     tcp_flags: u8,
+    /// [`WHOLE`], [`FIRST`] or [`LATER`].
+    fragment: u8,
+    /// Offset of the L4 header (after the extension headers); as u32 to keep the struct
+    /// small on the IPv6 call chains' tight stack.
+    l4: u32,
 }
 
 impl Packet {
@@ -60,11 +84,28 @@ impl Packet {
         self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
 
+    fn l4(&self) -> usize {
+        self.l4 as usize
+    }
+
+    /// Whether the packet carries the L4 header (not a later fragment).
+    fn has_l4(&self) -> bool {
+        self.fragment != LATER
+    }
+
     fn csum_offset(&self) -> usize {
         if self.protocol == Protocol::Tcp.raw() {
-            L4 + 16
+            self.l4() + 16
         } else {
-            L4 + 6
+            self.l4() + 6
+        }
+    }
+
+    /// Counts a later fragment translated.
+    #[inline(always)]
+    fn count_fragment(&self) {
+        if !self.has_l4() {
+            bump(Reason::FragmentTranslated);
         }
     }
 }
@@ -86,16 +127,68 @@ fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
     if version >> 4 != 6 {
         return None;
     }
-    let protocol: u8 = ctx.load(ETH_HLEN + 6)?;
+    let mut next: u8 = ctx.load(ETH_HLEN + 6)?;
+    let mut offset = L3_END;
+    let mut fragment = WHOLE;
+    let mut id = 0_u32;
+    for _ in 0..MAX_EXTENSIONS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let [following, length]: [u8; 2] = ctx.load(offset)?;
+                next = following;
+                offset += (usize::from(length) + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => {
+                // Next header, reserved, offset (13 bits) | 2 reserved | M, identification.
+                let [following, _]: [u8; 2] = ctx.load(offset)?;
+                let offset_flags = u16::from_be(ctx.load::<u16>(offset + 2)?);
+                id = ctx.load(offset + 4)?;
+                next = following;
+                offset += 8;
+                if offset_flags & 0xfff8 != 0 {
+                    fragment = LATER;
+                } else if offset_flags & 1 != 0 {
+                    fragment = FIRST;
+                }
+            }
+            _ => break,
+        }
+    }
+    let protocol = next;
     if protocol != Protocol::Tcp.raw() && protocol != Protocol::Udp.raw() {
         return None;
     }
     let saddr: [u8; 16] = ctx.load(IP6_SRC)?;
     let daddr: [u8; 16] = ctx.load(IP6_DST)?;
-    let sport: u16 = ctx.load(L4)?;
-    let dport: u16 = ctx.load(L4 + 2)?;
+    let l4 = u32::try_from(offset).ok()?;
+    if fragment != WHOLE {
+        let key = Frag6Key::new(saddr, daddr, Be32::from_raw(id), protocol);
+        if fragment == LATER {
+            let Some(ports) = copy_of(FRAG6.get_ptr(key)) else {
+                bump(Reason::FragmentUnknown);
+                return None;
+            };
+            return Some(Packet {
+                saddr,
+                daddr,
+                sport: ports.sport,
+                dport: ports.dport,
+                protocol,
+                tcp_flags: 0,
+                fragment,
+                l4,
+            });
+        }
+        let ports = FragPorts {
+            sport: Be16::from_raw(ctx.load(offset)?),
+            dport: Be16::from_raw(ctx.load(offset + 2)?),
+        };
+        let _ = FRAG6.insert(key, ports, 0);
+    }
+    let sport: u16 = ctx.load(offset)?;
+    let dport: u16 = ctx.load(offset + 2)?;
     let tcp_flags = if protocol == Protocol::Tcp.raw() {
-        ctx.load::<u8>(L4 + 13)?
+        ctx.load::<u8>(offset + 13)?
     } else {
         0
     };
@@ -106,6 +199,8 @@ fn parse<F: Frame>(ctx: &F) -> Option<Packet> {
         dport: Be16::from_raw(dport),
         protocol,
         tcp_flags,
+        fragment,
+        l4,
     })
 }
 
@@ -141,18 +236,35 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
 /// Returned by [`known_flow`] when conntrack does not know the flow.
 const NO_ENTRY: i32 = i32::MIN;
 
-/// Steps 1 and 2 of [`ingress`]: a source-NATed reply, or a packet of a known flow;
+/// Steps 1 and 2 of [`ingress`]: a packet of a known flow, or a source-NATed reply;
 /// [`NO_ENTRY`] when conntrack has neither.
 #[inline(never)]
 fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
-    // One key, turned from the reply to the original direction: the stack is tight.
-    let mut key = packet.key(CT_REPLY);
-
+    // One key, turned from the original to the reply direction: the stack is tight. The
+    // original direction first: for a packet from a client, the common case at ingress,
+    // one lookup instead of a reply lookup that misses first.
+    let mut key = packet.key(CT_ORIGINAL);
     if let Some(entry) = ct.get_ptr_mut(key) {
         // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
         // until the program returns; the references below only read it.
+        let value = unsafe {
+            touch(entry, now, packet);
+            &*entry
+        };
+        let backend_ok = copy_of(BACKENDS6.get_ptr(value.backend_id))
+            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
+        if backend_ok {
+            return translate(ctx, packet, value);
+        }
+        bump(Reason::CtStale);
+        let _ = ct.remove(key);
+    }
+
+    key.direction = CT_REPLY;
+    if let Some(entry) = ct.get_ptr_mut(key) {
+        // SAFETY: as above.
         let value = unsafe {
             touch(entry, now, packet);
             &*entry
@@ -179,32 +291,23 @@ fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
                 return F::DROP;
             }
             bump(Reason::CtReply);
+            packet.count_fragment();
+            ctx.mark_translated();
             return apply6(ctx, &route);
         }
         return F::NEXT;
     }
 
-    key.direction = CT_ORIGINAL;
-    if let Some(entry) = ct.get_ptr_mut(key) {
-        // SAFETY: as above.
-        let value = unsafe {
-            touch(entry, now, packet);
-            &*entry
-        };
-        let backend_ok = copy_of(BACKENDS6.get_ptr(value.backend_id))
-            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
-        if backend_ok {
-            return translate(ctx, packet, value);
-        }
-        bump(Reason::CtStale);
-        let _ = ct.remove(key);
-    }
     NO_ENTRY
 }
 
 /// Step 3 of [`ingress`]: a new flow.
 #[inline(never)]
 fn new_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
+    // A later fragment whose first fragment opened no flow is not balanced.
+    if !packet.has_l4() {
+        return F::NEXT;
+    }
     let now = now_secs();
     let Some(service) = external_service(packet) else {
         return F::NEXT;
@@ -241,6 +344,11 @@ fn new_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
 /// TC egress, IPv6: replies of local backends get the frontend back as source.
 #[inline(always)]
 pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
+    // Translated by the ingress program: no reply entry can match it.
+    if ctx.take_translated() {
+        bump(Reason::EgressSkipped);
+        return F::NEXT;
+    }
     let Some(packet) = parse(ctx) else {
         return F::NEXT;
     };
@@ -260,6 +368,7 @@ pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
         return F::DROP;
     }
     bump(Reason::CtReply);
+    packet.count_fragment();
     F::PASS
 }
 
@@ -517,6 +626,8 @@ fn translate<F: Frame>(ctx: &F, packet: &Packet, value: &Ct6Value) -> i32 {
     {
         return F::DROP;
     }
+    packet.count_fragment();
+    ctx.mark_translated();
     apply6(ctx, &route)
 }
 
@@ -536,11 +647,10 @@ fn rewrite<F: Frame>(
     port: Be16,
 ) -> Result<(), ()> {
     let (addr_offset, port_offset) = match side {
-        Side::Source => (IP6_SRC, L4),
-        Side::Destination => (IP6_DST, L4 + 2),
+        Side::Source => (IP6_SRC, packet.l4()),
+        Side::Destination => (IP6_DST, packet.l4() + 2),
     };
     let old_address: [u32; 4] = ctx.load(addr_offset).ok_or(())?;
-    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let mut new_address = [0_u32; 4];
     for (i, word) in new_address.iter_mut().enumerate() {
         let at = i * 4;
@@ -551,6 +661,15 @@ fn rewrite<F: Frame>(
             address[at + 3],
         ]);
     }
+    if !packet.has_l4() {
+        // A later fragment: no ports, no checksum (the first fragment's covers the
+        // datagram); IPv6 has no header checksum.
+        if old_address != new_address {
+            ctx.store(addr_offset, &new_address).ok_or(())?;
+        }
+        return Ok(());
+    }
+    let old_port: u16 = ctx.load(port_offset).ok_or(())?;
     let csum = packet.csum_offset();
     let mangled = if packet.protocol == Protocol::Udp.raw() {
         u64::from(BPF_F_MARK_MANGLED_0)
