@@ -109,6 +109,8 @@ impl Reconciler {
             Kind::GatewayClass,
             Kind::Gateway,
             Kind::HttpRoute,
+            Kind::GrpcRoute,
+            Kind::ReferenceGrant,
         ]);
         let routes_changed = ingress_changed
             || changes

@@ -307,16 +307,7 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
             route.key,
             hosts.join(", ")
         )?;
-        for p in &route.parents {
-            write!(out, "  parent gateway {}", p.gateway)?;
-            if let Some(section) = &p.section_name {
-                write!(out, " section={section}")?;
-            }
-            if let Some(port) = p.port {
-                write!(out, " port={port}")?;
-            }
-            writeln!(out)?;
-        }
+        dump_parents(out, &route.parents)?;
         for (i, rule) in route.rules.iter().enumerate() {
             for m in &rule.matches {
                 let (kind, value) = match &m.path {
@@ -332,25 +323,222 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
                 }
                 writeln!(out)?;
             }
-            for b in &rule.backends {
-                match &b.target {
-                    RouteBackendTarget::Service { service, port } => {
-                        writeln!(
-                            out,
-                            "  rule {i} -> service {service}:{port} weight {}",
-                            b.weight
-                        )?;
-                    }
-                    RouteBackendTarget::Invalid { wanted, reason } => {
-                        writeln!(
-                            out,
-                            "  rule {i} -> {wanted} weight {} INVALID: {reason}",
-                            b.weight
-                        )?;
-                    }
+            dump_backends(out, i, &rule.backends)?;
+        }
+    }
+    dump_grpc(out, s)
+}
+
+fn dump_parents(out: &mut String, parents: &[ParentRef]) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for p in parents {
+        write!(out, "  parent gateway {}", p.gateway)?;
+        if let Some(section) = &p.section_name {
+            write!(out, " section={section}")?;
+        }
+        if let Some(port) = p.port {
+            write!(out, " port={port}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn dump_grpc(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for route in s.grpc_routes.values() {
+        let hosts: Vec<String> = route.hostnames.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "grpcroute {} hostnames=[{}]",
+            route.key,
+            hosts.join(", ")
+        )?;
+        dump_parents(out, &route.parents)?;
+        for (i, rule) in route.rules.iter().enumerate() {
+            for m in &rule.matches {
+                write!(out, "  rule {i} match")?;
+                match &m.method {
+                    Some(method) => write!(
+                        out,
+                        " method /{}/{}",
+                        method.service.as_deref().unwrap_or("*"),
+                        method.method.as_deref().unwrap_or("*")
+                    )?,
+                    None => write!(out, " any method")?,
                 }
+                for h in &m.headers {
+                    write!(out, " header {}={:?}", h.name, h.value)?;
+                }
+                writeln!(out)?;
+            }
+            dump_backends(out, i, &rule.backends)?;
+        }
+    }
+    for grant in s.reference_grants.values() {
+        writeln!(out, "referencegrant {}", grant.key)?;
+        for f in &grant.from {
+            writeln!(out, "  from {} {:?} in {}", f.kind, f.group, f.namespace)?;
+        }
+        for t in &grant.to {
+            writeln!(
+                out,
+                "  to {} {:?} {}",
+                t.kind,
+                t.group,
+                t.name.as_deref().unwrap_or("*")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn dump_backends(out: &mut String, i: usize, backends: &[RouteBackend]) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for b in backends {
+        match &b.target {
+            RouteBackendTarget::Service { service, port } => {
+                writeln!(
+                    out,
+                    "  rule {i} -> service {service}:{port} weight {}",
+                    b.weight
+                )?;
+            }
+            RouteBackendTarget::Invalid { wanted, reason } => {
+                writeln!(
+                    out,
+                    "  rule {i} -> {wanted} weight {} INVALID: {reason}",
+                    b.weight
+                )?;
             }
         }
     }
     Ok(())
+}
+
+/// How a GRPCRoute matches the gRPC method (`/service/method`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrpcMethodMatch {
+    /// The fully qualified service (`pkg.Service`); `None` matches any.
+    pub service: Option<String>,
+    /// The method; `None` matches any.
+    pub method: Option<String>,
+}
+
+impl GrpcMethodMatch {
+    /// Whether a request path `/service/method` matches.
+    #[must_use]
+    pub fn matches(&self, path: &str) -> bool {
+        let Some((service, method)) = path.strip_prefix('/').and_then(|rest| rest.split_once('/'))
+        else {
+            return false;
+        };
+        self.service.as_deref().is_none_or(|s| s == service)
+            && self.method.as_deref().is_none_or(|m| m == method)
+    }
+}
+
+/// One `matches[]` entry of a GRPCRoute rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrpcRouteMatch {
+    /// Method condition (any method when `None`).
+    pub method: Option<GrpcMethodMatch>,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A rule of a GRPCRoute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcRouteRule {
+    /// `matches` (one match of everything when empty).
+    pub matches: Vec<GrpcRouteMatch>,
+    /// `backendRefs`.
+    pub backends: Vec<RouteBackend>,
+}
+
+/// A GRPCRoute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcRoute {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.creationTimestamp` as seconds since the epoch; 0 when unset.
+    pub created: i64,
+    /// `spec.parentRefs` naming Gateways.
+    pub parents: Vec<ParentRef>,
+    /// `spec.hostnames`; empty means every hostname of the listener.
+    pub hostnames: Vec<Hostname>,
+    /// `spec.rules`.
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+/// A `ReferenceGrant.spec.from[]` entry: objects of this kind in this
+/// namespace may refer to the grant's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrantFrom {
+    /// API group (`gateway.networking.k8s.io` for routes and Gateways).
+    pub group: String,
+    /// Kind (`HTTPRoute`, `GRPCRoute`, `Gateway`).
+    pub kind: String,
+    /// The namespace the references come from.
+    pub namespace: String,
+}
+
+/// A `ReferenceGrant.spec.to[]` entry: what may be referred to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrantTo {
+    /// API group (`""` for Services and Secrets).
+    pub group: String,
+    /// Kind (`Service`, `Secret`).
+    pub kind: String,
+    /// One object by name; every object of the kind when `None`.
+    pub name: Option<String>,
+}
+
+/// A ReferenceGrant: cross-namespace references into its namespace that the
+/// owners of that namespace allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceGrant {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `spec.from`.
+    pub from: Vec<GrantFrom>,
+    /// `spec.to`.
+    pub to: Vec<GrantTo>,
+}
+
+/// A reference from an object of one namespace to an object of another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrossReference<'a> {
+    /// The referring object's group, kind and namespace.
+    pub from_group: &'a str,
+    /// The referring object's kind.
+    pub from_kind: &'a str,
+    /// The referring object's namespace.
+    pub from_namespace: &'a str,
+    /// The referent's group (`""` for core).
+    pub to_group: &'a str,
+    /// The referent's kind.
+    pub to_kind: &'a str,
+    /// The referent's namespace.
+    pub to_namespace: &'a str,
+    /// The referent's name.
+    pub to_name: &'a str,
+}
+
+impl ReferenceGrant {
+    /// Whether this grant allows `reference`.
+    #[must_use]
+    pub fn permits(&self, reference: &CrossReference<'_>) -> bool {
+        self.key.namespace == reference.to_namespace
+            && self.from.iter().any(|f| {
+                f.group == reference.from_group
+                    && f.kind == reference.from_kind
+                    && f.namespace == reference.from_namespace
+            })
+            && self.to.iter().any(|t| {
+                t.group == reference.to_group
+                    && t.kind == reference.to_kind
+                    && t.name.as_deref().is_none_or(|n| n == reference.to_name)
+            })
+    }
 }

@@ -359,6 +359,20 @@ impl ModelWriter {
                     dirty.ingress = true;
                 }
             }
+            KubeObject::GrpcRoute(o) => {
+                let route = translate::grpc_route(o)?;
+                if put(&mut self.next.grpc_routes, key, route) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
+            }
+            KubeObject::ReferenceGrant(o) => {
+                let grant = translate::reference_grant(o)?;
+                if put(&mut self.next.reference_grants, key, grant) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
+            }
         }
         Ok(())
     }
@@ -415,6 +429,14 @@ impl ModelWriter {
             Kind::HttpRoute => {
                 dirty.ingress = true;
                 self.next.http_routes.remove(&key).is_some()
+            }
+            Kind::GrpcRoute => {
+                dirty.ingress = true;
+                self.next.grpc_routes.remove(&key).is_some()
+            }
+            Kind::ReferenceGrant => {
+                dirty.ingress = true;
+                self.next.reference_grants.remove(&key).is_some()
             }
         };
         if gone {

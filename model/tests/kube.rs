@@ -349,6 +349,8 @@ fn json_of(object: &KubeObject) -> Value {
         KubeObject::GatewayClass(o) => serde_json::to_value(o),
         KubeObject::Gateway(o) => serde_json::to_value(o),
         KubeObject::HttpRoute(o) => serde_json::to_value(o),
+        KubeObject::GrpcRoute(o) => serde_json::to_value(o),
+        KubeObject::ReferenceGrant(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
@@ -358,8 +360,6 @@ fn watched(object: &KubeObject, node: &str) -> bool {
     match object {
         KubeObject::Node(n) => n.metadata.name.as_deref() == Some(node),
         KubeObject::Secret(s) => s.type_.as_deref() == Some("kubernetes.io/tls"),
-        // Not watched from the apiserver yet (issue 14).
-        KubeObject::GatewayClass(_) | KubeObject::Gateway(_) | KubeObject::HttpRoute(_) => false,
         _ => true,
     }
 }
@@ -577,4 +577,156 @@ async fn a_namespace_limits_the_namespaced_watches() {
         !requests.iter().any(|r| r.is_list_of("nodes")),
         "no Node watch without a node name"
     );
+}
+
+fn gateway_api_objects() -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "fairlead"},
+            "spec": {"controllerName": "fairlead.dev/gateway-controller"},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"gatewayClassName": "fairlead",
+                     "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "shop", "namespace": "demo"},
+            "spec": {"parentRefs": [{"name": "web"}],
+                     "rules": [{"backendRefs": [{"name": "a", "port": 80}]}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "rpc", "namespace": "demo"},
+            "spec": {"parentRefs": [{"name": "web"}],
+                     "rules": [{"matches": [{"method": {"service": "shop.Cart", "method": "Get"}}],
+                                "backendRefs": [{"name": "b", "port": 81}]}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "from-shop", "namespace": "demo"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+                     "to": [{"group": "", "kind": "Service"}]},
+        }),
+    ]
+}
+
+fn gateway_api_counts(s: &Snapshot) -> [usize; 5] {
+    [
+        s.gateway_classes.len(),
+        s.gateways.len(),
+        s.http_routes.len(),
+        s.grpc_routes.len(),
+        s.reference_grants.len(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_kinds_are_watched_like_the_others() {
+    let mut objects = cluster();
+    objects.extend(gateway_api_objects());
+    let server = FakeApiserver::start(objects).await;
+    let mut running = run(&server, None);
+    let snapshot = running.until("synced", |s| s.synced).await;
+    assert_eq!(gateway_api_counts(&snapshot), [1, 1, 1, 1, 1]);
+    let dump = dump::render(&snapshot);
+    assert!(
+        dump.contains("grpcroute demo/rpc") && dump.contains("method /shop.Cart/Get"),
+        "{dump}"
+    );
+    assert!(dump.contains("referencegrant demo/from-shop"), "{dump}");
+    // Events: a changed route, a deleted grant.
+    let mut route = gateway_api_objects()[2].clone();
+    route["spec"]["hostnames"] = json!(["shop.example.com"]);
+    server.apply(route);
+    server.delete("ReferenceGrant", "demo", "from-shop");
+    let snapshot = running
+        .until("the route change and the grant deletion", |s| {
+            s.reference_grants.is_empty() && s.http_routes.values().any(|r| !r.hostnames.is_empty())
+        })
+        .await;
+    assert_eq!(gateway_api_counts(&snapshot), [1, 1, 1, 1, 0]);
+    for plural in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "referencegrants",
+    ] {
+        assert!(
+            server.requests().iter().any(|r| r.is_list_of(plural)),
+            "{plural} are listed"
+        );
+    }
+
+    // A status written by a controller publishes nothing.
+    let generation = snapshot.generation;
+    let mut with_status = server.get("Gateway", "demo", "web").unwrap();
+    with_status["status"] = json!({"conditions": [{"type": "Accepted", "status": "True",
+        "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    server.apply(with_status);
+    server.apply(service("c", 82));
+    let snapshot = running.until("service c", |s| names(s).contains("c")).await;
+    assert_eq!(
+        snapshot.generation,
+        generation + 1,
+        "only the Service published"
+    );
+
+    // A relist of a Gateway API kind swaps it in whole.
+    server.delete_unseen("GRPCRoute", "demo", "rpc");
+    server.expire("GRPCRoute");
+    running
+        .until("the relisted GRPCRoutes", |s| s.grpc_routes.is_empty())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_gateway_api_crds_the_other_kinds_are_served_and_the_crds_are_picked_up_later()
+{
+    let server = FakeApiserver::start(cluster()).await;
+    server.uninstall_group(fake_apiserver::GATEWAY_API);
+    let mut running = run(&server, None);
+    let snapshot = running.until("synced", |s| s.synced).await;
+    assert_eq!(names(&snapshot), set(&["a", "b"]));
+    assert_eq!(gateway_api_counts(&snapshot), [0; 5]);
+    let metrics = running.metrics();
+    assert!(
+        metrics.contains("fairlead_kube_watch_state{kind=\"HTTPRoute\",state=\"absent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fairlead_kube_watch_state{kind=\"Service\",state=\"watching\"} 1"),
+        "{metrics}"
+    );
+    // Other kinds keep flowing while the CRDs are missing.
+    server.apply(service("c", 82));
+    running.until("service c", |s| names(s).contains("c")).await;
+
+    // The operator installs the CRDs and creates objects: picked up on the
+    // watchers' next retry (backoff: under 4 s this early).
+    server.install_group(fake_apiserver::GATEWAY_API);
+    server.apply_all(gateway_api_objects()[..1].to_vec());
+    for object in &gateway_api_objects()[1..] {
+        server.apply(object.clone());
+    }
+    let snapshot = running
+        .until("every Gateway API kind", |s| {
+            gateway_api_counts(s) == [1, 1, 1, 1, 1]
+        })
+        .await;
+    assert!(names(&snapshot).contains("c"));
+    let metrics = running.metrics();
+    assert!(
+        metrics.contains("fairlead_kube_watch_state{kind=\"HTTPRoute\",state=\"watching\"} 1"),
+        "{metrics}"
+    );
+    // And events after that.
+    server.delete("HTTPRoute", "demo", "shop");
+    running
+        .until("the route deleted", |s| s.http_routes.is_empty())
+        .await;
 }
