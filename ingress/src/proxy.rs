@@ -37,7 +37,9 @@ use tracing::{debug, info};
 
 use crate::framing::Answers;
 use crate::metrics::{Metrics, RequestLabels, UpstreamLabels};
-use crate::router::{RouteTable, UpstreamProtocol, normalize_host, remove_dot_segments};
+use crate::router::{
+    BackendSpec, RouteTable, UpstreamProtocol, normalize_host, remove_dot_segments,
+};
 use crate::upstream::{Connection, RequestBody, Upstream, UpstreamBody};
 
 /// Settings of the request path.
@@ -195,6 +197,7 @@ pub fn local_response(status: StatusCode) -> Response<ProxyBody> {
         400 => "400 Bad Request\n",
         404 => "404 Not Found\n",
         405 => "405 Method Not Allowed\n",
+        500 => "500 Internal Server Error\n",
         414 => "414 URI Too Long\n",
         502 => "502 Bad Gateway\n",
         503 => "503 Service Unavailable\n",
@@ -347,7 +350,7 @@ async fn proxy(
 
     let route = routing
         .table
-        .route_request(&host, path, &parts.method, &parts.headers);
+        .route_request(&host, path, &parts.method, &parts.headers, conn.tls);
     if let Some(route) = route {
         outcome.ingress = Some(route.ingress.clone());
         outcome.host = Some(route.host.clone());
@@ -364,8 +367,15 @@ async fn proxy(
         return local_response(StatusCode::NOT_FOUND);
     };
     let Some(upstream) = routing.upstreams.get(route.backend).cloned().flatten() else {
-        outcome.error = Some(format!("backend {}", routing.table.backend(route.backend)));
-        return local_response(StatusCode::SERVICE_UNAVAILABLE);
+        let spec = routing.table.backend(route.backend);
+        outcome.error = Some(format!("backend {spec}"));
+        let status = match spec {
+            BackendSpec::Unresolved { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            BackendSpec::Service { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        return local_response(status);
     };
     outcome.upstream = Some(upstream.name.clone());
 

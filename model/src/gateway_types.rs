@@ -111,6 +111,36 @@ pub struct Listener {
     /// `allowedRoutes.kinds[].kind` (group `gateway.networking.k8s.io`);
     /// empty means the protocol's default (`HTTPRoute` for HTTP and HTTPS).
     pub allowed_kinds: Vec<String>,
+    /// `tls` (HTTPS listeners).
+    pub tls: Option<ListenerTls>,
+}
+
+/// `listeners[].tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// `mode`: `Terminate` (the default) is served; `Passthrough` is not.
+    pub mode: String,
+    /// `certificateRefs`, in order.
+    pub certificates: Vec<CertificateRef>,
+}
+
+/// A `certificateRefs[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRef {
+    /// `group` (`""`: core).
+    pub group: String,
+    /// `kind` (`Secret` by default).
+    pub kind: String,
+    /// The referent (namespace defaults to the Gateway's).
+    pub secret: ObjectKey,
+}
+
+impl CertificateRef {
+    /// Whether this names a Secret (the only kind fairlead reads).
+    #[must_use]
+    pub fn is_secret(&self) -> bool {
+        self.group.is_empty() && self.kind == "Secret"
+    }
 }
 
 impl Listener {
@@ -122,7 +152,7 @@ impl Listener {
             matches!(
                 self.protocol,
                 ListenerProtocol::Http | ListenerProtocol::Https
-            ) && kind == "HTTPRoute"
+            ) && (kind == "HTTPRoute" || kind == "GRPCRoute")
         } else {
             self.allowed_kinds.iter().any(|k| k == kind)
         };
@@ -323,7 +353,13 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
                 }
                 writeln!(out)?;
             }
-            dump_backends(out, i, &rule.backends)?;
+            dump_backends(
+                out,
+                s,
+                ("HTTPRoute", &route.key.namespace),
+                i,
+                &rule.backends,
+            )?;
         }
     }
     dump_grpc(out, s)
@@ -372,7 +408,13 @@ fn dump_grpc(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
                 }
                 writeln!(out)?;
             }
-            dump_backends(out, i, &rule.backends)?;
+            dump_backends(
+                out,
+                s,
+                ("GRPCRoute", &route.key.namespace),
+                i,
+                &rule.backends,
+            )?;
         }
     }
     for grant in s.reference_grants.values() {
@@ -393,15 +435,35 @@ fn dump_grpc(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
     Ok(())
 }
 
-fn dump_backends(out: &mut String, i: usize, backends: &[RouteBackend]) -> std::fmt::Result {
+fn dump_backends(
+    out: &mut String,
+    s: &crate::Snapshot,
+    (route_kind, route_namespace): (&str, &str),
+    i: usize,
+    backends: &[RouteBackend],
+) -> std::fmt::Result {
     use std::fmt::Write as _;
     for b in backends {
         match &b.target {
             RouteBackendTarget::Service { service, port } => {
+                let permitted = s.reference_permitted(&CrossReference {
+                    from_group: crate::gateway_api::GROUP,
+                    from_kind: route_kind,
+                    from_namespace: route_namespace,
+                    to_group: "",
+                    to_kind: "Service",
+                    to_namespace: &service.namespace,
+                    to_name: &service.name,
+                });
                 writeln!(
                     out,
-                    "  rule {i} -> service {service}:{port} weight {}",
-                    b.weight
+                    "  rule {i} -> service {service}:{port} weight {}{}",
+                    b.weight,
+                    if permitted {
+                        ""
+                    } else {
+                        " INVALID: RefNotPermitted: no ReferenceGrant allows this cross-namespace reference"
+                    }
                 )?;
             }
             RouteBackendTarget::Invalid { wanted, reason } => {
@@ -523,6 +585,37 @@ pub struct CrossReference<'a> {
     pub to_namespace: &'a str,
     /// The referent's name.
     pub to_name: &'a str,
+}
+
+impl crate::Snapshot {
+    /// Whether a ReferenceGrant in the referent's namespace allows
+    /// `reference` (same-namespace references need none).
+    #[must_use]
+    pub fn reference_permitted(&self, reference: &CrossReference<'_>) -> bool {
+        reference.from_namespace == reference.to_namespace
+            || self
+                .reference_grants
+                .range(
+                    ObjectKey::new(reference.to_namespace, String::new())
+                        ..ObjectKey::new(format!("{}\0", reference.to_namespace), String::new()),
+                )
+                .any(|(_, grant)| grant.permits(reference))
+    }
+
+    /// Whether the listener `listener` of `gateway` may use the Secret
+    /// `secret` (its own namespace, or granted).
+    #[must_use]
+    pub fn certificate_permitted(&self, gateway: &ObjectKey, certificate: &CertificateRef) -> bool {
+        self.reference_permitted(&CrossReference {
+            from_group: crate::gateway_api::GROUP,
+            from_kind: "Gateway",
+            from_namespace: &gateway.namespace,
+            to_group: &certificate.group,
+            to_kind: &certificate.kind,
+            to_namespace: &certificate.secret.namespace,
+            to_name: &certificate.secret.name,
+        })
+    }
 }
 
 impl ReferenceGrant {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::{Gateway, backend, curl, namespace, runtime, service};
+use crate::support::{Gateway, backend, curl, example_ca, namespace, runtime, service, shop_tls};
 
 const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
     metadata: {name: fl}\nspec: {controllerName: fairlead.dev/gateway-controller}\n";
@@ -150,4 +150,170 @@ fn gateway_api_http_routes_by_host_path_header_and_attachment() {
     }
     // The method match holds: a GET is not routed.
     assert_eq!(get("late.test", "/", &[]).status, 404);
+}
+
+fn reference_grant(ns: &str, name: &str, from_kind: &str, from_ns: &str, to: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+         metadata: {{name: {name}, namespace: {ns}}}\nspec:\n\
+         \x20 from: [{{group: gateway.networking.k8s.io, kind: {from_kind}, namespace: {from_ns}}}]\n\
+         \x20 to: [{to}]\n"
+    )
+}
+
+/// HTTPS listeners terminate TLS with certificates from Secrets (here one
+/// of another namespace, allowed by a ReferenceGrant), chosen by SNI; their
+/// routes are not served on the HTTP listener; cross-namespace backends need
+/// a grant (500 without); a missing Service is 500; a listener whose
+/// certificate is not granted is not served.
+#[test]
+fn gateway_api_https_listeners_and_reference_grants() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 14, 11], "web", false);
+    let other = backend(&rt, [127, 0, 14, 12], "other", false);
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: web, namespace: infra}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+         \x20 - {{name: https, port: {tls_port}, protocol: HTTPS, hostname: \"*.shop.example.com\",\n\
+         \x20    tls: {{certificateRefs: [{{name: shop-tls, namespace: certs}}]}},\n\
+         \x20    allowedRoutes: {{namespaces: {{from: All}}}}}}\n\
+         \x20 - {{name: denied, port: {tls_port}, protocol: HTTPS, hostname: \"denied.example.com\",\n\
+         \x20    tls: {{certificateRefs: [{{name: shop-tls, namespace: shop}}]}},\n\
+         \x20    allowedRoutes: {{namespaces: {{from: All}}}}}}\n\
+         \x20 - {{name: http, port: {plain_port}, protocol: HTTP,\n\
+         \x20    allowedRoutes: {{namespaces: {{from: All}}}}}}\n"
+    );
+    let secure = http_route(
+        "shop",
+        "secure",
+        "  parentRefs: [{name: web, namespace: infra, sectionName: https}]\n\
+         \x20 hostnames: [www.shop.example.com]\n  rules:\n\
+         \x20 - backendRefs: [{name: web, port: 80}]\n",
+    );
+    let plain = http_route(
+        "shop",
+        "plain",
+        "  parentRefs: [{name: web, namespace: infra, sectionName: http}]\n  rules:\n\
+         \x20 - matches: [{path: {value: /granted}}]\n\
+         \x20   backendRefs: [{name: other, namespace: backends, port: 80}]\n\
+         \x20 - matches: [{path: {value: /denied}}]\n\
+         \x20   backendRefs: [{name: hidden, namespace: backends, port: 80}]\n\
+         \x20 - matches: [{path: {value: /missing}}]\n\
+         \x20   backendRefs: [{name: nothing, port: 80}]\n",
+    );
+    let http = format!("127.0.0.1:{plain_port}");
+    let https = format!("127.0.0.1:{tls_port}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            (
+                "ns.yaml",
+                ["shop", "infra", "certs", "backends"]
+                    .map(namespace)
+                    .join("---\n"),
+            ),
+            ("web.yaml", service("shop", "web", None, &[web.addr])),
+            (
+                "other.yaml",
+                service("backends", "other", None, &[other.addr]),
+            ),
+            (
+                "hidden.yaml",
+                service("backends", "hidden", None, &[other.addr]),
+            ),
+            (
+                "certs.yaml",
+                format!("{}---\n{}", shop_tls("certs"), shop_tls("shop")),
+            ),
+            (
+                "grants.yaml",
+                format!(
+                    "{}---\n{}",
+                    reference_grant(
+                        "certs",
+                        "gateway-certs",
+                        "Gateway",
+                        "infra",
+                        "{group: \"\", kind: Secret, name: shop-tls}"
+                    ),
+                    reference_grant(
+                        "backends",
+                        "shop-routes",
+                        "HTTPRoute",
+                        "shop",
+                        "{group: \"\", kind: Service, name: other}"
+                    )
+                ),
+            ),
+            ("gateway.yaml", gateway),
+            ("secure.yaml", secure),
+            ("plain.yaml", plain),
+        ],
+        &["--http", &http, "--https", &https],
+    );
+    let ca = example_ca();
+    let ca = ca.to_str().unwrap();
+    let get_tls = |host: &str| {
+        curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("{host}:{tls_port}:127.0.0.1"),
+            &format!("https://{host}:{tls_port}/"),
+        ])
+    };
+    let get_plain = |host: &str, path: &str| {
+        curl(&[
+            "--resolve",
+            &format!("{host}:{plain_port}:127.0.0.1"),
+            &format!("http://{host}:{plain_port}{path}"),
+        ])
+    };
+
+    // TLS terminated with the granted Secret of another namespace, verified
+    // against the example CA.
+    let r = get_tls("www.shop.example.com");
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    // The HTTPS listener's route is not served on the HTTP listener.
+    assert_eq!(get_plain("www.shop.example.com", "/").status, 404);
+    // A listener whose Secret is not granted: no certificate for its host
+    // (the default one, which the CA does not sign).
+    let r = get_tls("denied.example.com");
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("certificate"), "{r:?}");
+
+    // Cross-namespace backends: granted, not granted (500), missing (500).
+    let r = get_plain("any.test", "/granted");
+    assert_eq!((r.status, r.field("name")), (200, "other"), "{r:?}");
+    assert_eq!(get_plain("any.test", "/denied").status, 500);
+    assert_eq!(get_plain("any.test", "/missing").status, 500);
+    let log = gw.log();
+    assert!(
+        log.contains("RefNotPermitted: Service backends/hidden"),
+        "{log}"
+    );
+    assert!(
+        log.contains("RefNotPermitted: Secret shop/shop-tls"),
+        "{log}"
+    );
+    assert!(
+        log.contains("BackendNotFound: Service shop/nothing"),
+        "{log}"
+    );
+
+    // Revoking the backend grant: the next request gets 500.
+    gw.write(
+        "grants.yaml",
+        &reference_grant(
+            "certs",
+            "gateway-certs",
+            "Gateway",
+            "infra",
+            "{group: \"\", kind: Secret, name: shop-tls}",
+        ),
+    );
+    gw.wait_for("the grant revoked", || {
+        get_plain("any.test", "/granted").status == 500
+    });
 }

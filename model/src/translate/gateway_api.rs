@@ -7,10 +7,10 @@
 use crate::error::FieldError;
 use crate::gateway_api as wire;
 use crate::gateway_types::{
-    AllowedNamespaces, Gateway, GatewayClass, GrantFrom, GrantTo, GrpcMethodMatch, GrpcRoute,
-    GrpcRouteMatch, GrpcRouteRule, HeaderMatch, Hostname, HttpRoute, HttpRouteRule, Listener,
-    ListenerProtocol, ParentRef, PathMatch, ReferenceGrant, RouteBackend, RouteBackendTarget,
-    RouteMatch,
+    AllowedNamespaces, CertificateRef, Gateway, GatewayClass, GrantFrom, GrantTo, GrpcMethodMatch,
+    GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, Hostname, HttpRoute, HttpRouteRule,
+    Listener, ListenerProtocol, ListenerTls, ParentRef, PathMatch, ReferenceGrant, RouteBackend,
+    RouteBackendTarget, RouteMatch,
 };
 
 use super::{Errors, is_dns_label, is_dns_subdomain, object_key};
@@ -123,6 +123,24 @@ pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
                 ),
             }
         }
+        let tls = l.tls.as_ref().map(|tls| ListenerTls {
+            mode: tls.mode.clone().unwrap_or_else(|| "Terminate".to_owned()),
+            certificates: tls
+                .certificate_refs
+                .iter()
+                .map(|c| CertificateRef {
+                    group: c.group.clone().unwrap_or_default(),
+                    kind: c.kind.clone().unwrap_or_else(|| "Secret".to_owned()),
+                    secret: crate::types::ObjectKey::new(
+                        c.namespace
+                            .clone()
+                            .or_else(|| object.metadata.namespace.clone())
+                            .unwrap_or_else(|| "default".to_owned()),
+                        c.name.clone(),
+                    ),
+                })
+                .collect(),
+        });
         listeners.push(Listener {
             name: l.name.clone(),
             hostname: host,
@@ -130,6 +148,7 @@ pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
             protocol,
             allowed_namespaces,
             allowed_kinds,
+            tls,
         });
     }
     errors.finish(Gateway {
@@ -462,12 +481,9 @@ fn route_backend(
             wanted,
             reason: format!("InvalidKind: {kind} ({group:?}) is not a backend fairlead serves"),
         }
-    } else if namespace != route_namespace {
-        RouteBackendTarget::Invalid {
-            wanted,
-            reason: "RefNotPermitted: cross-namespace backends need a ReferenceGrant, which is not supported yet".to_owned(),
-        }
     } else {
+        // Cross-namespace: allowed only by a ReferenceGrant, checked where
+        // routes are compiled (grants change on their own).
         let Some(port) = b.port else {
             errors.push(field("port"), "required for a Service backend");
             return None;
@@ -553,6 +569,7 @@ spec:
                 protocol: ListenerProtocol::Http,
                 allowed_namespaces: AllowedNamespaces::All,
                 allowed_kinds: vec![],
+                tls: None,
             }
         );
         assert_eq!(gw.listeners[1].allowed_namespaces, AllowedNamespaces::Same);
@@ -564,7 +581,9 @@ spec:
         assert!(gw.listeners[0].allows("HTTPRoute", "shop", "infra"));
         assert!(!gw.listeners[1].allows("HTTPRoute", "shop", "infra"));
         assert!(gw.listeners[1].allows("HTTPRoute", "infra", "infra"));
-        assert!(!gw.listeners[1].allows("GRPCRoute", "infra", "infra"));
+        // HTTP listeners take HTTPRoutes and GRPCRoutes by default.
+        assert!(gw.listeners[1].allows("GRPCRoute", "infra", "infra"));
+        assert!(!gw.listeners[1].allows("TLSRoute", "infra", "infra"));
     }
 
     #[test]
@@ -643,7 +662,14 @@ spec:
             RouteBackendTarget::Invalid { reason, .. } => reason.clone(),
             RouteBackendTarget::Service { .. } => String::new(),
         };
-        assert!(reason(&r.rules[1].backends[1]).starts_with("RefNotPermitted"));
+        // Cross-namespace: kept; the grant is checked where routes compile.
+        assert_eq!(
+            r.rules[1].backends[1].target,
+            RouteBackendTarget::Service {
+                service: ObjectKey::new("elsewhere", "web"),
+                port: 80
+            }
+        );
         assert!(reason(&r.rules[1].backends[2]).starts_with("InvalidKind"));
     }
 
