@@ -67,43 +67,8 @@ pub fn listener_certificates<'a>(
     gateway: &Gateway,
     listener: &Listener,
 ) -> Result<Vec<&'a Arc<TlsCertificate>>, String> {
-    let Some(tls) = &listener.tls else {
-        return Err(
-            "InvalidCertificateRef: an HTTPS listener needs tls.certificateRefs".to_owned(),
-        );
-    };
-    if tls.mode != "Terminate" {
-        return Err(format!(
-            "UnsupportedValue: tls.mode {} is not served (HTTPS listeners terminate TLS)",
-            tls.mode
-        ));
-    }
-    if tls.certificates.is_empty() {
-        return Err("InvalidCertificateRef: tls.certificateRefs is empty".to_owned());
-    }
-    let mut certificates = Vec::with_capacity(tls.certificates.len());
-    for cert in &tls.certificates {
-        if !cert.is_secret() {
-            return Err(format!(
-                "InvalidCertificateRef: {} ({:?}) {} is not a Secret",
-                cert.kind, cert.group, cert.secret
-            ));
-        }
-        if !snapshot.certificate_permitted(&gateway.key, cert) {
-            return Err(format!(
-                "RefNotPermitted: Secret {} is in another namespace and no ReferenceGrant allows it",
-                cert.secret
-            ));
-        }
-        let Some(material) = snapshot.certificates.get(&cert.secret) else {
-            return Err(format!(
-                "InvalidCertificateRef: Secret {} does not exist or is not a valid kubernetes.io/tls Secret",
-                cert.secret
-            ));
-        };
-        certificates.push(material);
-    }
-    Ok(certificates)
+    fairlead_model::gateway_status::listener_certificates(snapshot, gateway, listener)
+        .map_err(|(reason, message)| format!("{reason}: {message}"))
 }
 
 /// Whether `listener` of `gateway` is served by this gateway, and on which
