@@ -334,7 +334,16 @@ fn start_ingress(
 ) -> Result<()> {
     let span = tracing::info_span!("component", component = "ingress");
     let _entered = span.enter();
-    rt.publish_ingress_status(&args.ingress_class, status)?;
+    let selection = args.class_selection().gateway_api;
+    rt.publish_ingress_status(
+        &args.ingress_class,
+        status,
+        fairlead_model::gateway_status::Serving {
+            controller: selection.controller,
+            http_port: selection.http_port,
+            https_port: selection.https_port,
+        },
+    )?;
     let ready = rt.ready_flag("ingress");
     let node_name = rt.node_name().map(str::to_owned);
     let gateway = fairlead_ingress::run(

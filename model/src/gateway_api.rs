@@ -146,6 +146,21 @@ pub struct GatewayAddress {
 pub struct GatewayStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// `Gateway.status.listeners[]`.
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    pub name: String,
+    #[serde(default)]
+    pub supported_kinds: Vec<RouteGroupKind>,
+    #[serde(default)]
+    pub attached_routes: i32,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
 }
 
 /// `HTTPRoute.spec`.

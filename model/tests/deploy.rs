@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use fairlead_model::source::kube::{
-    API_ACCESS, ApiAccess, KubeOptions, STATUS_ACCESS, watch_access,
+    API_ACCESS, ApiAccess, GATEWAY_API_STATUS_ACCESS, KubeOptions, STATUS_ACCESS, watch_access,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
@@ -259,6 +259,7 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
         .map(watch_access)
         .collect();
     expected.push(STATUS_ACCESS);
+    expected.extend(GATEWAY_API_STATUS_ACCESS);
     assert_eq!(ingress_role, grants(expected), "the ingress role");
     let granted: BTreeSet<Grant> = m.roles.values().flat_map(role_grants).collect();
     assert_eq!(
@@ -270,8 +271,8 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
         granted
             .iter()
             .filter(|(_, _, verb)| !matches!(verb.as_str(), "list" | "watch"))
-            .all(|(_, resource, verb)| resource == "ingresses/status" && verb == "patch"),
-        "the only write is a patch of ingresses/status"
+            .all(|(_, resource, verb)| resource.ends_with("/status") && verb == "patch"),
+        "the only writes are patches of status subresources"
     );
 }
 

@@ -23,6 +23,7 @@
 //! module only moves objects. [`status`] publishes `status.loadBalancer` on
 //! the Ingresses a gateway serves.
 
+pub mod gateway_status;
 mod metrics;
 pub mod status;
 
@@ -126,6 +127,22 @@ pub const STATUS_ACCESS: ApiAccess = ApiAccess {
     verbs: STATUS_VERBS,
 };
 
+/// What the Gateway API status writer ([`gateway_status`]) uses.
+pub const GATEWAY_API_STATUS_ACCESS: [ApiAccess; 4] = [
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[0]),
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[1]),
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[2]),
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[3]),
+];
+
+const fn gateway_api_status(resource: &'static str) -> ApiAccess {
+    ApiAccess {
+        group: gateway_api::GROUP,
+        resource,
+        verbs: STATUS_VERBS,
+    }
+}
+
 /// Everything fairlead does on the apiserver: the watchers of this module
 /// (one per [`Kind`]) and the Ingress status writer. The RBAC rules in
 /// `deploy/` are checked against this list by a test.
@@ -143,6 +160,10 @@ pub const API_ACCESS: &[ApiAccess] = &[
     watch_access(Kind::GrpcRoute),
     watch_access(Kind::ReferenceGrant),
     STATUS_ACCESS,
+    GATEWAY_API_STATUS_ACCESS[0],
+    GATEWAY_API_STATUS_ACCESS[1],
+    GATEWAY_API_STATUS_ACCESS[2],
+    GATEWAY_API_STATUS_ACCESS[3],
 ];
 
 /// What the apiserver source reads.
@@ -785,6 +806,18 @@ impl KubeSource {
         self.stores.ingresses.clone()
     }
 
+    /// Read handles of the Gateway API stores, for the Gateway API status
+    /// writer ([`gateway_status::GatewayStatusWriter`]).
+    #[must_use]
+    pub fn gateway_api(&self) -> gateway_status::GatewayApiStores {
+        gateway_status::GatewayApiStores {
+            classes: self.stores.gateway_classes.clone(),
+            gateways: self.stores.gateways.clone(),
+            http_routes: self.stores.http_routes.clone(),
+            grpc_routes: self.stores.grpc_routes.clone(),
+        }
+    }
+
     /// Calls `observer` with every snapshot this source publishes, right
     /// after publishing it (the watch channel only keeps the latest).
     #[must_use]
@@ -1101,6 +1134,9 @@ mod tests {
             .map(|(_, group, resource)| (*group, *resource, WATCH_VERBS))
             .collect();
         expected.push(("networking.k8s.io", "ingresses/status", STATUS_VERBS));
+        for resource in gateway_status::GATEWAY_API_STATUS {
+            expected.push((gateway_api::GROUP, resource, STATUS_VERBS));
+        }
         expected.sort();
         let mut actual: Vec<(&str, &str, &[&str])> = API_ACCESS
             .iter()
