@@ -28,10 +28,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use fairlead_model::gateway_status::{attach, intersect_hostnames};
 use fairlead_model::{
-    CrossReference, DEFAULT_GATEWAY_CONTROLLER, Gateway, HeaderMatch, Hostname, HttpRoute,
-    Listener, ListenerProtocol, ObjectKey, PathMatch, PathType, PortRef, RouteBackendTarget,
-    Snapshot, TlsCertificate,
+    CrossReference, DEFAULT_GATEWAY_CONTROLLER, Gateway, GrpcMethodMatch, GrpcRoute, HeaderMatch,
+    Hostname, HttpRoute, Listener, ListenerProtocol, ObjectKey, PathMatch, PathType, PortRef,
+    RouteBackendTarget, Snapshot, TlsCertificate,
 };
 use http::{HeaderMap, Method};
 
@@ -117,6 +118,8 @@ struct Rule {
     path: PathMatch,
     headers: Vec<HeaderMatch>,
     method: Option<Method>,
+    /// A GRPCRoute's service/method match (on the path `/service/method`).
+    grpc: Option<GrpcMethodMatch>,
     /// The rule's backends with their weights (weight 0 left out).
     backends: Vec<(Route, u32)>,
     total: u32,
@@ -129,6 +132,7 @@ struct Rule {
 impl Rule {
     fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
         self.path.matches(path)
+            && self.grpc.as_ref().is_none_or(|g| g.matches(path))
             && self.method.as_ref().is_none_or(|m| m == method)
             && self.headers.iter().all(|h| {
                 headers
@@ -305,6 +309,7 @@ pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selectio
             });
         }
     }
+    compile_grpc(compiler, snapshot, selection, &gateways, &mut tables);
     for table in &mut tables {
         for rules in table
             .exact
@@ -318,6 +323,137 @@ pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selectio
     let [http, https] = tables;
     compiler.table.http_routes = http;
     compiler.table.https_routes = https;
+}
+
+/// Compiles the GRPCRoutes attached to the served listeners: a match is a
+/// path `/service/method` (either part may be open) plus headers; backends
+/// are spoken to with HTTP/2 (h2c).
+fn compile_grpc(
+    compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
+    selection: &Selection,
+    gateways: &[&Arc<Gateway>],
+    tables: &mut [HttpRouteTable; 2],
+) {
+    let mut seen: HashSet<(ObjectKey, Option<Hostname>, bool)> = HashSet::new();
+    for route in snapshot.grpc_routes.values() {
+        let mut reasons = Vec::new();
+        for parent in &route.parents {
+            let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
+                continue;
+            };
+            match attach(gateway, parent, "GRPCRoute", &route.key, &route.hostnames) {
+                Err((reason, message)) => reasons.push(format!("{reason}: {message}")),
+                Ok(listeners) => {
+                    for listener in listeners {
+                        let Some(tls) = served_on(snapshot, gateway, listener, selection) else {
+                            continue;
+                        };
+                        for hostname in
+                            intersect_hostnames(listener.hostname.as_ref(), &route.hostnames)
+                        {
+                            if seen.insert((route.key.clone(), hostname.clone(), tls)) {
+                                add_grpc_route(
+                                    compiler,
+                                    snapshot,
+                                    &mut tables[usize::from(tls)],
+                                    route,
+                                    hostname.as_ref(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !reasons.is_empty() {
+            compiler.table.problems.push(RouteProblem {
+                ingress: route.key.clone(),
+                message: format!("GRPCRoute not attached: {}", reasons.join("; ")),
+            });
+        }
+    }
+}
+
+fn add_grpc_route(
+    compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
+    table: &mut HttpRouteTable,
+    route: &GrpcRoute,
+    hostname: Option<&Hostname>,
+) {
+    let name: Arc<str> = Arc::from(format!("GRPCRoute {}", route.key));
+    let host: Arc<str> = Arc::from(hostname.map(ToString::to_string).unwrap_or_default());
+    let key: Arc<str> = Arc::from(route.key.to_string());
+    let group = match hostname {
+        Some(Hostname::Exact(h)) => table.exact.entry(h.clone()).or_default(),
+        Some(Hostname::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
+        None => &mut table.any,
+    };
+    for (r, rule) in route.rules.iter().enumerate() {
+        let backend_ids: Vec<(usize, u32)> = rule
+            .backends
+            .iter()
+            .map(|b| {
+                let id = route_backend(compiler, snapshot, "GRPCRoute", &route.key, &b.target);
+                (compiler.h2c(id), b.weight)
+            })
+            .collect();
+        let none_id = compiler.unresolved(
+            None,
+            format!("GRPCRoute {} rule {r}", route.key),
+            "no backendRef with a weight".to_owned(),
+        );
+        for (m, grpc_match) in rule.matches.iter().enumerate() {
+            let path = match &grpc_match.method {
+                Some(GrpcMethodMatch {
+                    service: Some(service),
+                    method: Some(method),
+                }) => PathMatch::Exact(format!("/{service}/{method}")),
+                Some(GrpcMethodMatch {
+                    service: Some(service),
+                    method: None,
+                }) => PathMatch::Prefix(format!("/{service}")),
+                _ => PathMatch::Prefix("/".to_owned()),
+            };
+            let make = |backend| Route {
+                backend,
+                ingress: name.clone(),
+                host: host.clone(),
+                path: Arc::from(path.value()),
+                path_type: Some(match path {
+                    PathMatch::Exact(_) => PathType::Exact,
+                    PathMatch::Prefix(_) => PathType::Prefix,
+                }),
+            };
+            let backends: Vec<(Route, u32)> = backend_ids
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(id, w)| (make(*id), *w))
+                .collect();
+            let total = backends.iter().map(|(_, w)| *w).sum();
+            group.push(Rule {
+                order: Precedence {
+                    not_exact: !matches!(path, PathMatch::Exact(_)),
+                    path_len: std::cmp::Reverse(path.value().len()),
+                    no_method: grpc_match.method.is_none(),
+                    headers: std::cmp::Reverse(grpc_match.headers.len()),
+                    created: route.created,
+                    route: key.clone(),
+                    rule: r,
+                    matched: m,
+                },
+                path: path.clone(),
+                headers: grpc_match.headers.clone(),
+                method: None,
+                grpc: grpc_match.method.clone(),
+                backends,
+                total,
+                none: make(none_id),
+            });
+            compiler.table.route_count += 1;
+        }
+    }
 }
 
 /// Reports the listeners of accepted Gateways that are not served.
@@ -472,6 +608,7 @@ fn add_route(
                     .and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
                 backends,
                 total,
+                grpc: None,
                 none: make(none_id),
                 order: Precedence {
                     not_exact: !matches!(route_match.path, PathMatch::Exact(_)),

@@ -252,6 +252,7 @@ pub async fn handle(
             request.version(),
         )
     });
+    let grpc = is_grpc(request.headers());
     let response = proxy(&shared, &conn, request, &mut outcome).await;
     let status = response.status();
     conn.answers
@@ -293,7 +294,38 @@ pub async fn handle(
             "request"
         );
     }
+    if grpc && status != StatusCode::OK && matches!(response.body(), ProxyBody::Local(_)) {
+        return Ok(grpc_error(status));
+    }
     Ok(response)
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC answer to a request the gateway answers itself: trailers-only
+/// (HTTP 200, `grpc-status` in the headers). No route is UNIMPLEMENTED (12);
+/// a backend that is invalid, has no endpoint or failed is UNAVAILABLE (14);
+/// anything else INTERNAL (13).
+fn grpc_error(status: StatusCode) -> Response<ProxyBody> {
+    let (code, message) = match status.as_u16() {
+        404 => ("12", "no route for this method"),
+        500 | 502 | 503 | 504 => ("14", "the backend is unavailable"),
+        _ => ("13", "the gateway refused the request"),
+    };
+    let mut response = Response::new(ProxyBody::Local(None));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(code));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    response
 }
 
 #[allow(

@@ -436,6 +436,22 @@ impl Compiler<'_> {
         })
     }
 
+    /// The same backend spoken to with HTTP/2 in clear text (gRPC).
+    pub(crate) fn h2c(&mut self, id: BackendId) -> BackendId {
+        match self.table.backends[id].clone() {
+            BackendSpec::Service {
+                service,
+                port,
+                protocol: UpstreamProtocol::Http1,
+            } => self.intern(BackendSpec::Service {
+                service,
+                port,
+                protocol: UpstreamProtocol::H2c,
+            }),
+            _ => id,
+        }
+    }
+
     pub(crate) fn service_backend(
         &mut self,
         namespace: &str,

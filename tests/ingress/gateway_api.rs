@@ -317,3 +317,135 @@ fn gateway_api_https_listeners_and_reference_grants() {
         get_plain("any.test", "/granted").status == 500
     });
 }
+
+/// One gRPC-shaped call over h2c to the plain listener: the HTTP status,
+/// the backend's text and the grpc-status (headers or trailers).
+async fn grpc_call(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{host}:{}{path}", addr.port()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (n, v) in headers {
+        request = request.header(*n, *v);
+    }
+    let (response, mut stream) = send.send_request(request.body(()).unwrap(), false).unwrap();
+    // One length-prefixed message: not compressed, 1 byte.
+    stream
+        .send_data(bytes::Bytes::from_static(b"\0\0\0\0\x01x"), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let mut grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    if let Some(trailers) = body.trailers().await.unwrap()
+        && let Some(v) = trailers.get("grpc-status")
+    {
+        grpc_status = Some(v.to_str().unwrap().to_owned());
+    }
+    (
+        status,
+        String::from_utf8_lossy(&text).into_owned(),
+        grpc_status.unwrap_or_default(),
+    )
+}
+
+fn name_of(text: &str) -> &str {
+    text.lines()
+        .find_map(|l| l.strip_prefix("name="))
+        .unwrap_or("")
+}
+
+/// GRPCRoute: service/method and header matches over HTTP/2 to h2c
+/// backends; an unmatched method is UNIMPLEMENTED (12), a backend without
+/// endpoints UNAVAILABLE (14), both as trailers-only answers.
+#[test]
+fn gateway_api_grpc_routes_by_method_and_header() {
+    let rt = runtime();
+    let cart = backend(&rt, [127, 0, 14, 21], "cart", true);
+    let canary = backend(&rt, [127, 0, 14, 22], "canary", true);
+    let search = backend(&rt, [127, 0, 14, 23], "search", true);
+    let port = free_port();
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: web, namespace: shop}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+         \x20 - {{name: http, port: {port}, protocol: HTTP}}\n"
+    );
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {name: rpc, namespace: shop}\nspec:\n\
+         \x20 parentRefs: [{name: web}]\n  hostnames: [grpc.test]\n  rules:\n\
+         \x20 - matches: [{method: {service: shop.Cart, method: Get}, headers: [{name: x-canary, value: \"yes\"}]}]\n\
+         \x20   backendRefs: [{name: canary, port: 80}]\n\
+         \x20 - matches: [{method: {service: shop.Cart, method: Get}}]\n\
+         \x20   backendRefs: [{name: cart, port: 80}]\n\
+         \x20 - matches: [{method: {service: shop.Search}}]\n\
+         \x20   backendRefs: [{name: search, port: 80}]\n\
+         \x20 - matches: [{method: {service: shop.Broken}}]\n\
+         \x20   backendRefs: [{name: empty, port: 80}]\n"
+        .to_owned();
+    let http = format!("127.0.0.1:{port}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("ns.yaml", namespace("shop")),
+            ("cart.yaml", service("shop", "cart", None, &[cart.addr])),
+            (
+                "canary.yaml",
+                service("shop", "canary", None, &[canary.addr]),
+            ),
+            (
+                "search.yaml",
+                service("shop", "search", None, &[search.addr]),
+            ),
+            ("empty.yaml", service("shop", "empty", None, &[])),
+            ("gateway.yaml", gateway),
+            ("route.yaml", route),
+        ],
+        &["--http", &http],
+    );
+    rt.block_on(async {
+        let call = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+            grpc_call(gw.http, "grpc.test", path, headers)
+        };
+        let (status, text, grpc) = call("/shop.Cart/Get", &[]).await;
+        assert_eq!(
+            (status, name_of(&text), grpc.as_str()),
+            (200, "cart", "0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("proto=HTTP/2.0"),
+            "h2c to the backend: {text}"
+        );
+        assert!(text.contains("path=/shop.Cart/Get"), "{text}");
+        let (_, text, _) = call("/shop.Cart/Get", &[("x-canary", "yes")]).await;
+        assert_eq!(name_of(&text), "canary", "{text}");
+        let (_, text, _) = call("/shop.Search/Query", &[]).await;
+        assert_eq!(name_of(&text), "search", "{text}");
+        // Unmatched: another method of the service, another service.
+        for path in ["/shop.Cart/Put", "/shop.Other/Get"] {
+            let (status, text, grpc) = call(path, &[]).await;
+            assert_eq!((status, grpc.as_str()), (200, "12"), "{path}: {text}");
+        }
+        let (status, _, grpc) = call("/shop.Broken/Call", &[]).await;
+        assert_eq!((status, grpc.as_str()), (200, "14"));
+    });
+}
