@@ -7,7 +7,8 @@
 //! ([`Demo::check_steps`] lists them), so a step dropped from the demo fails
 //! here. tests/image.rs runs the same demo with the container image. It also
 //! checks that every metric the Grafana dashboard and the alerting rules of
-//! deploy/monitoring name is one the node exported during the demo.
+//! deploy/monitoring name is one the node exported during the demo, and that
+//! docs/operations.md lists every metric the node exported.
 
 #[path = "support/demo.rs"]
 mod demo;
@@ -39,6 +40,23 @@ fn the_demo_shows_every_path_following_the_model_and_surviving_a_restart() {
             && exported.contains("fairlead_dns_requests_total")
             && exported.contains("fairlead_ingress_requests_total"),
         "the demo's /metrics holds every component: {exported:?}"
+    );
+    // docs/operations.md lists every metric family the node exports.
+    let reference = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let undocumented: Vec<_> = exported
+        .iter()
+        .filter(|name| !reference.contains(&format!("`{name}`")))
+        .filter(|name| {
+            // A histogram's series are documented under the family's name.
+            !["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|family| reference.contains(&format!("`{family}`")))
+            })
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/operations.md lists every metric the node exports; missing: {undocumented:?}"
     );
     for file in [
         "deploy/monitoring/fairlead-dashboard.json",

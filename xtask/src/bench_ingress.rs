@@ -12,6 +12,10 @@
 //! then the shop ECDSA P-256 one), full and resumed, TLS 1.3 and 1.2; the
 //! figure to compare is handshakes per CPU-second of the proxy process(es),
 //! because the clients share one core and saturate it first with ECDSA.
+//!
+//! Memory: each proxy loads 1,000 Ingress hosts with 10 endpoints each
+//! (`--memory-only` runs just that row) and is measured before traffic, as
+//! the PSS and the RSS of the process and its workers.
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -46,6 +50,9 @@ pub(crate) struct Options {
     /// Parallel `openssl s_time` clients in the handshake runs.
     #[arg(long, default_value_t = 4)]
     tls_clients: usize,
+    /// Only the memory row (1,000 Ingress hosts, 10k endpoints).
+    #[arg(long)]
+    memory_only: bool,
 }
 
 const UPSTREAM: u16 = 18_900;
@@ -597,6 +604,9 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// nginx for the same routes. `ssl_protocols` is set: Debian 12's nginx
+/// 1.22 leaves TLS 1.3 out by default, and the TLS 1.3 rows then made no
+/// connection at all.
 fn nginx_conf(
     dir: &Path,
     routes: &[(String, String, Vec<SocketAddr>)],
@@ -631,6 +641,7 @@ fn nginx_conf(
          keepalive_requests 100000;\n{upstreams}\
          server {{\n    listen 127.0.0.1:{http} default_server;\n    listen 127.0.0.1:{https} ssl http2 default_server;\n\
          server_name {host};\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+         ssl_protocols TLSv1.2 TLSv1.3;\n    \
          ssl_session_cache shared:SSL:10m;\n    ssl_session_timeout 2h;\n{locations}  }}\n}}\n",
         crt.display(),
         key.display()
@@ -967,6 +978,13 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
     )?;
     std::fs::write(dir.join("haproxy.cfg"), haproxy_cfg(&routes, &pem))?;
     let (rsa_crt, rsa_key, rsa_pem) = rsa_files(&dir)?;
+    if o.memory_only {
+        let memory = memory_rows(&bin, &dir, &rsa_pem, &rsa_crt, &rsa_key)?;
+        println!("load average (1, 5, 15 min): {}", load_average());
+        print_memory(&memory);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
 
     // The upstream: nginx answering 200 on CPU 1.
     let up = dir.join("upstream");
@@ -1048,6 +1066,9 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
         drop(process);
         results.push((peer, figures));
     }
+
+    eprintln!("bench: memory with {MEM_HOSTS} hosts");
+    let memory = memory_rows(&bin, &dir, &rsa_pem, &rsa_crt, &rsa_key)?;
 
     eprintln!("bench: fairlead in process, route updates under load");
     let (done, applied, requests, errors) = updates_in_process(&setup)?;
@@ -1155,6 +1176,7 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
             );
         }
     }
+    print_memory(&memory);
     for (label, done, applied, requests, errors) in &update_results {
         println!(
             "updates under load, {label}: {done} updates, {applied} configurations applied, {requests} requests, {errors} failed"
@@ -1162,6 +1184,230 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Hosts and endpoints of the memory row (issue 17: 1,000 Ingress hosts,
+/// 10k endpoints).
+const MEM_HOSTS: usize = 1000;
+const MEM_ENDPOINTS_PER_HOST: usize = 10;
+
+/// Resident memory of a process and its descendants (nginx's workers are
+/// children of its master), in KiB: (RSS summed, PSS summed). PSS divides
+/// pages shared between the processes, so it is the fair total.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let (mut rss, mut pss) = (0, 0);
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")) {
+            for line in rollup.lines() {
+                let mut words = line.split_whitespace();
+                let (Some(key), Some(value)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let value: u64 = value.parse().unwrap_or(0);
+                match key {
+                    "Rss:" => rss += value,
+                    "Pss:" => pss += value,
+                    _ => {}
+                }
+            }
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                    stack.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+    }
+    (rss, pss)
+}
+
+/// The endpoint addresses of host `i` of the memory row: distinct, never
+/// connected to (the row measures the routes loaded, idle).
+fn mem_endpoints(i: usize) -> impl Iterator<Item = SocketAddr> {
+    (0..MEM_ENDPOINTS_PER_HOST).map(move |j| {
+        let n = i * MEM_ENDPOINTS_PER_HOST + j;
+        let [_, _, hi, lo] = u32::try_from(n).unwrap_or(0).to_be_bytes();
+        SocketAddr::from(([10, 64, hi, lo], 8080))
+    })
+}
+
+/// The memory row's manifests: one Service, EndpointSlice and Ingress per
+/// host, in one multi-document file.
+fn mem_manifests(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut out = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: fairlead}\n\
+         spec: {controller: fairlead.dev/ingress}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: mem}\n",
+    );
+    for i in 0..MEM_HOSTS {
+        let addresses: Vec<String> = mem_endpoints(i)
+            .map(|e| format!("{{addresses: [{}]}}", e.ip()))
+            .collect();
+        let [_, _, hi, lo] = u32::try_from(i).unwrap_or(0).to_be_bytes();
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: mem}}\n\
+             spec: {{clusterIP: 10.97.{hi}.{lo}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: s{i}-1, namespace: mem, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: s{i}, namespace: mem}}\n\
+             spec:\n  ingressClassName: fairlead\n  rules:\n  - host: h{i}.mem.example\n    http:\n      paths:\n\
+             \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: s{i}, port: {{number: 80}}}}}}}}\n",
+            addresses.join(", ")
+        );
+    }
+    std::fs::write(dir.join("mem.yaml"), out)?;
+    Ok(())
+}
+
+/// nginx for the memory row: a server block and an upstream per host.
+fn mem_nginx_conf(dir: &Path, crt: &Path, key: &Path) -> String {
+    let (http, https) = Peer::Nginx.ports();
+    let d = dir.display();
+    let mut servers = String::new();
+    for i in 0..MEM_HOSTS {
+        let _ = writeln!(servers, "  upstream m{i} {{");
+        for e in mem_endpoints(i) {
+            let _ = writeln!(servers, "    server {e};");
+        }
+        let _ = writeln!(
+            servers,
+            "    keepalive 64;\n  }}\n  server {{ listen 127.0.0.1:{http}; server_name h{i}.mem.example; \
+             location / {{ proxy_pass http://m{i}; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        );
+    }
+    format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         server_names_hash_bucket_size 128;\n  server_names_hash_max_size 4096;\n\
+         server {{ listen 127.0.0.1:{http} default_server; listen 127.0.0.1:{https} ssl default_server;\n\
+         ssl_certificate {}; ssl_certificate_key {}; return 404; }}\n{servers}}}\n",
+        crt.display(),
+        key.display()
+    )
+}
+
+/// HAProxy for the memory row: a backend per host, chosen by a map of
+/// hosts (what its ingress controller generates).
+fn mem_haproxy_cfg(dir: &Path, pem: &Path) -> Result<String> {
+    let (http, https) = Peer::Haproxy.ports();
+    let mut backends = String::new();
+    let mut hosts = String::new();
+    for i in 0..MEM_HOSTS {
+        let _ = writeln!(hosts, "h{i}.mem.example m{i}");
+        let _ = writeln!(backends, "backend m{i}\n  http-reuse always");
+        for (j, e) in mem_endpoints(i).enumerate() {
+            let _ = writeln!(backends, "  server s{j} {e}");
+        }
+    }
+    let map = dir.join("hosts.map");
+    std::fs::write(&map, hosts)?;
+    Ok(format!(
+        "global\n  nbthread 1\n  maxconn 8000\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend web\n  bind 127.0.0.1:{http}\n  bind 127.0.0.1:{https} ssl crt {}\n\
+         use_backend %[req.hdr(host),lower,map({})]\n{backends}",
+        pem.display(),
+        map.display()
+    ))
+}
+
+/// Waits until fairlead's gateway has published a route table of at least
+/// `routes` routes (its `fairlead_ingress_routes` gauge).
+fn wait_routes(routes: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let metrics = Command::new("curl")
+            .args(["-sf", "http://127.0.0.1:18990/metrics"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let loaded = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("fairlead_ingress_routes "))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if loaded.is_some_and(|n| n >= routes) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("fairlead did not load {routes} routes in 60 s")
+}
+
+/// The memory row: each proxy started with 1,000 hosts and 10k endpoints,
+/// measured once its routes are loaded, before any traffic.
+fn memory_rows(
+    bin: &Path,
+    dir: &Path,
+    pem: &Path,
+    crt: &Path,
+    key: &Path,
+) -> Result<Vec<(Peer, u64, u64)>> {
+    let mem = dir.join("mem");
+    let manifests = mem.join("manifests");
+    mem_manifests(&manifests)?;
+    for sub in ["body", "proxy", "fcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(mem.join(sub))?;
+    }
+    std::fs::write(mem.join("nginx.conf"), mem_nginx_conf(&mem, crt, key))?;
+    std::fs::write(mem.join("haproxy.cfg"), mem_haproxy_cfg(&mem, pem)?)?;
+    let mut rows = Vec::new();
+    for peer in [Peer::Fairlead, Peer::Nginx, Peer::Haproxy] {
+        let process = start_peer(peer, bin, &mem, &manifests, pem)?;
+        if peer == Peer::Fairlead {
+            wait_routes(MEM_HOSTS)?;
+        }
+        // Let start-up garbage settle (freed parse buffers, nginx's
+        // configuration pool) before reading.
+        std::thread::sleep(Duration::from_secs(2));
+        let (rss, pss) = memory_kib(process.child.id());
+        eprintln!("bench: memory {} rss {rss} KiB pss {pss} KiB", peer.name());
+        rows.push((peer, rss, pss));
+        drop(process);
+    }
+    Ok(rows)
+}
+
+/// Prints the memory rows and fairlead's ratios.
+fn print_memory(memory: &[(Peer, u64, u64)]) {
+    println!(
+        "\nresident memory with {MEM_HOSTS} Ingress hosts and {} endpoints, routes loaded, before traffic (process and its workers)",
+        MEM_HOSTS * MEM_ENDPOINTS_PER_HOST
+    );
+    let mib = |kib: u64| {
+        #[expect(clippy::cast_precision_loss, reason = "KiB counts are far below 2^52")]
+        let kib = kib as f64;
+        kib / 1024.0
+    };
+    for (peer, rss, pss) in memory {
+        println!(
+            "{:<9} RSS {:>8.1} MiB   PSS {:>8.1} MiB",
+            peer.name(),
+            mib(*rss),
+            mib(*pss)
+        );
+    }
+    // PSS shares the pages nginx's master and workers have in common; RSS
+    // summed over the processes counts them once per process.
+    let (_, resident, proportional) = memory[0];
+    for (peer, rss, pss) in memory.iter().skip(1) {
+        println!(
+            "fairlead / {:<8} PSS {:.2}x, RSS summed {:.2}x",
+            peer.name(),
+            mib(proportional) / mib(*pss),
+            mib(resident) / mib(*rss)
+        );
+    }
 }
 
 /// The first three fields of /proc/loadavg.
