@@ -32,7 +32,7 @@ use fairlead_model::gateway_status::{attach, intersect_hostnames};
 use fairlead_model::{
     CrossReference, DEFAULT_GATEWAY_CONTROLLER, Gateway, GrpcMethodMatch, GrpcRoute, HeaderMatch,
     Hostname, HttpRoute, Listener, ListenerProtocol, ObjectKey, PathMatch, PathType, PortRef,
-    RouteBackendTarget, Snapshot, TlsCertificate,
+    QueryMatch, RouteBackendTarget, Snapshot, TlsCertificate,
 };
 use http::{HeaderMap, Method};
 
@@ -103,6 +103,8 @@ struct Precedence {
     no_method: bool,
     /// More header matches first.
     headers: std::cmp::Reverse<usize>,
+    /// Then more query parameter matches.
+    queries: std::cmp::Reverse<usize>,
     /// Older routes first.
     created: i64,
     /// Then by namespace/name.
@@ -120,6 +122,8 @@ struct Rule {
     method: Option<Method>,
     /// A GRPCRoute's service/method match (on the path `/service/method`).
     grpc: Option<GrpcMethodMatch>,
+    /// Query parameter matches.
+    query: Vec<QueryMatch>,
     /// The rule's backends with their weights (weight 0 left out).
     backends: Vec<(Route, u32)>,
     total: u32,
@@ -130,8 +134,15 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> bool {
         self.path.matches(path)
+            && self.query.iter().all(|q| q.matches(query))
             && self.grpc.as_ref().is_none_or(|g| g.matches(path))
             && self.method.as_ref().is_none_or(|m| m == method)
             && self.headers.iter().all(|h| {
@@ -203,6 +214,7 @@ impl RouteTable {
         &self,
         host: &str,
         path: &str,
+        query: Option<&str>,
         method: &Method,
         headers: &HeaderMap,
         tls: bool,
@@ -214,7 +226,11 @@ impl RouteTable {
         };
         let gateway_api = routes
             .group(host)
-            .and_then(|rules| rules.iter().find(|r| r.matches(path, method, headers)))
+            .and_then(|rules| {
+                rules
+                    .iter()
+                    .find(|r| r.matches(path, query, method, headers))
+            })
             .map(Rule::pick);
         gateway_api.or_else(|| self.route(host, path))
     }
@@ -438,6 +454,7 @@ fn add_grpc_route(
                     path_len: std::cmp::Reverse(path.value().len()),
                     no_method: grpc_match.method.is_none(),
                     headers: std::cmp::Reverse(grpc_match.headers.len()),
+                    queries: std::cmp::Reverse(0),
                     created: route.created,
                     route: key.clone(),
                     rule: r,
@@ -447,6 +464,7 @@ fn add_grpc_route(
                 headers: grpc_match.headers.clone(),
                 method: None,
                 grpc: grpc_match.method.clone(),
+                query: Vec::new(),
                 backends,
                 total,
                 none: make(none_id),
@@ -609,6 +627,7 @@ fn add_route(
                 backends,
                 total,
                 grpc: None,
+                query: route_match.query.clone(),
                 none: make(none_id),
                 order: Precedence {
                     not_exact: !matches!(route_match.path, PathMatch::Exact(_)),
@@ -617,6 +636,7 @@ fn add_route(
                     ),
                     no_method: route_match.method.is_none(),
                     headers: std::cmp::Reverse(route_match.headers.len()),
+                    queries: std::cmp::Reverse(route_match.query.len()),
                     created: route.created,
                     route: key.clone(),
                     rule: r,
@@ -682,7 +702,7 @@ mod tests {
         }
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         table
-            .route_request(host, path, &method, &map, false)
+            .route_request(host, path, None, &method, &map, false)
             .map_or("404".to_owned(), |r| {
                 format!("{} -> {}", r.ingress, table.backend(r.backend))
             })
@@ -885,7 +905,7 @@ mod tests {
         let table = compile(&snapshot);
         let backend = |path: &str, tls: bool, host: &str| {
             table
-                .route_request(host, path, &Method::GET, &HeaderMap::new(), tls)
+                .route_request(host, path, None, &Method::GET, &HeaderMap::new(), tls)
                 .map_or_else(
                     || "404".to_owned(),
                     |r| match table.backend(r.backend) {
@@ -913,6 +933,53 @@ mod tests {
             problems.iter().any(|p| p.contains("RefNotPermitted")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn query_parameter_matches() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            service("default", "b", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            http_route(
+                "default",
+                "q",
+                &json!({
+                "parentRefs": [{"name": "gw"}],
+                "rules": [
+                    {"backendRefs": [{"name": "a", "port": 80}]},
+                    {"matches": [{"queryParams": [{"name": "v", "value": "2"}, {"name": "v", "value": "3"}]}],
+                     "backendRefs": [{"name": "b", "port": 80}]},
+                ]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let get = |query: Option<&str>| {
+            table
+                .route_request(
+                    "x.test",
+                    "/p",
+                    query,
+                    &Method::GET,
+                    &HeaderMap::new(),
+                    false,
+                )
+                .map_or("404".to_owned(), |r| table.backend(r.backend).to_string())
+        };
+        // The query match is more specific than none: it wins when it holds.
+        assert_eq!(get(Some("v=2")), "default/b:80");
+        assert_eq!(get(Some("a=1&v=2")), "default/b:80");
+        // Only the first v counts, in the match and in the request.
+        assert_eq!(get(Some("v=3")), "default/a:80");
+        assert_eq!(get(Some("v=1&v=2")), "default/a:80");
+        assert_eq!(get(Some("vv=2")), "default/a:80");
+        assert_eq!(get(None), "default/a:80");
     }
 
     #[test]

@@ -380,9 +380,14 @@ async fn proxy(
     let path = normalized.as_deref().unwrap_or(path_and_query.path());
     let routing = shared.routing.load_full();
 
-    let route = routing
-        .table
-        .route_request(&host, path, &parts.method, &parts.headers, conn.tls);
+    let route = routing.table.route_request(
+        &host,
+        path,
+        path_and_query.query(),
+        &parts.method,
+        &parts.headers,
+        conn.tls,
+    );
     if let Some(route) = route {
         outcome.ingress = Some(route.ingress.clone());
         outcome.host = Some(route.host.clone());

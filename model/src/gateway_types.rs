@@ -229,6 +229,30 @@ pub struct HeaderMatch {
     pub value: String,
 }
 
+/// A query parameter a request must carry (`Exact` match; the name is
+/// compared case-sensitively, the first occurrence in the query counts).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QueryMatch {
+    /// Parameter name.
+    pub name: String,
+    /// The exact value.
+    pub value: String,
+}
+
+impl QueryMatch {
+    /// Whether `query` (the part after `?`, undecoded) carries the
+    /// parameter with this value.
+    #[must_use]
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(name, _)| *name == self.name)
+            .is_some_and(|(_, value)| value == self.value)
+    }
+}
+
 /// One `matches[]` entry: every condition must hold.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RouteMatch {
@@ -238,6 +262,8 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
     /// Method condition (`GET`, ...).
     pub method: Option<String>,
+    /// Query parameter conditions.
+    pub query: Vec<QueryMatch>,
 }
 
 /// Where a rule sends traffic.
@@ -350,6 +376,9 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
                 }
                 if let Some(method) = &m.method {
                     write!(out, " method {method}")?;
+                }
+                for q in &m.query {
+                    write!(out, " query {}={:?}", q.name, q.value)?;
                 }
                 writeln!(out)?;
             }

@@ -200,7 +200,9 @@ fn gateway_api_https_listeners_and_reference_grants() {
          \x20 - matches: [{path: {value: /denied}}]\n\
          \x20   backendRefs: [{name: hidden, namespace: backends, port: 80}]\n\
          \x20 - matches: [{path: {value: /missing}}]\n\
-         \x20   backendRefs: [{name: nothing, port: 80}]\n",
+         \x20   backendRefs: [{name: nothing, port: 80}]\n\
+         \x20 - matches: [{path: {value: /q}, queryParams: [{name: to, value: other}]}]\n\
+         \x20   backendRefs: [{name: other, namespace: backends, port: 80}]\n",
     );
     let http = format!("127.0.0.1:{plain_port}");
     let https = format!("127.0.0.1:{tls_port}");
@@ -288,6 +290,10 @@ fn gateway_api_https_listeners_and_reference_grants() {
     assert_eq!((r.status, r.field("name")), (200, "other"), "{r:?}");
     assert_eq!(get_plain("any.test", "/denied").status, 500);
     assert_eq!(get_plain("any.test", "/missing").status, 500);
+    // A query parameter match.
+    let r = get_plain("any.test", "/q?x=1&to=other");
+    assert_eq!((r.status, r.field("name")), (200, "other"), "{r:?}");
+    assert_eq!(get_plain("any.test", "/q?to=web").status, 404);
     let log = gw.log();
     assert!(
         log.contains("RefNotPermitted: Service backends/hidden"),

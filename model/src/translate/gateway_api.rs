@@ -9,8 +9,8 @@ use crate::gateway_api as wire;
 use crate::gateway_types::{
     AllowedNamespaces, CertificateRef, Gateway, GatewayClass, GrantFrom, GrantTo, GrpcMethodMatch,
     GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, Hostname, HttpRoute, HttpRouteRule,
-    Listener, ListenerProtocol, ListenerTls, ParentRef, PathMatch, ReferenceGrant, RouteBackend,
-    RouteBackendTarget, RouteMatch,
+    Listener, ListenerProtocol, ListenerTls, ParentRef, PathMatch, QueryMatch, ReferenceGrant,
+    RouteBackend, RouteBackendTarget, RouteMatch,
 };
 
 use super::{Errors, is_dns_label, is_dns_subdomain, object_key};
@@ -189,6 +189,7 @@ pub fn http_route(object: &wire::HTTPRoute) -> Result<HttpRoute, Vec<FieldError>
                 path: PathMatch::Prefix("/".to_owned()),
                 headers: Vec::new(),
                 method: None,
+                query: Vec::new(),
             });
         }
         let mut backends = Vec::with_capacity(rule.backend_refs.len());
@@ -397,11 +398,25 @@ fn route_match(
         }
     };
     let headers = header_matches(errors, field, &m.headers);
-    if !m.query_params.is_empty() {
-        errors.push(
-            field("queryParams"),
-            "query parameter matches are not supported yet",
-        );
+    let mut query: Vec<QueryMatch> = Vec::with_capacity(m.query_params.len());
+    for (q, param) in m.query_params.iter().enumerate() {
+        match param.type_.as_deref() {
+            None | Some("Exact") => {}
+            Some(other) => errors.push(
+                field(&format!("queryParams[{q}].type")),
+                format!("{other} query parameter matches are not supported yet (Exact is)"),
+            ),
+        }
+        if param.name.is_empty() {
+            errors.push(field(&format!("queryParams[{q}].name")), "missing");
+        }
+        // The spec: only the first match of a name counts.
+        if !query.iter().any(|o| o.name == param.name) {
+            query.push(QueryMatch {
+                name: param.name.clone(),
+                value: param.value.clone(),
+            });
+        }
     }
     let method = m.method.as_ref().map(|method| {
         if !METHODS.contains(&method.as_str()) {
@@ -416,6 +431,7 @@ fn route_match(
         path,
         headers,
         method,
+        query,
     }
 }
 
@@ -642,6 +658,7 @@ spec:
                     value: "yes".into()
                 }],
                 method: Some("POST".into()),
+                query: vec![],
             }]
         );
         assert_eq!(r.rules[0].backends[0].weight, 3);
