@@ -777,7 +777,16 @@ fn service_report(
 }
 
 /// Splits `https://HOST[:PORT]/PATH?QUERY` into (https, host, path).
-fn parse_url(url: &str) -> Result<(bool, String, String)> {
+/// A request URL: whether it is HTTPS, its normalised host, its path
+/// (dot segments removed) and its query.
+struct Url {
+    https: bool,
+    host: String,
+    path: String,
+    query: Option<String>,
+}
+
+fn parse_url(url: &str) -> Result<Url> {
     let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("http://") {
@@ -791,10 +800,18 @@ fn parse_url(url: &str) -> Result<(bool, String, String)> {
     if authority.is_empty() {
         anyhow::bail!("{url:?}: no host");
     }
-    let path = path.split(['?', '#']).next().unwrap_or("/");
+    let path = path.split('#').next().unwrap_or("/");
+    let (path, query) = path
+        .split_once('?')
+        .map_or((path, None), |(p, q)| (p, Some(q.to_owned())));
     let path =
         fairlead_ingress::router::remove_dot_segments(path).unwrap_or_else(|| path.to_owned());
-    Ok((https, normalize_host(authority).into_owned(), path))
+    Ok(Url {
+        https,
+        host: normalize_host(authority).into_owned(),
+        path,
+        query,
+    })
 }
 
 fn request_report(
@@ -804,15 +821,28 @@ fn request_report(
     expected: &Expected,
     node: Option<&str>,
 ) -> Result<RequestReport> {
-    let (https, host, path) = parse_url(url)?;
+    let Url {
+        https,
+        host,
+        path,
+        query,
+    } = parse_url(url)?;
     let model = snapshot.generation;
     let mut disagreements = Vec::new();
     let method = hyper::Method::GET;
     let headers = hyper::HeaderMap::new();
+    let request = fairlead_ingress::explain::Request {
+        host: &host,
+        path: &path,
+        query: query.as_deref(),
+        method: &method,
+        headers: &headers,
+        tls: https,
+    };
     let (routes, redirect) = match &observed.ingress {
         Ok((routing, generation)) => {
             lag(&mut disagreements, "ingress", *generation, model);
-            let verdicts = routing.table.verdicts(&host, &path, &method, &headers);
+            let verdicts = routing.table.verdicts(&request);
             let taken: Vec<RouteEntry> = verdicts
                 .iter()
                 .filter(|v| v.taken)
@@ -820,7 +850,7 @@ fn request_report(
                 .collect();
             let wanted: Vec<RouteEntry> = expected
                 .table
-                .verdicts(&host, &path, &method, &headers)
+                .verdicts(&request)
                 .into_iter()
                 .filter(|v| v.taken)
                 .map(|v| v.route)
@@ -1085,13 +1115,20 @@ mod tests {
 
     #[test]
     fn urls() {
+        let url = parse_url("https://Shop.Example.com:8443/a/../b?x=1#f").unwrap();
         assert_eq!(
-            parse_url("https://Shop.Example.com:8443/a/../b?x=1").unwrap(),
-            (true, "shop.example.com".to_owned(), "/b".to_owned())
+            (
+                url.https,
+                url.host.as_str(),
+                url.path.as_str(),
+                url.query.as_deref()
+            ),
+            (true, "shop.example.com", "/b", Some("x=1"))
         );
+        let url = parse_url("http://h").unwrap();
         assert_eq!(
-            parse_url("http://h").unwrap(),
-            (false, "h".to_owned(), "/".to_owned())
+            (url.https, url.host.as_str(), url.path.as_str(), url.query),
+            (false, "h", "/", None)
         );
         assert!(parse_url("ftp://h/").is_err());
         assert!(parse_service("a/b").is_ok());

@@ -382,7 +382,16 @@ fn start_ingress(
 ) -> Result<()> {
     let span = tracing::info_span!("component", component = "ingress");
     let _entered = span.enter();
-    rt.publish_ingress_status(&args.ingress_class, status)?;
+    let selection = args.class_selection().gateway_api;
+    rt.publish_ingress_status(
+        &args.ingress_class,
+        status,
+        fairlead_model::gateway_status::Serving {
+            controller: selection.controller,
+            http_port: selection.http_port,
+            https_port: selection.https_port,
+        },
+    )?;
     let ready = rt.ready_flag("ingress");
     let node_name = rt.node_name().map(str::to_owned);
     let view = fairlead_ingress::explain::View::default();
@@ -672,6 +681,22 @@ fn check_apiserver(kubeconfig: &Path) -> Result<ExitCode> {
 /// Prints the model and its problems; 1 when anything is invalid.
 fn report(snapshot: &Snapshot, what: &str) -> Result<ExitCode> {
     emit(dump::render(snapshot))?;
+    if !snapshot.gateway_classes.is_empty() {
+        // The status the gateway would write, for the default controller and
+        // ports (HTTP 80, HTTPS 443).
+        let serving = fairlead_model::gateway_status::Serving {
+            controller: fairlead_model::DEFAULT_GATEWAY_CONTROLLER.to_owned(),
+            http_port: 80,
+            https_port: 443,
+        };
+        emit(format!(
+            "gateway api status ({}, HTTP 80, HTTPS 443):\n{}",
+            serving.controller,
+            fairlead_model::gateway_status::render(&fairlead_model::gateway_status::compute(
+                snapshot, &serving
+            ))
+        ))?;
+    }
     let errors = snapshot
         .problems
         .iter()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use fairlead_model::source::ManifestDir;
+use fairlead_model::source::kube::gateway_status::GatewayStatusWriter;
 use fairlead_model::source::kube::leader::{LeaderElector, LeaseConfig, StatusLeader};
 use fairlead_model::source::kube::status::{
     DEFAULT_RESYNC, IngressStatusConfig, IngressStatusWriter, StatusAddress, StatusAddresses,
@@ -106,6 +107,8 @@ struct Apiserver {
     client: watch::Receiver<Option<Client>>,
     /// The source's Ingress store (statuses included).
     ingresses: IngressStore,
+    /// The source's Gateway API stores (statuses included).
+    gateway_api: fairlead_model::source::kube::gateway_status::GatewayApiStores,
 }
 
 /// Where the Ingress gateway publishes its address in the status of the
@@ -213,6 +216,7 @@ impl Runtime {
             apiserver = Some(Apiserver {
                 client: client_rx,
                 ingresses: source.ingresses(),
+                gateway_api: source.gateway_api(),
             });
             let kubeconfig = args.kubeconfig.clone();
             tokio::spawn(async move {
@@ -316,10 +320,16 @@ impl Runtime {
     /// Ingresses of `class`, as `status` configures (nothing when it names no
     /// address, or when the model comes from manifests). Call it from the
     /// modes that run the gateway (`ingress`, `node`).
+    ///
+    /// The same instance writes the Gateway API status (the conditions of
+    /// the GatewayClasses of `gateway_api.controller`, their Gateways and
+    /// routes): one status writer per cluster, whichever `--ingress-status-*`
+    /// names.
     pub(crate) fn publish_ingress_status(
         &mut self,
         class: &str,
         status: &IngressStatusArgs,
+        gateway_api: fairlead_model::gateway_status::Serving,
     ) -> Result<()> {
         let Some(addresses) = status.addresses(self.node_name())? else {
             info!("Ingress status is not published (no --ingress-status-* flag)");
@@ -361,6 +371,29 @@ impl Runtime {
             tokio::select! {
                 result = run => ("ingress-status", result.context("Ingress status writer")),
                 () = stop.cancelled() => ("ingress-status", Ok(())),
+            }
+        });
+        let gateway_writer = GatewayStatusWriter::new(
+            apiserver.gateway_api.clone(),
+            gateway_api,
+            DEFAULT_RESYNC,
+            &mut self.registry,
+        )
+        .with_leader(self.status_leader.clone());
+        let mut client = apiserver.client.clone();
+        let model = self.model.clone();
+        let stop = self.cancel.clone();
+        self.tasks.spawn(async move {
+            let run = async {
+                let Ok(client) = client.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+                    return Ok(());
+                };
+                let client = client.expect("waited for Some");
+                gateway_writer.run(client, model).await
+            };
+            tokio::select! {
+                result = run => ("gateway-api-status", result.context("Gateway API status writer")),
+                () = stop.cancelled() => ("gateway-api-status", Ok(())),
             }
         });
         Ok(())

@@ -278,3 +278,29 @@ fn output_to_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+/// `fairlead check` shows the Gateway API status the gateway would write,
+/// with the spec's reasons (bad input is reported, not fatal).
+#[test]
+fn gateway_api_status_is_shown() {
+    let out = check(&root().join("model/tests/fixtures/gateway-api-status"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "gateway api status (fairlead.dev/gateway-controller, HTTP 80, HTTPS 443):",
+        "gatewayclass fairlead\n  Accepted True Accepted",
+        "ResolvedRefs False InvalidCertificateRef: Secret infra/nope does not exist",
+        "ResolvedRefs False RefNotPermitted: Secret certs/shop-tls",
+        "Conflicted True HostnameConflict",
+        "Accepted False NotAllowedByListeners",
+        "Accepted False NoMatchingListenerHostname",
+        "Accepted False NoMatchingParent",
+        "ResolvedRefs False BackendNotFound: Service shop/missing does not exist",
+        "ResolvedRefs False RefNotPermitted: Service backends/hidden",
+        "ResolvedRefs False InvalidKind",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}

@@ -149,8 +149,29 @@ fn ingress_groups(table: &RouteTable) -> Vec<(String, &HostRoutes)> {
 }
 
 /// The HTTPRoute host groups: (label, rules).
-fn rule_groups(table: &RouteTable) -> Vec<(String, &Vec<Rule>)> {
-    let routes = &table.http_routes;
+/// A request as `explain request` asks about it.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The host, normalised (see [`crate::router::normalize_host`]).
+    pub host: &'a str,
+    /// The URI path, without the query.
+    pub path: &'a str,
+    /// The query, without the `?`.
+    pub query: Option<&'a str>,
+    /// The method.
+    pub method: &'a Method,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// Whether it came in on the TLS listener (the HTTPS listeners' routes).
+    pub tls: bool,
+}
+
+fn rule_groups(table: &RouteTable, tls: bool) -> Vec<(String, &Vec<Rule>)> {
+    let routes = if tls {
+        &table.https_routes
+    } else {
+        &table.http_routes
+    };
     let mut groups: Vec<(String, &Vec<Rule>)> = routes
         .exact
         .iter()
@@ -182,10 +203,17 @@ impl RouteTable {
     /// route.
     #[must_use]
     pub fn entries(&self) -> Vec<RouteEntry> {
-        self.verdicts("", "", &Method::GET, &HeaderMap::new())
-            .into_iter()
-            .map(|v| v.route)
-            .collect()
+        self.verdicts(&Request {
+            host: "",
+            path: "",
+            query: None,
+            method: &Method::GET,
+            headers: &HeaderMap::new(),
+            tls: false,
+        })
+        .into_iter()
+        .map(|v| v.route)
+        .collect()
     }
 
     /// The routes with a backend that is a port of `service`.
@@ -202,22 +230,29 @@ impl RouteTable {
     }
 
     /// The HTTPRoute rules' verdicts, and whether one takes the request.
-    fn rule_verdicts(
-        &self,
-        host: &str,
-        path: &str,
-        method: &Method,
-        headers: &HeaderMap,
-    ) -> (Vec<Verdict>, Option<&Rule>) {
+    fn rule_verdicts(&self, request: &Request<'_>) -> (Vec<Verdict>, Option<&Rule>) {
+        let Request {
+            host,
+            path,
+            query,
+            method,
+            headers,
+            tls,
+        } = *request;
         let mut out = Vec::new();
-        let rule_group = self.http_routes.group(host);
+        let routes = if tls {
+            &self.https_routes
+        } else {
+            &self.http_routes
+        };
+        let rule_group = routes.group(host);
         let taken_rule = rule_group.and_then(|rules| {
             rules
                 .iter()
-                .position(|r| r.matches(path, method, headers))
+                .position(|r| r.matches(path, query, method, headers))
                 .map(|i| &rules[i])
         });
-        for (label, rules) in rule_groups(self) {
+        for (label, rules) in rule_groups(self, tls) {
             let selected = rule_group.is_some_and(|g| std::ptr::eq(g, rules));
             for rule in rules {
                 let taken = taken_rule.is_some_and(|t| std::ptr::eq(t, rule));
@@ -229,8 +264,8 @@ impl RouteTable {
                     format!("path {path:?} does not match")
                 } else if rule.method.as_ref().is_some_and(|m| m != method) {
                     format!("method {method} does not match")
-                } else if !rule.matches(path, method, headers) {
-                    "a header does not match".to_owned()
+                } else if !rule.matches(path, query, method, headers) {
+                    "a header, query parameter or gRPC method does not match".to_owned()
                 } else {
                     "an earlier rule of the host group (by precedence) takes it".to_owned()
                 };
@@ -244,20 +279,22 @@ impl RouteTable {
         (out, taken_rule)
     }
 
-    /// What the table does with a request for `host` (normalised, see
-    /// [`crate::router::normalize_host`]) and `path`: every route with
-    /// whether it takes the request and why.
+    /// What the table does with `request` (its host normalised, see
+    /// [`crate::router::normalize_host`]): every route with whether it takes
+    /// the request and why.
     #[must_use]
-    pub fn verdicts(
-        &self,
-        host: &str,
-        path: &str,
-        method: &Method,
-        headers: &HeaderMap,
-    ) -> Vec<Verdict> {
-        let (mut out, taken_rule) = self.rule_verdicts(host, path, method, headers);
+    pub fn verdicts(&self, request: &Request<'_>) -> Vec<Verdict> {
+        let (mut out, taken_rule) = self.rule_verdicts(request);
         let taken_rule = taken_rule.is_some();
-        let taken = self.route_request(host, path, method, headers);
+        let Request {
+            host,
+            path,
+            query,
+            method,
+            headers,
+            tls,
+        } = *request;
+        let taken = self.route_request(host, path, query, method, headers, tls);
         let is_taken = |route: &Route| taken.is_some_and(|t| std::ptr::eq(t, route));
         let ingress_group = self
             .exact_hosts

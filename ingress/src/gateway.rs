@@ -27,6 +27,29 @@ use crate::server::Server;
 use crate::tls::{CertCache, CertStore, Resolver};
 use crate::upstream::{PoolConfig, Upstream};
 
+/// Kinds whose changes call for a new route table. Secrets: whether an
+/// HTTPS listener is served depends on its certificates.
+const ROUTE_KINDS: &[Kind] = &[
+    Kind::Ingress,
+    Kind::IngressClass,
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::ReferenceGrant,
+    Kind::Secret,
+];
+
+/// Kinds whose changes call for a new certificate store.
+const CERTIFICATE_KINDS: &[Kind] = &[
+    Kind::Ingress,
+    Kind::IngressClass,
+    Kind::Secret,
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::ReferenceGrant,
+];
+
 /// Identity of an upstream: a Service port and how it is spoken to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct UpstreamKey {
@@ -103,19 +126,12 @@ impl Reconciler {
         }
         let changes = snapshot.changes_since(self.generation);
         let here = snapshot.locality(self.node_name.as_deref());
-        let ingress_changed = changes.touches(&[
-            Kind::Ingress,
-            Kind::IngressClass,
-            Kind::GatewayClass,
-            Kind::Gateway,
-            Kind::HttpRoute,
-        ]);
+        let ingress_changed = changes.touches(ROUTE_KINDS);
         let routes_changed = ingress_changed
             || changes
                 .services()
                 .any(|(k, c)| c == ServiceChange::Spec && self.referenced.contains(k));
-        let certificates_changed =
-            changes.touches(&[Kind::Ingress, Kind::IngressClass, Kind::Secret]);
+        let certificates_changed = changes.touches(CERTIFICATE_KINDS);
         self.generation = Some(snapshot.generation);
 
         if routes_changed {
@@ -180,12 +196,13 @@ impl Reconciler {
             }
         }
         if certificates_changed {
-            let store = CertStore::build(
+            let mut store = CertStore::build(
                 snapshot,
                 &self.selection.class,
                 self.default_cert.clone(),
                 &mut self.certs,
             );
+            store.add_gateway_listeners(snapshot, &self.selection.gateway_api, &mut self.certs);
             self.metrics
                 .certificates
                 .set(i64::try_from(store.len()).unwrap_or(i64::MAX));

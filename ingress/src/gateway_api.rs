@@ -28,9 +28,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use fairlead_model::gateway_status::{attach, intersect_hostnames};
 use fairlead_model::{
-    DEFAULT_GATEWAY_CONTROLLER, Gateway, HeaderMatch, Hostname, HttpRoute, ListenerProtocol,
-    PathMatch, PathType, PortRef, RouteBackendTarget, Snapshot,
+    CrossReference, DEFAULT_GATEWAY_CONTROLLER, Gateway, GrpcMethodMatch, GrpcRoute, HeaderMatch,
+    Hostname, HttpRoute, Listener, ListenerProtocol, ObjectKey, PathMatch, PathType, PortRef,
+    QueryMatch, RouteBackendTarget, Snapshot, TlsCertificate,
 };
 use http::{HeaderMap, Method};
 
@@ -44,6 +46,9 @@ pub struct Selection {
     /// The port of the plain-HTTP listener: HTTP listeners on this port are
     /// served.
     pub http_port: u16,
+    /// The port of the TLS listener: HTTPS listeners on this port are
+    /// served, their certificates next to the Ingresses'.
+    pub https_port: u16,
 }
 
 impl Default for Selection {
@@ -51,7 +56,39 @@ impl Default for Selection {
         Self {
             controller: DEFAULT_GATEWAY_CONTROLLER.to_owned(),
             http_port: 80,
+            https_port: 443,
         }
+    }
+}
+
+/// The certificates an HTTPS listener serves, or why it cannot be served
+/// (the spec's reason first).
+pub fn listener_certificates<'a>(
+    snapshot: &'a Snapshot,
+    gateway: &Gateway,
+    listener: &Listener,
+) -> Result<Vec<&'a Arc<TlsCertificate>>, String> {
+    fairlead_model::gateway_status::listener_certificates(snapshot, gateway, listener)
+        .map_err(|(reason, message)| format!("{reason}: {message}"))
+}
+
+/// Whether `listener` of `gateway` is served by this gateway, and on which
+/// side (`Some(false)`: plain HTTP, `Some(true)`: TLS).
+fn served_on(
+    snapshot: &Snapshot,
+    gateway: &Gateway,
+    listener: &Listener,
+    selection: &Selection,
+) -> Option<bool> {
+    match listener.protocol {
+        ListenerProtocol::Http if listener.port == selection.http_port => Some(false),
+        ListenerProtocol::Https
+            if listener.port == selection.https_port
+                && listener_certificates(snapshot, gateway, listener).is_ok() =>
+        {
+            Some(true)
+        }
+        _ => None,
     }
 }
 
@@ -66,6 +103,8 @@ struct Precedence {
     no_method: bool,
     /// More header matches first.
     headers: std::cmp::Reverse<usize>,
+    /// Then more query parameter matches.
+    queries: std::cmp::Reverse<usize>,
     /// Older routes first.
     created: i64,
     /// Then by namespace/name.
@@ -81,6 +120,10 @@ pub(crate) struct Rule {
     pub(crate) path: PathMatch,
     pub(crate) headers: Vec<HeaderMatch>,
     pub(crate) method: Option<Method>,
+    /// A GRPCRoute's service/method match (on the path `/service/method`).
+    pub(crate) grpc: Option<GrpcMethodMatch>,
+    /// Query parameter matches.
+    pub(crate) query: Vec<QueryMatch>,
     /// The rule's backends with their weights (weight 0 left out).
     pub(crate) backends: Vec<(Route, u32)>,
     total: u32,
@@ -91,8 +134,16 @@ pub(crate) struct Rule {
 }
 
 impl Rule {
-    pub(crate) fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    pub(crate) fn matches(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> bool {
         self.path.matches(path)
+            && self.query.iter().all(|q| q.matches(query))
+            && self.grpc.as_ref().is_none_or(|g| g.matches(path))
             && self.method.as_ref().is_none_or(|m| m == method)
             && self.headers.iter().all(|h| {
                 headers
@@ -155,20 +206,31 @@ impl HttpRouteTable {
 }
 
 impl RouteTable {
-    /// The route for a request: the Gateway API routes first (see
+    /// The route for a request: the Gateway API routes of the listener side
+    /// it came in on (`tls`: the HTTPS listeners) first (see
     /// [`crate::gateway_api`]), then the Ingress routes ([`RouteTable::route`]).
     #[must_use]
     pub fn route_request(
         &self,
         host: &str,
         path: &str,
+        query: Option<&str>,
         method: &Method,
         headers: &HeaderMap,
+        tls: bool,
     ) -> Option<&Route> {
-        let gateway_api = self
-            .http_routes
+        let routes = if tls {
+            &self.https_routes
+        } else {
+            &self.http_routes
+        };
+        let gateway_api = routes
             .group(host)
-            .and_then(|rules| rules.iter().find(|r| r.matches(path, method, headers)))
+            .and_then(|rules| {
+                rules
+                    .iter()
+                    .find(|r| r.matches(path, query, method, headers))
+            })
             .map(Rule::pick);
         gateway_api.or_else(|| self.route(host, path))
     }
@@ -177,7 +239,7 @@ impl RouteTable {
 /// Compiles the HTTPRoutes of the Gateways `selection` serves into the
 /// table `compiler` builds.
 pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selection: &Selection) {
-    let mut table = HttpRouteTable::default();
+    let mut tables = [HttpRouteTable::default(), HttpRouteTable::default()];
     let gateways: Vec<&Arc<Gateway>> = snapshot
         .gateways
         .values()
@@ -188,8 +250,8 @@ pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selectio
                 .is_some_and(|c| c.controller == selection.controller)
         })
         .collect();
-    report_listeners(compiler, &gateways, selection);
-    let mut seen: HashSet<(fairlead_model::ObjectKey, Option<Hostname>)> = HashSet::new();
+    report_listeners(compiler, snapshot, &gateways, selection);
+    let mut seen: HashSet<(fairlead_model::ObjectKey, Option<Hostname>, bool)> = HashSet::new();
     for route in snapshot.http_routes.values() {
         let mut attached = false;
         let mut reasons = Vec::new();
@@ -235,23 +297,27 @@ pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selectio
                     ));
                     continue;
                 }
-                if listener.protocol != ListenerProtocol::Http
-                    || listener.port != selection.http_port
-                {
-                    // Accepted, but not served (reported with the listener).
-                    attached = true;
-                    continue;
-                }
                 attached = true;
+                // Accepted; served when the listener is (else reported with
+                // the listener).
+                let Some(tls) = served_on(snapshot, gateway, listener, selection) else {
+                    continue;
+                };
                 for hostname in hostnames {
-                    if seen.insert((route.key.clone(), hostname.clone())) {
-                        add_route(compiler, &mut table, route, hostname.as_ref());
+                    if seen.insert((route.key.clone(), hostname.clone(), tls)) {
+                        add_route(
+                            compiler,
+                            snapshot,
+                            &mut tables[usize::from(tls)],
+                            route,
+                            hostname.as_ref(),
+                        );
                     }
                 }
             }
         }
         if attached {
-            table.attached.push(route.key.to_string());
+            tables[0].attached.push(route.key.to_string());
         } else if !reasons.is_empty() {
             compiler.table.problems.push(RouteProblem {
                 ingress: route.key.clone(),
@@ -259,20 +325,159 @@ pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selectio
             });
         }
     }
-    for rules in table
-        .exact
-        .values_mut()
-        .chain(table.wildcard.values_mut())
-        .chain(std::iter::once(&mut table.any))
-    {
-        rules.sort_by(|a, b| a.order.cmp(&b.order));
+    compile_grpc(compiler, snapshot, selection, &gateways, &mut tables);
+    for table in &mut tables {
+        for rules in table
+            .exact
+            .values_mut()
+            .chain(table.wildcard.values_mut())
+            .chain(std::iter::once(&mut table.any))
+        {
+            rules.sort_by(|a, b| a.order.cmp(&b.order));
+        }
     }
-    compiler.table.http_routes = table;
+    let [http, https] = tables;
+    compiler.table.http_routes = http;
+    compiler.table.https_routes = https;
+}
+
+/// Compiles the GRPCRoutes attached to the served listeners: a match is a
+/// path `/service/method` (either part may be open) plus headers; backends
+/// are spoken to with HTTP/2 (h2c).
+fn compile_grpc(
+    compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
+    selection: &Selection,
+    gateways: &[&Arc<Gateway>],
+    tables: &mut [HttpRouteTable; 2],
+) {
+    let mut seen: HashSet<(ObjectKey, Option<Hostname>, bool)> = HashSet::new();
+    for route in snapshot.grpc_routes.values() {
+        let mut reasons = Vec::new();
+        for parent in &route.parents {
+            let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
+                continue;
+            };
+            match attach(gateway, parent, "GRPCRoute", &route.key, &route.hostnames) {
+                Err((reason, message)) => reasons.push(format!("{reason}: {message}")),
+                Ok(listeners) => {
+                    for listener in listeners {
+                        let Some(tls) = served_on(snapshot, gateway, listener, selection) else {
+                            continue;
+                        };
+                        for hostname in
+                            intersect_hostnames(listener.hostname.as_ref(), &route.hostnames)
+                        {
+                            if seen.insert((route.key.clone(), hostname.clone(), tls)) {
+                                add_grpc_route(
+                                    compiler,
+                                    snapshot,
+                                    &mut tables[usize::from(tls)],
+                                    route,
+                                    hostname.as_ref(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !reasons.is_empty() {
+            compiler.table.problems.push(RouteProblem {
+                ingress: route.key.clone(),
+                message: format!("GRPCRoute not attached: {}", reasons.join("; ")),
+            });
+        }
+    }
+}
+
+fn add_grpc_route(
+    compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
+    table: &mut HttpRouteTable,
+    route: &GrpcRoute,
+    hostname: Option<&Hostname>,
+) {
+    let name: Arc<str> = Arc::from(format!("GRPCRoute {}", route.key));
+    let host: Arc<str> = Arc::from(hostname.map(ToString::to_string).unwrap_or_default());
+    let key: Arc<str> = Arc::from(route.key.to_string());
+    let group = match hostname {
+        Some(Hostname::Exact(h)) => table.exact.entry(h.clone()).or_default(),
+        Some(Hostname::Wildcard(s)) => table.wildcard.entry(s.clone()).or_default(),
+        None => &mut table.any,
+    };
+    for (r, rule) in route.rules.iter().enumerate() {
+        let backend_ids: Vec<(usize, u32)> = rule
+            .backends
+            .iter()
+            .map(|b| {
+                let id = route_backend(compiler, snapshot, "GRPCRoute", &route.key, &b.target);
+                (compiler.h2c(id), b.weight)
+            })
+            .collect();
+        let none_id = compiler.unresolved(
+            None,
+            format!("GRPCRoute {} rule {r}", route.key),
+            "no backendRef with a weight".to_owned(),
+        );
+        for (m, grpc_match) in rule.matches.iter().enumerate() {
+            let path = match &grpc_match.method {
+                Some(GrpcMethodMatch {
+                    service: Some(service),
+                    method: Some(method),
+                }) => PathMatch::Exact(format!("/{service}/{method}")),
+                Some(GrpcMethodMatch {
+                    service: Some(service),
+                    method: None,
+                }) => PathMatch::Prefix(format!("/{service}")),
+                _ => PathMatch::Prefix("/".to_owned()),
+            };
+            let make = |backend| Route {
+                backend,
+                ingress: name.clone(),
+                host: host.clone(),
+                path: Arc::from(path.value()),
+                path_type: Some(match path {
+                    PathMatch::Exact(_) => PathType::Exact,
+                    PathMatch::Prefix(_) => PathType::Prefix,
+                }),
+            };
+            let backends: Vec<(Route, u32)> = backend_ids
+                .iter()
+                .filter(|(_, w)| *w > 0)
+                .map(|(id, w)| (make(*id), *w))
+                .collect();
+            let total = backends.iter().map(|(_, w)| *w).sum();
+            group.push(Rule {
+                order: Precedence {
+                    not_exact: !matches!(path, PathMatch::Exact(_)),
+                    path_len: std::cmp::Reverse(path.value().len()),
+                    no_method: grpc_match.method.is_none(),
+                    headers: std::cmp::Reverse(grpc_match.headers.len()),
+                    queries: std::cmp::Reverse(0),
+                    created: route.created,
+                    route: key.clone(),
+                    rule: r,
+                    matched: m,
+                },
+                path: path.clone(),
+                headers: grpc_match.headers.clone(),
+                method: None,
+                grpc: grpc_match.method.clone(),
+                query: Vec::new(),
+                backends,
+                total,
+                none: make(none_id),
+            });
+            compiler.table.route_count += 1;
+        }
+    }
 }
 
 /// Reports the listeners of accepted Gateways that are not served.
 fn report_listeners(
     compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
     gateways: &[&Arc<Gateway>],
     selection: &Selection,
 ) {
@@ -284,7 +489,16 @@ fn report_listeners(
                     "port {} is not served: HTTP listeners are served on the --http port ({}) only, for now",
                     listener.port, selection.http_port
                 ),
-                ListenerProtocol::Https => "HTTPS listeners are not served yet".to_owned(),
+                ListenerProtocol::Https => {
+                    match listener_certificates(snapshot, gateway, listener) {
+                        Err(why) => why,
+                        Ok(_) if listener.port == selection.https_port => continue,
+                        Ok(_) => format!(
+                            "port {} is not served: HTTPS listeners are served on the --https port ({}) only, for now",
+                            listener.port, selection.https_port
+                        ),
+                    }
+                }
                 ListenerProtocol::Other(p) => {
                     format!("UnsupportedProtocol: {p} listeners are not served")
                 }
@@ -312,8 +526,57 @@ fn intersect(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<Option<Host
     }
 }
 
+/// The backend of a Service reference of a route: resolved, or (Gateway
+/// API semantics) an invalid reference answered with 500.
+fn route_backend(
+    compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
+    route_kind: &str,
+    route_key: &ObjectKey,
+    target: &RouteBackendTarget,
+) -> usize {
+    match target {
+        RouteBackendTarget::Service { service, port } => {
+            let permitted = snapshot.reference_permitted(&CrossReference {
+                from_group: fairlead_model::gateway_api::GROUP,
+                from_kind: route_kind,
+                from_namespace: &route_key.namespace,
+                to_group: "",
+                to_kind: "Service",
+                to_namespace: &service.namespace,
+                to_name: &service.name,
+            });
+            let wanted = format!("Service {service}:{port}");
+            if !permitted {
+                return compiler.invalid_reference(
+                    route_key,
+                    wanted,
+                    format!("RefNotPermitted: Service {service} is in another namespace and no ReferenceGrant allows it"),
+                );
+            }
+            if !snapshot.services.contains_key(service) {
+                return compiler.invalid_reference(
+                    route_key,
+                    wanted,
+                    format!("BackendNotFound: Service {service} does not exist"),
+                );
+            }
+            compiler.service_backend(
+                &service.namespace,
+                &service.name,
+                &PortRef::Number(*port),
+                Some(route_key),
+            )
+        }
+        RouteBackendTarget::Invalid { wanted, reason } => {
+            compiler.invalid_reference(route_key, wanted.clone(), reason.clone())
+        }
+    }
+}
+
 fn add_route(
     compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
     table: &mut HttpRouteTable,
     route: &HttpRoute,
     hostname: Option<&Hostname>,
@@ -329,17 +592,7 @@ fn add_route(
     for (r, rule) in route.rules.iter().enumerate() {
         let mut backend_ids = Vec::with_capacity(rule.backends.len());
         for backend in &rule.backends {
-            let id = match &backend.target {
-                RouteBackendTarget::Service { service, port } => compiler.service_backend(
-                    &service.namespace,
-                    &service.name,
-                    &PortRef::Number(*port),
-                    Some(&route.key),
-                ),
-                RouteBackendTarget::Invalid { wanted, reason } => {
-                    compiler.unresolved(Some(&route.key), wanted.clone(), reason.clone())
-                }
-            };
+            let id = route_backend(compiler, snapshot, "HTTPRoute", &route.key, &backend.target);
             backend_ids.push((id, backend.weight));
         }
         let none_id = compiler.unresolved(
@@ -373,6 +626,8 @@ fn add_route(
                     .and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
                 backends,
                 total,
+                grpc: None,
+                query: route_match.query.clone(),
                 none: make(none_id),
                 order: Precedence {
                     not_exact: !matches!(route_match.path, PathMatch::Exact(_)),
@@ -381,6 +636,7 @@ fn add_route(
                     ),
                     no_method: route_match.method.is_none(),
                     headers: std::cmp::Reverse(route_match.headers.len()),
+                    queries: std::cmp::Reverse(route_match.query.len()),
                     created: route.created,
                     route: key.clone(),
                     rule: r,
@@ -446,7 +702,7 @@ mod tests {
         }
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         table
-            .route_request(host, path, &method, &map)
+            .route_request(host, path, None, &method, &map, false)
             .map_or("404".to_owned(), |r| {
                 format!("{} -> {}", r.ingress, table.backend(r.backend))
             })
@@ -597,6 +853,133 @@ mod tests {
                 "shop/otherhost: HTTPRoute not attached: NoMatchingListenerHostname: no hostname of the route matches listener http of Gateway infra/web",
             ]
         );
+    }
+
+    #[test]
+    fn cross_namespace_backends_need_a_reference_grant_and_https_listeners_have_their_own_routes() {
+        let grant = |to_name: &str| {
+            json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                "metadata": {"name": format!("to-{to_name}"), "namespace": "backends"},
+                "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+                         "to": [{"group": "", "kind": "Service", "name": to_name}]}})
+        };
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("backends", "granted", &[("http", 80)]),
+            service("backends", "other", &[("http", 80)]),
+            crate::tls::tests::secret("shop", "tls", &["secure.test"]),
+            grant("granted"),
+            gateway(
+                "shop",
+                "gw",
+                "fl",
+                &json!([
+                    {"name": "http", "port": 80, "protocol": "HTTP"},
+                    {"name": "https", "port": 443, "protocol": "HTTPS",
+                     "tls": {"certificateRefs": [{"name": "tls"}]}},
+                ]),
+            ),
+            http_route(
+                "shop",
+                "plain",
+                &json!({
+                "parentRefs": [{"name": "gw", "sectionName": "http"}],
+                "rules": [
+                    {"matches": [{"path": {"value": "/granted"}}],
+                     "backendRefs": [{"name": "granted", "namespace": "backends", "port": 80}]},
+                    {"matches": [{"path": {"value": "/other"}}],
+                     "backendRefs": [{"name": "other", "namespace": "backends", "port": 80}]},
+                    {"matches": [{"path": {"value": "/missing"}}],
+                     "backendRefs": [{"name": "missing", "port": 80}]},
+                ]}),
+            ),
+            http_route(
+                "shop",
+                "secure",
+                &json!({
+                "parentRefs": [{"name": "gw", "sectionName": "https"}],
+                "hostnames": ["secure.test"],
+                "rules": [{"backendRefs": [{"name": "granted", "namespace": "backends", "port": 80}]}]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let backend = |path: &str, tls: bool, host: &str| {
+            table
+                .route_request(host, path, None, &Method::GET, &HeaderMap::new(), tls)
+                .map_or_else(
+                    || "404".to_owned(),
+                    |r| match table.backend(r.backend) {
+                        crate::router::BackendSpec::Unresolved { status, reason, .. } => {
+                            format!("{status} {reason}")
+                        }
+                        spec @ crate::router::BackendSpec::Service { .. } => spec.to_string(),
+                    },
+                )
+        };
+        assert_eq!(backend("/granted", false, "a.test"), "backends/granted:80");
+        assert!(
+            backend("/other", false, "a.test").starts_with("500 RefNotPermitted"),
+            "{}",
+            backend("/other", false, "a.test")
+        );
+        assert!(backend("/missing", false, "a.test").starts_with("500 BackendNotFound"));
+        // The HTTPS listener's route is served on the TLS side only, and
+        // the HTTP listener's on the plain side only.
+        assert_eq!(backend("/", true, "secure.test"), "backends/granted:80");
+        assert_eq!(backend("/", false, "secure.test"), "404");
+        assert_eq!(backend("/granted", true, "a.test"), "404");
+        let problems: Vec<String> = table.problems.iter().map(|p| p.message.clone()).collect();
+        assert!(
+            problems.iter().any(|p| p.contains("RefNotPermitted")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn query_parameter_matches() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            service("default", "b", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            http_route(
+                "default",
+                "q",
+                &json!({
+                "parentRefs": [{"name": "gw"}],
+                "rules": [
+                    {"backendRefs": [{"name": "a", "port": 80}]},
+                    {"matches": [{"queryParams": [{"name": "v", "value": "2"}, {"name": "v", "value": "3"}]}],
+                     "backendRefs": [{"name": "b", "port": 80}]},
+                ]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let get = |query: Option<&str>| {
+            table
+                .route_request(
+                    "x.test",
+                    "/p",
+                    query,
+                    &Method::GET,
+                    &HeaderMap::new(),
+                    false,
+                )
+                .map_or("404".to_owned(), |r| table.backend(r.backend).to_string())
+        };
+        // The query match is more specific than none: it wins when it holds.
+        assert_eq!(get(Some("v=2")), "default/b:80");
+        assert_eq!(get(Some("a=1&v=2")), "default/b:80");
+        // Only the first v counts, in the match and in the request.
+        assert_eq!(get(Some("v=3")), "default/a:80");
+        assert_eq!(get(Some("v=1&v=2")), "default/a:80");
+        assert_eq!(get(Some("vv=2")), "default/a:80");
+        assert_eq!(get(None), "default/a:80");
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Args {
             gateway_api: gateway_api::Selection {
                 controller: self.gateway_controller.clone(),
                 http_port: self.http.port(),
+                https_port: self.https.port(),
             },
         }
     }

@@ -37,7 +37,9 @@ use tracing::{debug, info};
 
 use crate::framing::Answers;
 use crate::metrics::{Metrics, RequestLabels, UpstreamLabels};
-use crate::router::{RouteTable, UpstreamProtocol, normalize_host, remove_dot_segments};
+use crate::router::{
+    BackendSpec, RouteTable, UpstreamProtocol, normalize_host, remove_dot_segments,
+};
 use crate::upstream::{Connection, RequestBody, Upstream, UpstreamBody};
 
 /// Settings of the request path.
@@ -195,6 +197,7 @@ pub fn local_response(status: StatusCode) -> Response<ProxyBody> {
         400 => "400 Bad Request\n",
         404 => "404 Not Found\n",
         405 => "405 Method Not Allowed\n",
+        500 => "500 Internal Server Error\n",
         414 => "414 URI Too Long\n",
         502 => "502 Bad Gateway\n",
         503 => "503 Service Unavailable\n",
@@ -249,6 +252,7 @@ pub async fn handle(
             request.version(),
         )
     });
+    let grpc = is_grpc(request.headers());
     let response = proxy(&shared, &conn, request, &mut outcome).await;
     let status = response.status();
     conn.answers
@@ -290,7 +294,38 @@ pub async fn handle(
             "request"
         );
     }
+    if grpc && status != StatusCode::OK && matches!(response.body(), ProxyBody::Local(_)) {
+        return Ok(grpc_error(status));
+    }
     Ok(response)
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc…`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC answer to a request the gateway answers itself: trailers-only
+/// (HTTP 200, `grpc-status` in the headers). No route is UNIMPLEMENTED (12);
+/// a backend that is invalid, has no endpoint or failed is UNAVAILABLE (14);
+/// anything else INTERNAL (13).
+fn grpc_error(status: StatusCode) -> Response<ProxyBody> {
+    let (code, message) = match status.as_u16() {
+        404 => ("12", "no route for this method"),
+        500 | 502 | 503 | 504 => ("14", "the backend is unavailable"),
+        _ => ("13", "the gateway refused the request"),
+    };
+    let mut response = Response::new(ProxyBody::Local(None));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(code));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    response
 }
 
 #[allow(
@@ -345,9 +380,14 @@ async fn proxy(
     let path = normalized.as_deref().unwrap_or(path_and_query.path());
     let routing = shared.routing.load_full();
 
-    let route = routing
-        .table
-        .route_request(&host, path, &parts.method, &parts.headers);
+    let route = routing.table.route_request(
+        &host,
+        path,
+        path_and_query.query(),
+        &parts.method,
+        &parts.headers,
+        conn.tls,
+    );
     if let Some(route) = route {
         outcome.ingress = Some(route.ingress.clone());
         outcome.host = Some(route.host.clone());
@@ -364,8 +404,15 @@ async fn proxy(
         return local_response(StatusCode::NOT_FOUND);
     };
     let Some(upstream) = routing.upstreams.get(route.backend).cloned().flatten() else {
-        outcome.error = Some(format!("backend {}", routing.table.backend(route.backend)));
-        return local_response(StatusCode::SERVICE_UNAVAILABLE);
+        let spec = routing.table.backend(route.backend);
+        outcome.error = Some(format!("backend {spec}"));
+        let status = match spec {
+            BackendSpec::Unresolved { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            BackendSpec::Service { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        return local_response(status);
     };
     outcome.upstream = Some(upstream.name.clone());
 

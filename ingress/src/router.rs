@@ -77,12 +77,16 @@ pub enum BackendSpec {
         /// How to talk to the endpoints.
         protocol: UpstreamProtocol,
     },
-    /// A reference that does not resolve; requests get 503.
+    /// A reference that does not resolve; requests get `status` (503 for
+    /// an Ingress, 500 for an invalid Gateway API backendRef as the spec
+    /// says).
     Unresolved {
         /// What the Ingress asked for (for logs).
         wanted: String,
         /// Why it does not resolve.
         reason: String,
+        /// The response status.
+        status: u16,
     },
 }
 
@@ -254,8 +258,11 @@ pub struct RouteTable {
     /// Every Service a backend names, resolved or not: a change to one of
     /// them calls for a new table.
     pub referenced_services: std::collections::HashSet<ServiceKey>,
-    /// The HTTPRoutes of the served Gateways (see [`crate::gateway_api`]).
+    /// The HTTPRoutes of the served Gateways' HTTP listeners (see
+    /// [`crate::gateway_api`]).
     pub http_routes: crate::gateway_api::HttpRouteTable,
+    /// The HTTPRoutes of the served Gateways' HTTPS listeners.
+    pub https_routes: crate::gateway_api::HttpRouteTable,
 }
 
 /// The host of a request, ready for [`RouteTable::route`]: the authority's
@@ -367,9 +374,14 @@ impl std::hash::Hash for BackendSpec {
                 port.port.hash(state);
                 protocol.hash(state);
             }
-            BackendSpec::Unresolved { wanted, reason } => {
+            BackendSpec::Unresolved {
+                wanted,
+                reason,
+                status,
+            } => {
                 wanted.hash(state);
                 reason.hash(state);
+                status.hash(state);
             }
         }
     }
@@ -398,7 +410,46 @@ impl Compiler<'_> {
                 message: format!("backend {wanted}: {reason}; requests get 503"),
             });
         }
-        self.intern(BackendSpec::Unresolved { wanted, reason })
+        self.intern(BackendSpec::Unresolved {
+            wanted,
+            reason,
+            status: 503,
+        })
+    }
+
+    /// An invalid Gateway API backend reference of `route`: reported, and
+    /// answered with 500.
+    pub(crate) fn invalid_reference(
+        &mut self,
+        route: &ObjectKey,
+        wanted: String,
+        reason: String,
+    ) -> usize {
+        self.table.problems.push(RouteProblem {
+            ingress: route.clone(),
+            message: format!("backend {wanted}: {reason}; requests get 500"),
+        });
+        self.intern(BackendSpec::Unresolved {
+            wanted,
+            reason,
+            status: 500,
+        })
+    }
+
+    /// The same backend spoken to with HTTP/2 in clear text (gRPC).
+    pub(crate) fn h2c(&mut self, id: BackendId) -> BackendId {
+        match self.table.backends[id].clone() {
+            BackendSpec::Service {
+                service,
+                port,
+                protocol: UpstreamProtocol::Http1,
+            } => self.intern(BackendSpec::Service {
+                service,
+                port,
+                protocol: UpstreamProtocol::H2c,
+            }),
+            _ => id,
+        }
     }
 
     pub(crate) fn service_backend(

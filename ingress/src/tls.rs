@@ -261,6 +261,85 @@ impl CertStore {
         store
     }
 
+    /// Adds the certificates of the HTTPS listeners this gateway serves
+    /// (accepted Gateways, listeners on `selection.https_port`) for the
+    /// hosts no Ingress claimed: the listener's hostname, or every name of
+    /// its certificates when it has none. Listeners in Gateway order
+    /// (namespace/name), first claim wins.
+    pub fn add_gateway_listeners(
+        &mut self,
+        snapshot: &Snapshot,
+        selection: &crate::gateway_api::Selection,
+        cache: &mut CertCache,
+    ) {
+        let ingress_hosts: std::collections::HashSet<Host> = self
+            .exact
+            .keys()
+            .map(|h| Host::Exact(h.clone()))
+            .chain(self.wildcard.keys().map(|s| Host::Wildcard(s.clone())))
+            .collect();
+        let mut owners: HashMap<Host, (&ObjectKey, &str)> = HashMap::new();
+        for gateway in snapshot.gateways.values() {
+            let ours = snapshot
+                .gateway_classes
+                .get(&gateway.class)
+                .is_some_and(|c| c.controller == selection.controller);
+            if !ours {
+                continue;
+            }
+            for listener in &gateway.listeners {
+                if listener.protocol != fairlead_model::ListenerProtocol::Https
+                    || listener.port != selection.https_port
+                {
+                    continue;
+                }
+                let Ok(certs) =
+                    crate::gateway_api::listener_certificates(snapshot, gateway, listener)
+                else {
+                    continue;
+                };
+                for cert in certs {
+                    let served = match cache.get(cert) {
+                        Ok(served) => served,
+                        Err(error) => {
+                            warn!(gateway = %gateway.key, listener = %listener.name, secret = %cert.key, %error,
+                                "TLS Secret unusable; the listener's hosts get the default certificate");
+                            continue;
+                        }
+                    };
+                    let hosts: Vec<Host> = match &listener.hostname {
+                        Some(fairlead_model::Hostname::Exact(h)) => vec![Host::Exact(h.clone())],
+                        Some(fairlead_model::Hostname::Wildcard(s)) => {
+                            vec![Host::Wildcard(s.clone())]
+                        }
+                        None => cert.dns_names.iter().map(|n| parse_host(n)).collect(),
+                    };
+                    for host in hosts {
+                        if ingress_hosts.contains(&host) {
+                            continue;
+                        }
+                        let owner = *owners
+                            .entry(host.clone())
+                            .or_insert((&gateway.key, &listener.name));
+                        if owner != (&gateway.key, listener.name.as_str()) {
+                            continue;
+                        }
+                        let map = match &host {
+                            Host::Exact(h) => self.exact.entry(h.clone()),
+                            Host::Wildcard(s) => self.wildcard.entry(s.clone()),
+                        };
+                        match map {
+                            Entry::Vacant(v) => {
+                                v.insert(Choice::one(served.clone()));
+                            }
+                            Entry::Occupied(mut o) => o.get_mut().add(served.clone()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// A store with only the default certificate.
     #[must_use]
     pub fn with_default(default: Arc<CertifiedKey>) -> Self {
@@ -548,13 +627,13 @@ pub fn default_certificate(path: Option<&Path>) -> Result<Arc<CertifiedKey>, Err
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_support::{ingress, ingress_class, model, service};
     use serde_json::{Value, json};
 
     /// A kubernetes.io/tls Secret for `names`, self-signed (ECDSA P-256).
-    fn secret(namespace: &str, name: &str, names: &[&str]) -> Value {
+    pub(crate) fn secret(namespace: &str, name: &str, names: &[&str]) -> Value {
         secret_with(namespace, name, names, &rcgen::KeyPair::generate().unwrap())
     }
 
@@ -650,6 +729,84 @@ mod tests {
             assert_eq!(names(other), ["fairlead.invalid"], "{other:?}");
         }
         assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn gateway_https_listeners_serve_their_certificates_beside_the_ingresses() {
+        let class = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "fl"}, "spec": {"controllerName": fairlead_model::DEFAULT_GATEWAY_CONTROLLER}});
+        let listener = |name: &str, host: &str, refs: Value| {
+            json!({"name": name, "port": 443, "protocol": "HTTPS", "hostname": host,
+                   "tls": {"certificateRefs": refs}})
+        };
+        let gateway = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": "infra"},
+        "spec": {"gatewayClassName": "fl", "listeners": [
+            listener("own", "own.example.com", json!([{"name": "own"}])),
+            listener("wild", "*.apps.example.com", json!([{"name": "apps"}])),
+            listener("granted", "granted.example.com", json!([{"name": "granted", "namespace": "certs"}])),
+            listener("denied", "denied.example.com", json!([{"name": "denied", "namespace": "certs"}])),
+            listener("taken", "shop.example.com", json!([{"name": "own"}])),
+            listener("missing", "missing.example.com", json!([{"name": "nope"}])),
+        ]}});
+        let grant = json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "gateways", "namespace": "certs"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra"}],
+                     "to": [{"group": "", "kind": "Secret", "name": "granted"}]}});
+        let spec = json!({"tls": [{"hosts": ["shop.example.com"], "secretName": "shop"}],
+            "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]});
+        let snapshot = model(vec![
+            ingress_class("fairlead", true),
+            service("a", "web", &[("http", 80)]),
+            ingress("a", "a", &spec),
+            secret("a", "shop", &["shop.example.com"]),
+            class,
+            gateway,
+            grant,
+            secret("infra", "own", &["own.example.com", "shop.example.com"]),
+            secret("infra", "apps", &["*.apps.example.com"]),
+            secret("certs", "granted", &["granted.example.com"]),
+            secret("certs", "denied", &["denied.example.com"]),
+        ]);
+        let default = default_certificate(None).unwrap();
+        let mut cache = CertCache::default();
+        let mut store = CertStore::build(&snapshot, "fairlead", default, &mut cache);
+        store.add_gateway_listeners(
+            &snapshot,
+            &crate::gateway_api::Selection::default(),
+            &mut cache,
+        );
+        let names = |sni: Option<&str>| leaf_names(store.resolve(sni));
+        assert_eq!(
+            names(Some("own.example.com")),
+            ["own.example.com", "shop.example.com"]
+        );
+        assert_eq!(names(Some("x.apps.example.com")), ["*.apps.example.com"]);
+        assert_eq!(names(Some("granted.example.com")), ["granted.example.com"]);
+        // The Ingress claimed shop.example.com first.
+        assert_eq!(names(Some("shop.example.com")), ["shop.example.com"]);
+        // No grant for this Secret; a Secret that does not exist.
+        assert_eq!(names(Some("denied.example.com")), ["fairlead.invalid"]);
+        assert_eq!(names(Some("missing.example.com")), ["fairlead.invalid"]);
+        let reason = |name: &str| {
+            let gateway = snapshot.gateways.values().next().unwrap();
+            let listener = gateway.listeners.iter().find(|l| l.name == name).unwrap();
+            crate::gateway_api::listener_certificates(&snapshot, gateway, listener)
+                .err()
+                .unwrap_or_default()
+        };
+        assert!(
+            reason("denied").starts_with("RefNotPermitted"),
+            "{}",
+            reason("denied")
+        );
+        assert!(
+            reason("missing").starts_with("InvalidCertificateRef"),
+            "{}",
+            reason("missing")
+        );
+        assert_eq!(reason("granted"), "");
     }
 
     #[test]

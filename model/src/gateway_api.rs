@@ -146,6 +146,21 @@ pub struct GatewayAddress {
 pub struct GatewayStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// `Gateway.status.listeners[]`.
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    pub name: String,
+    #[serde(default)]
+    pub supported_kinds: Vec<RouteGroupKind>,
+    #[serde(default)]
+    pub attached_routes: i32,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
 }
 
 /// `HTTPRoute.spec`.
@@ -306,4 +321,125 @@ pub struct RouteParentStatus {
     pub controller_name: String,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// `GRPCRoute.spec`.
+#[derive(CustomResource, Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GRPCRoute",
+    namespaced,
+    status = "RouteStatus",
+    derive = "PartialEq",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentReference>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GRPCRouteRule>,
+}
+
+/// `GRPCRoute.spec.rules[]`.
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCRouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GRPCRouteMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HTTPRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<HTTPBackendRef>,
+}
+
+/// `GRPCRoute` `rules[].matches[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCRouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<GRPCMethodMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HTTPHeaderMatch>,
+}
+
+/// `matches[].method` of a GRPCRoute.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GRPCMethodMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// `ReferenceGrant.spec` (`gateway.networking.k8s.io/v1beta1`): which
+/// objects of other namespaces may refer to objects of this one.
+#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1beta1",
+    kind = "ReferenceGrant",
+    namespaced,
+    derive = "PartialEq",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    #[serde(default)]
+    pub from: Vec<ReferenceGrantFrom>,
+    #[serde(default)]
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+/// `ReferenceGrant.spec.from[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantFrom {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+/// `ReferenceGrant.spec.to[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantTo {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// k8s-openapi's static description of each kind (what the apiserver
+/// source and its RBAC list read), alongside kube's derived `Resource`.
+macro_rules! openapi_resource {
+    ($($ty:ty => $version:literal, $kind:literal, $plural:literal, $scope:ty);* $(;)?) => {$(
+        impl k8s_openapi::Resource for $ty {
+            const API_VERSION: &'static str = concat!("gateway.networking.k8s.io/", $version);
+            const GROUP: &'static str = GROUP;
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = $version;
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = $scope;
+        }
+    )*};
+}
+
+openapi_resource! {
+    GatewayClass => "v1", "GatewayClass", "gatewayclasses", k8s_openapi::ClusterResourceScope;
+    Gateway => "v1", "Gateway", "gateways", k8s_openapi::NamespaceResourceScope;
+    HTTPRoute => "v1", "HTTPRoute", "httproutes", k8s_openapi::NamespaceResourceScope;
+    GRPCRoute => "v1", "GRPCRoute", "grpcroutes", k8s_openapi::NamespaceResourceScope;
+    ReferenceGrant => "v1beta1", "ReferenceGrant", "referencegrants", k8s_openapi::NamespaceResourceScope;
 }

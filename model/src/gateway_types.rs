@@ -111,6 +111,36 @@ pub struct Listener {
     /// `allowedRoutes.kinds[].kind` (group `gateway.networking.k8s.io`);
     /// empty means the protocol's default (`HTTPRoute` for HTTP and HTTPS).
     pub allowed_kinds: Vec<String>,
+    /// `tls` (HTTPS listeners).
+    pub tls: Option<ListenerTls>,
+}
+
+/// `listeners[].tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// `mode`: `Terminate` (the default) is served; `Passthrough` is not.
+    pub mode: String,
+    /// `certificateRefs`, in order.
+    pub certificates: Vec<CertificateRef>,
+}
+
+/// A `certificateRefs[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRef {
+    /// `group` (`""`: core).
+    pub group: String,
+    /// `kind` (`Secret` by default).
+    pub kind: String,
+    /// The referent (namespace defaults to the Gateway's).
+    pub secret: ObjectKey,
+}
+
+impl CertificateRef {
+    /// Whether this names a Secret (the only kind fairlead reads).
+    #[must_use]
+    pub fn is_secret(&self) -> bool {
+        self.group.is_empty() && self.kind == "Secret"
+    }
 }
 
 impl Listener {
@@ -122,7 +152,7 @@ impl Listener {
             matches!(
                 self.protocol,
                 ListenerProtocol::Http | ListenerProtocol::Https
-            ) && kind == "HTTPRoute"
+            ) && (kind == "HTTPRoute" || kind == "GRPCRoute")
         } else {
             self.allowed_kinds.iter().any(|k| k == kind)
         };
@@ -199,6 +229,30 @@ pub struct HeaderMatch {
     pub value: String,
 }
 
+/// A query parameter a request must carry (`Exact` match; the name is
+/// compared case-sensitively, the first occurrence in the query counts).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QueryMatch {
+    /// Parameter name.
+    pub name: String,
+    /// The exact value.
+    pub value: String,
+}
+
+impl QueryMatch {
+    /// Whether `query` (the part after `?`, undecoded) carries the
+    /// parameter with this value.
+    #[must_use]
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(name, _)| *name == self.name)
+            .is_some_and(|(_, value)| value == self.value)
+    }
+}
+
 /// One `matches[]` entry: every condition must hold.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RouteMatch {
@@ -208,6 +262,8 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
     /// Method condition (`GET`, ...).
     pub method: Option<String>,
+    /// Query parameter conditions.
+    pub query: Vec<QueryMatch>,
 }
 
 /// Where a rule sends traffic.
@@ -307,16 +363,7 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
             route.key,
             hosts.join(", ")
         )?;
-        for p in &route.parents {
-            write!(out, "  parent gateway {}", p.gateway)?;
-            if let Some(section) = &p.section_name {
-                write!(out, " section={section}")?;
-            }
-            if let Some(port) = p.port {
-                write!(out, " port={port}")?;
-            }
-            writeln!(out)?;
-        }
+        dump_parents(out, &route.parents)?;
         for (i, rule) in route.rules.iter().enumerate() {
             for m in &rule.matches {
                 let (kind, value) = match &m.path {
@@ -330,27 +377,290 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
                 if let Some(method) = &m.method {
                     write!(out, " method {method}")?;
                 }
+                for q in &m.query {
+                    write!(out, " query {}={:?}", q.name, q.value)?;
+                }
                 writeln!(out)?;
             }
-            for b in &rule.backends {
-                match &b.target {
-                    RouteBackendTarget::Service { service, port } => {
-                        writeln!(
-                            out,
-                            "  rule {i} -> service {service}:{port} weight {}",
-                            b.weight
-                        )?;
-                    }
-                    RouteBackendTarget::Invalid { wanted, reason } => {
-                        writeln!(
-                            out,
-                            "  rule {i} -> {wanted} weight {} INVALID: {reason}",
-                            b.weight
-                        )?;
-                    }
+            dump_backends(
+                out,
+                s,
+                ("HTTPRoute", &route.key.namespace),
+                i,
+                &rule.backends,
+            )?;
+        }
+    }
+    dump_grpc(out, s)
+}
+
+fn dump_parents(out: &mut String, parents: &[ParentRef]) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for p in parents {
+        write!(out, "  parent gateway {}", p.gateway)?;
+        if let Some(section) = &p.section_name {
+            write!(out, " section={section}")?;
+        }
+        if let Some(port) = p.port {
+            write!(out, " port={port}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn dump_grpc(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for route in s.grpc_routes.values() {
+        let hosts: Vec<String> = route.hostnames.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "grpcroute {} hostnames=[{}]",
+            route.key,
+            hosts.join(", ")
+        )?;
+        dump_parents(out, &route.parents)?;
+        for (i, rule) in route.rules.iter().enumerate() {
+            for m in &rule.matches {
+                write!(out, "  rule {i} match")?;
+                match &m.method {
+                    Some(method) => write!(
+                        out,
+                        " method /{}/{}",
+                        method.service.as_deref().unwrap_or("*"),
+                        method.method.as_deref().unwrap_or("*")
+                    )?,
+                    None => write!(out, " any method")?,
                 }
+                for h in &m.headers {
+                    write!(out, " header {}={:?}", h.name, h.value)?;
+                }
+                writeln!(out)?;
+            }
+            dump_backends(
+                out,
+                s,
+                ("GRPCRoute", &route.key.namespace),
+                i,
+                &rule.backends,
+            )?;
+        }
+    }
+    for grant in s.reference_grants.values() {
+        writeln!(out, "referencegrant {}", grant.key)?;
+        for f in &grant.from {
+            writeln!(out, "  from {} {:?} in {}", f.kind, f.group, f.namespace)?;
+        }
+        for t in &grant.to {
+            writeln!(
+                out,
+                "  to {} {:?} {}",
+                t.kind,
+                t.group,
+                t.name.as_deref().unwrap_or("*")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn dump_backends(
+    out: &mut String,
+    s: &crate::Snapshot,
+    (route_kind, route_namespace): (&str, &str),
+    i: usize,
+    backends: &[RouteBackend],
+) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for b in backends {
+        match &b.target {
+            RouteBackendTarget::Service { service, port } => {
+                let permitted = s.reference_permitted(&CrossReference {
+                    from_group: crate::gateway_api::GROUP,
+                    from_kind: route_kind,
+                    from_namespace: route_namespace,
+                    to_group: "",
+                    to_kind: "Service",
+                    to_namespace: &service.namespace,
+                    to_name: &service.name,
+                });
+                writeln!(
+                    out,
+                    "  rule {i} -> service {service}:{port} weight {}{}",
+                    b.weight,
+                    if permitted {
+                        ""
+                    } else {
+                        " INVALID: RefNotPermitted: no ReferenceGrant allows this cross-namespace reference"
+                    }
+                )?;
+            }
+            RouteBackendTarget::Invalid { wanted, reason } => {
+                writeln!(
+                    out,
+                    "  rule {i} -> {wanted} weight {} INVALID: {reason}",
+                    b.weight
+                )?;
             }
         }
     }
     Ok(())
+}
+
+/// How a GRPCRoute matches the gRPC method (`/service/method`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrpcMethodMatch {
+    /// The fully qualified service (`pkg.Service`); `None` matches any.
+    pub service: Option<String>,
+    /// The method; `None` matches any.
+    pub method: Option<String>,
+}
+
+impl GrpcMethodMatch {
+    /// Whether a request path `/service/method` matches.
+    #[must_use]
+    pub fn matches(&self, path: &str) -> bool {
+        let Some((service, method)) = path.strip_prefix('/').and_then(|rest| rest.split_once('/'))
+        else {
+            return false;
+        };
+        self.service.as_deref().is_none_or(|s| s == service)
+            && self.method.as_deref().is_none_or(|m| m == method)
+    }
+}
+
+/// One `matches[]` entry of a GRPCRoute rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrpcRouteMatch {
+    /// Method condition (any method when `None`).
+    pub method: Option<GrpcMethodMatch>,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A rule of a GRPCRoute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcRouteRule {
+    /// `matches` (one match of everything when empty).
+    pub matches: Vec<GrpcRouteMatch>,
+    /// `backendRefs`.
+    pub backends: Vec<RouteBackend>,
+}
+
+/// A GRPCRoute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcRoute {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.creationTimestamp` as seconds since the epoch; 0 when unset.
+    pub created: i64,
+    /// `spec.parentRefs` naming Gateways.
+    pub parents: Vec<ParentRef>,
+    /// `spec.hostnames`; empty means every hostname of the listener.
+    pub hostnames: Vec<Hostname>,
+    /// `spec.rules`.
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+/// A `ReferenceGrant.spec.from[]` entry: objects of this kind in this
+/// namespace may refer to the grant's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrantFrom {
+    /// API group (`gateway.networking.k8s.io` for routes and Gateways).
+    pub group: String,
+    /// Kind (`HTTPRoute`, `GRPCRoute`, `Gateway`).
+    pub kind: String,
+    /// The namespace the references come from.
+    pub namespace: String,
+}
+
+/// A `ReferenceGrant.spec.to[]` entry: what may be referred to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrantTo {
+    /// API group (`""` for Services and Secrets).
+    pub group: String,
+    /// Kind (`Service`, `Secret`).
+    pub kind: String,
+    /// One object by name; every object of the kind when `None`.
+    pub name: Option<String>,
+}
+
+/// A ReferenceGrant: cross-namespace references into its namespace that the
+/// owners of that namespace allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceGrant {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `spec.from`.
+    pub from: Vec<GrantFrom>,
+    /// `spec.to`.
+    pub to: Vec<GrantTo>,
+}
+
+/// A reference from an object of one namespace to an object of another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrossReference<'a> {
+    /// The referring object's group, kind and namespace.
+    pub from_group: &'a str,
+    /// The referring object's kind.
+    pub from_kind: &'a str,
+    /// The referring object's namespace.
+    pub from_namespace: &'a str,
+    /// The referent's group (`""` for core).
+    pub to_group: &'a str,
+    /// The referent's kind.
+    pub to_kind: &'a str,
+    /// The referent's namespace.
+    pub to_namespace: &'a str,
+    /// The referent's name.
+    pub to_name: &'a str,
+}
+
+impl crate::Snapshot {
+    /// Whether a ReferenceGrant in the referent's namespace allows
+    /// `reference` (same-namespace references need none).
+    #[must_use]
+    pub fn reference_permitted(&self, reference: &CrossReference<'_>) -> bool {
+        reference.from_namespace == reference.to_namespace
+            || self
+                .reference_grants
+                .range(
+                    ObjectKey::new(reference.to_namespace, String::new())
+                        ..ObjectKey::new(format!("{}\0", reference.to_namespace), String::new()),
+                )
+                .any(|(_, grant)| grant.permits(reference))
+    }
+
+    /// Whether the listener `listener` of `gateway` may use the Secret
+    /// `secret` (its own namespace, or granted).
+    #[must_use]
+    pub fn certificate_permitted(&self, gateway: &ObjectKey, certificate: &CertificateRef) -> bool {
+        self.reference_permitted(&CrossReference {
+            from_group: crate::gateway_api::GROUP,
+            from_kind: "Gateway",
+            from_namespace: &gateway.namespace,
+            to_group: &certificate.group,
+            to_kind: &certificate.kind,
+            to_namespace: &certificate.secret.namespace,
+            to_name: &certificate.secret.name,
+        })
+    }
+}
+
+impl ReferenceGrant {
+    /// Whether this grant allows `reference`.
+    #[must_use]
+    pub fn permits(&self, reference: &CrossReference<'_>) -> bool {
+        self.key.namespace == reference.to_namespace
+            && self.from.iter().any(|f| {
+                f.group == reference.from_group
+                    && f.kind == reference.from_kind
+                    && f.namespace == reference.from_namespace
+            })
+            && self.to.iter().any(|t| {
+                t.group == reference.to_group
+                    && t.kind == reference.to_kind
+                    && t.name.as_deref().is_none_or(|n| n == reference.to_name)
+            })
+    }
 }

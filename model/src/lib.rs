@@ -13,6 +13,7 @@
 pub mod dump;
 pub mod error;
 pub mod gateway_api;
+pub mod gateway_status;
 pub mod gateway_types;
 pub mod health;
 pub mod object;

@@ -29,6 +29,8 @@ pub enum KubeObject {
     GatewayClass(Box<gateway_api::GatewayClass>),
     Gateway(Box<gateway_api::Gateway>),
     HttpRoute(Box<gateway_api::HTTPRoute>),
+    GrpcRoute(Box<gateway_api::GRPCRoute>),
+    ReferenceGrant(Box<gateway_api::ReferenceGrant>),
 }
 
 impl KubeObject {
@@ -46,6 +48,8 @@ impl KubeObject {
             KubeObject::GatewayClass(_) => Kind::GatewayClass,
             KubeObject::Gateway(_) => Kind::Gateway,
             KubeObject::HttpRoute(_) => Kind::HttpRoute,
+            KubeObject::GrpcRoute(_) => Kind::GrpcRoute,
+            KubeObject::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
@@ -63,6 +67,8 @@ impl KubeObject {
             KubeObject::GatewayClass(o) => &o.metadata,
             KubeObject::Gateway(o) => &o.metadata,
             KubeObject::HttpRoute(o) => &o.metadata,
+            KubeObject::GrpcRoute(o) => &o.metadata,
+            KubeObject::ReferenceGrant(o) => &o.metadata,
         }
     }
 
@@ -98,7 +104,7 @@ pub struct DecodeError {
 /// Kinds fairlead knows of but does not read; objects of these kinds are
 /// reported as unsupported rather than unknown.
 const KINDS_READ: &str = "Service, EndpointSlice, Ingress, IngressClass, Secret, Node, Namespace, \
-     GatewayClass, Gateway, HTTPRoute (and List)";
+     GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant (and List)";
 
 /// Decodes one object from an untyped value (one YAML document or one item of a
 /// `kind: List`). Checks `apiVersion`, `kind` and `metadata.name`, then every
@@ -174,6 +180,8 @@ pub fn decode(value: serde_json::Value) -> Result<KubeObject, DecodeError> {
         Kind::GatewayClass => typed(value).map(KubeObject::GatewayClass),
         Kind::Gateway => typed(value).map(KubeObject::Gateway),
         Kind::HttpRoute => typed(value).map(KubeObject::HttpRoute),
+        Kind::GrpcRoute => typed(value).map(KubeObject::GrpcRoute),
+        Kind::ReferenceGrant => typed(value).map(KubeObject::ReferenceGrant),
     };
     decoded.map_err(|error| DecodeError {
         object: Some(object),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet, Vector};
 
 use crate::error::{Problem, Severity};
-use crate::gateway_types::{Gateway, GatewayClass, HttpRoute};
+use crate::gateway_types::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 use crate::select::Locality;
 use crate::types::{
     Ingress, IngressClass, Kind, Node, ObjectId, ObjectKey, Service, ServiceKey, TlsCertificate,
@@ -191,6 +191,10 @@ pub struct Snapshot {
     pub gateways: OrdMap<ObjectKey, Arc<Gateway>>,
     /// HTTPRoutes (attached or not).
     pub http_routes: OrdMap<ObjectKey, Arc<HttpRoute>>,
+    /// GRPCRoutes (attached or not).
+    pub grpc_routes: OrdMap<ObjectKey, Arc<GrpcRoute>>,
+    /// ReferenceGrants.
+    pub reference_grants: OrdMap<ObjectKey, Arc<ReferenceGrant>>,
     /// Nodes by name.
     pub nodes: OrdMap<String, Arc<Node>>,
     /// Namespaces known to exist.

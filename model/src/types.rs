@@ -59,11 +59,15 @@ pub enum Kind {
     Gateway,
     /// `gateway.networking.k8s.io/v1/HTTPRoute`
     HttpRoute,
+    /// `gateway.networking.k8s.io/v1/GRPCRoute`
+    GrpcRoute,
+    /// `gateway.networking.k8s.io/v1beta1/ReferenceGrant`
+    ReferenceGrant,
 }
 
 impl Kind {
     /// Every kind, in dump order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Service,
@@ -74,13 +78,22 @@ impl Kind {
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::ReferenceGrant,
     ];
 
-    /// Whether this is a Gateway API kind (read from manifests; the
-    /// apiserver source does not watch them yet).
+    /// Whether this is a Gateway API kind (a CRD: the apiserver may not
+    /// serve it until the Gateway API is installed).
     #[must_use]
     pub fn gateway_api(self) -> bool {
-        matches!(self, Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute)
+        matches!(
+            self,
+            Kind::GatewayClass
+                | Kind::Gateway
+                | Kind::HttpRoute
+                | Kind::GrpcRoute
+                | Kind::ReferenceGrant
+        )
     }
 
     /// The `kind` field as written in manifests.
@@ -97,6 +110,8 @@ impl Kind {
             Kind::GatewayClass => "GatewayClass",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 
@@ -107,7 +122,10 @@ impl Kind {
             Kind::Service | Kind::Secret | Kind::Node | Kind::Namespace => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => "gateway.networking.k8s.io/v1",
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => {
+                "gateway.networking.k8s.io/v1"
+            }
+            Kind::ReferenceGrant => "gateway.networking.k8s.io/v1beta1",
         }
     }
 

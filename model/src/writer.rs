@@ -359,6 +359,20 @@ impl ModelWriter {
                     dirty.ingress = true;
                 }
             }
+            KubeObject::GrpcRoute(o) => {
+                let route = translate::grpc_route(o)?;
+                if put(&mut self.next.grpc_routes, key, route) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
+            }
+            KubeObject::ReferenceGrant(o) => {
+                let grant = translate::reference_grant(o)?;
+                if put(&mut self.next.reference_grants, key, grant) {
+                    dirty.objects.insert(id.clone());
+                    dirty.ingress = true;
+                }
+            }
         }
         Ok(())
     }
@@ -416,6 +430,14 @@ impl ModelWriter {
                 dirty.ingress = true;
                 self.next.http_routes.remove(&key).is_some()
             }
+            Kind::GrpcRoute => {
+                dirty.ingress = true;
+                self.next.grpc_routes.remove(&key).is_some()
+            }
+            Kind::ReferenceGrant => {
+                dirty.ingress = true;
+                self.next.reference_grants.remove(&key).is_some()
+            }
         };
         if gone {
             dirty.objects.insert(id.clone());
@@ -438,9 +460,11 @@ impl ModelWriter {
         Some(service)
     }
 
-    /// Secrets referenced by some Ingress's `tls` in its own namespace, each
-    /// with the first Ingress and `tls` index that references it.
-    fn referenced_secrets(&self) -> BTreeMap<ObjectKey, (ObjectKey, usize)> {
+    /// Secrets referenced by some Ingress's `tls` in its own namespace or by
+    /// a Gateway listener's `tls.certificateRefs` (its own namespace, or
+    /// another through a ReferenceGrant), each with the first referring
+    /// object and field.
+    fn referenced_secrets(&self) -> BTreeMap<ObjectKey, (ObjectId, String)> {
         let mut referenced = BTreeMap::new();
         for ingress in self.next.ingresses.values() {
             for (i, tls) in ingress.tls.iter().enumerate() {
@@ -450,7 +474,36 @@ impl ModelWriter {
                             ingress.key.namespace.clone(),
                             secret.clone(),
                         ))
-                        .or_insert_with(|| (ingress.key.clone(), i));
+                        .or_insert_with(|| {
+                            (
+                                ObjectId {
+                                    kind: Kind::Ingress,
+                                    namespace: ingress.key.namespace.clone(),
+                                    name: ingress.key.name.clone(),
+                                },
+                                format!("spec.tls[{i}].secretName"),
+                            )
+                        });
+                }
+            }
+        }
+        for gateway in self.next.gateways.values() {
+            for (l, listener) in gateway.listeners.iter().enumerate() {
+                let Some(tls) = &listener.tls else { continue };
+                for (c, cert) in tls.certificates.iter().enumerate() {
+                    if !cert.is_secret() || !self.next.certificate_permitted(&gateway.key, cert) {
+                        continue;
+                    }
+                    referenced.entry(cert.secret.clone()).or_insert_with(|| {
+                        (
+                            ObjectId {
+                                kind: Kind::Gateway,
+                                namespace: gateway.key.namespace.clone(),
+                                name: gateway.key.name.clone(),
+                            },
+                            format!("spec.listeners[{l}].tls.certificateRefs[{c}]"),
+                        )
+                    });
                 }
             }
         }
@@ -467,7 +520,7 @@ impl ModelWriter {
         let mut changed = false;
         let mut reference_problems = Vec::new();
         let mut certificates = imbl::OrdMap::new();
-        for (secret_key, (ingress_key, tls_index)) in &referenced {
+        for (secret_key, (referrer, field)) in &referenced {
             let id = ObjectId {
                 kind: Kind::Secret,
                 namespace: secret_key.namespace.clone(),
@@ -483,13 +536,9 @@ impl ModelWriter {
                 reference_problems.push(Problem {
                     severity: Severity::Warning,
                     origin: None,
-                    object: Some(ObjectId {
-                        kind: Kind::Ingress,
-                        namespace: ingress_key.namespace.clone(),
-                        name: ingress_key.name.clone(),
-                    }),
+                    object: Some(referrer.clone()),
                     error: FieldError::new(
-                        format!("spec.tls[{tls_index}].secretName"),
+                        field.clone(),
                         format!(
                             "Secret {secret_key} {why}; the default certificate is served instead"
                         ),

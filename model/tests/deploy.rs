@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use fairlead_model::source::kube::{
-    API_ACCESS, ApiAccess, KubeOptions, STATUS_ACCESS, events::EVENTS_ACCESS, leader::LEASE_ACCESS,
-    watch_access,
+    API_ACCESS, ApiAccess, GATEWAY_API_STATUS_ACCESS, KubeOptions, STATUS_ACCESS,
+    events::EVENTS_ACCESS, leader::LEASE_ACCESS, watch_access,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
@@ -260,6 +260,7 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
         .map(watch_access)
         .collect();
     expected.push(STATUS_ACCESS);
+    expected.extend(GATEWAY_API_STATUS_ACCESS);
     // ... and publishes the model's problems as Events (--events).
     expected.push(EVENTS_ACCESS);
     // ... and elects one status writer among its replicas.
@@ -277,7 +278,7 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
             .filter(|(_, _, verb)| !matches!(verb.as_str(), "list" | "watch"))
             .all(
                 |(group, resource, verb)| match (group.as_str(), resource.as_str()) {
-                    ("networking.k8s.io", "ingresses/status") => verb == "patch",
+                    (_, status) if status.ends_with("/status") => verb == "patch",
                     ("events.k8s.io", "events") => matches!(verb.as_str(), "create" | "patch"),
                     // `get` is a read, but only of the status Lease.
                     ("coordination.k8s.io", "leases") => {
@@ -286,7 +287,7 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
                     _ => false,
                 }
             ),
-        "the only writes: a patch of ingresses/status, create/patch of events, the status Lease"
+        "the only writes: patches of status subresources, create/patch of events, the status Lease"
     );
 }
 

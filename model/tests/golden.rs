@@ -4,19 +4,24 @@
 
 use std::path::{Path, PathBuf};
 
+use fairlead_model::gateway_status::{self, Serving};
 use fairlead_model::source::ManifestDir;
-use fairlead_model::{ModelWriter, dump};
+use fairlead_model::{DEFAULT_GATEWAY_CONTROLLER, ModelWriter, Snapshot, dump};
 
 fn manifest_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 fn check_golden(dir: &Path, golden: &str) {
+    check_golden_with(dir, golden, dump::render);
+}
+
+fn check_golden_with(dir: &Path, golden: &str, render: impl Fn(&Snapshot) -> String) {
     let (mut writer, _rx) = ModelWriter::new();
     ManifestDir::new(dir)
         .sync(&mut writer)
         .expect("directory reads");
-    let actual = dump::render(&writer.snapshot());
+    let actual = render(&writer.snapshot());
     let path = manifest_root().join("tests/golden").join(golden);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &actual).unwrap();
@@ -58,6 +63,26 @@ fn gateway_api() {
     check_golden(
         &manifest_root().join("tests/fixtures/gateway-api"),
         "gateway-api.txt",
+    );
+}
+
+/// The Gateway API status of one case per condition reason (routes
+/// accepted or not attached, unresolved backends, invalid listeners).
+#[test]
+fn gateway_api_status() {
+    check_golden_with(
+        &manifest_root().join("tests/fixtures/gateway-api-status"),
+        "gateway-api-status.txt",
+        |snapshot| {
+            gateway_status::render(&gateway_status::compute(
+                snapshot,
+                &Serving {
+                    controller: DEFAULT_GATEWAY_CONTROLLER.to_owned(),
+                    http_port: 80,
+                    https_port: 443,
+                },
+            ))
+        },
     );
 }
 

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fairlead_model::gateway_status::Serving;
 use fairlead_model::source::ManifestDir;
+use fairlead_model::source::kube::gateway_status::GatewayStatusWriter;
 use fairlead_model::source::kube::status::{
     IngressStatusConfig, IngressStatusWriter, StatusAddresses,
 };
@@ -349,6 +351,8 @@ fn json_of(object: &KubeObject) -> Value {
         KubeObject::GatewayClass(o) => serde_json::to_value(o),
         KubeObject::Gateway(o) => serde_json::to_value(o),
         KubeObject::HttpRoute(o) => serde_json::to_value(o),
+        KubeObject::GrpcRoute(o) => serde_json::to_value(o),
+        KubeObject::ReferenceGrant(o) => serde_json::to_value(o),
     }
     .unwrap()
 }
@@ -358,8 +362,6 @@ fn watched(object: &KubeObject, node: &str) -> bool {
     match object {
         KubeObject::Node(n) => n.metadata.name.as_deref() == Some(node),
         KubeObject::Secret(s) => s.type_.as_deref() == Some("kubernetes.io/tls"),
-        // Not watched from the apiserver yet (issue 14).
-        KubeObject::GatewayClass(_) | KubeObject::Gateway(_) | KubeObject::HttpRoute(_) => false,
         _ => true,
     }
 }
@@ -577,6 +579,331 @@ async fn a_namespace_limits_the_namespaced_watches() {
         !requests.iter().any(|r| r.is_list_of("nodes")),
         "no Node watch without a node name"
     );
+}
+
+fn gateway_api_objects() -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "fairlead"},
+            "spec": {"controllerName": "fairlead.dev/gateway-controller"},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {"gatewayClassName": "fairlead",
+                     "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "shop", "namespace": "demo"},
+            "spec": {"parentRefs": [{"name": "web"}],
+                     "rules": [{"backendRefs": [{"name": "a", "port": 80}]}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "rpc", "namespace": "demo"},
+            "spec": {"parentRefs": [{"name": "web"}],
+                     "rules": [{"matches": [{"method": {"service": "shop.Cart", "method": "Get"}}],
+                                "backendRefs": [{"name": "b", "port": 81}]}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+            "metadata": {"name": "from-shop", "namespace": "demo"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+                     "to": [{"group": "", "kind": "Service"}]},
+        }),
+    ]
+}
+
+fn gateway_api_counts(s: &Snapshot) -> [usize; 5] {
+    [
+        s.gateway_classes.len(),
+        s.gateways.len(),
+        s.http_routes.len(),
+        s.grpc_routes.len(),
+        s.reference_grants.len(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_kinds_are_watched_like_the_others() {
+    let mut objects = cluster();
+    objects.extend(gateway_api_objects());
+    let server = FakeApiserver::start(objects).await;
+    let mut running = run(&server, None);
+    let snapshot = running.until("synced", |s| s.synced).await;
+    assert_eq!(gateway_api_counts(&snapshot), [1, 1, 1, 1, 1]);
+    let dump = dump::render(&snapshot);
+    assert!(
+        dump.contains("grpcroute demo/rpc") && dump.contains("method /shop.Cart/Get"),
+        "{dump}"
+    );
+    assert!(dump.contains("referencegrant demo/from-shop"), "{dump}");
+    // Events: a changed route, a deleted grant.
+    let mut route = gateway_api_objects()[2].clone();
+    route["spec"]["hostnames"] = json!(["shop.example.com"]);
+    server.apply(route);
+    server.delete("ReferenceGrant", "demo", "from-shop");
+    let snapshot = running
+        .until("the route change and the grant deletion", |s| {
+            s.reference_grants.is_empty() && s.http_routes.values().any(|r| !r.hostnames.is_empty())
+        })
+        .await;
+    assert_eq!(gateway_api_counts(&snapshot), [1, 1, 1, 1, 0]);
+    for plural in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "grpcroutes",
+        "referencegrants",
+    ] {
+        assert!(
+            server.requests().iter().any(|r| r.is_list_of(plural)),
+            "{plural} are listed"
+        );
+    }
+
+    // A status written by a controller publishes nothing.
+    let generation = snapshot.generation;
+    let mut with_status = server.get("Gateway", "demo", "web").unwrap();
+    with_status["status"] = json!({"conditions": [{"type": "Accepted", "status": "True",
+        "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    server.apply(with_status);
+    server.apply(service("c", 82));
+    let snapshot = running.until("service c", |s| names(s).contains("c")).await;
+    assert_eq!(
+        snapshot.generation,
+        generation + 1,
+        "only the Service published"
+    );
+
+    // A relist of a Gateway API kind swaps it in whole.
+    server.delete_unseen("GRPCRoute", "demo", "rpc");
+    server.expire("GRPCRoute");
+    running
+        .until("the relisted GRPCRoutes", |s| s.grpc_routes.is_empty())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_gateway_api_crds_the_other_kinds_are_served_and_the_crds_are_picked_up_later()
+{
+    let server = FakeApiserver::start(cluster()).await;
+    server.uninstall_group(fake_apiserver::GATEWAY_API);
+    let mut running = run(&server, None);
+    let snapshot = running.until("synced", |s| s.synced).await;
+    assert_eq!(names(&snapshot), set(&["a", "b"]));
+    assert_eq!(gateway_api_counts(&snapshot), [0; 5]);
+    let metrics = running.metrics();
+    assert!(
+        metrics.contains("fairlead_kube_watch_state{kind=\"HTTPRoute\",state=\"absent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fairlead_kube_watch_state{kind=\"Service\",state=\"watching\"} 1"),
+        "{metrics}"
+    );
+    // Other kinds keep flowing while the CRDs are missing.
+    server.apply(service("c", 82));
+    running.until("service c", |s| names(s).contains("c")).await;
+
+    // The operator installs the CRDs and creates objects: picked up on the
+    // watchers' next retry (backoff: under 4 s this early).
+    server.install_group(fake_apiserver::GATEWAY_API);
+    server.apply_all(gateway_api_objects()[..1].to_vec());
+    for object in &gateway_api_objects()[1..] {
+        server.apply(object.clone());
+    }
+    let snapshot = running
+        .until("every Gateway API kind", |s| {
+            gateway_api_counts(s) == [1, 1, 1, 1, 1]
+        })
+        .await;
+    assert!(names(&snapshot).contains("c"));
+    let metrics = running.metrics();
+    assert!(
+        metrics.contains("fairlead_kube_watch_state{kind=\"HTTPRoute\",state=\"watching\"} 1"),
+        "{metrics}"
+    );
+    // And events after that.
+    server.delete("HTTPRoute", "demo", "shop");
+    running
+        .until("the route deleted", |s| s.http_routes.is_empty())
+        .await;
+}
+
+/// The Gateway API status writer against the fake apiserver: one merge
+/// patch per object whose status differs, with observedGeneration, the
+/// spec's reasons, a route's entry of another controller kept; nothing
+/// written again once the status is in place; a change (the backend grant
+/// deleted) rewrites only the route.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario step by step: the order of the steps is what is tested"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_status_is_patched_on_the_status_subresource() {
+    let mut objects = cluster();
+    let mut gateway_objects = gateway_api_objects();
+    // The Gateway allows routes from every namespace.
+    gateway_objects[1]["spec"]["listeners"][0]["allowedRoutes"] =
+        json!({"namespaces": {"from": "All"}});
+    objects.extend(gateway_objects);
+    // A cross-namespace backend allowed by the grant (from namespace shop).
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"},
+    }));
+    objects.push(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "cross", "namespace": "shop", "generation": 3},
+        "spec": {"parentRefs": [{"name": "web", "namespace": "demo"}],
+                 "rules": [{"backendRefs": [{"name": "a", "namespace": "demo", "port": 80}]}]},
+        "status": {"parents": [{"parentRef": {"name": "elsewhere"}, "controllerName": "example.com/other",
+                                "conditions": []}]},
+    }));
+    let server = FakeApiserver::start(objects).await;
+    let (mut running, source) = start(None);
+    let stores = source.gateway_api();
+    let (writer, rx) = ModelWriter::new();
+    running.rx = rx.clone();
+    let client = server.client();
+    running.task = tokio::spawn(async move { source.run(client, writer).await.unwrap() });
+    let snapshot = running.until("synced", |s| s.synced).await;
+    let mut status = GatewayStatusWriter::new(
+        stores,
+        Serving {
+            controller: "fairlead.dev/gateway-controller".to_owned(),
+            http_port: 80,
+            https_port: 443,
+        },
+        Duration::from_secs(60),
+        &mut running.registry,
+    );
+    let status_client = server.client();
+    assert_eq!(status.reconcile(&status_client, &snapshot).await, 0);
+    let patched = |server: &FakeApiserver| -> BTreeSet<String> {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == hyper::Method::PATCH)
+            .map(|r| r.path)
+            .collect()
+    };
+    assert_eq!(
+        patched(&server),
+        set(&[
+            "/apis/gateway.networking.k8s.io/v1/gatewayclasses/fairlead/status",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/demo/gateways/web/status",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/demo/grpcroutes/rpc/status",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/demo/httproutes/shop/status",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/cross/status",
+        ])
+    );
+    for r in server
+        .requests()
+        .iter()
+        .filter(|r| r.method == hyper::Method::PATCH)
+    {
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+    }
+    let gateway = server.get("Gateway", "demo", "web").unwrap();
+    let conditions = |v: &Value| -> Vec<(String, String, String)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap().to_owned(),
+                    c["status"].as_str().unwrap().to_owned(),
+                    c["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let t = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        conditions(&gateway["status"]["conditions"]),
+        [
+            t("Accepted", "True", "Accepted"),
+            t("Programmed", "True", "Programmed")
+        ]
+    );
+    let listener = &gateway["status"]["listeners"][0];
+    assert_eq!(listener["name"], "http");
+    assert_eq!(listener["attachedRoutes"], 3, "{listener}");
+    let cross = server.get("HTTPRoute", "shop", "cross").unwrap();
+    let parents = cross["status"]["parents"].as_array().unwrap();
+    assert_eq!(
+        parents.len(),
+        2,
+        "the other controller's entry is kept: {parents:?}"
+    );
+    assert_eq!(parents[0]["controllerName"], "example.com/other");
+    assert_eq!(
+        parents[1]["controllerName"],
+        "fairlead.dev/gateway-controller"
+    );
+    assert_eq!(parents[1]["parentRef"]["name"], "web");
+    assert_eq!(
+        conditions(&parents[1]["conditions"]),
+        [
+            t("Accepted", "True", "Accepted"),
+            t("ResolvedRefs", "True", "ResolvedRefs")
+        ]
+    );
+    assert_eq!(parents[1]["conditions"][0]["observedGeneration"], 3);
+
+    // Once the stores hold the writes, nothing is written again.
+    let requests = server.requests().len();
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let before = patched_count(&server);
+        let snapshot = running.rx.borrow().clone();
+        assert_eq!(status.reconcile(&status_client, &snapshot).await, 0);
+        if patched_count(&server) == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status keeps changing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.requests().len() >= requests);
+    let settled = patched_count(&server);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let snapshot = running.rx.borrow().clone();
+    status.reconcile(&status_client, &snapshot).await;
+    assert_eq!(
+        patched_count(&server),
+        settled,
+        "no write when nothing changed"
+    );
+
+    // The grant goes: the cross-namespace route's ResolvedRefs turns False.
+    server.delete("ReferenceGrant", "demo", "from-shop");
+    let snapshot = running
+        .until("the grant deleted", |s| s.reference_grants.is_empty())
+        .await;
+    status.reconcile(&status_client, &snapshot).await;
+    assert_eq!(patched_count(&server), settled + 1, "only the route");
+    let cross = server.get("HTTPRoute", "shop", "cross").unwrap();
+    assert_eq!(
+        conditions(&cross["status"]["parents"][1]["conditions"])[1],
+        t("ResolvedRefs", "False", "RefNotPermitted")
+    );
+}
+
+fn patched_count(server: &FakeApiserver) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == hyper::Method::PATCH)
+        .count()
 }
 
 /// An Ingress whose TLS section names a Secret that does not exist; its

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::{Gateway, backend, curl, namespace, runtime, service};
+use crate::support::{Gateway, backend, curl, example_ca, namespace, runtime, service, shop_tls};
 
 const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
     metadata: {name: fl}\nspec: {controllerName: fairlead.dev/gateway-controller}\n";
@@ -150,4 +150,308 @@ fn gateway_api_http_routes_by_host_path_header_and_attachment() {
     }
     // The method match holds: a GET is not routed.
     assert_eq!(get("late.test", "/", &[]).status, 404);
+}
+
+fn reference_grant(ns: &str, name: &str, from_kind: &str, from_ns: &str, to: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+         metadata: {{name: {name}, namespace: {ns}}}\nspec:\n\
+         \x20 from: [{{group: gateway.networking.k8s.io, kind: {from_kind}, namespace: {from_ns}}}]\n\
+         \x20 to: [{to}]\n"
+    )
+}
+
+/// HTTPS listeners terminate TLS with certificates from Secrets (here one
+/// of another namespace, allowed by a ReferenceGrant), chosen by SNI; their
+/// routes are not served on the HTTP listener; cross-namespace backends need
+/// a grant (500 without); a missing Service is 500; a listener whose
+/// certificate is not granted is not served.
+#[test]
+fn gateway_api_https_listeners_and_reference_grants() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 14, 11], "web", false);
+    let other = backend(&rt, [127, 0, 14, 12], "other", false);
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: web, namespace: infra}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+         \x20 - {{name: https, port: {tls_port}, protocol: HTTPS, hostname: \"*.shop.example.com\",\n\
+         \x20    tls: {{certificateRefs: [{{name: shop-tls, namespace: certs}}]}},\n\
+         \x20    allowedRoutes: {{namespaces: {{from: All}}}}}}\n\
+         \x20 - {{name: denied, port: {tls_port}, protocol: HTTPS, hostname: \"denied.example.com\",\n\
+         \x20    tls: {{certificateRefs: [{{name: shop-tls, namespace: shop}}]}},\n\
+         \x20    allowedRoutes: {{namespaces: {{from: All}}}}}}\n\
+         \x20 - {{name: http, port: {plain_port}, protocol: HTTP,\n\
+         \x20    allowedRoutes: {{namespaces: {{from: All}}}}}}\n"
+    );
+    let secure = http_route(
+        "shop",
+        "secure",
+        "  parentRefs: [{name: web, namespace: infra, sectionName: https}]\n\
+         \x20 hostnames: [www.shop.example.com]\n  rules:\n\
+         \x20 - backendRefs: [{name: web, port: 80}]\n",
+    );
+    let plain = http_route(
+        "shop",
+        "plain",
+        "  parentRefs: [{name: web, namespace: infra, sectionName: http}]\n  rules:\n\
+         \x20 - matches: [{path: {value: /granted}}]\n\
+         \x20   backendRefs: [{name: other, namespace: backends, port: 80}]\n\
+         \x20 - matches: [{path: {value: /denied}}]\n\
+         \x20   backendRefs: [{name: hidden, namespace: backends, port: 80}]\n\
+         \x20 - matches: [{path: {value: /missing}}]\n\
+         \x20   backendRefs: [{name: nothing, port: 80}]\n\
+         \x20 - matches: [{path: {value: /q}, queryParams: [{name: to, value: other}]}]\n\
+         \x20   backendRefs: [{name: other, namespace: backends, port: 80}]\n",
+    );
+    let http = format!("127.0.0.1:{plain_port}");
+    let https = format!("127.0.0.1:{tls_port}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            (
+                "ns.yaml",
+                ["shop", "infra", "certs", "backends"]
+                    .map(namespace)
+                    .join("---\n"),
+            ),
+            ("web.yaml", service("shop", "web", None, &[web.addr])),
+            (
+                "other.yaml",
+                service("backends", "other", None, &[other.addr]),
+            ),
+            (
+                "hidden.yaml",
+                service("backends", "hidden", None, &[other.addr]),
+            ),
+            (
+                "certs.yaml",
+                format!("{}---\n{}", shop_tls("certs"), shop_tls("shop")),
+            ),
+            (
+                "grants.yaml",
+                format!(
+                    "{}---\n{}",
+                    reference_grant(
+                        "certs",
+                        "gateway-certs",
+                        "Gateway",
+                        "infra",
+                        "{group: \"\", kind: Secret, name: shop-tls}"
+                    ),
+                    reference_grant(
+                        "backends",
+                        "shop-routes",
+                        "HTTPRoute",
+                        "shop",
+                        "{group: \"\", kind: Service, name: other}"
+                    )
+                ),
+            ),
+            ("gateway.yaml", gateway),
+            ("secure.yaml", secure),
+            ("plain.yaml", plain),
+        ],
+        &["--http", &http, "--https", &https],
+    );
+    let ca = example_ca();
+    let ca = ca.to_str().unwrap();
+    let get_tls = |host: &str| {
+        curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("{host}:{tls_port}:127.0.0.1"),
+            &format!("https://{host}:{tls_port}/"),
+        ])
+    };
+    let get_plain = |host: &str, path: &str| {
+        curl(&[
+            "--resolve",
+            &format!("{host}:{plain_port}:127.0.0.1"),
+            &format!("http://{host}:{plain_port}{path}"),
+        ])
+    };
+
+    // TLS terminated with the granted Secret of another namespace, verified
+    // against the example CA.
+    let r = get_tls("www.shop.example.com");
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    // The HTTPS listener's route is not served on the HTTP listener.
+    assert_eq!(get_plain("www.shop.example.com", "/").status, 404);
+    // A listener whose Secret is not granted: no certificate for its host
+    // (the default one, which the CA does not sign).
+    let r = get_tls("denied.example.com");
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("certificate"), "{r:?}");
+
+    // Cross-namespace backends: granted, not granted (500), missing (500).
+    let r = get_plain("any.test", "/granted");
+    assert_eq!((r.status, r.field("name")), (200, "other"), "{r:?}");
+    assert_eq!(get_plain("any.test", "/denied").status, 500);
+    assert_eq!(get_plain("any.test", "/missing").status, 500);
+    // A query parameter match.
+    let r = get_plain("any.test", "/q?x=1&to=other");
+    assert_eq!((r.status, r.field("name")), (200, "other"), "{r:?}");
+    assert_eq!(get_plain("any.test", "/q?to=web").status, 404);
+    let log = gw.log();
+    assert!(
+        log.contains("RefNotPermitted: Service backends/hidden"),
+        "{log}"
+    );
+    assert!(
+        log.contains("RefNotPermitted: Secret shop/shop-tls"),
+        "{log}"
+    );
+    assert!(
+        log.contains("BackendNotFound: Service shop/nothing"),
+        "{log}"
+    );
+
+    // Revoking the backend grant: the next request gets 500.
+    gw.write(
+        "grants.yaml",
+        &reference_grant(
+            "certs",
+            "gateway-certs",
+            "Gateway",
+            "infra",
+            "{group: \"\", kind: Secret, name: shop-tls}",
+        ),
+    );
+    gw.wait_for("the grant revoked", || {
+        get_plain("any.test", "/granted").status == 500
+    });
+}
+
+/// One gRPC-shaped call over h2c to the plain listener: the HTTP status,
+/// the backend's text and the grpc-status (headers or trailers).
+async fn grpc_call(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{host}:{}{path}", addr.port()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (n, v) in headers {
+        request = request.header(*n, *v);
+    }
+    let (response, mut stream) = send.send_request(request.body(()).unwrap(), false).unwrap();
+    // One length-prefixed message: not compressed, 1 byte.
+    stream
+        .send_data(bytes::Bytes::from_static(b"\0\0\0\0\x01x"), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let mut grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    if let Some(trailers) = body.trailers().await.unwrap()
+        && let Some(v) = trailers.get("grpc-status")
+    {
+        grpc_status = Some(v.to_str().unwrap().to_owned());
+    }
+    (
+        status,
+        String::from_utf8_lossy(&text).into_owned(),
+        grpc_status.unwrap_or_default(),
+    )
+}
+
+fn name_of(text: &str) -> &str {
+    text.lines()
+        .find_map(|l| l.strip_prefix("name="))
+        .unwrap_or("")
+}
+
+/// GRPCRoute: service/method and header matches over HTTP/2 to h2c
+/// backends; an unmatched method is UNIMPLEMENTED (12), a backend without
+/// endpoints UNAVAILABLE (14), both as trailers-only answers.
+#[test]
+fn gateway_api_grpc_routes_by_method_and_header() {
+    let rt = runtime();
+    let cart = backend(&rt, [127, 0, 14, 21], "cart", true);
+    let canary = backend(&rt, [127, 0, 14, 22], "canary", true);
+    let search = backend(&rt, [127, 0, 14, 23], "search", true);
+    let port = free_port();
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: web, namespace: shop}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+         \x20 - {{name: http, port: {port}, protocol: HTTP}}\n"
+    );
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {name: rpc, namespace: shop}\nspec:\n\
+         \x20 parentRefs: [{name: web}]\n  hostnames: [grpc.test]\n  rules:\n\
+         \x20 - matches: [{method: {service: shop.Cart, method: Get}, headers: [{name: x-canary, value: \"yes\"}]}]\n\
+         \x20   backendRefs: [{name: canary, port: 80}]\n\
+         \x20 - matches: [{method: {service: shop.Cart, method: Get}}]\n\
+         \x20   backendRefs: [{name: cart, port: 80}]\n\
+         \x20 - matches: [{method: {service: shop.Search}}]\n\
+         \x20   backendRefs: [{name: search, port: 80}]\n\
+         \x20 - matches: [{method: {service: shop.Broken}}]\n\
+         \x20   backendRefs: [{name: empty, port: 80}]\n"
+        .to_owned();
+    let http = format!("127.0.0.1:{port}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("ns.yaml", namespace("shop")),
+            ("cart.yaml", service("shop", "cart", None, &[cart.addr])),
+            (
+                "canary.yaml",
+                service("shop", "canary", None, &[canary.addr]),
+            ),
+            (
+                "search.yaml",
+                service("shop", "search", None, &[search.addr]),
+            ),
+            ("empty.yaml", service("shop", "empty", None, &[])),
+            ("gateway.yaml", gateway),
+            ("route.yaml", route),
+        ],
+        &["--http", &http],
+    );
+    rt.block_on(async {
+        let call = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+            grpc_call(gw.http, "grpc.test", path, headers)
+        };
+        let (status, text, grpc) = call("/shop.Cart/Get", &[]).await;
+        assert_eq!(
+            (status, name_of(&text), grpc.as_str()),
+            (200, "cart", "0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("proto=HTTP/2.0"),
+            "h2c to the backend: {text}"
+        );
+        assert!(text.contains("path=/shop.Cart/Get"), "{text}");
+        let (_, text, _) = call("/shop.Cart/Get", &[("x-canary", "yes")]).await;
+        assert_eq!(name_of(&text), "canary", "{text}");
+        let (_, text, _) = call("/shop.Search/Query", &[]).await;
+        assert_eq!(name_of(&text), "search", "{text}");
+        // Unmatched: another method of the service, another service.
+        for path in ["/shop.Cart/Put", "/shop.Other/Get"] {
+            let (status, text, grpc) = call(path, &[]).await;
+            assert_eq!((status, grpc.as_str()), (200, "12"), "{path}: {text}");
+        }
+        let (status, _, grpc) = call("/shop.Broken/Call", &[]).await;
+        assert_eq!((status, grpc.as_str()), (200, "14"));
+    });
 }

@@ -450,12 +450,14 @@ impl Gateway {
         let child = Command::new(env!("CARGO_BIN_EXE_fairlead"))
             .args(["--log-format", "json", "ingress", "--manifests"])
             .arg(dir.path())
-            // `--http` may be given in `extra` (Gateway listeners name a port).
-            .args(if extra.contains(&"--http") {
-                &["--https", "127.0.0.1:0"][..]
-            } else {
-                &["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"][..]
-            })
+            // `--http` and `--https` may be given in `extra` (Gateway
+            // listeners name a port).
+            .args(
+                ["--http", "--https"]
+                    .into_iter()
+                    .filter(|flag| !extra.contains(flag))
+                    .flat_map(|flag| [flag, "127.0.0.1:0"]),
+            )
             .args(["--telemetry-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")

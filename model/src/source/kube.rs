@@ -13,11 +13,18 @@
 //!   ([`ModelWriter::replace_kinds`]): the model never shows a half-empty
 //!   world.
 //!
+//! - The Gateway API kinds are CRDs: while the apiserver does not serve one
+//!   (`404`: the CRDs are not installed yet), that kind counts as listed and
+//!   empty, the other kinds are served as usual, the watcher keeps retrying
+//!   with its backoff, and this is logged once. When the CRD appears, its
+//!   first list swaps in like a relist.
+//!
 //! Translation happens in the writer, exactly as for the manifest source; this
 //! module only moves objects. [`status`] publishes `status.loadBalancer` on
 //! the Ingresses a gateway serves.
 
 pub mod events;
+pub mod gateway_status;
 pub mod leader;
 mod metrics;
 pub mod status;
@@ -49,6 +56,7 @@ pub use ::kube::Client;
 pub type IngressStore = Store<Ingress>;
 
 use crate::error::Error;
+use crate::gateway_api;
 use crate::object::KubeObject;
 use crate::snapshot::Snapshot;
 use crate::types::{Kind, ObjectId};
@@ -106,19 +114,11 @@ pub const fn watch_access(kind: Kind) -> ApiAccess {
         Kind::Secret => watched::<Secret>(),
         Kind::Node => watched::<Node>(),
         Kind::Namespace => watched::<Namespace>(),
-        Kind::GatewayClass => gateway_api_access("gatewayclasses"),
-        Kind::Gateway => gateway_api_access("gateways"),
-        Kind::HttpRoute => gateway_api_access("httproutes"),
-    }
-}
-
-/// What a watcher of a Gateway API kind will use (not watched yet: the
-/// Gateway API kinds are read from manifests only, see issue 14).
-const fn gateway_api_access(resource: &'static str) -> ApiAccess {
-    ApiAccess {
-        group: crate::gateway_api::GROUP,
-        resource,
-        verbs: WATCH_VERBS,
+        Kind::GatewayClass => watched::<gateway_api::GatewayClass>(),
+        Kind::Gateway => watched::<gateway_api::Gateway>(),
+        Kind::HttpRoute => watched::<gateway_api::HTTPRoute>(),
+        Kind::GrpcRoute => watched::<gateway_api::GRPCRoute>(),
+        Kind::ReferenceGrant => watched::<gateway_api::ReferenceGrant>(),
     }
 }
 
@@ -128,6 +128,22 @@ pub const STATUS_ACCESS: ApiAccess = ApiAccess {
     resource: status::INGRESS_STATUS,
     verbs: STATUS_VERBS,
 };
+
+/// What the Gateway API status writer ([`gateway_status`]) uses.
+pub const GATEWAY_API_STATUS_ACCESS: [ApiAccess; 4] = [
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[0]),
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[1]),
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[2]),
+    gateway_api_status(gateway_status::GATEWAY_API_STATUS[3]),
+];
+
+const fn gateway_api_status(resource: &'static str) -> ApiAccess {
+    ApiAccess {
+        group: gateway_api::GROUP,
+        resource,
+        verbs: STATUS_VERBS,
+    }
+}
 
 /// Everything fairlead does on the apiserver: the watchers of this module
 /// (one per [`Kind`]), the Ingress status writer, the Events of
@@ -141,9 +157,18 @@ pub const API_ACCESS: &[ApiAccess] = &[
     watch_access(Kind::Namespace),
     watch_access(Kind::Secret),
     watch_access(Kind::Node),
+    watch_access(Kind::GatewayClass),
+    watch_access(Kind::Gateway),
+    watch_access(Kind::HttpRoute),
+    watch_access(Kind::GrpcRoute),
+    watch_access(Kind::ReferenceGrant),
     STATUS_ACCESS,
     events::EVENTS_ACCESS,
     leader::LEASE_ACCESS,
+    GATEWAY_API_STATUS_ACCESS[0],
+    GATEWAY_API_STATUS_ACCESS[1],
+    GATEWAY_API_STATUS_ACCESS[2],
+    GATEWAY_API_STATUS_ACCESS[3],
 ];
 
 /// What the apiserver source reads.
@@ -177,7 +202,7 @@ impl KubeOptions {
     pub fn kinds(&self) -> Vec<Kind> {
         Kind::ALL
             .into_iter()
-            .filter(|k| (*k != Kind::Node || self.node_name.is_some()) && !k.gateway_api())
+            .filter(|k| *k != Kind::Node || self.node_name.is_some())
             .collect()
     }
 }
@@ -252,6 +277,11 @@ watched! {
     Secret => Secret,
     Node => Node,
     Namespace => Namespace,
+    gateway_api::GatewayClass => GatewayClass,
+    gateway_api::Gateway => Gateway,
+    gateway_api::HTTPRoute => HttpRoute,
+    gateway_api::GRPCRoute => GrpcRoute,
+    gateway_api::ReferenceGrant => ReferenceGrant,
 }
 
 /// Drops what only costs memory: managed fields and the copy of the object
@@ -302,6 +332,11 @@ fn for_model(object: KubeObject) -> KubeObject {
             o.metadata.resource_version = None;
             o.status = None;
         }
+        KubeObject::GrpcRoute(o) => {
+            o.metadata.resource_version = None;
+            o.status = None;
+        }
+        KubeObject::ReferenceGrant(o) => o.metadata.resource_version = None,
     }
     object
 }
@@ -375,6 +410,11 @@ struct Stores {
     secrets: Store<Secret>,
     namespaces: Store<Namespace>,
     nodes: Store<Node>,
+    gateway_classes: Store<gateway_api::GatewayClass>,
+    gateways: Store<gateway_api::Gateway>,
+    http_routes: Store<gateway_api::HTTPRoute>,
+    grpc_routes: Store<gateway_api::GRPCRoute>,
+    reference_grants: Store<gateway_api::ReferenceGrant>,
 }
 
 /// The writing ends of the stores, consumed by the watchers.
@@ -386,6 +426,11 @@ struct Writers {
     secrets: Writer<Secret>,
     namespaces: Writer<Namespace>,
     nodes: Writer<Node>,
+    gateway_classes: Writer<gateway_api::GatewayClass>,
+    gateways: Writer<gateway_api::Gateway>,
+    http_routes: Writer<gateway_api::HTTPRoute>,
+    grpc_routes: Writer<gateway_api::GRPCRoute>,
+    reference_grants: Writer<gateway_api::ReferenceGrant>,
 }
 
 fn stores() -> (Stores, Writers) {
@@ -396,6 +441,11 @@ fn stores() -> (Stores, Writers) {
     let (secrets, secrets_w) = reflector::store();
     let (namespaces, namespaces_w) = reflector::store();
     let (nodes, nodes_w) = reflector::store();
+    let (gateway_classes, gateway_classes_w) = reflector::store();
+    let (gateways, gateways_w) = reflector::store();
+    let (http_routes, http_routes_w) = reflector::store();
+    let (grpc_routes, grpc_routes_w) = reflector::store();
+    let (reference_grants, reference_grants_w) = reflector::store();
     (
         Stores {
             services,
@@ -405,6 +455,11 @@ fn stores() -> (Stores, Writers) {
             secrets,
             namespaces,
             nodes,
+            gateway_classes,
+            gateways,
+            http_routes,
+            grpc_routes,
+            reference_grants,
         },
         Writers {
             services: services_w,
@@ -414,6 +469,11 @@ fn stores() -> (Stores, Writers) {
             secrets: secrets_w,
             namespaces: namespaces_w,
             nodes: nodes_w,
+            gateway_classes: gateway_classes_w,
+            gateways: gateways_w,
+            http_routes: http_routes_w,
+            grpc_routes: grpc_routes_w,
+            reference_grants: reference_grants_w,
         },
     )
 }
@@ -440,8 +500,11 @@ impl Stores {
             Kind::Secret => upserts(&self.secrets),
             Kind::Node => upserts(&self.nodes),
             Kind::Namespace => upserts(&self.namespaces),
-            // Not watched (see `KubeOptions::kinds`).
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => Vec::new(),
+            Kind::GatewayClass => upserts(&self.gateway_classes),
+            Kind::Gateway => upserts(&self.gateways),
+            Kind::HttpRoute => upserts(&self.http_routes),
+            Kind::GrpcRoute => upserts(&self.grpc_routes),
+            Kind::ReferenceGrant => upserts(&self.reference_grants),
         }
     }
 
@@ -454,7 +517,11 @@ impl Stores {
             Kind::Secret => self.secrets.len(),
             Kind::Node => self.nodes.len(),
             Kind::Namespace => self.namespaces.len(),
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute => 0,
+            Kind::GatewayClass => self.gateway_classes.len(),
+            Kind::Gateway => self.gateways.len(),
+            Kind::HttpRoute => self.http_routes.len(),
+            Kind::GrpcRoute => self.grpc_routes.len(),
+            Kind::ReferenceGrant => self.reference_grants.len(),
         }
     }
 }
@@ -468,6 +535,9 @@ enum Phase {
     Watching,
     /// Listing again; the previous state stays in force until it completes.
     Relisting,
+    /// The apiserver does not serve the kind (a CRD not installed): counted
+    /// as listed and empty; the watcher keeps retrying.
+    Absent,
 }
 
 impl Phase {
@@ -476,6 +546,7 @@ impl Phase {
             Phase::Listing => "listing",
             Phase::Watching => "watching",
             Phase::Relisting => "relisting",
+            Phase::Absent => "absent",
         }
     }
 }
@@ -541,7 +612,9 @@ impl Merge {
             let state = self.state(kind);
             if state.failing && !matches!(seen, Seen::Error(_)) {
                 state.failing = false;
-                info!(%kind, phase = state.phase.as_str(), "watch recovered");
+                if state.phase != Phase::Absent {
+                    info!(%kind, phase = state.phase.as_str(), "watch recovered");
+                }
             }
             match seen {
                 Seen::Init => {
@@ -558,6 +631,12 @@ impl Merge {
                         Phase::Listing => info!(%kind, objects, "initial list complete; watching"),
                         Phase::Relisting => {
                             info!(%kind, objects, "relist complete; swapping in the new state");
+                            if !relisted.contains(&kind) {
+                                relisted.push(kind);
+                            }
+                        }
+                        Phase::Absent => {
+                            info!(%kind, objects, "the apiserver serves this kind now (CRD installed); watching");
                             if !relisted.contains(&kind) {
                                 relisted.push(kind);
                             }
@@ -579,15 +658,7 @@ impl Merge {
                         changes.push(Change::Delete(id));
                     }
                 }
-                Seen::Error(error) => {
-                    state.failing = true;
-                    let hint = if is_forbidden(&error) {
-                        " (forbidden: check the RBAC rules of fairlead's service account)"
-                    } else {
-                        ""
-                    };
-                    warn!(%kind, %error, "watch failed{hint}; retrying with backoff");
-                }
+                Seen::Error(error) => watch_error(kind, state, &error),
             }
         }
         for (kind, state) in &self.kinds {
@@ -632,6 +703,31 @@ impl Merge {
     }
 }
 
+/// Records a watch error of `kind`; kube-rs retries it with backoff.
+fn watch_error(kind: Kind, state: &mut KindState, error: &watcher::Error) {
+    if kind.gateway_api()
+        && is_not_found(error)
+        && matches!(state.phase, Phase::Listing | Phase::Absent)
+    {
+        if state.phase == Phase::Listing {
+            warn!(%kind, %error, "the apiserver does not serve this kind: the Gateway API CRDs (standard channel, v1) are not installed; serving without it and retrying with backoff");
+            state.phase = Phase::Absent;
+        } else {
+            debug!(%kind, %error, "still not served; retrying");
+        }
+        // Absent is a state, not a failure.
+        state.failing = false;
+        return;
+    }
+    state.failing = true;
+    let hint = if is_forbidden(error) {
+        " (forbidden: check the RBAC rules of fairlead's service account)"
+    } else {
+        ""
+    };
+    warn!(%kind, %error, "watch failed{hint}; retrying with backoff");
+}
+
 fn change_kind(change: &Change) -> Kind {
     match change {
         Change::Upsert { object, .. } => object.kind(),
@@ -640,7 +736,16 @@ fn change_kind(change: &Change) -> Kind {
 }
 
 fn is_forbidden(error: &watcher::Error) -> bool {
-    let status = match error {
+    error_code(error) == Some(403)
+}
+
+/// A `404` on the list or watch: the resource is not served (CRD missing).
+fn is_not_found(error: &watcher::Error) -> bool {
+    error_code(error) == Some(404)
+}
+
+fn error_code(error: &watcher::Error) -> Option<u16> {
+    match error {
         watcher::Error::InitialListFailed(e)
         | watcher::Error::WatchStartFailed(e)
         | watcher::Error::WatchFailed(e) => match e {
@@ -649,8 +754,7 @@ fn is_forbidden(error: &watcher::Error) -> bool {
         },
         watcher::Error::WatchError(status) => Some(status.code),
         watcher::Error::NoResourceVersion => None,
-    };
-    status == Some(403)
+    }
 }
 
 /// Called with every snapshot the source publishes.
@@ -705,6 +809,18 @@ impl KubeSource {
     #[must_use]
     pub fn ingresses(&self) -> IngressStore {
         self.stores.ingresses.clone()
+    }
+
+    /// Read handles of the Gateway API stores, for the Gateway API status
+    /// writer ([`gateway_status::GatewayStatusWriter`]).
+    #[must_use]
+    pub fn gateway_api(&self) -> gateway_status::GatewayApiStores {
+        gateway_status::GatewayApiStores {
+            classes: self.stores.gateway_classes.clone(),
+            gateways: self.stores.gateways.clone(),
+            http_routes: self.stores.http_routes.clone(),
+            grpc_routes: self.stores.grpc_routes.clone(),
+        }
     }
 
     /// Calls `observer` with every snapshot this source publishes, right
@@ -808,6 +924,33 @@ fn watchers(
             writers.nodes,
         ));
     }
+    streams.extend([
+        watch(
+            Api::<gateway_api::GatewayClass>::all(client.clone()),
+            config(),
+            writers.gateway_classes,
+        ),
+        watch(
+            namespaced::<gateway_api::Gateway>(client, ns),
+            config(),
+            writers.gateways,
+        ),
+        watch(
+            namespaced::<gateway_api::HTTPRoute>(client, ns),
+            config(),
+            writers.http_routes,
+        ),
+        watch(
+            namespaced::<gateway_api::GRPCRoute>(client, ns),
+            config(),
+            writers.grpc_routes,
+        ),
+        watch(
+            namespaced::<gateway_api::ReferenceGrant>(client, ns),
+            config(),
+            writers.reference_grants,
+        ),
+    ]);
     streams
 }
 
@@ -976,15 +1119,17 @@ mod tests {
             access::<Secret>(),
             access::<Node>(),
             access::<Namespace>(),
+            access::<gateway_api::GatewayClass>(),
+            access::<gateway_api::Gateway>(),
+            access::<gateway_api::HTTPRoute>(),
+            access::<gateway_api::GRPCRoute>(),
+            access::<gateway_api::ReferenceGrant>(),
         ];
         let mut kinds: Vec<Kind> = watched.iter().map(|w| w.0).collect();
         kinds.sort();
-        let mut all: Vec<Kind> = Kind::ALL.into_iter().filter(|k| !k.gateway_api()).collect();
+        let mut all: Vec<Kind> = Kind::ALL.to_vec();
         all.sort();
-        assert_eq!(
-            kinds, all,
-            "one watcher per kind of the model (Gateway API: not yet)"
-        );
+        assert_eq!(kinds, all, "one watcher per kind of the model");
         for (kind, group, resource) in &watched {
             let access = watch_access(*kind);
             assert_eq!((access.group, access.resource), (*group, *resource));
@@ -1000,6 +1145,9 @@ mod tests {
             "leases",
             &["create", "get", "update"],
         ));
+        for resource in gateway_status::GATEWAY_API_STATUS {
+            expected.push((gateway_api::GROUP, resource, STATUS_VERBS));
+        }
         expected.sort();
         let mut actual: Vec<(&str, &str, &[&str])> = API_ACCESS
             .iter()
@@ -1023,8 +1171,7 @@ mod tests {
             namespace: Some("shop".to_owned()),
         };
         assert!(options.validate().is_ok());
-        // Every kind but the Gateway API's (manifests only, for now).
-        assert_eq!(options.kinds().len(), Kind::ALL.len() - 3);
+        assert_eq!(options.kinds().len(), Kind::ALL.len());
         assert!(!KubeOptions::default().kinds().contains(&Kind::Node));
     }
 }

@@ -7,8 +7,10 @@
 use crate::error::FieldError;
 use crate::gateway_api as wire;
 use crate::gateway_types::{
-    AllowedNamespaces, Gateway, GatewayClass, HeaderMatch, Hostname, HttpRoute, HttpRouteRule,
-    Listener, ListenerProtocol, ParentRef, PathMatch, RouteBackend, RouteBackendTarget, RouteMatch,
+    AllowedNamespaces, CertificateRef, Gateway, GatewayClass, GrantFrom, GrantTo, GrpcMethodMatch,
+    GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, Hostname, HttpRoute, HttpRouteRule,
+    Listener, ListenerProtocol, ListenerTls, ParentRef, PathMatch, QueryMatch, ReferenceGrant,
+    RouteBackend, RouteBackendTarget, RouteMatch,
 };
 
 use super::{Errors, is_dns_label, is_dns_subdomain, object_key};
@@ -121,6 +123,24 @@ pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
                 ),
             }
         }
+        let tls = l.tls.as_ref().map(|tls| ListenerTls {
+            mode: tls.mode.clone().unwrap_or_else(|| "Terminate".to_owned()),
+            certificates: tls
+                .certificate_refs
+                .iter()
+                .map(|c| CertificateRef {
+                    group: c.group.clone().unwrap_or_default(),
+                    kind: c.kind.clone().unwrap_or_else(|| "Secret".to_owned()),
+                    secret: crate::types::ObjectKey::new(
+                        c.namespace
+                            .clone()
+                            .or_else(|| object.metadata.namespace.clone())
+                            .unwrap_or_else(|| "default".to_owned()),
+                        c.name.clone(),
+                    ),
+                })
+                .collect(),
+        });
         listeners.push(Listener {
             name: l.name.clone(),
             hostname: host,
@@ -128,6 +148,7 @@ pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
             protocol,
             allowed_namespaces,
             allowed_kinds,
+            tls,
         });
     }
     errors.finish(Gateway {
@@ -143,38 +164,8 @@ pub fn http_route(object: &wire::HTTPRoute) -> Result<HttpRoute, Vec<FieldError>
     let key = object_key(&object.metadata);
     let spec = &object.spec;
 
-    let mut parents = Vec::new();
-    for (i, p) in spec.parent_refs.iter().enumerate() {
-        let field = |name: &str| format!("spec.parentRefs[{i}].{name}");
-        let group = p.group.as_deref().unwrap_or(wire::GROUP);
-        let kind = p.kind.as_deref().unwrap_or("Gateway");
-        if group != wire::GROUP || kind != "Gateway" {
-            errors.push(
-                field("kind"),
-                format!(
-                    "only Gateways ({}) are parents fairlead serves, got {kind} ({group:?})",
-                    wire::GROUP
-                ),
-            );
-            continue;
-        }
-        let port = p.port.and_then(|port| errors.port(field("port"), port));
-        parents.push(ParentRef {
-            gateway: crate::types::ObjectKey::new(
-                p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
-                p.name.clone(),
-            ),
-            section_name: p.section_name.clone(),
-            port,
-        });
-    }
-
-    let hostnames = spec
-        .hostnames
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| hostname(&mut errors, format!("spec.hostnames[{i}]"), h))
-        .collect();
+    let parents = parent_refs(&mut errors, &key, &spec.parent_refs);
+    let hostnames = route_hostnames(&mut errors, &spec.hostnames);
 
     let mut rules = Vec::with_capacity(spec.rules.len());
     for (r, rule) in spec.rules.iter().enumerate() {
@@ -198,6 +189,7 @@ pub fn http_route(object: &wire::HTTPRoute) -> Result<HttpRoute, Vec<FieldError>
                 path: PathMatch::Prefix("/".to_owned()),
                 headers: Vec::new(),
                 method: None,
+                query: Vec::new(),
             });
         }
         let mut backends = Vec::with_capacity(rule.backend_refs.len());
@@ -210,17 +202,164 @@ pub fn http_route(object: &wire::HTTPRoute) -> Result<HttpRoute, Vec<FieldError>
         rules.push(HttpRouteRule { matches, backends });
     }
 
-    let created = object
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map_or(0, |t| t.0.as_second());
     errors.finish(HttpRoute {
+        created: created(&object.metadata),
         key,
-        created,
         parents,
         hostnames,
         rules,
+    })
+}
+
+/// A route's `spec.parentRefs` naming Gateways (others are field errors).
+fn parent_refs(
+    errors: &mut Errors,
+    key: &crate::types::ObjectKey,
+    refs: &[wire::ParentReference],
+) -> Vec<ParentRef> {
+    let mut parents = Vec::new();
+    for (i, p) in refs.iter().enumerate() {
+        let field = |name: &str| format!("spec.parentRefs[{i}].{name}");
+        let group = p.group.as_deref().unwrap_or(wire::GROUP);
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if group != wire::GROUP || kind != "Gateway" {
+            errors.push(
+                field("kind"),
+                format!(
+                    "only Gateways ({}) are parents fairlead serves, got {kind} ({group:?})",
+                    wire::GROUP
+                ),
+            );
+            continue;
+        }
+        let port = p.port.and_then(|port| errors.port(field("port"), port));
+        parents.push(ParentRef {
+            gateway: crate::types::ObjectKey::new(
+                p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+                p.name.clone(),
+            ),
+            section_name: p.section_name.clone(),
+            port,
+        });
+    }
+    parents
+}
+
+/// A route's `spec.hostnames`.
+fn route_hostnames(errors: &mut Errors, hostnames: &[String]) -> Vec<Hostname> {
+    hostnames
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| hostname(errors, format!("spec.hostnames[{i}]"), h))
+        .collect()
+}
+
+fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second())
+}
+
+/// Translates a GRPCRoute.
+pub fn grpc_route(object: &wire::GRPCRoute) -> Result<GrpcRoute, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let key = object_key(&object.metadata);
+    let spec = &object.spec;
+    let parents = parent_refs(&mut errors, &key, &spec.parent_refs);
+    let hostnames = route_hostnames(&mut errors, &spec.hostnames);
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (r, rule) in spec.rules.iter().enumerate() {
+        let field = |name: &str| format!("spec.rules[{r}].{name}");
+        for (f, filter) in rule.filters.iter().enumerate() {
+            errors.push(
+                field(&format!("filters[{f}].type")),
+                format!("filter {} is not supported yet", filter.type_),
+            );
+        }
+        let mut matches = Vec::with_capacity(rule.matches.len().max(1));
+        for (m, wire_match) in rule.matches.iter().enumerate() {
+            let field = |name: &str| format!("spec.rules[{r}].matches[{m}].{name}");
+            let method = wire_match.method.as_ref().map(|method| {
+                match method.type_.as_deref() {
+                    None | Some("Exact") => {}
+                    Some(other) => errors.push(
+                        field("method.type"),
+                        format!("{other} method matches are not supported yet (Exact is)"),
+                    ),
+                }
+                if method.service.is_none() && method.method.is_none() {
+                    errors.push(field("method"), "one of service and method is required");
+                }
+                GrpcMethodMatch {
+                    service: method.service.clone(),
+                    method: method.method.clone(),
+                }
+            });
+            let headers = header_matches(&mut errors, &field, &wire_match.headers);
+            matches.push(GrpcRouteMatch { method, headers });
+        }
+        if matches.is_empty() {
+            matches.push(GrpcRouteMatch {
+                method: None,
+                headers: Vec::new(),
+            });
+        }
+        let mut backends = Vec::with_capacity(rule.backend_refs.len());
+        for (b, backend) in rule.backend_refs.iter().enumerate() {
+            let field = |name: &str| format!("spec.rules[{r}].backendRefs[{b}].{name}");
+            if let Some(backend) = route_backend(&mut errors, &field, &key.namespace, backend) {
+                backends.push(backend);
+            }
+        }
+        rules.push(GrpcRouteRule { matches, backends });
+    }
+    errors.finish(GrpcRoute {
+        created: created(&object.metadata),
+        key,
+        parents,
+        hostnames,
+        rules,
+    })
+}
+
+/// Translates a ReferenceGrant.
+pub fn reference_grant(object: &wire::ReferenceGrant) -> Result<ReferenceGrant, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let spec = &object.spec;
+    if spec.from.is_empty() {
+        errors.push("spec.from", "at least one entry is required");
+    }
+    if spec.to.is_empty() {
+        errors.push("spec.to", "at least one entry is required");
+    }
+    for (i, f) in spec.from.iter().enumerate() {
+        if !is_dns_label(&f.namespace) {
+            errors.push(
+                format!("spec.from[{i}].namespace"),
+                format!("{:?} is not a namespace name", f.namespace),
+            );
+        }
+    }
+    errors.finish(ReferenceGrant {
+        key: object_key(&object.metadata),
+        from: spec
+            .from
+            .iter()
+            .map(|f| GrantFrom {
+                group: f.group.clone(),
+                kind: f.kind.clone(),
+                namespace: f.namespace.clone(),
+            })
+            .collect(),
+        to: spec
+            .to
+            .iter()
+            .map(|t| GrantTo {
+                group: t.group.clone(),
+                kind: t.kind.clone(),
+                name: t.name.clone(),
+            })
+            .collect(),
     })
 }
 
@@ -258,8 +397,51 @@ fn route_match(
             PathMatch::Exact(value)
         }
     };
-    let mut headers = Vec::with_capacity(m.headers.len());
-    for (h, header) in m.headers.iter().enumerate() {
+    let headers = header_matches(errors, field, &m.headers);
+    let mut query: Vec<QueryMatch> = Vec::with_capacity(m.query_params.len());
+    for (q, param) in m.query_params.iter().enumerate() {
+        match param.type_.as_deref() {
+            None | Some("Exact") => {}
+            Some(other) => errors.push(
+                field(&format!("queryParams[{q}].type")),
+                format!("{other} query parameter matches are not supported yet (Exact is)"),
+            ),
+        }
+        if param.name.is_empty() {
+            errors.push(field(&format!("queryParams[{q}].name")), "missing");
+        }
+        // The spec: only the first match of a name counts.
+        if !query.iter().any(|o| o.name == param.name) {
+            query.push(QueryMatch {
+                name: param.name.clone(),
+                value: param.value.clone(),
+            });
+        }
+    }
+    let method = m.method.as_ref().map(|method| {
+        if !METHODS.contains(&method.as_str()) {
+            errors.push(
+                field("method"),
+                format!("must be one of {}, got {method:?}", METHODS.join(", ")),
+            );
+        }
+        method.clone()
+    });
+    RouteMatch {
+        path,
+        headers,
+        method,
+        query,
+    }
+}
+
+fn header_matches(
+    errors: &mut Errors,
+    field: &dyn Fn(&str) -> String,
+    wire_headers: &[wire::HTTPHeaderMatch],
+) -> Vec<HeaderMatch> {
+    let mut headers = Vec::with_capacity(wire_headers.len());
+    for (h, header) in wire_headers.iter().enumerate() {
         match header.type_.as_deref() {
             None | Some("Exact") => {}
             Some(other) => errors.push(
@@ -283,26 +465,7 @@ fn route_match(
             value: header.value.clone(),
         });
     }
-    if !m.query_params.is_empty() {
-        errors.push(
-            field("queryParams"),
-            "query parameter matches are not supported yet",
-        );
-    }
-    let method = m.method.as_ref().map(|method| {
-        if !METHODS.contains(&method.as_str()) {
-            errors.push(
-                field("method"),
-                format!("must be one of {}, got {method:?}", METHODS.join(", ")),
-            );
-        }
-        method.clone()
-    });
-    RouteMatch {
-        path,
-        headers,
-        method,
-    }
+    headers
 }
 
 fn route_backend(
@@ -334,12 +497,9 @@ fn route_backend(
             wanted,
             reason: format!("InvalidKind: {kind} ({group:?}) is not a backend fairlead serves"),
         }
-    } else if namespace != route_namespace {
-        RouteBackendTarget::Invalid {
-            wanted,
-            reason: "RefNotPermitted: cross-namespace backends need a ReferenceGrant, which is not supported yet".to_owned(),
-        }
     } else {
+        // Cross-namespace: allowed only by a ReferenceGrant, checked where
+        // routes are compiled (grants change on their own).
         let Some(port) = b.port else {
             errors.push(field("port"), "required for a Service backend");
             return None;
@@ -425,6 +585,7 @@ spec:
                 protocol: ListenerProtocol::Http,
                 allowed_namespaces: AllowedNamespaces::All,
                 allowed_kinds: vec![],
+                tls: None,
             }
         );
         assert_eq!(gw.listeners[1].allowed_namespaces, AllowedNamespaces::Same);
@@ -436,7 +597,9 @@ spec:
         assert!(gw.listeners[0].allows("HTTPRoute", "shop", "infra"));
         assert!(!gw.listeners[1].allows("HTTPRoute", "shop", "infra"));
         assert!(gw.listeners[1].allows("HTTPRoute", "infra", "infra"));
-        assert!(!gw.listeners[1].allows("GRPCRoute", "infra", "infra"));
+        // HTTP listeners take HTTPRoutes and GRPCRoutes by default.
+        assert!(gw.listeners[1].allows("GRPCRoute", "infra", "infra"));
+        assert!(!gw.listeners[1].allows("TLSRoute", "infra", "infra"));
     }
 
     #[test]
@@ -495,6 +658,7 @@ spec:
                     value: "yes".into()
                 }],
                 method: Some("POST".into()),
+                query: vec![],
             }]
         );
         assert_eq!(r.rules[0].backends[0].weight, 3);
@@ -515,7 +679,14 @@ spec:
             RouteBackendTarget::Invalid { reason, .. } => reason.clone(),
             RouteBackendTarget::Service { .. } => String::new(),
         };
-        assert!(reason(&r.rules[1].backends[1]).starts_with("RefNotPermitted"));
+        // Cross-namespace: kept; the grant is checked where routes compile.
+        assert_eq!(
+            r.rules[1].backends[1].target,
+            RouteBackendTarget::Service {
+                service: ObjectKey::new("elsewhere", "web"),
+                port: 80
+            }
+        );
         assert!(reason(&r.rules[1].backends[2]).starts_with("InvalidKind"));
     }
 

@@ -9,7 +9,7 @@ mod secret;
 mod service;
 
 pub use endpoints::{Slice, endpoint_slice, merge_endpoints};
-pub use gateway_api::{gateway, gateway_class, http_route};
+pub use gateway_api::{gateway, gateway_class, grpc_route, http_route, reference_grant};
 pub use ingress::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, ingress, ingress_class};
 pub use secret::{TLS_SECRET_TYPE, is_tls_secret, tls_secret};
 pub use service::{DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT, service};

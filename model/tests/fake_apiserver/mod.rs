@@ -40,7 +40,7 @@ struct Type {
     namespaced: bool,
 }
 
-const TYPES: [Type; 9] = [
+const TYPES: [Type; 14] = [
     Type {
         plural: "services",
         group_version: "v1",
@@ -95,7 +95,40 @@ const TYPES: [Type; 9] = [
         kind: "IngressClass",
         namespaced: false,
     },
+    Type {
+        plural: "gatewayclasses",
+        group_version: "gateway.networking.k8s.io/v1",
+        kind: "GatewayClass",
+        namespaced: false,
+    },
+    Type {
+        plural: "gateways",
+        group_version: "gateway.networking.k8s.io/v1",
+        kind: "Gateway",
+        namespaced: true,
+    },
+    Type {
+        plural: "httproutes",
+        group_version: "gateway.networking.k8s.io/v1",
+        kind: "HTTPRoute",
+        namespaced: true,
+    },
+    Type {
+        plural: "grpcroutes",
+        group_version: "gateway.networking.k8s.io/v1",
+        kind: "GRPCRoute",
+        namespaced: true,
+    },
+    Type {
+        plural: "referencegrants",
+        group_version: "gateway.networking.k8s.io/v1beta1",
+        kind: "ReferenceGrant",
+        namespaced: true,
+    },
 ];
+
+/// The API group of the CRDs the fake can leave uninstalled.
+pub(crate) const GATEWAY_API: &str = "gateway.networking.k8s.io";
 
 fn type_of_kind(kind: &str) -> Type {
     *TYPES
@@ -168,6 +201,8 @@ struct State {
     resources: BTreeMap<&'static str, Resource>,
     watches: Vec<Watch>,
     requests: Vec<Recorded>,
+    /// API groups not served (their CRDs are not installed): 404.
+    uninstalled: Vec<String>,
 }
 
 /// The fake apiserver; stops when dropped.
@@ -415,6 +450,26 @@ impl FakeApiserver {
         Self { addr, state, task }
     }
 
+    /// Stops serving an API group, as when its CRDs are not installed: every
+    /// request for it gets 404 and its open watches end.
+    pub(crate) fn uninstall_group(&self, group: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.uninstalled.push(group.to_owned());
+        state.watches.retain(|w| {
+            let t = TYPES.iter().find(|t| t.plural == w.plural).unwrap();
+            !t.group_version.starts_with(&format!("{group}/"))
+        });
+    }
+
+    /// Serves an API group again (its CRDs were installed).
+    pub(crate) fn install_group(&self, group: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .uninstalled
+            .retain(|g| g != group);
+    }
+
     /// A kube client pointed at the fake.
     pub(crate) fn client(&self) -> kube::Client {
         // kube builds a TLS connector even for http:// from the process-wide
@@ -583,6 +638,8 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
     };
     let (namespace, plural, name, sub) = match rest {
         [plural] => (None, *plural, None, None),
+        [plural, name] => (None, *plural, Some(*name), None),
+        [plural, name, sub] if *plural != "namespaces" => (None, *plural, Some(*name), Some(*sub)),
         ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
         ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
         ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, Some(*name), Some(*sub)),
@@ -594,6 +651,19 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
     else {
         return status(StatusCode::NOT_FOUND, "NotFound", "no such resource");
     };
+    if state
+        .lock()
+        .unwrap()
+        .uninstalled
+        .iter()
+        .any(|g| t.group_version.starts_with(&format!("{g}/")))
+    {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    }
     match (&method, name, sub) {
         (&Method::GET, None, None) => {
             let selector = parse_selector(query.get("fieldSelector").map_or("", String::as_str));

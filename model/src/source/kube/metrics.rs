@@ -32,7 +32,7 @@ struct EventLabels {
 }
 
 /// The watch states, as the `state` label of `watch_state`.
-const STATES: [&str; 4] = ["listing", "watching", "relisting", "failing"];
+const STATES: [&str; 5] = ["listing", "watching", "relisting", "absent", "failing"];
 
 /// When each kind last saw an event; reported as an age at scrape time.
 #[derive(Debug, Default)]
@@ -86,7 +86,7 @@ impl Metrics {
         };
         registry.register(
             "watch_state",
-            "State of the watcher of each kind: 1 for the current state (listing, watching, relisting, failing), 0 for the others",
+            "State of the watcher of each kind: 1 for the current state (listing, watching, relisting, absent: a CRD not installed, failing), 0 for the others",
             metrics.state.clone(),
         );
         registry.register(

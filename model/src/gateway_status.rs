@@ -1,0 +1,566 @@
+//! The Gateway API status fairlead owes, computed from a snapshot: the
+//! GatewayClasses of its controller (`Accepted`), their Gateways
+//! (`Accepted`, `Programmed`, and per listener `Accepted`, `ResolvedRefs`,
+//! `Programmed`, `Conflicted` and `attachedRoutes`), and every route's
+//! entry for each parent Gateway of those classes (`Accepted`,
+//! `ResolvedRefs`), with the spec's reasons. A pure function: the apiserver
+//! source writes it back ([`crate::source::kube::gateway_status`]), `fairlead
+//! check` can show it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::gateway_types::{
+    CrossReference, Gateway, Hostname, Listener, ListenerProtocol, ParentRef, RouteBackend,
+    RouteBackendTarget,
+};
+use crate::snapshot::Snapshot;
+use crate::types::ObjectKey;
+
+/// One condition (`lastTransitionTime` and `observedGeneration` are added
+/// when it is written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusCondition {
+    /// `type`.
+    pub type_: &'static str,
+    /// `status`: `True` or `False`.
+    pub status: bool,
+    /// `reason`, one of the spec's.
+    pub reason: String,
+    /// `message`.
+    pub message: String,
+}
+
+fn condition(type_: &'static str, ok: Result<&str, (&str, String)>) -> StatusCondition {
+    match ok {
+        Ok(reason) => StatusCondition {
+            type_,
+            status: true,
+            reason: reason.to_owned(),
+            message: String::new(),
+        },
+        Err((reason, message)) => StatusCondition {
+            type_,
+            status: false,
+            reason: reason.to_owned(),
+            message,
+        },
+    }
+}
+
+/// The status of one listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerStatus {
+    /// The listener's name.
+    pub name: String,
+    /// `supportedKinds` (group `gateway.networking.k8s.io`).
+    pub supported_kinds: Vec<&'static str>,
+    /// Routes attached to it.
+    pub attached_routes: i32,
+    /// Accepted, ResolvedRefs, Programmed, Conflicted.
+    pub conditions: Vec<StatusCondition>,
+}
+
+/// The status of one Gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayStatus {
+    /// Accepted, Programmed.
+    pub conditions: Vec<StatusCondition>,
+    /// One per listener, in spec order.
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// A route's status for one parent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteParentStatus {
+    /// The parent as the route names it.
+    pub parent: ParentRef,
+    /// Accepted, ResolvedRefs.
+    pub conditions: Vec<StatusCondition>,
+}
+
+/// Everything fairlead's controller reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayApiStatus {
+    /// GatewayClasses of the controller, by name.
+    pub classes: BTreeMap<String, Vec<StatusCondition>>,
+    /// Gateways of those classes.
+    pub gateways: BTreeMap<ObjectKey, GatewayStatus>,
+    /// HTTPRoutes with at least one parent of those Gateways.
+    pub http_routes: BTreeMap<ObjectKey, Vec<RouteParentStatus>>,
+    /// GRPCRoutes likewise.
+    pub grpc_routes: BTreeMap<ObjectKey, Vec<RouteParentStatus>>,
+}
+
+/// Which listeners this data plane serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Serving {
+    /// `controllerName` of the GatewayClasses served.
+    pub controller: String,
+    /// The plain-HTTP port (HTTP listeners on it are served).
+    pub http_port: u16,
+    /// The TLS port (HTTPS listeners on it are served).
+    pub https_port: u16,
+}
+
+/// The certificates of an HTTPS listener's `certificateRefs`, or why they do
+/// not resolve: `(reason, message)`.
+pub fn listener_certificates<'a>(
+    snapshot: &'a Snapshot,
+    gateway: &Gateway,
+    listener: &Listener,
+) -> Result<Vec<&'a Arc<crate::types::TlsCertificate>>, (&'static str, String)> {
+    let Some(tls) = &listener.tls else {
+        return Err((
+            "InvalidCertificateRef",
+            "an HTTPS listener needs tls.certificateRefs".to_owned(),
+        ));
+    };
+    if tls.mode != "Terminate" {
+        return Err((
+            "UnsupportedValue",
+            format!(
+                "tls.mode {} is not served (HTTPS listeners terminate TLS)",
+                tls.mode
+            ),
+        ));
+    }
+    if tls.certificates.is_empty() {
+        return Err((
+            "InvalidCertificateRef",
+            "tls.certificateRefs is empty".to_owned(),
+        ));
+    }
+    let mut certificates = Vec::with_capacity(tls.certificates.len());
+    for cert in &tls.certificates {
+        if !cert.is_secret() {
+            return Err((
+                "InvalidCertificateRef",
+                format!(
+                    "{} ({:?}) {} is not a Secret",
+                    cert.kind, cert.group, cert.secret
+                ),
+            ));
+        }
+        if !snapshot.certificate_permitted(&gateway.key, cert) {
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "Secret {} is in another namespace and no ReferenceGrant allows it",
+                    cert.secret
+                ),
+            ));
+        }
+        let Some(material) = snapshot.certificates.get(&cert.secret) else {
+            return Err((
+                "InvalidCertificateRef",
+                format!(
+                    "Secret {} does not exist or is not a valid kubernetes.io/tls Secret",
+                    cert.secret
+                ),
+            ));
+        };
+        certificates.push(material);
+    }
+    Ok(certificates)
+}
+
+/// Why a listener is not accepted, or not served (`Programmed`).
+fn listener_conditions(
+    snapshot: &Snapshot,
+    gateway: &Gateway,
+    listener: &Listener,
+    serving: &Serving,
+) -> Vec<StatusCondition> {
+    let (accepted, resolved) = match &listener.protocol {
+        ListenerProtocol::Http if listener.port == serving.http_port => (Ok(()), Ok(())),
+        ListenerProtocol::Https if listener.port == serving.https_port => (
+            Ok(()),
+            listener_certificates(snapshot, gateway, listener).map(|_| ()),
+        ),
+        ListenerProtocol::Http | ListenerProtocol::Https => (
+            Err((
+                "PortUnavailable",
+                format!(
+                    "fairlead serves HTTP on port {} and HTTPS on port {}",
+                    serving.http_port, serving.https_port
+                ),
+            )),
+            Ok(()),
+        ),
+        ListenerProtocol::Other(p) => (
+            Err((
+                "UnsupportedProtocol",
+                format!("{p} listeners are not served"),
+            )),
+            Ok(()),
+        ),
+    };
+    let invalid_kinds: Vec<&String> = listener
+        .allowed_kinds
+        .iter()
+        .filter(|k| *k != "HTTPRoute" && *k != "GRPCRoute")
+        .collect();
+    let resolved = match resolved {
+        Ok(()) if !invalid_kinds.is_empty() => Err((
+            "InvalidRouteKinds",
+            format!("route kinds {invalid_kinds:?} are not supported"),
+        )),
+        other => other,
+    };
+    let conflicted = gateway.listeners.iter().any(|other| {
+        other.name != listener.name
+            && other.port == listener.port
+            && other.hostname == listener.hostname
+    });
+    let programmed = accepted.is_ok() && resolved.is_ok() && !conflicted;
+    vec![
+        condition("Accepted", accepted.clone().map(|()| "Accepted")),
+        condition("ResolvedRefs", resolved.clone().map(|()| "ResolvedRefs")),
+        condition(
+            "Programmed",
+            if programmed {
+                Ok("Programmed")
+            } else {
+                Err(("Invalid", "the listener is not served".to_owned()))
+            },
+        ),
+        if conflicted {
+            StatusCondition {
+                type_: "Conflicted",
+                status: true,
+                reason: "HostnameConflict".to_owned(),
+                message: "another listener has the same port and hostname".to_owned(),
+            }
+        } else {
+            StatusCondition {
+                type_: "Conflicted",
+                status: false,
+                reason: "NoConflicts".to_owned(),
+                message: String::new(),
+            }
+        },
+    ]
+}
+
+/// The hostnames a route serves on a listener: the intersection of the
+/// listener's hostname with the route's (`None`: every host). Empty when
+/// they have none in common.
+#[must_use]
+pub fn intersect_hostnames(
+    listener: Option<&Hostname>,
+    route: &[Hostname],
+) -> Vec<Option<Hostname>> {
+    match (listener, route.is_empty()) {
+        (None, true) => vec![None],
+        (None, false) => route.iter().cloned().map(Some).collect(),
+        (Some(l), true) => vec![Some(l.clone())],
+        (Some(l), false) => route
+            .iter()
+            .filter_map(|r| l.intersect(r))
+            .map(Some)
+            .collect(),
+    }
+}
+
+/// Which listeners of `gateway` a route's `parent` entry attaches to, or
+/// why none (`(reason, message)`).
+pub fn attach<'g>(
+    gateway: &'g Gateway,
+    parent: &ParentRef,
+    route_kind: &str,
+    route: &ObjectKey,
+    hostnames: &[Hostname],
+) -> Result<Vec<&'g Listener>, (&'static str, String)> {
+    let named: Vec<&Listener> = gateway
+        .listeners
+        .iter()
+        .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|l| parent.port.is_none_or(|p| p == l.port))
+        .collect();
+    if named.is_empty() {
+        return Err((
+            "NoMatchingParent",
+            format!("Gateway {} has no such listener", gateway.key),
+        ));
+    }
+    let allowed: Vec<&Listener> = named
+        .into_iter()
+        .filter(|l| l.allows(route_kind, &route.namespace, &gateway.key.namespace))
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            "NotAllowedByListeners",
+            format!("no listener of Gateway {} allows this route", gateway.key),
+        ));
+    }
+    let matching: Vec<&Listener> = allowed
+        .into_iter()
+        .filter(|l| !intersect_hostnames(l.hostname.as_ref(), hostnames).is_empty())
+        .collect();
+    if matching.is_empty() {
+        return Err((
+            "NoMatchingListenerHostname",
+            format!(
+                "no hostname of the route matches a listener of Gateway {}",
+                gateway.key
+            ),
+        ));
+    }
+    Ok(matching)
+}
+
+/// Whether every backend of a route resolves: `Err((reason, message))` for
+/// the first that does not.
+fn resolve_backends<'a>(
+    snapshot: &Snapshot,
+    route_kind: &str,
+    route: &ObjectKey,
+    backends: impl Iterator<Item = &'a RouteBackend>,
+) -> Result<(), (&'static str, String)> {
+    for backend in backends {
+        match &backend.target {
+            RouteBackendTarget::Invalid { reason, .. } => {
+                let (code, message) = reason.split_once(": ").unwrap_or(("InvalidKind", reason));
+                let code = match code {
+                    "RefNotPermitted" => "RefNotPermitted",
+                    "BackendNotFound" => "BackendNotFound",
+                    _ => "InvalidKind",
+                };
+                return Err((code, message.to_owned()));
+            }
+            RouteBackendTarget::Service { service, .. } => {
+                let permitted = snapshot.reference_permitted(&CrossReference {
+                    from_group: crate::gateway_api::GROUP,
+                    from_kind: route_kind,
+                    from_namespace: &route.namespace,
+                    to_group: "",
+                    to_kind: "Service",
+                    to_namespace: &service.namespace,
+                    to_name: &service.name,
+                });
+                if !permitted {
+                    return Err((
+                        "RefNotPermitted",
+                        format!(
+                            "Service {service} is in another namespace and no ReferenceGrant allows it"
+                        ),
+                    ));
+                }
+                if !snapshot.services.contains_key(service) {
+                    return Err((
+                        "BackendNotFound",
+                        format!("Service {service} does not exist"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A route as the status needs it.
+struct RouteView<'a> {
+    kind: &'static str,
+    key: &'a ObjectKey,
+    parents: &'a [ParentRef],
+    hostnames: &'a [Hostname],
+    backends: Vec<&'a RouteBackend>,
+}
+
+/// Computes the status fairlead owes for `snapshot`.
+#[must_use]
+pub fn compute(snapshot: &Snapshot, serving: &Serving) -> GatewayApiStatus {
+    let mut status = GatewayApiStatus::default();
+    for class in snapshot.gateway_classes.values() {
+        if class.controller == serving.controller {
+            status.classes.insert(
+                class.name.clone(),
+                vec![condition("Accepted", Ok("Accepted"))],
+            );
+        }
+    }
+    let gateways: Vec<&Arc<Gateway>> = snapshot
+        .gateways
+        .values()
+        .filter(|g| status.classes.contains_key(&g.class))
+        .collect();
+    let mut attached: BTreeMap<(ObjectKey, String), i32> = BTreeMap::new();
+
+    let routes = snapshot
+        .http_routes
+        .values()
+        .map(|r| RouteView {
+            kind: "HTTPRoute",
+            key: &r.key,
+            parents: &r.parents,
+            hostnames: &r.hostnames,
+            backends: r.rules.iter().flat_map(|rule| &rule.backends).collect(),
+        })
+        .chain(snapshot.grpc_routes.values().map(|r| RouteView {
+            kind: "GRPCRoute",
+            key: &r.key,
+            parents: &r.parents,
+            hostnames: &r.hostnames,
+            backends: r.rules.iter().flat_map(|rule| &rule.backends).collect(),
+        }));
+    for route in routes {
+        let resolved =
+            resolve_backends(snapshot, route.kind, route.key, route.backends.into_iter());
+        let mut parents = Vec::new();
+        for parent in route.parents {
+            let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
+                continue;
+            };
+            let accepted = match attach(gateway, parent, route.kind, route.key, route.hostnames) {
+                Ok(listeners) => {
+                    for l in listeners {
+                        *attached
+                            .entry((gateway.key.clone(), l.name.clone()))
+                            .or_default() += 1;
+                    }
+                    Ok("Accepted")
+                }
+                Err(e) => Err(e),
+            };
+            parents.push(RouteParentStatus {
+                parent: parent.clone(),
+                conditions: vec![
+                    condition("Accepted", accepted),
+                    condition("ResolvedRefs", resolved.clone().map(|()| "ResolvedRefs")),
+                ],
+            });
+        }
+        if !parents.is_empty() {
+            let map = if route.kind == "HTTPRoute" {
+                &mut status.http_routes
+            } else {
+                &mut status.grpc_routes
+            };
+            map.insert(route.key.clone(), parents);
+        }
+    }
+
+    for gateway in gateways {
+        let gateway_status = gateway_status(snapshot, gateway, serving, &attached);
+        status.gateways.insert(gateway.key.clone(), gateway_status);
+    }
+    status
+}
+
+fn gateway_status(
+    snapshot: &Snapshot,
+    gateway: &Gateway,
+    serving: &Serving,
+    attached: &BTreeMap<(ObjectKey, String), i32>,
+) -> GatewayStatus {
+    let listeners: Vec<ListenerStatus> = gateway
+        .listeners
+        .iter()
+        .map(|l| ListenerStatus {
+            name: l.name.clone(),
+            supported_kinds: vec!["HTTPRoute", "GRPCRoute"],
+            attached_routes: attached
+                .get(&(gateway.key.clone(), l.name.clone()))
+                .copied()
+                .unwrap_or(0),
+            conditions: listener_conditions(snapshot, gateway, l, serving),
+        })
+        .collect();
+    let programmed = listeners.iter().any(|l| {
+        l.conditions
+            .iter()
+            .any(|c| c.type_ == "Programmed" && c.status)
+    });
+    let all_valid = listeners.iter().all(|l| {
+        l.conditions
+            .iter()
+            .all(|c| c.type_ == "Conflicted" || c.status)
+    });
+    GatewayStatus {
+        conditions: vec![
+            condition(
+                "Accepted",
+                if all_valid || programmed {
+                    Ok(if all_valid {
+                        "Accepted"
+                    } else {
+                        "ListenersNotValid"
+                    })
+                } else {
+                    Err(("ListenersNotValid", "no listener is valid".to_owned()))
+                },
+            ),
+            condition(
+                "Programmed",
+                if programmed {
+                    Ok("Programmed")
+                } else {
+                    Err(("Invalid", "no listener is served".to_owned()))
+                },
+            ),
+        ],
+        listeners,
+    }
+}
+
+/// Renders `status` as text (for golden tests and `fairlead check`).
+#[must_use]
+pub fn render(status: &GatewayApiStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let conditions = |out: &mut String, indent: &str, list: &[StatusCondition]| {
+        for c in list {
+            let _ = writeln!(
+                out,
+                "{indent}{} {} {}{}",
+                c.type_,
+                if c.status { "True" } else { "False" },
+                c.reason,
+                if c.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", c.message)
+                }
+            );
+        }
+    };
+    for (name, list) in &status.classes {
+        let _ = writeln!(out, "gatewayclass {name}");
+        conditions(&mut out, "  ", list);
+    }
+    for (key, gateway) in &status.gateways {
+        let _ = writeln!(out, "gateway {key}");
+        conditions(&mut out, "  ", &gateway.conditions);
+        for l in &gateway.listeners {
+            let _ = writeln!(
+                out,
+                "  listener {} attachedRoutes={}",
+                l.name, l.attached_routes
+            );
+            conditions(&mut out, "    ", &l.conditions);
+        }
+    }
+    for (kind, routes) in [
+        ("httproute", &status.http_routes),
+        ("grpcroute", &status.grpc_routes),
+    ] {
+        for (key, parents) in routes {
+            let _ = writeln!(out, "{kind} {key}");
+            for p in parents {
+                let _ = writeln!(
+                    out,
+                    "  parent {}{}",
+                    p.parent.gateway,
+                    p.parent
+                        .section_name
+                        .as_ref()
+                        .map(|s| format!(" section={s}"))
+                        .unwrap_or_default()
+                );
+                conditions(&mut out, "    ", &p.conditions);
+            }
+        }
+    }
+    out
+}
