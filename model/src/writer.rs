@@ -187,6 +187,31 @@ impl ModelWriter {
         self.publish(&dirty)
     }
 
+    /// Applies a batch of changes from a source that reports problems
+    /// outside any object (files that do not parse, unsupported kinds):
+    /// `problems` replaces the ones it reported before. `synced` marks the
+    /// model complete. One snapshot at most.
+    pub fn apply_source(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        problems: Vec<Problem>,
+        synced: bool,
+    ) -> u64 {
+        let mut dirty = Dirty::default();
+        for change in changes {
+            self.apply_one(change, &mut dirty);
+        }
+        if problems != self.source_problems {
+            self.source_problems = problems;
+            dirty.problems = true;
+        }
+        if synced && !self.next.synced {
+            self.next.synced = true;
+            dirty.everything = true;
+        }
+        self.publish(&dirty)
+    }
+
     /// Replaces every object of `kinds` with the upserts of those kinds in
     /// `changes`, and applies the rest of `changes` (any kind, deletes
     /// included) as [`ModelWriter::apply`] would, all in one snapshot. Objects
