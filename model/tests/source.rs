@@ -414,3 +414,82 @@ async fn a_watched_edit_among_many_files_changes_only_its_service() {
     same_model(&edited, &from_scratch(dir.path()));
     task.abort();
 }
+
+mod incremental {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step: file `0..4`; what happens to it; the Services (name, port)
+    /// it then holds.
+    type Step = (usize, u8, Vec<(u8, u16)>);
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            (
+                0usize..4,
+                0u8..6,
+                prop::collection::vec((0u8..6, 1u16..4), 0..4),
+            ),
+            1..12,
+        )
+    }
+
+    fn content(objects: &[(u8, u16)]) -> String {
+        objects
+            .iter()
+            .map(|(s, port)| {
+                service(
+                    &format!("s{s}"),
+                    &format!("10.96.0.{}", s + 1),
+                    u32::from(*port),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever the edits (objects moving between files, defined twice,
+        /// files deleted or broken then fixed), re-reading only the edited
+        /// file leaves the model the directory gives from scratch.
+        #[test]
+        fn incremental_reads_equal_a_read_from_scratch(steps in steps(), by_directory in any::<bool>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut source = ManifestDir::new(dir.path());
+            let (mut writer, _rx) = ModelWriter::new();
+            source.sync(&mut writer).unwrap();
+            let mut broken = std::collections::BTreeSet::new();
+            for (file, action, objects) in &steps {
+                let name = format!("f{file}.yaml");
+                match action {
+                    0 => {
+                        let _ = std::fs::remove_file(dir.path().join(&name));
+                        broken.remove(file);
+                    }
+                    1 => {
+                        write(dir.path(), &name, "kind: [\n");
+                        broken.insert(*file);
+                    }
+                    _ => {
+                        write(dir.path(), &name, &content(objects));
+                        broken.remove(file);
+                    }
+                }
+                let named = if by_directory { std::path::PathBuf::new() } else { name.into() };
+                source.refresh([named], &mut writer).unwrap();
+            }
+            // Broken files keep objects a read from scratch cannot know: fix them.
+            for file in broken {
+                let name = format!("f{file}.yaml");
+                write(dir.path(), &name, &content(&[(u8::try_from(file).unwrap(), 9)]));
+                source.refresh([name.into()], &mut writer).unwrap();
+            }
+            let incremental = writer.snapshot();
+            let scratch = from_scratch(dir.path());
+            prop_assert_eq!(&incremental.services, &scratch.services);
+            prop_assert_eq!(&incremental.problems, &scratch.problems);
+        }
+    }
+}

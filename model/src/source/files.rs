@@ -293,6 +293,11 @@ impl ManifestDir {
     fn difference(&mut self, mut update: Update) -> Vec<Change> {
         let mut changes = Vec::new();
         for (id, before) in &update.before {
+            if self.defs.get(id).is_some_and(|files| files.len() > 1) {
+                self.duplicates.insert(Arc::clone(id));
+            } else {
+                self.duplicates.remove(id);
+            }
             let now = self.owner(id).cloned();
             match (&now, before) {
                 (None, None) => {}
@@ -311,11 +316,6 @@ impl ManifestDir {
                         }
                     }
                 }
-            }
-            if self.defs.get(id).is_some_and(|files| files.len() > 1) {
-                self.duplicates.insert(Arc::clone(id));
-            } else {
-                self.duplicates.remove(id);
             }
         }
         changes
@@ -588,8 +588,19 @@ impl ManifestDir {
                 pending.rescan = true;
                 return true;
             }
-            // Reading a file opens it: access events come from our own
-            // reloads and would make them loop.
+            // A file closed after writing is complete: read it (again).
+            Ok(event)
+                if matches!(
+                    event.kind,
+                    notify::EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    ))
+                ) =>
+            {
+                event
+            }
+            // Reading a file opens it: other access events come from our
+            // own reloads and would make them loop.
             Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return false,
             Ok(event) => event,
         };
