@@ -90,8 +90,8 @@ pub struct Loaded {
 /// What one update found, while it runs.
 #[derive(Default)]
 struct Update {
-    /// Every definition parsed during the update, by file and object.
-    parsed: HashMap<(Arc<Path>, Arc<ObjectId>), Change>,
+    /// Definitions handed to the sink during the update, by file and object.
+    staged: HashSet<(Arc<Path>, Arc<ObjectId>)>,
     /// The serving file of every object the update touched, before it.
     before: HashMap<Arc<ObjectId>, Option<Arc<Path>>>,
     /// Definitions that are new or whose content changed.
@@ -134,9 +134,9 @@ impl ManifestDir {
     pub fn load(&mut self) -> Result<Loaded, Error> {
         self.forget();
         let paths = self.all_paths()?;
-        let update = self.update(&paths)?;
         // Nothing was known: every object's served definition is an upsert.
-        let mut changes = self.difference(update);
+        let mut changes = Vec::new();
+        self.update(&paths, &mut |change| changes.push(change))?;
         changes.sort_by(|a, b| change_origin(a).cmp(&change_origin(b)));
         Ok(Loaded {
             changes,
@@ -160,16 +160,25 @@ impl ManifestDir {
 
     /// Reads the directory from scratch and replaces what `writer` holds with
     /// it, marking the model synced. Returns the generation published.
+    ///
+    /// Each file's objects go to `writer` as the file is parsed (staged, not
+    /// published), so that the parsed objects of the whole directory are
+    /// never held at once.
     pub fn resync(&mut self, writer: &mut ModelWriter) -> Result<u64, Error> {
-        let loaded = self.load().inspect_err(|_| self.stale = true)?;
+        self.forget();
+        let paths = self.all_paths().inspect_err(|_| self.stale = true)?;
+        self.update(&paths, &mut |change| writer.stage(change))
+            .inspect_err(|_| self.stale = true)?;
+        writer.stage_retain(|id| self.defs.contains_key(id));
+        let problems = self.problems();
         info!(
             dir = %self.root.display(),
-            files = loaded.files,
-            objects = loaded.changes.len(),
-            problems = loaded.problems.len(),
+            files = self.files.len(),
+            objects = self.defs.len(),
+            problems = problems.len(),
             "manifests loaded"
         );
-        Ok(writer.replace_all(loaded.changes, loaded.problems, true))
+        Ok(writer.apply_source([], problems, true))
     }
 
     /// Reads again the files at `paths` (relative to the directory; a
@@ -193,11 +202,15 @@ impl ManifestDir {
 
     /// Updates the state from `paths` and hands the difference to `writer`.
     fn apply(&mut self, paths: &BTreeSet<PathBuf>, writer: &mut ModelWriter) -> Result<u64, Error> {
-        let update = self.update(paths).inspect_err(|_| self.stale = true)?;
-        let read = update.read;
-        let changes = self.difference(update);
-        debug!(files = read, changes = changes.len(), "manifests reloaded");
-        Ok(writer.apply_source(changes, self.problems(), true))
+        let mut changes = 0usize;
+        let read = self
+            .update(paths, &mut |change| {
+                changes += 1;
+                writer.stage(change);
+            })
+            .inspect_err(|_| self.stale = true)?;
+        debug!(files = read, changes, "manifests reloaded");
+        Ok(writer.apply_source([], self.problems(), true))
     }
 
     fn forget(&mut self) {
@@ -249,12 +262,19 @@ impl ManifestDir {
         Ok(())
     }
 
-    /// Reads `paths` into the state, recording what changed; then reads
-    /// again the files that now serve an object they did not serve before.
-    fn update(&mut self, paths: &BTreeSet<PathBuf>) -> Result<Update, Error> {
+    /// Reads `paths` into the state and hands `sink` what changed: the
+    /// served definition of every object whose serving file or content
+    /// changed, as its file is parsed; then reads again the files that now
+    /// serve an object they did not serve before; then the deletes. Returns
+    /// how many files were read.
+    fn update(
+        &mut self,
+        paths: &BTreeSet<PathBuf>,
+        sink: &mut dyn FnMut(Change),
+    ) -> Result<usize, Error> {
         let mut update = Update::default();
         for rel in paths {
-            self.read_file(rel, false, &mut update)?;
+            self.read_file(rel, false, &mut update, sink)?;
         }
         loop {
             // An object whose serving file changed to one not parsed in this
@@ -265,19 +285,18 @@ impl ManifestDir {
                 if let Some(owner) = self.owner(id)
                     && before.as_ref() != Some(owner)
                     && !update.forced.contains(owner)
-                    && !update
-                        .parsed
-                        .contains_key(&(Arc::clone(owner), Arc::clone(id)))
+                    && !update.staged.contains(&(Arc::clone(owner), Arc::clone(id)))
                 {
                     needed.insert(Arc::clone(owner));
                 }
             }
             if needed.is_empty() {
-                return Ok(update);
+                self.finish(&update, sink);
+                return Ok(update.read);
             }
             for file in needed {
                 update.forced.insert(Arc::clone(&file));
-                self.read_file(&file, true, &mut update)?;
+                self.read_file(&file, true, &mut update, sink)?;
             }
         }
     }
@@ -287,38 +306,28 @@ impl ManifestDir {
         self.defs.get(id).and_then(|files| files.first())
     }
 
-    /// The changes to apply after `update`: deletes of objects no file
-    /// defines any more, and the served definition of every object whose
-    /// serving file or content changed.
-    fn difference(&mut self, mut update: Update) -> Vec<Change> {
-        let mut changes = Vec::new();
+    /// Ends an update: deletes of objects no file defines any more, and
+    /// the bookkeeping of objects defined more than once.
+    fn finish(&mut self, update: &Update, sink: &mut dyn FnMut(Change)) {
         for (id, before) in &update.before {
             if self.defs.get(id).is_some_and(|files| files.len() > 1) {
                 self.duplicates.insert(Arc::clone(id));
             } else {
                 self.duplicates.remove(id);
             }
-            let now = self.owner(id).cloned();
-            match (&now, before) {
-                (None, None) => {}
-                (None, Some(_)) => changes.push(Change::Delete(ObjectId::clone(id))),
-                (Some(owner), _) => {
-                    let key = (Arc::clone(owner), Arc::clone(id));
-                    if before.as_ref() == Some(owner) && !update.redefined.contains(&key) {
-                        continue;
-                    }
-                    match update.parsed.remove(&key) {
-                        Some(change) => changes.push(change),
-                        // The serving file no longer parses: its last good
-                        // definition was never applied and is not kept.
-                        None => {
-                            warn!(object = %id, file = %owner.display(), "definition not available; the previous one stays in force");
-                        }
-                    }
+            match (self.owner(id), before) {
+                (None, Some(_)) => sink(Change::Delete(ObjectId::clone(id))),
+                (Some(owner), before)
+                    if before.as_ref() != Some(owner)
+                        && !update.staged.contains(&(Arc::clone(owner), Arc::clone(id))) =>
+                {
+                    // The serving file no longer parses: its last good
+                    // definition was never applied and is not kept.
+                    warn!(object = %id, file = %owner.display(), "definition not available; the previous one stays in force");
                 }
+                _ => {}
             }
         }
-        changes
     }
 
     /// Problems of every file, and of objects defined more than once.
@@ -373,7 +382,13 @@ impl ManifestDir {
     /// Reads one file (gone if it is not a manifest file any more) into the
     /// state. Unless `force`, a file whose content hash did not change is not
     /// parsed.
-    fn read_file(&mut self, rel: &Path, force: bool, update: &mut Update) -> Result<(), Error> {
+    fn read_file(
+        &mut self,
+        rel: &Path,
+        force: bool,
+        update: &mut Update,
+        sink: &mut dyn FnMut(Change),
+    ) -> Result<(), Error> {
         let abs = self.root.join(rel);
         let is_file = is_manifest(rel) && std::fs::metadata(&abs).is_ok_and(|m| m.is_file());
         let content = if is_file {
@@ -430,7 +445,7 @@ impl ManifestDir {
         };
         drop(content);
         let (objects, problems) = decode_documents(rel, documents);
-        self.replace_file(key, hash, objects, problems, update);
+        self.replace_file(key, hash, objects, problems, update, sink);
         Ok(())
     }
 
@@ -442,6 +457,7 @@ impl ManifestDir {
         objects: Vec<Parsed>,
         problems: Vec<Problem>,
         update: &mut Update,
+        sink: &mut dyn FnMut(Change),
     ) {
         let old = self.files.remove(&key);
         let mut old_objects: HashMap<Arc<ObjectId>, (Box<str>, u64)> = old
@@ -474,9 +490,18 @@ impl ManifestDir {
                 }
                 id
             };
-            update
-                .parsed
-                .insert((Arc::clone(&key), Arc::clone(&id)), change);
+            // Served from this file, and new or moved here: apply it.
+            let pair = (Arc::clone(&key), Arc::clone(&id));
+            if self.owner(&id) == Some(&key)
+                && (update.redefined.contains(&pair)
+                    || update
+                        .before
+                        .get(&id)
+                        .is_some_and(|before| before.as_ref() != Some(&key)))
+            {
+                sink(change);
+                update.staged.insert(pair);
+            }
             defined.push(Defined { id, document, hash });
         }
         for id in old_objects.into_keys() {
