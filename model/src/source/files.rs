@@ -799,9 +799,9 @@ fn split_documents(
             .map_err(|e| ("1".to_owned(), format!("JSON syntax error: {e}")))?;
         docs.push(value);
     } else {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let label = (i + 1).to_string();
-            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+            let value = <serde_norway::Value as serde::Deserialize>::deserialize(doc)
                 .map_err(|e| (label.clone(), format!("YAML syntax error: {e}")))?;
             if value.is_null() {
                 docs.push(serde_json::Value::Null);
