@@ -43,7 +43,7 @@ fn examples_without_nodes(dir: &Path) -> Vec<Value> {
     }
     for file in files {
         let content = std::fs::read_to_string(&file).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&content) {
+        for doc in serde_norway::Deserializer::from_str(&content) {
             let value: Value = serde::Deserialize::deserialize(doc).unwrap();
             let items = if value["kind"] == "List" {
                 value["items"].as_array().unwrap().clone()

@@ -26,7 +26,7 @@ use std::process::{Command, Output};
 use demo::Demo;
 use fairlead_proxy::testing::{TestNetns, privileged};
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// The image under test; removed on drop when the test built it.
 struct Image {
@@ -106,7 +106,7 @@ fn podman(args: &[&str]) -> Output {
 /// The workload of kind `kind` in a deploy/ file.
 fn workload(file: &str, kind: &str) -> Value {
     let text = fs::read_to_string(root().join("deploy").join(file)).expect("a deploy/ file");
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("YAML"))
         .find(|d| d["kind"] == kind)
         .unwrap_or_else(|| panic!("no {kind} in deploy/{file}"))

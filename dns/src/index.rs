@@ -326,8 +326,10 @@ pub struct Index {
     /// Namespace → Service name → records. A namespace key exists only while
     /// it holds a Service.
     services: imbl::HashMap<Arc<str>, imbl::HashMap<Arc<str>, Arc<ServiceZone>>>,
-    /// PTR targets by address.
-    reverse: imbl::HashMap<IpAddr, Arc<[Tagged<Name>]>>,
+    /// PTR targets by address: the tagged Service's name, or one of its
+    /// endpoint names (made when asked: a name per endpoint address would
+    /// be most of the index).
+    reverse: imbl::HashMap<IpAddr, Arc<[Tagged<PtrTarget>]>>,
     pods: imbl::HashMap<IpAddr, Arc<[Tagged<Arc<str>>]>>,
     /// The change log of the snapshot this index answers for: the model's
     /// cursor tells answer caches what to drop ([`Index::changed_since`]).
@@ -463,22 +465,26 @@ fn alias_record(service: &Service, fqdn: Name, ttl: u32) -> Option<Record> {
     Some(record(fqdn, ttl, RData::CNAME(CNAME(target))))
 }
 
+/// The target of a PTR record of a Service: its own name (`None`) or the
+/// name of its endpoint node with this index.
+type PtrTarget = Option<u32>;
+
 /// PTR targets: each ClusterIP to the Service name, each endpoint address
 /// to its endpoint name.
-fn reverse_targets(body: &ServiceNames) -> Vec<(IpAddr, Name)> {
-    let mut reverse: Vec<(IpAddr, Name)> = if body.headless {
+fn reverse_targets(body: &ServiceNames) -> Vec<(IpAddr, PtrTarget)> {
+    let mut reverse: Vec<(IpAddr, PtrTarget)> = if body.headless {
         Vec::new()
     } else {
-        body.addresses
-            .iter()
-            .map(|ip| (*ip, body.fqdn.clone()))
-            .collect()
+        body.addresses.iter().map(|ip| (*ip, None)).collect()
     };
     for (i, node) in body.endpoints.iter().enumerate() {
-        if let Some(name) = u32::try_from(i).ok().and_then(|i| body.node_name(i)) {
+        if let Some(i) = u32::try_from(i)
+            .ok()
+            .filter(|i| body.node_name(*i).is_some())
+        {
             let v4s = node.ips.iter().filter(|ip| ip.is_ipv4());
             let v6s = node.ips.iter().filter(|ip| ip.is_ipv6());
-            reverse.extend(v4s.chain(v6s).map(|ip| (*ip, name.clone())));
+            reverse.extend(v4s.chain(v6s).map(|ip| (*ip, Some(i))));
         }
     }
     reverse
@@ -534,7 +540,7 @@ fn srv_sets(
 fn build_service(
     config: &ZoneConfig,
     service: &Service,
-) -> Option<(ServiceZone, Vec<(IpAddr, Name)>)> {
+) -> Option<(ServiceZone, Vec<(IpAddr, PtrTarget)>)> {
     let ns = service.key.namespace.as_str();
     let name = service.key.name.as_str();
     let fqdn = name_below(&[name, ns, "svc"], &config.zone)?;
@@ -829,6 +835,18 @@ impl Index {
         self.services.contains_key(ns) || self.declared_namespaces.contains(ns)
     }
 
+    /// The name a PTR record points at.
+    fn ptr_target(&self, target: &Tagged<PtrTarget>) -> Option<Name> {
+        let zone = self.service(&target.service.0, &target.service.1)?;
+        let Body::Addresses(body) = &zone.body else {
+            return None;
+        };
+        match target.value {
+            None => Some(body.fqdn.clone()),
+            Some(node) => body.node_name(node),
+        }
+    }
+
     fn service(&self, ns: &str, name: &str) -> Option<&ServiceZone> {
         self.services.get(ns)?.get(name).map(AsRef::as_ref)
     }
@@ -902,12 +920,12 @@ impl Index {
             return Lookup::Answer(Answer {
                 answers: ptrs
                     .iter()
-                    .map(|t| {
-                        Cow::Owned(record(
+                    .filter_map(|t| {
+                        Some(Cow::Owned(record(
                             owner.clone(),
                             self.config.ttl,
-                            RData::PTR(PTR(t.value.clone())),
-                        ))
+                            RData::PTR(PTR(self.ptr_target(t)?)),
+                        )))
                     })
                     .collect(),
                 ..Answer::default()

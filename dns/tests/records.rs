@@ -760,7 +760,7 @@ async fn pod_records_verified() {
 }
 
 fn upsert(writer: &mut ModelWriter, yaml: &str) -> u64 {
-    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("valid YAML");
+    let value: serde_json::Value = serde_norway::from_str(yaml).expect("valid YAML");
     let object = decode(value).expect("valid object");
     writer.apply([Change::Upsert {
         object,

@@ -142,7 +142,7 @@ async fn a_model_change_changes_the_answer_quickly() {
         3
     );
     // db-1 goes away.
-    let slice: serde_json::Value = serde_yaml::from_str(
+    let slice: serde_json::Value = serde_norway::from_str(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db-1, namespace: data, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: postgres, port: 5432}]\nendpoints:\n- {addresses: [10.244.1.41], hostname: db-0}\n",
     )
     .unwrap();
@@ -186,7 +186,8 @@ async fn insecure_pod_names_follow_the_namespaces() {
         assert_eq!(code().await.0, ResponseCode::NXDomain);
     }
     let namespace: serde_json::Value =
-        serde_yaml::from_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n").unwrap();
+        serde_norway::from_str("apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n")
+            .unwrap();
     writer.apply([fairlead_model::Change::Upsert {
         object: fairlead_model::decode(namespace).unwrap(),
         origin: None,
@@ -387,7 +388,7 @@ async fn an_upstream_that_is_this_server_is_never_used() {
 async fn external_names_are_resolved_through_the_upstream() {
     let upstream = Upstream::start(60).await;
     let (mut writer, model) = ModelWriter::new();
-    let service: serde_json::Value = serde_yaml::from_str(
+    let service: serde_json::Value = serde_norway::from_str(
         "apiVersion: v1\nkind: Service\nmetadata: {name: partner, namespace: shop}\nspec: {type: ExternalName, externalName: api.example.test}\n",
     )
     .unwrap();

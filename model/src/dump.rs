@@ -198,7 +198,7 @@ fn write_service(out: &mut String, service: &Service) -> std::fmt::Result {
             .collect();
         writeln!(out, " targets=[{}]", backends.join(", "))?;
     }
-    for endpoint in &service.endpoints {
+    for endpoint in service.endpoints.iter() {
         write_endpoint(out, endpoint)?;
     }
     Ok(())

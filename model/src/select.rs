@@ -518,7 +518,7 @@ mod tests {
                     hint_zones: e.zones.iter().map(|z| (*z).to_owned()).collect(),
                     hint_nodes: e.nodes.iter().map(|n| (*n).to_owned()).collect(),
                     ports: Arc::clone(&ports),
-                    slice: "svc-1".to_owned(),
+                    slice: Arc::from("svc-1"),
                 })
                 .collect(),
         }
@@ -1078,9 +1078,10 @@ mod tests {
         // Dual-stack: the IPv4 endpoint is ready, the IPv6 one only serving and
         // terminating; an `admin` port only the IPv6 slice lists.
         let mut svc = service(S::default(), &[e(1), e(2).terminating()]);
-        svc.endpoints[1].address = "fd00::2".parse().unwrap();
-        svc.endpoints[1].ports = Arc::from(vec![
-            svc.endpoints[0].ports[0].clone(),
+        let mut endpoints = svc.endpoints.to_vec();
+        endpoints[1].address = "fd00::2".parse().unwrap();
+        endpoints[1].ports = Arc::from(vec![
+            endpoints[0].ports[0].clone(),
             EndpointPort {
                 name: "admin".to_owned(),
                 port: Some(9000),
@@ -1088,6 +1089,7 @@ mod tests {
                 app_protocol: None,
             },
         ]);
+        svc.endpoints = endpoints.into();
         let admin = ServicePort {
             name: "admin".to_owned(),
             port: 9000,
@@ -1120,7 +1122,9 @@ mod tests {
         assert_eq!(svc.app_protocol(&svc.ports[0]), None);
         let mut ports = svc.endpoints[0].ports.to_vec();
         ports[0].app_protocol = Some("kubernetes.io/h2c".to_owned());
-        svc.endpoints[0].ports = Arc::from(ports);
+        let mut endpoints = svc.endpoints.to_vec();
+        endpoints[0].ports = Arc::from(ports);
+        svc.endpoints = endpoints.into();
         assert_eq!(svc.app_protocol(&svc.ports[0]), Some("kubernetes.io/h2c"));
         svc.ports[0].app_protocol = Some("http".to_owned());
         assert_eq!(svc.app_protocol(&svc.ports[0]), Some("http"));

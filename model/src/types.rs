@@ -370,8 +370,9 @@ pub struct Service {
     /// `spec.trafficDistribution` (e.g. `PreferClose`), as given.
     pub traffic_distribution: Option<String>,
     /// Endpoints merged from every EndpointSlice labelled with this Service's
-    /// name, deduplicated by address, sorted by address.
-    pub endpoints: Vec<Endpoint>,
+    /// name, deduplicated by address, sorted by address. Shared with the
+    /// model writer's copy of the EndpointSlice when there is one slice.
+    pub endpoints: Arc<[Endpoint]>,
 }
 
 impl Service {
@@ -514,13 +515,14 @@ pub struct Endpoint {
     /// The object behind the endpoint.
     pub target_ref: Option<TargetRef>,
     /// Topology hints: zones this endpoint should serve.
-    pub hint_zones: Vec<String>,
+    pub hint_zones: Box<[String]>,
     /// Topology hints: nodes this endpoint should serve.
-    pub hint_nodes: Vec<String>,
+    pub hint_nodes: Box<[String]>,
     /// The ports of the slice this endpoint came from.
     pub ports: Arc<[EndpointPort]>,
-    /// The EndpointSlice this endpoint came from.
-    pub slice: String,
+    /// The EndpointSlice this endpoint came from (one string per slice,
+    /// shared by its endpoints).
+    pub slice: Arc<str>,
 }
 
 impl Endpoint {

@@ -73,7 +73,7 @@ struct SecretState {
 }
 
 /// What one batch touched.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Dirty {
     services: BTreeSet<ServiceKey>,
     /// Objects of other kinds whose model value changed.
@@ -92,8 +92,10 @@ pub struct ModelWriter {
     tx: watch::Sender<Arc<Snapshot>>,
     next: Snapshot,
     entries: HashMap<ObjectId, Entry>,
-    /// Last good translation of each Service, without endpoints.
-    services: HashMap<ServiceKey, Service>,
+    /// Services whose spec changed since the last snapshot: the new last
+    /// good translation (without endpoints), or `None` when deleted. The
+    /// published Services hold every other spec; the writer keeps no copy.
+    specs: HashMap<ServiceKey, Option<Service>>,
     /// Last good translation of each EndpointSlice, by slice key.
     slices: HashMap<ObjectKey, Slice>,
     /// Slice names per Service.
@@ -102,6 +104,8 @@ pub struct ModelWriter {
     secrets: HashMap<ObjectKey, SecretState>,
     source_problems: Vec<Problem>,
     reference_problems: Vec<Problem>,
+    /// What changes staged since the last snapshot touched.
+    staged: Dirty,
 }
 
 impl ModelWriter {
@@ -114,12 +118,13 @@ impl ModelWriter {
             tx,
             next: Snapshot::default(),
             entries: HashMap::new(),
-            services: HashMap::new(),
+            specs: HashMap::new(),
             slices: HashMap::new(),
             slices_by_service: HashMap::new(),
             secrets: HashMap::new(),
             source_problems: Vec::new(),
             reference_problems: Vec::new(),
+            staged: Dirty::default(),
         };
         (writer, rx)
     }
@@ -145,7 +150,7 @@ impl ModelWriter {
     /// Applies a batch of changes and publishes one snapshot if anything
     /// changed. Returns the generation now published.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>) -> u64 {
-        let mut dirty = Dirty::default();
+        let mut dirty = std::mem::take(&mut self.staged);
         for change in changes {
             self.apply_one(change, &mut dirty);
         }
@@ -169,10 +174,58 @@ impl ModelWriter {
             .filter(|id| !present.contains(*id))
             .cloned()
             .collect();
-        let mut dirty = Dirty::default();
+        let mut dirty = std::mem::take(&mut self.staged);
         for id in gone {
             self.apply_one(Change::Delete(id), &mut dirty);
         }
+        for change in changes {
+            self.apply_one(change, &mut dirty);
+        }
+        if problems != self.source_problems {
+            self.source_problems = problems;
+            dirty.problems = true;
+        }
+        if synced && !self.next.synced {
+            self.next.synced = true;
+            dirty.everything = true;
+        }
+        self.publish(&dirty)
+    }
+
+    /// Applies one change without publishing it: the next call that
+    /// publishes ([`ModelWriter::apply_source`], [`ModelWriter::apply`], …)
+    /// publishes it with its own changes, in one snapshot. A source hands
+    /// over a large batch this way without holding all of it.
+    pub fn stage(&mut self, change: Change) {
+        let mut dirty = std::mem::take(&mut self.staged);
+        self.apply_one(change, &mut dirty);
+        self.staged = dirty;
+    }
+
+    /// Stages the deletion of every object `keep` rejects.
+    pub fn stage_retain(&mut self, keep: impl Fn(&ObjectId) -> bool) {
+        let gone: Vec<ObjectId> = self
+            .entries
+            .keys()
+            .filter(|id| !keep(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.stage(Change::Delete(id));
+        }
+    }
+
+    /// Applies a batch of changes from a source that reports problems
+    /// outside any object (files that do not parse, unsupported kinds):
+    /// `problems` replaces the ones it reported before. `synced` marks the
+    /// model complete. One snapshot at most.
+    pub fn apply_source(
+        &mut self,
+        changes: impl IntoIterator<Item = Change>,
+        problems: Vec<Problem>,
+        synced: bool,
+    ) -> u64 {
+        let mut dirty = std::mem::take(&mut self.staged);
         for change in changes {
             self.apply_one(change, &mut dirty);
         }
@@ -205,7 +258,7 @@ impl ModelWriter {
             .filter(|id| kinds.contains(&id.kind) && !present.contains(*id))
             .cloned()
             .collect();
-        let mut dirty = Dirty::default();
+        let mut dirty = std::mem::take(&mut self.staged);
         for id in gone {
             self.apply_one(Change::Delete(id), &mut dirty);
         }
@@ -217,7 +270,7 @@ impl ModelWriter {
 
     /// Marks the model as holding the source's complete state.
     pub fn set_synced(&mut self) -> u64 {
-        let mut dirty = Dirty::default();
+        let mut dirty = std::mem::take(&mut self.staged);
         if !self.next.synced {
             self.next.synced = true;
             dirty.everything = true;
@@ -278,9 +331,15 @@ impl ModelWriter {
         let key = id.key();
         match object {
             KubeObject::Service(o) => {
-                let service = translate::service(o)?;
-                if self.services.get(&key) != Some(&service) {
-                    self.services.insert(key.clone(), service);
+                let mut service = translate::service(o)?;
+                let same = self.spec(&key).is_some_and(|old| {
+                    // Compared without endpoints (shared, so compared by pointer).
+                    service.endpoints = Arc::clone(&old.endpoints);
+                    service == *old
+                });
+                if !same {
+                    service.endpoints = Arc::from([]);
+                    self.specs.insert(key.clone(), Some(service));
                     dirty.services.insert(key);
                 }
             }
@@ -394,7 +453,8 @@ impl ModelWriter {
         let key = id.key();
         let gone = match id.kind {
             Kind::Service => {
-                if self.services.remove(&key).is_some() {
+                if self.spec(&key).is_some() {
+                    self.specs.insert(key.clone(), None);
                     dirty.services.insert(key);
                 }
                 false
@@ -444,9 +504,18 @@ impl ModelWriter {
         }
     }
 
+    /// The last good spec of a Service: changed since the last snapshot, or
+    /// published.
+    fn spec(&self, key: &ServiceKey) -> Option<&Service> {
+        match self.specs.get(key) {
+            Some(spec) => spec.as_ref(),
+            None => self.next.services.get(key).map(|s| &**s),
+        }
+    }
+
     /// The Service as consumers see it: spec plus merged endpoints.
     fn build_service(&self, key: &ServiceKey) -> Option<Service> {
-        let mut service = self.services.get(key)?.clone();
+        let mut service = self.spec(key)?.clone();
         let slices = self
             .slices_by_service
             .get(key)
@@ -637,6 +706,7 @@ impl ModelWriter {
                 (None, None) => {}
             }
         }
+        self.specs.clear();
         if services.is_empty() && dirty_objects.is_empty() && !problems_changed && !dirty.everything
         {
             return self.next.generation;

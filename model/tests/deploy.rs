@@ -89,8 +89,8 @@ fn load() -> Manifests {
     let mut m = Manifests::default();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+        for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+            let yaml = <serde_norway::Value as serde::Deserialize>::deserialize(doc).unwrap();
             if yaml.is_null() {
                 continue;
             }
@@ -543,7 +543,7 @@ fn every_namespaced_object_is_in_a_namespace_defined_here() {
 fn every_container_runs_with_the_runtime_default_seccomp_profile() {
     let m = load();
     let cleanup = std::fs::read_to_string(deploy_dir().join("uninstall/cleanup.yaml")).unwrap();
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&cleanup).unwrap();
+    let yaml: serde_norway::Value = serde_norway::from_str(&cleanup).unwrap();
     let cleanup: DaemonSet = typed(
         "uninstall/cleanup.yaml",
         &serde_json::to_value(&yaml).unwrap(),

@@ -204,7 +204,7 @@ proptest! {
             let port = &service.ports[0];
             prop_assert_eq!(&port.target_port, &TargetPort::Name("web".into()));
             for backend in service.backends(port) {
-                let spec = by_name[&backend.endpoint.slice];
+                let spec = by_name[&*backend.endpoint.slice];
                 prop_assert_eq!(format!("ns{}", spec.0), service.key.namespace.clone());
                 prop_assert_eq!(format!("svc{}", spec.1), service.key.name.clone());
                 // Port named "http" in the slice: the slice's number, per endpoint.

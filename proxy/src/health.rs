@@ -387,7 +387,7 @@ mod tests {
     }
 
     fn changes(yaml: &str) -> Vec<Change> {
-        serde_yaml::Deserializer::from_str(yaml)
+        serde_norway::Deserializer::from_str(yaml)
             .map(|doc| {
                 let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
                 Change::Upsert {

@@ -40,7 +40,7 @@ fn snapshot_with(writer: &mut ModelWriter, backends: usize, extra: &str) -> Arc<
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n{extra}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
     );
-    let changes: Vec<Change> = serde_yaml::Deserializer::from_str(&yaml)
+    let changes: Vec<Change> = serde_norway::Deserializer::from_str(&yaml)
         .map(|doc| {
             let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
             Change::Upsert {
@@ -480,7 +480,7 @@ fn an_ipv6_frontend_without_endpoints_answers_icmpv6_port_unreachable() {
     let (mut datapath, _netns) = datapath();
     let (mut writer, _rx) = ModelWriter::new();
     let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web6, namespace: t}\nspec:\n  clusterIP: \"fd96::80\"\n  clusterIPs: [\"fd96::80\"]\n  ipFamilies: [IPv6]\n  ports: [{port: 53, protocol: UDP, targetPort: 5353}]\n  externalIPs: [\"2001:db8::80\"]\n";
-    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("yaml");
+    let value: serde_json::Value = serde_norway::from_str(yaml).expect("yaml");
     let object = decode(value).expect("object");
     writer.replace_all(
         vec![Change::Upsert {

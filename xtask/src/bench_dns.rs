@@ -140,7 +140,7 @@ fn write_manifests(cluster: &Cluster, dir: &Path) -> Result<()> {
             .to_owned();
         let text = by_ns.entry(ns).or_default();
         text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(object)?);
+        text.push_str(&serde_norway::to_string(object)?);
     }
     for (ns, text) in by_ns {
         std::fs::write(dir.join(format!("{ns}.yaml")), text)?;
@@ -512,10 +512,10 @@ fn change_to_answer_file(cluster: &Cluster, dir: &Path, server: SocketAddr) -> R
     let fqdn = format!("{name}.{ns}.svc.{ZONE}");
     let file = dir.join(format!("{ns}.yaml"));
     let text = std::fs::read_to_string(&file)?;
-    let slice = serde_yaml::to_string(&moved_slice(cluster, "10.202.0.1"))?;
+    let slice = serde_norway::to_string(&moved_slice(cluster, "10.202.0.1"))?;
     // Append the moved slice after the original (a later definition of the
     // same object would be an error): replace the whole file instead.
-    let original_slice = serde_yaml::to_string(
+    let original_slice = serde_norway::to_string(
         cluster
             .objects
             .iter()

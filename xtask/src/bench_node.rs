@@ -18,6 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use fairlead_model::ModelWriter;
+use fairlead_model::source::ManifestDir;
 use serde_json::{Value, json};
 
 /// Options of `cargo xtask bench node`.
@@ -241,6 +243,69 @@ struct Outcome {
     change_to_serving: Vec<Duration>,
 }
 
+/// CPU time this thread has used, from the scheduler's statistics
+/// (nanoseconds, unlike the clock ticks of `/proc/<pid>/stat`).
+fn thread_cpu() -> Duration {
+    let text = fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = text
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+/// The manifest source and model writer in this process, on the bench's
+/// manifests: CPU for the first full load, and the median CPU of re-reading
+/// one edited file and applying the difference (what every edit costs the
+/// source, in each process that watches the directory).
+struct SourceCost {
+    full_load: Duration,
+    per_edit: Duration,
+    objects: usize,
+}
+
+fn source_cost(dir: &Path, options: &Options, files: usize) -> Result<SourceCost> {
+    let (mut writer, _rx) = ModelWriter::new();
+    let mut source = ManifestDir::new(dir);
+    let at = thread_cpu();
+    source.sync(&mut writer)?;
+    let full_load = thread_cpu().saturating_sub(at);
+    let objects = writer.snapshot().services.len();
+    let mut samples = Vec::new();
+    for c in 0..options.changes.max(20) {
+        let f = (c * 7919) % files;
+        let name = PathBuf::from(format!("svc-{f:05}.json"));
+        let generation = writer.snapshot().generation;
+        fs::write(
+            dir.join(&name),
+            serde_json::to_vec(&file_objects(f, options, c + 1))?,
+        )?;
+        let at = thread_cpu();
+        source.refresh([name.clone()], &mut writer)?;
+        samples.push(thread_cpu().saturating_sub(at));
+        anyhow::ensure!(
+            writer
+                .snapshot()
+                .changes_since(Some(generation))
+                .services()
+                .count()
+                == 1,
+            "one edit changes one Service"
+        );
+        fs::write(
+            dir.join(&name),
+            serde_json::to_vec(&file_objects(f, options, 0))?,
+        )?;
+        source.refresh([name], &mut writer)?;
+    }
+    Ok(SourceCost {
+        full_load,
+        per_edit: median(&samples),
+        objects,
+    })
+}
+
 /// Runs `processes` (already started), waits for all, measures, applies
 /// `changes` manifest changes and times each until every process serves it.
 fn measure(
@@ -372,6 +437,21 @@ fn bench_in_netns(options: &Options, bin: &Path, cgroup: &Path, pins: &[PathBuf]
         options.changes
     );
     println!("binary: {}", bin.display());
+    let cost = source_cost(&manifests, options, files)?;
+    println!(
+        "manifest source + model writer, in process{} ({} Services): full load {:.1} ms CPU; \
+         one-file edit {:.2} ms CPU (median of {}); load average {}",
+        if cfg!(debug_assertions) {
+            " (unoptimised: run `cargo run --release -p xtask -- bench node`)"
+        } else {
+            ""
+        },
+        cost.objects,
+        cost.full_load.as_secs_f64() * 1e3,
+        cost.per_edit.as_secs_f64() * 1e3,
+        options.changes.max(20),
+        load_average()
+    );
     let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
 
     let started = Instant::now();
@@ -502,11 +582,15 @@ fn print_comparison(one: &Outcome, apart: &Outcome, options: &Options) {
     );
     println!(
         "\n(change times include the manifest watcher's debounce; load average now: {})",
-        fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     );
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -834,7 +834,7 @@ fn fairlead(ct_entries: Option<u32>) -> Result<Datapath> {
         let changes: Vec<Change> = SERVICE_YAML
             .split("---\n")
             .map(|doc| -> Result<Change> {
-                let value: serde_json::Value = serde_yaml::from_str(doc)?;
+                let value: serde_json::Value = serde_norway::from_str(doc)?;
                 Ok(Change::Upsert {
                     object: decode(value).map_err(|e| anyhow::anyhow!("{e:?}"))?,
                     origin: None,

@@ -75,9 +75,13 @@ enum Bench {
     /// `fairlead node` against proxy + dns + ingress as three processes:
     /// memory, CPU, and manifest change → every component serving it.
     Node(bench_node::Options),
+    /// `fairlead dns --kubeconfig` from the fake apiserver: start-up, memory,
+    /// EndpointSlice update → answered.
+    Source(bench_source::Options),
 }
 
 mod bench_ingress;
+mod bench_source;
 
 fn main() -> Result<()> {
     match Cli::parse().command {
@@ -91,6 +95,9 @@ fn main() -> Result<()> {
         Command::Bench {
             component: Bench::Node(options),
         } => bench_node::run_bench(&options),
+        Command::Bench {
+            component: Bench::Source(options),
+        } => bench_source::run(&options),
         Command::Bench {
             component:
                 Bench::Proxy {

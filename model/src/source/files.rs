@@ -1,9 +1,20 @@
 //! The manifest-directory source: every `*.yaml`, `*.yml` and `*.json` below a
 //! directory, multi-document YAML and `kind: List` included, reloaded on
 //! change. A file that does not parse keeps its last good objects in force.
+//!
+//! The source is incremental. A file event re-reads only the files it names
+//! and compares their objects with what those files held before; only the
+//! difference goes to the writer. Per file the source remembers a hash of the
+//! content and, per object, its id, its document and a hash of its content,
+//! never the object itself (the writer holds its translation). A full rescan
+//! (every file read again, only changed ones parsed) happens at start, when
+//! the watcher reports an error or lost events, and when a `ConfigMap` mount
+//! swaps its data directory; [`ManifestDir::resync`] starts from scratch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -16,26 +27,53 @@ use crate::writer::{Change, ModelWriter};
 
 /// Quiet time after a file event before reloading, so that an editor's
 /// write-rename-chmod burst becomes one reload.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Longest a reload waits for quiet under a continuous stream of events.
-pub const MAX_DEBOUNCE: Duration = Duration::from_millis(500);
+pub const MAX_DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// What one file held when it last parsed.
-#[derive(Debug, Clone)]
+/// One object of a freshly parsed file: id, document, content hash, change.
+type Parsed = (ObjectId, Box<str>, u64, Change);
+
+/// One object of a file, as of the file's last good parse.
+#[derive(Debug)]
+struct Defined {
+    id: Arc<ObjectId>,
+    /// The document it is in (`2.3`: item 3 of document 2).
+    document: Box<str>,
+    /// Hash of its content.
+    hash: u64,
+}
+
+/// What the source remembers of one file.
+#[derive(Debug)]
 struct FileState {
-    content: Vec<u8>,
-    /// Objects (or per-object errors) of the last good parse.
-    changes: Vec<Change>,
-    /// Problems found in the file (unsupported kinds, …), or its syntax error.
+    /// Hash of the content last read, whether it parsed or not.
+    content: u64,
+    /// The objects of the last good parse, in document order (objects that
+    /// do not decode but have an id included).
+    objects: Vec<Defined>,
+    /// Problems outside any decodable object (unsupported kinds, …), or the
+    /// syntax error.
     problems: Vec<Problem>,
 }
 
-/// Reads a manifest directory into model changes, remembering the last good
-/// parse of every file.
+/// Reads a manifest directory into model changes, remembering what each file
+/// defined (ids and content hashes, not the objects).
 #[derive(Debug)]
 pub struct ManifestDir {
     root: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
+    /// `root`, canonical, to recognise the watcher's paths.
+    canonical: Option<PathBuf>,
+    /// By path relative to `root`.
+    files: BTreeMap<Arc<Path>, FileState>,
+    /// The files defining each object, in path order. The first file's
+    /// definition is served; later ones are reported.
+    defs: HashMap<Arc<ObjectId>, Vec<Arc<Path>>>,
+    /// Objects defined by more than one file.
+    duplicates: BTreeSet<Arc<ObjectId>>,
+    /// The state may disagree with the writer (an update failed half-way):
+    /// the next reload starts from scratch.
+    stale: bool,
 }
 
 /// Everything a directory holds right now.
@@ -49,12 +87,38 @@ pub struct Loaded {
     pub files: usize,
 }
 
+/// What one update found, while it runs.
+#[derive(Default)]
+struct Update {
+    /// Definitions handed to the sink during the update, by file and object.
+    staged: HashSet<(Arc<Path>, Arc<ObjectId>)>,
+    /// The serving file of every object the update touched, before it.
+    before: HashMap<Arc<ObjectId>, Option<Arc<Path>>>,
+    /// Definitions that are new or whose content changed.
+    redefined: HashSet<(Arc<Path>, Arc<ObjectId>)>,
+    /// Files read again whatever their content hash.
+    forced: HashSet<Arc<Path>>,
+    /// Files read.
+    read: usize,
+}
+
+/// Paths named by file events while the source waits for quiet.
+#[derive(Debug, Default)]
+struct Pending {
+    paths: BTreeSet<PathBuf>,
+    rescan: bool,
+}
+
 impl ManifestDir {
     /// A source for `root`; nothing is read yet.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
+            canonical: None,
             files: BTreeMap::new(),
+            defs: HashMap::new(),
+            duplicates: BTreeSet::new(),
+            stale: false,
         }
     }
 
@@ -64,87 +128,419 @@ impl ManifestDir {
         &self.root
     }
 
-    /// Reads the directory. Files whose content has not changed are not parsed
-    /// again; a file that no longer parses keeps its last good objects, and
-    /// its error is reported.
+    /// Reads the whole directory from scratch, forgetting what was read
+    /// before, and returns every object it holds. A file that does not parse
+    /// contributes its error only.
     pub fn load(&mut self) -> Result<Loaded, Error> {
-        let mut paths = Vec::new();
-        collect_files(&self.root, &mut paths)?;
-        paths.sort();
-        let mut next = BTreeMap::new();
-        for path in paths {
-            let rel = path.strip_prefix(&self.root).unwrap_or(&path).to_path_buf();
-            let content = match std::fs::read(&path) {
-                Ok(c) => c,
-                // Gone between listing and reading: it will be seen as deleted.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(Error::Io { path, source }),
-            };
-            let previous = self.files.remove(&rel);
-            let state = match previous {
-                Some(prev) if prev.content == content => prev,
-                prev => parse_file(&rel, content, prev),
-            };
-            next.insert(rel, state);
-        }
-        self.files = next;
-
-        // One change per object id: the first definition wins, later ones are
-        // reported.
-        let mut seen: HashMap<ObjectId, Option<Origin>> = HashMap::new();
-        let mut loaded = Loaded {
+        self.forget();
+        let paths = self.all_paths()?;
+        // Nothing was known: every object's served definition is an upsert.
+        let mut changes = Vec::new();
+        self.update(&paths, &mut |change| changes.push(change))?;
+        changes.sort_by(|a, b| change_origin(a).cmp(&change_origin(b)));
+        Ok(Loaded {
+            changes,
+            problems: self.problems(),
             files: self.files.len(),
-            ..Loaded::default()
-        };
-        for state in self.files.values() {
-            loaded.problems.extend(state.problems.iter().cloned());
-            for change in &state.changes {
-                let (id, origin) = match change {
-                    Change::Upsert { object, origin } => (object.id(), origin),
-                    Change::Invalid { id, origin, .. } => (id.clone(), origin),
-                    Change::Delete(_) => continue,
-                };
-                if let Some(first) = seen.get(&id) {
-                    loaded.problems.push(Problem {
-                        severity: Severity::Error,
-                        origin: origin.clone(),
-                        object: Some(id.clone()),
-                        error: FieldError::new(
-                            "",
-                            format!(
-                                "defined twice; the definition in {} is used",
-                                first
-                                    .as_ref()
-                                    .map_or_else(|| "another file".to_owned(), ToString::to_string)
-                            ),
-                        ),
-                    });
-                    continue;
-                }
-                seen.insert(id, origin.clone());
-                loaded.changes.push(change.clone());
-            }
-        }
-        Ok(loaded)
+        })
     }
 
-    /// Loads the directory into `writer`, replacing what it holds and marking
-    /// the model synced. Returns the generation published.
+    /// Loads the directory into `writer` and marks the model synced. The
+    /// first call (and any after a failed update) reads everything and
+    /// replaces what `writer` holds; later calls rescan: every file is read,
+    /// only changed ones are parsed, and only the difference is applied.
+    /// Returns the generation published.
     pub fn sync(&mut self, writer: &mut ModelWriter) -> Result<u64, Error> {
-        let loaded = self.load()?;
+        if self.stale || self.files.is_empty() {
+            return self.resync(writer);
+        }
+        let paths = self.all_paths()?;
+        self.apply(&paths, writer)
+    }
+
+    /// Reads the directory from scratch and replaces what `writer` holds with
+    /// it, marking the model synced. Returns the generation published.
+    ///
+    /// Each file's objects go to `writer` as the file is parsed (staged, not
+    /// published), so that the parsed objects of the whole directory are
+    /// never held at once.
+    pub fn resync(&mut self, writer: &mut ModelWriter) -> Result<u64, Error> {
+        self.forget();
+        let paths = self.all_paths().inspect_err(|_| self.stale = true)?;
+        self.update(&paths, &mut |change| writer.stage(change))
+            .inspect_err(|_| self.stale = true)?;
+        writer.stage_retain(|id| self.defs.contains_key(id));
+        let problems = self.problems();
         info!(
             dir = %self.root.display(),
-            files = loaded.files,
-            objects = loaded.changes.len(),
-            problems = loaded.problems.len(),
+            files = self.files.len(),
+            objects = self.defs.len(),
+            problems = problems.len(),
             "manifests loaded"
         );
-        Ok(writer.replace_all(loaded.changes, loaded.problems, true))
+        Ok(writer.apply_source([], problems, true))
     }
 
-    /// Loads the directory into `writer`, then reloads it whenever a file
-    /// below it changes, until `writer` has no receivers left or the watcher
-    /// fails. Run it as a task.
+    /// Reads again the files at `paths` (relative to the directory; a
+    /// directory stands for the files below it, a missing path for the files
+    /// that were there) and applies what changed to `writer`. Returns the
+    /// generation published.
+    pub fn refresh(
+        &mut self,
+        paths: impl IntoIterator<Item = PathBuf>,
+        writer: &mut ModelWriter,
+    ) -> Result<u64, Error> {
+        if self.stale {
+            return self.resync(writer);
+        }
+        let mut files = BTreeSet::new();
+        for rel in paths {
+            self.expand(&rel, &mut files)?;
+        }
+        self.apply(&files, writer)
+    }
+
+    /// Updates the state from `paths` and hands the difference to `writer`.
+    fn apply(&mut self, paths: &BTreeSet<PathBuf>, writer: &mut ModelWriter) -> Result<u64, Error> {
+        let mut changes = 0usize;
+        let read = self
+            .update(paths, &mut |change| {
+                changes += 1;
+                writer.stage(change);
+            })
+            .inspect_err(|_| self.stale = true)?;
+        debug!(files = read, changes, "manifests reloaded");
+        Ok(writer.apply_source([], self.problems(), true))
+    }
+
+    fn forget(&mut self) {
+        self.files.clear();
+        self.defs.clear();
+        self.duplicates.clear();
+        self.stale = false;
+    }
+
+    /// Every manifest file below the directory, and every file read before.
+    fn all_paths(&self) -> Result<BTreeSet<PathBuf>, Error> {
+        let mut found = Vec::new();
+        collect_files(&self.root, &mut found)?;
+        let mut paths: BTreeSet<PathBuf> = found
+            .into_iter()
+            .map(|p| p.strip_prefix(&self.root).unwrap_or(&p).to_path_buf())
+            .collect();
+        paths.extend(self.files.keys().map(|p| p.to_path_buf()));
+        Ok(paths)
+    }
+
+    /// The manifest files `rel` stands for: itself, the files below it if it
+    /// is a directory, and the files known below it.
+    fn expand(&self, rel: &Path, out: &mut BTreeSet<PathBuf>) -> Result<(), Error> {
+        let abs = self.root.join(rel);
+        match std::fs::metadata(&abs) {
+            Ok(meta) if meta.is_dir() => {
+                let mut found = Vec::new();
+                collect_files(&abs, &mut found)?;
+                out.extend(
+                    found
+                        .into_iter()
+                        .map(|p| p.strip_prefix(&self.root).unwrap_or(&p).to_path_buf()),
+                );
+            }
+            Ok(meta) if meta.is_file() && is_manifest(rel) => {
+                out.insert(rel.to_path_buf());
+            }
+            _ => {}
+        }
+        // Known files at or below `rel` (gone, or moved with their directory).
+        out.extend(
+            self.files
+                .range::<Path, _>((std::ops::Bound::Included(rel), std::ops::Bound::Unbounded))
+                .map(|(p, _)| p)
+                .take_while(|p| p.starts_with(rel))
+                .map(|p| p.to_path_buf()),
+        );
+        Ok(())
+    }
+
+    /// Reads `paths` into the state and hands `sink` what changed: the
+    /// served definition of every object whose serving file or content
+    /// changed, as its file is parsed; then reads again the files that now
+    /// serve an object they did not serve before; then the deletes. Returns
+    /// how many files were read.
+    fn update(
+        &mut self,
+        paths: &BTreeSet<PathBuf>,
+        sink: &mut dyn FnMut(Change),
+    ) -> Result<usize, Error> {
+        let mut update = Update::default();
+        for rel in paths {
+            self.read_file(rel, false, &mut update, sink)?;
+        }
+        loop {
+            // An object whose serving file changed to one not parsed in this
+            // update (its first definition was removed): that file's
+            // definition is needed.
+            let mut needed = BTreeSet::new();
+            for (id, before) in &update.before {
+                if let Some(owner) = self.owner(id)
+                    && before.as_ref() != Some(owner)
+                    && !update.forced.contains(owner)
+                    && !update.staged.contains(&(Arc::clone(owner), Arc::clone(id)))
+                {
+                    needed.insert(Arc::clone(owner));
+                }
+            }
+            if needed.is_empty() {
+                self.finish(&update, sink);
+                return Ok(update.read);
+            }
+            for file in needed {
+                update.forced.insert(Arc::clone(&file));
+                self.read_file(&file, true, &mut update, sink)?;
+            }
+        }
+    }
+
+    /// The file whose definition of `id` is served.
+    fn owner(&self, id: &ObjectId) -> Option<&Arc<Path>> {
+        self.defs.get(id).and_then(|files| files.first())
+    }
+
+    /// Ends an update: deletes of objects no file defines any more, and
+    /// the bookkeeping of objects defined more than once.
+    fn finish(&mut self, update: &Update, sink: &mut dyn FnMut(Change)) {
+        for (id, before) in &update.before {
+            if self.defs.get(id).is_some_and(|files| files.len() > 1) {
+                self.duplicates.insert(Arc::clone(id));
+            } else {
+                self.duplicates.remove(id);
+            }
+            match (self.owner(id), before) {
+                (None, Some(_)) => sink(Change::Delete(ObjectId::clone(id))),
+                (Some(owner), before)
+                    if before.as_ref() != Some(owner)
+                        && !update.staged.contains(&(Arc::clone(owner), Arc::clone(id))) =>
+                {
+                    // The serving file no longer parses: its last good
+                    // definition was never applied and is not kept.
+                    warn!(object = %id, file = %owner.display(), "definition not available; the previous one stays in force");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Problems of every file, and of objects defined more than once.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = self
+            .files
+            .values()
+            .flat_map(|f| f.problems.iter().cloned())
+            .collect();
+        for id in &self.duplicates {
+            let Some(files) = self.defs.get(id) else {
+                continue;
+            };
+            let origin = |file: &Arc<Path>| {
+                self.files.get(file).and_then(|state| {
+                    state.objects.iter().find(|d| d.id == *id).map(|d| Origin {
+                        file: file.to_path_buf(),
+                        document: d.document.to_string(),
+                    })
+                })
+            };
+            let first = origin(&files[0]);
+            for file in &files[1..] {
+                problems.push(Problem {
+                    severity: Severity::Error,
+                    origin: origin(file),
+                    object: Some(ObjectId::clone(id)),
+                    error: FieldError::new(
+                        "",
+                        format!(
+                            "defined twice; the definition in {} is used",
+                            first
+                                .as_ref()
+                                .map_or_else(|| "another file".to_owned(), ToString::to_string)
+                        ),
+                    ),
+                });
+            }
+        }
+        problems
+    }
+
+    /// Notes that `id`'s serving file may change, remembering the current one.
+    fn touch(&self, id: &Arc<ObjectId>, update: &mut Update) {
+        if !update.before.contains_key(id) {
+            update
+                .before
+                .insert(Arc::clone(id), self.owner(id).cloned());
+        }
+    }
+
+    /// Reads one file (gone if it is not a manifest file any more) into the
+    /// state. Unless `force`, a file whose content hash did not change is not
+    /// parsed.
+    fn read_file(
+        &mut self,
+        rel: &Path,
+        force: bool,
+        update: &mut Update,
+        sink: &mut dyn FnMut(Change),
+    ) -> Result<(), Error> {
+        let abs = self.root.join(rel);
+        let is_file = is_manifest(rel) && std::fs::metadata(&abs).is_ok_and(|m| m.is_file());
+        let content = if is_file {
+            match std::fs::read(&abs) {
+                Ok(content) => Some(content),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => return Err(Error::Io { path: abs, source }),
+            }
+        } else {
+            None
+        };
+        update.read += 1;
+        let Some(content) = content else {
+            self.remove_file(rel, update);
+            return Ok(());
+        };
+        let hash = hash_of(&content[..]);
+        let key = match self.files.get_key_value(rel) {
+            Some((_, state)) if !force && state.content == hash => return Ok(()),
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(rel),
+        };
+        let documents = match split_documents(rel, &content) {
+            Ok(documents) => documents,
+            Err((document, message)) => {
+                let state = self.files.entry(Arc::clone(&key)).or_insert(FileState {
+                    content: hash,
+                    objects: Vec::new(),
+                    problems: Vec::new(),
+                });
+                let problem = Problem {
+                    severity: Severity::Error,
+                    origin: Some(Origin {
+                        file: rel.to_path_buf(),
+                        document,
+                    }),
+                    object: None,
+                    error: FieldError::new(
+                        "",
+                        if state.objects.is_empty() {
+                            message
+                        } else {
+                            format!("{message}; the file's previous contents stay in force")
+                        },
+                    ),
+                };
+                warn!(file = %rel.display(), %problem, "manifest does not parse");
+                // The new content is remembered, so that restoring the old
+                // one parses again; the objects stay.
+                state.content = hash;
+                state.problems = vec![problem];
+                return Ok(());
+            }
+        };
+        drop(content);
+        let (objects, problems) = decode_documents(rel, documents);
+        self.replace_file(key, hash, objects, problems, update, sink);
+        Ok(())
+    }
+
+    /// Puts a newly parsed file into the state.
+    fn replace_file(
+        &mut self,
+        key: Arc<Path>,
+        content: u64,
+        objects: Vec<Parsed>,
+        problems: Vec<Problem>,
+        update: &mut Update,
+        sink: &mut dyn FnMut(Change),
+    ) {
+        let old = self.files.remove(&key);
+        let mut old_objects: HashMap<Arc<ObjectId>, (Box<str>, u64)> = old
+            .map(|state| {
+                state
+                    .objects
+                    .into_iter()
+                    .map(|d| (d.id, (d.document, d.hash)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut defined = Vec::with_capacity(objects.len());
+        for (id, document, hash, change) in objects {
+            let id = if let Some((id, old)) = old_objects.remove_entry(&id) {
+                if old != (document.clone(), hash) {
+                    self.touch(&id, update);
+                    update.redefined.insert((Arc::clone(&key), Arc::clone(&id)));
+                }
+                id
+            } else {
+                let id = match self.defs.get_key_value(&id) {
+                    Some((shared, _)) => Arc::clone(shared),
+                    None => Arc::new(id),
+                };
+                self.touch(&id, update);
+                update.redefined.insert((Arc::clone(&key), Arc::clone(&id)));
+                let files = self.defs.entry(Arc::clone(&id)).or_default();
+                if let Err(at) = files.binary_search(&key) {
+                    files.insert(at, Arc::clone(&key));
+                }
+                id
+            };
+            // Served from this file, and new or moved here: apply it.
+            let pair = (Arc::clone(&key), Arc::clone(&id));
+            if self.owner(&id) == Some(&key)
+                && (update.redefined.contains(&pair)
+                    || update
+                        .before
+                        .get(&id)
+                        .is_some_and(|before| before.as_ref() != Some(&key)))
+            {
+                sink(change);
+                update.staged.insert(pair);
+            }
+            defined.push(Defined { id, document, hash });
+        }
+        for id in old_objects.into_keys() {
+            self.touch(&id, update);
+            self.undefine(&id, &key);
+        }
+        self.files.insert(
+            key,
+            FileState {
+                content,
+                objects: defined,
+                problems,
+            },
+        );
+    }
+
+    /// Forgets a file that is gone.
+    fn remove_file(&mut self, rel: &Path, update: &mut Update) {
+        let Some((key, state)) = self.files.remove_entry(rel) else {
+            return;
+        };
+        for defined in state.objects {
+            self.touch(&defined.id, update);
+            self.undefine(&defined.id, &key);
+        }
+    }
+
+    fn undefine(&mut self, id: &ObjectId, file: &Arc<Path>) {
+        if let Some(files) = self.defs.get_mut(id) {
+            files.retain(|f| f != file);
+            if files.is_empty() {
+                self.defs.remove(id);
+            }
+        }
+    }
+
+    /// Loads the directory into `writer`, then reloads what changed whenever
+    /// a file below it changes, until `writer` has no receivers left or the
+    /// watcher fails. Run it as a task.
     pub async fn watch(self, writer: ModelWriter) -> Result<(), Error> {
         // Instrumented, not entered: a span entered across awaits would
         // label other tasks' log lines.
@@ -168,15 +564,17 @@ impl ManifestDir {
                 path: self.root.clone(),
                 source,
             })?;
+        self.canonical = std::fs::canonicalize(&self.root).ok();
         self.sync(&mut writer)?;
         loop {
+            let mut pending = Pending::default();
             match rx.recv().await {
                 None => return Ok(()),
-                Some(Err(e)) => warn!(error = %e, "file watcher error; reloading"),
-                // Reading the directory opens it: access events come from
-                // our own reloads and would make them loop.
-                Some(Ok(event)) if matches!(event.kind, notify::EventKind::Access(_)) => continue,
-                Some(Ok(event)) => debug!(?event.kind, paths = ?event.paths, "file event"),
+                Some(event) => {
+                    if !self.note(event, &mut pending) {
+                        continue;
+                    }
+                }
             }
             // Debounce: wait for a quiet period, but not forever.
             let deadline = tokio::time::Instant::now() + MAX_DEBOUNCE;
@@ -185,18 +583,168 @@ impl ManifestDir {
                 tokio::select! {
                     () = quiet => break,
                     () = tokio::time::sleep_until(deadline) => break,
-                    event = rx.recv() => if event.is_none() { return Ok(()) },
+                    event = rx.recv() => match event {
+                        None => return Ok(()),
+                        Some(event) => { self.note(event, &mut pending); }
+                    },
                 }
             }
             if !writer.has_consumers() {
                 return Ok(());
             }
-            match self.sync(&mut writer) {
+            let result = if pending.rescan {
+                self.sync(&mut writer)
+            } else {
+                self.refresh(pending.paths, &mut writer)
+            };
+            match result {
                 Ok(generation) => debug!(generation, "reloaded"),
                 Err(e) => warn!(error = %e, "reload failed; keeping the current model"),
             }
         }
     }
+
+    /// Records what a file event asks to read again; whether it asks for
+    /// anything.
+    fn note(&self, event: notify::Result<notify::Event>, pending: &mut Pending) -> bool {
+        let event = match event {
+            Err(e) => {
+                warn!(error = %e, "file watcher error; rescanning");
+                pending.rescan = true;
+                return true;
+            }
+            // A file closed after writing is complete: read it (again).
+            Ok(event)
+                if matches!(
+                    event.kind,
+                    notify::EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    ))
+                ) =>
+            {
+                event
+            }
+            // Reading a file opens it: other access events come from our
+            // own reloads and would make them loop.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => return false,
+            Ok(event) => event,
+        };
+        debug!(?event.kind, paths = ?event.paths, "file event");
+        if event.need_rescan() {
+            warn!("file watcher lost events; rescanning");
+            pending.rescan = true;
+            return true;
+        }
+        let mut wanted = false;
+        for path in &event.paths {
+            let rel = path
+                .strip_prefix(&self.root)
+                .ok()
+                .or_else(|| path.strip_prefix(self.canonical.as_ref()?).ok());
+            let Some(rel) = rel else {
+                pending.rescan = true;
+                wanted = true;
+                continue;
+            };
+            let names: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if names.is_empty() || names.iter().any(|n| n.starts_with("..")) {
+                // The directory itself, or a ConfigMap mount swapping its
+                // `..data` link: every file may have changed.
+                pending.rescan = true;
+                wanted = true;
+            } else if names.iter().any(|n| n.starts_with('.')) {
+                // Hidden entries (editors' temporary files) are not read.
+            } else {
+                pending.paths.insert(rel.to_path_buf());
+                wanted = true;
+            }
+        }
+        wanted
+    }
+}
+
+/// Decodes the documents of one file: its objects (id, document, content
+/// hash, change), the first definition of each, and its problems.
+fn decode_documents(
+    rel: &Path,
+    documents: Vec<(String, serde_json::Value)>,
+) -> (Vec<Parsed>, Vec<Problem>) {
+    let mut objects: Vec<Parsed> = Vec::new();
+    let mut problems = Vec::new();
+    for (document, value) in documents {
+        let hash = hash_of(&value);
+        let origin = Some(Origin {
+            file: rel.to_path_buf(),
+            document: document.clone(),
+        });
+        let change = match decode(value) {
+            Ok(object) => Change::Upsert { object, origin },
+            Err(DecodeError {
+                object: Some(id),
+                error,
+            }) => Change::Invalid { id, origin, error },
+            Err(DecodeError {
+                object: None,
+                error,
+            }) => {
+                problems.push(Problem {
+                    severity: Severity::Error,
+                    origin,
+                    object: None,
+                    error,
+                });
+                continue;
+            }
+        };
+        let id = change.id();
+        if let Some((_, first, _, _)) = objects.iter().find(|o| o.0 == id) {
+            problems.push(Problem {
+                severity: Severity::Error,
+                origin: Some(Origin {
+                    file: rel.to_path_buf(),
+                    document,
+                }),
+                object: Some(id),
+                error: FieldError::new(
+                    "",
+                    format!(
+                        "defined twice; the definition in {} (document {first}) is used",
+                        rel.display()
+                    ),
+                ),
+            });
+            continue;
+        }
+        objects.push((id, document.into_boxed_str(), hash, change));
+    }
+    (objects, problems)
+}
+
+/// The origin of a change, to order changes as the files hold them.
+fn change_origin(change: &Change) -> Option<&Origin> {
+    match change {
+        Change::Upsert { origin, .. } | Change::Invalid { origin, .. } => origin.as_ref(),
+        Change::Delete(_) => None,
+    }
+}
+
+fn hash_of(value: &(impl Hash + ?Sized)) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Whether a path names a manifest file (by extension; hidden names are not).
+fn is_manifest(rel: &Path) -> bool {
+    !rel.components()
+        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        && rel
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
@@ -235,73 +783,6 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Parses one file. On a syntax error the previous good parse (if any) is
-/// kept, with the error added to its problems.
-fn parse_file(rel: &Path, content: Vec<u8>, previous: Option<FileState>) -> FileState {
-    let documents = match split_documents(rel, &content) {
-        Ok(docs) => docs,
-        Err(error) => {
-            let problem = Problem {
-                severity: Severity::Error,
-                origin: Some(Origin {
-                    file: rel.to_path_buf(),
-                    document: error.0,
-                }),
-                object: None,
-                error: FieldError::new(
-                    "",
-                    if previous.is_some() {
-                        format!("{}; the file's previous contents stay in force", error.1)
-                    } else {
-                        error.1
-                    },
-                ),
-            };
-            warn!(file = %rel.display(), %problem, "manifest does not parse");
-            let (changes, mut problems) = previous
-                .map(|p| (p.changes, p.problems))
-                .unwrap_or_default();
-            problems.retain(|p| p.object.is_some());
-            problems.push(problem);
-            // Keep the old content so that restoring it parses again.
-            return FileState {
-                content,
-                changes,
-                problems,
-            };
-        }
-    };
-    let mut changes = Vec::new();
-    let mut problems = Vec::new();
-    for (document, value) in documents {
-        let origin = Some(Origin {
-            file: rel.to_path_buf(),
-            document,
-        });
-        match decode(value) {
-            Ok(object) => changes.push(Change::Upsert { object, origin }),
-            Err(DecodeError {
-                object: Some(id),
-                error,
-            }) => changes.push(Change::Invalid { id, origin, error }),
-            Err(DecodeError {
-                object: None,
-                error,
-            }) => problems.push(Problem {
-                severity: Severity::Error,
-                origin,
-                object: None,
-                error,
-            }),
-        }
-    }
-    FileState {
-        content,
-        changes,
-        problems,
-    }
-}
-
 /// Splits a file into untyped objects, each with its document label. Lists
 /// are flattened (`2.3` is item 3 of document 2). The error names the
 /// document and what is wrong.
@@ -318,9 +799,9 @@ fn split_documents(
             .map_err(|e| ("1".to_owned(), format!("JSON syntax error: {e}")))?;
         docs.push(value);
     } else {
-        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let label = (i + 1).to_string();
-            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+            let value = <serde_norway::Value as serde::Deserialize>::deserialize(doc)
                 .map_err(|e| (label.clone(), format!("YAML syntax error: {e}")))?;
             if value.is_null() {
                 docs.push(serde_json::Value::Null);

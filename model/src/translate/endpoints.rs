@@ -17,8 +17,10 @@ pub struct Slice {
     pub service: ServiceKey,
     /// Its `addressType`; `None` for FQDN slices, which carry no usable endpoints.
     pub family: Option<IpFamily>,
-    /// Its endpoints.
-    pub endpoints: Vec<Endpoint>,
+    /// Its endpoints, deduplicated by address and sorted by address as
+    /// [`merge_endpoints`] leaves them, so that a Service with one slice
+    /// shares them.
+    pub endpoints: Arc<[Endpoint]>,
 }
 
 /// Translates an EndpointSlice.
@@ -33,7 +35,7 @@ pub fn endpoint_slice(object: &discovery::EndpointSlice) -> Result<Slice, Vec<Fi
         .namespace
         .clone()
         .unwrap_or_else(|| "default".to_owned());
-    let slice_name = object.metadata.name.clone().unwrap_or_default();
+    let slice_name: Arc<str> = Arc::from(object.metadata.name.as_deref().unwrap_or_default());
     let service_name = object
         .metadata
         .labels
@@ -144,14 +146,14 @@ pub fn endpoint_slice(object: &discovery::EndpointSlice) -> Result<Slice, Vec<Fi
                     .map(|n| n.iter().map(|n| n.name.clone()).collect())
                     .unwrap_or_default(),
                 ports: Arc::clone(&ports),
-                slice: slice_name.clone(),
+                slice: Arc::clone(&slice_name),
             });
         }
     }
     errors.finish(Slice {
         service: ServiceKey::new(namespace, service_name),
         family,
-        endpoints,
+        endpoints: merge_endpoints_of([endpoints.iter()]),
     })
 }
 
@@ -159,10 +161,28 @@ pub fn endpoint_slice(object: &discovery::EndpointSlice) -> Result<Slice, Vec<Fi
 /// An address listed by more than one slice (it happens while a Pod moves
 /// between slices) appears once: the ready copy wins, then the serving one,
 /// then the first. The result is sorted by address.
-pub fn merge_endpoints<'a>(slices: impl IntoIterator<Item = &'a Slice>) -> Vec<Endpoint> {
+pub fn merge_endpoints<'a>(slices: impl IntoIterator<Item = &'a Slice>) -> Arc<[Endpoint]> {
+    let slices: Vec<&Slice> = slices
+        .into_iter()
+        .filter(|s| !s.endpoints.is_empty())
+        .collect();
+    match slices[..] {
+        [] => Arc::from([]),
+        // A slice's endpoints are merged already: the Service shares them.
+        [only] => Arc::clone(&only.endpoints),
+        _ => merge_endpoints_of(slices.iter().map(|s| s.endpoints.iter())),
+    }
+}
+
+/// The endpoints of several lists, deduplicated by address (see
+/// [`merge_endpoints`]) and sorted by address.
+fn merge_endpoints_of<'a, I>(lists: impl IntoIterator<Item = I>) -> Arc<[Endpoint]>
+where
+    I: Iterator<Item = &'a Endpoint>,
+{
     let mut by_address: BTreeMap<IpAddr, &Endpoint> = BTreeMap::new();
-    for slice in slices {
-        for endpoint in &slice.endpoints {
+    for list in lists {
+        for endpoint in list {
             by_address
                 .entry(endpoint.address)
                 .and_modify(|kept| {

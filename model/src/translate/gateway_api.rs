@@ -528,7 +528,7 @@ mod tests {
     use crate::types::ObjectKey;
 
     fn object(yaml: &str) -> KubeObject {
-        decode(serde_yaml::from_str(yaml).unwrap()).unwrap()
+        decode(serde_norway::from_str(yaml).unwrap()).unwrap()
     }
 
     fn route(yaml: &str) -> Result<HttpRoute, Vec<FieldError>> {
@@ -730,14 +730,14 @@ spec:
 
     #[test]
     fn wire_errors_name_the_field() {
-        let value = serde_yaml::from_str(
+        let value = serde_norway::from_str(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n\
              spec: {gatewayClassName: fl, listeners: [{name: a, port: eighty, protocol: HTTP}]}\n",
         )
         .unwrap();
         let err = decode(value).unwrap_err();
         assert_eq!(err.error.field, "spec.listeners[0].port");
-        let value = serde_yaml::from_str(
+        let value = serde_norway::from_str(
             "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {name: r}\n",
         )
         .unwrap();

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -183,7 +184,7 @@ pub fn service(object: &core::Service) -> Result<Service, Vec<FieldError>> {
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
         external_name,
         traffic_distribution: spec.traffic_distribution.clone(),
-        endpoints: Vec::new(),
+        endpoints: Arc::from([]),
     })
 }
 

@@ -1,0 +1,276 @@
+//! `cargo xtask bench source`: `fairlead dns --kubeconfig` fed by the fake
+//! apiserver of `model/tests` (in this process) with N Services × E
+//! endpoints: time from start to answering the last Service, resident
+//! memory once synced, one EndpointSlice update → answered; and the fake's
+//! own start-up time and memory (this process's growth while it loads).
+
+#[path = "../../model/tests/fake_apiserver/mod.rs"]
+mod fake_apiserver;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use fake_apiserver::FakeApiserver;
+use serde_json::{Value, json};
+
+/// Options of `cargo xtask bench source`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Number of Services.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// Endpoints per Service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// EndpointSlice updates timed.
+    #[arg(long, default_value_t = 10)]
+    updates: usize,
+    /// The fairlead binary (default: build and use target/release/fairlead).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+const NS: &str = "bench";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn address(n: usize) -> String {
+    let n = u32::try_from(n).unwrap_or(0) % (1 << 22);
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + n).to_string()
+}
+
+fn vip(i: usize) -> String {
+    let n = u32::try_from(i + 1).unwrap_or(0);
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + n).to_string()
+}
+
+/// Service 0 is headless (its endpoints are answered, so a slice update
+/// shows in DNS); the others have a ClusterIP.
+fn objects(options: &Options) -> Vec<Value> {
+    let mut objects =
+        vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})];
+    for i in 0..options.services {
+        let name = format!("svc-{i}");
+        let ip = if i == 0 { "None".to_owned() } else { vip(i) };
+        objects.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NS, "resourceVersion": "1"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }));
+        objects.push(slice(i, options.endpoints, 0));
+    }
+    objects
+}
+
+fn slice(i: usize, endpoints: usize, version: usize) -> Value {
+    let addresses: Vec<Value> = (0..endpoints)
+        .map(|j| {
+            let n = if version > 0 && j == 0 {
+                (1 << 21) + version
+            } else {
+                i * endpoints + j + 1
+            };
+            json!({"addresses": [address(n)], "conditions": {"ready": true}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("svc-{i}-1"), "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": addresses
+    })
+}
+
+fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[allow(clippy::cast_precision_loss, reason = "KiB of a process fit an f64")]
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The A records `dig` gets for `name` from 127.0.0.1:`port`.
+fn dig(port: u16, name: &str) -> Vec<String> {
+    Command::new("dig")
+        .args([
+            "+short",
+            "+tries=1",
+            "+time=1",
+            "-p",
+            &port.to_string(),
+            "@127.0.0.1",
+            name,
+            "A",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.parse::<Ipv4Addr>().is_ok())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_answer(port: u16, name: &str, want: &str) -> Result<Duration> {
+    let at = Instant::now();
+    while at.elapsed() < TIMEOUT {
+        if dig(port, name).iter().any(|a| a == want) {
+            return Ok(at.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    anyhow::bail!("{name} did not answer {want} within {TIMEOUT:?}")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn binary(options: &Options) -> Result<PathBuf> {
+    if let Some(b) = &options.binary {
+        return Ok(b.clone());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--bin", "fairlead"])
+        .current_dir(root)
+        .status()?;
+    ensure!(status.success(), "cargo build --release failed");
+    Ok(root.join("target/release/fairlead"))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// The benchmark.
+#[allow(clippy::too_many_lines, reason = "the bench script, step by step")]
+pub(crate) fn run(options: &Options) -> Result<()> {
+    let bin = binary(options)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let before = status_kib("self", "VmRSS:");
+    let objects = objects(options);
+    let at = Instant::now();
+    let fake = runtime.block_on(FakeApiserver::start(objects));
+    let fake_start = at.elapsed();
+    let fake_kib = status_kib("self", "VmRSS:").saturating_sub(before);
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\n",
+            fake.url()
+        ),
+    )?;
+    let port = 15_453;
+    let at = Instant::now();
+    let child = Killed(
+        Command::new(&bin)
+            .args(["dns", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--telemetry-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--upstream", "127.0.0.1:9"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let last = options.services - 1;
+    let last_name = format!("svc-{last}.{NS}.svc.cluster.local");
+    wait_answer(port, &last_name, &vip(last))?;
+    let to_answer = at.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = child.0.id().to_string();
+    let (rss, hwm) = (status_kib(&pid, "VmRSS:"), status_kib(&pid, "VmHWM:"));
+    let mut updates = Vec::new();
+    for version in 1..=options.updates {
+        let at = Instant::now();
+        fake.apply(slice(0, options.endpoints, version));
+        wait_answer(
+            port,
+            &format!("svc-0.{NS}.svc.cluster.local"),
+            &address((1 << 21) + version),
+        )?;
+        updates.push(at.elapsed());
+    }
+    let rss_after = status_kib(&pid, "VmRSS:");
+    drop(child);
+    println!(
+        "source benchmark: fairlead dns --kubeconfig, fake apiserver, {} Services × {} endpoints",
+        options.services, options.endpoints
+    );
+    println!(
+        "fake apiserver start-up (objects stored)   {:>10.2} s",
+        fake_start.as_secs_f64()
+    );
+    println!(
+        "fake apiserver memory (this process grew)  {:>10.1} MiB",
+        mib(fake_kib)
+    );
+    println!(
+        "start → last Service answered             {:>10.2} s   (goal ≤ 0.5 s)",
+        to_answer.as_secs_f64()
+    );
+    println!(
+        "resident memory once synced (peak)         {:>10.1} MiB ({:.1})   (goal ≤ 128 MiB)",
+        mib(rss),
+        mib(hwm)
+    );
+    println!(
+        "EndpointSlice update → answered, median    {:>10.1} ms (max {:.1}, {} updates)",
+        median(updates.clone()).as_secs_f64() * 1e3,
+        updates
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3,
+        updates.len()
+    );
+    println!(
+        "resident memory after the updates          {:>10.1} MiB",
+        mib(rss_after)
+    );
+    println!(
+        "(dig polls every 5 ms; load average {})",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(())
+}
