@@ -252,28 +252,42 @@ impl RouteTable {
                 .position(|r| r.matches(path, query, method, headers))
                 .map(|i| &rules[i])
         });
-        for (label, rules) in rule_groups(self, tls) {
-            let selected = rule_group.is_some_and(|g| std::ptr::eq(g, rules));
-            for rule in rules {
-                let taken = taken_rule.is_some_and(|t| std::ptr::eq(t, rule));
-                let reason = if !selected {
-                    format!("host {host:?} is not in host group {}", host_label(&label))
-                } else if taken {
-                    "taken: the first rule of the host group that matches".to_owned()
-                } else if !rule.path.matches(path) {
-                    format!("path {path:?} does not match")
-                } else if rule.method.as_ref().is_some_and(|m| m != method) {
-                    format!("method {method} does not match")
-                } else if !rule.matches(path, query, method, headers) {
-                    "a header, query parameter or gRPC method does not match".to_owned()
-                } else {
-                    "an earlier rule of the host group (by precedence) takes it".to_owned()
-                };
-                out.push(Verdict {
-                    route: rule_entry(&label, rule),
-                    taken,
-                    reason,
-                });
+        // The routes of the request's listener side, then those of the
+        // other side (attached to HTTP listeners only, or HTTPS only).
+        let sides = [
+            (tls, rule_groups(self, tls)),
+            (!tls, rule_groups(self, !tls)),
+        ];
+        for (side, groups) in sides {
+            for (label, rules) in groups {
+                let selected = side == tls && rule_group.is_some_and(|g| std::ptr::eq(g, rules));
+                for rule in rules {
+                    let taken = side == tls && taken_rule.is_some_and(|t| std::ptr::eq(t, rule));
+                    let reason = if side != tls {
+                        if tls {
+                            "served on the HTTP listeners; the request came over TLS".to_owned()
+                        } else {
+                            "served on the HTTPS listeners; the request is plain HTTP".to_owned()
+                        }
+                    } else if !selected {
+                        format!("host {host:?} is not in host group {}", host_label(&label))
+                    } else if taken {
+                        "taken: the first rule of the host group that matches".to_owned()
+                    } else if !rule.path.matches(path) {
+                        format!("path {path:?} does not match")
+                    } else if rule.method.as_ref().is_some_and(|m| m != method) {
+                        format!("method {method} does not match")
+                    } else if !rule.matches(path, query, method, headers) {
+                        "a header, query parameter or gRPC method does not match".to_owned()
+                    } else {
+                        "an earlier rule of the host group (by precedence) takes it".to_owned()
+                    };
+                    out.push(Verdict {
+                        route: rule_entry(&label, rule),
+                        taken,
+                        reason,
+                    });
+                }
             }
         }
         (out, taken_rule)
