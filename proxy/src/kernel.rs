@@ -780,11 +780,16 @@ fn put_batch<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync>(
     ops: &[Op],
     entry: impl Fn(&Op) -> (K, V),
 ) -> (usize, io::Result<()>) {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let (keys, values): (Vec<K>, Vec<V>) = ops.iter().map(entry).unzip();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZero::get)
-        .min(4)
-        .min(keys.len() / PARALLEL_PUTS);
+    let threads = if keys.len() < 2 * PARALLEL_PUTS {
+        1
+    } else {
+        // Read once: it reads cgroup files and the affinity mask.
+        let cpus = *CPUS
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+        cpus.min(4).min(keys.len() / PARALLEL_PUTS)
+    };
     if threads < 2 {
         return crate::sys::map_update_batch(fd, &keys, &values);
     }
