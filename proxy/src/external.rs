@@ -69,6 +69,28 @@ impl Datapath {
         Ok(())
     }
 
+    /// Detaches what [`Datapath::attach_interface`] and [`Datapath::attach_xdp`] pinned for
+    /// `ifname` (an interface that went away, or no longer carries a global address):
+    /// their pins are removed from `links`. Returns the names unpinned.
+    pub fn detach_interface(
+        &mut self,
+        ifname: &str,
+        links: &mut PinnedLinks,
+    ) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        for name in ["ingress", "egress", "ingress6", "egress6"]
+            .map(|suffix| format!("tc-{ifname}-{suffix}"))
+            .into_iter()
+            .chain([format!("xdp-{ifname}")])
+        {
+            if links.unpin(&name)? {
+                removed.push(name);
+            }
+        }
+        info!(interface = ifname, links = ?removed, "NodePort programs detached");
+        Ok(removed)
+    }
+
     /// Attaches the XDP program ([`programs::XDP`]) to `ifname`, in front of the TC programs
     /// ([`Datapath::attach_interface`], which stay: egress for the replies of local backends,
     /// ingress for what XDP passes on). With `links`, the link is pinned as `xdp-<ifname>`

@@ -778,13 +778,62 @@ fn apply_run(set: &mut impl MapSet, run: &[Op]) -> (usize, Result<(), WriteError
     (done, Ok(()))
 }
 
-fn put_batch<K: aya::Pod, V: aya::Pod>(
+/// Puts in a run of at least this many are split among threads (a first sync's tens of
+/// thousands): the kernel's hash maps take concurrent updates (a lock per bucket), and
+/// below this the threads cost more than they save.
+const PARALLEL_PUTS: usize = 8192;
+
+fn put_batch<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync>(
     fd: std::os::fd::BorrowedFd<'_>,
     ops: &[Op],
     entry: impl Fn(&Op) -> (K, V),
 ) -> (usize, io::Result<()>) {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let (keys, values): (Vec<K>, Vec<V>) = ops.iter().map(entry).unzip();
-    crate::sys::map_update_batch(fd, &keys, &values)
+    let threads = if keys.len() < 2 * PARALLEL_PUTS {
+        1
+    } else {
+        // Read once: it reads cgroup files and the affinity mask.
+        let cpus = *CPUS
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+        cpus.min(4).min(keys.len() / PARALLEL_PUTS)
+    };
+    if threads < 2 {
+        return crate::sys::map_update_batch(fd, &keys, &values);
+    }
+    // A run holds each key once (a sync plans a frontend once per flush, ids are not
+    // reused within one), so its puts commute: any split writes the same entries. The
+    // count stays exact for a prefix: on an error in one part, the parts before it were
+    // written whole and the count ends at the failing entry. (Parts after it were written
+    // too: re-applying them, as the reconciler does, rewrites the same values.)
+    let chunk = keys.len().div_ceil(threads);
+    let results: Vec<(usize, usize, io::Result<()>)> = std::thread::scope(|scope| {
+        let parts: Vec<_> = keys
+            .chunks(chunk)
+            .zip(values.chunks(chunk))
+            .enumerate()
+            .map(|(i, (k, v))| {
+                scope.spawn(move || {
+                    let (n, result) = crate::sys::map_update_batch(fd, k, v);
+                    (i * chunk, n, result)
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .map(|part| {
+                part.join().unwrap_or_else(|_| {
+                    (0, 0, Err(io::Error::other("a map-writing thread panicked")))
+                })
+            })
+            .collect()
+    });
+    for (start, n, result) in results {
+        if let Err(e) = result {
+            return (start + n, Err(e));
+        }
+    }
+    (keys.len(), Ok(()))
 }
 
 fn delete_batch<K: aya::Pod>(

@@ -227,6 +227,18 @@ impl PinnedLinks {
         Ok(Installed::Attached { link_id, replaced })
     }
 
+    /// Unpins the link `name` (it detaches, unless something else holds it), if pinned.
+    /// Returns whether it was.
+    pub fn unpin(&mut self, name: &str) -> Result<bool, Error> {
+        self.installed.remove(name);
+        let path = self.dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(Error::PinLink { path, source }),
+        }
+    }
+
     /// Unpins every link of the directory that this run did not install (hooks a newer
     /// build no longer has, leftovers of an interrupted install): they detach. Returns
     /// their names.

@@ -1,15 +1,23 @@
-//! The node's own addresses, read with rtnetlink (`RTM_GETADDR` dump), for the NodePort
-//! path: which destinations are "this node" (a NodePort serves every one of them), which
+//! The node's own addresses, read with rtnetlink (`RTM_GETADDR` dump; messages built and
+//! parsed by the `netlink-packet-route` crate), for the NodePort path: which destinations are "this node" (a NodePort serves every one of them), which
 //! interfaces to attach to by default, and the address source NAT uses. Also the one
 //! interface setting that path needs, written with rtnetlink too ([`set_accept_local`]).
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use rustix::net::{
-    AddressFamily, RecvFlags, SendFlags, SocketType, netlink::SocketAddrNetlink, recv, sendto,
-    socket,
+use futures::StreamExt as _;
+use futures::channel::mpsc::UnboundedReceiver;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute, LinkMessage,
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use rtnetlink::MulticastGroup;
 
 /// One address of one interface of the node.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,185 +42,168 @@ impl NodeAddress {
     }
 }
 
-const RTM_SETLINK: u16 = 19;
-const RTM_NEWADDR: u16 = 20;
-const RTM_GETADDR: u16 = 22;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const IFLA_AF_SPEC: u16 = 26;
-const IFLA_INET_CONF: u16 = 1;
-/// `IPV4_DEVCONF_ACCEPT_LOCAL` (`include/uapi/linux/ip.h`).
-const IPV4_DEVCONF_ACCEPT_LOCAL: u16 = 23;
-const AF_INET: u16 = 2;
-const IFINFOMSG_LEN: usize = 16;
-const NLM_F_DUMP: u16 = 0x300;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_LABEL: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
-const IFADDRMSG_LEN: usize = 8;
-
-/// Every address of every interface in this network namespace.
+/// Every address of every interface in this network namespace (an `RTM_GETADDR` dump).
 pub fn node_addresses() -> io::Result<Vec<NodeAddress>> {
-    let fd = socket(AddressFamily::NETLINK, SocketType::RAW, None)?;
-    let mut request = Vec::with_capacity(NLMSG_HDRLEN + IFADDRMSG_LEN);
-    let len = u32::try_from(NLMSG_HDRLEN + IFADDRMSG_LEN).unwrap_or(24);
-    request.extend_from_slice(&len.to_ne_bytes());
-    request.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
-    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
-    request.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel assigns
-    request.extend_from_slice(&[0; IFADDRMSG_LEN]); // AF_UNSPEC: every family
-    sendto(
-        &fd,
-        &request,
-        SendFlags::empty(),
-        &SocketAddrNetlink::new(0, 0),
-    )?;
     let mut out = Vec::new();
-    let mut buf = vec![0_u8; 64 * 1024];
-    // A dump ends with NLMSG_DONE; bound the loop anyway.
-    for _ in 0..10_000 {
-        let (n, _) = recv(&fd, &mut buf[..], RecvFlags::empty())?;
-        if n == 0 {
-            break;
-        }
-        if parse_messages(&buf[..n], &mut out)? {
-            return Ok(out);
-        }
-    }
+    request(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        |message| {
+            if let RouteNetlinkMessage::NewAddress(address) = message
+                && let Some(address) = NodeAddress::from_message(&address)
+            {
+                out.push(address);
+            }
+        },
+    )?;
     Ok(out)
 }
 
 /// Sets `net.ipv4.conf.<interface>.accept_local = 1` on the interface `ifindex` of this
 /// network namespace, through rtnetlink (`RTM_SETLINK` with `IFLA_AF_SPEC` /
-/// `AF_INET` / `IFLA_INET_CONF`) rather than /proc/sys: a container has /proc/sys
-/// mounted read-only, and CAP_NET_ADMIN is all this needs.
+/// `AF_INET` / `IFLA_INET_CONF`, only that one setting) rather than /proc/sys: a
+/// container has /proc/sys mounted read-only, and CAP_NET_ADMIN is all this needs.
 pub fn set_accept_local(ifindex: u32) -> io::Result<()> {
-    // The attributes, innermost first: one u32 setting, in IFLA_INET_CONF, in AF_INET,
-    // in IFLA_AF_SPEC (each header: length and type, u16 each; lengths include it).
-    let setting = [
-        &8_u16.to_ne_bytes()[..],
-        &IPV4_DEVCONF_ACCEPT_LOCAL.to_ne_bytes(),
-        &1_u32.to_ne_bytes(),
-    ]
-    .concat();
-    let nest = |kind: u16, inner: &[u8]| {
-        let len = u16::try_from(4 + inner.len()).unwrap_or(u16::MAX);
-        [&len.to_ne_bytes()[..], &kind.to_ne_bytes(), inner].concat()
+    let mut conf = InetDevConf::default();
+    conf.accept_local = 1;
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    link.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::DevConfRequest(conf),
+        ])]));
+    request(
+        RouteNetlinkMessage::SetLink(link),
+        NLM_F_REQUEST | NLM_F_ACK,
+        |_| {},
+    )
+}
+
+/// Sends one request on a new rtnetlink socket and hands every message of the answer to
+/// `each`, until the dump ends (`NLMSG_DONE`) or the request is acknowledged; an error
+/// answer is the error.
+fn request(
+    message: RouteNetlinkMessage,
+    flags: u16,
+    mut each: impl FnMut(RouteNetlinkMessage),
+) -> io::Result<()> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let invalid = |e: netlink_packet_core::DecodeError| {
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
     };
-    let attributes = nest(
-        IFLA_AF_SPEC,
-        &nest(AF_INET, &nest(IFLA_INET_CONF, &setting)),
-    );
-    let len = u32::try_from(NLMSG_HDRLEN + IFINFOMSG_LEN + attributes.len()).unwrap_or(u32::MAX);
-    let mut request = Vec::with_capacity(len as usize);
-    request.extend_from_slice(&len.to_ne_bytes());
-    request.extend_from_slice(&RTM_SETLINK.to_ne_bytes());
-    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    request.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
-    request.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel assigns
-    // struct ifinfomsg: family, pad, type, index, flags, change.
-    request.extend_from_slice(&[0; 4]);
-    request.extend_from_slice(&ifindex.to_ne_bytes());
-    request.extend_from_slice(&[0; 8]);
-    request.extend_from_slice(&attributes);
-    let fd = socket(AddressFamily::NETLINK, SocketType::RAW, None)?;
-    sendto(
-        &fd,
-        &request,
-        SendFlags::empty(),
-        &SocketAddrNetlink::new(0, 0),
-    )?;
-    let mut buf = vec![0_u8; 4096];
-    let (n, _) = recv(&fd, &mut buf[..], RecvFlags::empty())?;
-    // The answer is the acknowledgement: an NLMSG_ERROR with errno 0, or the error.
-    parse_messages(&buf[..n], &mut Vec::new()).map(|_| ())
-}
-
-/// Parses one datagram of the dump into `out`; `Ok(true)` at the end of the dump.
-fn parse_messages(mut data: &[u8], out: &mut Vec<NodeAddress>) -> io::Result<bool> {
-    while data.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        if len < NLMSG_HDRLEN || len > data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "truncated netlink message",
-            ));
-        }
-        let body = &data[NLMSG_HDRLEN..len];
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = body
-                    .get(..4)
-                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                if errno != 0 {
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-            }
-            RTM_NEWADDR => {
-                if let Some(address) = parse_address(body) {
-                    out.push(address);
-                }
-            }
-            _ => {}
-        }
-        let aligned = (len + 3) & !3;
-        data = data.get(aligned..).unwrap_or(&[]);
-    }
-    Ok(false)
-}
-
-fn parse_address(body: &[u8]) -> Option<NodeAddress> {
-    let header = body.get(..IFADDRMSG_LEN)?;
-    let family = header[0];
-    let prefix_len = header[1];
-    let scope = header[3];
-    let ifindex = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
-    let mut attrs = &body[IFADDRMSG_LEN..];
-    let (mut local, mut address, mut label) = (None, None, None);
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
-        if len < 4 || len > attrs.len() {
+    // A dump ends with NLMSG_DONE, an acknowledgement is one NLMSG_ERROR; bound the loop
+    // anyway.
+    for _ in 0..100_000 {
+        let (data, _) = socket.recv_from_full()?;
+        if data.is_empty() {
             break;
         }
-        let value = &attrs[4..len];
-        let ip = match (family, value.len()) {
-            (2, 4) => Some(IpAddr::V4(Ipv4Addr::new(
-                value[0], value[1], value[2], value[3],
-            ))),
-            (10, 16) => {
-                let mut octets = [0; 16];
-                octets.copy_from_slice(value);
-                Some(IpAddr::V6(Ipv6Addr::from(octets)))
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let answer =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest).map_err(invalid)?;
+            let len = usize::try_from(answer.header.length).unwrap_or(0);
+            match answer.payload {
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        None => Ok(()),
+                        Some(_) => Err(e.to_io()),
+                    };
+                }
+                NetlinkPayload::InnerMessage(message) => each(message),
+                _ => {}
             }
-            _ => None,
-        };
-        match kind {
-            IFA_LOCAL => local = ip,
-            IFA_ADDRESS => address = ip,
-            IFA_LABEL => label = Some(value),
-            _ => {}
+            // Messages are 4-byte aligned within a datagram.
+            rest = rest.get(len.max(1).next_multiple_of(4)..).unwrap_or(&[]);
         }
-        let aligned = (len + 3) & !3;
-        attrs = attrs.get(aligned..).unwrap_or(&[]);
     }
-    // For IPv4 `IFA_LOCAL` is the interface's own address (`IFA_ADDRESS` is the peer's on
-    // point-to-point links); IPv6 has only `IFA_ADDRESS`.
-    Some(NodeAddress {
-        ifindex,
-        ifname: label.map_or_else(String::new, |l| {
-            String::from_utf8_lossy(l).trim_end_matches('\0').to_owned()
-        }),
-        address: local.or(address)?,
-        prefix_len,
-        scope,
-    })
+    Ok(())
+}
+
+impl NodeAddress {
+    /// The address an `RTM_NEWADDR`/`RTM_DELADDR` message describes (`None` without one).
+    /// For IPv4 `IFA_LOCAL` is the interface's own address (`IFA_ADDRESS` is the peer's on
+    /// point-to-point links); IPv6 has only `IFA_ADDRESS`.
+    #[must_use]
+    pub fn from_message(message: &AddressMessage) -> Option<Self> {
+        let (mut local, mut address, mut label) = (None, None, None);
+        for attribute in &message.attributes {
+            match attribute {
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Address(ip) => address = Some(*ip),
+                AddressAttribute::Label(l) => label = Some(l.clone()),
+                _ => {}
+            }
+        }
+        Some(Self {
+            ifindex: message.header.index,
+            ifname: label.unwrap_or_default(),
+            address: local.or(address)?,
+            prefix_len: message.header.prefix_len,
+            scope: u8::from(message.header.scope),
+        })
+    }
+}
+
+/// Link and address changes of this network namespace as rtnetlink announces them
+/// (`RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), through the `rtnetlink`
+/// crate. An event says only that something changed: the caller reads the addresses again
+/// ([`node_addresses`]) and reconciles, so a lost event (a full socket buffer) costs at most
+/// the next one's delay, never a wrong state.
+#[derive(Debug)]
+pub struct NodeEvents {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, netlink_sys::SocketAddr)>,
+    _handle: rtnetlink::Handle,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl NodeEvents {
+    /// Subscribes, on the current tokio runtime.
+    pub fn subscribe() -> io::Result<Self> {
+        let (connection, handle, messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ])?;
+        Ok(Self {
+            messages,
+            _handle: handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// Waits for the next link or address change; `None` once the subscription is gone.
+    pub async fn changed(&mut self) -> Option<()> {
+        loop {
+            let (message, _) = self.messages.next().await?;
+            if let NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewLink(_)
+                | RouteNetlinkMessage::DelLink(_)
+                | RouteNetlinkMessage::NewAddress(_)
+                | RouteNetlinkMessage::DelAddress(_),
+            ) = message.payload
+            {
+                return Some(());
+            }
+        }
+    }
+}
+
+impl Drop for NodeEvents {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 /// The interfaces to attach to by default: those carrying a global IPv4 address, sorted.

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fairlead_abi::{BACKEND_FLAG_LOCAL, BackendId, RevNatId, ServiceValue};
 use fairlead_model::{ServiceKey, Snapshot};
@@ -125,6 +126,12 @@ pub struct SyncReport {
     pub services_compared: usize,
     /// Writes performed.
     pub writes: usize,
+    /// Maglev tables computed (only for external frontends whose backends changed).
+    pub maglev_tables: usize,
+    /// CPU time of this thread spent deciding what to write (desired state, diff, plans).
+    pub planning_cpu: Duration,
+    /// CPU time of this thread spent writing (the `bpf()` calls, the mirror's bookkeeping).
+    pub writing_cpu: Duration,
     /// What could not be programmed.
     pub errors: Vec<SyncError>,
     /// UDP backends removed from a frontend: (address, port). Connected UDP sockets to them
@@ -175,6 +182,13 @@ pub struct Reconciler {
     pending: Pending,
     /// Table sizes, read once per sync (each read is a syscall).
     capacity: [u32; Table::COUNT],
+    /// The backends each frontend's Maglev table in the kernel was computed from: a table
+    /// is computed again only when these change.
+    maglev_inputs: HashMap<Frontend, Vec<MaglevBackend>>,
+    /// Inputs of Maglev tables being written by the flush under way.
+    maglev_staged: HashMap<Frontend, Vec<MaglevBackend>>,
+    /// Maglev tables computed during the sync under way.
+    maglev_computed: usize,
 }
 
 /// Writes planned for many frontends, applied together phase by phase ([`phase`]), so the
@@ -192,6 +206,8 @@ struct Pending {
     removed: Vec<Frontend>,
     /// New keys per table the writes add (deletes are not subtracted: they come last).
     adds: [usize; Table::COUNT],
+    /// The backends of each Maglev table written here.
+    maglev_inputs: HashMap<Frontend, Vec<MaglevBackend>>,
 }
 
 /// The phase of a write. Applying every pending write sorted by phase (stably) keeps each
@@ -214,6 +230,54 @@ fn phase(op: &Op) -> u8 {
         Op::DeleteService { .. } | Op::DeleteMaglev { .. } | Op::DeleteSourceRange { .. } => 3,
         Op::DeleteBackend { .. } | Op::DeleteRevNat { .. } => 4,
     }
+}
+
+/// The pending writes ordered by [`phase`] and, within a phase, by table (stably: a
+/// counting sort; the writes moved, not copied), split into the frontend of each write and
+/// the writes. Writes of one phase commute across tables (a phase's writes depend only on
+/// earlier phases), so grouping them by table makes each phase a few long runs: a few
+/// `bpf()` batch calls instead of two per frontend.
+fn by_phase(ops: Vec<(Frontend, Op)>) -> (Vec<Frontend>, Vec<Op>) {
+    const PHASES: usize = 5;
+    const BUCKETS: usize = PHASES * Table::COUNT;
+    // The order one frontend's plan has: rev-NAT before backends when adding, after them
+    // when deleting (the rev-NAT entry goes last); then services, Maglev, source ranges.
+    let rank = |op: &Op| match (op.table(), op.is_put()) {
+        (Table::RevNat4, true) | (Table::Backends4, false) => 0,
+        (Table::RevNat6, true) | (Table::Backends6, false) => 1,
+        (Table::Backends4, true) | (Table::RevNat4, false) => 2,
+        (Table::Backends6, true) | (Table::RevNat6, false) => 3,
+        (Table::Services4, _) => 4,
+        (Table::Services6, _) => 5,
+        (Table::Maglev, _) => 6,
+        (Table::SourceRanges4, _) => 7,
+        (Table::SourceRanges6, _) => 8,
+    };
+    let bucket = |op: &Op| usize::from(phase(op)) * Table::COUNT + rank(op);
+    let mut starts = [0_usize; BUCKETS + 1];
+    for (_, op) in &ops {
+        starts[bucket(op) + 1] += 1;
+    }
+    for b in 1..=BUCKETS {
+        starts[b] += starts[b - 1];
+    }
+    let mut slots: Vec<Option<(Frontend, Op)>> = Vec::with_capacity(ops.len());
+    slots.resize_with(ops.len(), || None);
+    for entry in ops {
+        let b = bucket(&entry.1);
+        slots[starts[b]] = Some(entry);
+        starts[b] += 1;
+    }
+    slots.into_iter().flatten().unzip()
+}
+
+/// CPU time of the calling thread (what a figure costs on a shared machine).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 fn fam(family: Family) -> usize {
@@ -249,6 +313,9 @@ impl Reconciler {
             applied: None,
             pending: Pending::default(),
             capacity: [0; Table::COUNT],
+            maglev_inputs: HashMap::new(),
+            maglev_staged: HashMap::new(),
+            maglev_computed: 0,
         }
     }
 
@@ -380,6 +447,7 @@ impl Reconciler {
     /// never stop the rest.
     pub fn sync(&mut self, snapshot: &Snapshot, maps: &mut impl LbMaps) -> SyncReport {
         let mut report = SyncReport::default();
+        let started = thread_cpu();
         self.capacity = Table::ALL.map(|t| maps.capacity(t));
         let changes = snapshot.changes_since(self.applied);
         let node_name = self.node_name.clone();
@@ -421,6 +489,10 @@ impl Reconciler {
             error!(error = %error, "load-balancer sync: could not program");
         }
         self.applied = Some(snapshot.generation);
+        report.maglev_tables = std::mem::take(&mut self.maglev_computed);
+        report.planning_cpu = thread_cpu()
+            .saturating_sub(started)
+            .saturating_sub(report.writing_cpu);
         report
     }
 
@@ -636,9 +708,10 @@ impl Reconciler {
         ids
     }
 
-    /// The Maglev table and the new source ranges of an external frontend.
+    /// The Maglev table and the new source ranges of an external frontend. The table is
+    /// computed only when its backends differ from those of the table the kernel holds.
     fn plan_external<'d>(
-        &self,
+        &mut self,
         d: &'d DesiredFrontend,
         ids: &HashMap<(IpAddr, u16), BackendId>,
         current: &Programmed,
@@ -655,13 +728,22 @@ impl Reconciler {
                 id: ids[&(b.address, b.port)],
             })
             .collect();
-        let slots: Arc<[BackendId]> = maglev::table(&members, self.maglev_size).into();
-        if current.maglev.as_deref() != Some(&*slots) {
-            ops.push(Op::PutMaglev {
-                family: d.frontend.family(),
-                rev_nat_id,
-                slots,
-            });
+        let unchanged =
+            current.maglev.is_some() && self.maglev_inputs.get(&d.frontend) == Some(&members);
+        if !unchanged {
+            self.maglev_computed += 1;
+            let slots: Arc<[BackendId]> = maglev::table(&members, self.maglev_size).into();
+            if current.maglev.as_deref() == Some(&*slots) {
+                // Adopted (or equal by chance): the kernel's table is this one.
+                self.maglev_inputs.insert(d.frontend, members);
+            } else {
+                ops.push(Op::PutMaglev {
+                    family: d.frontend.family(),
+                    rev_nat_id,
+                    slots,
+                });
+                self.pending.maglev_inputs.insert(d.frontend, members);
+            }
         }
         for range in &external.source_ranges {
             if !current.source_ranges.contains(range) {
@@ -767,37 +849,37 @@ impl Reconciler {
     /// with what was written. A write that fails stops the rest of its frontend's writes
     /// (so its count never publishes what is missing); the others go on.
     fn flush(&mut self, maps: &mut impl LbMaps, report: &mut SyncReport) {
-        let pending = std::mem::take(&mut self.pending);
-        let mut ops = pending.ops;
-        ops.sort_by_key(|(_, op)| phase(op));
-        let plain: Vec<Op> = ops.iter().map(|(_, op)| op.clone()).collect();
+        let started = thread_cpu();
+        let mut pending = std::mem::take(&mut self.pending);
+        self.maglev_staged = std::mem::take(&mut pending.maglev_inputs);
+        let (owners, plain) = by_phase(pending.ops);
         let mut failed: HashSet<Frontend> = HashSet::new();
         let mut i = 0;
-        while i < ops.len() {
-            if failed.contains(&ops[i].0) {
+        while i < plain.len() {
+            if failed.contains(&owners[i]) {
                 i += 1;
                 continue;
             }
             let end = if failed.is_empty() {
-                ops.len()
+                plain.len()
             } else {
-                (i..ops.len())
-                    .find(|&j| failed.contains(&ops[j].0))
-                    .unwrap_or(ops.len())
+                (i..plain.len())
+                    .find(|&j| failed.contains(&owners[j]))
+                    .unwrap_or(plain.len())
             };
             let (done, result) = maps.apply_all(&plain[i..end]);
             let mut k = i;
             while k < i + done {
-                let frontend = ops[k].0;
+                let frontend = owners[k];
                 let end = (k..i + done)
-                    .find(|&j| ops[j].0 != frontend)
+                    .find(|&j| owners[j] != frontend)
                     .unwrap_or(i + done);
                 self.applied(frontend, &plain[k..end], report);
                 k = end;
             }
             i += done;
             if let Err(source) = result {
-                let frontend = ops[i].0;
+                let frontend = owners[i];
                 failed.insert(frontend);
                 if let Some(service) = pending.services.get(&frontend) {
                     self.failed.insert(service.clone());
@@ -813,9 +895,10 @@ impl Reconciler {
             }
         }
         for frontend in &failed {
-            let planned: Vec<Op> = ops
+            let planned: Vec<Op> = owners
                 .iter()
-                .filter(|(f, _)| f == frontend)
+                .zip(&plain)
+                .filter(|(f, _)| *f == frontend)
                 .map(|(_, op)| op.clone())
                 .collect();
             self.release_unwritten(frontend, &planned);
@@ -833,6 +916,8 @@ impl Reconciler {
                 self.frontends.remove(&frontend);
             }
         }
+        self.maglev_staged.clear();
+        report.writing_cpu += thread_cpu().saturating_sub(started);
     }
 
     /// Bookkeeping of writes the kernel took, all of `frontend`.
@@ -939,8 +1024,17 @@ impl Reconciler {
                     )
                 }
                 Op::DeleteRevNat { .. } => (false, p.rev_nat.take().is_some()),
-                Op::PutMaglev { slots, .. } => (p.maglev.replace(slots).is_none(), false),
-                Op::DeleteMaglev { .. } => (false, p.maglev.take().is_some()),
+                Op::PutMaglev { slots, .. } => {
+                    match self.maglev_staged.remove(&frontend) {
+                        Some(members) => self.maglev_inputs.insert(frontend, members),
+                        None => self.maglev_inputs.remove(&frontend),
+                    };
+                    (p.maglev.replace(slots).is_none(), false)
+                }
+                Op::DeleteMaglev { .. } => {
+                    self.maglev_inputs.remove(&frontend);
+                    (false, p.maglev.take().is_some())
+                }
                 Op::PutSourceRange { range, .. } => (p.source_ranges.insert(range), false),
                 Op::DeleteSourceRange { range, .. } => (false, p.source_ranges.remove(&range)),
             };
@@ -1366,5 +1460,62 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(maps.len(Table::Backends4), 5000);
         assert_eq!(maps.len(Table::Services4), 5001);
+    }
+
+    fn node_port_service(affinity: bool, endpoints: &[&str]) -> String {
+        let affinity = if affinity {
+            "  sessionAffinity: ClientIP\n"
+        } else {
+            ""
+        };
+        service("np", "10.96.0.1", endpoints)
+            .replacen(
+                "  clusterIP: 10.96.0.1\n",
+                &format!("  type: NodePort\n{affinity}  clusterIP: 10.96.0.1\n"),
+                1,
+            )
+            .replacen("targetPort: 8080}", "targetPort: 8080, nodePort: 30080}", 1)
+    }
+
+    /// A Maglev table is computed for external frontends only, and again only when their
+    /// backends change.
+    #[test]
+    fn maglev_tables_are_computed_only_when_backends_change() {
+        let (mut w, snapshot) = model(&format!(
+            "{}\n---\n{}",
+            node_port_service(false, &["10.0.0.1", "10.0.0.2"]),
+            service("plain", "10.96.0.2", &["10.0.0.3"])
+        ));
+        let mut maps = MemoryMaps::new();
+        let mut r = Reconciler::new(None);
+        let first = r.sync(&snapshot, &mut maps);
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        // One external frontend (the NodePort); the ClusterIPs have none.
+        assert_eq!(first.maglev_tables, 1);
+        assert_eq!(maps.len(Table::Maglev), 1);
+        // The frontend changes (affinity), its backends do not: no table is computed.
+        w.apply(changes(&node_port_service(true, &["10.0.0.1", "10.0.0.2"])));
+        let report = r.sync(&w.snapshot(), &mut maps);
+        assert!(
+            report.writes > 0 && report.services_compared == 1,
+            "{report:?}"
+        );
+        assert_eq!(report.maglev_tables, 0);
+        // A backend goes: the table is computed and written again.
+        maps.log.clear();
+        w.apply(changes(&node_port_service(true, &["10.0.0.1"])));
+        let report = r.sync(&w.snapshot(), &mut maps);
+        assert_eq!(report.maglev_tables, 1);
+        assert!(maps.log.iter().any(|op| matches!(op, Op::PutMaglev { .. })));
+        // A restart adopts the table and does not rewrite it.
+        let mut adopted = Reconciler::adopt(None, &maps).unwrap();
+        maps.log.clear();
+        let report = adopted.sync(&w.snapshot(), &mut maps);
+        assert_eq!(
+            (report.writes, report.maglev_tables),
+            (0, 1),
+            "{:?}",
+            maps.log
+        );
     }
 }

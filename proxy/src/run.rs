@@ -20,7 +20,7 @@ use crate::external::XdpMode;
 use crate::health::HealthServers;
 use crate::links::{PinnedLinks, links_dir};
 use crate::metrics::Metrics;
-use crate::nodeaddr::{NodeAddress, default_interfaces, node_addresses};
+use crate::nodeaddr::{NodeAddress, NodeEvents, default_interfaces, node_addresses};
 use crate::reconcile::Reconciler;
 use crate::tables::{LbMaps, Table};
 
@@ -226,6 +226,9 @@ pub struct Proxy {
     node_name: Option<String>,
     snat_address: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     interfaces: Vec<String>,
+    interface_mode: Interfaces,
+    xdp: XdpMode,
+    links: PinnedLinks,
     datapath: Datapath,
     reconciler: Reconciler,
     metrics: Metrics,
@@ -256,7 +259,9 @@ impl Proxy {
                  sockets now"
             );
         }
+        let started = Instant::now();
         let mut datapath = Datapath::load(&args.load_options())?;
+        let loaded = started.elapsed();
         let reconciler = Reconciler::adopt(ctx.node_name.clone(), &datapath)?
             .with_maglev_size(args.maglev_table_size);
         let cgroup = match &args.cgroup {
@@ -294,6 +299,7 @@ impl Proxy {
             datapath.attach_xdp(interface, args.xdp, Some(&mut links))?;
         }
         let pruned = links.prune()?;
+        let attached = started.elapsed().saturating_sub(loaded);
         let metrics = Metrics::register(ctx.registry);
         let health = HealthServers::new(
             ctx.node_name.clone(),
@@ -301,12 +307,15 @@ impl Proxy {
             ctx.ready.clone(),
             ctx.registry,
         );
-        info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, interfaces = ?interfaces, ?snat, pruned_links = pruned.len(), "proxy started");
+        info!(cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), node = ?ctx.node_name, interfaces = ?interfaces, ?snat, pruned_links = pruned.len(), ?loaded, ?attached, "proxy started");
         Ok(Self {
             cgroup,
             node_name: ctx.node_name,
             snat_address: (args.snat_address, args.snat_address6),
             interfaces,
+            interface_mode: args.interfaces.clone(),
+            xdp: args.xdp,
+            links,
             datapath,
             reconciler,
             metrics,
@@ -333,7 +342,10 @@ impl Proxy {
             cgroup,
             node_name,
             snat_address: snat_flag,
-            interfaces,
+            mut interfaces,
+            interface_mode,
+            xdp,
+            mut links,
             datapath,
             reconciler,
             mut metrics,
@@ -345,7 +357,22 @@ impl Proxy {
         let mut state = Some((datapath, reconciler));
         let mut ticker = tokio::time::interval(COUNTER_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let external = !interfaces.is_empty();
+        // Interfaces and addresses follow rtnetlink's announcements; the addresses are read
+        // again when the Node (its InternalIP) changes, too.
+        let mut node_events = if interface_mode == Interfaces::None {
+            None
+        } else {
+            match NodeEvents::subscribe() {
+                Ok(events) => Some(events),
+                Err(e) => {
+                    warn!(error = %e, "cannot subscribe to rtnetlink link and address events; reading addresses every {COUNTER_INTERVAL:?}");
+                    None
+                }
+            }
+        };
+        let mut node_changed = false;
+        let settle = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(settle);
         let mut pending = true;
         let timeouts = Timeouts::default();
         let mut gc_interval = GC_FIRST;
@@ -382,6 +409,11 @@ impl Proxy {
                         metrics.stale_sockets_destroyed(destroyed as u64);
                     }
                     state = Some((datapath, reconciler));
+                    if report.full {
+                        // This node's Node changed (or the first sync): its InternalIP picks
+                        // the SNAT address.
+                        node_changed = true;
+                    }
                     ready.serving(generation);
                     ready.set(true);
                     health.sync(&for_health);
@@ -413,12 +445,41 @@ impl Proxy {
                             Ok(c) => metrics.observe_counters(&c),
                             Err(e) => warn!(error = %e, "reading the datapath counters failed"),
                         }
-                        if external {
+                        if node_events.is_none() && !interfaces.is_empty() {
                             refresh_addresses(datapath, snat_flag, &interfaces, &model.borrow(), node_name.as_deref());
                         }
                     }
                 }
-                () = &mut gc_timer, if external => {
+                changed = async {
+                    match node_events.as_mut() {
+                        Some(events) => events.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_none() {
+                        warn!("the rtnetlink subscription ended; reading addresses every {COUNTER_INTERVAL:?}");
+                        node_events = None;
+                    } else if !node_changed {
+                        // Changes come in bursts (a link, then its addresses): settle briefly.
+                        node_changed = true;
+                        settle.as_mut().reset(tokio::time::Instant::now() + NODE_SETTLE);
+                    }
+                }
+                () = &mut settle, if node_changed => {
+                    node_changed = false;
+                    if let Some((datapath, _)) = &mut state {
+                        reconcile_node(
+                            datapath,
+                            &mut links,
+                            (&interface_mode, xdp),
+                            &mut interfaces,
+                            snat_flag,
+                            &model.borrow(),
+                            node_name.as_deref(),
+                        );
+                    }
+                }
+                () = &mut gc_timer, if !interfaces.is_empty() => {
                     if let Some((datapath, reconciler)) = state.take() {
                         let result = spawn_blocking_in_span(move || {
                             let mut datapath = datapath;
@@ -490,6 +551,59 @@ fn snat_addresses(
     (v4, v6)
 }
 
+/// How long a burst of link and address events may last before the node is read again.
+const NODE_SETTLE: Duration = Duration::from_millis(50);
+
+/// Brings the interfaces carrying the NodePort programs (with `--interfaces auto`: those with
+/// a global IPv4 address now) and the node-address maps (NodePort destinations, SNAT) to what
+/// the node has now: new interfaces are attached, gone ones detached and their pins removed.
+fn reconcile_node(
+    datapath: &mut Datapath,
+    links: &mut PinnedLinks,
+    (mode, xdp): (&Interfaces, XdpMode),
+    interfaces: &mut Vec<String>,
+    flag: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    snapshot: &Snapshot,
+    node_name: Option<&str>,
+) {
+    let addresses = match node_addresses() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "reading the node's addresses failed");
+            return;
+        }
+    };
+    if *mode == Interfaces::Auto {
+        let wanted = default_interfaces(&addresses);
+        for gone in interfaces.iter().filter(|i| !wanted.contains(i)) {
+            if let Err(e) = datapath.detach_interface(gone, links) {
+                warn!(interface = %gone, error = %e, "detaching the NodePort programs failed");
+            }
+        }
+        interfaces.retain(|i| wanted.contains(i));
+        for new in wanted {
+            if interfaces.contains(&new) {
+                continue;
+            }
+            let attached = datapath
+                .attach_interface(&new, Some(links))
+                .and_then(|()| datapath.attach_xdp(&new, xdp, Some(links)));
+            match attached {
+                Ok(()) => interfaces.push(new),
+                Err(e) => {
+                    warn!(interface = %new, error = %e, "attaching the NodePort programs failed");
+                }
+            }
+        }
+        interfaces.sort();
+    }
+    let snat = snat_addresses(flag, &addresses, interfaces, snapshot, node_name);
+    match datapath.set_node_addresses(&addresses, snat.0, snat.1) {
+        Ok(()) => debug!(?snat, interfaces = ?interfaces, "node addresses updated"),
+        Err(e) => warn!(error = %e, "writing the node's addresses failed"),
+    }
+}
+
 /// Re-reads the node's addresses into the maps (addresses come and go; the InternalIP may
 /// arrive with the Node object after the start).
 fn refresh_addresses(
@@ -534,6 +648,8 @@ fn log_sync(
             full = report.full,
             compared = report.services_compared,
             writes = report.writes,
+            planning_cpu = ?report.planning_cpu,
+            writing_cpu = ?report.writing_cpu,
             errors = report.errors.len(),
             services = programmed.services,
             frontends = programmed.frontends,

@@ -540,3 +540,112 @@ fn pinned_links_are_updated_in_place_or_moved() {
     assert_eq!(attached(b.path()), Vec::<String>::new());
     assert!(!dir.exists());
 }
+
+/// The kernel maps through single `BPF_MAP_UPDATE_ELEM`/`DELETE_ELEM` calls only: the
+/// default [`LbMaps::apply_all`] applies one operation at a time.
+struct OneByOne<'a>(&'a mut Datapath);
+
+impl fairlead_proxy::tables::LbMaps for OneByOne<'_> {
+    fn apply(&mut self, op: &Op) -> Result<(), WriteError> {
+        self.0.apply(op)
+    }
+    fn contents(&self) -> Result<Contents, Error> {
+        self.0.contents()
+    }
+    fn capacity(&self, table: Table) -> u32 {
+        self.0.capacity(table)
+    }
+}
+
+/// The batched path (`BPF_MAP_UPDATE_BATCH`/`DELETE_BATCH`, what a sync uses) leaves the
+/// kernel maps exactly as single updates do: the repository's examples (both families,
+/// NodePorts, LoadBalancer IPs with source ranges, Maglev tables), then the semantics
+/// scenario replacing them (updates, and deletes of everything the examples had).
+#[test]
+fn batched_sync_writes_what_single_updates_write() {
+    use fairlead_model::{ModelWriter, source::ManifestDir};
+    use fairlead_proxy::Reconciler;
+    if !privileged("kernel_load::batched_sync_writes_what_single_updates_write") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut batched = load();
+    let mut single = load();
+    let mut memory = fairlead_proxy::tables::MemoryMaps::new();
+    let node = Some("node-a".to_owned());
+    let mut by_batch = Reconciler::new(node.clone());
+    let mut by_one = Reconciler::new(node.clone());
+    let mut in_memory = Reconciler::new(node);
+    let (mut writer, _rx) = ModelWriter::new();
+    for dir in [
+        root.join("../examples"),
+        root.join("tests/golden/semantics"),
+    ] {
+        ManifestDir::new(&dir).sync(&mut writer).expect("manifests");
+        let snapshot = writer.snapshot();
+        let a = by_batch.sync(&snapshot, &mut batched);
+        let b = by_one.sync(&snapshot, &mut OneByOne(&mut single));
+        let c = in_memory.sync(&snapshot, &mut memory);
+        for report in [&a, &b, &c] {
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+        }
+        assert_eq!((a.writes, b.writes), (c.writes, c.writes));
+        assert!(a.writes > 20, "{} writes", a.writes);
+        let expected = check(memory.contents());
+        let batched_contents = check(batched.contents());
+        assert_eq!(
+            batched_contents,
+            check(single.contents()),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(batched_contents, expected, "{}", dir.display());
+    }
+}
+
+/// A first sync's long runs are written by several threads: every entry lands, the same as
+/// one update at a time writes.
+#[test]
+fn parallel_batched_puts_write_what_single_updates_write() {
+    if !privileged("kernel_load::parallel_batched_puts_write_what_single_updates_write") {
+        return;
+    }
+    let options = LoadOptions::new()
+        .map_size(maps::BACKENDS4, 40_000)
+        .map_size(maps::SERVICES4, 40_000);
+    let mut batched = check(Datapath::load(&options));
+    let mut single = check(Datapath::load(&options));
+    let frontend = Frontend {
+        address: Ipv4Addr::new(10, 96, 0, 1).into(),
+        port: 80,
+        protocol: Protocol::Tcp.raw(),
+    };
+    let count: u16 = 30_000;
+    let mut ops: Vec<Op> = (1..=u32::from(count))
+        .map(|id| Op::PutBackend {
+            id,
+            backend: BackendEntry {
+                address: Ipv4Addr::from(0x0a80_0000 + id).into(),
+                port: 8080,
+                protocol: Protocol::Tcp.raw(),
+                state: BackendState::Active as u8,
+                rev_nat_id: 1,
+                flags: 0,
+            },
+        })
+        .collect();
+    ops.extend((1..=count).map(|slot| Op::PutService {
+        frontend,
+        slot,
+        value: ServiceValue::backend(u32::from(slot), 1),
+    }));
+    let (done, result) = batched.apply_all(&ops);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(done, ops.len());
+    let (done, result) = OneByOne(&mut single).apply_all(&ops);
+    assert!(result.is_ok() && done == ops.len(), "{result:?}");
+    let contents = check(batched.contents());
+    assert_eq!(contents.backends.len(), usize::from(count));
+    assert_eq!(contents.services.len(), usize::from(count));
+    assert_eq!(contents, check(single.contents()));
+}

@@ -486,9 +486,11 @@ pub(crate) fn bench(
         }
         println!("  program all N:");
         println!(
-            "    fairlead (BPF maps)        {:>12}   (on CPU {}, {} writes; load average {})",
+            "    fairlead (BPF maps)        {:>12}   (on CPU {}: planning {}, writing {}; {} writes; load average {})",
             ms(fairlead_full),
             ms(fairlead_cpu),
+            ms(report.planning_cpu),
+            ms(report.writing_cpu),
             report.writes,
             load_average()
         );
@@ -598,10 +600,146 @@ pub(crate) fn bench(
                 );
             }
         }
+        match process_start(&manifests, n, endpoints) {
+            Ok(Some(start)) => start.print(),
+            Ok(None) => println!(
+                "  process start: skipped (no `fairlead` binary next to this one: cargo build --release --bin fairlead)"
+            ),
+            Err(e) => println!("  process start: failed: {e:#}"),
+        }
         let _ = std::fs::remove_dir_all(&manifests);
         println!();
     }
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+/// `fairlead proxy --manifests` from process start to its first full sync, and its memory.
+struct ProcessStart {
+    /// Spawn to the `proxy started` line (maps created, programs loaded and attached).
+    started: Duration,
+    /// Spawn to the `maps synced` line.
+    synced: Duration,
+    /// What the process logged for the sync itself.
+    sync_line: String,
+    /// Resident memory after the sync (kB).
+    rss_kb: u64,
+    /// Memory of the proxy's maps as bpftool reports them (`bytes_memlock`).
+    map_bytes: u64,
+}
+
+impl ProcessStart {
+    fn print(&self) {
+        println!(
+            "  process start -> first full sync (fairlead proxy --manifests): {}   (maps and programs ready at {}; load average {})",
+            ms(self.synced),
+            ms(self.started),
+            load_average()
+        );
+        println!("    logged: {}", self.sync_line);
+        #[expect(clippy::cast_precision_loss, reason = "sizes for people")]
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        println!(
+            "    memory: process RSS {:.1} MiB; its BPF maps {:.1} MiB (bpftool bytes_memlock)",
+            mib(self.rss_kb * 1024),
+            mib(self.map_bytes)
+        );
+    }
+}
+
+/// Runs the `fairlead` binary next to this one (`None` without one) as `fairlead proxy` on
+/// `manifests`, maps pinned in a scratch bpffs directory, sockets of a scratch cgroup, no
+/// interfaces; stops it at its first full sync and removes what it pinned.
+fn process_start(manifests: &Path, n: usize, endpoints: usize) -> Result<Option<ProcessStart>> {
+    use std::io::BufRead as _;
+    let binary = std::env::current_exe()?.with_file_name("fairlead");
+    if !binary.is_file() {
+        return Ok(None);
+    }
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/fairlead-bench-{}", std::process::id()));
+    let cgroup = cgroup_root()?.join(format!("fairlead-bench-start-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup)?;
+    let entries = (n * (endpoints + 1) + 64).max(maps::SERVICE_MAX_ENTRIES as usize);
+    let started_at = Instant::now();
+    let mut child = Command::new(&binary)
+        .args([
+            "proxy",
+            "--interfaces",
+            "none",
+            "--telemetry-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--bpffs")
+        .arg(&bpffs)
+        .arg("--cgroup")
+        .arg(&cgroup)
+        .args(["--map-services", &entries.to_string()])
+        .args(["--map-backends", &entries.to_string()])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", binary.display()))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut started = None;
+    let mut result = None;
+    let mut text = String::new();
+    while let Some(Ok(line)) = lines.next() {
+        let _ = writeln!(text, "{line}");
+        if started.is_none() && line.contains("proxy started") {
+            started = Some(started_at.elapsed());
+        }
+        if line.contains("maps synced") {
+            let synced = started_at.elapsed();
+            let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                })
+                .unwrap_or(0);
+            let map_bytes = maps::ALL
+                .iter()
+                .filter_map(|spec| {
+                    let out = Command::new("bpftool")
+                        .args(["-j", "map", "show", "pinned"])
+                        .arg(bpffs.join(spec.name))
+                        .output()
+                        .ok()?;
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                    v["bytes_memlock"].as_u64()
+                })
+                .sum();
+            let sync_line = line
+                .split_once("maps synced")
+                .map_or(line.as_str(), |(_, rest)| rest)
+                .trim()
+                .to_owned();
+            result = Some(ProcessStart {
+                started: started.unwrap_or_default(),
+                synced,
+                sync_line,
+                rss_kb,
+                map_bytes,
+            });
+            break;
+        }
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let _ = Command::new(&binary)
+        .args(["proxy", "--cleanup", "--bpffs"])
+        .arg(&bpffs)
+        .output();
+    let _ = std::fs::remove_dir(&cgroup);
+    match result {
+        Some(r) => Ok(Some(r)),
+        None => bail!("no `maps synced` line; the proxy said:\n{text}"),
+    }
 }

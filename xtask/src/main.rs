@@ -45,8 +45,8 @@ enum Bench {
     /// fairlead's socket load balancer against kube-proxy-style iptables and nftables
     /// rules: sync time for N Services, one changed EndpointSlice, connect latency.
     Proxy {
-        /// Numbers of Services.
-        #[arg(long, value_delimiter = ',', default_values_t = [1000, 10_000, 50_000])]
+        /// Numbers of Services (the sweep; `--services` too).
+        #[arg(long, alias = "services", value_delimiter = ',', default_values_t = [100, 1000, 10_000])]
         sizes: Vec<usize>,
         /// Endpoints per Service.
         #[arg(long, default_value_t = 10)]
