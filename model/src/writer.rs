@@ -397,6 +397,24 @@ impl ModelWriter {
                     dirty.objects.insert(id.clone());
                 }
             }
+            KubeObject::GatewayClass(_)
+            | KubeObject::Gateway(_)
+            | KubeObject::HttpRoute(_)
+            | KubeObject::GrpcRoute(_)
+            | KubeObject::ReferenceGrant(_) => self.translate_gateway_api(id, object, dirty)?,
+        }
+        Ok(())
+    }
+
+    /// [`Self::translate`] for the Gateway API kinds.
+    fn translate_gateway_api(
+        &mut self,
+        id: &ObjectId,
+        object: &KubeObject,
+        dirty: &mut Dirty,
+    ) -> Result<(), Vec<FieldError>> {
+        let key = id.key();
+        match object {
             KubeObject::GatewayClass(o) => {
                 let class = translate::gateway_class(o)?;
                 if put(&mut self.next.gateway_classes, id.name.clone(), class) {
@@ -432,6 +450,7 @@ impl ModelWriter {
                     dirty.ingress = true;
                 }
             }
+            _ => {}
         }
         Ok(())
     }

@@ -293,13 +293,21 @@ pub struct Cleanup {
 }
 
 /// Removes everything `fairlead proxy --bpffs dir` leaves behind: every link pinned under
-/// `dir/links` (the programs detach) and every map of [`fairlead_abi::maps::ALL`] pinned
+/// `dir/links` (detached at once, then unpinned) and every map of [`fairlead_abi::maps::ALL`] pinned
 /// under `dir`, then the directories if empty. Idempotent; what is not there is skipped.
 pub fn cleanup(dir: &Path) -> Result<Cleanup, Error> {
     let mut done = Cleanup::default();
     let links_dir = links_dir(dir);
     for name in pinned_names(&links_dir)? {
         let path = links_dir.join(&name);
+        // Detach first: removing the pin alone lets the program run until the kernel
+        // frees the pin's inode, after `--cleanup` has returned.
+        match sys::obj_get(&path).and_then(sys::link_detach) {
+            Ok(()) => {}
+            Err(error) => {
+                debug!(pin = %path.display(), %error, "not detached; unpinning it detaches it later");
+            }
+        }
         remove_pin(&path)?;
         done.links.push(name);
     }

@@ -1,7 +1,8 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose: replacing the program of a link
 //! (`BPF_LINK_UPDATE`, public in aya only for XDP and TC links), reading what a link is
 //! attached to (`BPF_OBJ_GET_INFO_BY_FD` on a link: aya's `LinkInfo` hides the target), and
-//! batched map writes (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`).
+//! batched map writes (`BPF_MAP_UPDATE_BATCH`, `BPF_MAP_DELETE_BATCH`), and detaching a
+//! link at once whoever holds it (`BPF_LINK_DETACH`).
 //!
 //! Each `bpf_attr` variant used here is declared as its own `#[repr(C)]` struct with the
 //! kernel's layout (`include/uapi/linux/bpf.h`); the kernel zero-fills the part of
@@ -19,6 +20,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `BPF_LINK_TYPE_CGROUP`.
 pub(crate) const LINK_TYPE_CGROUP: u32 = 3;
@@ -36,6 +38,12 @@ struct LinkUpdateAttr {
     new_prog_fd: u32,
     flags: u32,
     old_prog_fd: u32,
+}
+
+/// `attr.link_detach`.
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
 }
 
 /// `attr.obj` (`BPF_OBJ_GET`).
@@ -152,6 +160,16 @@ pub(crate) fn link_update(link: impl AsFd, program: impl AsFd) -> io::Result<()>
         old_prog_fd: 0,
     };
     sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Detaches `link` from its hook now (`BPF_LINK_DETACH`, Linux 5.9 for cgroup links, 6.6
+/// for TCX). Unpinning alone detaches only when the last reference goes, which the kernel
+/// does later (the bpffs inode is freed after an RCU grace period).
+pub(crate) fn link_detach(link: impl AsFd) -> io::Result<()> {
+    let mut attr = LinkDetachAttr {
+        link_fd: fd_u32(link.as_fd()),
+    };
+    sys_bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
 /// The kernel's description of `link`.
