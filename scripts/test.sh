@@ -15,7 +15,10 @@ cargo fmt --all -- --check
 # CI's 2 cores), packaging 11 s; the image test about 45 s, alongside the
 # other tests.
 echo "== container image (scripts/image.sh, release build)" >&2
-image="$(bash scripts/image.sh --max-size 30 | tee /dev/stderr | sed -n 's/^image: //p')"
+# The size guard: 33.9 MB since the Gateway API status and GRPCRoute, the
+# rtnetlink crates, explain and Events landed (25.7 MB before); 40 keeps a
+# regression visible while the growth is looked into.
+image="$(bash scripts/image.sh --max-size 40 | tee /dev/stderr | sed -n 's/^image: //p')"
 [ -n "$image" ] || { echo "scripts/image.sh named no image" >&2; exit 1; }
 export FAIRLEAD_IMAGE="$image"
 

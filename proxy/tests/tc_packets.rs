@@ -28,6 +28,21 @@ fn snapshot(writer: &mut ModelWriter, backends: usize) -> Arc<Snapshot> {
     snapshot_with(writer, backends, "")
 }
 
+/// The model `writer` makes of the YAML documents `yaml` (replacing what it held).
+fn load(writer: &mut ModelWriter, yaml: &str) -> Arc<Snapshot> {
+    let changes: Vec<Change> = serde_norway::Deserializer::from_str(yaml)
+        .map(|doc| {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+            Change::Upsert {
+                object: decode(value).expect("object"),
+                origin: None,
+            }
+        })
+        .collect();
+    writer.replace_all(changes, Vec::new(), true);
+    writer.snapshot()
+}
+
 fn snapshot_with(writer: &mut ModelWriter, backends: usize, extra: &str) -> Arc<Snapshot> {
     let mut eps = String::new();
     for i in 0..backends {
@@ -40,17 +55,7 @@ fn snapshot_with(writer: &mut ModelWriter, backends: usize, extra: &str) -> Arc<
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n{extra}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
     );
-    let changes: Vec<Change> = serde_norway::Deserializer::from_str(&yaml)
-        .map(|doc| {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
-            Change::Upsert {
-                object: decode(value).expect("object"),
-                origin: None,
-            }
-        })
-        .collect();
-    writer.replace_all(changes, Vec::new(), true);
-    writer.snapshot()
+    load(writer, &yaml)
 }
 
 /// One's-complement sum of 16-bit words.
@@ -599,17 +604,7 @@ fn udp_service(writer: &mut ModelWriter, node: &str, subnet: u8) -> Arc<Snapshot
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: t}}\nspec:\n  clusterIP: 10.96.0.53\n  ports: [{{port: 53, protocol: UDP, targetPort: 5353}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dns-1, namespace: t, labels: {{kubernetes.io/service-name: dns}}}}\naddressType: IPv4\nports: [{{port: 5353, protocol: UDP}}]\nendpoints:\n  - {{addresses: [\"10.244.{subnet}.10\"], conditions: {{ready: true}}, nodeName: {node}}}\n"
     );
-    let changes: Vec<Change> = serde_norway::Deserializer::from_str(&yaml)
-        .map(|doc| {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
-            Change::Upsert {
-                object: decode(value).expect("object"),
-                origin: None,
-            }
-        })
-        .collect();
-    writer.replace_all(changes, Vec::new(), true);
-    writer.snapshot()
+    load(writer, &yaml)
 }
 
 /// A UDP datagram of `payload` from `src` to `dst` with IP identification `id`, as the
@@ -845,17 +840,7 @@ fn ipv6_service(writer: &mut ModelWriter, backend: Ipv6Addr, node: &str) -> Arc<
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: v6, namespace: t}}\nspec:\n  clusterIP: \"fd96::80\"\n  clusterIPs: [\"fd96::80\"]\n  ipFamilies: [IPv6]\n  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]\n  externalIPs: [\"2001:db8::80\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: v6-1, namespace: t, labels: {{kubernetes.io/service-name: v6}}}}\naddressType: IPv6\nports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n  - {{addresses: [\"{backend}\"], conditions: {{ready: true}}, nodeName: {node}}}\n"
     );
-    let changes: Vec<Change> = serde_norway::Deserializer::from_str(&yaml)
-        .map(|doc| {
-            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
-            Change::Upsert {
-                object: decode(value).expect("object"),
-                origin: None,
-            }
-        })
-        .collect();
-    writer.replace_all(changes, Vec::new(), true);
-    writer.snapshot()
+    load(writer, &yaml)
 }
 
 /// The IPv6 pseudo-header sum (RFC 8200 8.1).
