@@ -674,6 +674,17 @@ fn load_classifier(datapath: &mut Datapath, name: &str) {
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
 }
 
+/// Loads the XDP program of `datapath` (attached nowhere: `BPF_PROG_TEST_RUN` runs it).
+fn load_xdp(datapath: &mut Datapath) {
+    let xdp: &mut Xdp = datapath
+        .ebpf_mut()
+        .program_mut(programs::XDP)
+        .expect("program")
+        .try_into()
+        .expect("xdp");
+    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+}
+
 /// Sets the node's source-NAT address (`IF_ADDR4` key 0), as user space does from the
 /// node's InternalIP.
 fn set_snat_address(datapath: &mut Datapath, address: Ipv4Addr) {
@@ -767,13 +778,7 @@ fn udp_fragments_of_a_local_backend_at_tc_egress_and_xdp() {
     }
     let (mut datapath, _netns) = datapath();
     load_classifier(&mut datapath, programs::TC_EGRESS);
-    let xdp: &mut Xdp = datapath
-        .ebpf_mut()
-        .program_mut(programs::XDP)
-        .expect("program")
-        .try_into()
-        .expect("xdp");
-    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    load_xdp(&mut datapath);
     let (mut writer, _rx) = ModelWriter::new();
     let report = Reconciler::new(Some("node-1".to_owned()))
         .sync(&udp_service(&mut writer, "node-1", 1), &mut datapath);
@@ -960,13 +965,7 @@ fn ipv6_extension_headers_are_walked_and_the_rewrite_is_exact() {
     }
     let (mut datapath, _netns) = datapath();
     load_classifier(&mut datapath, programs::TC_EGRESS6);
-    let xdp: &mut Xdp = datapath
-        .ebpf_mut()
-        .program_mut(programs::XDP)
-        .expect("program")
-        .try_into()
-        .expect("xdp");
-    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    load_xdp(&mut datapath);
     let backend: Ipv6Addr = "fd44:1::10".parse().unwrap();
     let (mut writer, _rx) = ModelWriter::new();
     let report = Reconciler::new(Some("node-1".to_owned()))
@@ -1120,13 +1119,7 @@ fn source_nat_rewrites_both_directions_byte_for_byte() {
         return;
     }
     let (mut datapath, _netns) = datapath();
-    let xdp: &mut Xdp = datapath
-        .ebpf_mut()
-        .program_mut(programs::XDP)
-        .expect("program")
-        .try_into()
-        .expect("xdp");
-    xdp.load().unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    load_xdp(&mut datapath);
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n  - {{addresses: [\"10.244.2.10\"], conditions: {{ready: true}}, nodeName: node-2}}\n"
     );
