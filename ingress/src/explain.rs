@@ -97,12 +97,18 @@ fn rule_entry(host: &str, rule: &Rule) -> RouteEntry {
     let mut matches = match &rule.path {
         PathMatch::Exact(p) => format!("Exact {p}"),
         PathMatch::Prefix(p) => format!("Prefix {p}"),
+        PathMatch::Regex(p) => format!("RegularExpression {}", p.as_str()),
     };
     if let Some(method) = &rule.method {
         let _ = write!(matches, " method {method}");
     }
     for header in &rule.headers {
-        let _ = write!(matches, " header {}={}", header.name, header.value);
+        let _ = match &header.value {
+            fairlead_model::StringMatch::Exact(v) => write!(matches, " header {}={v}", header.name),
+            regex @ fairlead_model::StringMatch::Regex(_) => {
+                write!(matches, " header {}={regex}", header.name)
+            }
+        };
     }
     let mut backends: Vec<(BackendId, Option<u32>)> = rule
         .backends

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod explain;
+pub mod filters;
 pub mod framing;
 pub mod gateway;
 pub mod gateway_api;

@@ -114,6 +114,9 @@ pub struct Route {
     pub path: Arc<str>,
     /// How it matched; `None` for a default backend.
     pub path_type: Option<PathType>,
+    /// Gateway API filters and timeouts; `None` for a route without any
+    /// (every Ingress route).
+    pub filters: Option<Arc<crate::filters::RouteFilters>>,
 }
 
 /// The routes of one host group.
@@ -316,6 +319,7 @@ impl RouteTable {
                 host: Arc::from(""),
                 path: Arc::from(""),
                 path_type: None,
+                filters: None,
             });
         } else if let Some(ingress) = ingresses
             .iter()
@@ -517,6 +521,7 @@ impl Compiler<'_> {
             host: Arc::from(host),
             path: Arc::from(""),
             path_type: None,
+            filters: None,
         })
     }
 
@@ -545,6 +550,7 @@ impl Compiler<'_> {
                         host: host_label.clone(),
                         path: Arc::from(path.path.as_str()),
                         path_type: Some(path.path_type),
+                        filters: None,
                     },
                 ));
             }
