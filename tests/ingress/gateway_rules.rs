@@ -62,6 +62,9 @@ fn gateway_api_regular_expression_matches() {
          metadata: {name: rpc, namespace: shop}\nspec:\n\
          \x20 parentRefs: [{name: gw}]\n  hostnames: [grpc.test]\n  rules:\n\
          \x20 - matches: [{method: {type: RegularExpression, service: \"shop\\\\.(Cart|Basket)\", method: \"Get.*\"}}]\n\
+         \x20   filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-via, value: regex-rule}]}}]\n\
+         \x20   backendRefs: [{name: cart, port: 80}]\n\
+         \x20 - matches: [{method: {service: shop.Cart, method: Put}, headers: [{type: RegularExpression, name: x-tenant, value: \"t[0-9]+\"}]}]\n\
          \x20   backendRefs: [{name: cart, port: 80}]\n\
          \x20 - matches: [{method: {type: RegularExpression, service: \".*\"}}]\n\
          \x20   backendRefs: [{name: any, port: 80}]\n"
@@ -125,6 +128,15 @@ fn gateway_api_regular_expression_matches() {
                 (200, want, "0"),
                 "{path}: {text}"
             );
+        }
+        // The rule's RequestHeaderModifier reached the backend.
+        let (_, text, _) = call("/shop.Cart/GetItems").await;
+        assert!(text.contains("h:x-via=regex-rule"), "{text}");
+        // A header RegularExpression match on a GRPCRoute.
+        for (tenant, want) in [("t42", "cart"), ("t42x", "any")] {
+            let headers = [("x-tenant", tenant)];
+            let (_, text, _) = grpc_call(gw.http, "grpc.test", "/shop.Cart/Put", &headers).await;
+            assert_eq!(name_of(&text), want, "{tenant}: {text}");
         }
     });
 }
