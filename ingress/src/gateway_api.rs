@@ -1254,6 +1254,59 @@ mod tests {
         );
     }
 
+    #[test]
+    fn filters_are_attached_only_to_routes_that_have_them_and_explained() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            http_route(
+                "default",
+                "f",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["f.test"],
+                "rules": [
+                    {"matches": [{"path": {"value": "/plain"}}], "backendRefs": [{"name": "a", "port": 80}]},
+                    {"matches": [{"path": {"value": "/old"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
+                    {"matches": [{"path": {"value": "/h"}}],
+                     "timeouts": {"request": "2s"},
+                     "backendRefs": [{"name": "a", "port": 80, "filters": [
+                         {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "x-b", "value": "1"}]}}]}]},
+                ]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let route = |path| {
+            table
+                .route_request("f.test", path, None, &Method::GET, &HeaderMap::new(), false)
+                .unwrap()
+                .clone()
+        };
+        // No filters: nothing allocated, nothing to apply.
+        assert!(route("/plain").filters.is_none());
+        let redirect = route("/old/x").filters.unwrap();
+        assert_eq!(redirect.prefix, "/old");
+        assert!(redirect.redirect.is_some());
+        let h = route("/h").filters.unwrap();
+        assert_eq!(h.response_headers.len(), 1);
+        assert_eq!(h.timeouts.request, Some(std::time::Duration::from_secs(2)));
+        let matches: Vec<String> = table.entries().into_iter().map(|e| e.matches).collect();
+        assert!(
+            matches.contains(&"Prefix /old filters RequestRedirect".to_owned()),
+            "{matches:?}"
+        );
+        assert!(
+            matches.contains(&"Prefix /h filters ResponseHeaderModifier timeout 2s".to_owned()),
+            "{matches:?}"
+        );
+    }
+
     fn get_host(table: &RouteTable, host: &str) -> String {
         get(table, host, "/api", "GET", &[])
     }
