@@ -6,7 +6,14 @@
 //! route matches, 405 for CONNECT, 414 for a URI over the limit, 308 to HTTPS
 //! for hosts with TLS, 502 when no endpoint could be reached or the upstream
 //! broke the exchange, 503 when the backend has no ready endpoint (or does
-//! not resolve), 504 when the response headers did not come in time.
+//! not resolve), 504 when the response headers did not come in time (the
+//! gateway's `--ingress-response-timeout` per attempt, or a Gateway API
+//! route's `timeouts`).
+//!
+//! Gateway API filters ([`crate::filters`]) of the matched route, when it
+//! has any: a redirect answers at once; otherwise the path and host are
+//! rewritten, request headers modified, bodiless requests copied to the
+//! mirrors (spawned, never awaited), and the response headers modified.
 //!
 //! Retries go to another endpoint: always when the request was not sent (the
 //! connect failed, or a pooled connection turned out closed), and for
