@@ -261,6 +261,8 @@ pub fn run(
 }
 
 #[cfg(test)]
+mod incremental_tests;
+#[cfg(test)]
 mod test_support;
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use fairlead_model::{
-    Host, Ingress, IngressBackend, ObjectKey, PathType, PortRef, Protocol, ServiceKey, ServicePort,
+    Host, Ingress, IngressBackend, ObjectKey, PathType, PortRef, ServiceKey, ServicePort,
     ServiceType, Snapshot,
 };
 use tracing::warn;
@@ -477,13 +477,7 @@ impl Compiler<'_> {
                 "ExternalName Services are not proxied".to_owned(),
             );
         }
-        let found = service.ports.iter().find(|p| {
-            p.protocol == Protocol::Tcp
-                && match port {
-                    PortRef::Number(n) => p.port == *n,
-                    PortRef::Name(name) => p.name == *name,
-                }
-        });
+        let found = service.ports.iter().find(|p| port.selects(p));
         let Some(found) = found else {
             return self.unresolved(
                 ingress,
