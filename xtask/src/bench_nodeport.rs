@@ -1204,6 +1204,10 @@ fn steered(o: &Options) -> bool {
 /// softirq work in their context; ksoftirqd and the machine's other users are left out);
 /// with `--nodeport-steer`, the node's CPU (its NAPI threads, and whatever else ran there), by
 /// thread and symbol.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one profile after another, with the program counters around each"
+)]
 fn profile(
     o: &Options,
     cgroup: &BenchCgroup,
@@ -1255,6 +1259,12 @@ fn profile(
         } else {
             Vec::new()
         };
+        if programs.is_empty() && matches!(peer, Peer::Fairlead | Peer::FairleadXdp) {
+            println!(
+                "    {}: `bpftool net show` in {NODE} listed no program: no bpf_stats for the {name} run",
+                peer.label(iptables)
+            );
+        }
         let counting = (!programs.is_empty()).then(BpfStats::enable);
         let before = program_stats(&programs);
         let load = if test == Test::Close {
