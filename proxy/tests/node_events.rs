@@ -154,7 +154,10 @@ fn interfaces_and_addresses_follow_rtnetlink_events() {
         pinned(pins.path(), &format!("tc-{dev}-ingress"))
             && pinned(pins.path(), &format!("tc-{dev}-egress"))
     });
-    assert!(took < WITHIN * 2, "attached after {took:?}");
+    // The event path answers within WITHIN on a quiet machine; the bound
+    // leaves room for a loaded CI runner (2 s was missed by 12 ms at load 20)
+    // and stays under the 5 s address poll that is the fallback.
+    assert!(took < WITHIN * 4, "attached after {took:?}");
     eventually("the SNAT address", || {
         snat_address(pins.path()) == Some(Ipv4Addr::new(10, 77, 0, 1))
     });
