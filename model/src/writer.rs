@@ -95,6 +95,8 @@ pub struct ModelWriter {
     tx: watch::Sender<Arc<Snapshot>>,
     next: Snapshot,
     entries: HashMap<ObjectId, Entry>,
+    /// Entries per kind.
+    counts: HashMap<Kind, usize>,
     /// Services whose spec changed since the last snapshot: the new last
     /// good translation (without endpoints), or `None` when deleted. The
     /// published Services hold every other spec; the writer keeps no copy.
@@ -124,6 +126,7 @@ impl ModelWriter {
             tx,
             next: Snapshot::default(),
             entries: HashMap::new(),
+            counts: HashMap::new(),
             specs: HashMap::new(),
             slices: HashMap::new(),
             slices_by_service: HashMap::new(),
@@ -146,6 +149,21 @@ impl ModelWriter {
     #[must_use]
     pub fn has_consumers(&self) -> bool {
         self.tx.receiver_count() > 0
+    }
+
+    /// How many objects of `kind` the writer holds (valid or not; staged
+    /// changes included).
+    #[must_use]
+    pub fn objects(&self, kind: Kind) -> usize {
+        self.counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// The entry of `id`, created (and counted) if new.
+    fn entry(&mut self, id: &ObjectId) -> &mut Entry {
+        if !self.entries.contains_key(id) {
+            *self.counts.entry(id.kind).or_default() += 1;
+        }
+        self.entries.entry(id.clone()).or_default()
     }
 
     /// The last published snapshot.
@@ -290,7 +308,7 @@ impl ModelWriter {
             Change::Upsert { object, origin } => {
                 let id = object.id();
                 let result = self.translate(&id, &object, dirty);
-                let entry = self.entries.entry(id.clone()).or_default();
+                let entry = self.entry(&id);
                 entry.origin = origin;
                 entry.invalid = false;
                 let errors = problems(result.err().unwrap_or_default(), entry.origin.as_ref(), &id);
@@ -307,7 +325,7 @@ impl ModelWriter {
                 warn!(object = %id, %error, "object does not decode; its last good version stays in force");
                 // A referenced Secret that does not decode is reported as such.
                 dirty.ingress |= id.kind == Kind::Secret;
-                let entry = self.entries.entry(id.clone()).or_default();
+                let entry = self.entry(&id);
                 entry.invalid = true;
                 entry.origin.clone_from(&origin);
                 entry.errors = vec![Problem {
@@ -320,6 +338,9 @@ impl ModelWriter {
             }
             Change::Delete(id) => {
                 if let Some(entry) = self.entries.remove(&id) {
+                    if let Some(n) = self.counts.get_mut(&id.kind) {
+                        *n -= 1;
+                    }
                     dirty.problems |= !entry.errors.is_empty();
                 }
                 self.forget(&id, dirty);

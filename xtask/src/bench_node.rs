@@ -40,9 +40,12 @@ pub(crate) struct Options {
     /// The fairlead binary (default: build and use target/release/fairlead).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Name of the throw-away netns and cgroup (pins go to
+    /// /sys/fs/bpf/NAME and NAME-proxy), so that parallel runs do not collide.
+    #[arg(long, default_value = "flbench-node")]
+    netns: String,
 }
 
-const NETNS: &str = "flbench-node";
 /// Services per manifest file (a change rewrites one file).
 const PER_FILE: usize = 10;
 /// Clock ticks per second of /proc/<pid>/stat (USER_HZ, 100 on Linux).
@@ -384,8 +387,8 @@ fn median(v: &[Duration]) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-fn cleanup(cgroup: &Path, pins: &[PathBuf]) {
-    let _ = Command::new("ip").args(["netns", "del", NETNS]).output();
+fn cleanup(netns: &str, cgroup: &Path, pins: &[PathBuf]) {
+    let _ = Command::new("ip").args(["netns", "del", netns]).output();
     let _ = fs::remove_dir(cgroup);
     for pin in pins {
         let _ = fs::remove_dir_all(pin);
@@ -396,17 +399,18 @@ fn cleanup(cgroup: &Path, pins: &[PathBuf]) {
 pub(crate) fn run_bench(options: &Options) -> Result<()> {
     let bin = binary(options)?;
     let cgroup_root = fairlead_proxy::cgroup2_root().context("no cgroup v2 hierarchy")?;
-    let cgroup = cgroup_root.join("flbench-node");
+    let name = options.netns.as_str();
+    let cgroup = cgroup_root.join(name);
     let pins = [
-        PathBuf::from("/sys/fs/bpf/flbench-node"),
-        PathBuf::from("/sys/fs/bpf/flbench-proxy"),
+        PathBuf::from(format!("/sys/fs/bpf/{name}")),
+        PathBuf::from(format!("/sys/fs/bpf/{name}-proxy")),
     ];
-    cleanup(&cgroup, &pins);
+    cleanup(name, &cgroup, &pins);
     fs::create_dir_all(&cgroup)?;
-    run(Command::new("ip").args(["netns", "add", NETNS]))?;
-    run(Command::new("ip").args(["-n", NETNS, "link", "set", "lo", "up"]))?;
+    run(Command::new("ip").args(["netns", "add", name]))?;
+    run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
     let result = (|| {
-        let netns = fs::File::open(format!("/var/run/netns/{NETNS}"))?;
+        let netns = fs::File::open(format!("/var/run/netns/{name}"))?;
         rustix::thread::move_into_link_name_space(
             rustix::fd::AsFd::as_fd(&netns),
             Some(rustix::thread::LinkNameSpaceType::Network),
@@ -414,7 +418,7 @@ pub(crate) fn run_bench(options: &Options) -> Result<()> {
         .context("entering the benchmark netns")?;
         bench_in_netns(options, &bin, &cgroup, &pins)
     })();
-    cleanup(&cgroup, &pins);
+    cleanup(name, &cgroup, &pins);
     result
 }
 

@@ -74,6 +74,8 @@ pub struct ManifestDir {
     /// The state may disagree with the writer (an update failed half-way):
     /// the next reload starts from scratch.
     stale: bool,
+    /// Read files on this thread only (tests compare both ways).
+    sequential: bool,
 }
 
 /// Everything a directory holds right now.
@@ -119,6 +121,7 @@ impl ManifestDir {
             defs: HashMap::new(),
             duplicates: BTreeSet::new(),
             stale: false,
+            sequential: false,
         }
     }
 
@@ -273,9 +276,7 @@ impl ManifestDir {
         sink: &mut dyn FnMut(Change),
     ) -> Result<usize, Error> {
         let mut update = Update::default();
-        for rel in paths {
-            self.read_file(rel, false, &mut update, sink)?;
-        }
+        self.read_files(paths, &mut update, sink)?;
         loop {
             // An object whose serving file changed to one not parsed in this
             // update (its first definition was removed): that file's
@@ -389,30 +390,89 @@ impl ManifestDir {
         update: &mut Update,
         sink: &mut dyn FnMut(Change),
     ) -> Result<(), Error> {
-        let abs = self.root.join(rel);
-        let is_file = is_manifest(rel) && std::fs::metadata(&abs).is_ok_and(|m| m.is_file());
-        let content = if is_file {
-            match std::fs::read(&abs) {
-                Ok(content) => Some(content),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(source) => return Err(Error::Io { path: abs, source }),
-            }
+        let known = if force { None } else { self.content_of(rel) };
+        let read = read_manifest(&self.root, rel, known)?;
+        self.accept(rel, read, update, sink);
+        Ok(())
+    }
+
+    /// The content hash last read from `rel`.
+    fn content_of(&self, rel: &Path) -> Option<u64> {
+        self.files.get(rel).map(|state| state.content)
+    }
+
+    /// Reads `paths` in order, parsing them on several threads when there
+    /// are many (the first load of a large directory): workers read and
+    /// parse files ahead, this thread puts them into the state (and hands
+    /// `sink` their changes) in path order, so the outcome is the same as
+    /// reading one by one. At most [`PARSE_AHEAD`] parsed files wait.
+    fn read_files(
+        &mut self,
+        paths: &BTreeSet<PathBuf>,
+        update: &mut Update,
+        sink: &mut dyn FnMut(Change),
+    ) -> Result<(), Error> {
+        let workers = if self.sequential {
+            1
         } else {
-            None
+            parse_workers(paths.len())
         };
-        update.read += 1;
-        let Some(content) = content else {
-            self.remove_file(rel, update);
+        if workers <= 1 {
+            for rel in paths {
+                self.read_file(rel, false, update, sink)?;
+            }
             return Ok(());
+        }
+        let jobs: Vec<(&Path, Option<u64>)> = paths
+            .iter()
+            .map(|rel| (rel.as_path(), self.content_of(rel)))
+            .collect();
+        let ahead = Ahead::new(jobs.len());
+        let root = self.root.clone();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    while let Some(i) = ahead.take() {
+                        let (rel, known) = jobs[i];
+                        ahead.put(i, read_manifest(&root, rel, known));
+                    }
+                });
+            }
+            let result = (0..jobs.len()).try_for_each(|i| {
+                let read = ahead.wait(i)?;
+                self.accept(jobs[i].0, read, update, sink);
+                Ok(())
+            });
+            ahead.stop();
+            result
+        })
+    }
+
+    /// Puts what [`read_manifest`] found in `rel` into the state.
+    fn accept(
+        &mut self,
+        rel: &Path,
+        read: Read,
+        update: &mut Update,
+        sink: &mut dyn FnMut(Change),
+    ) {
+        update.read += 1;
+        let (hash, outcome) = match read {
+            Read::Gone => {
+                self.remove_file(rel, update);
+                return;
+            }
+            Read::Unchanged => return,
+            Read::Content { hash, outcome } => (hash, outcome),
         };
-        let hash = hash_of(&content[..]);
         let key = match self.files.get_key_value(rel) {
-            Some((_, state)) if !force && state.content == hash => return Ok(()),
             Some((key, _)) => Arc::clone(key),
             None => Arc::from(rel),
         };
-        let documents = match split_documents(rel, &content) {
-            Ok(documents) => documents,
+        match outcome {
+            Ok((objects, problems)) => {
+                self.replace_file(key, hash, objects, problems, update, sink);
+            }
             Err((document, message)) => {
                 let state = self.files.entry(Arc::clone(&key)).or_insert(FileState {
                     content: hash,
@@ -440,13 +500,8 @@ impl ManifestDir {
                 // one parses again; the objects stay.
                 state.content = hash;
                 state.problems = vec![problem];
-                return Ok(());
             }
-        };
-        drop(content);
-        let (objects, problems) = decode_documents(rel, documents);
-        self.replace_file(key, hash, objects, problems, update, sink);
-        Ok(())
+        }
     }
 
     /// Puts a newly parsed file into the state.
@@ -666,13 +721,151 @@ impl ManifestDir {
     }
 }
 
+/// What reading one file found.
+enum Read {
+    /// Not a manifest file (any more), or gone.
+    Gone,
+    /// The content hash is the one known: not parsed.
+    Unchanged,
+    /// New content: its hash, and its objects and problems, or the
+    /// document that does not parse and why.
+    Content {
+        hash: u64,
+        outcome: Result<(Vec<Parsed>, Vec<Problem>), (String, String)>,
+    },
+}
+
+/// Reads and parses `root`/`rel`, unless its content hash is `known`.
+/// Touches no state, so files can be read on several threads.
+fn read_manifest(root: &Path, rel: &Path, known: Option<u64>) -> Result<Read, Error> {
+    let abs = root.join(rel);
+    let is_file = is_manifest(rel) && std::fs::metadata(&abs).is_ok_and(|m| m.is_file());
+    if !is_file {
+        return Ok(Read::Gone);
+    }
+    let content = match std::fs::read(&abs) {
+        Ok(content) => content,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Gone),
+        Err(source) => return Err(Error::Io { path: abs, source }),
+    };
+    let hash = hash_of(&content[..]);
+    if known == Some(hash) {
+        return Ok(Read::Unchanged);
+    }
+    let outcome = split_documents(rel, &content);
+    drop(content);
+    Ok(Read::Content {
+        hash,
+        outcome: outcome.map(|documents| decode_documents(rel, documents)),
+    })
+}
+
+/// Files a worker may have parsed ahead of the one being put into the state.
+const PARSE_AHEAD: usize = 64;
+
+/// Fewer files than this are read on the calling thread alone.
+const PARALLEL_FILES: usize = 16;
+
+/// Threads that parse `files` files: one per core, none for a few files.
+fn parse_workers(files: usize) -> usize {
+    if files < PARALLEL_FILES {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// The files read ahead by the workers of [`ManifestDir::read_files`]: each
+/// worker takes the next index (no further than [`PARSE_AHEAD`] past the
+/// one awaited) and puts its result in its slot.
+struct Ahead {
+    state: std::sync::Mutex<AheadState>,
+    changed: std::sync::Condvar,
+}
+
+struct AheadState {
+    /// Next index to take.
+    next: usize,
+    /// Index awaited by the consumer.
+    awaited: usize,
+    slots: Vec<Option<Result<Read, Error>>>,
+    stopped: bool,
+}
+
+impl Ahead {
+    fn new(n: usize) -> Self {
+        Self {
+            state: std::sync::Mutex::new(AheadState {
+                next: 0,
+                awaited: 0,
+                slots: (0..n).map(|_| None).collect(),
+                stopped: false,
+            }),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AheadState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next index to read, once it is no more than [`PARSE_AHEAD`] ahead;
+    /// `None` when every index is taken or the consumer stopped.
+    fn take(&self) -> Option<usize> {
+        let mut state = self.lock();
+        loop {
+            if state.stopped || state.next >= state.slots.len() {
+                return None;
+            }
+            if state.next < state.awaited + PARSE_AHEAD {
+                state.next += 1;
+                return Some(state.next - 1);
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn put(&self, i: usize, read: Result<Read, Error>) {
+        self.lock().slots[i] = Some(read);
+        self.changed.notify_all();
+    }
+
+    /// The result of index `i`, once a worker has put it.
+    fn wait(&self, i: usize) -> Result<Read, Error> {
+        let mut state = self.lock();
+        state.awaited = i;
+        self.changed.notify_all();
+        loop {
+            if let Some(read) = state.slots[i].take() {
+                return read;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// The consumer is done (or failed): workers take nothing more.
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.changed.notify_all();
+    }
+}
+
 /// Decodes the documents of one file: its objects (id, document, content
 /// hash, change), the first definition of each, and its problems.
 fn decode_documents(
     rel: &Path,
     documents: Vec<(String, serde_json::Value)>,
 ) -> (Vec<Parsed>, Vec<Problem>) {
-    let mut objects: Vec<Parsed> = Vec::new();
+    let mut objects: Vec<Parsed> = Vec::with_capacity(documents.len());
+    // The document defining each id first.
+    let mut first: HashMap<ObjectId, usize> = HashMap::with_capacity(documents.len());
     let mut problems = Vec::new();
     for (document, value) in documents {
         let hash = hash_of(&value);
@@ -700,7 +893,8 @@ fn decode_documents(
             }
         };
         let id = change.id();
-        if let Some((_, first, _, _)) = objects.iter().find(|o| o.0 == id) {
+        if let Some(&at) = first.get(&id) {
+            let first = &objects[at].1;
             problems.push(Problem {
                 severity: Severity::Error,
                 origin: Some(Origin {
@@ -718,6 +912,7 @@ fn decode_documents(
             });
             continue;
         }
+        first.insert(id.clone(), objects.len());
         objects.push((id, document.into_boxed_str(), hash, change));
     }
     (objects, problems)
@@ -837,4 +1032,80 @@ fn split_documents(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, port: u32) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: demo\nspec:\n  clusterIP: 10.96.0.1\n  ports:\n    - port: {port}\n"
+        )
+    }
+
+    /// 120 files: Services defined in several files (the first file wins),
+    /// broken files, a JSON List, empty files.
+    fn directory(dir: &Path) {
+        for f in 0..120u32 {
+            let text = match f % 7 {
+                0 => "kind: [\n".to_owned(),
+                1 => String::new(),
+                2 => format!(
+                    "{{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [{{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {{\"name\": \"l{f}\", \"namespace\": \"demo\"}}, \"spec\": {{\"ports\": [{{\"port\": 80}}]}}}}]}}"
+                ),
+                _ => format!(
+                    "{}---\n{}---\n{}",
+                    service(&format!("s{f}"), 80),
+                    service(&format!("s{}", f / 3), 81 + f),
+                    service(&format!("s{f}"), 90)
+                ),
+            };
+            let ext = if f % 7 == 2 { "json" } else { "yaml" };
+            std::fs::write(dir.join(format!("f{f:03}.{ext}")), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn files_read_on_several_threads_load_what_one_thread_loads() {
+        assert!(parse_workers(120) >= 1);
+        let dir = tempfile::tempdir().unwrap();
+        directory(dir.path());
+        let mut parallel = ManifestDir::new(dir.path());
+        let mut sequential = ManifestDir::new(dir.path());
+        sequential.sequential = true;
+        let (a, b) = (parallel.load().unwrap(), sequential.load().unwrap());
+        assert_eq!(a.files, 120);
+        assert_eq!(a.files, b.files);
+        assert_eq!(a.problems, b.problems);
+        assert!(a.problems.len() > 20, "{}", a.problems.len());
+        let ids = |l: &Loaded| l.changes.iter().map(Change::id).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b));
+        let (mut wa, _ra) = ModelWriter::new();
+        let (mut wb, _rb) = ModelWriter::new();
+        ManifestDir::new(dir.path()).sync(&mut wa).unwrap();
+        let mut sequential = ManifestDir::new(dir.path());
+        sequential.sequential = true;
+        sequential.sync(&mut wb).unwrap();
+        let (sa, sb) = (wa.snapshot(), wb.snapshot());
+        assert_eq!(sa.services, sb.services);
+        assert_eq!(sa.problems, sb.problems);
+        assert_eq!(sa.generation, 1, "one snapshot for the whole load");
+    }
+
+    #[test]
+    fn an_object_twice_in_one_file_keeps_the_first_definition() {
+        let rel = Path::new("f.yaml");
+        let text = format!("{}---\n{}", service("a", 80), service("a", 81));
+        let documents = split_documents(rel, text.as_bytes()).unwrap();
+        let (objects, problems) = decode_documents(rel, documents);
+        assert_eq!(objects.len(), 1);
+        assert_eq!(&*objects[0].1, "1");
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].to_string().contains("(document 1) is used"),
+            "{}",
+            problems[0]
+        );
+    }
 }

@@ -1,17 +1,21 @@
-//! The apiserver source: kube-rs watchers (`watcher` → `reflector` stores)
-//! for every kind the model reads, merged into one stream of batches that
-//! become [`Change`]s for the one [`ModelWriter`].
+//! The apiserver source: kube-rs watchers for every kind the model reads,
+//! merged into one stream of batches that become [`Change`]s for the one
+//! [`ModelWriter`]. The model is the store: no reflector store keeps a second
+//! copy of the objects, except for the kinds whose status fairlead writes
+//! (Ingress, GatewayClass, Gateway, HTTPRoute, GRPCRoute), whose status
+//! writers need the objects as the apiserver holds them.
 //!
-//! - Nothing reaches the writer before every watcher has completed its first
-//!   list (`InitDone`); then the stores are handed over in one
-//!   [`ModelWriter::replace_all`] that marks the model synced.
+//! - Nothing is published before every watcher has completed its first list
+//!   (`InitDone`): until then each object is staged in the writer as it
+//!   arrives, and the first snapshot is published once, synced.
 //! - Afterwards applied and deleted objects become upserts and deletes; the
 //!   events that are ready together (a burst) become one snapshot.
 //! - A relist of one kind (`Init` … `InitDone`, e.g. after `410 Gone`) keeps
 //!   the old state of that kind in force until the list is complete, then
-//!   swaps in the kind's whole new state from its store in one snapshot
-//!   ([`ModelWriter::replace_kinds`]): the model never shows a half-empty
-//!   world.
+//!   swaps in the kind's whole new state in one snapshot
+//!   ([`ModelWriter::replace_kinds`]): objects not seen again are deleted,
+//!   and the model never shows a half-empty world. Only while a relist is
+//!   under way are that kind's listed objects held here.
 //!
 //! - The Gateway API kinds are CRDs: while the apiserver does not serve one
 //!   (`404`: the CRDs are not installed yet), that kind counts as listed and
@@ -29,6 +33,7 @@ pub mod leader;
 mod metrics;
 pub mod status;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -346,9 +351,9 @@ fn for_model(object: KubeObject) -> KubeObject {
 enum Seen {
     /// A list starts (first list, or relist).
     Init,
-    /// An object of the list (already buffered by the reflector).
-    InitApply,
-    /// The list is complete; the store holds exactly its objects.
+    /// An object of the list.
+    InitApply(KubeObject),
+    /// The list is complete: every object of the kind not in it is gone.
     InitDone,
     /// An object was added or modified.
     Apply(KubeObject),
@@ -356,6 +361,18 @@ enum Seen {
     Delete(ObjectId),
     /// The watch failed; kube-rs retries after a backoff.
     Error(watcher::Error),
+}
+
+/// A watcher's item as the merge sees it.
+fn seen<K: Watched>(item: Result<Event<K>, watcher::Error>) -> Seen {
+    match item {
+        Ok(Event::Init) => Seen::Init,
+        Ok(Event::InitApply(object)) => Seen::InitApply(for_model(object.into_object())),
+        Ok(Event::InitDone) => Seen::InitDone,
+        Ok(Event::Apply(object)) => Seen::Apply(for_model(object.into_object())),
+        Ok(Event::Delete(object)) => Seen::Delete(object.into_object().id()),
+        Err(error) => Seen::Error(error),
+    }
 }
 
 /// One item of the merged stream.
@@ -366,26 +383,24 @@ struct Update {
 }
 
 /// The watch of one kind: watcher with backoff, slimmed objects, reflected
-/// into `writer`'s store, then tagged with the kind.
+/// into `store` when one is given (the kinds whose status fairlead writes),
+/// then tagged with the kind. The other kinds are kept by the model only.
 fn watch<K: Watched>(
     api: Api<K>,
     config: watcher::Config,
-    writer: Writer<K>,
+    store: Option<Writer<K>>,
 ) -> BoxStream<'static, Update> {
-    watch_stream(api, config)
+    let events = watch_stream(api, config)
         .default_backoff()
-        .map_ok(|event| event.modify(slim))
-        .reflect(writer)
+        .map_ok(|event| event.modify(slim));
+    let events = match store {
+        Some(store) => events.reflect(store).boxed(),
+        None => events.boxed(),
+    };
+    events
         .map(|item| Update {
             kind: K::MODEL_KIND,
-            seen: match item {
-                Ok(Event::Init) => Seen::Init,
-                Ok(Event::InitApply(_)) => Seen::InitApply,
-                Ok(Event::InitDone) => Seen::InitDone,
-                Ok(Event::Apply(object)) => Seen::Apply(for_model(object.into_object())),
-                Ok(Event::Delete(object)) => Seen::Delete(object.into_object().id()),
-                Err(error) => Seen::Error(error),
-            },
+            seen: seen(item),
         })
         .boxed()
 }
@@ -400,130 +415,50 @@ where
     }
 }
 
-/// Read handles of the reflector stores, one per watched kind.
+/// Read handles of the reflector stores: only the kinds whose status
+/// fairlead writes keep one (the status writers need the objects as the
+/// apiserver holds them, status included). Every other kind lives in the
+/// model alone.
 #[derive(Clone)]
 struct Stores {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
     ingresses: Store<Ingress>,
-    classes: Store<IngressClass>,
-    secrets: Store<Secret>,
-    namespaces: Store<Namespace>,
-    nodes: Store<Node>,
     gateway_classes: Store<gateway_api::GatewayClass>,
     gateways: Store<gateway_api::Gateway>,
     http_routes: Store<gateway_api::HTTPRoute>,
     grpc_routes: Store<gateway_api::GRPCRoute>,
-    reference_grants: Store<gateway_api::ReferenceGrant>,
 }
 
 /// The writing ends of the stores, consumed by the watchers.
 struct Writers {
-    services: Writer<Service>,
-    slices: Writer<EndpointSlice>,
     ingresses: Writer<Ingress>,
-    classes: Writer<IngressClass>,
-    secrets: Writer<Secret>,
-    namespaces: Writer<Namespace>,
-    nodes: Writer<Node>,
     gateway_classes: Writer<gateway_api::GatewayClass>,
     gateways: Writer<gateway_api::Gateway>,
     http_routes: Writer<gateway_api::HTTPRoute>,
     grpc_routes: Writer<gateway_api::GRPCRoute>,
-    reference_grants: Writer<gateway_api::ReferenceGrant>,
 }
 
 fn stores() -> (Stores, Writers) {
-    let (services, services_w) = reflector::store();
-    let (slices, slices_w) = reflector::store();
     let (ingresses, ingresses_w) = reflector::store();
-    let (classes, classes_w) = reflector::store();
-    let (secrets, secrets_w) = reflector::store();
-    let (namespaces, namespaces_w) = reflector::store();
-    let (nodes, nodes_w) = reflector::store();
     let (gateway_classes, gateway_classes_w) = reflector::store();
     let (gateways, gateways_w) = reflector::store();
     let (http_routes, http_routes_w) = reflector::store();
     let (grpc_routes, grpc_routes_w) = reflector::store();
-    let (reference_grants, reference_grants_w) = reflector::store();
     (
         Stores {
-            services,
-            slices,
             ingresses,
-            classes,
-            secrets,
-            namespaces,
-            nodes,
             gateway_classes,
             gateways,
             http_routes,
             grpc_routes,
-            reference_grants,
         },
         Writers {
-            services: services_w,
-            slices: slices_w,
             ingresses: ingresses_w,
-            classes: classes_w,
-            secrets: secrets_w,
-            namespaces: namespaces_w,
-            nodes: nodes_w,
             gateway_classes: gateway_classes_w,
             gateways: gateways_w,
             http_routes: http_routes_w,
             grpc_routes: grpc_routes_w,
-            reference_grants: reference_grants_w,
         },
     )
-}
-
-fn upserts<K: Watched>(store: &Store<K>) -> Vec<Change> {
-    store
-        .state()
-        .into_iter()
-        .map(|object| Change::Upsert {
-            object: for_model(K::clone(&object).into_object()),
-            origin: None,
-        })
-        .collect()
-}
-
-impl Stores {
-    /// Every object of `kind` the store holds, as upserts.
-    fn upserts(&self, kind: Kind) -> Vec<Change> {
-        match kind {
-            Kind::Service => upserts(&self.services),
-            Kind::EndpointSlice => upserts(&self.slices),
-            Kind::Ingress => upserts(&self.ingresses),
-            Kind::IngressClass => upserts(&self.classes),
-            Kind::Secret => upserts(&self.secrets),
-            Kind::Node => upserts(&self.nodes),
-            Kind::Namespace => upserts(&self.namespaces),
-            Kind::GatewayClass => upserts(&self.gateway_classes),
-            Kind::Gateway => upserts(&self.gateways),
-            Kind::HttpRoute => upserts(&self.http_routes),
-            Kind::GrpcRoute => upserts(&self.grpc_routes),
-            Kind::ReferenceGrant => upserts(&self.reference_grants),
-        }
-    }
-
-    fn len(&self, kind: Kind) -> usize {
-        match kind {
-            Kind::Service => self.services.len(),
-            Kind::EndpointSlice => self.slices.len(),
-            Kind::Ingress => self.ingresses.len(),
-            Kind::IngressClass => self.classes.len(),
-            Kind::Secret => self.secrets.len(),
-            Kind::Node => self.nodes.len(),
-            Kind::Namespace => self.namespaces.len(),
-            Kind::GatewayClass => self.gateway_classes.len(),
-            Kind::Gateway => self.gateways.len(),
-            Kind::HttpRoute => self.http_routes.len(),
-            Kind::GrpcRoute => self.grpc_routes.len(),
-            Kind::ReferenceGrant => self.reference_grants.len(),
-        }
-    }
 }
 
 /// Where one watcher stands.
@@ -551,18 +486,33 @@ impl Phase {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+/// A list in progress.
+#[derive(Debug)]
+enum List {
+    /// Before the model is first published: each object goes straight to
+    /// the writer (staged; nothing is published before every kind is
+    /// listed). The ids seen, to delete the others at `InitDone` (a list
+    /// that restarted after an error).
+    Staged(HashSet<ObjectId>),
+    /// After: the objects wait here until `InitDone`, then replace the
+    /// kind in one snapshot. The only time a kind's objects exist twice.
+    Buffered(Vec<KubeObject>),
+}
+
+#[derive(Debug)]
 struct KindState {
     phase: Phase,
     /// The last item was an error (kube-rs is backing off).
     failing: bool,
+    /// The list under way, if any.
+    list: Option<List>,
 }
 
-/// Turns batches of watcher updates into writer calls. Holds no objects:
-/// the stores do.
+/// Turns batches of watcher updates into writer calls. Holds no objects
+/// except those of a relist under way: the model is the store.
 struct Merge {
     kinds: Vec<(Kind, KindState)>,
-    /// Whether the initial `replace_all` happened.
+    /// Whether the model was published synced.
     synced: bool,
 }
 
@@ -577,6 +527,7 @@ impl Merge {
                         KindState {
                             phase: Phase::Listing,
                             failing: false,
+                            list: None,
                         },
                     )
                 })
@@ -594,19 +545,21 @@ impl Merge {
             .1
     }
 
-    /// Applies one batch. The stores already hold the state after the whole
-    /// batch (the reflector runs before batching). Returns the generation
-    /// published, if the writer was called.
+    /// Applies one batch. Returns the generation published, if the writer
+    /// was called to publish.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one match over the watcher's events, each arm a few lines"
+    )]
     fn handle(
         &mut self,
         batch: Vec<Update>,
-        stores: &Stores,
         writer: &mut ModelWriter,
         metrics: &Metrics,
     ) -> Option<u64> {
         let mut changes = Vec::new();
         let mut relisted: Vec<Kind> = Vec::new();
-        let was_synced = self.synced;
+        let synced = self.synced;
         for Update { kind, seen } in batch {
             metrics.event(kind, &seen);
             let state = self.state(kind);
@@ -618,44 +571,80 @@ impl Merge {
             }
             match seen {
                 Seen::Init => {
-                    if state.phase == Phase::Watching {
-                        state.phase = Phase::Relisting;
-                        metrics.relist(kind);
-                        warn!(%kind, "relisting (the watch expired or restarted); the current objects stay in force until the list completes");
+                    if synced {
+                        if state.phase == Phase::Watching {
+                            state.phase = Phase::Relisting;
+                            metrics.relist(kind);
+                            warn!(%kind, "relisting (the watch expired or restarted); the current objects stay in force until the list completes");
+                        }
+                        state.list = Some(List::Buffered(Vec::new()));
+                    } else {
+                        // Nothing is published yet: wait for this list too.
+                        if state.phase == Phase::Watching {
+                            state.phase = Phase::Listing;
+                        }
+                        state.list = Some(List::Staged(HashSet::new()));
                     }
                 }
-                Seen::InitApply => {}
+                Seen::InitApply(object) => match &mut state.list {
+                    Some(List::Staged(seen)) => {
+                        seen.insert(object.id());
+                        writer.stage(Change::Upsert {
+                            object,
+                            origin: None,
+                        });
+                    }
+                    Some(List::Buffered(objects)) => objects.push(object),
+                    None => changes.push(Change::Upsert {
+                        object,
+                        origin: None,
+                    }),
+                },
                 Seen::InitDone => {
-                    let objects = stores.len(kind);
-                    match state.phase {
-                        Phase::Listing => info!(%kind, objects, "initial list complete; watching"),
-                        Phase::Relisting => {
-                            info!(%kind, objects, "relist complete; swapping in the new state");
+                    match state.list.take() {
+                        Some(List::Staged(seen)) => {
+                            writer.stage_retain(|id| id.kind != kind || seen.contains(id));
+                        }
+                        Some(List::Buffered(objects)) => {
+                            changes.extend(objects.into_iter().map(|object| Change::Upsert {
+                                object,
+                                origin: None,
+                            }));
                             if !relisted.contains(&kind) {
                                 relisted.push(kind);
                             }
                         }
+                        None => {}
+                    }
+                    let objects = writer.objects(kind);
+                    match state.phase {
+                        Phase::Listing => info!(%kind, objects, "initial list complete; watching"),
+                        Phase::Relisting => {
+                            info!(%kind, "relist complete; swapping in the new state");
+                        }
                         Phase::Absent => {
-                            info!(%kind, objects, "the apiserver serves this kind now (CRD installed); watching");
-                            if !relisted.contains(&kind) {
-                                relisted.push(kind);
-                            }
+                            info!(%kind, "the apiserver serves this kind now (CRD installed); watching");
                         }
                         Phase::Watching => {}
                     }
                     state.phase = Phase::Watching;
                 }
                 Seen::Apply(object) => {
-                    if was_synced {
-                        changes.push(Change::Upsert {
-                            object,
-                            origin: None,
-                        });
+                    let change = Change::Upsert {
+                        object,
+                        origin: None,
+                    };
+                    if synced {
+                        changes.push(change);
+                    } else {
+                        writer.stage(change);
                     }
                 }
                 Seen::Delete(id) => {
-                    if was_synced {
+                    if synced {
                         changes.push(Change::Delete(id));
+                    } else {
+                        writer.stage(Change::Delete(id));
                     }
                 }
                 Seen::Error(error) => watch_error(kind, state, &error),
@@ -663,26 +652,21 @@ impl Merge {
         }
         for (kind, state) in &self.kinds {
             metrics.set_state(*kind, state.phase, state.failing);
-            metrics.set_objects(*kind, stores.len(*kind));
+            metrics.set_objects(*kind, writer.objects(*kind));
         }
 
-        if !was_synced {
+        if !synced {
             if self.kinds.iter().any(|(_, s)| s.phase == Phase::Listing) {
                 return None;
             }
-            let changes: Vec<Change> = self
-                .kinds
-                .iter()
-                .flat_map(|(kind, _)| stores.upserts(*kind))
-                .collect();
-            if self.kinds.iter().any(|(k, _)| *k == Kind::Node) && stores.len(Kind::Node) == 0 {
+            if self.kinds.iter().any(|(k, _)| *k == Kind::Node) && writer.objects(Kind::Node) == 0 {
                 warn!(
                     "this node's Node object does not exist (check --node-name): node addresses and zone stay unknown until it appears"
                 );
             }
-            let objects = changes.len();
-            let generation = writer.replace_all(changes, Vec::new(), true);
+            let generation = writer.set_synced();
             self.synced = true;
+            let objects: usize = self.kinds.iter().map(|(k, _)| writer.objects(*k)).sum();
             info!(objects, generation, "model synced from the apiserver");
             return Some(generation);
         }
@@ -693,12 +677,8 @@ impl Merge {
             debug!(changes = changes.len(), "applying watch events");
             return Some(writer.apply(changes));
         }
-        // The relisted kinds' stores hold their state after this batch; their
-        // events in the batch are already part of it.
-        changes.retain(|c| !relisted.contains(&change_kind(c)));
-        for kind in &relisted {
-            changes.extend(stores.upserts(*kind));
-        }
+        // The relisted kinds' objects are upserted in `changes`, before any
+        // event of theirs that came after the list in this batch.
         Some(writer.replace_kinds(&relisted, changes))
     }
 }
@@ -726,13 +706,6 @@ fn watch_error(kind: Kind, state: &mut KindState, error: &watcher::Error) {
         ""
     };
     warn!(%kind, %error, "watch failed{hint}; retrying with backoff");
-}
-
-fn change_kind(change: &Change) -> Kind {
-    match change {
-        Change::Upsert { object, .. } => object.kind(),
-        Change::Invalid { id, .. } | Change::Delete(id) => id.kind,
-    }
 }
 
 fn is_forbidden(error: &watcher::Error) -> bool {
@@ -838,7 +811,7 @@ impl KubeSource {
         let Self {
             options,
             kinds,
-            stores,
+            stores: _,
             writers,
             metrics,
             mut observer,
@@ -858,7 +831,7 @@ impl KubeSource {
             let mut merge = Merge::new(&kinds);
             while let Some(batch) = batches.next().await {
                 let before = writer.snapshot().generation;
-                if let Some(generation) = merge.handle(batch, &stores, &mut writer, &metrics)
+                if let Some(generation) = merge.handle(batch, &mut writer, &metrics)
                     && generation != before
                     && let Some(observer) = &mut observer
                 {
@@ -886,69 +859,53 @@ fn watchers(
     let config = watcher::Config::default;
     let by_name = |name: &str| config().fields(&format!("metadata.name={name}"));
     let mut streams = vec![
-        watch(
-            namespaced::<Service>(client, ns),
-            config(),
-            writers.services,
-        ),
-        watch(
-            namespaced::<EndpointSlice>(client, ns),
-            config(),
-            writers.slices,
-        ),
+        watch(namespaced::<Service>(client, ns), config(), None),
+        watch(namespaced::<EndpointSlice>(client, ns), config(), None),
         watch(
             namespaced::<Ingress>(client, ns),
             config(),
-            writers.ingresses,
+            Some(writers.ingresses),
         ),
-        watch(
-            Api::<IngressClass>::all(client.clone()),
-            config(),
-            writers.classes,
-        ),
+        watch(Api::<IngressClass>::all(client.clone()), config(), None),
         watch(
             namespaced::<Secret>(client, ns),
             config().fields(TLS_SECRETS),
-            writers.secrets,
+            None,
         ),
         watch(
             Api::<Namespace>::all(client.clone()),
             ns.map_or_else(config, by_name),
-            writers.namespaces,
+            None,
         ),
     ];
     if let Some(node) = &options.node_name {
-        streams.push(watch(
-            Api::<Node>::all(client.clone()),
-            by_name(node),
-            writers.nodes,
-        ));
+        streams.push(watch(Api::<Node>::all(client.clone()), by_name(node), None));
     }
     streams.extend([
         watch(
             Api::<gateway_api::GatewayClass>::all(client.clone()),
             config(),
-            writers.gateway_classes,
+            Some(writers.gateway_classes),
         ),
         watch(
             namespaced::<gateway_api::Gateway>(client, ns),
             config(),
-            writers.gateways,
+            Some(writers.gateways),
         ),
         watch(
             namespaced::<gateway_api::HTTPRoute>(client, ns),
             config(),
-            writers.http_routes,
+            Some(writers.http_routes),
         ),
         watch(
             namespaced::<gateway_api::GRPCRoute>(client, ns),
             config(),
-            writers.grpc_routes,
+            Some(writers.grpc_routes),
         ),
         watch(
             namespaced::<gateway_api::ReferenceGrant>(client, ns),
             config(),
-            writers.reference_grants,
+            None,
         ),
     ]);
     streams
@@ -967,8 +924,6 @@ mod tests {
     }
 
     struct Harness {
-        stores: Stores,
-        writers: Writers,
         merge: Merge,
         writer: ModelWriter,
         metrics: Metrics,
@@ -977,11 +932,8 @@ mod tests {
 
     impl Harness {
         fn new(kinds: &[Kind]) -> Self {
-            let (stores, writers) = stores();
             let (writer, rx) = ModelWriter::new();
             Self {
-                stores,
-                writers,
                 merge: Merge::new(kinds),
                 writer,
                 metrics: Metrics::register(&mut Registry::default(), kinds),
@@ -989,25 +941,16 @@ mod tests {
             }
         }
 
-        /// Feeds Service events through the store, as the reflector does,
-        /// then hands the batch to the merge.
+        /// Hands a batch of Service events to the merge.
         fn services(&mut self, events: Vec<Event<Service>>) -> Option<u64> {
-            let mut batch = Vec::new();
-            for event in events {
-                self.writers.services.apply_watcher_event(&event);
-                batch.push(Update {
+            let batch = events
+                .into_iter()
+                .map(|event| Update {
                     kind: Kind::Service,
-                    seen: match event {
-                        Event::Init => Seen::Init,
-                        Event::InitApply(_) => Seen::InitApply,
-                        Event::InitDone => Seen::InitDone,
-                        Event::Apply(o) => Seen::Apply(for_model(o.into_object())),
-                        Event::Delete(o) => Seen::Delete(o.into_object().id()),
-                    },
-                });
-            }
-            self.merge
-                .handle(batch, &self.stores, &mut self.writer, &self.metrics)
+                    seen: seen(Ok(event)),
+                })
+                .collect();
+            self.merge.handle(batch, &mut self.writer, &self.metrics)
         }
 
         fn names(&self) -> Vec<String> {
@@ -1031,8 +974,6 @@ mod tests {
         ]);
         assert_eq!(published, None);
         assert_eq!(h.rx.borrow().generation, 0);
-        h.writers.namespaces.apply_watcher_event(&Event::Init);
-        h.writers.namespaces.apply_watcher_event(&Event::InitDone);
         let published = h.merge.handle(
             vec![
                 Update {
@@ -1044,7 +985,6 @@ mod tests {
                     seen: Seen::InitDone,
                 },
             ],
-            &h.stores,
             &mut h.writer,
             &h.metrics,
         );
@@ -1080,6 +1020,66 @@ mod tests {
         assert_eq!(snapshot.generation, generation + 1, "one snapshot");
         assert_eq!(h.names(), ["a", "c", "d"]);
         assert_eq!(snapshot.service("demo", "a").unwrap().ports[0].port, 81);
+    }
+
+    #[test]
+    fn a_list_restarted_before_the_first_sync_keeps_only_what_the_last_list_saw() {
+        let mut h = Harness::new(&[Kind::Service]);
+        assert_eq!(
+            h.services(vec![
+                Event::Init,
+                Event::InitApply(service("a", 80)),
+                Event::InitApply(service("x", 80)),
+            ]),
+            None
+        );
+        // The list fails half-way; the watcher lists again from scratch.
+        let failed = h.merge.handle(
+            vec![Update {
+                kind: Kind::Service,
+                seen: Seen::Error(watcher::Error::NoResourceVersion),
+            }],
+            &mut h.writer,
+            &h.metrics,
+        );
+        assert_eq!(failed, None);
+        assert_eq!(h.rx.borrow().generation, 0, "nothing published yet");
+        let published = h.services(vec![
+            Event::Init,
+            Event::InitApply(service("a", 81)),
+            Event::InitApply(service("b", 80)),
+            Event::InitDone,
+        ]);
+        assert_eq!(published, Some(1), "one snapshot for the whole first list");
+        assert_eq!(h.names(), ["a", "b"]);
+        assert_eq!(h.writer.objects(Kind::Service), 2);
+        assert_eq!(
+            h.rx.borrow().service("demo", "a").unwrap().ports[0].port,
+            81
+        );
+    }
+
+    #[test]
+    fn a_relist_prunes_what_it_did_not_see_again_and_counts_objects() {
+        let mut h = Harness::new(&[Kind::Service]);
+        h.services(vec![
+            Event::Init,
+            Event::InitApply(service("a", 80)),
+            Event::InitApply(service("b", 80)),
+            Event::InitApply(service("c", 80)),
+            Event::InitDone,
+        ]);
+        assert_eq!(h.writer.objects(Kind::Service), 3);
+        // A relist spread over batches, with an empty list in the end.
+        assert_eq!(h.services(vec![Event::Init]), None);
+        assert_eq!(h.services(vec![Event::InitApply(service("b", 80))]), None);
+        assert_eq!(h.names(), ["a", "b", "c"]);
+        h.services(vec![Event::InitDone]);
+        assert_eq!(h.names(), ["b"]);
+        assert_eq!(h.writer.objects(Kind::Service), 1);
+        h.services(vec![Event::Init, Event::InitDone]);
+        assert!(h.names().is_empty());
+        assert_eq!(h.writer.objects(Kind::Service), 0);
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Metrics {
         );
         registry.register(
             "objects",
-            "Objects of each kind held by the watch stores",
+            "Objects of each kind held by the model",
             metrics.objects.clone(),
         );
         registry.register_collector(Box::new(LastEventAge(Arc::clone(&metrics.last_event))));
@@ -126,7 +126,7 @@ impl Metrics {
         let kind_str = kind.as_str();
         let r#type = match seen {
             Seen::Init => "init",
-            Seen::InitApply => "init_apply",
+            Seen::InitApply(_) => "init_apply",
             Seen::InitDone => "init_done",
             Seen::Apply(_) => "apply",
             Seen::Delete(_) => "delete",
