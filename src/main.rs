@@ -424,9 +424,7 @@ fn serve(
         &'a mut runtime::Runtime,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + 'a>>,
 ) -> Result<ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    async_runtime()
         .context("starting the async runtime")?
         .block_on(async {
             let mut rt = runtime::Runtime::start(source)?;
@@ -434,6 +432,32 @@ fn serve(
             rt.run().await?;
             Ok(ExitCode::SUCCESS)
         })
+}
+
+/// The async runtime of a long-running mode. Given one CPU (pinned with
+/// taskset or cpusets, or a CPU limit of one), a current-thread runtime:
+/// every task runs on the thread that polls the sockets, so a request's
+/// hand-offs between the client connection's task and the upstream
+/// connection's task stay on one run queue, with no cross-thread wake-ups;
+/// otherwise one worker per CPU, work-stealing (about 2% more CPU per
+/// proxied request on one CPU, docs/benchmarks.md).
+/// `TOKIO_WORKER_THREADS` set asks for the work-stealing runtime with that
+/// many workers (tokio reads it), whatever the CPUs.
+fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let current_thread = cpus == 1 && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
+    let mut builder = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let flavor = if current_thread {
+        "current-thread"
+    } else {
+        "multi-thread"
+    };
+    tracing::info!(cpus, flavor, "async runtime");
+    builder.enable_all().build()
 }
 
 /// How long `fairlead status` waits for the telemetry listener.

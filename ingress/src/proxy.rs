@@ -23,7 +23,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -137,8 +138,32 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The peer's address as a header value, made once per connection.
     pub peer_header: HeaderValue,
+    /// The local port as a header value (`X-Forwarded-Port`), made once per
+    /// connection.
+    pub port_header: HeaderValue,
     /// How its requests were answered (for the HTTP/1.1 framing guard).
     pub answers: Arc<Answers>,
+    /// The request counter its last request went to: the next one, on the
+    /// same route with the same status, counts there without looking the
+    /// series up.
+    last_counter: Mutex<Option<CounterCache>>,
+}
+
+/// A series of the request counter, by its labels' pointers.
+#[derive(Debug)]
+struct CounterCache {
+    ingress: Option<Arc<str>>,
+    host: Option<Arc<str>>,
+    status: u16,
+    counter: Counter,
+}
+
+fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 impl ConnInfo {
@@ -152,8 +177,42 @@ impl ConnInfo {
             local,
             tls,
             peer_header,
+            port_header: HeaderValue::from(local.port()),
             answers: Arc::default(),
+            last_counter: Mutex::new(None),
         }
+    }
+
+    /// Counts a request in `requests{ingress, host, status}`.
+    fn count_request(&self, metrics: &Metrics, outcome: &Outcome, status: u16) {
+        let mut last = self
+            .last_counter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(cache) = last.as_ref()
+            && cache.status == status
+            && same(cache.ingress.as_ref(), outcome.ingress.as_ref())
+            && same(cache.host.as_ref(), outcome.host.as_ref())
+        {
+            cache.counter.inc();
+            return;
+        }
+        let empty = || Arc::from("");
+        let counter = metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                ingress: outcome.ingress.clone().unwrap_or_else(empty),
+                host: outcome.host.clone().unwrap_or_else(empty),
+                status,
+            })
+            .clone();
+        counter.inc();
+        *last = Some(CounterCache {
+            ingress: outcome.ingress.clone(),
+            host: outcome.host.clone(),
+            status,
+            counter,
+        });
     }
 }
 
@@ -264,15 +323,7 @@ pub async fn handle(
     let status = response.status();
     conn.answers
         .answered(status == StatusCode::SWITCHING_PROTOCOLS);
-    shared
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            ingress: outcome.ingress.clone().unwrap_or_else(|| Arc::from("")),
-            host: outcome.host.clone().unwrap_or_else(|| Arc::from("")),
-            status: status.as_u16(),
-        })
-        .inc();
+    conn.count_request(&shared.metrics, &outcome, status.as_u16());
     if let Some((method, uri, host, version)) = log {
         let host = host
             .as_ref()
@@ -715,7 +766,9 @@ async fn forward(
         let Some(req) = request.take() else {
             return local_response(StatusCode::BAD_GATEWAY);
         };
-        if replayable && can_retry && spare.is_none() {
+        // A copy of the head for a retry after sending, kept only when
+        // another endpoint is left to retry on.
+        if replayable && can_retry && spare.is_none() && upstream.endpoint_count() > attempts {
             spare = Some((
                 req.method().clone(),
                 req.uri().clone(),
@@ -765,12 +818,7 @@ async fn forward(
                 let elapsed = sent.elapsed();
                 outcome.upstream_time = Some(elapsed);
                 outcome.error = None;
-                metrics
-                    .upstream_latency
-                    .get_or_create(&UpstreamLabels {
-                        upstream: upstream.name.clone(),
-                    })
-                    .observe(elapsed.as_secs_f64());
+                upstream.observe_latency(elapsed);
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client) = on_upgrade.take() else {
                         outcome.error =
@@ -960,7 +1008,7 @@ fn forwarded_headers(
         };
     }
     if !keep(headers, &X_FORWARDED_PORT) {
-        headers.insert(&X_FORWARDED_PORT, HeaderValue::from(conn.local.port()));
+        headers.insert(&X_FORWARDED_PORT, conn.port_header.clone());
     }
     let real_ip = if client == peer {
         conn.peer_header.clone()

@@ -9,20 +9,17 @@
 //! default certificate, as with ingress-nginx. The first Ingress (by
 //! namespace/name) to claim a host wins.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use fairlead_model::{Host, ObjectKey, Snapshot, TlsCertificate};
 use rustls::SignatureScheme;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{
-    ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
-    StoresServerSessions,
-};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -535,24 +532,69 @@ fn ticket_keys(every: Duration) -> Result<Arc<dyn ProducesTickets>, Error> {
     Ok(Arc::new(keys))
 }
 
-/// The TLS 1.2 session cache (session ids), whose entries expire.
+/// The TLS 1.2 session cache (session ids), whose entries expire: at most
+/// `limit` sessions, the oldest forgotten first. It grows with the sessions
+/// stored (rustls' memory cache reserves room for all of them up front:
+/// 2 MiB for the default 20,000, before the first handshake).
 #[derive(Debug)]
 struct ExpiringSessions {
-    cache: Arc<ServerSessionMemoryCache>,
+    cache: Mutex<SessionCache>,
+    limit: usize,
     lifetime: u64,
+}
+
+/// Sessions by id, each with the number of its `put`; `order` lists the
+/// puts oldest first (an entry taken or replaced since is skipped when its
+/// turn comes).
+#[derive(Debug, Default)]
+struct SessionCache {
+    sessions: HashMap<Vec<u8>, (Vec<u8>, u64)>,
+    order: VecDeque<(Vec<u8>, u64)>,
+    puts: u64,
+}
+
+impl ExpiringSessions {
+    fn new(limit: usize, lifetime: u64) -> Self {
+        ExpiringSessions {
+            cache: Mutex::new(SessionCache::default()),
+            limit: limit.max(1),
+            lifetime,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionCache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl StoresServerSessions for ExpiringSessions {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.cache.put(key, stamped(&value))
+        let mut cache = self.lock();
+        cache.puts += 1;
+        let put = cache.puts;
+        cache.order.push_back((key.clone(), put));
+        cache.sessions.insert(key, (stamped(&value), put));
+        while cache.order.len() > self.limit {
+            let Some((old, n)) = cache.order.pop_front() else {
+                break;
+            };
+            if cache.sessions.get(&old).is_some_and(|(_, m)| *m == n) {
+                cache.sessions.remove(&old);
+            }
+        }
+        true
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        fresh(self.cache.get(key)?, self.lifetime)
+        let value = self.lock().sessions.get(key)?.0.clone();
+        fresh(value, self.lifetime)
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        fresh(self.cache.take(key)?, self.lifetime)
+        let (value, _) = self.lock().sessions.remove(key)?;
+        fresh(value, self.lifetime)
     }
 
     fn can_cache(&self) -> bool {
@@ -582,10 +624,10 @@ pub fn server_config(
             keys: ticket_keys(resumption.rotate_keys_every)?,
             lifetime,
         });
-        config.session_storage = Arc::new(ExpiringSessions {
-            cache: ServerSessionMemoryCache::new(resumption.cache_size.max(1)),
-            lifetime: u64::from(lifetime),
-        });
+        config.session_storage = Arc::new(ExpiringSessions::new(
+            resumption.cache_size,
+            u64::from(lifetime),
+        ));
     }
     Ok(Arc::new(config))
 }
@@ -1122,5 +1164,39 @@ pub(crate) mod tests {
             assert_eq!(handshake(&client, &off), Full, "{what}");
             assert_eq!(handshake(&client, &off), Full, "{what}");
         }
+    }
+
+    #[test]
+    fn session_cache_keeps_the_newest_sessions_and_grows_as_needed() {
+        let cache = ExpiringSessions::new(3, 3600);
+        assert_eq!(
+            cache.lock().sessions.capacity(),
+            0,
+            "nothing reserved up front"
+        );
+        for i in 0..5u8 {
+            assert!(cache.put(vec![i], vec![i, i]));
+        }
+        // The oldest two are forgotten.
+        assert_eq!(cache.get(&[0]), None);
+        assert_eq!(cache.get(&[1]), None);
+        assert_eq!(cache.get(&[4]), Some(vec![4, 4]));
+        // Replacing a session makes it the newest: it outlives older ones.
+        assert!(cache.put(vec![2], vec![9]));
+        assert!(cache.put(vec![5], vec![5]));
+        assert!(cache.put(vec![6], vec![6]));
+        assert_eq!(cache.get(&[2]), Some(vec![9]));
+        assert_eq!(cache.get(&[3]), None);
+        assert_eq!(cache.get(&[4]), None);
+        // Taken once, then gone.
+        assert_eq!(cache.take(&[6]), Some(vec![6]));
+        assert_eq!(cache.take(&[6]), None);
+        assert!(cache.lock().order.len() <= 3);
+        // Expired sessions are not resumed.
+        let expired = ExpiringSessions::new(3, 0);
+        expired.put(vec![1], vec![1]);
+        expired.lock().sessions.get_mut(&[1][..]).unwrap().0[..8]
+            .copy_from_slice(&(unix_now() - 5).to_be_bytes());
+        assert_eq!(expired.get(&[1]), None);
     }
 }

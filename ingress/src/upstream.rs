@@ -32,11 +32,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpStream;
 use tracing::Instrument as _;
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamLabels};
 use crate::router::UpstreamProtocol;
 
 /// Settings of every upstream.
@@ -59,7 +60,7 @@ impl Default for PoolConfig {
         PoolConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
-            max_idle_per_endpoint: 256,
+            max_idle_per_endpoint: 1024,
             eject_after: 3,
             eject_time: Duration::from_secs(30),
         }
@@ -272,6 +273,9 @@ pub struct Upstream {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     config: Arc<PoolConfig>,
     metrics: Arc<Metrics>,
+    /// This upstream's series of `upstream_latency_seconds`, looked up at
+    /// its first response.
+    latency: OnceLock<Histogram>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -299,7 +303,28 @@ impl Upstream {
             endpoints: ArcSwap::from_pointee(Vec::new()),
             config,
             metrics,
+            latency: OnceLock::new(),
         }
+    }
+
+    /// Records the time from sending a request to its response headers.
+    pub fn observe_latency(&self, elapsed: Duration) {
+        self.latency
+            .get_or_init(|| {
+                self.metrics
+                    .upstream_latency
+                    .get_or_create(&UpstreamLabels {
+                        upstream: self.name.clone(),
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// How many endpoints there are.
+    #[must_use]
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.load().len()
     }
 
     /// Replaces the endpoint set (a no-op when it is the same). Endpoints that

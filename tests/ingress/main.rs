@@ -1100,3 +1100,69 @@ fn sigterm_drains_in_flight_requests() {
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(gw.http).is_err());
 }
+
+/// Given one CPU (an affinity of one, inherited from the test thread, as
+/// `taskset -c 0` gives), the gateway runs everything on one current-thread
+/// runtime: keep-alive HTTP/1.1 with a pooled upstream connection, TLS with
+/// HTTP/2, and an upgraded (WebSocket) tunnel are all served.
+#[test]
+fn one_cpu_runs_a_current_thread_runtime_that_serves_everything() {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 9, 1], "web", false);
+    let spec = format!(
+        "  tls: [{{hosts: [shop.example.com], secretName: shop-tls}}]\n  rules:\n{}",
+        rule("shop.example.com", &[("/", "web")]),
+    );
+    let allowed = sched_getaffinity(None).unwrap();
+    let first = (0..CpuSet::MAX_CPU).find(|&c| allowed.is_set(c)).unwrap();
+    let mut one = CpuSet::new();
+    one.set(first);
+    sched_setaffinity(None, &one).unwrap();
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("ns.yaml", namespace("shop")),
+            ("web.yaml", service("shop", "web", None, &[web.addr])),
+            ("tls.yaml", shop_tls("shop")),
+            ("ingress.yaml", ingress("shop", "shop", &spec)),
+        ],
+        &["--ingress-ssl-redirect=false"],
+    );
+    sched_setaffinity(None, &allowed).unwrap();
+    let log = gw.log();
+    assert!(
+        log.contains("current-thread") && log.contains("\"cpus\":1"),
+        "{log}"
+    );
+
+    // Three requests on one keep-alive client connection.
+    let url = format!("http://shop.example.com:{}/a", gw.http.port());
+    let r = curl(&[
+        "--resolve",
+        &gw.resolve_http("shop.example.com"),
+        &url,
+        &url,
+        &url,
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(web.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // TLS, HTTP/2.
+    let ca = example_ca();
+    let r = curl(&[
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &gw.resolve_https("shop.example.com"),
+        &format!("https://shop.example.com:{}/b", gw.https.port()),
+    ]);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
+
+    // An upgraded connection, then plain requests still served.
+    let mut ws = WebSocket::connect(gw.http, "shop.example.com");
+    assert_eq!(ws.echo("one core"), "one core");
+    let r = curl(&["--resolve", &gw.resolve_http("shop.example.com"), &url]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
