@@ -277,7 +277,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Proxy { source, proxy } => serve(&source, |rt| {
             Box::pin(async move { start_proxy(rt, &proxy) })
         }),
-        Command::Dns { source, dns } => serve(&source, |rt| Box::pin(start_dns(rt, dns))),
+        Command::Dns { source, dns } => {
+            limit_malloc_arenas();
+            serve(&source, |rt| Box::pin(start_dns(rt, dns)))
+        }
         Command::Ingress {
             source,
             ingress,
@@ -414,6 +417,28 @@ fn start_ingress(
         Box::pin(async move { Ok(gateway.instrument(span).await?) }),
     );
     Ok(())
+}
+
+/// Caps glibc's malloc at two arenas (`M_ARENA_MAX`; its default is eight
+/// per CPU), before any thread starts. Each thread that allocates otherwise
+/// gets an arena of its own that keeps what it freed: the manifest parser,
+/// the index builder (a blocking thread) and the workers each held their
+/// own. `fairlead dns` at 10k Services resides in 5 MiB less this way
+/// (GLIBC_TUNABLES=glibc.malloc.arena_max=1 or 2 measured the same); its
+/// answer path does not allocate, so it loses nothing to contention.
+/// jemalloc and mimalloc (LD_PRELOAD) saved 4 MiB more, not worth an
+/// allocator in the binary.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(
+        unsafe_code,
+        reason = "mallopt is glibc's interface to its own tunables; it takes no pointer"
+    )]
+    // SAFETY: mallopt sets a malloc parameter and is safe to call at any
+    // time; called before the runtime starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Runs a long-running mode: starts the model source, lets `setup` add the

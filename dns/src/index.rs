@@ -116,15 +116,79 @@ pub(crate) struct AutopathQuestion {
     pub namespace: String,
 }
 
-/// Namespace and name of the Service that put an entry in a shared map.
+/// Namespace and name of a Service.
 type ServiceId = (Arc<str>, Arc<str>);
 
-/// An entry of a map shared by several Services, tagged with its Service so
+/// An entry of a map shared by several Services, tagged with its Service's
+/// records (one pointer: the records, and the id that orders entries), so
 /// that an update can remove exactly that Service's entries.
 #[derive(Clone, Debug)]
 struct Tagged<T> {
-    service: ServiceId,
+    zone: Arc<ServiceZone>,
     value: T,
+}
+
+/// The entries of one address, ordered by Service: nearly every address
+/// has one, kept inline.
+#[derive(Clone, Debug)]
+enum Tags<T> {
+    One(Tagged<T>),
+    Many(Arc<[Tagged<T>]>),
+}
+
+impl<T> Tags<T> {
+    fn as_slice(&self) -> &[Tagged<T>] {
+        match self {
+            Self::One(tag) => std::slice::from_ref(tag),
+            Self::Many(tags) => tags,
+        }
+    }
+}
+
+/// A persistent map keyed by address, IPv4 addresses as `u32` and IPv6 as
+/// `u128` (an `IpAddr` key takes 17 bytes and its padding in every slot).
+#[derive(Clone, Debug)]
+struct AddrMap<V> {
+    v4: imbl::HashMap<u32, V>,
+    v6: imbl::HashMap<u128, V>,
+}
+
+impl<V: Clone> AddrMap<V> {
+    fn new() -> Self {
+        Self {
+            v4: imbl::HashMap::new(),
+            v6: imbl::HashMap::new(),
+        }
+    }
+
+    fn get(&self, ip: IpAddr) -> Option<&V> {
+        match ip {
+            IpAddr::V4(v4) => self.v4.get(&u32::from(v4)),
+            IpAddr::V6(v6) => self.v6.get(&u128::from(v6)),
+        }
+    }
+
+    fn insert(&mut self, ip: IpAddr, value: V) {
+        match ip {
+            IpAddr::V4(v4) => {
+                self.v4.insert(u32::from(v4), value);
+            }
+            IpAddr::V6(v6) => {
+                self.v6.insert(u128::from(v6), value);
+            }
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                self.v4.remove(&u32::from(v4));
+            }
+            IpAddr::V6(v6) => {
+                self.v6.remove(&u128::from(v6));
+            }
+        }
+    }
 }
 
 /// The result of looking a question up in the index.
@@ -160,12 +224,20 @@ pub struct Answer<'a> {
 struct ServiceZone {
     id: ServiceId,
     body: Body,
-    /// Addresses whose PTR records (kept in the index's reverse map only)
-    /// this Service contributes.
-    reverse: Vec<IpAddr>,
     /// Pod addresses this Service vouches for (`--pods verified`), with the
-    /// Pod's namespace.
-    pod_ips: Vec<(IpAddr, Arc<str>)>,
+    /// Pod's namespace (the Service's own `Arc` when it is the same).
+    pod_ips: Box<[(IpAddr, Arc<str>)]>,
+}
+
+impl ServiceZone {
+    /// The addresses whose PTR records (kept in the index's reverse map
+    /// only) this Service contributes, with their targets.
+    fn reverse(&self) -> Vec<(IpAddr, PtrTarget)> {
+        match &self.body {
+            Body::Addresses(body) => reverse_targets(body),
+            Body::Alias(_) | Body::Vacant => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -188,22 +260,22 @@ struct ServiceNames {
     fqdn: Name,
     headless: bool,
     /// The ClusterIPs, or the served endpoints' addresses when headless.
-    addresses: Vec<IpAddr>,
+    addresses: Box<[IpAddr]>,
     /// SRV on the bare Service name: every port.
-    srv: Vec<SrvTarget>,
+    srv: Box<[SrvTarget]>,
     /// `_tcp`, `_udp`, `_sctp` labels under which named ports exist.
-    protocols: Vec<&'static str>,
+    protocols: Box<[&'static str]>,
     /// Named ports, by (port label, protocol label).
-    ports: Vec<PortSrv>,
+    ports: Box<[PortSrv]>,
     /// Served endpoints by label, sorted by label.
-    endpoints: Vec<EndpointNode>,
+    endpoints: Box<[EndpointNode]>,
 }
 
 #[derive(Debug)]
 struct PortSrv {
     port_label: Box<str>,
     protocol_label: &'static str,
-    srv: Vec<SrvTarget>,
+    srv: Box<[SrvTarget]>,
 }
 
 /// The data of one SRV record: a port on the Service name (`node` none) or
@@ -215,11 +287,37 @@ struct SrvTarget {
     node: Option<u32>,
 }
 
+/// A name below a Service for its served endpoints. Most are named by
+/// their one address (`10-1-2-3`): that label is made when asked for, not
+/// kept.
 #[derive(Debug)]
-struct EndpointNode {
-    label: Box<str>,
-    /// Its addresses, in the order the endpoints list them.
-    ips: Vec<IpAddr>,
+enum EndpointNode {
+    /// The dashed form of this address, which is the node's only one.
+    Dashed(IpAddr),
+    /// A hostname (lower-case), with its addresses in the order the
+    /// endpoints list them.
+    Named { label: Box<str>, ips: Box<[IpAddr]> },
+}
+
+impl EndpointNode {
+    fn label(&self) -> Cow<'_, str> {
+        match self {
+            Self::Dashed(ip) => Cow::Owned(dashed_ip(*ip)),
+            Self::Named { label, .. } => Cow::Borrowed(label),
+        }
+    }
+
+    fn ips(&self) -> &[IpAddr] {
+        match self {
+            Self::Dashed(ip) => std::slice::from_ref(ip),
+            Self::Named { ips, .. } => ips,
+        }
+    }
+}
+
+/// The node labelled `label` among `nodes` (sorted by label).
+fn find_node(nodes: &[EndpointNode], label: &str) -> Option<usize> {
+    nodes.binary_search_by(|n| (*n.label()).cmp(label)).ok()
 }
 
 /// Address records of `ips` owned by `name`: IPv4 first, then IPv6, each in
@@ -235,7 +333,7 @@ fn address_records(name: &Name, ttl: u32, ips: &[IpAddr], v4: bool, v6: bool) ->
 impl ServiceNames {
     fn node_name(&self, node: u32) -> Option<Name> {
         let node = self.endpoints.get(usize::try_from(node).ok()?)?;
-        name_below(&[&node.label], &self.fqdn)
+        name_below(&[&node.label()], &self.fqdn)
     }
 
     fn srv_records(&self, owner: &Name, targets: &[SrvTarget], ttl: u32) -> Vec<Record> {
@@ -276,7 +374,7 @@ impl ServiceNames {
                     .ok()
                     .and_then(|i| self.endpoints.get(i)),
             ) {
-                out.extend(address_records(&name, ttl, &n.ips, true, true));
+                out.extend(address_records(&name, ttl, n.ips(), true, true));
             }
         }
         out
@@ -293,7 +391,7 @@ impl ServiceNames {
         }
         for (i, node) in self.endpoints.iter().enumerate() {
             if let Some(name) = u32::try_from(i).ok().and_then(|i| self.node_name(i)) {
-                out.extend(address_records(&name, ttl, &node.ips, true, true));
+                out.extend(address_records(&name, ttl, node.ips(), true, true));
             }
         }
         out
@@ -329,8 +427,10 @@ pub struct Index {
     /// PTR targets by address: the tagged Service's name, or one of its
     /// endpoint names (made when asked: a name per endpoint address would
     /// be most of the index).
-    reverse: imbl::HashMap<IpAddr, Arc<[Tagged<PtrTarget>]>>,
-    pods: imbl::HashMap<IpAddr, Arc<[Tagged<Arc<str>>]>>,
+    reverse: AddrMap<Tags<PtrTarget>>,
+    /// Pod addresses with the namespace of their Pod, by the Services whose
+    /// endpoints name them (`--pods verified`, `--dns-autopath`).
+    pods: AddrMap<Tags<Arc<str>>>,
     /// The change log of the snapshot this index answers for: the model's
     /// cursor tells answer caches what to drop ([`Index::changed_since`]).
     changes: ChangeLog,
@@ -369,7 +469,7 @@ fn protocol_label(protocol: fairlead_model::Protocol) -> &'static str {
 }
 
 /// SRV data to `(node, port)` targets, deduplicated, weights sharing 100.
-fn srv_targets(targets: &[(Option<u32>, u16)]) -> Vec<SrvTarget> {
+fn srv_targets(targets: &[(Option<u32>, u16)]) -> Box<[SrvTarget]> {
     let mut unique: Vec<(Option<u32>, u16)> = Vec::with_capacity(targets.len());
     for target in targets {
         if !unique.contains(target) {
@@ -385,21 +485,25 @@ fn srv_targets(targets: &[(Option<u32>, u16)]) -> Vec<SrvTarget> {
 
 /// Pod addresses a Service vouches for (`--pods verified`, `--dns-autopath`):
 /// its endpoints that point at a Pod, with the Pod's namespace.
-fn verified_pod_ips(config: &ZoneConfig, service: &Service) -> Vec<(IpAddr, Arc<str>)> {
+fn verified_pod_ips(
+    config: &ZoneConfig,
+    service: &Service,
+    own_namespace: &Arc<str>,
+) -> Box<[(IpAddr, Arc<str>)]> {
     if config.pods != PodsMode::Verified && !config.autopath {
-        return Vec::new();
+        return Box::default();
     }
     service
         .endpoints
         .iter()
         .filter_map(|endpoint| {
             let target = endpoint.target_ref.as_ref().filter(|t| t.kind == "Pod")?;
-            let pod_ns = if target.namespace.is_empty() {
-                service.key.namespace.as_str()
+            let pod_ns = if target.namespace.is_empty() || target.namespace == **own_namespace {
+                own_namespace.clone()
             } else {
-                target.namespace.as_str()
+                Arc::from(target.namespace.as_str())
             };
-            Some((endpoint.address, Arc::from(pod_ns)))
+            Some((endpoint.address, pod_ns))
         })
         .collect()
 }
@@ -410,7 +514,7 @@ fn endpoint_nodes(
     config: &ZoneConfig,
     service: &Service,
     served: &[&Endpoint],
-) -> (Vec<EndpointNode>, Vec<Option<u32>>) {
+) -> (Box<[EndpointNode]>, Vec<Option<u32>>) {
     let ns = service.key.namespace.as_str();
     let name = service.key.name.as_str();
     let mut nodes: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
@@ -433,18 +537,21 @@ fn endpoint_nodes(
         }
         labels.push(Some(label));
     }
-    let endpoints: Vec<EndpointNode> = nodes
+    let endpoints: Box<[EndpointNode]> = nodes
         .into_iter()
-        .map(|(label, ips)| EndpointNode {
-            label: label.into_boxed_str(),
-            ips,
+        .map(|(label, ips)| match ips.as_slice() {
+            [ip] if label == dashed_ip(*ip) => EndpointNode::Dashed(*ip),
+            _ => EndpointNode::Named {
+                label: label.into_boxed_str(),
+                ips: ips.into_boxed_slice(),
+            },
         })
         .collect();
     let node_of = labels
         .iter()
         .map(|label| {
             let label = label.as_deref()?;
-            let i = endpoints.binary_search_by(|n| (*n.label).cmp(label)).ok()?;
+            let i = find_node(&endpoints, label)?;
             u32::try_from(i).ok()
         })
         .collect();
@@ -482,8 +589,8 @@ fn reverse_targets(body: &ServiceNames) -> Vec<(IpAddr, PtrTarget)> {
             .ok()
             .filter(|i| body.node_name(*i).is_some())
         {
-            let v4s = node.ips.iter().filter(|ip| ip.is_ipv4());
-            let v6s = node.ips.iter().filter(|ip| ip.is_ipv6());
+            let v4s = node.ips().iter().filter(|ip| ip.is_ipv4());
+            let v6s = node.ips().iter().filter(|ip| ip.is_ipv6());
             reverse.extend(v4s.chain(v6s).map(|ip| (*ip, Some(i))));
         }
     }
@@ -498,7 +605,7 @@ fn srv_sets(
     headless: bool,
     served: &[&Endpoint],
     node_of: &[Option<u32>],
-) -> (Vec<SrvTarget>, Vec<&'static str>, Vec<PortSrv>) {
+) -> (Box<[SrvTarget]>, Vec<&'static str>, Vec<PortSrv>) {
     let ns = service.key.namespace.as_str();
     let name = service.key.name.as_str();
     let targets_of = |port: &fairlead_model::ServicePort| -> Vec<(Option<u32>, u16)> {
@@ -536,28 +643,23 @@ fn srv_sets(
     (srv_targets(&all_targets), protocols, ports)
 }
 
-/// The records of `service`, and the PTR targets it contributes.
-fn build_service(
-    config: &ZoneConfig,
-    service: &Service,
-) -> Option<(ServiceZone, Vec<(IpAddr, PtrTarget)>)> {
+/// The records of `service`.
+fn build_service(config: &ZoneConfig, service: &Service) -> Option<ServiceZone> {
     let ns = service.key.namespace.as_str();
     let name = service.key.name.as_str();
     let fqdn = name_below(&[name, ns, "svc"], &config.zone)?;
     let ttl = config.ttl;
     let id: ServiceId = (Arc::from(ns), Arc::from(name));
 
-    let pod_ips = verified_pod_ips(config, service);
+    let pod_ips = verified_pod_ips(config, service, &id.0);
 
     if service.service_type == ServiceType::ExternalName {
         let cname = alias_record(service, fqdn, ttl)?;
-        let zone = ServiceZone {
+        return Some(ServiceZone {
             id,
             body: Body::Alias(Box::new(cname)),
-            reverse: Vec::new(),
             pod_ips,
-        };
-        return Some((zone, Vec::new()));
+        });
     }
 
     let served: Vec<&Endpoint> = service
@@ -566,13 +668,11 @@ fn build_service(
 
     let headless = service.service_type == ServiceType::Headless;
     if headless && served.is_empty() {
-        let zone = ServiceZone {
+        return Some(ServiceZone {
             id,
             body: Body::Vacant,
-            reverse: Vec::new(),
             pod_ips,
-        };
-        return Some((zone, Vec::new()));
+        });
     }
     let (endpoints, node_of) = endpoint_nodes(config, service, &served);
     let mut addresses: Vec<IpAddr> = if headless {
@@ -590,20 +690,17 @@ fn build_service(
     let body = ServiceNames {
         fqdn,
         headless,
-        addresses,
+        addresses: addresses.into_boxed_slice(),
         srv,
-        protocols,
-        ports,
+        protocols: protocols.into_boxed_slice(),
+        ports: ports.into_boxed_slice(),
         endpoints,
     };
-    let reverse = reverse_targets(&body);
-    let zone = ServiceZone {
+    Some(ServiceZone {
         id,
         body: Body::Addresses(body),
-        reverse: reverse.iter().map(|(ip, _)| *ip).collect(),
         pod_ips,
-    };
-    Some((zone, reverse))
+    })
 }
 
 impl Index {
@@ -642,8 +739,8 @@ impl Index {
             ns_addresses: Vec::new(),
             declared_namespaces: imbl::OrdSet::new(),
             services: imbl::HashMap::new(),
-            reverse: imbl::HashMap::new(),
-            pods: imbl::HashMap::new(),
+            reverse: AddrMap::new(),
+            pods: AddrMap::new(),
             changes: ChangeLog::default(),
             config,
         }
@@ -754,8 +851,8 @@ impl Index {
     /// Service's endpoints name (kept with `--pods verified` or autopath).
     pub(crate) fn is_pod_of(&self, ip: IpAddr, namespace: &str) -> bool {
         self.pods
-            .get(&ip)
-            .is_some_and(|tags| tags.iter().any(|t| &*t.value == namespace))
+            .get(ip)
+            .is_some_and(|tags| tags.as_slice().iter().any(|t| &*t.value == namespace))
     }
 
     /// Whether the model had synced (cluster names are answered).
@@ -806,29 +903,27 @@ impl Index {
         if in_ns.is_empty() {
             self.services.remove(key.namespace.as_str());
         }
-        for ip in &old.reverse {
-            untag(&mut self.reverse, ip, &old.id);
+        for (ip, _) in old.reverse() {
+            untag(&mut self.reverse, ip, &old);
         }
         for (ip, _) in &old.pod_ips {
-            untag(&mut self.pods, ip, &old.id);
+            untag(&mut self.pods, *ip, &old);
         }
     }
 
     fn insert_service(&mut self, service: &Service) {
-        let Some((zone, reverse)) = build_service(&self.config, service) else {
+        let Some(zone) = build_service(&self.config, service) else {
             return;
         };
-        for (ip, ptr) in reverse {
-            tag(&mut self.reverse, ip, &zone.id, ptr);
+        let zone = Arc::new(zone);
+        for (ip, ptr) in zone.reverse() {
+            tag(&mut self.reverse, ip, &zone, ptr);
         }
         for (ip, ns) in &zone.pod_ips {
-            tag(&mut self.pods, *ip, &zone.id, ns.clone());
+            tag(&mut self.pods, *ip, &zone, ns.clone());
         }
         let (ns, name) = zone.id.clone();
-        self.services
-            .entry(ns)
-            .or_default()
-            .insert(name, Arc::new(zone));
+        self.services.entry(ns).or_default().insert(name, zone);
     }
 
     fn namespace_exists(&self, ns: &str) -> bool {
@@ -836,9 +931,8 @@ impl Index {
     }
 
     /// The name a PTR record points at.
-    fn ptr_target(&self, target: &Tagged<PtrTarget>) -> Option<Name> {
-        let zone = self.service(&target.service.0, &target.service.1)?;
-        let Body::Addresses(body) = &zone.body else {
+    fn ptr_target(target: &Tagged<PtrTarget>) -> Option<Name> {
+        let Body::Addresses(body) = &target.zone.body else {
             return None;
         };
         match target.value {
@@ -886,9 +980,9 @@ impl Index {
             Body::Alias(cname) => vec![(**cname).clone()],
             Body::Addresses(body) => body.all_records(self.config.ttl),
         };
-        for ip in &zone.reverse {
+        for (ip, _) in zone.reverse() {
             if let Lookup::Answer(answer) =
-                self.lookup(&LowerName::new(&Name::from(*ip)), RecordType::PTR)
+                self.lookup(&LowerName::new(&Name::from(ip)), RecordType::PTR)
             {
                 out.extend(answer.answers.into_iter().map(Cow::into_owned));
             }
@@ -914,17 +1008,18 @@ impl Index {
         }
         if matches!(qtype, RecordType::PTR | RecordType::ANY)
             && let Some(ip) = parse_reverse(qname)
-            && let Some(ptrs) = self.reverse.get(&ip)
+            && let Some(ptrs) = self.reverse.get(ip)
         {
             let owner = Name::from(ip);
             return Lookup::Answer(Answer {
                 answers: ptrs
+                    .as_slice()
                     .iter()
                     .filter_map(|t| {
                         Some(Cow::Owned(record(
                             owner.clone(),
                             self.config.ttl,
-                            RData::PTR(PTR(self.ptr_target(t)?)),
+                            RData::PTR(PTR(Self::ptr_target(t)?)),
                         )))
                     })
                     .collect(),
@@ -1070,8 +1165,8 @@ impl Index {
             PodsMode::Insecure => true,
             PodsMode::Verified => self
                 .pods
-                .get(&ip)
-                .is_some_and(|tags| tags.iter().any(|t| &*t.value == ns)),
+                .get(ip)
+                .is_some_and(|tags| tags.as_slice().iter().any(|t| &*t.value == ns)),
         };
         if !known {
             return self.nxdomain();
@@ -1138,12 +1233,12 @@ impl Index {
                     self.nxdomain()
                 }
             }
-            [label] => match body.endpoints.binary_search_by(|n| (*n.label).cmp(label)) {
-                Ok(i) => match u32::try_from(i).ok().and_then(|i| body.node_name(i)) {
-                    Some(name) => self.addresses(&name, &body.endpoints[i].ips, qtype),
+            [label] => match find_node(&body.endpoints, label) {
+                Some(i) => match u32::try_from(i).ok().and_then(|i| body.node_name(i)) {
+                    Some(name) => self.addresses(&name, body.endpoints[i].ips(), qtype),
                     None => self.nxdomain(),
                 },
-                Err(_) => self.nxdomain(),
+                None => self.nxdomain(),
             },
             [protocol, port] => match body
                 .ports
@@ -1179,43 +1274,38 @@ fn service_hashes(changes: &Changes) -> Option<HashSet<u64>> {
     })
 }
 
-fn tag<T: Clone>(
-    map: &mut imbl::HashMap<IpAddr, Arc<[Tagged<T>]>>,
-    ip: IpAddr,
-    service: &ServiceId,
-    value: T,
-) {
+fn tag<T: Clone>(map: &mut AddrMap<Tags<T>>, ip: IpAddr, zone: &Arc<ServiceZone>, value: T) {
     let entry = Tagged {
-        service: service.clone(),
+        zone: zone.clone(),
         value,
     };
-    let mut next: Vec<Tagged<T>> = map
-        .get(&ip)
-        .map(|existing| existing.to_vec())
-        .unwrap_or_default();
-    // Ordered by Service, so that an incremental update and a full build
-    // answer in the same order.
-    let at = next.partition_point(|t| t.service <= entry.service);
-    next.insert(at, entry);
-    map.insert(ip, Arc::from(next));
+    let tags = match map.get(ip) {
+        None => Tags::One(entry),
+        Some(existing) => {
+            let mut next = existing.as_slice().to_vec();
+            // Ordered by Service, so that an incremental update and a full
+            // build answer in the same order.
+            let at = next.partition_point(|t| t.zone.id <= entry.zone.id);
+            next.insert(at, entry);
+            Tags::Many(Arc::from(next))
+        }
+    };
+    map.insert(ip, tags);
 }
 
-fn untag<T: Clone>(
-    map: &mut imbl::HashMap<IpAddr, Arc<[Tagged<T>]>>,
-    ip: &IpAddr,
-    service: &ServiceId,
-) {
+fn untag<T: Clone>(map: &mut AddrMap<Tags<T>>, ip: IpAddr, zone: &Arc<ServiceZone>) {
     let Some(existing) = map.get(ip) else {
         return;
     };
-    let rest: Vec<Tagged<T>> = existing
+    let mut rest: Vec<Tagged<T>> = existing
+        .as_slice()
         .iter()
-        .filter(|t| &t.service != service)
+        .filter(|t| !Arc::ptr_eq(&t.zone, zone))
         .cloned()
         .collect();
-    if rest.is_empty() {
-        map.remove(ip);
-    } else {
-        map.insert(*ip, Arc::from(rest));
+    match rest.len() {
+        0 => map.remove(ip),
+        1 => map.insert(ip, Tags::One(rest.remove(0))),
+        _ => map.insert(ip, Tags::Many(Arc::from(rest))),
     }
 }
