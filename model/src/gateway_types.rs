@@ -174,6 +174,13 @@ pub struct Gateway {
     pub class: String,
     /// `spec.listeners`, in manifest order.
     pub listeners: Vec<Listener>,
+    /// `spec.addresses` of type `IPAddress` (the default type): the
+    /// listeners are served on these addresses; on the node's when empty.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// `spec.addresses` fairlead cannot use (another type, or not an IP
+    /// address), as written: the Gateway is not accepted
+    /// (`UnsupportedAddress`).
+    pub unsupported_addresses: Vec<String>,
 }
 
 /// A route's `parentRefs[]` entry naming a Gateway.

@@ -864,6 +864,7 @@ fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
             cancel: cancel.clone(),
             node_name: None,
             view: fairlead_ingress::explain::View::default(),
+            listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
         },
     ));
     wait_port(http)?;

@@ -56,7 +56,11 @@ fn hostname(errors: &mut Errors, field: String, text: &str) -> Option<Hostname> 
     })
 }
 
-/// Translates a Gateway: its listeners.
+/// Translates a Gateway: its listeners and addresses.
+#[expect(
+    clippy::too_many_lines,
+    reason = "each listener field in spec order, validated where it is read"
+)]
 pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
     let mut errors = Errors::default();
     let spec = &object.spec;
@@ -151,11 +155,31 @@ pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
             tls,
         });
     }
+    let (addresses, unsupported) = gateway_addresses(&spec.addresses);
+    let key = object_key(&object.metadata);
+    let class = spec.gateway_class_name.clone();
     errors.finish(Gateway {
-        key: object_key(&object.metadata),
-        class: spec.gateway_class_name.clone(),
+        key,
+        class,
         listeners,
+        addresses,
+        unsupported_addresses: unsupported,
     })
+}
+
+/// `spec.addresses`: the IP addresses, and what is not one (reported).
+fn gateway_addresses(list: &[wire::GatewayAddress]) -> (Vec<std::net::IpAddr>, Vec<String>) {
+    let mut addresses = Vec::new();
+    let mut unsupported = Vec::new();
+    for a in list {
+        match (a.type_.as_deref(), a.value.parse::<std::net::IpAddr>()) {
+            (None | Some("IPAddress"), Ok(ip)) => addresses.push(ip),
+            (kind, _) => {
+                unsupported.push(format!("{} {}", kind.unwrap_or("IPAddress"), a.value));
+            }
+        }
+    }
+    (addresses, unsupported)
 }
 
 /// Translates an HTTPRoute.
