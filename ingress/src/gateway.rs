@@ -39,6 +39,8 @@ const ROUTE_KINDS: &[Kind] = &[
     Kind::GrpcRoute,
     Kind::ReferenceGrant,
     Kind::Secret,
+    // Namespace labels: allowedRoutes selectors.
+    Kind::Namespace,
 ];
 
 /// Kinds whose changes call for a new certificate store.

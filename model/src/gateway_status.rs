@@ -612,7 +612,14 @@ pub fn attach<'g>(
     }
     let allowed: Vec<&Listener> = named
         .into_iter()
-        .filter(|l| l.allows(route_kind, &route.namespace, &gateway.key.namespace))
+        .filter(|l| {
+            let labels = snapshot.namespace_labels.get(&route.namespace);
+            l.allows(
+                route_kind,
+                (&route.namespace, labels.map(AsRef::as_ref)),
+                &gateway.key.namespace,
+            )
+        })
         .collect();
     if allowed.is_empty() {
         return Err((

@@ -623,3 +623,62 @@ fn gateway_api_listeners_on_their_own_ports_and_addresses() {
         get("127.0.0.1", plain).status == 0
     });
 }
+
+/// `allowedRoutes.namespaces.from: Selector` on the labels of the route's
+/// Namespace: a route of a matching namespace is served, one of another
+/// is not, until its Namespace is labelled (at runtime).
+#[test]
+fn gateway_api_allowed_routes_namespace_selector() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 14, 51], "web", false);
+    let port = free_port();
+    let ns = |name: &str, env: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{env: {env}}}}}\n"
+        )
+    };
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: web, namespace: infra}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+         \x20 - {{name: http, port: {port}, protocol: HTTP,\n\
+         \x20    allowedRoutes: {{namespaces: {{from: Selector, selector: {{matchExpressions: [{{key: env, operator: In, values: [prod]}}]}}}}}}}}\n"
+    );
+    let route = |namespace: &str| {
+        http_route(
+            namespace,
+            "r",
+            &format!(
+                "  parentRefs: [{{name: web, namespace: infra}}]\n  hostnames: [{namespace}.test]\n\
+                 \x20 rules: [{{backendRefs: [{{name: web, port: 80}}]}}]\n"
+            ),
+        )
+    };
+    let http = format!("127.0.0.1:{port}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("infra.yaml", namespace("infra")),
+            ("a.yaml", ns("a", "prod")),
+            ("b.yaml", ns("b", "dev")),
+            ("web-a.yaml", service("a", "web", None, &[web.addr])),
+            ("web-b.yaml", service("b", "web", None, &[web.addr])),
+            ("gateway.yaml", gateway),
+            ("route-a.yaml", route("a")),
+            ("route-b.yaml", route("b")),
+        ],
+        &["--http", &http],
+    );
+    let get = |host: &str| {
+        curl(&[
+            "--resolve",
+            &format!("{host}:{port}:127.0.0.1"),
+            &format!("http://{host}:{port}/"),
+        ])
+    };
+    let r = get("a.test");
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    assert_eq!(get("b.test").status, 404);
+    assert!(gw.log().contains("NotAllowedByListeners"), "{}", gw.log());
+    gw.write("b.yaml", &ns("b", "prod"));
+    gw.wait_for("namespace b relabelled", || get("b.test").status == 200);
+}

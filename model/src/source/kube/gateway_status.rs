@@ -362,6 +362,7 @@ impl GatewayStatusWriter {
                     Kind::ReferenceGrant,
                     Kind::Secret,
                     Kind::Service,
+                    Kind::Namespace,
                 ]) || tokio::time::Instant::now() >= deadline;
                 if due {
                     served = Some(snapshot.generation);
