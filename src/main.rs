@@ -347,6 +347,7 @@ fn start_proxy(rt: &mut runtime::Runtime, args: &fairlead_proxy::Args) -> Result
     };
     let component = fairlead_proxy::Proxy::start(args, context)
         .context("starting the proxy (needs root, bpffs and cgroup v2)")?;
+    rt.node_problems = Some(component.problems());
     let span = span.clone();
     rt.spawn(
         "proxy",

@@ -57,6 +57,12 @@ pub(crate) struct SourceArgs {
     /// Deployment).
     #[arg(long, env = "FAIRLEAD_EVENTS")]
     pub(crate) events: bool,
+    /// Publish a Warning Event on this node's Node object for each problem
+    /// of the kernel load balancer (a full map), from every node: each
+    /// reports its own (apiserver source, needs --node-name). `--events`
+    /// implies it. deploy/ enables it on the node DaemonSet.
+    #[arg(long, env = "FAIRLEAD_NODE_EVENTS")]
+    pub(crate) node_events: bool,
     /// Address of the telemetry listener: /metrics, /health, /ready.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9402")]
     pub(crate) telemetry_addr: SocketAddr,
@@ -99,6 +105,11 @@ pub(crate) struct Runtime {
     /// Whether this replica writes status (every status writer checks it):
     /// always, unless `--ingress-status-lease` elects one replica.
     pub(crate) status_leader: StatusLeader,
+    /// The kernel load balancer's problems of this node, when it runs.
+    pub(crate) node_problems: Option<watch::Receiver<Arc<[fairlead_model::Problem]>>>,
+    /// The IngressClass of the gateway, when it runs: only its Ingresses get
+    /// Events.
+    ingress_class: Option<String>,
 }
 
 /// What the apiserver source shares with other tasks.
@@ -246,6 +257,8 @@ impl Runtime {
             args: args.clone(),
             apiserver,
             status_leader: StatusLeader::always(),
+            node_problems: None,
+            ingress_class: None,
         })
     }
 
@@ -294,6 +307,7 @@ impl Runtime {
         let model = self.model.clone();
         let stop = self.cancel.clone();
         let leader = self.status_leader.clone();
+        let class = self.ingress_class.clone();
         // The reportingInstance: the pod (POD_NAME), else the node.
         let instance = std::env::var("POD_NAME")
             .ok()
@@ -304,14 +318,48 @@ impl Runtime {
                     return Ok(());
                 };
                 let client = client.expect("waited for Some");
-                kube_source::events::ProblemEvents::new()
-                    .with_ingresses(ingresses)
-                    .run(client, instance, model, leader)
-                    .await
+                let mut events =
+                    kube_source::events::ProblemEvents::new().with_ingresses(ingresses);
+                if let Some(class) = class {
+                    events = events.for_ingress_class(class);
+                }
+                events.run(client, instance, model, leader).await
             };
             tokio::select! {
                 result = run => ("events", result.context("Event publisher")),
                 () = stop.cancelled() => ("events", Ok(())),
+            }
+        });
+    }
+
+    /// Publishes a Warning Event on this node's Node for each problem the
+    /// kernel load balancer reports (apiserver source, proxy running, node
+    /// name known), on every node.
+    fn publish_node_events(&mut self) {
+        let (Some(apiserver), Some(problems), Some(node)) = (
+            &self.apiserver,
+            self.node_problems.clone(),
+            self.args.node_name.clone(),
+        ) else {
+            info!("no node Events: they need the apiserver source, the proxy and --node-name");
+            return;
+        };
+        let mut client = apiserver.client.clone();
+        let stop = self.cancel.clone();
+        let instance = std::env::var("POD_NAME").ok().or(Some(node));
+        self.tasks.spawn(async move {
+            let run = async {
+                let Ok(client) = client.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+                    return Ok(());
+                };
+                let client = client.expect("waited for Some");
+                kube_source::events::ProblemEvents::new()
+                    .run_node(client, instance, problems)
+                    .await
+            };
+            tokio::select! {
+                result = run => ("node-events", result.context("node Event publisher")),
+                () = stop.cancelled() => ("node-events", Ok(())),
             }
         });
     }
@@ -331,6 +379,7 @@ impl Runtime {
         status: &IngressStatusArgs,
         gateway_api: fairlead_model::gateway_status::Serving,
     ) -> Result<()> {
+        self.ingress_class = Some(class.to_owned());
         let Some(addresses) = status.addresses(self.node_name())? else {
             info!("Ingress status is not published (no --ingress-status-* flag)");
             return Ok(());
@@ -458,6 +507,9 @@ impl Runtime {
         // Started last: it follows the status leader, settled by now.
         if self.args.events {
             self.publish_events();
+        }
+        if self.args.events || self.args.node_events {
+            self.publish_node_events();
         }
         let listener = telemetry::bind(self.args.telemetry_addr).await?;
         let telemetry = Arc::new(Telemetry::new(

@@ -297,6 +297,9 @@ fn gateway_api_status_is_shown() {
         "ResolvedRefs False BackendNotFound: Service shop/missing does not exist",
         "ResolvedRefs False RefNotPermitted: Service backends/hidden",
         "ResolvedRefs False InvalidKind",
+        // An invalid regular expression drops its rule only.
+        "PartiallyInvalid True UnsupportedValue: Dropped Rule(s): rule 1: spec.rules[1].matches[0].path.value: invalid regular expression",
+        "Accepted False UnsupportedValue: every rule is dropped",
     ] {
         assert!(
             stdout.contains(expected),

@@ -97,12 +97,53 @@ fn rule_entry(host: &str, rule: &Rule) -> RouteEntry {
     let mut matches = match &rule.path {
         PathMatch::Exact(p) => format!("Exact {p}"),
         PathMatch::Prefix(p) => format!("Prefix {p}"),
+        PathMatch::Regex(p) => format!("RegularExpression {}", p.as_str()),
     };
     if let Some(method) = &rule.method {
         let _ = write!(matches, " method {method}");
     }
     for header in &rule.headers {
-        let _ = write!(matches, " header {}={}", header.name, header.value);
+        let _ = match &header.value {
+            fairlead_model::StringMatch::Exact(v) => write!(matches, " header {}={v}", header.name),
+            regex @ fairlead_model::StringMatch::Regex(_) => {
+                write!(matches, " header {}={regex}", header.name)
+            }
+        };
+    }
+    for q in &rule.query {
+        let _ = write!(matches, " query {}={}", q.name, q.value);
+    }
+    // What the rule does besides forwarding (the same for each backend
+    // but for backendRef header modifiers).
+    let filters = rule
+        .backends
+        .first()
+        .map_or(&rule.none, |(route, _)| route)
+        .filters
+        .as_deref();
+    if let Some(f) = filters {
+        let mut names = Vec::new();
+        if f.redirect.is_some() {
+            names.push("RequestRedirect");
+        }
+        if f.rewrite.is_some() {
+            names.push("URLRewrite");
+        }
+        if !f.request_headers.is_empty() {
+            names.push("RequestHeaderModifier");
+        }
+        if !f.response_headers.is_empty() {
+            names.push("ResponseHeaderModifier");
+        }
+        if !f.mirrors.is_empty() {
+            names.push("RequestMirror");
+        }
+        if !names.is_empty() {
+            let _ = write!(matches, " filters {}", names.join(","));
+        }
+        if let Some(t) = f.timeouts.request {
+            let _ = write!(matches, " timeout {t:?}");
+        }
     }
     let mut backends: Vec<(BackendId, Option<u32>)> = rule
         .backends

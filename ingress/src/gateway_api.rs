@@ -19,7 +19,16 @@
 //! - **Precedence** inside a group, as the spec orders it: an `Exact` path
 //!   before any prefix, then the longest path, then a method match, then the
 //!   most header matches, then the oldest route, then namespace/name, then
-//!   rule and match order. The first match wins.
+//!   rule and match order. The first match wins. The spec leaves
+//!   `RegularExpression` paths to the implementation: here they rank with
+//!   the prefixes by their number of characters, a prefix first at equal
+//!   length (Contour's order), so a catch-all `PathPrefix /` does not hide
+//!   them while a longer prefix still wins.
+//! - **Regular expressions** (paths, header and query values, gRPC service
+//!   and method) match the whole value (anchored, as Envoy's `safe_regex`),
+//!   compiled once when the route is translated. A rule whose expression
+//!   does not compile is dropped (reported; the route's status says
+//!   `PartiallyInvalid`); the route's other rules are served.
 //! - **Backends.** Weighted: each request picks one backendRef with
 //!   probability weight/total; a weight of 0 takes no traffic. A rule with no
 //!   weight at all, and a reference that does not resolve, answer 503.
@@ -31,12 +40,13 @@ use std::sync::Arc;
 use fairlead_model::gateway_status::{Attachment, attach, listener_model_state, served_gateways};
 use fairlead_model::{
     CrossReference, Gateway, GrpcMethodMatch, GrpcRoute, HeaderMatch, Hostname, HttpRoute,
-    Listener, ObjectKey, PathMatch, PathType, PortRef, QueryMatch, RouteBackendTarget, Snapshot,
-    TlsCertificate,
+    Listener, ObjectKey, PathMatch, PathType, PortRef, QueryMatch, RouteBackendTarget, RouteFilter,
+    Snapshot, StringMatch, TlsCertificate,
 };
 use http::{HeaderMap, Method};
 
-use crate::router::{Compiler, Route, RouteProblem, RouteTable};
+use crate::filters::{HeaderOps, RouteFilters};
+use crate::router::{BackendId, Compiler, Route, RouteProblem, RouteTable};
 
 /// Which Gateways this gateway serves: the model's [`Serving`], so the
 /// status and the router read the same answer.
@@ -60,6 +70,8 @@ struct Precedence {
     not_exact: bool,
     /// Longer paths first.
     path_len: std::cmp::Reverse<usize>,
+    /// A prefix before a regular expression of the same length.
+    regex: bool,
     /// False when a method is matched.
     no_method: bool,
     /// More header matches first.
@@ -110,7 +122,7 @@ impl Rule {
                 headers
                     .get_all(h.name.as_str())
                     .iter()
-                    .any(|v| v.as_bytes() == h.value.as_bytes())
+                    .any(|v| h.value.matches(v.as_bytes()))
             })
     }
 
@@ -360,6 +372,38 @@ fn route_attachments(
     served
 }
 
+/// The path a GRPCRoute method match stands for, and (for a regular
+/// expression) the length it ranks with: exact parts make the path a table
+/// key; a regular expression is left to the method matcher (path prefix
+/// `/`), ranked by the length of its patterns.
+fn grpc_path(method: Option<&GrpcMethodMatch>) -> (PathMatch, Option<usize>) {
+    match method {
+        Some(GrpcMethodMatch {
+            service: Some(StringMatch::Exact(service)),
+            method: Some(StringMatch::Exact(method)),
+        }) => (PathMatch::Exact(format!("/{service}/{method}")), None),
+        Some(GrpcMethodMatch {
+            service: Some(StringMatch::Exact(service)),
+            method: None,
+        }) => (PathMatch::Prefix(format!("/{service}")), None),
+        Some(GrpcMethodMatch { service, method })
+            if service.as_ref().is_some_and(StringMatch::is_regex)
+                || method.as_ref().is_some_and(StringMatch::is_regex) =>
+        {
+            let len = |p: &Option<StringMatch>| match p {
+                Some(StringMatch::Regex(p)) => p.as_str().len(),
+                Some(StringMatch::Exact(v)) => v.len(),
+                None => 0,
+            };
+            (
+                PathMatch::Prefix("/".to_owned()),
+                Some(len(service) + len(method) + 1),
+            )
+        }
+        _ => (PathMatch::Prefix("/".to_owned()), None),
+    }
+}
+
 fn add_grpc_route(
     compiler: &mut Compiler<'_>,
     snapshot: &Snapshot,
@@ -376,32 +420,37 @@ fn add_grpc_route(
         None => &mut table.any,
     };
     for (r, rule) in route.rules.iter().enumerate() {
-        let backend_ids: Vec<(usize, u32)> = rule
+        if let Some(why) = &rule.invalid {
+            compiler.table.problems.push(RouteProblem {
+                ingress: route.key.clone(),
+                message: format!("GRPCRoute rule {r} dropped: {why}"),
+            });
+            continue;
+        }
+        let backend_ids: Vec<(usize, u32, &[RouteFilter])> = rule
             .backends
             .iter()
             .map(|b| {
                 let id = route_backend(compiler, snapshot, "GRPCRoute", &route.key, &b.target);
-                (compiler.h2c(id), b.weight)
+                (compiler.h2c(id), b.weight, b.filters.as_slice())
             })
             .collect();
+        let rule_filters = RuleFilters::new(
+            compiler,
+            snapshot,
+            ("GRPCRoute", &route.key),
+            &rule.filters,
+            fairlead_model::RouteTimeouts::default(),
+            true,
+        );
         let none_id = compiler.unresolved(
             None,
             format!("GRPCRoute {} rule {r}", route.key),
             "no backendRef with a weight".to_owned(),
         );
         for (m, grpc_match) in rule.matches.iter().enumerate() {
-            let path = match &grpc_match.method {
-                Some(GrpcMethodMatch {
-                    service: Some(service),
-                    method: Some(method),
-                }) => PathMatch::Exact(format!("/{service}/{method}")),
-                Some(GrpcMethodMatch {
-                    service: Some(service),
-                    method: None,
-                }) => PathMatch::Prefix(format!("/{service}")),
-                _ => PathMatch::Prefix("/".to_owned()),
-            };
-            let make = |backend| Route {
+            let (path, regex_len) = grpc_path(grpc_match.method.as_ref());
+            let make = |backend, backend_filters: &[RouteFilter]| Route {
                 backend,
                 ingress: name.clone(),
                 host: host.clone(),
@@ -409,18 +458,21 @@ fn add_grpc_route(
                 path_type: Some(match path {
                     PathMatch::Exact(_) => PathType::Exact,
                     PathMatch::Prefix(_) => PathType::Prefix,
+                    PathMatch::Regex(_) => PathType::ImplementationSpecific,
                 }),
+                filters: rule_filters.for_backend(backend_filters, ""),
             };
             let backends: Vec<(Route, u32)> = backend_ids
                 .iter()
-                .filter(|(_, w)| *w > 0)
-                .map(|(id, w)| (make(*id), *w))
+                .filter(|(_, w, _)| *w > 0)
+                .map(|(id, w, f)| (make(*id, f), *w))
                 .collect();
             let total = backends.iter().map(|(_, w)| *w).sum();
             group.push(Rule {
                 order: Precedence {
                     not_exact: !matches!(path, PathMatch::Exact(_)),
-                    path_len: std::cmp::Reverse(path.value().len()),
+                    path_len: std::cmp::Reverse(regex_len.unwrap_or(path.value().len())),
+                    regex: regex_len.is_some(),
                     no_method: grpc_match.method.is_none(),
                     headers: std::cmp::Reverse(grpc_match.headers.len()),
                     queries: std::cmp::Reverse(0),
@@ -436,7 +488,7 @@ fn add_grpc_route(
                 query: Vec::new(),
                 backends,
                 total,
-                none: make(none_id),
+                none: make(none_id, &[]),
             });
             compiler.table.route_count += 1;
         }
@@ -519,6 +571,89 @@ fn route_backend(
     }
 }
 
+/// A rule's filters compiled once (mirror backends resolved), combined
+/// with each backendRef's per route.
+struct RuleFilters {
+    request: Option<HeaderOps>,
+    response: Option<HeaderOps>,
+    redirect: Option<fairlead_model::Redirect>,
+    rewrite: Option<fairlead_model::Rewrite>,
+    mirrors: Vec<BackendId>,
+    timeouts: fairlead_model::RouteTimeouts,
+}
+
+impl RuleFilters {
+    fn new(
+        compiler: &mut Compiler<'_>,
+        snapshot: &Snapshot,
+        (route_kind, route_key): (&str, &ObjectKey),
+        filters: &[RouteFilter],
+        timeouts: fairlead_model::RouteTimeouts,
+        h2c: bool,
+    ) -> Self {
+        let mut out = RuleFilters {
+            request: None,
+            response: None,
+            redirect: None,
+            rewrite: None,
+            mirrors: Vec::new(),
+            timeouts,
+        };
+        for f in filters {
+            match f {
+                RouteFilter::RequestHeaders(m) => out.request = Some(HeaderOps::new(m)),
+                RouteFilter::ResponseHeaders(m) => out.response = Some(HeaderOps::new(m)),
+                RouteFilter::Redirect(r) => out.redirect = Some(r.clone()),
+                RouteFilter::Rewrite(r) => out.rewrite = Some(r.clone()),
+                RouteFilter::Mirror(target) => {
+                    let id = route_backend(compiler, snapshot, route_kind, route_key, target);
+                    out.mirrors.push(if h2c { compiler.h2c(id) } else { id });
+                }
+            }
+        }
+        out
+    }
+
+    /// The filters of a route to a backend with `backend_filters`, for a
+    /// match written with the prefix `prefix`; `None` when there are none.
+    fn for_backend(
+        &self,
+        backend_filters: &[RouteFilter],
+        prefix: &str,
+    ) -> Option<Arc<RouteFilters>> {
+        if backend_filters.is_empty()
+            && self.request.is_none()
+            && self.response.is_none()
+            && self.redirect.is_none()
+            && self.rewrite.is_none()
+            && self.mirrors.is_empty()
+            && self.timeouts == fairlead_model::RouteTimeouts::default()
+        {
+            return None;
+        }
+        let mut filters = RouteFilters {
+            request_headers: self.request.iter().cloned().collect(),
+            response_headers: self.response.iter().cloned().collect(),
+            redirect: self.redirect.clone(),
+            rewrite: self.rewrite.clone(),
+            prefix: prefix.to_owned(),
+            mirrors: self.mirrors.clone(),
+            timeouts: self.timeouts,
+        };
+        for f in backend_filters {
+            match f {
+                RouteFilter::RequestHeaders(m) => filters.request_headers.push(HeaderOps::new(m)),
+                RouteFilter::ResponseHeaders(m) => {
+                    filters.response_headers.push(HeaderOps::new(m));
+                }
+                // The model drops rules with other backendRef filters.
+                _ => {}
+            }
+        }
+        Some(Arc::new(filters))
+    }
+}
+
 fn add_route(
     compiler: &mut Compiler<'_>,
     snapshot: &Snapshot,
@@ -535,18 +670,37 @@ fn add_route(
         None => &mut table.any,
     };
     for (r, rule) in route.rules.iter().enumerate() {
+        if let Some(why) = &rule.invalid {
+            compiler.table.problems.push(RouteProblem {
+                ingress: route.key.clone(),
+                message: format!("HTTPRoute rule {r} dropped: {why}"),
+            });
+            continue;
+        }
         let mut backend_ids = Vec::with_capacity(rule.backends.len());
         for backend in &rule.backends {
             let id = route_backend(compiler, snapshot, "HTTPRoute", &route.key, &backend.target);
-            backend_ids.push((id, backend.weight));
+            backend_ids.push((id, backend.weight, backend.filters.as_slice()));
         }
+        let rule_filters = RuleFilters::new(
+            compiler,
+            snapshot,
+            ("HTTPRoute", &route.key),
+            &rule.filters,
+            rule.timeouts,
+            false,
+        );
         let none_id = compiler.unresolved(
             None,
             format!("HTTPRoute {} rule {r}", route.key),
             "no backendRef with a weight".to_owned(),
         );
         for (m, route_match) in rule.matches.iter().enumerate() {
-            let make = |backend| Route {
+            let prefix = match &route_match.path {
+                PathMatch::Prefix(p) => p.as_str(),
+                _ => "",
+            };
+            let make = |backend, backend_filters: &[RouteFilter]| Route {
                 backend,
                 ingress: name.clone(),
                 host: host.clone(),
@@ -554,12 +708,14 @@ fn add_route(
                 path_type: Some(match route_match.path {
                     PathMatch::Exact(_) => PathType::Exact,
                     PathMatch::Prefix(_) => PathType::Prefix,
+                    PathMatch::Regex(_) => PathType::ImplementationSpecific,
                 }),
+                filters: rule_filters.for_backend(backend_filters, prefix),
             };
             let backends: Vec<(Route, u32)> = backend_ids
                 .iter()
-                .filter(|(_, w)| *w > 0)
-                .map(|(id, w)| (make(*id), *w))
+                .filter(|(_, w, _)| *w > 0)
+                .map(|(id, w, f)| (make(*id, f), *w))
                 .collect();
             let total = backends.iter().map(|(_, w)| *w).sum();
             group.push(Rule {
@@ -573,12 +729,14 @@ fn add_route(
                 total,
                 grpc: None,
                 query: route_match.query.clone(),
-                none: make(none_id),
+                none: make(none_id, &[]),
                 order: Precedence {
                     not_exact: !matches!(route_match.path, PathMatch::Exact(_)),
-                    path_len: std::cmp::Reverse(
-                        route_match.path.value().trim_end_matches('/').len(),
-                    ),
+                    path_len: std::cmp::Reverse(match &route_match.path {
+                        PathMatch::Prefix(p) => p.trim_end_matches('/').len(),
+                        other => other.value().len(),
+                    }),
+                    regex: matches!(route_match.path, PathMatch::Regex(_)),
                     no_method: route_match.method.is_none(),
                     headers: std::cmp::Reverse(route_match.headers.len()),
                     queries: std::cmp::Reverse(route_match.query.len()),
@@ -1174,6 +1332,117 @@ mod tests {
         assert_eq!(get("/other", &[]), "404");
         // The wildcard needs a label in front of its suffix.
         assert_eq!(get_host(&table, "example.com"), "404");
+    }
+
+    #[test]
+    fn regular_expressions_rank_with_prefixes_and_bad_ones_drop_their_rule() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            service("default", "b", &[("http", 80)]),
+            service("default", "c", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            http_route(
+                "default",
+                "re",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["re.test"],
+                "rules": [
+                    {"backendRefs": [{"name": "a", "port": 80}]},
+                    {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}],
+                     "backendRefs": [{"name": "b", "port": 80}]},
+                    {"matches": [{"path": {"value": "/items/special"}}],
+                     "backendRefs": [{"name": "c", "port": 80}]},
+                    {"matches": [{"path": {"type": "Exact", "value": "/h"},
+                                  "headers": [{"type": "RegularExpression", "name": "x-version", "value": "v[0-9]+"}]}],
+                     "backendRefs": [{"name": "c", "port": 80}]},
+                    {"matches": [{"path": {"type": "RegularExpression", "value": "/bad/(["}}],
+                     "backendRefs": [{"name": "c", "port": 80}]},
+                ]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let get = |path, headers: &[(&str, &str)]| {
+            let r = get(&table, "re.test", path, "GET", headers);
+            r.rsplit(" -> ").next().unwrap().to_owned()
+        };
+        // The expression beats the catch-all prefix; a longer prefix beats
+        // the expression; the whole path must match.
+        assert_eq!(get("/items/42", &[]), "default/b:80");
+        assert_eq!(get("/items/special", &[]), "default/c:80");
+        assert_eq!(get("/items/x", &[]), "default/a:80");
+        assert_eq!(get("/items/42/more", &[]), "default/a:80");
+        assert_eq!(get("/h", &[("x-version", "v12")]), "default/c:80");
+        assert_eq!(get("/h", &[("x-version", "v12x")]), "default/a:80");
+        // The invalid rule is dropped (its path goes to the catch-all),
+        // reported; the rest of the route serves.
+        assert_eq!(get("/bad/([", &[]), "default/a:80");
+        let problems: Vec<&str> = table.problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "HTTPRoute rule 4 dropped: UnsupportedValue: spec.rules[4].matches[0].path.value: invalid regular expression"
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn filters_are_attached_only_to_routes_that_have_them_and_explained() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+            ),
+            http_route(
+                "default",
+                "f",
+                &json!({
+                "parentRefs": [{"name": "gw"}], "hostnames": ["f.test"],
+                "rules": [
+                    {"matches": [{"path": {"value": "/plain"}}], "backendRefs": [{"name": "a", "port": 80}]},
+                    {"matches": [{"path": {"value": "/old"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
+                    {"matches": [{"path": {"value": "/h"}}],
+                     "timeouts": {"request": "2s"},
+                     "backendRefs": [{"name": "a", "port": 80, "filters": [
+                         {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"add": [{"name": "x-b", "value": "1"}]}}]}]},
+                ]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let route = |path| {
+            table
+                .route_request("f.test", path, None, &Method::GET, &HeaderMap::new(), false)
+                .unwrap()
+                .clone()
+        };
+        // No filters: nothing allocated, nothing to apply.
+        assert!(route("/plain").filters.is_none());
+        let redirect = route("/old/x").filters.unwrap();
+        assert_eq!(redirect.prefix, "/old");
+        assert!(redirect.redirect.is_some());
+        let h = route("/h").filters.unwrap();
+        assert_eq!(h.response_headers.len(), 1);
+        assert_eq!(h.timeouts.request, Some(std::time::Duration::from_secs(2)));
+        let matches: Vec<String> = table.entries().into_iter().map(|e| e.matches).collect();
+        assert!(
+            matches.contains(&"Prefix /old filters RequestRedirect".to_owned()),
+            "{matches:?}"
+        );
+        assert!(
+            matches.contains(&"Prefix /h filters ResponseHeaderModifier timeout 2s".to_owned()),
+            "{matches:?}"
+        );
     }
 
     fn get_host(table: &RouteTable, host: &str) -> String {

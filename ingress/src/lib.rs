@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod explain;
+pub mod filters;
 pub mod framing;
 pub mod gateway;
 pub mod gateway_api;
@@ -263,6 +264,8 @@ pub fn run(
     )
 }
 
+#[cfg(test)]
+mod incremental_tests;
 #[cfg(test)]
 mod test_support;
 

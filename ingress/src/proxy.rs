@@ -6,7 +6,14 @@
 //! route matches, 405 for CONNECT, 414 for a URI over the limit, 308 to HTTPS
 //! for hosts with TLS, 502 when no endpoint could be reached or the upstream
 //! broke the exchange, 503 when the backend has no ready endpoint (or does
-//! not resolve), 504 when the response headers did not come in time.
+//! not resolve), 504 when the response headers did not come in time (the
+//! gateway's `--ingress-response-timeout` per attempt, or a Gateway API
+//! route's `timeouts`).
+//!
+//! Gateway API filters ([`crate::filters`]) of the matched route, when it
+//! has any: a redirect answers at once; otherwise the path and host are
+//! rewritten, request headers modified, bodiless requests copied to the
+//! mirrors (spawned, never awaited), and the response headers modified.
 //!
 //! Retries go to another endpoint: always when the request was not sent (the
 //! connect failed, or a pooled connection turned out closed), and for
@@ -343,6 +350,7 @@ async fn proxy(
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let config = &shared.config;
+    let started = Instant::now();
     let (mut parts, body) = request.into_parts();
     if parts.method == Method::CONNECT {
         return local_response(StatusCode::METHOD_NOT_ALLOWED);
@@ -418,6 +426,20 @@ async fn proxy(
     let Some(route) = route else {
         return local_response(StatusCode::NOT_FOUND);
     };
+    // Gateway API filters: `None` for every route without any.
+    let filters = route.filters.clone();
+    if let Some(f) = &filters
+        && let Some(r) = &f.redirect
+    {
+        let location = f.location(
+            r,
+            (conn.tls, conn.local.port()),
+            &host,
+            path,
+            path_and_query.query(),
+        );
+        return filter_redirect(r.status, location);
+    }
     let Some(upstream) = routing.upstreams.get(route.backend).cloned().flatten() else {
         let spec = routing.table.backend(route.backend);
         outcome.error = Some(format!("backend {spec}"));
@@ -441,9 +463,17 @@ async fn proxy(
     } else {
         None
     };
-    let target = match &normalized {
+    let rewrite = filters.as_ref().and_then(|f| f.rewrite.as_ref());
+    let rewritten = filters.as_ref().and_then(|f| {
+        f.rewrite
+            .as_ref()?
+            .path
+            .as_ref()
+            .map(|m| f.modify_path(m, path))
+    });
+    let target = match rewritten.or_else(|| normalized.clone()) {
         Some(p) => {
-            let mut s = p.clone();
+            let mut s = p;
             if let Some(q) = path_and_query.query() {
                 s.push('?');
                 s.push_str(q);
@@ -460,11 +490,23 @@ async fn proxy(
         upgrade,
         upstream.protocol,
     ));
+    if let Some(f) = &filters {
+        for ops in &f.request_headers {
+            ops.apply(&mut parts.headers);
+        }
+    }
+    let rewrite_host = rewrite
+        .and_then(|r| r.hostname.as_deref())
+        .and_then(|h| Authority::try_from(h).ok());
     match upstream.protocol {
         UpstreamProtocol::Http1 => {
             parts.uri = Uri::from(target);
             parts.version = Version::HTTP_11;
-            if let Some(a) = &authority
+            if let Some(h) = &rewrite_host
+                && let Ok(v) = HeaderValue::from_str(h.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
+            } else if let Some(a) = &authority
                 && !parts.headers.contains_key(header::HOST)
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
             {
@@ -472,7 +514,9 @@ async fn proxy(
             }
         }
         UpstreamProtocol::H2c => {
-            let authority = authority.unwrap_or_else(|| Authority::from_static("localhost"));
+            let authority = rewrite_host
+                .or(authority)
+                .unwrap_or_else(|| Authority::from_static("localhost"));
             parts.uri = Uri::builder()
                 .scheme("http")
                 .authority(authority)
@@ -484,7 +528,117 @@ async fn proxy(
         }
     }
     parts.extensions = http::Extensions::new();
-    forward(shared, &upstream, parts, body, on_upgrade, outcome).await
+    let Some(f) = filters else {
+        let timeout = config.response_timeout;
+        return forward(shared, &upstream, parts, body, on_upgrade, timeout, outcome).await;
+    };
+    if !f.mirrors.is_empty() && on_upgrade.is_none() {
+        if body.is_end_stream() {
+            for id in &f.mirrors {
+                if let Some(mirror) = routing.upstreams.get(*id).cloned().flatten() {
+                    spawn_mirror(mirror, &parts, config.response_timeout);
+                }
+            }
+        } else {
+            debug!(upstream = %upstream.name, "request with a body not mirrored");
+        }
+    }
+    let attempt = f.attempt_timeout(config.response_timeout);
+    let exchange = forward(shared, &upstream, parts, body, on_upgrade, attempt, outcome);
+    let mut response = match f.timeouts.request {
+        Some(limit) => {
+            let left = limit.saturating_sub(started.elapsed());
+            if let Ok(response) = tokio::time::timeout(left, exchange).await {
+                response
+            } else {
+                outcome.error = Some("route request timeout".to_owned());
+                return local_response(StatusCode::GATEWAY_TIMEOUT);
+            }
+        }
+        None => exchange.await,
+    };
+    for ops in &f.response_headers {
+        ops.apply(response.headers_mut());
+    }
+    response
+}
+
+/// The answer of a `RequestRedirect` filter.
+fn filter_redirect(status: u16, location: String) -> Response<ProxyBody> {
+    let Ok(value) = HeaderValue::try_from(location) else {
+        return local_response(StatusCode::BAD_REQUEST);
+    };
+    let mut response = Response::new(ProxyBody::Local(None));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    response.headers_mut().insert(header::LOCATION, value);
+    response
+}
+
+/// Sends a copy of a request (without a body: only requests without one
+/// are mirrored) to `upstream`, fire and forget: the answer is read and
+/// dropped, failures are logged at debug level, the client's request never
+/// waits for it.
+fn spawn_mirror(upstream: Arc<Upstream>, parts: &http::request::Parts, timeout: Duration) {
+    let authority = parts.uri.authority().cloned().or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    });
+    let Some(target) = parts.uri.path_and_query().cloned() else {
+        return;
+    };
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = parts.method.clone();
+    *request.headers_mut() = parts.headers.clone();
+    request.headers_mut().remove(header::CONTENT_LENGTH);
+    match upstream.protocol {
+        UpstreamProtocol::Http1 => {
+            *request.uri_mut() = Uri::from(target);
+            *request.version_mut() = Version::HTTP_11;
+            if let Some(a) = &authority
+                && !request.headers().contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(a.as_str())
+            {
+                request.headers_mut().insert(header::HOST, v);
+            }
+        }
+        UpstreamProtocol::H2c => {
+            let authority = authority.unwrap_or_else(|| Authority::from_static("localhost"));
+            *request.uri_mut() = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(target)
+                .build()
+                .unwrap_or_default();
+            *request.version_mut() = Version::HTTP_2;
+            request.headers_mut().remove(header::HOST);
+        }
+    }
+    tokio::spawn(async move {
+        let Some(in_flight) = upstream.pick(&[]) else {
+            debug!(upstream = %upstream.name, "mirror: no ready endpoint");
+            return;
+        };
+        let endpoint = in_flight.endpoint().clone();
+        let exchange = async {
+            let (mut connection, _) = upstream.connect(&endpoint).await.ok()?;
+            let response = connection.send(request).await.ok()?;
+            // Read the answer to its end, then drop it.
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .ok()
+        };
+        if tokio::time::timeout(timeout, exchange)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            debug!(upstream = %upstream.name, endpoint = %endpoint.addr, "mirror failed");
+        }
+        drop(in_flight);
+    });
 }
 
 fn redirect(host: &str, path: &str, query: Option<&str>, port: u16) -> Response<ProxyBody> {
@@ -534,6 +688,7 @@ async fn forward(
     parts: http::request::Parts,
     body: Incoming,
     mut on_upgrade: Option<OnUpgrade>,
+    attempt_timeout: Duration,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
     let config = &shared.config;
@@ -584,7 +739,7 @@ async fn forward(
             ));
         }
         let sent = Instant::now();
-        let result = tokio::time::timeout(config.response_timeout, connection.send(req)).await;
+        let result = tokio::time::timeout(attempt_timeout, connection.send(req)).await;
         match result {
             Err(_) => {
                 upstream.record_failure(&endpoint);

@@ -36,7 +36,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use fairlead_model::{
-    Host, Ingress, IngressBackend, ObjectKey, PathType, PortRef, Protocol, ServiceKey, ServicePort,
+    Host, Ingress, IngressBackend, ObjectKey, PathType, PortRef, ServiceKey, ServicePort,
     ServiceType, Snapshot,
 };
 use tracing::warn;
@@ -114,6 +114,9 @@ pub struct Route {
     pub path: Arc<str>,
     /// How it matched; `None` for a default backend.
     pub path_type: Option<PathType>,
+    /// Gateway API filters and timeouts; `None` for a route without any
+    /// (every Ingress route).
+    pub filters: Option<Arc<crate::filters::RouteFilters>>,
 }
 
 /// The routes of one host group.
@@ -319,6 +322,7 @@ impl RouteTable {
                 host: Arc::from(""),
                 path: Arc::from(""),
                 path_type: None,
+                filters: None,
             });
         } else if let Some(ingress) = ingresses
             .iter()
@@ -476,13 +480,7 @@ impl Compiler<'_> {
                 "ExternalName Services are not proxied".to_owned(),
             );
         }
-        let found = service.ports.iter().find(|p| {
-            p.protocol == Protocol::Tcp
-                && match port {
-                    PortRef::Number(n) => p.port == *n,
-                    PortRef::Name(name) => p.name == *name,
-                }
-        });
+        let found = service.ports.iter().find(|p| port.selects(p));
         let Some(found) = found else {
             return self.unresolved(
                 ingress,
@@ -520,6 +518,7 @@ impl Compiler<'_> {
             host: Arc::from(host),
             path: Arc::from(""),
             path_type: None,
+            filters: None,
         })
     }
 
@@ -548,6 +547,7 @@ impl Compiler<'_> {
                         host: host_label.clone(),
                         path: Arc::from(path.path.as_str()),
                         path_type: Some(path.path_type),
+                        filters: None,
                     },
                 ));
             }

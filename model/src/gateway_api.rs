@@ -264,13 +264,104 @@ pub struct HTTPQueryParamMatch {
     pub value: String,
 }
 
-/// `rules[].filters[]` and `backendRefs[].filters[]`: only the type is read
-/// so far; a rule with a filter fairlead does not apply is reported.
+/// `rules[].filters[]` and `backendRefs[].filters[]`.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteFilter {
     #[serde(rename = "type")]
     pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HTTPHeaderFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HTTPHeaderFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<HTTPRequestRedirectFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_rewrite: Option<HTTPURLRewriteFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<HTTPRequestMirrorFilter>,
+}
+
+/// `RequestHeaderModifier` / `ResponseHeaderModifier`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPHeaderFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HTTPHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HTTPHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value of a header filter.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// `RequestRedirect`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPRequestRedirectFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<HTTPPathModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// 302 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<i32>,
+}
+
+/// `URLRewrite`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPURLRewriteFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<HTTPPathModifier>,
+}
+
+/// The `path` of a redirect or rewrite.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPPathModifier {
+    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix_match: Option<String>,
+}
+
+/// `RequestMirror`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPRequestMirrorFilter {
+    pub backend_ref: BackendObjectReference,
+}
+
+/// A backend reference without a weight (`RequestMirror.backendRef`).
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendObjectReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
 }
 
 /// `rules[].backendRefs[]`.

@@ -699,6 +699,62 @@ fn resolve_backends<'a>(
     Ok(())
 }
 
+/// The spec's "dropped rules": a rule with an unsupported value is not
+/// served; the others are (PartiallyInvalid), and a route with none left
+/// is not accepted. One line per dropped rule.
+fn dropped_rules(invalid: &[Option<&str>]) -> Vec<String> {
+    invalid
+        .iter()
+        .enumerate()
+        .filter_map(|(i, why)| {
+            why.map(|why| {
+                let why = why.strip_prefix("UnsupportedValue: ").unwrap_or(why);
+                format!("rule {i}: {why}")
+            })
+        })
+        .collect()
+}
+
+/// The backends of a route's served rules, and why each rule is dropped.
+type RuleParts<'a> = (Vec<&'a RouteBackend>, Vec<Option<&'a str>>);
+
+fn rule_parts<'a>(
+    rules: impl Iterator<Item = (&'a [RouteBackend], Option<&'a str>)>,
+) -> RuleParts<'a> {
+    let mut backends = Vec::new();
+    let mut invalid = Vec::new();
+    for (rule_backends, why) in rules {
+        if why.is_none() {
+            backends.extend(rule_backends);
+        }
+        invalid.push(why);
+    }
+    (backends, invalid)
+}
+
+/// A route parent's conditions: Accepted, ResolvedRefs, and
+/// PartiallyInvalid when some (not all) rules are dropped.
+fn parent_conditions(
+    accepted: Result<&str, (&str, String)>,
+    resolved: Result<(), (&str, String)>,
+    dropped: &[String],
+    all_dropped: bool,
+) -> Vec<StatusCondition> {
+    let mut conditions = vec![
+        condition("Accepted", accepted),
+        condition("ResolvedRefs", resolved.map(|()| "ResolvedRefs")),
+    ];
+    if !dropped.is_empty() && !all_dropped {
+        conditions.push(StatusCondition {
+            type_: "PartiallyInvalid",
+            status: true,
+            reason: "UnsupportedValue".to_owned(),
+            message: format!("Dropped Rule(s): {}", dropped.join("; ")),
+        });
+    }
+    conditions
+}
+
 /// A route as the status needs it.
 struct RouteView<'a> {
     kind: &'static str,
@@ -706,6 +762,8 @@ struct RouteView<'a> {
     parents: &'a [ParentRef],
     hostnames: &'a [Hostname],
     backends: Vec<&'a RouteBackend>,
+    /// Per rule: why it is dropped (`None`: served).
+    invalid: Vec<Option<&'a str>>,
 }
 
 /// Computes the status fairlead owes for `snapshot`.
@@ -726,23 +784,41 @@ pub fn compute(snapshot: &Snapshot, serving: &Serving) -> GatewayApiStatus {
     let routes = snapshot
         .http_routes
         .values()
-        .map(|r| RouteView {
-            kind: "HTTPRoute",
-            key: &r.key,
-            parents: &r.parents,
-            hostnames: &r.hostnames,
-            backends: r.rules.iter().flat_map(|rule| &rule.backends).collect(),
+        .map(|r| {
+            let (backends, invalid) = rule_parts(
+                r.rules
+                    .iter()
+                    .map(|rule| (&rule.backends[..], rule.invalid.as_deref())),
+            );
+            RouteView {
+                kind: "HTTPRoute",
+                key: &r.key,
+                parents: &r.parents,
+                hostnames: &r.hostnames,
+                backends,
+                invalid,
+            }
         })
-        .chain(snapshot.grpc_routes.values().map(|r| RouteView {
-            kind: "GRPCRoute",
-            key: &r.key,
-            parents: &r.parents,
-            hostnames: &r.hostnames,
-            backends: r.rules.iter().flat_map(|rule| &rule.backends).collect(),
+        .chain(snapshot.grpc_routes.values().map(|r| {
+            let (backends, invalid) = rule_parts(
+                r.rules
+                    .iter()
+                    .map(|rule| (&rule.backends[..], rule.invalid.as_deref())),
+            );
+            RouteView {
+                kind: "GRPCRoute",
+                key: &r.key,
+                parents: &r.parents,
+                hostnames: &r.hostnames,
+                backends,
+                invalid,
+            }
         }));
     for route in routes {
         let resolved =
             resolve_backends(snapshot, route.kind, route.key, route.backends.into_iter());
+        let dropped = dropped_rules(&route.invalid);
+        let all_dropped = !dropped.is_empty() && dropped.len() == route.invalid.len();
         let mut parents = Vec::new();
         for parent in route.parents {
             let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
@@ -756,6 +832,10 @@ pub fn compute(snapshot: &Snapshot, serving: &Serving) -> GatewayApiStatus {
                 (route.kind, route.key),
                 route.hostnames,
             ) {
+                Ok(_) if all_dropped => Err((
+                    "UnsupportedValue",
+                    format!("every rule is dropped: {}", dropped.join("; ")),
+                )),
                 Ok(attachments) => {
                     for a in attachments {
                         *attached
@@ -768,10 +848,7 @@ pub fn compute(snapshot: &Snapshot, serving: &Serving) -> GatewayApiStatus {
             };
             parents.push(RouteParentStatus {
                 parent: parent.clone(),
-                conditions: vec![
-                    condition("Accepted", accepted),
-                    condition("ResolvedRefs", resolved.clone().map(|()| "ResolvedRefs")),
-                ],
+                conditions: parent_conditions(accepted, resolved.clone(), &dropped, all_dropped),
             });
         }
         if !parents.is_empty() {

@@ -243,6 +243,87 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
+/// Longest regular expression accepted (the spec's limit on a path value).
+pub const MAX_PATTERN_LEN: usize = 1024;
+
+/// Largest compiled program of a regular expression (bytes): a pattern over
+/// it is refused, so a route cannot make matching slow or big.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// A `RegularExpression` value of a route match: the `regex` crate's syntax
+/// (RE2's: linear-time matching, no look-around or back-references),
+/// matched against the whole value (anchored, as Envoy's `safe_regex`).
+/// Compiled once, when the route is translated; compared by its text.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    text: std::sync::Arc<str>,
+    regex: std::sync::Arc<regex::bytes::Regex>,
+}
+
+impl Pattern {
+    /// Compiles `text`, or says why it is not a usable pattern.
+    ///
+    /// # Errors
+    /// The syntax error, or the limit the pattern exceeds.
+    pub fn new(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_PATTERN_LEN {
+            return Err(format!(
+                "the regular expression is longer than {MAX_PATTERN_LEN} bytes"
+            ));
+        }
+        let regex = regex::bytes::RegexBuilder::new(&format!("^(?:{text})$"))
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(4 * REGEX_SIZE_LIMIT)
+            .nest_limit(64)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(limit) => {
+                    format!("the regular expression compiles to more than {limit} bytes")
+                }
+                // The parser's message spans lines (the pattern, a caret,
+                // the error): keep its last line.
+                other => {
+                    let text_of = other.to_string();
+                    let last = text_of.lines().last().unwrap_or_default().trim();
+                    format!(
+                        "invalid regular expression {text:?}: {}",
+                        last.strip_prefix("error: ").unwrap_or(last)
+                    )
+                }
+            })?;
+        Ok(Pattern {
+            text: std::sync::Arc::from(text),
+            regex: std::sync::Arc::new(regex),
+        })
+    }
+
+    /// The pattern as written.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the whole of `value` matches.
+    #[must_use]
+    pub fn is_match(&self, value: &[u8]) -> bool {
+        self.regex.is_match(value)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Pattern {}
+
+impl std::hash::Hash for Pattern {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
 /// How a route matches the request path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PathMatch {
@@ -250,6 +331,8 @@ pub enum PathMatch {
     Exact(String),
     /// Element-wise prefix on `/` (trailing slash of the value ignored).
     Prefix(String),
+    /// A regular expression the whole path matches.
+    Regex(Pattern),
 }
 
 impl PathMatch {
@@ -258,6 +341,7 @@ impl PathMatch {
     pub fn value(&self) -> &str {
         match self {
             PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+            PathMatch::Regex(p) => p.as_str(),
         }
     }
 
@@ -271,33 +355,80 @@ impl PathMatch {
                 path.strip_prefix(p)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             }
+            PathMatch::Regex(p) => p.is_match(path.as_bytes()),
+        }
+    }
+
+    /// The spec's name of the match type.
+    #[must_use]
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            PathMatch::Exact(_) => "Exact",
+            PathMatch::Prefix(_) => "PathPrefix",
+            PathMatch::Regex(_) => "RegularExpression",
         }
     }
 }
 
-/// A header a request must carry (`Exact` match; the name is compared
-/// case-insensitively).
+/// How a header or query parameter value (or a gRPC service or method
+/// name) matches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum StringMatch {
+    /// Exactly this value.
+    Exact(String),
+    /// A regular expression the whole value matches.
+    Regex(Pattern),
+}
+
+impl StringMatch {
+    /// Whether `value` matches.
+    #[must_use]
+    pub fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            StringMatch::Exact(v) => v.as_bytes() == value,
+            StringMatch::Regex(p) => p.is_match(value),
+        }
+    }
+
+    /// Whether this is a regular expression.
+    #[must_use]
+    pub fn is_regex(&self) -> bool {
+        matches!(self, StringMatch::Regex(_))
+    }
+}
+
+impl std::fmt::Display for StringMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StringMatch::Exact(v) => write!(f, "{v:?}"),
+            StringMatch::Regex(p) => write!(f, "~{:?}", p.as_str()),
+        }
+    }
+}
+
+/// A header a request must carry (the name is compared
+/// case-insensitively; any of the header's values may match).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HeaderMatch {
     /// Header name, lower-cased.
     pub name: String,
-    /// The exact value.
-    pub value: String,
+    /// The value.
+    pub value: StringMatch,
 }
 
-/// A query parameter a request must carry (`Exact` match; the name is
-/// compared case-sensitively, the first occurrence in the query counts).
+/// A query parameter a request must carry (the name is compared
+/// case-sensitively, the first occurrence in the query counts).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct QueryMatch {
     /// Parameter name.
     pub name: String,
-    /// The exact value.
-    pub value: String,
+    /// The value (undecoded).
+    pub value: StringMatch,
 }
 
 impl QueryMatch {
     /// Whether `query` (the part after `?`, undecoded) carries the
-    /// parameter with this value.
+    /// parameter with a matching value.
     #[must_use]
     pub fn matches(&self, query: Option<&str>) -> bool {
         query
@@ -305,7 +436,7 @@ impl QueryMatch {
             .flat_map(|q| q.split('&'))
             .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
             .find(|(name, _)| *name == self.name)
-            .is_some_and(|(_, value)| value == self.value)
+            .is_some_and(|(_, value)| self.value.matches(value.as_bytes()))
     }
 }
 
@@ -349,6 +480,85 @@ pub struct RouteBackend {
     pub target: RouteBackendTarget,
     /// Relative weight (0 takes no traffic).
     pub weight: u32,
+    /// `filters` applied to requests sent to this backend only, after the
+    /// rule's (header modifiers).
+    pub filters: Vec<RouteFilter>,
+}
+
+/// `RequestHeaderModifier` / `ResponseHeaderModifier`: names lower-cased and
+/// checked, values checked (visible ASCII, tabs and spaces); applied as
+/// remove, then set, then add.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HeaderModifier {
+    /// Replace the header's values with this one (or add it).
+    pub set: Vec<(String, String)>,
+    /// Append a value.
+    pub add: Vec<(String, String)>,
+    /// Remove the header.
+    pub remove: Vec<String>,
+}
+
+/// The `path` of a redirect or rewrite.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PathModifier {
+    /// The whole path becomes this.
+    ReplaceFullPath(String),
+    /// The prefix the rule matched is replaced with this (the rule has one
+    /// `PathPrefix` match).
+    ReplacePrefixMatch(String),
+}
+
+/// `RequestRedirect`: the gateway answers with a redirect.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Redirect {
+    /// `http` or `https`; the request's when `None`.
+    pub scheme: Option<String>,
+    /// The request's host when `None`.
+    pub hostname: Option<String>,
+    /// The port; when `None`, the scheme's well-known port if a scheme is
+    /// given, else the listener's port.
+    pub port: Option<u16>,
+    /// The request's path when `None`.
+    pub path: Option<PathModifier>,
+    /// 301, 302 (the default), 303, 307 or 308.
+    pub status: u16,
+}
+
+/// `URLRewrite`: the request sent upstream is changed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rewrite {
+    /// The `Host` (or `:authority`) sent upstream.
+    pub hostname: Option<String>,
+    /// The path sent upstream (the query is kept).
+    pub path: Option<PathModifier>,
+}
+
+/// A filter of a route rule (or of one backendRef).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RouteFilter {
+    /// `RequestHeaderModifier`.
+    RequestHeaders(HeaderModifier),
+    /// `ResponseHeaderModifier`.
+    ResponseHeaders(HeaderModifier),
+    /// `RequestRedirect`.
+    Redirect(Redirect),
+    /// `URLRewrite`.
+    Rewrite(Rewrite),
+    /// `RequestMirror`: a copy of each request goes to this backend, its
+    /// answer ignored.
+    Mirror(RouteBackendTarget),
+}
+
+/// `rules[].timeouts` (`None`: no limit of the route's own; the gateway's
+/// `--ingress-response-timeout` still applies per attempt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteTimeouts {
+    /// `request`: from the request's arrival to the response headers,
+    /// retries included (504 when exceeded).
+    pub request: Option<std::time::Duration>,
+    /// `backendRequest`: one attempt to a backend, sending to the response
+    /// headers (504 when exceeded).
+    pub backend_request: Option<std::time::Duration>,
 }
 
 /// A rule of an HTTPRoute.
@@ -358,6 +568,14 @@ pub struct HttpRouteRule {
     pub matches: Vec<RouteMatch>,
     /// `backendRefs`.
     pub backends: Vec<RouteBackend>,
+    /// `filters`, in order.
+    pub filters: Vec<RouteFilter>,
+    /// `timeouts`.
+    pub timeouts: RouteTimeouts,
+    /// Why the rule is not served (an invalid regular expression, an
+    /// unsupported value): the spec's "dropped rule", reported in the
+    /// route's status (`PartiallyInvalid`) while its other rules serve.
+    pub invalid: Option<String>,
 }
 
 /// An HTTPRoute.
@@ -421,22 +639,33 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
         )?;
         dump_parents(out, &route.parents)?;
         for (i, rule) in route.rules.iter().enumerate() {
+            if let Some(why) = &rule.invalid {
+                writeln!(out, "  rule {i} DROPPED: {why}")?;
+            }
             for m in &rule.matches {
-                let (kind, value) = match &m.path {
-                    PathMatch::Exact(p) => ("Exact", p),
-                    PathMatch::Prefix(p) => ("PathPrefix", p),
-                };
-                write!(out, "  rule {i} match {kind} {value}")?;
+                write!(
+                    out,
+                    "  rule {i} match {} {}",
+                    m.path.type_name(),
+                    m.path.value()
+                )?;
                 for h in &m.headers {
-                    write!(out, " header {}={:?}", h.name, h.value)?;
+                    write!(out, " header {}={}", h.name, h.value)?;
                 }
                 if let Some(method) = &m.method {
                     write!(out, " method {method}")?;
                 }
                 for q in &m.query {
-                    write!(out, " query {}={:?}", q.name, q.value)?;
+                    write!(out, " query {}={}", q.name, q.value)?;
                 }
                 writeln!(out)?;
+            }
+            dump_filters(out, i, &rule.filters)?;
+            if let Some(t) = rule.timeouts.request {
+                writeln!(out, "  rule {i} timeout request {t:?}")?;
+            }
+            if let Some(t) = rule.timeouts.backend_request {
+                writeln!(out, "  rule {i} timeout backendRequest {t:?}")?;
             }
             dump_backends(
                 out,
@@ -448,6 +677,31 @@ pub(crate) fn dump(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
         }
     }
     dump_grpc(out, s)
+}
+
+fn dump_filters(out: &mut String, i: usize, filters: &[RouteFilter]) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    for f in filters {
+        write!(out, "  rule {i} filter ")?;
+        match f {
+            RouteFilter::RequestHeaders(m) | RouteFilter::ResponseHeaders(m) => {
+                let side = if matches!(f, RouteFilter::RequestHeaders(_)) {
+                    "RequestHeaderModifier"
+                } else {
+                    "ResponseHeaderModifier"
+                };
+                writeln!(
+                    out,
+                    "{side} set {:?} add {:?} remove {:?}",
+                    m.set, m.add, m.remove
+                )?;
+            }
+            RouteFilter::Redirect(r) => writeln!(out, "RequestRedirect {r:?}")?,
+            RouteFilter::Rewrite(r) => writeln!(out, "URLRewrite {r:?}")?,
+            RouteFilter::Mirror(t) => writeln!(out, "RequestMirror {t:?}")?,
+        }
+    }
+    Ok(())
 }
 
 fn dump_parents(out: &mut String, parents: &[ParentRef]) -> std::fmt::Result {
@@ -477,19 +731,27 @@ fn dump_grpc(out: &mut String, s: &crate::Snapshot) -> std::fmt::Result {
         )?;
         dump_parents(out, &route.parents)?;
         for (i, rule) in route.rules.iter().enumerate() {
+            if let Some(why) = &rule.invalid {
+                writeln!(out, "  rule {i} DROPPED: {why}")?;
+            }
             for m in &rule.matches {
                 write!(out, "  rule {i} match")?;
+                let part = |p: &Option<StringMatch>| match p {
+                    None => "*".to_owned(),
+                    Some(StringMatch::Exact(v)) => v.clone(),
+                    Some(regex) => regex.to_string(),
+                };
                 match &m.method {
                     Some(method) => write!(
                         out,
                         " method /{}/{}",
-                        method.service.as_deref().unwrap_or("*"),
-                        method.method.as_deref().unwrap_or("*")
+                        part(&method.service),
+                        part(&method.method)
                     )?,
                     None => write!(out, " any method")?,
                 }
                 for h in &m.headers {
-                    write!(out, " header {}={:?}", h.name, h.value)?;
+                    write!(out, " header {}={}", h.name, h.value)?;
                 }
                 writeln!(out)?;
             }
@@ -567,9 +829,9 @@ fn dump_backends(
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GrpcMethodMatch {
     /// The fully qualified service (`pkg.Service`); `None` matches any.
-    pub service: Option<String>,
+    pub service: Option<StringMatch>,
     /// The method; `None` matches any.
-    pub method: Option<String>,
+    pub method: Option<StringMatch>,
 }
 
 impl GrpcMethodMatch {
@@ -580,8 +842,13 @@ impl GrpcMethodMatch {
         else {
             return false;
         };
-        self.service.as_deref().is_none_or(|s| s == service)
-            && self.method.as_deref().is_none_or(|m| m == method)
+        self.service
+            .as_ref()
+            .is_none_or(|s| s.matches(service.as_bytes()))
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.matches(method.as_bytes()))
     }
 }
 
@@ -601,6 +868,10 @@ pub struct GrpcRouteRule {
     pub matches: Vec<GrpcRouteMatch>,
     /// `backendRefs`.
     pub backends: Vec<RouteBackend>,
+    /// `filters` (header modifiers, mirrors), in order.
+    pub filters: Vec<RouteFilter>,
+    /// Why the rule is not served (see [`HttpRouteRule::invalid`]).
+    pub invalid: Option<String>,
 }
 
 /// A GRPCRoute.

@@ -32,5 +32,5 @@ pub use object::{KubeObject, decode};
 pub use select::{Locality, Purpose, Selection, Tier, Topology};
 pub use snapshot::{ChangeLog, Changes, ServiceChange, Snapshot};
 pub use types::*;
-pub use units::parse_duration;
+pub use units::{parse_duration, parse_gateway_duration};
 pub use writer::{Change, ModelWriter};

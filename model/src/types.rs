@@ -591,6 +591,19 @@ pub enum PortRef {
     Name(String),
 }
 
+impl PortRef {
+    /// Whether `port` is the TCP Service port this reference names (an
+    /// Ingress backend reaches TCP ports only).
+    #[must_use]
+    pub fn selects(&self, port: &ServicePort) -> bool {
+        port.protocol == Protocol::Tcp
+            && match self {
+                PortRef::Number(n) => port.port == *n,
+                PortRef::Name(name) => port.name == *name,
+            }
+    }
+}
+
 impl fmt::Display for PortRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

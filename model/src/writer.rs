@@ -12,7 +12,10 @@ use crate::error::{FieldError, Origin, Problem, Severity};
 use crate::object::KubeObject;
 use crate::snapshot::{CHANGE_LOG_LEN, Logged, ServiceChange, Snapshot};
 use crate::translate::{self, Slice};
-use crate::types::{Kind, ObjectId, ObjectKey, Service, ServiceKey, TlsCertificate};
+use crate::types::{
+    IngressBackend, Kind, ObjectId, ObjectKey, PortRef, Service, ServiceKey, ServiceType,
+    TlsCertificate,
+};
 
 /// What a source says about one object.
 #[derive(Clone, Debug)]
@@ -104,6 +107,9 @@ pub struct ModelWriter {
     secrets: HashMap<ObjectKey, SecretState>,
     source_problems: Vec<Problem>,
     reference_problems: Vec<Problem>,
+    /// Ingress backends naming a Service (or a port of it) that does not
+    /// exist.
+    backend_problems: Vec<Problem>,
     /// What changes staged since the last snapshot touched.
     staged: Dirty,
 }
@@ -124,6 +130,7 @@ impl ModelWriter {
             secrets: HashMap::new(),
             source_problems: Vec::new(),
             reference_problems: Vec::new(),
+            backend_problems: Vec::new(),
             staged: Dirty::default(),
         };
         (writer, rx)
@@ -574,11 +581,7 @@ impl ModelWriter {
                         ))
                         .or_insert_with(|| {
                             (
-                                ObjectId {
-                                    kind: Kind::Ingress,
-                                    namespace: ingress.key.namespace.clone(),
-                                    name: ingress.key.name.clone(),
-                                },
+                                ingress_id(&ingress.key),
                                 format!("spec.tls[{i}].secretName"),
                             )
                         });
@@ -707,6 +710,70 @@ impl ModelWriter {
         changed
     }
 
+    /// Collects a problem for each Ingress backend that names a Service
+    /// which does not exist, or a port the Service does not have (the
+    /// gateway answers 503 for it). Returns whether they changed.
+    fn resolve_ingress_backends(&mut self) -> bool {
+        let mut found = Vec::new();
+        for ingress in self.next.ingresses.values() {
+            let default = ingress
+                .default_backend
+                .iter()
+                .map(|b| (b, "spec.defaultBackend".to_owned()));
+            let paths = ingress.rules.iter().enumerate().flat_map(|(r, rule)| {
+                rule.paths.iter().enumerate().map(move |(p, path)| {
+                    (
+                        &path.backend,
+                        format!("spec.rules[{r}].http.paths[{p}].backend"),
+                    )
+                })
+            });
+            for (backend, field) in default.chain(paths) {
+                let IngressBackend::Service { name, port } = backend else {
+                    continue;
+                };
+                let key = ObjectKey::new(ingress.key.namespace.clone(), name.clone());
+                let (field, message) = match self.next.services.get(&key) {
+                    None => (
+                        format!("{field}.service.name"),
+                        format!("Service {key} does not exist; its requests are answered 503"),
+                    ),
+                    Some(service) if service.service_type == ServiceType::ExternalName => (
+                        format!("{field}.service.name"),
+                        format!(
+                            "Service {key} is of type ExternalName, which is not proxied; \
+                             its requests are answered 503"
+                        ),
+                    ),
+                    Some(service) if !service.ports.iter().any(|p| port.selects(p)) => (
+                        match port {
+                            PortRef::Number(_) => format!("{field}.service.port.number"),
+                            PortRef::Name(_) => format!("{field}.service.port.name"),
+                        },
+                        format!(
+                            "Service {key} has no TCP port {port}; its requests are answered 503"
+                        ),
+                    ),
+                    Some(_) => continue,
+                };
+                found.push(Problem {
+                    severity: Severity::Warning,
+                    origin: self
+                        .entries
+                        .get(&ingress_id(&ingress.key))
+                        .and_then(|e| e.origin.clone()),
+                    object: Some(ingress_id(&ingress.key)),
+                    error: FieldError::new(field, message),
+                });
+            }
+        }
+        if found == self.backend_problems {
+            return false;
+        }
+        self.backend_problems = found;
+        true
+    }
+
     fn publish(&mut self, dirty: &Dirty) -> u64 {
         let mut dirty_objects = dirty.objects.clone();
         let mut problems_changed = dirty.problems;
@@ -736,6 +803,9 @@ impl ModelWriter {
             }
         }
         self.specs.clear();
+        if dirty.ingress || services.iter().any(|(_, c)| *c == ServiceChange::Spec) {
+            problems_changed |= self.resolve_ingress_backends();
+        }
         if services.is_empty() && dirty_objects.is_empty() && !problems_changed && !dirty.everything
         {
             return self.next.generation;
@@ -757,6 +827,7 @@ impl ModelWriter {
                 .iter()
                 .chain(self.entries.values().flat_map(|e| e.errors.iter()))
                 .chain(self.reference_problems.iter())
+                .chain(self.backend_problems.iter())
                 .cloned()
                 .collect();
             problems.sort();
@@ -788,6 +859,14 @@ fn put<K: Ord + Clone, V: PartialEq>(map: &mut imbl::OrdMap<K, Arc<V>>, key: K, 
     }
     map.insert(key, Arc::new(value));
     true
+}
+
+fn ingress_id(key: &ObjectKey) -> ObjectId {
+    ObjectId {
+        kind: Kind::Ingress,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
 }
 
 fn secret_id(key: &ObjectKey) -> ObjectId {

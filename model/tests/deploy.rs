@@ -246,10 +246,18 @@ fn rbac_grants_exactly_what_the_watchers_and_the_status_writer_use() {
         node_name: Some("any".to_owned()),
         namespace: None,
     };
-    assert_eq!(
-        node_role,
-        grants(with_node.kinds().into_iter().map(watch_access)),
-        "the node role"
+    // ... and publishes its kernel problems (a full map) as Events on its
+    // Node (--node-events).
+    let mut expected: Vec<ApiAccess> = with_node.kinds().into_iter().map(watch_access).collect();
+    expected.push(EVENTS_ACCESS);
+    assert_eq!(node_role, grants(expected), "the node role");
+    assert!(
+        container(&node)
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a == "--node-events"),
+        "the DaemonSet reports its full maps as Events"
     );
     let (ns, ingress) = template_of("ingress", &m);
     let ingress_role = role_grants(role_of(&m, &ns, ingress.spec.as_ref().unwrap()));

@@ -937,13 +937,24 @@ async fn until_count(what: &str, n: usize, count: impl Fn() -> usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed() {
     use fairlead_model::source::kube::events::ProblemEvents;
+    // Another controller's Ingress with the same problems: not ours to report.
+    let mut theirs = ingress_with_missing_secret(80, true);
+    theirs["metadata"]["name"] = json!("theirs");
+    theirs["spec"]["ingressClassName"] = json!("nginx");
     let server = FakeApiserver::start(vec![
         json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
             "metadata": {"name": "fairlead"},
             "spec": {"controller": "fairlead.dev/ingress"},
         }),
+        // Every port the Ingress's backend names below exists.
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.9", "ports": (80..=86).map(|p| json!({"name": format!("p{p}"), "port": p})).collect::<Vec<_>>()},
+        }),
         ingress_with_missing_secret(80, true),
+        theirs,
     ])
     .await;
     let (mut running, source) = start(None);
@@ -956,6 +967,7 @@ async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed(
         tokio::join!(async { source.run(client, writer).await.unwrap() }, async {
             ProblemEvents::new()
                 .with_ingresses(ingresses)
+                .for_ingress_class("fairlead")
                 .run(
                     events_client,
                     Some("test-pod".to_owned()),
@@ -1030,7 +1042,11 @@ async fn a_missing_secret_gets_one_warning_event_updated_on_rereads_until_fixed(
     // Fixed: no more Events, however often re-read.
     server.apply(ingress_with_missing_secret(84, false));
     running
-        .until("the problem gone", |s| s.problems.is_empty())
+        .until("the problem gone", |s| {
+            s.problems
+                .iter()
+                .all(|p| p.object.as_ref().is_some_and(|o| o.name == "theirs"))
+        })
         .await;
     for port in [85, 86] {
         server.apply(ingress_with_missing_secret(port, false));
@@ -1187,4 +1203,158 @@ async fn one_of_two_replicas_writes_status_and_the_other_takes_over_when_it_dies
         !both.load(std::sync::atomic::Ordering::SeqCst),
         "never two leaders"
     );
+}
+
+/// A full kernel map, reported by the proxy of one node: one Warning Event on
+/// that Node, not repeated while the problem stays, and a new one for a
+/// second map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_map_is_one_warning_event_on_the_node() {
+    use fairlead_model::source::kube::events::ProblemEvents;
+    use fairlead_model::{FieldError, Kind, ObjectId, Problem, Severity};
+    let server = FakeApiserver::start(Vec::new()).await;
+    let full = |map: &str| Problem {
+        severity: Severity::Error,
+        origin: None,
+        object: Some(ObjectId {
+            kind: Kind::Node,
+            namespace: String::new(),
+            name: "node-a".to_owned(),
+        }),
+        error: FieldError::new(
+            "",
+            format!("map {map} is full (4 entries): Services are left unprogrammed on this node"),
+        ),
+    };
+    let (tx, rx) = tokio::sync::watch::channel::<Arc<[Problem]>>(Arc::from([]));
+    let client = server.client();
+    let task = tokio::spawn(async move {
+        ProblemEvents::new()
+            .run_node(client, Some("node-a".to_owned()), rx)
+            .await
+            .unwrap();
+    });
+    let events_path = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let posts = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == hyper::Method::POST && r.path == events_path)
+            .map(|r| r.body.clone())
+            .collect::<Vec<Value>>()
+    };
+    tx.send_replace(Arc::from([full("fl_lb4_backends")]));
+    until_count("Event created", 1, || posts().len()).await;
+    let event = &posts()[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "MapFull");
+    assert_eq!(event["regarding"]["kind"], "Node");
+    assert_eq!(event["regarding"]["name"], "node-a");
+    assert_eq!(event["reportingInstance"], "node-a");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("fl_lb4_backends is full"),
+        "{event}"
+    );
+    // The same problem again (the next sync still finds the map full): no
+    // new Event.
+    tx.send_replace(Arc::from([full("fl_lb4_backends")]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(posts().len(), 1);
+    // A second map fills: its own Event.
+    tx.send_replace(Arc::from([
+        full("fl_lb4_backends"),
+        full("fl_lb4_services"),
+    ]));
+    until_count("second Event", 2, || posts().len()).await;
+    assert!(
+        posts()[1]["note"]
+            .as_str()
+            .unwrap()
+            .contains("fl_lb4_services"),
+        "{:?}",
+        posts()[1]
+    );
+    drop(tx);
+    task.await.unwrap();
+}
+
+/// An Ingress whose backend names a Service that does not exist (then a port
+/// the Service lacks): a ServiceNotFound (then ServicePortNotFound) Warning
+/// Event; the Service fixed, the problem is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_naming_a_missing_service_gets_a_warning_event() {
+    use fairlead_model::source::kube::events::ProblemEvents;
+    let web = |port: u16| {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": port}]},
+        })
+    };
+    let server = FakeApiserver::start(vec![
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "fairlead"},
+            "spec": {"controller": "fairlead.dev/ingress"},
+        }),
+        ingress("shop", Some("fairlead"), None),
+    ])
+    .await;
+    let (mut running, source) = start(None);
+    let (writer, rx) = ModelWriter::new();
+    running.rx = rx.clone();
+    let client = server.client();
+    let events_client = server.client();
+    running.task = tokio::spawn(async move {
+        tokio::join!(async { source.run(client, writer).await.unwrap() }, async {
+            ProblemEvents::new()
+                .for_ingress_class("fairlead")
+                .run(
+                    events_client,
+                    None,
+                    rx,
+                    fairlead_model::source::kube::leader::StatusLeader::always(),
+                )
+                .await
+                .unwrap();
+        });
+    });
+    let events_path = "/apis/events.k8s.io/v1/namespaces/shop/events";
+    let reasons = || -> Vec<String> {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == hyper::Method::POST && r.path == events_path)
+            .map(|r| r.body["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    until_count("ServiceNotFound", 1, || reasons().len()).await;
+    assert_eq!(reasons(), ["ServiceNotFound"]);
+    let snapshot = running.rx.borrow().clone();
+    let problem = snapshot
+        .problems
+        .iter()
+        .find(|p| p.object.is_some())
+        .unwrap();
+    assert_eq!(
+        problem.error.to_string(),
+        "spec.defaultBackend.service.name: Service shop/web does not exist; its requests are \
+         answered 503"
+    );
+
+    // The Service appears, but without port 80.
+    server.apply(web(8080));
+    until_count("ServicePortNotFound", 2, || reasons().len()).await;
+    assert_eq!(reasons(), ["ServiceNotFound", "ServicePortNotFound"]);
+
+    // Fixed.
+    server.apply(web(80));
+    running
+        .until("the problem gone", |s| s.problems.is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reasons().len(), 2);
 }

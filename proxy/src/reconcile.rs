@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fairlead_abi::{BACKEND_FLAG_LOCAL, BackendId, RevNatId, ServiceValue};
-use fairlead_model::{ServiceKey, Snapshot};
+use fairlead_model::{FieldError, Kind, ObjectId, Problem, ServiceKey, Severity, Snapshot};
 use ipnet::IpNet;
 use tracing::{debug, error, info, warn};
 
@@ -114,6 +114,52 @@ impl SyncError {
             SyncError::Conflict { .. } => "conflict",
             SyncError::NoRevNatId { .. } => "no_rev_nat_id",
         }
+    }
+}
+
+impl SyncReport {
+    /// The problems of this node this sync found, as Warning Events on its
+    /// Node object report them: one per full map (however many Services it
+    /// left unprogrammed), naming the flag that sizes it. Sorted; the same
+    /// maps full give the same list, so a publisher can tell news apart.
+    #[must_use]
+    pub fn node_problems(&self, node: &str) -> Vec<Problem> {
+        let mut full: BTreeMap<&'static str, u32> = BTreeMap::new();
+        for error in &self.errors {
+            if let SyncError::Write {
+                source: WriteError::Full { table, capacity },
+                ..
+            } = error
+            {
+                let entry = full.entry(table.map_name()).or_default();
+                *entry = (*entry).max(*capacity);
+            }
+        }
+        full.into_iter()
+            .map(|(map, capacity)| {
+                let flag = fairlead_abi::maps::ALL
+                    .iter()
+                    .find(|spec| spec.name == map)
+                    .and_then(|spec| spec.sizing.flag())
+                    .map_or_else(String::new, |flag| format!("; raise {flag}"));
+                Problem {
+                    severity: Severity::Error,
+                    origin: None,
+                    object: Some(ObjectId {
+                        kind: Kind::Node,
+                        namespace: String::new(),
+                        name: node.to_owned(),
+                    }),
+                    error: FieldError::new(
+                        "",
+                        format!(
+                            "map {map} is full ({capacity} entries): Services are left \
+                             unprogrammed on this node (the log names them){flag}"
+                        ),
+                    ),
+                }
+            })
+            .collect()
     }
 }
 
@@ -1128,7 +1174,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::Arc;
 
-    use fairlead_model::{Change, ModelWriter, Snapshot, decode};
+    use fairlead_model::{Change, Kind, ModelWriter, Snapshot, decode};
 
     use super::Reconciler;
     use crate::status::render_contents;
@@ -1407,6 +1453,16 @@ mod tests {
             message.contains("ns/big") && message.contains("fl_lb4_backends is full"),
             "{message}"
         );
+        // One problem for the node's Event: the map, its size, the flag.
+        let problems = report.node_problems("node-a");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let object = problems[0].object.as_ref().unwrap();
+        assert_eq!((object.kind, object.name.as_str()), (Kind::Node, "node-a"));
+        assert_eq!(
+            problems[0].error.message,
+            "map fl_lb4_backends is full (4 entries): Services are left unprogrammed on this \
+             node (the log names them); raise --map-backends"
+        );
         // a is programmed; nothing of big was written.
         let text = render_contents(&maps.contents().unwrap());
         assert!(text.contains("10.96.0.1:80/tcp"), "{text}");
@@ -1416,6 +1472,7 @@ mod tests {
         w.apply(changes(&service("a", "10.96.0.1", &[])));
         let report = r.sync(&w.snapshot(), &mut maps);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(report.node_problems("node-a").is_empty());
         assert_eq!(maps.len(Table::Backends4), 4);
         let _ = Family::V4;
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fairlead_abi::maps;
-use fairlead_model::{Ready, Snapshot};
+use fairlead_model::{Problem, Ready, Snapshot};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -236,6 +236,7 @@ pub struct Proxy {
     model: watch::Receiver<Arc<Snapshot>>,
     ready: Ready,
     cancel: CancellationToken,
+    problems: watch::Sender<Arc<[Problem]>>,
 }
 
 impl Proxy {
@@ -323,7 +324,18 @@ impl Proxy {
             model: ctx.model,
             ready: ctx.ready,
             cancel: ctx.cancel,
+            problems: watch::Sender::new(Arc::from([])),
         })
+    }
+
+    /// The problems of this node the last sync found (a full map, ...), as
+    /// Warning Events on its Node report them ([`SyncReport::node_problems`]):
+    /// sent when they change. Empty without a node name.
+    ///
+    /// [`SyncReport::node_problems`]: crate::reconcile::SyncReport::node_problems
+    #[must_use]
+    pub fn problems(&self) -> watch::Receiver<Arc<[Problem]>> {
+        self.problems.subscribe()
     }
 
     /// Reconciles every model snapshot into the maps until cancelled. Maps and program
@@ -353,6 +365,7 @@ impl Proxy {
             mut model,
             ready,
             cancel,
+            problems,
         } = self;
         let mut state = Some((datapath, reconciler));
         let mut ticker = tokio::time::interval(COUNTER_INTERVAL);
@@ -398,6 +411,16 @@ impl Proxy {
                     let capacity = Table::ALL.map(|t| datapath.capacity(t));
                     metrics.observe_sync(elapsed, &report, &reconciler.stats(), &capacity);
                     log_sync(&report, elapsed, generation, reconciler.stats());
+                    if let Some(node) = &node_name {
+                        let found = report.node_problems(node);
+                        problems.send_if_modified(|held| {
+                            let changed = **held != *found;
+                            if changed {
+                                *held = found.into();
+                            }
+                            changed
+                        });
+                    }
                     if !report.removed_udp_backends.is_empty() {
                         let cgroup = cgroup.clone();
                         let removed = report.removed_udp_backends;

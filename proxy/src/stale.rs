@@ -15,29 +15,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use rustix::net::netlink::{self, SocketAddrNetlink};
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
+};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_UDP};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+use netlink_packet_sock_diag::{SockDiagDestroy, SockDiagMessage};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
+use netlink_sys::{Socket, SocketAddr};
 use tracing::{debug, warn};
-
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const SOCK_DESTROY: u16 = 21;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const IPPROTO_UDP: u8 = 17;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-/// `TCP_ESTABLISHED`: the state of a connected UDP socket.
-const ESTABLISHED: u32 = 1;
-const HEADER: usize = 16;
-const SOCKID: usize = 48;
-const REQUEST: usize = 8 + SOCKID;
 
 /// Destroys the connected UDP sockets whose peer is one of `backends`, in every network
 /// namespace of the processes in `cgroup` (and its descendants). Returns how many.
@@ -97,20 +88,19 @@ fn in_namespace(path: &Path, wanted: &BTreeSet<(IpAddr, u16)>) -> io::Result<usi
         rustix::fd::AsFd::as_fd(&ns),
         Some(rustix::thread::LinkNameSpaceType::Network),
     )?;
-    let socket = rustix::net::socket(
-        AddressFamily::NETLINK,
-        SocketType::RAW,
-        Some(netlink::SOCK_DIAG),
-    )?;
+    // Opened after entering: a netlink socket belongs to the namespace it was opened in.
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
     let mut destroyed = 0;
     for family in [AF_INET, AF_INET6] {
         for id in dump(&socket, family)? {
-            let (peer, port) = peer_of(family, &id);
-            let peer = match peer {
+            let peer = match id.destination_address {
                 IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
                 v4 @ IpAddr::V4(_) => v4,
             };
-            if wanted.contains(&(peer, port)) && destroy(&socket, family, &id).is_ok() {
+            if wanted.contains(&(peer, id.destination_port)) && destroy(&socket, family, id).is_ok()
+            {
                 destroyed += 1;
             }
         }
@@ -118,103 +108,89 @@ fn in_namespace(path: &Path, wanted: &BTreeSet<(IpAddr, u16)>) -> io::Result<usi
     Ok(destroyed)
 }
 
-fn request(kind: u16, flags: u16, family: u8, id: &[u8; SOCKID]) -> Vec<u8> {
-    let len = u32::try_from(HEADER + REQUEST).unwrap_or(u32::MAX);
-    let mut msg = Vec::with_capacity(HEADER + REQUEST);
-    msg.extend_from_slice(&len.to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel
-    msg.extend_from_slice(&[family, IPPROTO_UDP, 0, 0]);
-    msg.extend_from_slice(&(1_u32 << ESTABLISHED).to_ne_bytes());
-    msg.extend_from_slice(id);
-    msg
+/// A request for the connected UDP sockets of `family` matching `socket_id` (all of them for
+/// a zero id, as in a dump).
+fn udp_request(family: u8, socket_id: SocketId) -> SockDiagMessage {
+    SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol: IPPROTO_UDP,
+        extensions: ExtensionFlags::empty(),
+        // A connected UDP socket is in the state TCP_ESTABLISHED.
+        states: StateFlags::ESTABLISHED,
+        socket_id,
+    })
 }
 
-fn send(socket: &impl rustix::fd::AsFd, msg: &[u8]) -> io::Result<()> {
-    rustix::net::sendto(
-        socket,
-        msg,
-        SendFlags::empty(),
-        &SocketAddrNetlink::new(0, 0),
-    )?;
+fn send<T: NetlinkSerializable>(socket: &Socket, flags: u16, payload: T) -> io::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = 1;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    socket.send(&buf, 0)?;
     Ok(())
+}
+
+/// The netlink messages of one datagram from `socket`.
+fn receive<T: NetlinkDeserializable>(socket: &Socket) -> io::Result<Vec<NetlinkMessage<T>>> {
+    let (datagram, _) = socket.recv_from_full()?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < datagram.len() {
+        let message = NetlinkMessage::<T>::deserialize(&datagram[at..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let len = message.header.length as usize;
+        out.push(message);
+        if len == 0 {
+            break;
+        }
+        at += (len + 3) & !3;
+    }
+    Ok(out)
 }
 
 /// The socket ids of the connected UDP sockets of `family`.
-fn dump(socket: &impl rustix::fd::AsFd, family: u8) -> io::Result<Vec<[u8; SOCKID]>> {
-    send(
-        socket,
-        &request(
-            SOCK_DIAG_BY_FAMILY,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            family,
-            &[0; SOCKID],
-        ),
-    )?;
+fn dump(socket: &Socket, family: u8) -> io::Result<Vec<SocketId>> {
+    let any = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    send(socket, NLM_F_REQUEST | NLM_F_DUMP, udp_request(family, any))?;
     let mut out = Vec::new();
-    let mut buf = vec![0_u8; 64 * 1024];
     loop {
-        let (n, _) = rustix::net::recv(socket, &mut buf[..], RecvFlags::empty())?;
-        let mut at = 0;
-        while at + HEADER <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap_or_default());
-            if len < HEADER || at + len > n {
-                return Ok(out);
-            }
-            match kind {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let code = i32::from_ne_bytes(
-                        buf[at + HEADER..at + HEADER + 4]
-                            .try_into()
-                            .unwrap_or_default(),
-                    );
-                    return Err(io::Error::from_raw_os_error(-code));
+        let messages = receive::<SockDiagMessage>(socket)?;
+        if messages.is_empty() {
+            return Ok(out);
+        }
+        for message in messages {
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    out.push(response.header.socket_id);
                 }
-                SOCK_DIAG_BY_FAMILY if len >= HEADER + 4 + SOCKID => {
-                    let mut id = [0; SOCKID];
-                    id.copy_from_slice(&buf[at + HEADER + 4..at + HEADER + 4 + SOCKID]);
-                    out.push(id);
-                }
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(error) => return Err(error.to_io()),
                 _ => {}
             }
-            at += (len + 3) & !3;
-        }
-        if n == 0 {
-            return Ok(out);
         }
     }
 }
 
-fn destroy(socket: &impl rustix::fd::AsFd, family: u8, id: &[u8; SOCKID]) -> io::Result<()> {
+/// `SOCK_DESTROY` of the socket `id` (what `ss -K` sends), waiting for the kernel's answer.
+fn destroy(socket: &Socket, family: u8, id: SocketId) -> io::Result<()> {
     send(
         socket,
-        &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, id),
+        NLM_F_REQUEST | NLM_F_ACK,
+        SockDiagDestroy::new(udp_request(family, id)),
     )?;
-    let mut buf = [0_u8; 512];
-    let (n, _) = rustix::net::recv(socket, &mut buf[..], RecvFlags::empty())?;
-    if n >= HEADER + 4 && u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
-        let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
-        if code != 0 {
-            return Err(io::Error::from_raw_os_error(-code));
+    for message in receive::<SockDiagDestroy>(socket)? {
+        if let NetlinkPayload::Error(error) = message.payload
+            && error.code.is_some()
+        {
+            return Err(error.to_io());
         }
     }
     Ok(())
-}
-
-/// The peer (destination) address and port of a socket id.
-fn peer_of(family: u8, id: &[u8; SOCKID]) -> (IpAddr, u16) {
-    let port = u16::from_be_bytes([id[2], id[3]]);
-    let dst = &id[20..36];
-    let address = if family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]))
-    } else {
-        let mut octets = [0; 16];
-        octets.copy_from_slice(dst);
-        IpAddr::V6(Ipv6Addr::from(octets))
-    };
-    (address, port)
 }

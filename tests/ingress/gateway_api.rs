@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Gateway, backend, curl, example_ca, namespace, runtime, service, shop_tls};
 
-const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+pub(crate) const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
     metadata: {name: fl}\nspec: {controllerName: fairlead.dev/gateway-controller}\n";
 
 /// A free port on loopback: Gateway listeners name their port, so the
 /// gateway's `--http` port must be known before it starts.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -20,7 +20,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http_route(ns: &str, name: &str, spec: &str) -> String {
+pub(crate) fn http_route(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
          metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
@@ -326,7 +326,7 @@ fn gateway_api_https_listeners_and_reference_grants() {
 
 /// One gRPC-shaped call over h2c to the plain listener: the HTTP status,
 /// the backend's text and the grpc-status (headers or trailers).
-async fn grpc_call(
+pub(crate) async fn grpc_call(
     addr: SocketAddr,
     host: &str,
     path: &str,
@@ -374,7 +374,7 @@ async fn grpc_call(
     )
 }
 
-fn name_of(text: &str) -> &str {
+pub(crate) fn name_of(text: &str) -> &str {
     text.lines()
         .find_map(|l| l.strip_prefix("name="))
         .unwrap_or("")

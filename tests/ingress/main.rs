@@ -8,6 +8,7 @@
 )]
 
 mod gateway_api;
+mod gateway_rules;
 mod h2;
 mod support;
 mod tls;

@@ -138,6 +138,13 @@ async fn handle(
     ] {
         let _ = writeln!(text, "{name}={}", header(req.headers(), name));
     }
+    // Every header (for header filters), and the query.
+    let mut names: Vec<&str> = req.headers().keys().map(http::HeaderName::as_str).collect();
+    names.dedup();
+    for name in names {
+        let _ = writeln!(text, "h:{name}={}", header(req.headers(), name));
+    }
+    let _ = writeln!(text, "query={}", req.uri().query().unwrap_or(""));
     let body = req
         .into_body()
         .collect()
@@ -155,6 +162,13 @@ async fn handle(
         full.boxed()
     };
     let mut response = Response::new(body);
+    // Response headers for response header filters to change.
+    response
+        .headers_mut()
+        .insert("x-backend", HeaderValue::from_str(&b.name).unwrap());
+    response
+        .headers_mut()
+        .insert("x-internal", HeaderValue::from_static("secret"));
     if h2c {
         response
             .headers_mut()

@@ -5,17 +5,25 @@
 //! - sync time: programming all N into the BPF maps (the reconciler, from a model snapshot),
 //!   against loading the equivalent kube-proxy-style rules with `iptables-legacy-restore`,
 //!   `iptables-nft-restore` and `nft -f`, each in a scratch network namespace;
-//! - one change: one EndpointSlice changed (one endpoint replaced), as an incremental sync,
-//!   against restoring just that Service's chains (kube-proxy's partial sync);
-//! - connects: latency (p50/p99) and rate of `connect()` + `close()` to a ClusterIP with N
-//!   Services present, against connecting straight to the backend and through the iptables
-//!   (nft backend) DNAT rules.
+//! - one change: one EndpointSlice changed (one endpoint replaced), as an incremental sync
+//!   (p50 and p99 of [`CHANGES`]), against restoring just that Service's chains (kube-proxy's
+//!   partial sync);
+//! - connect + first byte: latency (p50/p99) and rate of `connect()`, reading the one byte
+//!   the backend writes on accept, and `close()`, to a ClusterIP with N Services present:
+//!   fairlead's socket path against the same through nftables, iptables-nft and
+//!   iptables-legacy DNAT rules (each in a network namespace of its own with the N Services'
+//!   rules), and connecting straight to the pod as the floor. The variants run in blocks,
+//!   interleaved round by round, so that a busy moment of the shared machine falls on all of
+//!   them alike.
+//!
+//! After the sweep, a table per size, and (with the NodePort rows from `bench_nodeport`) the
+//! issue's goals, each met or missed by how much.
 //!
 //! Needs root (BPF, netns, cgroup). Prints figures and ratios; asserts nothing.
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -207,7 +215,7 @@ fn iptables_one_change(i: usize, endpoints: usize, generation: usize) -> String 
 
 /// kube-proxy's nftables mode (simplified): a verdict map from (VIP, protocol, port) to a
 /// per-Service chain that picks an endpoint chain with `numgen random`.
-fn nft_rules(n: usize, endpoints: usize) -> String {
+fn nft_rules(n: usize, endpoints: usize, with_target: bool) -> String {
     let mut out = String::from("table ip kube-proxy {\n");
     out.push_str(
         "  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict\n  }\n",
@@ -235,7 +243,18 @@ fn nft_rules(n: usize, endpoints: usize) -> String {
             );
         }
     }
+    if with_target {
+        out.push_str(
+            "  chain service-target {\n    meta l4proto tcp dnat to 127.0.0.1:8080\n  }\n",
+        );
+    }
     out.push_str("}\n");
+    if with_target {
+        let _ = writeln!(
+            out,
+            "add element ip kube-proxy service-ips {{ {TARGET_VIP} . tcp . 80 : goto service-target }}"
+        );
+    }
     // Elements in chunks, as kube-proxy adds them.
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let items: Vec<String> = chunk
@@ -288,6 +307,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
+/// The `pct` percentile of sorted `v` (nearest rank below).
+fn percentile(v: &[Duration], pct: usize) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[(v.len() * pct / 100).min(v.len() - 1)]
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1000.0)
 }
@@ -303,56 +330,86 @@ fn enter(netns: &str) -> Result<()> {
     Ok(())
 }
 
-/// A TCP server on 127.0.0.1:8080 in `netns` that accepts and closes, until stopped.
-fn backend(netns: &str) -> Result<(Arc<AtomicBool>, thread::JoinHandle<()>)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let name = netns.to_owned();
-    let flag = Arc::clone(&stop);
-    let handle = thread::spawn(move || {
-        let listener = enter(&name).and_then(|()| {
-            TcpListener::bind((Ipv4Addr::LOCALHOST, BACKEND_PORT)).context("bind backend")
-        });
-        let listener = match listener {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        };
-        let _ = listener.set_nonblocking(true);
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((stream, _)) => drop(stream),
-                Err(_) => thread::sleep(Duration::from_micros(50)),
-            }
-        }
-    });
-    rx.recv().context("backend thread")??;
-    Ok((stop, handle))
+/// A TCP server on 127.0.0.1:8080 in a network namespace: accepts, writes one byte (the
+/// "first byte" the client waits for) and closes, until dropped. The accept blocks (a
+/// polling accept would add its sleep to every connect).
+struct Backend {
+    netns: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
-/// `count` connect+close to `to` from a thread in `netns`: (p50, p99, connects/s).
-fn connects(netns: &str, to: SocketAddr, count: usize) -> Result<(Duration, Duration, f64)> {
+impl Backend {
+    fn start(netns: &str) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = netns.to_owned();
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let listener = enter(&name).and_then(|()| {
+                TcpListener::bind((Ipv4Addr::LOCALHOST, BACKEND_PORT)).context("bind backend")
+            });
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((mut stream, _)) = listener.accept() {
+                    let _ = stream.write_all(b"x");
+                }
+            }
+        });
+        rx.recv().context("backend thread")??;
+        Ok(Self {
+            netns: netns.to_owned(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept; if that fails (the namespace is gone), leave the thread.
+        let woken = connects(
+            &self.netns,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, BACKEND_PORT)),
+            1,
+        );
+        if let (Ok(_), Some(thread)) = (woken, self.thread.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `count` times connect, read the first byte, close, to `to` from a thread in `netns`: the
+/// latencies and the time it all took.
+fn connects(netns: &str, to: SocketAddr, count: usize) -> Result<(Vec<Duration>, Duration)> {
     let name = netns.to_owned();
-    thread::spawn(move || -> Result<(Duration, Duration, f64)> {
+    thread::spawn(move || -> Result<(Vec<Duration>, Duration)> {
         enter(&name)?;
         let mut lat = Vec::with_capacity(count);
         let started = Instant::now();
+        let mut byte = [0_u8; 1];
         for _ in 0..count {
             let t = Instant::now();
-            let stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))
                 .with_context(|| format!("connect {to}"))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream
+                .read_exact(&mut byte)
+                .with_context(|| format!("first byte from {to}"))?;
             lat.push(t.elapsed());
             drop(stream);
         }
-        #[expect(clippy::cast_precision_loss, reason = "a rate for people")]
-        let rate = count as f64 / started.elapsed().as_secs_f64();
-        lat.sort();
-        Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100], rate))
+        Ok((lat, started.elapsed()))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("connect thread panicked"))?
@@ -362,7 +419,216 @@ fn cgroup_root() -> Result<PathBuf> {
     fairlead_proxy::cgroup2_root().context("no cgroup v2 hierarchy")
 }
 
-/// The benchmark.
+/// Connect + first byte latencies of one way to reach the backend.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Latency {
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    /// Connects per second within its blocks.
+    pub(crate) rate: f64,
+}
+
+impl Latency {
+    fn of(mut all: Vec<Duration>, busy: Duration) -> Self {
+        all.sort();
+        #[expect(clippy::cast_precision_loss, reason = "a rate for people")]
+        let rate = all.len() as f64 / busy.as_secs_f64().max(1e-9);
+        Self {
+            p50: percentile(&all, 50),
+            p99: percentile(&all, 99),
+            rate,
+        }
+    }
+}
+
+/// How a connect variant reaches the backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// To 127.0.0.1:8080 in the fairlead namespace, outside the balanced cgroup: the floor.
+    Direct,
+    /// To the ClusterIP, from inside the balanced cgroup.
+    Fairlead,
+    /// To 127.0.0.1:8080 from inside the balanced cgroup (the hooks run and find nothing).
+    DirectAttached,
+    /// To the ClusterIP through a rule set's DNAT in its own namespace.
+    Rules(&'static str),
+}
+
+impl Way {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct to the pod (floor)",
+            Self::Fairlead => "fairlead ClusterIP",
+            Self::DirectAttached => "direct, programs attached",
+            Self::Rules(label) => label,
+        }
+    }
+
+    fn in_cgroup(self) -> bool {
+        matches!(self, Self::Fairlead | Self::DirectAttached)
+    }
+}
+
+/// What one size of the sweep measured.
+pub(crate) struct SizeFigures {
+    pub(crate) services: usize,
+    pub(crate) fairlead_sync: Duration,
+    /// (peer, full load, median of its one-change loads).
+    pub(crate) peers: Vec<(&'static str, Duration, Duration)>,
+    pub(crate) change_p50: Duration,
+    pub(crate) change_p99: Duration,
+    /// (label, latency), the floor first.
+    pub(crate) connects: Vec<(&'static str, Latency)>,
+    pub(crate) start: Option<ProcessStart>,
+}
+
+impl SizeFigures {
+    pub(crate) fn connect(&self, label: &str) -> Option<Latency> {
+        self.connects
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, lat)| *lat)
+    }
+}
+
+/// Moves this process into the cgroup at `path` (below the hierarchy's root).
+fn join_cgroup(root: &Path, path: &str) -> Result<()> {
+    std::fs::write(
+        root.join(path.trim_start_matches('/')).join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .with_context(|| format!("joining cgroup {path}"))
+}
+
+/// Connect + first byte for every variant, in `ROUNDS` interleaved blocks; `datapath` is
+/// attached to a scratch cgroup for the fairlead variants and detached (dropped) at the end.
+#[expect(
+    clippy::too_many_lines,
+    reason = "set-up, the interleaved rounds and the tear-down of one measurement"
+)]
+fn measure_connects(
+    n: usize,
+    endpoints: usize,
+    count: usize,
+    peers_too: bool,
+    ipt: &Path,
+    mut datapath: Datapath,
+) -> Result<Vec<(&'static str, Latency)>> {
+    const ROUNDS: usize = 10;
+    let pid = std::process::id();
+    let target = SocketAddr::from((TARGET_VIP, 80));
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, BACKEND_PORT));
+    let fairlead_ns = Netns::new(&format!("fl-bench-conn-{pid}"))?;
+    let _fairlead_backend = Backend::start(&fairlead_ns.0)?;
+    // The rule sets, each in a namespace of its own with the VIP on lo.
+    let mut rule_sets = Vec::new();
+    if peers_too {
+        let nft = std::env::temp_dir().join(format!("fairlead-bench-nft-conn-{pid}"));
+        std::fs::write(&nft, nft_rules(n, endpoints, true))?;
+        for (label, program, file, tag) in [
+            (
+                "nftables ClusterIP",
+                &["nft", "-f", "-"][..],
+                nft.as_path(),
+                "nft",
+            ),
+            (
+                "iptables-nft ClusterIP",
+                &["iptables-nft-restore", "--noflush"][..],
+                ipt,
+                "ipt",
+            ),
+            (
+                "iptables-legacy ClusterIP",
+                &["iptables-legacy-restore", "--noflush"][..],
+                ipt,
+                "leg",
+            ),
+        ] {
+            let ns = Netns::new(&format!("fl-bench-{tag}-{pid}"))?;
+            run(Command::new("ip").args([
+                "-n",
+                &ns.0,
+                "addr",
+                "add",
+                &format!("{TARGET_VIP}/32"),
+                "dev",
+                "lo",
+            ]))?;
+            timed_stdin(&ns.0, program, file)?;
+            let backend = Backend::start(&ns.0)?;
+            // The backend first: it is dropped before its namespace.
+            rule_sets.push((label, backend, ns));
+        }
+        let _ = std::fs::remove_file(&nft);
+    }
+    // Socket LB: this process joins a cgroup the programs are attached to, for its blocks.
+    let root = cgroup_root()?;
+    let cgroup_name = format!("fairlead-bench-{pid}");
+    let cgroup = root.join(&cgroup_name);
+    std::fs::create_dir_all(&cgroup)?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .to_owned();
+    datapath.attach(&cgroup)?;
+
+    let mut ways = vec![Way::Direct, Way::Fairlead, Way::DirectAttached];
+    ways.extend(rule_sets.iter().map(|(label, _, _)| Way::Rules(label)));
+    let mut samples: Vec<(Vec<Duration>, Duration)> =
+        vec![(Vec::new(), Duration::ZERO); ways.len()];
+    let block = count.div_ceil(ROUNDS).max(1);
+    let result = (|| -> Result<()> {
+        // Warm-up (not counted), then the rounds; the order rotates each round.
+        for round in 0..=ROUNDS {
+            let size = if round == 0 { block.min(200) } else { block };
+            for k in 0..ways.len() {
+                let w = (k + round) % ways.len();
+                let way = ways[w];
+                if way.in_cgroup() {
+                    join_cgroup(&root, &cgroup_name)?;
+                }
+                let measured = match way {
+                    Way::Direct | Way::DirectAttached => connects(&fairlead_ns.0, local, size),
+                    Way::Fairlead => connects(&fairlead_ns.0, target, size),
+                    Way::Rules(label) => {
+                        let ns = rule_sets
+                            .iter()
+                            .find(|(l, _, _)| *l == label)
+                            .map(|(_, _, ns)| ns.0.clone())
+                            .unwrap_or_default();
+                        connects(&ns, target, size)
+                    }
+                };
+                if way.in_cgroup() {
+                    join_cgroup(&root, &own)?;
+                }
+                let (lat, busy) = measured.with_context(|| way.label().to_owned())?;
+                if round > 0 {
+                    samples[w].0.extend(lat);
+                    samples[w].1 += busy;
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = join_cgroup(&root, &own);
+    drop(datapath);
+    let _ = std::fs::remove_dir(&cgroup);
+    result?;
+    Ok(ways
+        .iter()
+        .zip(samples)
+        .map(|(way, (lat, busy))| (way.label(), Latency::of(lat, busy)))
+        .collect())
+}
+
+/// Changes of one EndpointSlice per size (p50 and p99 of these).
+const CHANGES: usize = 200;
+
+/// The benchmark: the figures of every size, after printing them.
 #[expect(
     clippy::too_many_lines,
     reason = "one measurement after another, in the order they are printed"
@@ -372,13 +638,15 @@ pub(crate) fn bench(
     endpoints: usize,
     connect_count: usize,
     peers_too: bool,
-) -> Result<()> {
+) -> Result<Vec<SizeFigures>> {
     let dir = std::env::temp_dir().join(format!("fairlead-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
-        "proxy benchmark: Services × {endpoints} endpoints; {connect_count} connects per measurement"
+        "proxy benchmark: Services × {endpoints} endpoints; {connect_count} connects per variant and size; load average {}",
+        load_average()
     );
     println!("(absolute times are noise on a shared machine; compare the ratios)\n");
+    let mut figures = Vec::new();
     for &n in sizes {
         println!("== N = {n} Services ({} endpoints)", n * endpoints);
         // The model.
@@ -430,11 +698,12 @@ pub(crate) fn bench(
         if !report.errors.is_empty() {
             bail!("fairlead sync errors: {:?}", report.errors.first());
         }
-        // One changed EndpointSlice, 20 times.
-        let mut changes = Vec::new();
-        for g in 0..20 {
+        // One changed EndpointSlice, CHANGES times.
+        let mut changes = Vec::with_capacity(CHANGES);
+        let mut changes_cpu = Vec::with_capacity(CHANGES);
+        for g in 0..CHANGES {
             let mut addresses = endpoints_of(0, endpoints);
-            addresses[0] = format!("10.200.0.{}", g % 250 + 1);
+            addresses[0] = format!("10.200.{}.{}", g / 250, g % 250 + 1);
             let object = decode(slice_json("svc-0-1", "svc-0", &addresses))
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
             writer.apply([Change::Upsert {
@@ -443,17 +712,21 @@ pub(crate) fn bench(
             }]);
             let snapshot = writer.snapshot();
             let started = Instant::now();
+            let cpu_before = thread_cpu();
             let report = reconciler.sync(&snapshot, &mut datapath);
             changes.push(started.elapsed());
+            changes_cpu.push(thread_cpu().saturating_sub(cpu_before));
             assert!(report.services_compared == 1 && !report.full);
         }
-        let fairlead_one = median(changes);
+        changes.sort();
+        changes_cpu.sort();
+        let (change_p50, change_p99) = (percentile(&changes, 50), percentile(&changes, 99));
 
         // iptables-legacy, iptables-nft, nft: full load and one change, each in a fresh netns.
         let ipt = dir.join(format!("iptables-{n}.rules"));
         std::fs::write(&ipt, iptables_rules(n, endpoints, true))?;
         let nft = dir.join(format!("nft-{n}.rules"));
-        std::fs::write(&nft, nft_rules(n, endpoints))?;
+        std::fs::write(&nft, nft_rules(n, endpoints, false))?;
         let mut peers = Vec::new();
         let all_peers = [
             (
@@ -469,7 +742,7 @@ pub(crate) fn bench(
             ("nft -f", vec!["nft", "-f", "-"], &nft),
         ];
         for (label, program, file) in all_peers.into_iter().filter(|_| peers_too) {
-            let ns = Netns::new("fl-bench-rules")?;
+            let ns = Netns::new(&format!("fl-bench-rules-{}", std::process::id()))?;
             let full = timed_stdin(&ns.0, &program, file)?;
             let mut one = Vec::new();
             for g in 0..5 {
@@ -501,132 +774,167 @@ pub(crate) fn bench(
                 full.as_secs_f64() / fairlead_full.as_secs_f64()
             );
         }
-        println!("  one changed EndpointSlice (median):");
-        println!("    fairlead                   {:>12}", ms(fairlead_one));
+        println!("  one changed EndpointSlice:");
+        println!(
+            "    fairlead                   {:>12} p50 {:>12} p99 (of {CHANGES}; on CPU {} p50, {} p99: the rest is waiting for a CPU)",
+            ms(change_p50),
+            ms(change_p99),
+            ms(percentile(&changes_cpu, 50)),
+            ms(percentile(&changes_cpu, 99))
+        );
         for (label, _, one) in &peers {
             println!(
-                "    {label:<26} {:>12}   fairlead is {:.1}x faster",
+                "    {label:<26} {:>12} median of 5   fairlead's p50 is {:.0}x faster",
                 ms(*one),
-                one.as_secs_f64() / fairlead_one.as_secs_f64()
+                one.as_secs_f64() / change_p50.as_secs_f64()
             );
         }
 
-        // Connects.
-        if connect_count > 0 {
-            let ns = Netns::new("fl-bench-conn")?;
-            let (stop, server) = backend(&ns.0)?;
-            let direct = connects(
-                &ns.0,
-                SocketAddr::from((Ipv4Addr::LOCALHOST, BACKEND_PORT)),
-                connect_count,
-            )?;
-            // Socket LB: this process joins a cgroup the programs are attached to.
-            let cgroup = cgroup_root()?.join(format!("fairlead-bench-{}", std::process::id()));
-            std::fs::create_dir_all(&cgroup)?;
-            let own = std::fs::read_to_string("/proc/self/cgroup")?;
-            let own = own
-                .lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .unwrap_or("/")
-                .to_owned();
-            datapath.attach(&cgroup)?;
-            std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())?;
-            let via_bpf = connects(&ns.0, SocketAddr::from((TARGET_VIP, 80)), connect_count);
-            let direct_attached = connects(
-                &ns.0,
-                SocketAddr::from((Ipv4Addr::LOCALHOST, BACKEND_PORT)),
-                connect_count,
-            );
-            std::fs::write(
-                cgroup_root()?
-                    .join(own.trim_start_matches('/'))
-                    .join("cgroup.procs"),
-                std::process::id().to_string(),
-            )?;
-            drop(datapath);
-            let _ = std::fs::remove_dir(&cgroup);
-            let via_bpf = via_bpf?;
-            let direct_attached = direct_attached?;
-            stop.store(true, Ordering::Relaxed);
-            let _ = server.join();
-            drop(ns);
-
-            // iptables (nft backend) DNAT with N Services present.
-            let via_ipt = if peers_too {
-                let ns = Netns::new("fl-bench-ipt")?;
-                run(Command::new("ip").args([
-                    "-n",
-                    &ns.0,
-                    "addr",
-                    "add",
-                    &format!("{TARGET_VIP}/32"),
-                    "dev",
-                    "lo",
-                ]))?;
-                timed_stdin(&ns.0, &["iptables-nft-restore", "--noflush"], &ipt)?;
-                let (stop, server) = backend(&ns.0)?;
-                let via = connects(&ns.0, SocketAddr::from((TARGET_VIP, 80)), connect_count)?;
-                stop.store(true, Ordering::Relaxed);
-                let _ = server.join();
-                Some(via)
-            } else {
-                None
-            };
-
+        // Connect + first byte.
+        let connects = if connect_count > 0 {
+            let connects =
+                measure_connects(n, endpoints, connect_count, peers_too, &ipt, datapath)?;
             println!(
-                "  connect()+close() to a ClusterIP ({connect_count} connects): p50 / p99 / rate"
+                "  connect + first byte + close to a ClusterIP, {connect_count} per variant in 10 interleaved blocks (load average {}):",
+                load_average()
             );
-            let line = |label: &str, (p50, p99, rate): (Duration, Duration, f64)| {
-                println!(
-                    "    {label:<30} {:>9.1} µs {:>9.1} µs {:>9.0}/s",
-                    p50.as_secs_f64() * 1e6,
-                    p99.as_secs_f64() * 1e6,
-                    rate
-                );
-            };
-            line("direct to the backend", direct);
-            line("direct, programs attached", direct_attached);
-            line("fairlead ClusterIP", via_bpf);
             println!(
-                "    fairlead p50 is {:+.1}% vs direct",
-                (via_bpf.0.as_secs_f64() / direct.0.as_secs_f64() - 1.0) * 100.0
+                "    {:<30} {:>9} {:>9} {:>10}   p50, p99 vs floor",
+                "", "p50", "p99", "rate"
             );
-            if let Some(via_ipt) = via_ipt {
-                line("iptables-nft ClusterIP", via_ipt);
+            let floor = connects[0].1;
+            for (label, lat) in &connects {
                 println!(
-                    "    iptables p50 is {:+.1}% vs direct; fairlead rate is {:.2}x iptables",
-                    (via_ipt.0.as_secs_f64() / direct.0.as_secs_f64() - 1.0) * 100.0,
-                    via_bpf.2 / via_ipt.2
+                    "    {label:<30} {:>6.1} µs {:>6.1} µs {:>8.0}/s   {:+.1}%, {:+.1}%",
+                    lat.p50.as_secs_f64() * 1e6,
+                    lat.p99.as_secs_f64() * 1e6,
+                    lat.rate,
+                    (lat.p50.as_secs_f64() / floor.p50.as_secs_f64() - 1.0) * 100.0,
+                    (lat.p99.as_secs_f64() / floor.p99.as_secs_f64() - 1.0) * 100.0,
                 );
             }
-        }
-        match process_start(&manifests, n, endpoints) {
-            Ok(Some(start)) => start.print(),
-            Ok(None) => println!(
-                "  process start: skipped (no `fairlead` binary next to this one: cargo build --release --bin fairlead)"
-            ),
-            Err(e) => println!("  process start: failed: {e:#}"),
-        }
+            connects
+        } else {
+            drop(datapath);
+            Vec::new()
+        };
+        let start = match process_start(&manifests, n, endpoints) {
+            Ok(Some(start)) => {
+                start.print();
+                Some(start)
+            }
+            Ok(None) => {
+                println!(
+                    "  process start: skipped (no `fairlead` binary next to this one: cargo build --release --bin fairlead)"
+                );
+                None
+            }
+            Err(e) => {
+                println!("  process start: failed: {e:#}");
+                None
+            }
+        };
         let _ = std::fs::remove_dir_all(&manifests);
         println!();
+        figures.push(SizeFigures {
+            services: n,
+            fairlead_sync: fairlead_full,
+            peers,
+            change_p50,
+            change_p99,
+            connects,
+            start,
+        });
     }
     let _ = std::fs::remove_dir_all(&dir);
+    print_sweep(&figures);
     let _ = std::io::stdout().flush();
-    Ok(())
+    Ok(figures)
+}
+
+/// The sweep as one table per figure, a row per size.
+fn print_sweep(figures: &[SizeFigures]) {
+    if figures.len() < 2 {
+        return;
+    }
+    println!("== sweep: how each figure grows with the number of Services");
+    let peers: Vec<&str> = figures[0].peers.iter().map(|(l, _, _)| *l).collect();
+    let mut header = format!("    {:>8} {:>12}", "Services", "fairlead");
+    for label in &peers {
+        let _ = write!(header, " {label:>24}");
+    }
+    println!("  full sync (peer: time, and its ratio to fairlead's):");
+    println!("{header}");
+    for f in figures {
+        let mut line = format!("    {:>8} {:>12}", f.services, ms(f.fairlead_sync));
+        for (_, full, _) in &f.peers {
+            let _ = write!(
+                line,
+                " {:>13} {:>8.1}x",
+                ms(*full),
+                full.as_secs_f64() / f.fairlead_sync.as_secs_f64()
+            );
+        }
+        println!("{line}");
+    }
+    println!("  one change (fairlead p50 / p99; peers: median of 5):");
+    println!("{header}");
+    for f in figures {
+        let mut line = format!(
+            "    {:>8} {:>5.3}/{:.3} ms",
+            f.services,
+            f.change_p50.as_secs_f64() * 1e3,
+            f.change_p99.as_secs_f64() * 1e3
+        );
+        for (_, _, one) in &f.peers {
+            let _ = write!(
+                line,
+                " {:>13} {:>8.0}x",
+                ms(*one),
+                one.as_secs_f64() / f.change_p50.as_secs_f64()
+            );
+        }
+        println!("{line}");
+    }
+    if figures[0].connects.is_empty() {
+        return;
+    }
+    println!("  connect + first byte, p50 (p99) in µs, and p50 vs the floor:");
+    let labels: Vec<&str> = figures[0].connects.iter().map(|(l, _)| *l).collect();
+    let mut header = format!("    {:>8}", "Services");
+    for label in &labels {
+        let short = label.split_whitespace().next().unwrap_or(label);
+        let _ = write!(header, " {short:>24}");
+    }
+    println!("{header}");
+    for f in figures {
+        let floor = f.connects.first().map(|(_, l)| l.p50).unwrap_or_default();
+        let mut line = format!("    {:>8}", f.services);
+        for (_, lat) in &f.connects {
+            let _ = write!(
+                line,
+                " {:>7.1} ({:>6.1}) {:>+6.1}%",
+                lat.p50.as_secs_f64() * 1e6,
+                lat.p99.as_secs_f64() * 1e6,
+                (lat.p50.as_secs_f64() / floor.as_secs_f64().max(1e-12) - 1.0) * 100.0
+            );
+        }
+        println!("{line}");
+    }
 }
 
 /// `fairlead proxy --manifests` from process start to its first full sync, and its memory.
-struct ProcessStart {
+pub(crate) struct ProcessStart {
     /// Spawn to the `proxy started` line (maps created, programs loaded and attached).
     started: Duration,
     /// Spawn to the `maps synced` line.
-    synced: Duration,
+    pub(crate) synced: Duration,
     /// What the process logged for the sync itself.
     sync_line: String,
     /// Resident memory after the sync (kB).
-    rss_kb: u64,
+    pub(crate) rss_kb: u64,
     /// Memory of the proxy's maps as bpftool reports them (`bytes_memlock`).
-    map_bytes: u64,
+    pub(crate) map_bytes: u64,
 }
 
 impl ProcessStart {
@@ -741,5 +1049,127 @@ fn process_start(manifests: &Path, n: usize, endpoints: usize) -> Result<Option<
     match result {
         Some(r) => Ok(Some(r)),
         None => bail!("no `maps synced` line; the proxy said:\n{text}"),
+    }
+}
+
+/// A goal's verdict: "met", or "missed by X%" (how far the figure is past the bound).
+fn verdict(value: f64, bound: f64, at_most: bool) -> String {
+    let met = if at_most {
+        value <= bound
+    } else {
+        value >= bound
+    };
+    if met {
+        "met".to_owned()
+    } else if at_most {
+        format!("missed by {:.0}%", (value / bound - 1.0) * 100.0)
+    } else {
+        format!("missed by {:.0}%", (1.0 - value / bound) * 100.0)
+    }
+}
+
+/// The issue's table: each goal with this run's figure, met or missed by how much.
+pub(crate) fn print_goals(
+    figures: &[SizeFigures],
+    nodeport: Option<crate::bench_nodeport::Ratios>,
+) {
+    println!(
+        "\n== goals (issue 15), this run, load average {}",
+        load_average()
+    );
+    println!("  | figure | result | goal | verdict |");
+    println!("  |---|---|---|---|");
+    let row = |figure: &str, result: &str, goal: &str, verdict: &str| {
+        println!("  | {figure} | {result} | {goal} | {verdict} |");
+    };
+    if let Some(f) = figures.iter().max_by_key(|f| f.services) {
+        let n = f.services;
+        let ms_of = |d: Duration| d.as_secs_f64() * 1e3;
+        row(
+            &format!("full sync, {n} Services, cold maps"),
+            &format!("{:.0} ms", ms_of(f.fairlead_sync)),
+            "< 250 ms",
+            &verdict(ms_of(f.fairlead_sync), 250.0, true),
+        );
+        if let Some(start) = &f.start {
+            row(
+                &format!("process start -> first sync, {n} Services from manifests"),
+                &format!("{:.2} s", start.synced.as_secs_f64()),
+                "< 0.5 s",
+                &verdict(start.synced.as_secs_f64(), 0.5, true),
+            );
+        }
+        row(
+            &format!("one EndpointSlice change, p50 / p99 (of {CHANGES}, {n} Services)"),
+            &format!("{:.3} / {:.3} ms", ms_of(f.change_p50), ms_of(f.change_p99)),
+            "< 1 ms / < 5 ms",
+            &format!(
+                "{} / {}",
+                verdict(ms_of(f.change_p50), 1.0, true),
+                verdict(ms_of(f.change_p99), 5.0, true)
+            ),
+        );
+        if let Some(start) = &f.start {
+            #[expect(clippy::cast_precision_loss, reason = "sizes for people")]
+            let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+            row(
+                &format!("memory of `fairlead proxy`, {n} Services"),
+                &format!(
+                    "RSS {:.1} MiB; BPF maps {:.1} MiB (bpftool memlock)",
+                    mib(start.rss_kb * 1024),
+                    mib(start.map_bytes)
+                ),
+                "reported next to the maps",
+                "reported",
+            );
+        }
+    }
+    if let Some(r) = nodeport {
+        let whose = if r.node_only { "node CPU" } else { "CPU" };
+        row(
+            "NodePort new connections/s vs nftables",
+            &format!("{:.2}x", r.connections),
+            "≥ 2x",
+            &verdict(r.connections, 2.0, false),
+        );
+        row(
+            &format!("{whose} per request on an established flow vs nftables"),
+            &format!("{:.2}x", r.cpu_per_request),
+            "≤ 0.8x",
+            &verdict(r.cpu_per_request, 0.8, true),
+        );
+        row(
+            &format!("{whose} per connection vs nftables"),
+            &format!("{:.2}x", r.cpu_per_connection),
+            "≤ 0.6x",
+            &verdict(r.cpu_per_connection, 0.6, true),
+        );
+    }
+    for f in figures {
+        let (Some(floor), Some(via)) = (
+            f.connect(Way::Direct.label()),
+            f.connect(Way::Fairlead.label()),
+        ) else {
+            continue;
+        };
+        let p50 = (via.p50.as_secs_f64() / floor.p50.as_secs_f64() - 1.0) * 100.0;
+        let p99 = (via.p99.as_secs_f64() / floor.p99.as_secs_f64() - 1.0) * 100.0;
+        row(
+            &format!(
+                "ClusterIP connect+first byte vs the pod directly, {} Services (p50, p99)",
+                f.services
+            ),
+            &format!(
+                "{:.1} vs {:.1} µs: {p50:+.1}%; p99 {p99:+.1}%",
+                via.p50.as_secs_f64() * 1e6,
+                floor.p50.as_secs_f64() * 1e6
+            ),
+            "within 5%",
+            &if p50.abs() <= 5.0 {
+                "met".to_owned()
+            } else {
+                format!("missed by {:.1} points", p50.abs() - 5.0)
+            },
+        );
     }
 }

@@ -109,10 +109,14 @@ fn main() -> Result<()> {
                     nodeport,
                 },
         } => {
-            if !nodeport_only {
-                bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only)?;
-            }
-            bench_nodeport::run(&nodeport)
+            let figures = if nodeport_only {
+                Vec::new()
+            } else {
+                bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only)?
+            };
+            let ratios = bench_nodeport::run(&nodeport)?;
+            bench_proxy::print_goals(&figures, ratios);
+            Ok(())
         }
     }
 }

@@ -176,6 +176,23 @@ pub enum Sizing {
     SourceRanges,
 }
 
+impl Sizing {
+    /// The `fairlead proxy` flag that sets this size (`None` for [`Sizing::Fixed`]).
+    #[must_use]
+    pub const fn flag(self) -> Option<&'static str> {
+        match self {
+            Sizing::Fixed => None,
+            Sizing::Services => Some("--map-services"),
+            Sizing::Backends => Some("--map-backends"),
+            Sizing::RevNat => Some("--map-rev-nat"),
+            Sizing::Affinity => Some("--map-affinity"),
+            Sizing::Maglev => Some("--map-maglev"),
+            Sizing::Conntrack => Some("--map-ct"),
+            Sizing::SourceRanges => Some("--map-source-ranges"),
+        }
+    }
+}
+
 #[expect(
     clippy::cast_possible_truncation,
     reason = "map keys and values are a few bytes; checked by the layout tests"

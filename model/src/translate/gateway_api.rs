@@ -10,7 +10,11 @@ use crate::gateway_types::{
     AllowedNamespaces, CertificateRef, Gateway, GatewayClass, GrantFrom, GrantTo, GrpcMethodMatch,
     GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, Hostname, HttpRoute, HttpRouteRule,
     LabelExpression, Listener, ListenerProtocol, ListenerTls, NamespaceSelector, ParentRef,
-    PathMatch, QueryMatch, ReferenceGrant, RouteBackend, RouteBackendTarget, RouteMatch,
+    PathMatch, Pattern, QueryMatch, ReferenceGrant, RouteBackend, RouteBackendTarget, RouteMatch,
+    StringMatch,
+};
+use crate::gateway_types::{
+    HeaderModifier, PathModifier, Redirect, Rewrite, RouteFilter, RouteTimeouts,
 };
 
 use super::{Errors, is_dns_label, is_dns_subdomain, object_key};
@@ -240,19 +244,41 @@ pub fn http_route(object: &wire::HTTPRoute) -> Result<HttpRoute, Vec<FieldError>
     let mut rules = Vec::with_capacity(spec.rules.len());
     for (r, rule) in spec.rules.iter().enumerate() {
         let field = |name: &str| format!("spec.rules[{r}].{name}");
-        for (f, filter) in rule.filters.iter().enumerate() {
+        let mut dropped = Vec::new();
+        let prefix_matches = rule
+            .matches
+            .iter()
+            .filter(|m| {
+                m.path
+                    .as_ref()
+                    .is_none_or(|p| p.type_.as_deref().is_none_or(|t| t == "PathPrefix"))
+            })
+            .count();
+        let single_prefix = rule.matches.len() <= 1 && prefix_matches == rule.matches.len();
+        let filters = route_filters(
+            &mut errors,
+            &mut dropped,
+            &|name| field(&format!("filters{name}")),
+            &rule.filters,
+            &key.namespace,
+            single_prefix,
+            true,
+        );
+        if filters
+            .iter()
+            .any(|f| matches!(f, RouteFilter::Redirect(_)))
+            && !rule.backend_refs.is_empty()
+        {
             errors.push(
-                field(&format!("filters[{f}].type")),
-                format!("filter {} is not supported yet", filter.type_),
+                field("backendRefs"),
+                "a rule with a RequestRedirect filter has no backendRefs",
             );
         }
-        if rule.timeouts.is_some() {
-            errors.push(field("timeouts"), "timeouts are not supported yet");
-        }
+        let timeouts = route_timeouts(&mut errors, &field, rule.timeouts.as_ref());
         let mut matches = Vec::with_capacity(rule.matches.len().max(1));
         for (m, wire_match) in rule.matches.iter().enumerate() {
             let field = |name: &str| format!("spec.rules[{r}].matches[{m}].{name}");
-            matches.push(route_match(&mut errors, &field, wire_match));
+            matches.push(route_match(&mut errors, &mut dropped, &field, wire_match));
         }
         if matches.is_empty() {
             matches.push(RouteMatch {
@@ -265,11 +291,19 @@ pub fn http_route(object: &wire::HTTPRoute) -> Result<HttpRoute, Vec<FieldError>
         let mut backends = Vec::with_capacity(rule.backend_refs.len());
         for (b, backend) in rule.backend_refs.iter().enumerate() {
             let field = |name: &str| format!("spec.rules[{r}].backendRefs[{b}].{name}");
-            if let Some(backend) = route_backend(&mut errors, &field, &key.namespace, backend) {
+            if let Some(backend) =
+                route_backend(&mut errors, &mut dropped, &field, &key.namespace, backend)
+            {
                 backends.push(backend);
             }
         }
-        rules.push(HttpRouteRule { matches, backends });
+        rules.push(HttpRouteRule {
+            matches,
+            backends,
+            filters,
+            timeouts,
+            invalid: dropped_rule(&dropped),
+        });
     }
 
     errors.finish(HttpRoute {
@@ -340,32 +374,49 @@ pub fn grpc_route(object: &wire::GRPCRoute) -> Result<GrpcRoute, Vec<FieldError>
     let mut rules = Vec::with_capacity(spec.rules.len());
     for (r, rule) in spec.rules.iter().enumerate() {
         let field = |name: &str| format!("spec.rules[{r}].{name}");
-        for (f, filter) in rule.filters.iter().enumerate() {
-            errors.push(
-                field(&format!("filters[{f}].type")),
-                format!("filter {} is not supported yet", filter.type_),
-            );
-        }
+        let mut dropped = Vec::new();
+        let filters = route_filters(
+            &mut errors,
+            &mut dropped,
+            &|name| field(&format!("filters{name}")),
+            &rule.filters,
+            &key.namespace,
+            false,
+            false,
+        );
         let mut matches = Vec::with_capacity(rule.matches.len().max(1));
         for (m, wire_match) in rule.matches.iter().enumerate() {
             let field = |name: &str| format!("spec.rules[{r}].matches[{m}].{name}");
             let method = wire_match.method.as_ref().map(|method| {
-                match method.type_.as_deref() {
-                    None | Some("Exact") => {}
-                    Some(other) => errors.push(
-                        field("method.type"),
-                        format!("{other} method matches are not supported yet (Exact is)"),
-                    ),
-                }
+                let regex = match method.type_.as_deref() {
+                    None | Some("Exact") => false,
+                    Some("RegularExpression") => true,
+                    Some(other) => {
+                        errors.push(
+                            field("method.type"),
+                            format!("must be Exact or RegularExpression, got {other:?}"),
+                        );
+                        false
+                    }
+                };
                 if method.service.is_none() && method.method.is_none() {
                     errors.push(field("method"), "one of service and method is required");
                 }
+                let mut part = |name: &str, value: &Option<String>| {
+                    value.as_deref().map(|v| {
+                        if regex {
+                            string_match(&mut dropped, &field(&format!("method.{name}")), v, true)
+                        } else {
+                            StringMatch::Exact(v.to_owned())
+                        }
+                    })
+                };
                 GrpcMethodMatch {
-                    service: method.service.clone(),
-                    method: method.method.clone(),
+                    service: part("service", &method.service),
+                    method: part("method", &method.method),
                 }
             });
-            let headers = header_matches(&mut errors, &field, &wire_match.headers);
+            let headers = header_matches(&mut errors, &mut dropped, &field, &wire_match.headers);
             matches.push(GrpcRouteMatch { method, headers });
         }
         if matches.is_empty() {
@@ -377,11 +428,18 @@ pub fn grpc_route(object: &wire::GRPCRoute) -> Result<GrpcRoute, Vec<FieldError>
         let mut backends = Vec::with_capacity(rule.backend_refs.len());
         for (b, backend) in rule.backend_refs.iter().enumerate() {
             let field = |name: &str| format!("spec.rules[{r}].backendRefs[{b}].{name}");
-            if let Some(backend) = route_backend(&mut errors, &field, &key.namespace, backend) {
+            if let Some(backend) =
+                route_backend(&mut errors, &mut dropped, &field, &key.namespace, backend)
+            {
                 backends.push(backend);
             }
         }
-        rules.push(GrpcRouteRule { matches, backends });
+        rules.push(GrpcRouteRule {
+            matches,
+            backends,
+            filters,
+            invalid: dropped_rule(&dropped),
+        });
     }
     errors.finish(GrpcRoute {
         created: created(&object.metadata),
@@ -433,8 +491,29 @@ pub fn reference_grant(object: &wire::ReferenceGrant) -> Result<ReferenceGrant, 
     })
 }
 
+/// Why a rule is dropped, from the problems of its values (`None`: none).
+fn dropped_rule(problems: &[String]) -> Option<String> {
+    (!problems.is_empty()).then(|| format!("UnsupportedValue: {}", problems.join("; ")))
+}
+
+/// A value match: exact, or a regular expression that compiles (else the
+/// rule is dropped: `dropped` says why, naming the field).
+fn string_match(dropped: &mut Vec<String>, field: &str, value: &str, regex: bool) -> StringMatch {
+    if !regex {
+        return StringMatch::Exact(value.to_owned());
+    }
+    match Pattern::new(value) {
+        Ok(p) => StringMatch::Regex(p),
+        Err(why) => {
+            dropped.push(format!("{field}: {why}"));
+            StringMatch::Exact(value.to_owned())
+        }
+    }
+}
+
 fn route_match(
     errors: &mut Errors,
+    dropped: &mut Vec<String>,
     field: &dyn Fn(&str) -> String,
     m: &wire::HTTPRouteMatch,
 ) -> RouteMatch {
@@ -443,22 +522,23 @@ fn route_match(
         .as_ref()
         .and_then(|p| p.value.clone())
         .unwrap_or_else(|| "/".to_owned());
-    if !value.starts_with('/') {
+    let path_type = m.path.as_ref().and_then(|p| p.type_.as_deref());
+    if !value.starts_with('/') && path_type != Some("RegularExpression") {
         errors.push(
             field("path.value"),
             format!("{value:?} must start with '/'"),
         );
     }
-    let path = match m.path.as_ref().and_then(|p| p.type_.as_deref()) {
+    let path = match path_type {
         None | Some("PathPrefix") => PathMatch::Prefix(value),
         Some("Exact") => PathMatch::Exact(value),
-        Some("RegularExpression") => {
-            errors.push(
-                field("path.type"),
-                "RegularExpression paths are not supported yet",
-            );
-            PathMatch::Exact(value)
-        }
+        Some("RegularExpression") => match Pattern::new(&value) {
+            Ok(p) => PathMatch::Regex(p),
+            Err(why) => {
+                dropped.push(format!("{}: {why}", field("path.value")));
+                PathMatch::Exact(value)
+            }
+        },
         Some(other) => {
             errors.push(
                 field("path.type"),
@@ -467,16 +547,20 @@ fn route_match(
             PathMatch::Exact(value)
         }
     };
-    let headers = header_matches(errors, field, &m.headers);
+    let headers = header_matches(errors, dropped, field, &m.headers);
     let mut query: Vec<QueryMatch> = Vec::with_capacity(m.query_params.len());
     for (q, param) in m.query_params.iter().enumerate() {
-        match param.type_.as_deref() {
-            None | Some("Exact") => {}
-            Some(other) => errors.push(
-                field(&format!("queryParams[{q}].type")),
-                format!("{other} query parameter matches are not supported yet (Exact is)"),
-            ),
-        }
+        let regex = match param.type_.as_deref() {
+            None | Some("Exact") => false,
+            Some("RegularExpression") => true,
+            Some(other) => {
+                errors.push(
+                    field(&format!("queryParams[{q}].type")),
+                    format!("must be Exact or RegularExpression, got {other:?}"),
+                );
+                false
+            }
+        };
         if param.name.is_empty() {
             errors.push(field(&format!("queryParams[{q}].name")), "missing");
         }
@@ -484,7 +568,12 @@ fn route_match(
         if !query.iter().any(|o| o.name == param.name) {
             query.push(QueryMatch {
                 name: param.name.clone(),
-                value: param.value.clone(),
+                value: string_match(
+                    dropped,
+                    &field(&format!("queryParams[{q}].value")),
+                    &param.value,
+                    regex,
+                ),
             });
         }
     }
@@ -507,18 +596,23 @@ fn route_match(
 
 fn header_matches(
     errors: &mut Errors,
+    dropped: &mut Vec<String>,
     field: &dyn Fn(&str) -> String,
     wire_headers: &[wire::HTTPHeaderMatch],
 ) -> Vec<HeaderMatch> {
     let mut headers = Vec::with_capacity(wire_headers.len());
     for (h, header) in wire_headers.iter().enumerate() {
-        match header.type_.as_deref() {
-            None | Some("Exact") => {}
-            Some(other) => errors.push(
-                field(&format!("headers[{h}].type")),
-                format!("{other} header matches are not supported yet (Exact is)"),
-            ),
-        }
+        let regex = match header.type_.as_deref() {
+            None | Some("Exact") => false,
+            Some("RegularExpression") => true,
+            Some(other) => {
+                errors.push(
+                    field(&format!("headers[{h}].type")),
+                    format!("must be Exact or RegularExpression, got {other:?}"),
+                );
+                false
+            }
+        };
         if !is_header_name(&header.name) {
             errors.push(
                 field(&format!("headers[{h}].name")),
@@ -532,7 +626,12 @@ fn header_matches(
         }
         headers.push(HeaderMatch {
             name,
-            value: header.value.clone(),
+            value: string_match(
+                dropped,
+                &field(&format!("headers[{h}].value")),
+                &header.value,
+                regex,
+            ),
         });
     }
     headers
@@ -540,12 +639,31 @@ fn header_matches(
 
 fn route_backend(
     errors: &mut Errors,
+    dropped: &mut Vec<String>,
     field: &dyn Fn(&str) -> String,
     route_namespace: &str,
     b: &wire::HTTPBackendRef,
 ) -> Option<RouteBackend> {
-    if !b.filters.is_empty() {
-        errors.push(field("filters"), "backend filters are not supported yet");
+    let filters = route_filters(
+        errors,
+        dropped,
+        &|name| field(&format!("filters{name}")),
+        &b.filters,
+        route_namespace,
+        false,
+        false,
+    );
+    if let Some(f) = filters.iter().find(|f| {
+        !matches!(
+            f,
+            RouteFilter::RequestHeaders(_) | RouteFilter::ResponseHeaders(_)
+        )
+    }) {
+        dropped.push(format!(
+            "{}: {} on a backendRef is not supported (header modifiers are)",
+            field("filters"),
+            filter_name(f)
+        ));
     }
     let weight = match b.weight {
         None => 1,
@@ -580,7 +698,372 @@ fn route_backend(
             port,
         }
     };
-    Some(RouteBackend { target, weight })
+    Some(RouteBackend {
+        target,
+        weight,
+        filters,
+    })
+}
+
+/// A backend reference of a mirror filter: a Service port (others are
+/// invalid, answered by no mirror and reported).
+fn backend_target(
+    errors: &mut Errors,
+    field: &dyn Fn(&str) -> String,
+    route_namespace: &str,
+    b: &wire::BackendObjectReference,
+) -> Option<RouteBackendTarget> {
+    let group = b.group.as_deref().unwrap_or_default();
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    let namespace = b.namespace.as_deref().unwrap_or(route_namespace);
+    if !group.is_empty() || kind != "Service" {
+        return Some(RouteBackendTarget::Invalid {
+            wanted: format!("{kind} {namespace}/{}", b.name),
+            reason: format!("InvalidKind: {kind} ({group:?}) is not a backend fairlead serves"),
+        });
+    }
+    let Some(port) = b.port else {
+        errors.push(field("port"), "required for a Service backend");
+        return None;
+    };
+    let port = errors.port(field("port"), port)?;
+    Some(RouteBackendTarget::Service {
+        service: crate::types::ObjectKey::new(namespace, b.name.clone()),
+        port,
+    })
+}
+
+fn filter_name(f: &RouteFilter) -> &'static str {
+    match f {
+        RouteFilter::RequestHeaders(_) => "RequestHeaderModifier",
+        RouteFilter::ResponseHeaders(_) => "ResponseHeaderModifier",
+        RouteFilter::Redirect(_) => "RequestRedirect",
+        RouteFilter::Rewrite(_) => "URLRewrite",
+        RouteFilter::Mirror(_) => "RequestMirror",
+    }
+}
+
+/// `filters` of a rule (`http`: an HTTPRoute rule, where redirects and
+/// rewrites are allowed) or of a backendRef. `field` is given the suffix
+/// after `filters` (`[0].type`). A filter type fairlead does not apply
+/// drops the rule; a malformed filter is a field error.
+fn route_filters(
+    errors: &mut Errors,
+    dropped: &mut Vec<String>,
+    field: &dyn Fn(&str) -> String,
+    wire_filters: &[wire::HTTPRouteFilter],
+    route_namespace: &str,
+    single_prefix: bool,
+    http: bool,
+) -> Vec<RouteFilter> {
+    let mut filters = Vec::with_capacity(wire_filters.len());
+    for (f, filter) in wire_filters.iter().enumerate() {
+        let at = |name: &str| field(&format!("[{f}].{name}"));
+        // The filter's own field, required for its type.
+        let required = |errors: &mut Errors, present: bool, name: &str| {
+            if !present {
+                errors.push(at(name), format!("required for a {} filter", filter.type_));
+            }
+        };
+        let parsed = match filter.type_.as_str() {
+            "RequestHeaderModifier" => filter.request_header_modifier.as_ref().map(|m| {
+                RouteFilter::RequestHeaders(header_modifier(
+                    errors,
+                    &|name| at(&format!("requestHeaderModifier.{name}")),
+                    m,
+                ))
+            }),
+            "ResponseHeaderModifier" => filter.response_header_modifier.as_ref().map(|m| {
+                RouteFilter::ResponseHeaders(header_modifier(
+                    errors,
+                    &|name| at(&format!("responseHeaderModifier.{name}")),
+                    m,
+                ))
+            }),
+            "RequestRedirect" if http => filter
+                .request_redirect
+                .as_ref()
+                .map(|r| RouteFilter::Redirect(redirect(errors, &at, r, single_prefix))),
+            "URLRewrite" if http => filter.url_rewrite.as_ref().map(|r| {
+                let hostname = r
+                    .hostname
+                    .as_ref()
+                    .and_then(|h| exact_hostname(errors, at("urlRewrite.hostname"), h));
+                let path = r.path.as_ref().and_then(|p| {
+                    path_modifier(
+                        errors,
+                        &|n| at(&format!("urlRewrite.path.{n}")),
+                        p,
+                        single_prefix,
+                    )
+                });
+                RouteFilter::Rewrite(Rewrite { hostname, path })
+            }),
+            "RequestMirror" => filter.request_mirror.as_ref().and_then(|m| {
+                backend_target(
+                    errors,
+                    &|name| at(&format!("requestMirror.backendRef.{name}")),
+                    route_namespace,
+                    &m.backend_ref,
+                )
+                .map(RouteFilter::Mirror)
+            }),
+            other => {
+                dropped.push(format!("{}: filter {other} is not supported", at("type")));
+                None
+            }
+        };
+        let own_field = match filter.type_.as_str() {
+            "RequestHeaderModifier" => Some((
+                "requestHeaderModifier",
+                filter.request_header_modifier.is_some(),
+            )),
+            "ResponseHeaderModifier" => Some((
+                "responseHeaderModifier",
+                filter.response_header_modifier.is_some(),
+            )),
+            "RequestRedirect" if http => {
+                Some(("requestRedirect", filter.request_redirect.is_some()))
+            }
+            "URLRewrite" if http => Some(("urlRewrite", filter.url_rewrite.is_some())),
+            "RequestMirror" => Some(("requestMirror", filter.request_mirror.is_some())),
+            _ => None,
+        };
+        if let Some((name, present)) = own_field {
+            required(errors, present, name);
+        }
+        let Some(parsed) = parsed else { continue };
+        // Each filter type but RequestMirror at most once.
+        if !matches!(parsed, RouteFilter::Mirror(_))
+            && filters
+                .iter()
+                .any(|o| std::mem::discriminant(o) == std::mem::discriminant(&parsed))
+        {
+            errors.push(
+                at("type"),
+                format!("{} is given more than once", filter.type_),
+            );
+        }
+        filters.push(parsed);
+    }
+    if filters
+        .iter()
+        .any(|f| matches!(f, RouteFilter::Redirect(_)))
+        && filters.iter().any(|f| matches!(f, RouteFilter::Rewrite(_)))
+    {
+        errors.push(
+            field(""),
+            "RequestRedirect and URLRewrite cannot be used together",
+        );
+    }
+    filters
+}
+
+/// A hostname without a wildcard (of a redirect or rewrite).
+fn exact_hostname(errors: &mut Errors, field: String, text: &str) -> Option<String> {
+    match hostname(errors, field.clone(), text) {
+        Some(Hostname::Exact(h)) => Some(h),
+        Some(Hostname::Wildcard(_)) => {
+            errors.push(field, format!("{text:?}: a wildcard is not allowed here"));
+            None
+        }
+        None => None,
+    }
+}
+
+fn path_modifier(
+    errors: &mut Errors,
+    field: &dyn Fn(&str) -> String,
+    p: &wire::HTTPPathModifier,
+    single_prefix: bool,
+) -> Option<PathModifier> {
+    let check = |errors: &mut Errors, name: &str, value: &str| {
+        if !value.starts_with('/') {
+            errors.push(field(name), format!("{value:?} must start with '/'"));
+        }
+    };
+    match p.type_.as_str() {
+        "ReplaceFullPath" => {
+            let Some(value) = &p.replace_full_path else {
+                errors.push(field("replaceFullPath"), "required for ReplaceFullPath");
+                return None;
+            };
+            check(errors, "replaceFullPath", value);
+            Some(PathModifier::ReplaceFullPath(value.clone()))
+        }
+        "ReplacePrefixMatch" => {
+            let Some(value) = &p.replace_prefix_match else {
+                errors.push(
+                    field("replacePrefixMatch"),
+                    "required for ReplacePrefixMatch",
+                );
+                return None;
+            };
+            check(errors, "replacePrefixMatch", value);
+            if !single_prefix {
+                errors.push(
+                    field("type"),
+                    "ReplacePrefixMatch needs exactly one PathPrefix match in the rule",
+                );
+            }
+            Some(PathModifier::ReplacePrefixMatch(value.clone()))
+        }
+        other => {
+            errors.push(
+                field("type"),
+                format!("must be ReplaceFullPath or ReplacePrefixMatch, got {other:?}"),
+            );
+            None
+        }
+    }
+}
+
+fn redirect(
+    errors: &mut Errors,
+    at: &dyn Fn(&str) -> String,
+    r: &wire::HTTPRequestRedirectFilter,
+    single_prefix: bool,
+) -> Redirect {
+    let scheme = r.scheme.as_deref().map(|s| {
+        if s != "http" && s != "https" {
+            errors.push(
+                at("requestRedirect.scheme"),
+                format!("must be http or https, got {s:?}"),
+            );
+        }
+        s.to_owned()
+    });
+    let hostname = r
+        .hostname
+        .as_ref()
+        .and_then(|h| exact_hostname(errors, at("requestRedirect.hostname"), h));
+    let port = r
+        .port
+        .and_then(|p| errors.port(at("requestRedirect.port"), p));
+    let path = r.path.as_ref().and_then(|p| {
+        path_modifier(
+            errors,
+            &|n| at(&format!("requestRedirect.path.{n}")),
+            p,
+            single_prefix,
+        )
+    });
+    let status = match r.status_code {
+        None => 302,
+        Some(code @ (301 | 302 | 303 | 307 | 308)) => u16::try_from(code).unwrap_or(302),
+        Some(code) => {
+            errors.push(
+                at("requestRedirect.statusCode"),
+                format!("must be 301, 302, 303, 307 or 308, got {code}"),
+            );
+            302
+        }
+    };
+    Redirect {
+        scheme,
+        hostname,
+        port,
+        path,
+        status,
+    }
+}
+
+/// A header modifier: names checked and lower-cased, values checked (no
+/// control characters: they could split a header), each name once.
+fn header_modifier(
+    errors: &mut Errors,
+    field: &dyn Fn(&str) -> String,
+    m: &wire::HTTPHeaderFilter,
+) -> HeaderModifier {
+    let mut seen: Vec<String> = Vec::new();
+    let mut pairs = |errors: &mut Errors, list: &str, headers: &[wire::HTTPHeader]| {
+        let mut out = Vec::with_capacity(headers.len());
+        for (i, h) in headers.iter().enumerate() {
+            let name = h.name.to_ascii_lowercase();
+            if !is_header_name(&h.name) {
+                errors.push(
+                    field(&format!("{list}[{i}].name")),
+                    format!("{:?} is not a header name", h.name),
+                );
+                continue;
+            }
+            if !is_header_value(&h.value) {
+                errors.push(
+                    field(&format!("{list}[{i}].value")),
+                    "a header value has no control characters",
+                );
+                continue;
+            }
+            if seen.iter().any(|s| *s == format!("{list} {name}")) {
+                errors.push(
+                    field(&format!("{list}[{i}].name")),
+                    format!("{name:?} is given twice"),
+                );
+                continue;
+            }
+            seen.push(format!("{list} {name}"));
+            out.push((name, h.value.clone()));
+        }
+        out
+    };
+    let set = pairs(errors, "set", &m.set);
+    let add = pairs(errors, "add", &m.add);
+    let mut remove = Vec::with_capacity(m.remove.len());
+    for (i, name) in m.remove.iter().enumerate() {
+        if is_header_name(name) {
+            remove.push(name.to_ascii_lowercase());
+        } else {
+            errors.push(
+                field(&format!("remove[{i}]")),
+                format!("{name:?} is not a header name"),
+            );
+        }
+    }
+    HeaderModifier { set, add, remove }
+}
+
+/// A field value: visible ASCII, spaces and tabs (RFC 9110 §5.5, without
+/// obsolete text).
+fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// `rules[].timeouts`: Gateway API durations; `0s` is no timeout; the
+/// backend request's may not exceed the request's.
+fn route_timeouts(
+    errors: &mut Errors,
+    field: &dyn Fn(&str) -> String,
+    timeouts: Option<&wire::HTTPRouteTimeouts>,
+) -> RouteTimeouts {
+    let Some(t) = timeouts else {
+        return RouteTimeouts::default();
+    };
+    let mut parse = |name: &str, value: Option<&String>| {
+        value.and_then(|v| match crate::units::parse_gateway_duration(v) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(why) => {
+                errors.push(field(&format!("timeouts.{name}")), why);
+                None
+            }
+        })
+    };
+    let request = parse("request", t.request.as_ref());
+    let backend_request = parse("backendRequest", t.backend_request.as_ref());
+    if let (Some(r), Some(b)) = (request, backend_request)
+        && b > r
+    {
+        errors.push(
+            field("timeouts.backendRequest"),
+            "may not be longer than timeouts.request",
+        );
+    }
+    RouteTimeouts {
+        request,
+        backend_request,
+    }
 }
 
 /// An HTTP field name: one or more `tchar`s (RFC 9110 §5.1).
@@ -725,7 +1208,7 @@ spec:
                 path: PathMatch::Exact("/cart".into()),
                 headers: vec![HeaderMatch {
                     name: "x-canary".into(),
-                    value: "yes".into()
+                    value: StringMatch::Exact("yes".into())
                 }],
                 method: Some("POST".into()),
                 query: vec![],
@@ -742,7 +1225,8 @@ spec:
                     service: ObjectKey::new("shop", "web"),
                     port: 80
                 },
-                weight: 1
+                weight: 1,
+                filters: vec![],
             }
         );
         let reason = |b: &RouteBackend| match &b.target {
@@ -787,8 +1271,7 @@ spec:
                 "spec.parentRefs[0].kind: only Gateways (gateway.networking.k8s.io) are parents fairlead serves, got Service (\"\")".to_owned(),
                 "spec.hostnames[0]: \"10.0.0.1\" is not a hostname (a DNS name, optionally starting with \"*.\"; no IP addresses)".to_owned(),
                 "spec.hostnames[1]: \"a..b\" is not a hostname (a DNS name, optionally starting with \"*.\"; no IP addresses)".to_owned(),
-                "spec.rules[0].filters[0].type: filter RequestMirror is not supported yet".to_owned(),
-                "spec.rules[0].matches[0].path.type: RegularExpression paths are not supported yet".to_owned(),
+                "spec.rules[0].filters[0].requestMirror: required for a RequestMirror filter".to_owned(),
                 "spec.rules[0].matches[0].method: must be one of GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH, got \"FETCH\"".to_owned(),
                 "spec.rules[0].matches[1].path.value: \"relative\" must start with '/'".to_owned(),
                 "spec.rules[0].matches[1].headers[0].name: \"bad header\" is not a header name".to_owned(),
@@ -796,6 +1279,72 @@ spec:
                 "spec.rules[0].backendRefs[1].weight: must be in 0..1000000, got 2000000".to_owned(),
             ]
         );
+    }
+
+    #[test]
+    fn regular_expressions_compile_or_drop_their_rule() {
+        let r = route(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: re}
+spec:
+  rules:
+  - matches:
+    - path: {type: RegularExpression, value: "/items/[0-9]+"}
+      headers: [{type: RegularExpression, name: X-Version, value: "v[12]"}]
+      queryParams: [{type: RegularExpression, name: q, value: "a.*"}]
+    backendRefs: [{name: web, port: 80}]
+  - matches:
+    - path: {type: RegularExpression, value: "/(unclosed"}
+    - headers: [{type: RegularExpression, name: x, value: "(a{1000}){1000}"}]
+    backendRefs: [{name: web, port: 80}]
+"#,
+        )
+        .unwrap();
+        let m = &r.rules[0].matches[0];
+        assert_eq!(r.rules[0].invalid, None);
+        // Anchored: the whole value must match.
+        assert!(m.path.matches("/items/42"));
+        assert!(!m.path.matches("/items/42/x"));
+        assert!(!m.path.matches("/x/items/42"));
+        assert!(m.headers[0].value.matches(b"v2"));
+        assert!(!m.headers[0].value.matches(b"v22"));
+        assert!(m.query[0].matches(Some("q=abc")));
+        assert!(!m.query[0].matches(Some("q=bc")));
+        // A syntax error and a pattern over the size limit drop the rule,
+        // not the route.
+        let why = r.rules[1].invalid.as_deref().unwrap();
+        assert!(
+            why.starts_with(
+                "UnsupportedValue: spec.rules[1].matches[0].path.value: invalid regular expression"
+            ),
+            "{why}"
+        );
+        assert!(
+            why.contains("spec.rules[1].matches[1].headers[0].value: the regular expression compiles to more than"),
+            "{why}"
+        );
+        // GRPCRoute service and method expressions.
+        let KubeObject::GrpcRoute(g) = object(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g}
+spec:
+  rules:
+  - matches: [{method: {type: RegularExpression, service: "shop\\.(Cart|Basket)", method: "Get.*"}}]
+  - matches: [{method: {type: RegularExpression, service: "("}}]
+"#,
+        ) else {
+            panic!()
+        };
+        let g = grpc_route(&g).unwrap();
+        let method = g.rules[0].matches[0].method.as_ref().unwrap();
+        assert!(method.matches("/shop.Basket/GetAll"));
+        assert!(!method.matches("/shop.Cart/Put"));
+        assert!(!method.matches("/shopXCart/Get"));
+        assert!(g.rules[1].invalid.is_some());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::leader::StatusLeader;
 use super::{ApiAccess, Client};
 use crate::error::{Error, Problem, Severity};
 use crate::snapshot::Snapshot;
-use crate::types::ObjectId;
+use crate::types::{Kind, ObjectId};
 
 /// What the Event publisher uses on the apiserver.
 pub const EVENTS_ACCESS: ApiAccess = ApiAccess {
@@ -79,6 +79,14 @@ pub fn reason(problem: &Problem) -> &'static str {
             && problem.error.message.contains("does not exist")
     {
         "ServiceNotFound"
+    } else if problem.error.message.starts_with("map ")
+        && problem.error.message.contains(" is full")
+    {
+        "MapFull"
+    } else if problem.error.message.contains("has no TCP port") {
+        "ServicePortNotFound"
+    } else if problem.error.message.contains("ExternalName") {
+        "UnsupportedBackend"
     } else if problem.severity == Severity::Error {
         "InvalidSpec"
     } else {
@@ -129,6 +137,8 @@ pub struct ProblemEvents {
     pub suppressed: u64,
     /// The source's Ingresses, for their uids.
     ingresses: Option<super::IngressStore>,
+    /// The IngressClass whose Ingresses get Events (`None`: all).
+    class: Option<String>,
 }
 
 impl ProblemEvents {
@@ -147,9 +157,36 @@ impl ProblemEvents {
         }
         let changes = snapshot.changes_since(self.served);
         self.served = Some(snapshot.generation);
+        let class = self.class.clone();
+        let served_here = |object: &ObjectId| match (class.as_deref(), object.kind) {
+            (Some(class), Kind::Ingress) => snapshot
+                .ingresses_for_class(class)
+                .any(|i| i.key.namespace == object.namespace && i.key.name == object.name),
+            _ => true,
+        };
+        let problems = snapshot
+            .problems
+            .iter()
+            .filter(|p| p.object.as_ref().is_some_and(served_here));
+        self.plan_problems(
+            problems,
+            |object| changes.everything() || changes.touches_object(object),
+            now,
+        )
+    }
+
+    /// The Events `problems` call for: each problem that is new, or whose
+    /// object `seen_again` says was re-read, within the spam filter.
+    /// Problems without an object have nothing to attach an Event to.
+    pub fn plan_problems<'a>(
+        &mut self,
+        problems: impl IntoIterator<Item = &'a Problem>,
+        seen_again: impl Fn(&ObjectId) -> bool,
+        now: Instant,
+    ) -> Vec<EventKey> {
         let mut current = HashSet::new();
         let mut out = Vec::new();
-        for problem in snapshot.problems.iter() {
+        for problem in problems {
             let Some(object) = &problem.object else {
                 continue;
             };
@@ -161,8 +198,7 @@ impl ProblemEvents {
             if !current.insert(key.clone()) {
                 continue;
             }
-            let seen_again = changes.everything() || changes.touches_object(object);
-            if self.active.contains(&key) && !seen_again {
+            if self.active.contains(&key) && !seen_again(object) {
                 continue;
             }
             let bucket = self
@@ -186,6 +222,14 @@ impl ProblemEvents {
         out
     }
 
+    /// Only the Ingresses of `class` (those a gateway serving it handles)
+    /// get Events: problems of other controllers' Ingresses are theirs.
+    #[must_use]
+    pub fn for_ingress_class(mut self, class: impl Into<String>) -> Self {
+        self.class = Some(class.into());
+        self
+    }
+
     /// Fills the `regarding.uid` of Events on Ingresses from `ingresses`
     /// (the source's store): `kubectl describe ingress` selects Events by
     /// uid. Other kinds have no store here, and go without.
@@ -198,7 +242,7 @@ impl ProblemEvents {
     /// The reference of an Event to `object`.
     fn reference(&self, object: &ObjectId) -> ObjectReference {
         let uid = match (&self.ingresses, object.kind) {
-            (Some(store), crate::types::Kind::Ingress) => store
+            (Some(store), Kind::Ingress) => store
                 .get(
                     &::kube::runtime::reflector::ObjectRef::new(&object.name)
                         .within(&object.namespace),
@@ -250,23 +294,8 @@ impl ProblemEvents {
                     continue;
                 }
                 let snapshot = model.borrow_and_update().clone();
-                for key in self.plan(&snapshot, Instant::now()) {
-                    let recorder = recorders
-                        .entry(key.clone())
-                        .or_insert_with(|| Recorder::new(client.clone(), reporter.clone()));
-                    let event = Event {
-                        type_: EventType::Warning,
-                        reason: key.reason.to_owned(),
-                        note: Some(truncate(&key.message, 1024)),
-                        action: "Translate".to_owned(),
-                        secondary: None,
-                    };
-                    if let Err(e) = recorder.publish(&event, &self.reference(&key.object)).await {
-                        warn!(object = %key.object, reason = key.reason, error = %e, "publishing an Event failed");
-                    }
-                }
-                // A problem that went away starts a new Event if it returns.
-                recorders.retain(|key, _| self.is_active(key));
+                let keys = self.plan(&snapshot, Instant::now());
+                self.publish(&client, &reporter, &mut recorders, keys).await;
                 tokio::select! {
                     changed = model.changed() => if changed.is_err() { return Ok(()) },
                     () = leader.changed() => {}
@@ -274,6 +303,66 @@ impl ProblemEvents {
             }
         }
         .instrument(info_span!("events"))
+        .await
+    }
+}
+
+impl ProblemEvents {
+    /// Publishes an Event for each of `keys`, through one [`Recorder`] per
+    /// key (so a repeat updates its series), and forgets the recorders of
+    /// problems that are gone (a problem that returns starts a new Event).
+    /// Failed writes are logged, not retried.
+    async fn publish(
+        &self,
+        client: &Client,
+        reporter: &Reporter,
+        recorders: &mut HashMap<EventKey, Recorder>,
+        keys: Vec<EventKey>,
+    ) {
+        for key in keys {
+            let recorder = recorders
+                .entry(key.clone())
+                .or_insert_with(|| Recorder::new(client.clone(), reporter.clone()));
+            let event = Event {
+                type_: EventType::Warning,
+                reason: key.reason.to_owned(),
+                note: Some(truncate(&key.message, 1024)),
+                action: "Translate".to_owned(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &self.reference(&key.object)).await {
+                warn!(object = %key.object, reason = key.reason, error = %e, "publishing an Event failed");
+            }
+        }
+        recorders.retain(|key, _| self.is_active(key));
+    }
+
+    /// Publishes Events for the problems `problems` reports about this node
+    /// (a full kernel map, ...), from every replica: each node reports its
+    /// own. A problem is published when it appears; while it stays, nothing
+    /// more (the sender re-sends only on change).
+    pub async fn run_node(
+        mut self,
+        client: Client,
+        instance: Option<String>,
+        mut problems: watch::Receiver<Arc<[Problem]>>,
+    ) -> Result<(), Error> {
+        let reporter = Reporter {
+            controller: CONTROLLER.to_owned(),
+            instance,
+        };
+        let mut recorders: HashMap<EventKey, Recorder> = HashMap::new();
+        async move {
+            loop {
+                let current = problems.borrow_and_update().clone();
+                let keys = self.plan_problems(current.iter(), |_| false, Instant::now());
+                self.publish(&client, &reporter, &mut recorders, keys).await;
+                if problems.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        .instrument(info_span!("node_events"))
         .await
     }
 }
