@@ -386,16 +386,10 @@ fn start_ingress(
 ) -> Result<()> {
     let span = tracing::info_span!("component", component = "ingress");
     let _entered = span.enter();
+    // The status and the gateway share the report of listening sockets.
     let selection = args.class_selection().gateway_api;
-    rt.publish_ingress_status(
-        &args.ingress_class,
-        status,
-        fairlead_model::gateway_status::Serving {
-            controller: selection.controller,
-            http_port: selection.http_port,
-            https_port: selection.https_port,
-        },
-    )?;
+    let listen_failures = selection.listen_failures.clone();
+    rt.publish_ingress_status(&args.ingress_class, status, selection)?;
     let ready = rt.ready_flag("ingress");
     let node_name = rt.node_name().map(str::to_owned);
     let view = fairlead_ingress::explain::View::default();
@@ -409,6 +403,7 @@ fn start_ingress(
             ready,
             cancel: rt.cancel.clone(),
             node_name,
+            listen_failures,
         },
     );
     let span = span.clone();
@@ -738,6 +733,7 @@ fn report(snapshot: &Snapshot, what: &str) -> Result<ExitCode> {
             controller: fairlead_model::DEFAULT_GATEWAY_CONTROLLER.to_owned(),
             http_port: 80,
             https_port: 443,
+            listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
         };
         emit(format!(
             "gateway api status ({}, HTTP 80, HTTPS 443):\n{}",

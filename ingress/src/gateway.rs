@@ -1,12 +1,13 @@
 //! The reconciler and the run loop: snapshots in, route table, upstream
 //! endpoint sets and certificates out, each swapped atomically.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use fairlead_model::gateway_status::{ListenFailures, ListenerSocket, listener_sockets};
 use fairlead_model::{
     Kind, Locality, Protocol, Purpose, Ready, ServiceChange, ServiceKey, ServicePort, Snapshot,
 };
@@ -38,6 +39,8 @@ const ROUTE_KINDS: &[Kind] = &[
     Kind::GrpcRoute,
     Kind::ReferenceGrant,
     Kind::Secret,
+    // Namespace labels: allowedRoutes selectors.
+    Kind::Namespace,
 ];
 
 /// Kinds whose changes call for a new certificate store.
@@ -243,6 +246,85 @@ pub(crate) fn endpoints(
     .unwrap_or_default()
 }
 
+/// The Gateway listener sockets on ports of their own, reconciled: the
+/// desired set ([`listener_sockets`], from the model) against the open
+/// ones; new sockets are bound, sockets no listener wants any more are
+/// closed (connections already accepted go on), sockets that cannot be
+/// bound are reported ([`ListenFailures`], read by the status) and tried
+/// again on the next pass.
+#[derive(Debug)]
+struct GatewaySockets {
+    /// The address of sockets of Gateways without `spec.addresses`: that
+    /// of `--http`.
+    node: IpAddr,
+    open: HashMap<ListenerSocket, (CancellationToken, tokio::task::JoinHandle<()>)>,
+    failures: ListenFailures,
+}
+
+impl GatewaySockets {
+    fn reconcile(
+        &mut self,
+        desired: &BTreeSet<ListenerSocket>,
+        server: &Arc<Server>,
+        acceptor: &TlsAcceptor,
+    ) {
+        self.open.retain(|socket, (stop, _)| {
+            let keep = desired.contains(socket);
+            if !keep {
+                stop.cancel();
+                info!(port = socket.port, address = ?socket.address, "Gateway listener socket closed");
+            }
+            keep
+        });
+        let mut failed = BTreeMap::new();
+        for socket in desired {
+            if self.open.contains_key(socket) {
+                continue;
+            }
+            let addr = SocketAddr::new(socket.address.unwrap_or(self.node), socket.port);
+            match bind(addr) {
+                Ok(listener) => {
+                    info!(%addr, tls = socket.tls, "Gateway listener socket open");
+                    let stop = CancellationToken::new();
+                    let task = tokio::spawn(
+                        server
+                            .clone()
+                            .accept_gateway_loop(
+                                listener,
+                                socket.tls.then(|| acceptor.clone()),
+                                socket.port,
+                                stop.clone(),
+                            )
+                            .in_current_span(),
+                    );
+                    self.open.insert(*socket, (stop, task));
+                }
+                Err(Error::Listen { source, .. }) => {
+                    warn!(%addr, error = %source, "cannot open a Gateway listener socket; retrying");
+                    failed.insert(*socket, source.to_string());
+                }
+                Err(other) => {
+                    failed.insert(*socket, other.to_string());
+                }
+            }
+        }
+        self.failures.set(failed);
+    }
+
+    /// Whether some socket could not be bound (the last pass).
+    fn failing(&self) -> bool {
+        !self.failures.get().is_empty()
+    }
+
+    /// Closes every socket and waits for the accept loops.
+    async fn close(&mut self) {
+        for (_, (stop, task)) in self.open.drain() {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+}
+
 fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
@@ -273,7 +355,7 @@ pub(crate) async fn run(
     ready: Ready,
     cancel: CancellationToken,
     node_name: Option<String>,
-    view: crate::explain::View,
+    (view, listen_failures): (crate::explain::View, ListenFailures),
 ) -> Result<(), Error> {
     let default_cert = crate::tls::default_certificate(args.default_cert.as_deref())?;
     let certs = Arc::new(ArcSwap::from_pointee(CertStore::with_default(
@@ -292,8 +374,16 @@ pub(crate) async fn run(
     }
     let shared = Arc::new(Shared::new(proxy_config, metrics.clone()));
     view.set(shared.clone());
+    let mut selection = args.class_selection();
+    selection.gateway_api.listen_failures = listen_failures.clone();
+    let gateway_api = selection.gateway_api.clone();
+    let mut sockets = GatewaySockets {
+        node: args.http.ip(),
+        open: HashMap::new(),
+        failures: listen_failures,
+    };
     let mut reconciler = Reconciler::new(
-        args.class_selection(),
+        selection,
         Arc::new(args.pool_config()),
         metrics,
         default_cert,
@@ -337,9 +427,17 @@ pub(crate) async fn run(
         )
     };
     let accept_http = accept(http, None, "http");
-    let accept_https = accept(https, Some(acceptor), "https");
+    let accept_https = accept(https, Some(acceptor.clone()), "https");
+    let mut snapshot = snapshots.borrow().clone();
+    sockets.reconcile(
+        &listener_sockets(&snapshot, &gateway_api),
+        &server,
+        &acceptor,
+    );
     ready.set(true);
 
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
@@ -350,8 +448,9 @@ pub(crate) async fn run(
                     // that before the cancellation: only an early stop fails.
                     break if cancel.is_cancelled() { Ok(()) } else { Err(Error::ModelClosed) };
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
+                snapshot = snapshots.borrow_and_update().clone();
                 let applied = reconciler.apply(&snapshot, &shared.routing, &certs);
+                sockets.reconcile(&listener_sockets(&snapshot, &gateway_api), &server, &acceptor);
                 ready.serving(snapshot.generation);
                 if applied != Applied::default() {
                     info!(generation = snapshot.generation, ?applied, "model applied");
@@ -361,6 +460,11 @@ pub(crate) async fn run(
                 for upstream in reconciler.upstreams() {
                     upstream.sweep();
                 }
+
+            }
+            // Sockets that could not be bound are tried again each second.
+            _ = retry.tick(), if sockets.failing() => {
+                sockets.reconcile(&listener_sockets(&snapshot, &gateway_api), &server, &acceptor);
             }
             () = cancel.cancelled() => break Ok(()),
         }
@@ -371,6 +475,7 @@ pub(crate) async fn run(
     cancel.cancel();
     let _ = accept_http.await;
     let _ = accept_https.await;
+    sockets.close().await;
     server.connections().close();
     shared.tunnels.close();
     let drain = args.ingress_drain_timeout;

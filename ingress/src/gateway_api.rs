@@ -37,39 +37,20 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fairlead_model::gateway_status::{attach, intersect_hostnames};
+use fairlead_model::gateway_status::{Attachment, attach, listener_model_state, served_gateways};
 use fairlead_model::{
-    CrossReference, DEFAULT_GATEWAY_CONTROLLER, Gateway, GrpcMethodMatch, GrpcRoute, HeaderMatch,
-    Hostname, HttpRoute, Listener, ListenerProtocol, ObjectKey, PathMatch, PathType, PortRef,
-    QueryMatch, RouteBackendTarget, RouteFilter, Snapshot, StringMatch, TlsCertificate,
+    CrossReference, Gateway, GrpcMethodMatch, GrpcRoute, HeaderMatch, Hostname, HttpRoute,
+    Listener, ObjectKey, PathMatch, PathType, PortRef, QueryMatch, RouteBackendTarget, RouteFilter,
+    Snapshot, StringMatch, TlsCertificate,
 };
 use http::{HeaderMap, Method};
 
 use crate::filters::{HeaderOps, RouteFilters};
 use crate::router::{BackendId, Compiler, Route, RouteProblem, RouteTable};
 
-/// Which Gateways this gateway serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Selection {
-    /// The `controllerName` of the GatewayClasses served.
-    pub controller: String,
-    /// The port of the plain-HTTP listener: HTTP listeners on this port are
-    /// served.
-    pub http_port: u16,
-    /// The port of the TLS listener: HTTPS listeners on this port are
-    /// served, their certificates next to the Ingresses'.
-    pub https_port: u16,
-}
-
-impl Default for Selection {
-    fn default() -> Self {
-        Self {
-            controller: DEFAULT_GATEWAY_CONTROLLER.to_owned(),
-            http_port: 80,
-            https_port: 443,
-        }
-    }
-}
+/// Which Gateways this gateway serves: the model's [`Serving`], so the
+/// status and the router read the same answer.
+pub use fairlead_model::gateway_status::Serving as Selection;
 
 /// The certificates an HTTPS listener serves, or why it cannot be served
 /// (the spec's reason first).
@@ -80,26 +61,6 @@ pub fn listener_certificates<'a>(
 ) -> Result<Vec<&'a Arc<TlsCertificate>>, String> {
     fairlead_model::gateway_status::listener_certificates(snapshot, gateway, listener)
         .map_err(|(reason, message)| format!("{reason}: {message}"))
-}
-
-/// Whether `listener` of `gateway` is served by this gateway, and on which
-/// side (`Some(false)`: plain HTTP, `Some(true)`: TLS).
-fn served_on(
-    snapshot: &Snapshot,
-    gateway: &Gateway,
-    listener: &Listener,
-    selection: &Selection,
-) -> Option<bool> {
-    match listener.protocol {
-        ListenerProtocol::Http if listener.port == selection.http_port => Some(false),
-        ListenerProtocol::Https
-            if listener.port == selection.https_port
-                && listener_certificates(snapshot, gateway, listener).is_ok() =>
-        {
-            Some(true)
-        }
-        _ => None,
-    }
 }
 
 /// The spec's order of matches inside a host group (lower first).
@@ -246,99 +207,64 @@ impl RouteTable {
             .map(Rule::pick);
         gateway_api.or_else(|| self.route(host, path))
     }
+
+    /// The route for a request that came in on a Gateway listener socket
+    /// of `port` (not the node's `--http`/`--https`): the routes of the
+    /// listeners on that port only; no Ingress is served there.
+    #[must_use]
+    pub fn route_gateway_port(
+        &self,
+        port: u16,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        self.port_routes
+            .get(&port)?
+            .group(host)?
+            .iter()
+            .find(|r| r.matches(path, query, method, headers))
+            .map(Rule::pick)
+    }
 }
 
 /// Compiles the HTTPRoutes of the Gateways `selection` serves into the
 /// table `compiler` builds.
 pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selection: &Selection) {
     let mut tables = [HttpRouteTable::default(), HttpRouteTable::default()];
-    let gateways: Vec<&Arc<Gateway>> = snapshot
-        .gateways
-        .values()
-        .filter(|g| {
-            snapshot
-                .gateway_classes
-                .get(&g.class)
-                .is_some_and(|c| c.controller == selection.controller)
-        })
-        .collect();
+    let gateways: Vec<&Arc<Gateway>> = served_gateways(snapshot, selection).collect();
     report_listeners(compiler, snapshot, &gateways, selection);
-    let mut seen: HashSet<(fairlead_model::ObjectKey, Option<Hostname>, bool)> = HashSet::new();
+    let mut ports: HashMap<u16, HttpRouteTable> = HashMap::new();
+    let mut seen: HashSet<(ObjectKey, Option<Hostname>, u16)> = HashSet::new();
     for route in snapshot.http_routes.values() {
-        let mut attached = false;
-        let mut reasons = Vec::new();
-        for parent in &route.parents {
-            let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
-                continue;
-            };
-            let listeners: Vec<_> = gateway
-                .listeners
-                .iter()
-                .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
-                .filter(|l| parent.port.is_none_or(|p| p == l.port))
-                .collect();
-            if listeners.is_empty() {
-                reasons.push(format!(
-                    "NoMatchingParent: Gateway {} has no listener{}{}",
-                    gateway.key,
-                    parent
-                        .section_name
-                        .as_ref()
-                        .map(|s| format!(" named {s}"))
-                        .unwrap_or_default(),
-                    parent
-                        .port
-                        .map(|p| format!(" on port {p}"))
-                        .unwrap_or_default(),
-                ));
-                continue;
-            }
-            for listener in listeners {
-                if !listener.allows("HTTPRoute", &route.key.namespace, &gateway.key.namespace) {
-                    reasons.push(format!(
-                        "NotAllowedByListeners: listener {} of Gateway {} does not allow it",
-                        listener.name, gateway.key
-                    ));
-                    continue;
-                }
-                let hostnames = intersect(listener.hostname.as_ref(), &route.hostnames);
-                if hostnames.is_empty() {
-                    reasons.push(format!(
-                        "NoMatchingListenerHostname: no hostname of the route matches listener {} of Gateway {}",
-                        listener.name, gateway.key
-                    ));
-                    continue;
-                }
-                attached = true;
-                // Accepted; served when the listener is (else reported with
-                // the listener).
-                let Some(tls) = served_on(snapshot, gateway, listener, selection) else {
-                    continue;
-                };
-                for hostname in hostnames {
-                    if seen.insert((route.key.clone(), hostname.clone(), tls)) {
-                        add_route(
-                            compiler,
-                            snapshot,
-                            &mut tables[usize::from(tls)],
-                            route,
-                            hostname.as_ref(),
-                        );
-                    }
-                }
-            }
-        }
-        if attached {
+        let attachments = route_attachments(
+            compiler,
+            snapshot,
+            selection,
+            &gateways,
+            ("HTTPRoute", &route.key),
+            (&route.parents, &route.hostnames),
+        );
+        if !attachments.is_empty() {
             tables[0].attached.push(route.key.to_string());
-        } else if !reasons.is_empty() {
-            compiler.table.problems.push(RouteProblem {
-                ingress: route.key.clone(),
-                message: format!("HTTPRoute not attached: {}", reasons.join("; ")),
-            });
+        }
+        for (port, hostname) in attachments {
+            if seen.insert((route.key.clone(), hostname.clone(), port)) {
+                let table = table_of(&mut tables, &mut ports, selection, port);
+                add_route(compiler, snapshot, table, route, hostname.as_ref());
+            }
         }
     }
-    compile_grpc(compiler, snapshot, selection, &gateways, &mut tables);
-    for table in &mut tables {
+    compile_grpc(
+        compiler,
+        snapshot,
+        selection,
+        &gateways,
+        (&mut tables, &mut ports),
+    );
+    for table in tables.iter_mut().chain(ports.values_mut()) {
         for rules in table
             .exact
             .values_mut()
@@ -351,6 +277,24 @@ pub(crate) fn compile(compiler: &mut Compiler<'_>, snapshot: &Snapshot, selectio
     let [http, https] = tables;
     compiler.table.http_routes = http;
     compiler.table.https_routes = https;
+    compiler.table.port_routes = ports;
+}
+
+/// The table of the listeners on `port`: the node's `--http` and
+/// `--https` tables (shared with the Ingresses) or the port's own.
+fn table_of<'t>(
+    tables: &'t mut [HttpRouteTable; 2],
+    ports: &'t mut HashMap<u16, HttpRouteTable>,
+    selection: &Selection,
+    port: u16,
+) -> &'t mut HttpRouteTable {
+    if port == selection.http_port {
+        &mut tables[0]
+    } else if port == selection.https_port {
+        &mut tables[1]
+    } else {
+        ports.entry(port).or_default()
+    }
 }
 
 /// Compiles the GRPCRoutes attached to the served listeners: a match is a
@@ -361,46 +305,71 @@ fn compile_grpc(
     snapshot: &Snapshot,
     selection: &Selection,
     gateways: &[&Arc<Gateway>],
-    tables: &mut [HttpRouteTable; 2],
+    (tables, ports): (&mut [HttpRouteTable; 2], &mut HashMap<u16, HttpRouteTable>),
 ) {
-    let mut seen: HashSet<(ObjectKey, Option<Hostname>, bool)> = HashSet::new();
+    let mut seen: HashSet<(ObjectKey, Option<Hostname>, u16)> = HashSet::new();
     for route in snapshot.grpc_routes.values() {
-        let mut reasons = Vec::new();
-        for parent in &route.parents {
-            let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
-                continue;
-            };
-            match attach(gateway, parent, "GRPCRoute", &route.key, &route.hostnames) {
-                Err((reason, message)) => reasons.push(format!("{reason}: {message}")),
-                Ok(listeners) => {
-                    for listener in listeners {
-                        let Some(tls) = served_on(snapshot, gateway, listener, selection) else {
-                            continue;
-                        };
-                        for hostname in
-                            intersect_hostnames(listener.hostname.as_ref(), &route.hostnames)
-                        {
-                            if seen.insert((route.key.clone(), hostname.clone(), tls)) {
-                                add_grpc_route(
-                                    compiler,
-                                    snapshot,
-                                    &mut tables[usize::from(tls)],
-                                    route,
-                                    hostname.as_ref(),
-                                );
-                            }
-                        }
+        let attachments = route_attachments(
+            compiler,
+            snapshot,
+            selection,
+            gateways,
+            ("GRPCRoute", &route.key),
+            (&route.parents, &route.hostnames),
+        );
+        for (port, hostname) in attachments {
+            if seen.insert((route.key.clone(), hostname.clone(), port)) {
+                let table = table_of(tables, ports, selection, port);
+                add_grpc_route(compiler, snapshot, table, route, hostname.as_ref());
+            }
+        }
+    }
+}
+
+/// Where a route is served: `(listener port, hostname)` for each hostname of
+/// each served listener it attaches to, by the model's one attachment rule
+/// ([`attach`]: the status reads the same). Not attached at all: reported
+/// with the spec's reasons. An empty answer for a route attached only to
+/// listeners that are not served (they are reported with the listener).
+fn route_attachments(
+    compiler: &mut Compiler<'_>,
+    snapshot: &Snapshot,
+    selection: &Selection,
+    gateways: &[&Arc<Gateway>],
+    (kind, key): (&'static str, &ObjectKey),
+    (parents, hostnames): (&[fairlead_model::ParentRef], &[Hostname]),
+) -> Vec<(u16, Option<Hostname>)> {
+    let mut reasons = Vec::new();
+    let mut attached = false;
+    let mut served = Vec::new();
+    for parent in parents {
+        let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
+            continue;
+        };
+        match attach(snapshot, selection, gateway, parent, (kind, key), hostnames) {
+            Err((reason, message)) => reasons.push(format!("{reason}: {message}")),
+            Ok(attachments) => {
+                attached = true;
+                for Attachment {
+                    listener,
+                    hostnames,
+                    served: programmed,
+                } in attachments
+                {
+                    if programmed {
+                        served.extend(hostnames.into_iter().map(|h| (listener.port, h)));
                     }
                 }
             }
         }
-        if !reasons.is_empty() {
-            compiler.table.problems.push(RouteProblem {
-                ingress: route.key.clone(),
-                message: format!("GRPCRoute not attached: {}", reasons.join("; ")),
-            });
-        }
     }
+    if !attached && !reasons.is_empty() {
+        compiler.table.problems.push(RouteProblem {
+            ingress: key.clone(),
+            message: format!("{kind} not attached: {}", reasons.join("; ")),
+        });
+    }
+    served
 }
 
 /// The path a GRPCRoute method match stands for, and (for a regular
@@ -526,7 +495,8 @@ fn add_grpc_route(
     }
 }
 
-/// Reports the listeners of accepted Gateways that are not served.
+/// Reports the listeners of accepted Gateways that are not served, with
+/// the reasons of their status ([`listener_model_state`]).
 fn report_listeners(
     compiler: &mut Compiler<'_>,
     snapshot: &Snapshot,
@@ -535,46 +505,21 @@ fn report_listeners(
 ) {
     for gateway in gateways {
         for listener in &gateway.listeners {
-            let why = match &listener.protocol {
-                ListenerProtocol::Http if listener.port == selection.http_port => continue,
-                ListenerProtocol::Http => format!(
-                    "port {} is not served: HTTP listeners are served on the --http port ({}) only, for now",
-                    listener.port, selection.http_port
-                ),
-                ListenerProtocol::Https => {
-                    match listener_certificates(snapshot, gateway, listener) {
-                        Err(why) => why,
-                        Ok(_) if listener.port == selection.https_port => continue,
-                        Ok(_) => format!(
-                            "port {} is not served: HTTPS listeners are served on the --https port ({}) only, for now",
-                            listener.port, selection.https_port
-                        ),
-                    }
-                }
-                ListenerProtocol::Other(p) => {
-                    format!("UnsupportedProtocol: {p} listeners are not served")
-                }
+            let state = listener_model_state(snapshot, gateway, listener, selection);
+            let Some(why) = state
+                .accepted
+                .as_ref()
+                .err()
+                .or(state.resolved.as_ref().err())
+                .or(state.conflicted.as_ref())
+            else {
+                continue;
             };
             compiler.table.problems.push(RouteProblem {
                 ingress: gateway.key.clone(),
-                message: format!("listener {}: {why}", listener.name),
+                message: format!("listener {}: {}: {}", listener.name, why.0, why.1),
             });
         }
-    }
-}
-
-/// The hostnames a route serves on a listener: the intersection of the
-/// listener's hostname with the route's (`None`: every host).
-fn intersect(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<Option<Hostname>> {
-    match (listener, route.is_empty()) {
-        (None, true) => vec![None],
-        (None, false) => route.iter().cloned().map(Some).collect(),
-        (Some(l), true) => vec![Some(l.clone())],
-        (Some(l), false) => route
-            .iter()
-            .filter_map(|r| l.intersect(r))
-            .map(Some)
-            .collect(),
     }
 }
 
@@ -1005,10 +950,9 @@ mod tests {
         assert_eq!(
             problems,
             vec![
-                "infra/web: listener alt: port 8080 is not served: HTTP listeners are served on the --http port (80) only, for now",
-                "shop/denied: HTTPRoute not attached: NotAllowedByListeners: listener same of Gateway infra/web does not allow it",
+                "shop/denied: HTTPRoute not attached: NotAllowedByListeners: no listener of Gateway infra/web allows this route",
                 "shop/nosection: HTTPRoute not attached: NoMatchingParent: Gateway infra/web has no listener named nope",
-                "shop/otherhost: HTTPRoute not attached: NoMatchingListenerHostname: no hostname of the route matches listener http of Gateway infra/web",
+                "shop/otherhost: HTTPRoute not attached: NoMatchingListenerHostname: no hostname of the route matches a listener of Gateway infra/web",
             ]
         );
     }
@@ -1091,6 +1035,200 @@ mod tests {
             problems.iter().any(|p| p.contains("RefNotPermitted")),
             "{problems:?}"
         );
+    }
+
+    /// Status and serving read one rule: a listener the status reports as
+    /// `Conflicted` is not served, nor is its HTTPS sibling's certificate;
+    /// the routes attached to it count in `attachedRoutes` but get 404.
+    #[test]
+    fn conflicted_listeners_are_not_served_and_status_agrees() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([
+                    {"name": "dup-a", "port": 80, "protocol": "HTTP", "hostname": "dup.test"},
+                    {"name": "dup-b", "port": 80, "protocol": "HTTP", "hostname": "dup.test"},
+                    {"name": "ok", "port": 80, "protocol": "HTTP", "hostname": "ok.test"},
+                ]),
+            ),
+            http_route(
+                "default",
+                "dup",
+                &json!({"parentRefs": [{"name": "gw", "sectionName": "dup-a"}],
+                        "rules": [{"backendRefs": [{"name": "a", "port": 80}]}]}),
+            ),
+            http_route(
+                "default",
+                "ok",
+                &json!({"parentRefs": [{"name": "gw"}],
+                        "rules": [{"backendRefs": [{"name": "a", "port": 80}]}]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        assert_eq!(get(&table, "dup.test", "/", "GET", &[]), "404");
+        assert_eq!(
+            get(&table, "ok.test", "/", "GET", &[]),
+            "HTTPRoute default/ok -> default/a:80"
+        );
+        let problems: Vec<&str> = table.problems.iter().map(|p| p.message.as_str()).collect();
+        assert!(
+            problems.contains(
+                &"listener dup-a: HostnameConflict: another listener has the same port and hostname"
+            ),
+            "{problems:?}"
+        );
+        // The status of the same snapshot: what is Programmed is what is
+        // served.
+        let status = fairlead_model::gateway_status::compute(&snapshot, &Selection::default());
+        let gw = &status.gateways[&ObjectKey::new("default", "gw")];
+        let programmed: Vec<(&str, bool, i32)> = gw
+            .listeners
+            .iter()
+            .map(|l| {
+                let p = l
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Programmed" && c.status);
+                (l.name.as_str(), p, l.attached_routes)
+            })
+            .collect();
+        assert_eq!(
+            programmed,
+            vec![("dup-a", false, 2), ("dup-b", false, 1), ("ok", true, 1)]
+        );
+    }
+
+    /// Listeners of one Gateway on one port with different protocols are
+    /// both `Conflicted` (ProtocolConflict) and neither is served.
+    #[test]
+    fn protocol_conflicts_are_not_served() {
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            crate::tls::tests::secret("default", "tls", &["p.test"]),
+            gateway(
+                "default",
+                "gw",
+                "fl",
+                &json!([
+                    {"name": "plain", "port": 80, "protocol": "HTTP"},
+                    {"name": "secure", "port": 80, "protocol": "HTTPS",
+                     "tls": {"certificateRefs": [{"name": "tls"}]}},
+                ]),
+            ),
+            http_route(
+                "default",
+                "r",
+                &json!({"parentRefs": [{"name": "gw"}],
+                        "rules": [{"backendRefs": [{"name": "a", "port": 80}]}]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        assert_eq!(get(&table, "p.test", "/", "GET", &[]), "404");
+        assert!(table.https_routes.is_empty());
+        let status = fairlead_model::gateway_status::compute(&snapshot, &Selection::default());
+        let conflicted: Vec<String> = status.gateways[&ObjectKey::new("default", "gw")]
+            .listeners
+            .iter()
+            .flat_map(|l| &l.conditions)
+            .filter(|c| c.type_ == "Conflicted")
+            .map(|c| format!("{} {}", c.status, c.reason))
+            .collect();
+        assert_eq!(
+            conflicted,
+            vec!["true ProtocolConflict", "true ProtocolConflict"]
+        );
+    }
+
+    /// Listeners on ports of their own: routed on that port only (not on
+    /// `--http`, no Ingress there); the sockets wanted; the status of a
+    /// socket that cannot be opened (`PortUnavailable`, and
+    /// `AddressNotUsable` for a Gateway's own address); an HTTP and an HTTPS
+    /// listener of two Gateways on one port (the first Gateway keeps it); an
+    /// HTTP listener on the `--https` port.
+    #[test]
+    fn listeners_on_other_ports_sockets_and_their_status() {
+        use fairlead_model::gateway_status::{ListenerSocket, compute, listener_sockets, render};
+        let snapshot = model(vec![
+            class("fl", DEFAULT_GATEWAY_CONTROLLER),
+            service("default", "a", &[("http", 80)]),
+            crate::tls::tests::secret("default", "tls", &["p.test"]),
+            gateway(
+                "default",
+                "a",
+                "fl",
+                &json!([{"name": "alt", "port": 8080, "protocol": "HTTP"},
+                        {"name": "wrong", "port": 443, "protocol": "HTTP"}]),
+            ),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": "b", "namespace": "default"},
+                   "spec": {"gatewayClassName": "fl",
+                            "addresses": [{"value": "127.0.0.9"}],
+                            "listeners": [
+                                {"name": "clash", "port": 8080, "protocol": "HTTPS",
+                                 "tls": {"certificateRefs": [{"name": "tls"}]}},
+                                {"name": "own", "port": 9090, "protocol": "HTTP"}]}}),
+            http_route(
+                "default",
+                "r",
+                &json!({"parentRefs": [{"name": "a"}, {"name": "b"}],
+                        "rules": [{"backendRefs": [{"name": "a", "port": 80}]}]}),
+            ),
+        ]);
+        let table = compile(&snapshot);
+        let on = |port| {
+            table
+                .route_gateway_port(port, "x.test", "/", None, &Method::GET, &HeaderMap::new())
+                .map_or("404".to_owned(), |r| r.ingress.to_string())
+        };
+        assert_eq!(on(8080), "HTTPRoute default/r");
+        assert_eq!(on(9090), "HTTPRoute default/r");
+        assert_eq!(on(7070), "404");
+        assert_eq!(get(&table, "x.test", "/", "GET", &[]), "404");
+        let selection = Selection::default();
+        let ip = "127.0.0.9".parse().ok();
+        assert_eq!(
+            listener_sockets(&snapshot, &selection)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![
+                ListenerSocket {
+                    address: None,
+                    port: 8080,
+                    tls: false
+                },
+                ListenerSocket {
+                    address: ip,
+                    port: 9090,
+                    tls: false
+                },
+            ]
+        );
+        selection.listen_failures.set(
+            [(
+                ListenerSocket {
+                    address: ip,
+                    port: 9090,
+                    tls: false,
+                },
+                "Address in use".to_owned(),
+            )]
+            .into(),
+        );
+        let status = render(&compute(&snapshot, &selection));
+        for expected in [
+            "gateway default/b\n  Accepted False ListenersNotValid: no listener is valid\n  Programmed False AddressNotUsable: cannot listen on 127.0.0.9:9090: Address in use\n",
+            "listener own attachedRoutes=1\n    Accepted False PortUnavailable: cannot listen on 127.0.0.9:9090: Address in use\n",
+            "listener clash attachedRoutes=1\n    Accepted False PortUnavailable: port 8080 is used by listener alt of Gateway default/a with another protocol\n",
+            "listener wrong attachedRoutes=1\n    Accepted False PortUnavailable: port 443 is the node's HTTPS port: HTTP listeners cannot use it\n",
+            "listener alt attachedRoutes=1\n    Accepted True Accepted\n    ResolvedRefs True ResolvedRefs\n    Programmed True Programmed\n",
+        ] {
+            assert!(status.contains(expected), "{expected}\n---\n{status}");
+        }
     }
 
     #[test]

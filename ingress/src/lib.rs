@@ -165,6 +165,7 @@ impl Args {
                 controller: self.gateway_controller.clone(),
                 http_port: self.http.port(),
                 https_port: self.https.port(),
+                listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
             },
         }
     }
@@ -242,6 +243,9 @@ pub struct Context<'a> {
     /// Filled with the gateway's routing state once it starts (`fairlead
     /// explain`); `View::default()` when nobody asks.
     pub view: explain::View,
+    /// Where the gateway reports the Gateway listener sockets it could not
+    /// open (the Gateway API status reads it); `Default` when nobody reads.
+    pub listen_failures: fairlead_model::gateway_status::ListenFailures,
 }
 
 /// Runs the gateway: registers its metrics (before the returned future is
@@ -261,7 +265,7 @@ pub fn run(
         ctx.ready,
         ctx.cancel,
         ctx.node_name,
-        ctx.view,
+        (ctx.view, ctx.listen_failures),
     )
 }
 

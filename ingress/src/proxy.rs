@@ -136,6 +136,9 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// Whether it came over TLS.
     pub tls: bool,
+    /// The port of the Gateway listener socket it came in on (`None`: the
+    /// node's `--http` or `--https` listener, shared with the Ingresses).
+    pub gateway_port: Option<u16>,
     /// The peer's address as a header value, made once per connection.
     pub peer_header: HeaderValue,
     /// The local port as a header value (`X-Forwarded-Port`), made once per
@@ -176,6 +179,7 @@ impl ConnInfo {
             peer,
             local,
             tls,
+            gateway_port: None,
             peer_header,
             port_header: HeaderValue::from(local.port()),
             answers: Arc::default(),
@@ -439,20 +443,31 @@ async fn proxy(
     let path = normalized.as_deref().unwrap_or(path_and_query.path());
     let routing = shared.routing.load_full();
 
-    let route = routing.table.route_request(
-        &host,
-        path,
-        path_and_query.query(),
-        &parts.method,
-        &parts.headers,
-        conn.tls,
-    );
+    let route = match conn.gateway_port {
+        None => routing.table.route_request(
+            &host,
+            path,
+            path_and_query.query(),
+            &parts.method,
+            &parts.headers,
+            conn.tls,
+        ),
+        Some(port) => routing.table.route_gateway_port(
+            port,
+            &host,
+            path,
+            path_and_query.query(),
+            &parts.method,
+            &parts.headers,
+        ),
+    };
     if let Some(route) = route {
         outcome.ingress = Some(route.ingress.clone());
         outcome.host = Some(route.host.clone());
         outcome.route_path = Some(route.path.clone());
     }
     if !conn.tls
+        && conn.gateway_port.is_none()
         && config.ssl_redirect
         && routing.table.tls_hosts.contains(&host)
         && !path.starts_with("/.well-known/acme-challenge/")

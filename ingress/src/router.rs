@@ -266,6 +266,9 @@ pub struct RouteTable {
     pub http_routes: crate::gateway_api::HttpRouteTable,
     /// The HTTPRoutes of the served Gateways' HTTPS listeners.
     pub https_routes: crate::gateway_api::HttpRouteTable,
+    /// The routes of the Gateway listeners on other ports, by port (each
+    /// served on its own sockets, without the Ingresses).
+    pub port_routes: HashMap<u16, crate::gateway_api::HttpRouteTable>,
 }
 
 /// The host of a request, ready for [`RouteTable::route`]: the authority's

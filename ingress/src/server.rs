@@ -155,6 +155,37 @@ impl Server {
         tls: Option<TlsAcceptor>,
         name: &'static str,
     ) {
+        let cancel = self.cancel.clone();
+        self.accept_until(listener, tls, name, None, cancel).await;
+    }
+
+    /// Accepts connections on a Gateway listener socket of port
+    /// `gateway_port` until `stop` or the server's cancellation; the socket
+    /// closes then, connections already accepted go on.
+    pub async fn accept_gateway_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        gateway_port: u16,
+        stop: CancellationToken,
+    ) {
+        let name = if tls.is_some() {
+            "gateway-https"
+        } else {
+            "gateway-http"
+        };
+        self.accept_until(listener, tls, name, Some(gateway_port), stop)
+            .await;
+    }
+
+    async fn accept_until(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        name: &'static str,
+        gateway_port: Option<u16>,
+        stop: CancellationToken,
+    ) {
         let gauge = self
             .shared
             .metrics
@@ -164,6 +195,7 @@ impl Server {
         loop {
             let accepted = tokio::select! {
                 () = self.cancel.cancelled() => return,
+                () = stop.cancelled() => return,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -173,7 +205,9 @@ impl Server {
                     let gauge = gauge.clone();
                     self.connections.spawn(
                         async move {
-                            server.serve_connection(stream, peer, tls, gauge).await;
+                            server
+                                .serve_connection(stream, peer, (tls, gateway_port), gauge)
+                                .await;
                         }
                         .in_current_span(),
                     );
@@ -191,7 +225,7 @@ impl Server {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        tls: Option<TlsAcceptor>,
+        (tls, gateway_port): (Option<TlsAcceptor>, Option<u16>),
         gauge: Gauge,
     ) {
         let count = self.active.fetch_add(1, Ordering::Relaxed) + 1;
@@ -210,7 +244,9 @@ impl Server {
         }
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let info = Arc::new(ConnInfo::new(peer, local, tls.is_some()));
+        let mut info = ConnInfo::new(peer, local, tls.is_some());
+        info.gateway_port = gateway_port;
+        let info = Arc::new(info);
         match tls {
             None => {
                 // A connection that has not said what it speaks yet is idle:

@@ -259,7 +259,7 @@ impl CertStore {
     }
 
     /// Adds the certificates of the HTTPS listeners this gateway serves
-    /// (accepted Gateways, listeners on `selection.https_port`) for the
+    /// (programmed listeners of accepted Gateways) for the
     /// hosts no Ingress claimed: the listener's hostname, or every name of
     /// its certificates when it has none. Listeners in Gateway order
     /// (namespace/name), first claim wins.
@@ -276,17 +276,15 @@ impl CertStore {
             .chain(self.wildcard.keys().map(|s| Host::Wildcard(s.clone())))
             .collect();
         let mut owners: HashMap<Host, (&ObjectKey, &str)> = HashMap::new();
-        for gateway in snapshot.gateways.values() {
-            let ours = snapshot
-                .gateway_classes
-                .get(&gateway.class)
-                .is_some_and(|c| c.controller == selection.controller);
-            if !ours {
-                continue;
-            }
+        for gateway in fairlead_model::gateway_status::served_gateways(snapshot, selection) {
             for listener in &gateway.listeners {
+                // Served HTTPS listeners only (the model's rule: not
+                // conflicted, certificates resolved).
                 if listener.protocol != fairlead_model::ListenerProtocol::Https
-                    || listener.port != selection.https_port
+                    || !fairlead_model::gateway_status::listener_model_state(
+                        snapshot, gateway, listener, selection,
+                    )
+                    .programmed()
                 {
                     continue;
                 }

@@ -22,6 +22,10 @@ fn write_all(out: &mut String, s: &Snapshot) -> std::fmt::Result {
         let names: Vec<&str> = s.namespaces.iter().map(String::as_str).collect();
         writeln!(out, "namespaces: {}", names.join(", "))?;
     }
+    for (name, labels) in &s.namespace_labels {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "namespace {name} labels {}", labels.join(","))?;
+    }
     for node in s.nodes.values() {
         let ips: Vec<String> = node.internal_ips.iter().map(ToString::to_string).collect();
         write!(out, "node {} internal=[{}]", node.name, ips.join(", "))?;

@@ -97,10 +97,83 @@ pub struct GatewayApiStatus {
 pub struct Serving {
     /// `controllerName` of the GatewayClasses served.
     pub controller: String,
-    /// The plain-HTTP port (HTTP listeners on it are served).
+    /// The port of the node's plain-HTTP listener (`--http`): HTTP
+    /// listeners on it are served there, next to the Ingresses.
     pub http_port: u16,
-    /// The TLS port (HTTPS listeners on it are served).
+    /// The port of the node's TLS listener (`--https`): HTTPS listeners on
+    /// it are served there. Listeners on other ports get their own sockets
+    /// ([`listener_sockets`]).
     pub https_port: u16,
+    /// The sockets the gateway could not open, as it reports them.
+    pub listen_failures: ListenFailures,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Self {
+            controller: crate::DEFAULT_GATEWAY_CONTROLLER.to_owned(),
+            http_port: 80,
+            https_port: 443,
+            listen_failures: ListenFailures::default(),
+        }
+    }
+}
+
+/// A listening socket the Gateway listeners need, besides the node's
+/// `--http` and `--https` ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerSocket {
+    /// The Gateway's `spec.addresses` entry; `None`: the node's address
+    /// (that of `--http`).
+    pub address: Option<std::net::IpAddr>,
+    /// The listener port.
+    pub port: u16,
+    /// Whether it terminates TLS (HTTPS listeners).
+    pub tls: bool,
+}
+
+/// The sockets the gateway failed to open (with the error), shared by the
+/// gateway, which sets them after each pass of its socket reconciler, and
+/// the status, which reports them (`PortUnavailable`, `AddressNotUsable`);
+/// subscribers hear of each change.
+#[derive(Clone, Debug)]
+pub struct ListenFailures(Arc<tokio::sync::watch::Sender<BTreeMap<ListenerSocket, String>>>);
+
+impl Default for ListenFailures {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(BTreeMap::new()).0))
+    }
+}
+
+impl PartialEq for ListenFailures {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ListenFailures {}
+
+impl ListenFailures {
+    /// Replaces the failures (subscribers hear of it only if they changed).
+    pub fn set(&self, failures: BTreeMap<ListenerSocket, String>) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != failures;
+            *current = failures;
+            changed
+        });
+    }
+
+    /// The failures now.
+    #[must_use]
+    pub fn get(&self) -> BTreeMap<ListenerSocket, String> {
+        self.0.borrow().clone()
+    }
+
+    /// A receiver told of each change.
+    #[must_use]
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<BTreeMap<ListenerSocket, String>> {
+        self.0.subscribe()
+    }
 }
 
 /// The certificates of an HTTPS listener's `certificateRefs`, or why they do
@@ -165,29 +238,152 @@ pub fn listener_certificates<'a>(
     Ok(certificates)
 }
 
-/// Why a listener is not accepted, or not served (`Programmed`).
-fn listener_conditions(
+/// Whether `listener` conflicts with another listener of its Gateway
+/// (`Conflicted=True` with the spec's reason): the same port with another
+/// protocol (`ProtocolConflict`), or the same port, protocol and hostname
+/// (`HostnameConflict`). A conflicted listener is reported, never served.
+#[must_use]
+pub fn listener_conflict(gateway: &Gateway, listener: &Listener) -> Option<(&'static str, String)> {
+    let same_port = || {
+        gateway
+            .listeners
+            .iter()
+            .filter(|other| other.name != listener.name && other.port == listener.port)
+    };
+    if same_port().any(|other| other.protocol != listener.protocol) {
+        return Some((
+            "ProtocolConflict",
+            "another listener has the same port and another protocol".to_owned(),
+        ));
+    }
+    same_port()
+        .any(|other| other.hostname == listener.hostname)
+        .then(|| {
+            (
+                "HostnameConflict",
+                "another listener has the same port and hostname".to_owned(),
+            )
+        })
+}
+
+/// What fairlead makes of one listener: the one answer to "is it served",
+/// read by the status ([`compute`]) and by the router alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerState {
+    /// `Accepted`, or why not.
+    pub accepted: Result<(), (&'static str, String)>,
+    /// `ResolvedRefs`, or why not.
+    pub resolved: Result<(), (&'static str, String)>,
+    /// `Conflicted=True` and why.
+    pub conflicted: Option<(&'static str, String)>,
+}
+
+impl ListenerState {
+    /// `Programmed`: accepted, resolved and not conflicted. Only such
+    /// listeners are served.
+    #[must_use]
+    pub fn programmed(&self) -> bool {
+        self.accepted.is_ok() && self.resolved.is_ok() && self.conflicted.is_none()
+    }
+
+    fn conditions(&self) -> Vec<StatusCondition> {
+        vec![
+            condition("Accepted", self.accepted.clone().map(|()| "Accepted")),
+            condition(
+                "ResolvedRefs",
+                self.resolved.clone().map(|()| "ResolvedRefs"),
+            ),
+            condition(
+                "Programmed",
+                if self.programmed() {
+                    Ok("Programmed")
+                } else {
+                    Err(("Invalid", "the listener is not served".to_owned()))
+                },
+            ),
+            match &self.conflicted {
+                Some((reason, message)) => StatusCondition {
+                    type_: "Conflicted",
+                    status: true,
+                    reason: (*reason).to_owned(),
+                    message: message.clone(),
+                },
+                None => StatusCondition {
+                    type_: "Conflicted",
+                    status: false,
+                    reason: "NoConflicts".to_owned(),
+                    message: String::new(),
+                },
+            },
+        ]
+    }
+}
+
+/// The state of `listener` of `gateway` as `serving` serves it.
+#[must_use]
+pub fn listener_state(
     snapshot: &Snapshot,
     gateway: &Gateway,
     listener: &Listener,
     serving: &Serving,
-) -> Vec<StatusCondition> {
+) -> ListenerState {
+    listener_state_with(snapshot, gateway, listener, serving, true)
+}
+
+/// The state of `listener` from the model alone, without the outcome of
+/// its sockets (which [`listener_state`] adds): what the router compiles and
+/// the gateway binds, so a socket that opens later serves at once.
+#[must_use]
+pub fn listener_model_state(
+    snapshot: &Snapshot,
+    gateway: &Gateway,
+    listener: &Listener,
+    serving: &Serving,
+) -> ListenerState {
+    listener_state_with(snapshot, gateway, listener, serving, false)
+}
+
+fn listener_state_with(
+    snapshot: &Snapshot,
+    gateway: &Gateway,
+    listener: &Listener,
+    serving: &Serving,
+    with_failures: bool,
+) -> ListenerState {
     let (accepted, resolved) = match &listener.protocol {
-        ListenerProtocol::Http if listener.port == serving.http_port => (Ok(()), Ok(())),
-        ListenerProtocol::Https if listener.port == serving.https_port => (
-            Ok(()),
-            listener_certificates(snapshot, gateway, listener).map(|_| ()),
-        ),
-        ListenerProtocol::Http | ListenerProtocol::Https => (
+        ListenerProtocol::Http if listener.port == serving.https_port => (
             Err((
                 "PortUnavailable",
                 format!(
-                    "fairlead serves HTTP on port {} and HTTPS on port {}",
-                    serving.http_port, serving.https_port
+                    "port {} is the node's HTTPS port: HTTP listeners cannot use it",
+                    listener.port
                 ),
             )),
             Ok(()),
         ),
+        ListenerProtocol::Https if listener.port == serving.http_port => (
+            Err((
+                "PortUnavailable",
+                format!(
+                    "port {} is the node's HTTP port: HTTPS listeners cannot use it",
+                    listener.port
+                ),
+            )),
+            Ok(()),
+        ),
+        ListenerProtocol::Http | ListenerProtocol::Https => {
+            let resolved = if listener.protocol == ListenerProtocol::Https {
+                listener_certificates(snapshot, gateway, listener).map(|_| ())
+            } else {
+                Ok(())
+            };
+            let accepted = match port_owner(snapshot, serving, gateway, listener) {
+                Some(why) => Err(("PortUnavailable", why)),
+                None if with_failures => socket_failure(serving, gateway, listener),
+                None => Ok(()),
+            };
+            (accepted, resolved)
+        }
         ListenerProtocol::Other(p) => (
             Err((
                 "UnsupportedProtocol",
@@ -208,39 +404,138 @@ fn listener_conditions(
         )),
         other => other,
     };
-    let conflicted = gateway.listeners.iter().any(|other| {
-        other.name != listener.name
-            && other.port == listener.port
-            && other.hostname == listener.hostname
-    });
-    let programmed = accepted.is_ok() && resolved.is_ok() && !conflicted;
-    vec![
-        condition("Accepted", accepted.clone().map(|()| "Accepted")),
-        condition("ResolvedRefs", resolved.clone().map(|()| "ResolvedRefs")),
-        condition(
-            "Programmed",
-            if programmed {
-                Ok("Programmed")
-            } else {
-                Err(("Invalid", "the listener is not served".to_owned()))
-            },
-        ),
-        if conflicted {
-            StatusCondition {
-                type_: "Conflicted",
-                status: true,
-                reason: "HostnameConflict".to_owned(),
-                message: "another listener has the same port and hostname".to_owned(),
+    let accepted = match accepted {
+        Ok(()) if !gateway.unsupported_addresses.is_empty() => Err((
+            "UnsupportedAddress",
+            format!(
+                "the Gateway's addresses {:?} are not IP addresses",
+                gateway.unsupported_addresses
+            ),
+        )),
+        other => other,
+    };
+    ListenerState {
+        accepted,
+        resolved,
+        conflicted: listener_conflict(gateway, listener),
+    }
+}
+
+/// On a port of its own (not `--http`'s or `--https`'s), why `listener`
+/// cannot have it: an HTTP and an HTTPS listener of different Gateways
+/// cannot share a socket; the first listener on the port (Gateways by
+/// namespace/name, listeners in order) decides its protocol.
+fn port_owner(
+    snapshot: &Snapshot,
+    serving: &Serving,
+    gateway: &Gateway,
+    listener: &Listener,
+) -> Option<String> {
+    if listener.port == serving.http_port || listener.port == serving.https_port {
+        return None;
+    }
+    let (owner, first) = served_gateways(snapshot, serving)
+        .filter(|g| g.key != gateway.key)
+        .flat_map(|g| g.listeners.iter().map(move |l| (g, l)))
+        .find(|(_, l)| {
+            l.port == listener.port
+                && matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+        })?;
+    (owner.key < gateway.key && first.protocol != listener.protocol).then(|| {
+        format!(
+            "port {} is used by listener {} of Gateway {} with another protocol",
+            listener.port, first.name, owner.key
+        )
+    })
+}
+
+/// The sockets a listener is served on (none for the node's own ports:
+/// those of `--http` and `--https`).
+fn sockets_of(gateway: &Gateway, listener: &Listener, serving: &Serving) -> Vec<ListenerSocket> {
+    if listener.port == serving.http_port || listener.port == serving.https_port {
+        return Vec::new();
+    }
+    let tls = listener.protocol == ListenerProtocol::Https;
+    if gateway.addresses.is_empty() {
+        vec![ListenerSocket {
+            address: None,
+            port: listener.port,
+            tls,
+        }]
+    } else {
+        gateway
+            .addresses
+            .iter()
+            .map(|a| ListenerSocket {
+                address: Some(*a),
+                port: listener.port,
+                tls,
+            })
+            .collect()
+    }
+}
+
+fn socket_failure(
+    serving: &Serving,
+    gateway: &Gateway,
+    listener: &Listener,
+) -> Result<(), (&'static str, String)> {
+    let failures = serving.listen_failures.0.borrow();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for socket in sockets_of(gateway, listener, serving) {
+        if let Some(error) = failures.get(&socket) {
+            return Err((
+                "PortUnavailable",
+                format!(
+                    "cannot listen on {}:{}: {error}",
+                    socket
+                        .address
+                        .map_or_else(|| "the node's address".to_owned(), |a| a.to_string()),
+                    socket.port
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The listening sockets the served listeners need besides the node's
+/// `--http` and `--https` (each accepted, resolved, not conflicted listener
+/// on another port: on the Gateway's addresses, or the node's). What the
+/// gateway's socket reconciler binds; a socket it cannot open is reported
+/// in the status through [`Serving::listen_failures`] (and kept wanted,
+/// so it is tried again).
+#[must_use]
+pub fn listener_sockets(
+    snapshot: &Snapshot,
+    serving: &Serving,
+) -> std::collections::BTreeSet<ListenerSocket> {
+    let mut sockets = std::collections::BTreeSet::new();
+    for gateway in served_gateways(snapshot, serving) {
+        for listener in &gateway.listeners {
+            if listener_state_with(snapshot, gateway, listener, serving, false).programmed() {
+                sockets.extend(sockets_of(gateway, listener, serving));
             }
-        } else {
-            StatusCondition {
-                type_: "Conflicted",
-                status: false,
-                reason: "NoConflicts".to_owned(),
-                message: String::new(),
-            }
-        },
-    ]
+        }
+    }
+    sockets
+}
+
+/// The Gateways `serving` serves: those whose GatewayClass names its
+/// controller.
+pub fn served_gateways<'a>(
+    snapshot: &'a Snapshot,
+    serving: &Serving,
+) -> impl Iterator<Item = &'a Arc<Gateway>> {
+    let controller = serving.controller.clone();
+    snapshot.gateways.values().filter(move |g| {
+        snapshot
+            .gateway_classes
+            .get(&g.class)
+            .is_some_and(|c| c.controller == controller)
+    })
 }
 
 /// The hostnames a route serves on a listener: the intersection of the
@@ -263,15 +558,34 @@ pub fn intersect_hostnames(
     }
 }
 
-/// Which listeners of `gateway` a route's `parent` entry attaches to, or
-/// why none (`(reason, message)`).
+/// A listener a route attaches to.
+#[derive(Clone, Debug)]
+pub struct Attachment<'g> {
+    /// The listener.
+    pub listener: &'g Listener,
+    /// The hostnames the route serves on it (see [`intersect_hostnames`];
+    /// never empty).
+    pub hostnames: Vec<Option<Hostname>>,
+    /// Whether the listener is served (`Programmed`, see
+    /// [`ListenerState::programmed`]): routes attached to a listener that is
+    /// not (conflicted, refused, unresolved) count in its `attachedRoutes`
+    /// but take no traffic.
+    pub served: bool,
+}
+
+/// The one attachment rule, read by the status and by the router: which
+/// listeners of `gateway` a route's `parent` entry attaches to (its
+/// `sectionName` and `port`, the listener's `allowedRoutes` namespaces and
+/// kinds, and the intersection of hostnames), or why none (`(reason,
+/// message)`).
 pub fn attach<'g>(
+    snapshot: &Snapshot,
+    serving: &Serving,
     gateway: &'g Gateway,
     parent: &ParentRef,
-    route_kind: &str,
-    route: &ObjectKey,
+    (route_kind, route): (&str, &ObjectKey),
     hostnames: &[Hostname],
-) -> Result<Vec<&'g Listener>, (&'static str, String)> {
+) -> Result<Vec<Attachment<'g>>, (&'static str, String)> {
     let named: Vec<&Listener> = gateway
         .listeners
         .iter()
@@ -281,12 +595,31 @@ pub fn attach<'g>(
     if named.is_empty() {
         return Err((
             "NoMatchingParent",
-            format!("Gateway {} has no such listener", gateway.key),
+            format!(
+                "Gateway {} has no listener{}{}",
+                gateway.key,
+                parent
+                    .section_name
+                    .as_ref()
+                    .map(|s| format!(" named {s}"))
+                    .unwrap_or_default(),
+                parent
+                    .port
+                    .map(|p| format!(" on port {p}"))
+                    .unwrap_or_default(),
+            ),
         ));
     }
     let allowed: Vec<&Listener> = named
         .into_iter()
-        .filter(|l| l.allows(route_kind, &route.namespace, &gateway.key.namespace))
+        .filter(|l| {
+            let labels = snapshot.namespace_labels.get(&route.namespace);
+            l.allows(
+                route_kind,
+                (&route.namespace, labels.map(AsRef::as_ref)),
+                &gateway.key.namespace,
+            )
+        })
         .collect();
     if allowed.is_empty() {
         return Err((
@@ -294,9 +627,16 @@ pub fn attach<'g>(
             format!("no listener of Gateway {} allows this route", gateway.key),
         ));
     }
-    let matching: Vec<&Listener> = allowed
+    let matching: Vec<Attachment<'g>> = allowed
         .into_iter()
-        .filter(|l| !intersect_hostnames(l.hostname.as_ref(), hostnames).is_empty())
+        .filter_map(|listener| {
+            let hostnames = intersect_hostnames(listener.hostname.as_ref(), hostnames);
+            (!hostnames.is_empty()).then(|| Attachment {
+                listener,
+                hostnames,
+                served: listener_model_state(snapshot, gateway, listener, serving).programmed(),
+            })
+        })
         .collect();
     if matching.is_empty() {
         return Err((
@@ -438,11 +778,7 @@ pub fn compute(snapshot: &Snapshot, serving: &Serving) -> GatewayApiStatus {
             );
         }
     }
-    let gateways: Vec<&Arc<Gateway>> = snapshot
-        .gateways
-        .values()
-        .filter(|g| status.classes.contains_key(&g.class))
-        .collect();
+    let gateways: Vec<&Arc<Gateway>> = served_gateways(snapshot, serving).collect();
     let mut attached: BTreeMap<(ObjectKey, String), i32> = BTreeMap::new();
 
     let routes = snapshot
@@ -488,15 +824,22 @@ pub fn compute(snapshot: &Snapshot, serving: &Serving) -> GatewayApiStatus {
             let Some(gateway) = gateways.iter().find(|g| g.key == parent.gateway) else {
                 continue;
             };
-            let accepted = match attach(gateway, parent, route.kind, route.key, route.hostnames) {
+            let accepted = match attach(
+                snapshot,
+                serving,
+                gateway,
+                parent,
+                (route.kind, route.key),
+                route.hostnames,
+            ) {
                 Ok(_) if all_dropped => Err((
                     "UnsupportedValue",
                     format!("every rule is dropped: {}", dropped.join("; ")),
                 )),
-                Ok(listeners) => {
-                    for l in listeners {
+                Ok(attachments) => {
+                    for a in attachments {
                         *attached
-                            .entry((gateway.key.clone(), l.name.clone()))
+                            .entry((gateway.key.clone(), a.listener.name.clone()))
                             .or_default() += 1;
                     }
                     Ok("Accepted")
@@ -541,7 +884,7 @@ fn gateway_status(
                 .get(&(gateway.key.clone(), l.name.clone()))
                 .copied()
                 .unwrap_or(0),
-            conditions: listener_conditions(snapshot, gateway, l, serving),
+            conditions: listener_state(snapshot, gateway, l, serving).conditions(),
         })
         .collect();
     let programmed = listeners.iter().any(|l| {
@@ -558,7 +901,15 @@ fn gateway_status(
         conditions: vec![
             condition(
                 "Accepted",
-                if all_valid || programmed {
+                if !gateway.unsupported_addresses.is_empty() {
+                    Err((
+                        "UnsupportedAddress",
+                        format!(
+                            "only IPAddress addresses are served, not {:?}",
+                            gateway.unsupported_addresses
+                        ),
+                    ))
+                } else if all_valid || programmed {
                     Ok(if all_valid {
                         "Accepted"
                     } else {
@@ -570,7 +921,9 @@ fn gateway_status(
             ),
             condition(
                 "Programmed",
-                if programmed {
+                if let Some(why) = unusable_address(gateway, serving) {
+                    Err(("AddressNotUsable", why))
+                } else if programmed {
                     Ok("Programmed")
                 } else {
                     Err(("Invalid", "no listener is served".to_owned()))
@@ -579,6 +932,19 @@ fn gateway_status(
         ],
         listeners,
     }
+}
+
+/// Why one of the Gateway's `spec.addresses` cannot be used: the gateway
+/// could not listen on it.
+fn unusable_address(gateway: &Gateway, serving: &Serving) -> Option<String> {
+    let failures = serving.listen_failures.0.borrow();
+    failures.iter().find_map(|(socket, error)| {
+        let address = socket.address?;
+        gateway
+            .addresses
+            .contains(&address)
+            .then(|| format!("cannot listen on {address}:{}: {error}", socket.port))
+    })
 }
 
 /// Renders `status` as text (for golden tests and `fairlead check`).

@@ -90,9 +90,48 @@ pub enum AllowedNamespaces {
     Same,
     /// Every namespace.
     All,
-    /// Namespaces whose labels match a selector (not supported yet: no
-    /// route attaches, and it is reported).
-    Selector,
+    /// Namespaces whose labels match a selector.
+    Selector(NamespaceSelector),
+}
+
+/// A label selector on Namespaces (`allowedRoutes.namespaces.selector`):
+/// every `matchLabels` pair and every `matchExpressions` entry must hold. An
+/// empty selector matches every namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceSelector {
+    /// `matchLabels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `matchExpressions`.
+    pub expressions: Vec<LabelExpression>,
+}
+
+/// A `matchExpressions` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelExpression {
+    /// `In`: the label is one of the values.
+    In(String, Vec<String>),
+    /// `NotIn`: the label is absent or none of the values.
+    NotIn(String, Vec<String>),
+    /// `Exists`.
+    Exists(String),
+    /// `DoesNotExist`.
+    DoesNotExist(String),
+}
+
+impl NamespaceSelector {
+    /// Whether a namespace with `labels` matches.
+    #[must_use]
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.expressions.iter().all(|e| match e {
+                LabelExpression::In(k, values) => labels.get(k).is_some_and(|v| values.contains(v)),
+                LabelExpression::NotIn(k, values) => {
+                    labels.get(k).is_none_or(|v| !values.contains(v))
+                }
+                LabelExpression::Exists(k) => labels.contains_key(k),
+                LabelExpression::DoesNotExist(k) => !labels.contains_key(k),
+            })
+    }
 }
 
 /// A listener of a Gateway.
@@ -144,10 +183,19 @@ impl CertificateRef {
 }
 
 impl Listener {
-    /// Whether routes of `kind` from `route_namespace` may attach to this
-    /// listener of a Gateway in `gateway_namespace`.
+    /// Whether routes of `kind` from `route_namespace` (whose labels are
+    /// `route_namespace_labels`) may attach to this listener of a Gateway in
+    /// `gateway_namespace`.
     #[must_use]
-    pub fn allows(&self, kind: &str, route_namespace: &str, gateway_namespace: &str) -> bool {
+    pub fn allows(
+        &self,
+        kind: &str,
+        (route_namespace, route_namespace_labels): (
+            &str,
+            Option<&std::collections::BTreeMap<String, String>>,
+        ),
+        gateway_namespace: &str,
+    ) -> bool {
         let kind_ok = if self.allowed_kinds.is_empty() {
             matches!(
                 self.protocol,
@@ -156,10 +204,11 @@ impl Listener {
         } else {
             self.allowed_kinds.iter().any(|k| k == kind)
         };
-        let namespace_ok = match self.allowed_namespaces {
+        let namespace_ok = match &self.allowed_namespaces {
             AllowedNamespaces::Same => route_namespace == gateway_namespace,
             AllowedNamespaces::All => true,
-            AllowedNamespaces::Selector => false,
+            AllowedNamespaces::Selector(selector) => selector
+                .matches(route_namespace_labels.unwrap_or(&std::collections::BTreeMap::new())),
         };
         kind_ok && namespace_ok
     }
@@ -174,6 +223,13 @@ pub struct Gateway {
     pub class: String,
     /// `spec.listeners`, in manifest order.
     pub listeners: Vec<Listener>,
+    /// `spec.addresses` of type `IPAddress` (the default type): the
+    /// listeners are served on these addresses; on the node's when empty.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// `spec.addresses` fairlead cannot use (another type, or not an IP
+    /// address), as written: the Gateway is not accepted
+    /// (`UnsupportedAddress`).
+    pub unsupported_addresses: Vec<String>,
 }
 
 /// A route's `parentRefs[]` entry naming a Gateway.

@@ -199,6 +199,10 @@ pub struct Snapshot {
     pub nodes: OrdMap<String, Arc<Node>>,
     /// Namespaces known to exist.
     pub namespaces: OrdSet<String>,
+    /// The labels of the Namespaces that have any (what a Gateway
+    /// listener's `allowedRoutes.namespaces.selector` matches); nothing
+    /// else of a Namespace is kept.
+    pub namespace_labels: OrdMap<String, Arc<std::collections::BTreeMap<String, String>>>,
     /// Every current problem: bad files, bad objects (whose last good version
     /// is still in force), unresolved references.
     pub problems: Arc<[Problem]>,

@@ -420,8 +420,15 @@ impl ModelWriter {
                     dirty.objects.insert(id.clone());
                 }
             }
-            KubeObject::Namespace(_) => {
-                if self.next.namespaces.insert(id.name.clone()).is_none() {
+            KubeObject::Namespace(o) => {
+                let mut changed = self.next.namespaces.insert(id.name.clone()).is_none();
+                let labels = o.metadata.labels.clone().unwrap_or_default();
+                if labels.is_empty() {
+                    changed |= self.next.namespace_labels.remove(&id.name).is_some();
+                } else {
+                    changed |= put(&mut self.next.namespace_labels, id.name.clone(), labels);
+                }
+                if changed {
                     dirty.objects.insert(id.clone());
                 }
             }
@@ -524,7 +531,10 @@ impl ModelWriter {
                 false
             }
             Kind::Node => self.next.nodes.remove(&id.name).is_some(),
-            Kind::Namespace => self.next.namespaces.remove(&id.name).is_some(),
+            Kind::Namespace => {
+                self.next.namespace_labels.remove(&id.name);
+                self.next.namespaces.remove(&id.name).is_some()
+            }
             Kind::GatewayClass => {
                 dirty.ingress = true;
                 self.next.gateway_classes.remove(&id.name).is_some()

@@ -80,6 +80,7 @@ fn gateway_api_status() {
                     controller: DEFAULT_GATEWAY_CONTROLLER.to_owned(),
                     http_port: 80,
                     https_port: 443,
+                    listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
                 },
             ))
         },

@@ -776,6 +776,7 @@ async fn gateway_api_status_is_patched_on_the_status_subresource() {
             controller: "fairlead.dev/gateway-controller".to_owned(),
             http_port: 80,
             https_port: 443,
+            listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
         },
         Duration::from_secs(60),
         &mut running.registry,

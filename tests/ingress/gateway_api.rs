@@ -455,3 +455,230 @@ fn gateway_api_grpc_routes_by_method_and_header() {
         assert_eq!((status, grpc.as_str()), (200, "14"));
     });
 }
+
+/// A listener the status reports as `Conflicted` (two listeners on one
+/// port with one hostname) is not served: its route gets 404 while the
+/// route of the sound listener next to it is served; `fairlead ingress`
+/// logs the conflict with the spec's reason.
+#[test]
+fn gateway_api_conflicted_listeners_are_not_served() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 14, 31], "web", false);
+    let port = free_port();
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: web, namespace: shop}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+         \x20 - {{name: dup-a, port: {port}, protocol: HTTP, hostname: dup.test}}\n\
+         \x20 - {{name: dup-b, port: {port}, protocol: HTTP, hostname: dup.test}}\n\
+         \x20 - {{name: ok, port: {port}, protocol: HTTP, hostname: ok.test}}\n"
+    );
+    let route = |name: &str, section: &str| {
+        http_route(
+            "shop",
+            name,
+            &format!(
+                "  parentRefs: [{{name: web, sectionName: {section}}}]\n\
+                 \x20 rules: [{{backendRefs: [{{name: web, port: 80}}]}}]\n"
+            ),
+        )
+    };
+    let http = format!("127.0.0.1:{port}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("ns.yaml", namespace("shop")),
+            ("web.yaml", service("shop", "web", None, &[web.addr])),
+            ("gateway.yaml", gateway),
+            ("dup.yaml", route("dup", "dup-a")),
+            ("ok.yaml", route("ok", "ok")),
+        ],
+        &["--http", &http],
+    );
+    let get = |host: &str| {
+        curl(&[
+            "--resolve",
+            &format!("{host}:{port}:127.0.0.1"),
+            &format!("http://{host}:{port}/"),
+        ])
+    };
+    let r = get("ok.test");
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    assert_eq!(get("dup.test").status, 404);
+    let log = gw.log();
+    assert!(log.contains("listener dup-a: HostnameConflict"), "{log}");
+    // Renaming one hostname ends the conflict: both are served.
+    gw.write(
+        "gateway.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: web, namespace: shop}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+             \x20 - {{name: dup-a, port: {port}, protocol: HTTP, hostname: dup.test}}\n\
+             \x20 - {{name: dup-b, port: {port}, protocol: HTTP, hostname: other.test}}\n\
+             \x20 - {{name: ok, port: {port}, protocol: HTTP, hostname: ok.test}}\n"
+        ),
+    );
+    gw.wait_for("the conflict resolved", || get("dup.test").status == 200);
+}
+
+/// Listeners on ports other than `--http`/`--https` get sockets of their
+/// own, reconciled with the model: an HTTP listener, an HTTPS one (TLS by
+/// SNI with the listener's certificate), a Gateway's `spec.addresses`
+/// (bound there only); a listener removed at runtime closes its socket, one
+/// added opens one; a port already taken is reported and served once free.
+#[test]
+fn gateway_api_listeners_on_their_own_ports_and_addresses() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 14, 41], "web", false);
+    let [http, plain, secure, pinned, late, taken] = [(); 6].map(|()| free_port());
+    let blocker = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+    let gateway = |listeners: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: web, namespace: shop}}\nspec:\n  gatewayClassName: fl\n  listeners:\n{listeners}"
+        )
+    };
+    let plain_l = format!("  - {{name: plain, port: {plain}, protocol: HTTP}}\n");
+    let secure_l = format!(
+        "  - {{name: secure, port: {secure}, protocol: HTTPS, hostname: www.shop.example.com,\n\
+         \x20    tls: {{certificateRefs: [{{name: shop-tls}}]}}}}\n"
+    );
+    let taken_l = format!("  - {{name: taken, port: {taken}, protocol: HTTP}}\n");
+    let pinned_gw = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: pinned, namespace: shop}}\nspec:\n  gatewayClassName: fl\n\
+         \x20 addresses: [{{type: IPAddress, value: 127.0.0.2}}]\n\
+         \x20 listeners: [{{name: http, port: {pinned}, protocol: HTTP}}]\n"
+    );
+    let route = http_route(
+        "shop",
+        "all",
+        "  parentRefs: [{name: web}, {name: pinned}]\n\
+         \x20 rules: [{backendRefs: [{name: web, port: 80}]}]\n",
+    );
+    let listen = format!("127.0.0.1:{http}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("ns.yaml", namespace("shop")),
+            ("web.yaml", service("shop", "web", None, &[web.addr])),
+            ("tls.yaml", shop_tls("shop")),
+            (
+                "gateway.yaml",
+                gateway(&format!("{plain_l}{secure_l}{taken_l}")),
+            ),
+            ("pinned.yaml", pinned_gw),
+            ("route.yaml", route),
+        ],
+        &["--http", &listen],
+    );
+    let get = |ip: &str, port: u16| {
+        curl(&[
+            "--resolve",
+            &format!("a.test:{port}:{ip}"),
+            &format!("http://a.test:{port}/"),
+        ])
+    };
+    let r = get("127.0.0.1", plain);
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    // The listener ports are not served on --http (no listener there).
+    assert_eq!(get("127.0.0.1", http).status, 404);
+    let ca = example_ca();
+    let r = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("www.shop.example.com:{secure}:127.0.0.1"),
+        &format!("https://www.shop.example.com:{secure}/"),
+    ]);
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    // spec.addresses: bound on 127.0.0.2 only.
+    let r = get("127.0.0.2", pinned);
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    assert_eq!(
+        get("127.0.0.1", pinned).status,
+        0,
+        "not bound on the node's address"
+    );
+    // A port another process holds: reported, retried, served once free.
+    assert!(
+        gw.log().contains("cannot open a Gateway listener socket"),
+        "{}",
+        gw.log()
+    );
+    drop(blocker);
+    gw.wait_for("the taken port served once free (retried)", || {
+        get("127.0.0.1", taken).status == 200
+    });
+    // Runtime changes: `plain` removed (its socket closes), `late` added.
+    gw.write(
+        "gateway.yaml",
+        &gateway(&format!(
+            "{secure_l}  - {{name: late, port: {late}, protocol: HTTP}}\n"
+        )),
+    );
+    gw.wait_for("the late listener served", || {
+        get("127.0.0.1", late).status == 200
+    });
+    gw.wait_for("the removed listener's socket closed", || {
+        get("127.0.0.1", plain).status == 0
+    });
+}
+
+/// `allowedRoutes.namespaces.from: Selector` on the labels of the route's
+/// Namespace: a route of a matching namespace is served, one of another
+/// is not, until its Namespace is labelled (at runtime).
+#[test]
+fn gateway_api_allowed_routes_namespace_selector() {
+    let rt = runtime();
+    let web = backend(&rt, [127, 0, 14, 51], "web", false);
+    let port = free_port();
+    let ns = |name: &str, env: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{env: {env}}}}}\n"
+        )
+    };
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: web, namespace: infra}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
+         \x20 - {{name: http, port: {port}, protocol: HTTP,\n\
+         \x20    allowedRoutes: {{namespaces: {{from: Selector, selector: {{matchExpressions: [{{key: env, operator: In, values: [prod]}}]}}}}}}}}\n"
+    );
+    let route = |namespace: &str| {
+        http_route(
+            namespace,
+            "r",
+            &format!(
+                "  parentRefs: [{{name: web, namespace: infra}}]\n  hostnames: [{namespace}.test]\n\
+                 \x20 rules: [{{backendRefs: [{{name: web, port: 80}}]}}]\n"
+            ),
+        )
+    };
+    let http = format!("127.0.0.1:{port}");
+    let gw = Gateway::start(
+        &[
+            ("class.yaml", CLASS.to_owned()),
+            ("infra.yaml", namespace("infra")),
+            ("a.yaml", ns("a", "prod")),
+            ("b.yaml", ns("b", "dev")),
+            ("web-a.yaml", service("a", "web", None, &[web.addr])),
+            ("web-b.yaml", service("b", "web", None, &[web.addr])),
+            ("gateway.yaml", gateway),
+            ("route-a.yaml", route("a")),
+            ("route-b.yaml", route("b")),
+        ],
+        &["--http", &http],
+    );
+    let get = |host: &str| {
+        curl(&[
+            "--resolve",
+            &format!("{host}:{port}:127.0.0.1"),
+            &format!("http://{host}:{port}/"),
+        ])
+    };
+    let r = get("a.test");
+    assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
+    assert_eq!(get("b.test").status, 404);
+    assert!(gw.log().contains("NotAllowedByListeners"), "{}", gw.log());
+    gw.write("b.yaml", &ns("b", "prod"));
+    gw.wait_for("namespace b relabelled", || get("b.test").status == 200);
+}

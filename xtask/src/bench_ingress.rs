@@ -53,6 +53,10 @@ pub(crate) struct Options {
     /// Only the memory row (1,000 Ingress hosts, 10k endpoints).
     #[arg(long)]
     memory_only: bool,
+    /// Only the Gateway API run (HTTPRoute with a header match against the
+    /// same traffic through an Ingress; HTTPRoute updates under load).
+    #[arg(long)]
+    gateway_api_only: bool,
 }
 
 const UPSTREAM: u16 = 18_900;
@@ -864,6 +868,7 @@ fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
             cancel: cancel.clone(),
             node_name: None,
             view: fairlead_ingress::explain::View::default(),
+            listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
         },
     ));
     wait_port(http)?;
@@ -914,6 +919,190 @@ fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
         .unwrap_or(0);
     let (_, _, _, errors) = parse_wrk(&out);
     Ok((updates, applied, requests, errors))
+}
+
+/// The Gateway API run, in process like [`updates_in_process`]: requests/s
+/// and p99 through an HTTPRoute with a header match, then through the
+/// Ingress of the same Service on the same socket; then `updates`
+/// HTTPRoute changes (alternating two rule sets) under wrk load through the
+/// HTTPRoute, with the failed requests.
+struct GatewayApiFigures {
+    route: (f64, f64),
+    ingress: (f64, f64),
+    updates: u32,
+    applied: u64,
+    requests: u64,
+    failed: u64,
+}
+
+fn gateway_api_manifests(dir: &Path, root: &Path, variant: bool) -> Result<()> {
+    manifests(dir, root, false)?;
+    let extra = if variant {
+        "  - matches: [{path: {type: PathPrefix, value: /extra}, headers: [{name: X-Bench, value: \"1\"}]}]\n\
+         \x20   backendRefs: [{name: web, port: 80}]\n"
+    } else {
+        ""
+    };
+    let objects = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: fl}}\n\
+         spec: {{controllerName: fairlead.dev/gateway-controller}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: bench}}\n\
+         spec:\n  gatewayClassName: fl\n  listeners: [{{name: http, port: {GATEWAY_API_PORT}, protocol: HTTP}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: bench}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [{GATEWAY_API_HOST}]\n  rules:\n\
+         \x20 - matches: [{{headers: [{{name: X-Bench, value: \"1\"}}]}}]\n\
+         \x20   backendRefs: [{{name: web, port: 80}}]\n{extra}"
+    );
+    let tmp = dir.join(".gateway-api.yaml.tmp");
+    std::fs::write(&tmp, objects)?;
+    std::fs::rename(&tmp, dir.join("gateway-api.yaml"))?;
+    Ok(())
+}
+
+const GATEWAY_API_PORT: u16 = 18_085;
+const GATEWAY_API_HOST: &str = "gw.example.com";
+
+#[allow(clippy::too_many_lines, reason = "the benchmark script, top to bottom")]
+fn gateway_api_in_process(setup: &Setup<'_>) -> Result<GatewayApiFigures> {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: fairlead_ingress::Args,
+    }
+    let (a, b) = (
+        setup.dir.join("gateway-api-a"),
+        setup.dir.join("gateway-api-b"),
+    );
+    std::fs::create_dir_all(&a)?;
+    std::fs::create_dir_all(&b)?;
+    gateway_api_manifests(&a, &setup.root, false)?;
+    gateway_api_manifests(&b, &setup.root, true)?;
+    let pid = std::process::id().to_string();
+    Command::new("taskset")
+        .args(["-p", "-c", "0", &pid])
+        .stdout(Stdio::null())
+        .status()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    Command::new("taskset")
+        .args(["-p", "-c", "0,1", &pid])
+        .stdout(Stdio::null())
+        .status()?;
+    let (mut writer, snapshots) = ModelWriter::new();
+    let (mut source_a, mut source_b) = (ManifestDir::new(&a), ManifestDir::new(&b));
+    source_a.sync(&mut writer)?;
+    let http = GATEWAY_API_PORT;
+    let flags = <Flags as clap::Parser>::try_parse_from([
+        "bench",
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--https",
+        "127.0.0.1:18447",
+        "--ingress-access-log=false",
+        "--ingress-ssl-redirect=false",
+    ])?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let gateway = runtime.spawn(fairlead_ingress::run(
+        flags.args,
+        fairlead_ingress::Context {
+            snapshots,
+            registry: &mut registry,
+            ready: fairlead_model::Ready::new(),
+            cancel: cancel.clone(),
+            node_name: None,
+            view: fairlead_ingress::explain::View::default(),
+            listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
+        },
+    ));
+    wait_port(http)?;
+    let o = setup.options;
+    let connections = o.connections;
+    let wrk = move |seconds: u32, host: &str, header: bool| {
+        let mut args = vec![
+            "-t1".to_owned(),
+            "-c".to_owned(),
+            connections.to_string(),
+            "-d".to_owned(),
+            format!("{seconds}s"),
+            "--latency".to_owned(),
+            "-H".to_owned(),
+            format!("Host: {host}"),
+        ];
+        if header {
+            args.extend(["-H".to_owned(), "X-Bench: 1".to_owned()]);
+        }
+        args.push(format!("http://127.0.0.1:{http}/"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("wrk", &args)
+    };
+    let (route_rps, _, route_p99, route_errors) =
+        parse_wrk(&wrk(o.seconds, GATEWAY_API_HOST, true)?);
+    let (ingress_rps, _, ingress_p99, _) = parse_wrk(&wrk(o.seconds, HOST, false)?);
+    if route_errors > 0 {
+        bail!("{route_errors} failed requests through the HTTPRoute");
+    }
+    let seconds = 15;
+    let load = std::thread::spawn(move || wrk(seconds, GATEWAY_API_HOST, true));
+    std::thread::sleep(Duration::from_millis(500));
+    let updates = o.updates;
+    let spacing = Duration::from_secs(u64::from(seconds) - 2) / updates.max(1);
+    let start = Instant::now();
+    for i in 0..updates {
+        if i % 2 == 0 {
+            source_b.sync(&mut writer)?;
+        } else {
+            source_a.sync(&mut writer)?;
+        }
+        if let Some(wait) = (spacing * (i + 1)).checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
+    cancel.cancel();
+    runtime.block_on(gateway)??;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    let applied = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fairlead_ingress_reloads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let requests = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let (_, _, _, failed) = parse_wrk(&out);
+    Ok(GatewayApiFigures {
+        route: (route_rps, route_p99),
+        ingress: (ingress_rps, ingress_p99),
+        updates,
+        applied,
+        requests,
+        failed,
+    })
+}
+
+fn print_gateway_api(f: &GatewayApiFigures) {
+    println!(
+        "\ngateway api (fairlead in process, 1 core): {:<28} {:>10} {:>8}",
+        "", "req/s", "p99 ms"
+    );
+    println!(
+        "  HTTPRoute, header match          {:>10.0} {:>8.2}",
+        f.route.0, f.route.1
+    );
+    println!(
+        "  Ingress, same Service and socket {:>10.0} {:>8.2}",
+        f.ingress.0, f.ingress.1
+    );
+    println!(
+        "  {} HTTPRoute updates under load: {} route tables applied, {} requests, {} failed",
+        f.updates, f.applied, f.requests, f.failed
+    );
 }
 
 fn reloads() -> u64 {
@@ -1023,6 +1212,18 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
         crt: crt.clone(),
         key: key.clone(),
     };
+    if o.gateway_api_only {
+        let load_before = load_average();
+        eprintln!("bench: fairlead in process, Gateway API");
+        let figures = gateway_api_in_process(&setup)?;
+        println!(
+            "load average (1, 5, 15 min) at the start: {load_before}; at the end: {}",
+            load_average()
+        );
+        print_gateway_api(&figures);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     let load_before = load_average();
     let mut results = Vec::new();
     let mut update_results = Vec::new();
@@ -1073,6 +1274,8 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
 
     eprintln!("bench: fairlead in process, route updates under load");
     let (done, applied, requests, errors) = updates_in_process(&setup)?;
+    eprintln!("bench: fairlead in process, Gateway API");
+    let gateway_api = gateway_api_in_process(&setup)?;
     update_results.insert(
         0,
         (
@@ -1178,6 +1381,7 @@ pub(crate) fn ingress(o: &Options) -> Result<()> {
         }
     }
     print_memory(&memory);
+    print_gateway_api(&gateway_api);
     for (label, done, applied, requests, errors) in &update_results {
         println!(
             "updates under load, {label}: {done} updates, {applied} configurations applied, {requests} requests, {errors} failed"

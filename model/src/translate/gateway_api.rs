@@ -9,8 +9,9 @@ use crate::gateway_api as wire;
 use crate::gateway_types::{
     AllowedNamespaces, CertificateRef, Gateway, GatewayClass, GrantFrom, GrantTo, GrpcMethodMatch,
     GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, Hostname, HttpRoute, HttpRouteRule,
-    Listener, ListenerProtocol, ListenerTls, ParentRef, PathMatch, Pattern, QueryMatch,
-    ReferenceGrant, RouteBackend, RouteBackendTarget, RouteMatch, StringMatch,
+    LabelExpression, Listener, ListenerProtocol, ListenerTls, NamespaceSelector, ParentRef,
+    PathMatch, Pattern, QueryMatch, ReferenceGrant, RouteBackend, RouteBackendTarget, RouteMatch,
+    StringMatch,
 };
 use crate::gateway_types::{
     HeaderModifier, PathModifier, Redirect, Rewrite, RouteFilter, RouteTimeouts,
@@ -59,7 +60,11 @@ fn hostname(errors: &mut Errors, field: String, text: &str) -> Option<Hostname> 
     })
 }
 
-/// Translates a Gateway: its listeners.
+/// Translates a Gateway: its listeners and addresses.
+#[expect(
+    clippy::too_many_lines,
+    reason = "each listener field in spec order, validated where it is read"
+)]
 pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
     let mut errors = Errors::default();
     let spec = &object.spec;
@@ -102,7 +107,13 @@ pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
         let allowed_namespaces = match from {
             None | Some("Same") => AllowedNamespaces::Same,
             Some("All") => AllowedNamespaces::All,
-            Some("Selector") => AllowedNamespaces::Selector,
+            Some("Selector") => AllowedNamespaces::Selector(namespace_selector(
+                &mut errors,
+                &field("allowedRoutes.namespaces.selector"),
+                allowed
+                    .and_then(|a| a.namespaces.as_ref())
+                    .and_then(|n| n.selector.as_ref()),
+            )),
             Some(other) => {
                 errors.push(
                     field("allowedRoutes.namespaces.from"),
@@ -154,11 +165,71 @@ pub fn gateway(object: &wire::Gateway) -> Result<Gateway, Vec<FieldError>> {
             tls,
         });
     }
+    let (addresses, unsupported) = gateway_addresses(&spec.addresses);
+    let key = object_key(&object.metadata);
+    let class = spec.gateway_class_name.clone();
     errors.finish(Gateway {
-        key: object_key(&object.metadata),
-        class: spec.gateway_class_name.clone(),
+        key,
+        class,
         listeners,
+        addresses,
+        unsupported_addresses: unsupported,
     })
+}
+
+/// `allowedRoutes.namespaces.selector` (required with `from: Selector`).
+fn namespace_selector(
+    errors: &mut Errors,
+    field: &str,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> NamespaceSelector {
+    let Some(selector) = selector else {
+        errors.push(field.to_owned(), "missing (from: Selector needs one)");
+        return NamespaceSelector::default();
+    };
+    let mut expressions = Vec::new();
+    for (i, e) in selector
+        .match_expressions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let values = e.values.clone().unwrap_or_default();
+        let key = e.key.clone();
+        expressions.push(match e.operator.as_str() {
+            "In" => LabelExpression::In(key, values),
+            "NotIn" => LabelExpression::NotIn(key, values),
+            "Exists" => LabelExpression::Exists(key),
+            "DoesNotExist" => LabelExpression::DoesNotExist(key),
+            other => {
+                errors.push(
+                    format!("{field}.matchExpressions[{i}].operator"),
+                    format!("must be In, NotIn, Exists or DoesNotExist, got {other:?}"),
+                );
+                continue;
+            }
+        });
+    }
+    NamespaceSelector {
+        labels: selector.match_labels.clone().unwrap_or_default(),
+        expressions,
+    }
+}
+
+/// `spec.addresses`: the IP addresses, and what is not one (reported).
+fn gateway_addresses(list: &[wire::GatewayAddress]) -> (Vec<std::net::IpAddr>, Vec<String>) {
+    let mut addresses = Vec::new();
+    let mut unsupported = Vec::new();
+    for a in list {
+        match (a.type_.as_deref(), a.value.parse::<std::net::IpAddr>()) {
+            (None | Some("IPAddress"), Ok(ip)) => addresses.push(ip),
+            (kind, _) => {
+                unsupported.push(format!("{} {}", kind.unwrap_or("IPAddress"), a.value));
+            }
+        }
+    }
+    (addresses, unsupported)
 }
 
 /// Translates an HTTPRoute.
@@ -1076,12 +1147,12 @@ spec:
             gw.listeners[2].protocol,
             ListenerProtocol::Other("TLS".into())
         );
-        assert!(gw.listeners[0].allows("HTTPRoute", "shop", "infra"));
-        assert!(!gw.listeners[1].allows("HTTPRoute", "shop", "infra"));
-        assert!(gw.listeners[1].allows("HTTPRoute", "infra", "infra"));
+        assert!(gw.listeners[0].allows("HTTPRoute", ("shop", None), "infra"));
+        assert!(!gw.listeners[1].allows("HTTPRoute", ("shop", None), "infra"));
+        assert!(gw.listeners[1].allows("HTTPRoute", ("infra", None), "infra"));
         // HTTP listeners take HTTPRoutes and GRPCRoutes by default.
-        assert!(gw.listeners[1].allows("GRPCRoute", "infra", "infra"));
-        assert!(!gw.listeners[1].allows("TLSRoute", "infra", "infra"));
+        assert!(gw.listeners[1].allows("GRPCRoute", ("infra", None), "infra"));
+        assert!(!gw.listeners[1].allows("TLSRoute", ("infra", None), "infra"));
     }
 
     #[test]

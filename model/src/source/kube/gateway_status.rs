@@ -334,6 +334,8 @@ impl GatewayStatusWriter {
             info!("writing Gateway API status");
             let mut served = None;
             let mut deadline = tokio::time::Instant::now();
+            // The gateway's listening sockets: a change is due at once.
+            let mut sockets = self.serving.listen_failures.subscribe();
             loop {
                 let snapshot = model.borrow_and_update().clone();
                 if !snapshot.synced {
@@ -360,6 +362,7 @@ impl GatewayStatusWriter {
                     Kind::ReferenceGrant,
                     Kind::Secret,
                     Kind::Service,
+                    Kind::Namespace,
                 ]) || tokio::time::Instant::now() >= deadline;
                 if due {
                     served = Some(snapshot.generation);
@@ -371,6 +374,7 @@ impl GatewayStatusWriter {
                     changed = model.changed() => if changed.is_err() { return Ok(()) },
                     () = tokio::time::sleep_until(deadline) => {}
                     () = self.leader.changed() => {}
+                    Ok(()) = sockets.changed() => deadline = tokio::time::Instant::now(),
                 }
             }
         }
