@@ -637,7 +637,7 @@ fn fetch_telemetry(addr: std::net::SocketAddr, path: &str) -> Result<serde_json:
 }
 
 /// The components part of `fairlead status`.
-fn render_runtime_status(status: &serde_json::Value) -> String {
+pub(crate) fn render_runtime_status(status: &serde_json::Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let model = &status["model_generation"];
@@ -664,6 +664,44 @@ fn render_runtime_status(status: &serde_json::Value) -> String {
             None => "-".to_owned(),
         };
         let _ = writeln!(out, "{name:<10} {state:<10} {generation}");
+    }
+    let programmed = |v: &serde_json::Value| {
+        if v["programmed"].as_bool() == Some(true) {
+            "programmed"
+        } else {
+            "not programmed"
+        }
+    };
+    for gateway in status["gateways"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "gateway {} ({})",
+            gateway["gateway"].as_str().unwrap_or("?"),
+            programmed(gateway)
+        );
+        for l in gateway["listeners"].as_array().into_iter().flatten() {
+            let problems: Vec<&str> = l["problems"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            let _ = writeln!(
+                out,
+                "  listener {} attachedRoutes={} ({}){}",
+                l["name"].as_str().unwrap_or("?"),
+                l["attached_routes"],
+                programmed(l),
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", problems.join(", "))
+                }
+            );
+        }
+        for route in gateway["routes"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  {}", route.as_str().unwrap_or("?"));
+        }
     }
     out.push('\n');
     out

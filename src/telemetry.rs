@@ -57,6 +57,89 @@ pub(crate) struct RuntimeStatus {
     pub(crate) shutting_down: bool,
     /// Every enabled component.
     pub(crate) components: Vec<ComponentStatus>,
+    /// When the gateway runs here: the Gateways of its controller, each with
+    /// its listeners and the routes attached, as the status writer reports
+    /// them (`fairlead check` shows the whole status).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) gateways: Vec<GatewayLine>,
+}
+
+/// One Gateway in `/status`.
+#[derive(Debug, Serialize)]
+pub(crate) struct GatewayLine {
+    /// `namespace/name`.
+    pub(crate) gateway: String,
+    /// Its `Programmed` condition.
+    pub(crate) programmed: bool,
+    /// Each listener.
+    pub(crate) listeners: Vec<ListenerLine>,
+    /// `httproute namespace/name` or `grpcroute ...` of each route accepted
+    /// by one of its listeners.
+    pub(crate) routes: Vec<String>,
+}
+
+/// One listener of a Gateway in `/status`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ListenerLine {
+    /// The listener's name.
+    pub(crate) name: String,
+    /// `attachedRoutes`.
+    pub(crate) attached_routes: i32,
+    /// Its `Programmed` condition.
+    pub(crate) programmed: bool,
+    /// The reasons of its conditions that are not as they should be
+    /// (`Conflicted` true, any other false), e.g. `PortUnavailable`.
+    pub(crate) problems: Vec<String>,
+}
+
+/// The Gateways of `status`, with their listeners and accepted routes.
+fn gateway_lines(status: &fairlead_model::gateway_status::GatewayApiStatus) -> Vec<GatewayLine> {
+    use fairlead_model::gateway_status::StatusCondition;
+    let holds = |conditions: &[StatusCondition], type_: &str| {
+        conditions.iter().any(|c| c.type_ == type_ && c.status)
+    };
+    status
+        .gateways
+        .iter()
+        .map(|(key, gateway)| {
+            let routes = [
+                ("httproute", &status.http_routes),
+                ("grpcroute", &status.grpc_routes),
+            ]
+            .into_iter()
+            .flat_map(|(kind, routes)| {
+                routes
+                    .iter()
+                    .filter(|(_, parents)| {
+                        parents
+                            .iter()
+                            .any(|p| p.parent.gateway == *key && holds(&p.conditions, "Accepted"))
+                    })
+                    .map(move |(route, _)| format!("{kind} {route}"))
+            })
+            .collect();
+            GatewayLine {
+                gateway: key.to_string(),
+                programmed: holds(&gateway.conditions, "Programmed"),
+                listeners: gateway
+                    .listeners
+                    .iter()
+                    .map(|l| ListenerLine {
+                        name: l.name.clone(),
+                        attached_routes: l.attached_routes,
+                        programmed: holds(&l.conditions, "Programmed"),
+                        problems: l
+                            .conditions
+                            .iter()
+                            .filter(|c| c.status == (c.type_ == "Conflicted"))
+                            .map(|c| c.reason.clone())
+                            .collect(),
+                    })
+                    .collect(),
+                routes,
+            }
+        })
+        .collect()
 }
 
 /// One component in `/status`.
@@ -119,6 +202,17 @@ impl Telemetry {
                     generation: ready.generation(),
                 })
                 .collect(),
+            gateways: self
+                .explain
+                .ingress
+                .as_ref()
+                .map(|(_, selection)| {
+                    gateway_lines(&fairlead_model::gateway_status::compute(
+                        &snapshot,
+                        &selection.gateway_api,
+                    ))
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -415,5 +509,87 @@ mod tests {
             )),
             "{metrics}"
         );
+    }
+
+    /// With the gateway in this process, `/status` lists the Gateways of
+    /// its controller, their listeners and the routes they accepted — and
+    /// `fairlead status` prints them.
+    #[tokio::test]
+    async fn status_lists_gateways_listeners_and_attached_routes() {
+        use fairlead_model::{Change, decode};
+        use serde_json::json;
+        let objects = [
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                   "metadata": {"name": "fairlead"},
+                   "spec": {"controllerName": fairlead_model::DEFAULT_GATEWAY_CONTROLLER}}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "infra"},
+            "spec": {"gatewayClassName": "fairlead", "listeners": [
+                {"name": "web", "port": 80, "protocol": "HTTP",
+                 "allowedRoutes": {"namespaces": {"from": "All"}}},
+                {"name": "secure", "port": 443, "protocol": "HTTPS",
+                 "tls": {"certificateRefs": [{"name": "missing"}]}},
+            ]}}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                   "metadata": {"name": "shop", "namespace": "shop"},
+                   "spec": {"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "web"}],
+                            "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+        ];
+        let (mut writer, model) = fairlead_model::ModelWriter::new();
+        writer.replace_all(
+            objects
+                .into_iter()
+                .map(|o| Change::Upsert {
+                    object: decode(o).unwrap(),
+                    origin: None,
+                })
+                .collect(),
+            Vec::new(),
+            true,
+        );
+        let selection = fairlead_ingress::router::ClassSelection {
+            class: "fairlead".to_owned(),
+            default_backend: None,
+            gateway_api: fairlead_ingress::gateway_api::Selection::default(),
+        };
+        let t = Telemetry::new(
+            Registry::default(),
+            Vec::new(),
+            model,
+            Live {
+                ingress: Some((fairlead_ingress::explain::View::default(), selection)),
+                ..Live::default()
+            },
+        );
+        let status: serde_json::Value =
+            serde_json::from_str(&body(t.respond(&Method::GET, "/status")).await).unwrap();
+        let gateway = &status["gateways"][0];
+        assert_eq!(gateway["gateway"], "infra/edge", "{status}");
+        assert_eq!(gateway["listeners"][0]["name"], "web");
+        assert_eq!(gateway["listeners"][0]["attached_routes"], 1);
+        assert_eq!(gateway["listeners"][0]["programmed"], true, "{status}");
+        assert_eq!(gateway["listeners"][1]["programmed"], false, "{status}");
+        assert!(
+            !gateway["listeners"][1]["problems"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "{status}"
+        );
+        assert_eq!(gateway["routes"], json!(["httproute shop/shop"]));
+        let text = crate::render_runtime_status(&status);
+        assert!(text.contains("gateway infra/edge"), "{text}");
+        assert!(
+            text.contains("  listener web attachedRoutes=1 (programmed)"),
+            "{text}"
+        );
+        assert!(text.contains("  httproute shop/shop"), "{text}");
+
+        // Without the gateway here, no Gateway part.
+        let (_writer, model) = fairlead_model::ModelWriter::new();
+        let t = Telemetry::new(Registry::default(), Vec::new(), model, Live::default());
+        let status: serde_json::Value =
+            serde_json::from_str(&body(t.respond(&Method::GET, "/status")).await).unwrap();
+        assert!(status.get("gateways").is_none(), "{status}");
     }
 }
