@@ -700,6 +700,9 @@ fn start_peer(
                 "127.0.0.1:18990",
                 "--ingress-access-log=false",
                 "--ingress-ssl-redirect=false",
+                // Stopped by SIGTERM between runs: no clients to turn away first.
+                "--lameduck",
+                "0",
                 "--default-cert",
                 &pem.display().to_string(),
             ],
