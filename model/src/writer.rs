@@ -193,28 +193,8 @@ impl ModelWriter {
         synced: bool,
     ) -> u64 {
         let present: BTreeSet<ObjectId> = changes.iter().map(Change::id).collect();
-        let gone: Vec<ObjectId> = self
-            .entries
-            .keys()
-            .filter(|id| !present.contains(*id))
-            .cloned()
-            .collect();
-        let mut dirty = std::mem::take(&mut self.staged);
-        for id in gone {
-            self.apply_one(Change::Delete(id), &mut dirty);
-        }
-        for change in changes {
-            self.apply_one(change, &mut dirty);
-        }
-        if problems != self.source_problems {
-            self.source_problems = problems;
-            dirty.problems = true;
-        }
-        if synced && !self.next.synced {
-            self.next.synced = true;
-            dirty.everything = true;
-        }
-        self.publish(&dirty)
+        self.stage_retain(|id| present.contains(id));
+        self.apply_source(changes, problems, synced)
     }
 
     /// Applies one change without publishing it: the next call that

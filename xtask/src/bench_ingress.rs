@@ -823,57 +823,13 @@ fn updates_under_load(peer: Peer, setup: &Setup<'_>) -> Result<(u32, u64, u64)> 
 /// while `updates` snapshots alternate between two route sets.
 /// Returns (snapshots published, route tables applied, requests, failed).
 fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
-    #[derive(clap::Parser)]
-    struct Flags {
-        #[command(flatten)]
-        args: fairlead_ingress::Args,
-    }
     let (a, b) = (setup.dir.join("updates-a"), setup.dir.join("updates-b"));
     std::fs::create_dir_all(&a)?;
     std::fs::create_dir_all(&b)?;
     manifests(&a, &setup.root, false)?;
     manifests(&b, &setup.root, true)?;
-    let pid = std::process::id().to_string();
-    // Threads made from now on inherit CPU 0 only.
-    Command::new("taskset")
-        .args(["-p", "-c", "0", &pid])
-        .stdout(Stdio::null())
-        .status()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    Command::new("taskset")
-        .args(["-p", "-c", "0,1", &pid])
-        .stdout(Stdio::null())
-        .status()?;
-    let (mut writer, snapshots) = ModelWriter::new();
-    ManifestDir::new(&a).sync(&mut writer)?;
     let http = 18_083;
-    let flags = <Flags as clap::Parser>::try_parse_from([
-        "bench",
-        "--http",
-        &format!("127.0.0.1:{http}"),
-        "--https",
-        "127.0.0.1:18446",
-        "--ingress-access-log=false",
-        "--ingress-ssl-redirect=false",
-    ])?;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let gateway = runtime.spawn(fairlead_ingress::run(
-        flags.args,
-        fairlead_ingress::Context {
-            snapshots,
-            registry: &mut registry,
-            ready: fairlead_model::Ready::new(),
-            cancel: cancel.clone(),
-            node_name: None,
-            view: fairlead_ingress::explain::View::default(),
-            listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
-        },
-    ));
-    wait_port(http)?;
+    let mut gateway = InProcess::start(&a, http, 18_446)?;
     let seconds = 15;
     let wrk = std::thread::spawn(move || {
         run(
@@ -892,35 +848,121 @@ fn updates_in_process(setup: &Setup<'_>) -> Result<(u32, u64, u64, u64)> {
     });
     std::thread::sleep(Duration::from_millis(500));
     let updates = setup.options.updates;
-    let spacing = Duration::from_secs(seconds - 2) / updates.max(1);
-    let start = Instant::now();
-    for i in 0..updates {
-        // A fresh source reads its directory whole (a kept one would see no
-        // file change and apply nothing): the model then differs from the
-        // last snapshot in the HTTPRoute alone.
-        let dir = if i % 2 == 0 { &b } else { &a };
-        ManifestDir::new(dir).sync(&mut writer)?;
-        if let Some(wait) = (spacing * (i + 1)).checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
-    }
+    gateway.alternate(&a, &b, updates, Duration::from_secs(seconds - 2))?;
     let out = wrk.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
-    cancel.cancel();
-    runtime.block_on(gateway)??;
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
-    let applied = text
-        .lines()
-        .find_map(|l| l.strip_prefix("fairlead_ingress_reloads_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let requests = out
-        .lines()
+    let applied = gateway.stop()?;
+    let (_, _, _, errors) = parse_wrk(&out);
+    Ok((updates, applied, wrk_requests(&out), errors))
+}
+
+/// The gateway as a library in this process (its runtime pinned to CPU 0),
+/// fed by a model writer the benchmark drives, so that every update is
+/// published straight into the model.
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    gateway: tokio::task::JoinHandle<Result<(), fairlead_ingress::Error>>,
+    registry: prometheus_client::registry::Registry,
+    cancel: tokio_util::sync::CancellationToken,
+    writer: ModelWriter,
+}
+
+impl InProcess {
+    /// Starts the gateway on `http`/`https` with the manifests of `dir`, and
+    /// waits until it listens.
+    fn start(dir: &Path, http: u16, https: u16) -> Result<Self> {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            args: fairlead_ingress::Args,
+        }
+        let pid = std::process::id().to_string();
+        // Threads made from now on inherit CPU 0 only.
+        Command::new("taskset")
+            .args(["-p", "-c", "0", &pid])
+            .stdout(Stdio::null())
+            .status()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        Command::new("taskset")
+            .args(["-p", "-c", "0,1", &pid])
+            .stdout(Stdio::null())
+            .status()?;
+        let (mut writer, snapshots) = ModelWriter::new();
+        ManifestDir::new(dir).sync(&mut writer)?;
+        let flags = <Flags as clap::Parser>::try_parse_from([
+            "bench",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--https",
+            &format!("127.0.0.1:{https}"),
+            "--ingress-access-log=false",
+            "--ingress-ssl-redirect=false",
+        ])?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let gateway = runtime.spawn(fairlead_ingress::run(
+            flags.args,
+            fairlead_ingress::Context {
+                snapshots,
+                registry: &mut registry,
+                ready: fairlead_model::Ready::new(),
+                cancel: cancel.clone(),
+                node_name: None,
+                view: fairlead_ingress::explain::View::default(),
+                listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
+            },
+        ));
+        wait_port(http)?;
+        Ok(Self {
+            runtime,
+            gateway,
+            registry,
+            cancel,
+            writer,
+        })
+    }
+
+    /// Alternates the model between the manifests of `b` and `a`,
+    /// `updates` times spread evenly over `spread`.
+    fn alternate(&mut self, a: &Path, b: &Path, updates: u32, spread: Duration) -> Result<()> {
+        let spacing = spread / updates.max(1);
+        let start = Instant::now();
+        for i in 0..updates {
+            // A fresh source reads its directory whole (a kept one would see
+            // no file change and apply nothing): the model then differs from
+            // the last snapshot in the routes alone.
+            let dir = if i % 2 == 0 { b } else { a };
+            ManifestDir::new(dir).sync(&mut self.writer)?;
+            if let Some(wait) = (spacing * (i + 1)).checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the gateway (after the load is done). Returns the route tables
+    /// it applied.
+    fn stop(self) -> Result<u64> {
+        self.cancel.cancel();
+        self.runtime.block_on(self.gateway)??;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("fairlead_ingress_reloads_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+/// The requests wrk reports having made.
+fn wrk_requests(out: &str) -> u64 {
+    out.lines()
         .find(|l| l.contains("requests in"))
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let (_, _, _, errors) = parse_wrk(&out);
-    Ok((updates, applied, requests, errors))
+        .unwrap_or(0)
 }
 
 /// The Gateway API run, in process like [`updates_in_process`]: requests/s
@@ -966,11 +1008,6 @@ const GATEWAY_API_HOST: &str = "gw.example.com";
 
 #[allow(clippy::too_many_lines, reason = "the benchmark script, top to bottom")]
 fn gateway_api_in_process(setup: &Setup<'_>) -> Result<GatewayApiFigures> {
-    #[derive(clap::Parser)]
-    struct Flags {
-        #[command(flatten)]
-        args: fairlead_ingress::Args,
-    }
     let (a, b) = (
         setup.dir.join("gateway-api-a"),
         setup.dir.join("gateway-api-b"),
@@ -979,46 +1016,8 @@ fn gateway_api_in_process(setup: &Setup<'_>) -> Result<GatewayApiFigures> {
     std::fs::create_dir_all(&b)?;
     gateway_api_manifests(&a, &setup.root, false)?;
     gateway_api_manifests(&b, &setup.root, true)?;
-    let pid = std::process::id().to_string();
-    Command::new("taskset")
-        .args(["-p", "-c", "0", &pid])
-        .stdout(Stdio::null())
-        .status()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    Command::new("taskset")
-        .args(["-p", "-c", "0,1", &pid])
-        .stdout(Stdio::null())
-        .status()?;
-    let (mut writer, snapshots) = ModelWriter::new();
-    ManifestDir::new(&a).sync(&mut writer)?;
     let http = GATEWAY_API_PORT;
-    let flags = <Flags as clap::Parser>::try_parse_from([
-        "bench",
-        "--http",
-        &format!("127.0.0.1:{http}"),
-        "--https",
-        "127.0.0.1:18447",
-        "--ingress-access-log=false",
-        "--ingress-ssl-redirect=false",
-    ])?;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let gateway = runtime.spawn(fairlead_ingress::run(
-        flags.args,
-        fairlead_ingress::Context {
-            snapshots,
-            registry: &mut registry,
-            ready: fairlead_model::Ready::new(),
-            cancel: cancel.clone(),
-            node_name: None,
-            view: fairlead_ingress::explain::View::default(),
-            listen_failures: fairlead_model::gateway_status::ListenFailures::default(),
-        },
-    ));
-    wait_port(http)?;
+    let mut gateway = InProcess::start(&a, http, 18_447)?;
     let o = setup.options;
     let connections = o.connections;
     let wrk = move |seconds: u32, host: &str, header: bool| {
@@ -1049,33 +1048,10 @@ fn gateway_api_in_process(setup: &Setup<'_>) -> Result<GatewayApiFigures> {
     let load = std::thread::spawn(move || wrk(seconds, GATEWAY_API_HOST, true));
     std::thread::sleep(Duration::from_millis(500));
     let updates = o.updates;
-    let spacing = Duration::from_secs(u64::from(seconds) - 2) / updates.max(1);
-    let start = Instant::now();
-    for i in 0..updates {
-        // A fresh source reads its directory whole (a kept one would see no
-        // file change and apply nothing): the model then differs from the
-        // last snapshot in the HTTPRoute alone.
-        let dir = if i % 2 == 0 { &b } else { &a };
-        ManifestDir::new(dir).sync(&mut writer)?;
-        if let Some(wait) = (spacing * (i + 1)).checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
-    }
+    gateway.alternate(&a, &b, updates, Duration::from_secs(u64::from(seconds) - 2))?;
     let out = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
-    cancel.cancel();
-    runtime.block_on(gateway)??;
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
-    let applied = text
-        .lines()
-        .find_map(|l| l.strip_prefix("fairlead_ingress_reloads_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let requests = out
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let applied = gateway.stop()?;
+    let requests = wrk_requests(&out);
     let (_, _, _, failed) = parse_wrk(&out);
     Ok(GatewayApiFigures {
         route: (route_rps, route_p99),
