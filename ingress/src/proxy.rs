@@ -933,6 +933,9 @@ fn forwarded_headers(
         .is_some_and(|v| has_token(v, "trailers"));
     strip_hop_by_hop(headers, upgrade);
     headers.remove(header::TE);
+    // Room for the headers added below, so the map grows (and rehashes)
+    // at most once.
+    headers.reserve(8);
     if te_trailers && protocol == UpstreamProtocol::H2c {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }

@@ -416,8 +416,54 @@ impl Upstream {
         chosen.map(InFlight::new)
     }
 
-    /// A connection to `endpoint`: an idle pooled one, or a new one.
+    /// A connection to `endpoint`: an idle pooled one, or a new one (the
+    /// boolean: reused).
+    ///
+    /// The common case, a pooled connection ready to take a request, is
+    /// answered without awaiting anything; the rest (waiting for a pooled
+    /// connection, connecting, the handshake) is a boxed future, so the
+    /// request future that awaits this one stays small: it is moved into
+    /// place once per request (and boxed per HTTP/2 stream).
     pub async fn connect(
+        &self,
+        endpoint: &Arc<Endpoint>,
+    ) -> Result<(Connection, bool), ConnectError> {
+        if let Some(ready) = self.ready_pooled(endpoint) {
+            return Ok((ready, true));
+        }
+        Box::pin(self.connect_slow(endpoint)).await
+    }
+
+    /// A pooled connection ready for a request now, if there is one; idle
+    /// HTTP/1.1 connections that closed or timed out are dropped on the way.
+    fn ready_pooled(&self, endpoint: &Endpoint) -> Option<Connection> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                let mut idle = endpoint.idle.lock().ok()?;
+                while let Some(conn) = idle.last() {
+                    if conn.sender.is_closed() || conn.since.elapsed() >= self.config.idle_timeout {
+                        idle.pop();
+                        continue;
+                    }
+                    if !conn.sender.is_ready() {
+                        return None;
+                    }
+                    return idle.pop().map(|c| Connection::Http1(c.sender));
+                }
+                None
+            }
+            UpstreamProtocol::H2c => endpoint
+                .h2
+                .lock()
+                .ok()?
+                .as_ref()
+                .filter(|s| !s.is_closed())
+                .cloned()
+                .map(Connection::Http2),
+        }
+    }
+
+    async fn connect_slow(
         &self,
         endpoint: &Arc<Endpoint>,
     ) -> Result<(Connection, bool), ConnectError> {
