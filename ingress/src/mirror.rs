@@ -8,8 +8,8 @@
 //! fall at most [`MIRROR_BUFFER`] bytes behind; one further behind is cut
 //! off. A mirror whose copy cannot be complete — it fell behind, the
 //! client's body broke off, or the original request was dropped before its
-//! body ended — gets its request aborted (its body ends in an error, so
-//! hyper closes the connection), never a truncated body passed off as the
+//! body ended — has its task aborted at once (its connection closed and
+//! what was queued for it freed), never a truncated body passed off as the
 //! whole one.
 
 use std::pin::Pin;
@@ -25,6 +25,7 @@ use http::{Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tracing::debug;
 
 use crate::Error;
@@ -46,13 +47,31 @@ enum Chunk {
     End,
 }
 
-/// The sending side of one mirror's copy of a body.
+/// The sending side of one mirror's copy of a body. Dropped before the
+/// body ended, it aborts the mirror's task.
 #[derive(Debug)]
 struct Queue {
     tx: mpsc::UnboundedSender<Chunk>,
     /// Data bytes sent and not yet taken by the mirror's connection.
     queued: Arc<AtomicUsize>,
     upstream: Arc<str>,
+    task: Option<AbortHandle>,
+    ended: bool,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.upstream_error(&self.upstream, "mirror");
+        }
+    }
 }
 
 /// The client's request body on its way to the route's backend, copied to
@@ -87,8 +106,8 @@ impl Tee {
 
     /// The original body ended: every copy ends too.
     fn finish(&mut self) {
-        for q in self.queues.drain(..) {
-            let _ = q.tx.send(Chunk::End);
+        for mut q in self.queues.drain(..) {
+            q.ended = q.tx.send(Chunk::End).is_ok();
         }
     }
 }
@@ -112,7 +131,7 @@ impl Body for Tee {
                 }
             }
             Poll::Ready(None) => this.finish(),
-            // Dropping the queues aborts the copies.
+            // Dropping the queues aborts the mirrors' tasks.
             Poll::Ready(Some(Err(_))) => this.queues.clear(),
             Poll::Pending => {}
         }
@@ -200,40 +219,42 @@ pub(crate) fn mirror(
     for upstream in mirrors {
         let (tx, rx) = mpsc::unbounded_channel();
         let behind = Arc::new(AtomicUsize::new(0));
-        queues.push(Queue {
-            tx,
-            queued: behind.clone(),
-            upstream: upstream.name.clone(),
-        });
+        let name = upstream.name.clone();
         let copy = RequestBody::Mirror(MirrorBody {
             rx,
-            queued: behind,
+            queued: behind.clone(),
             ended: false,
         });
-        spawn(upstream, parts, copy, timeout, metrics.clone());
+        let task = spawn(upstream, parts, copy, timeout, metrics.clone());
+        queues.push(Queue {
+            tx,
+            queued: behind,
+            upstream: name,
+            task,
+            ended: false,
+            metrics: Some(metrics.clone()),
+        });
     }
     RequestBody::Teed(Tee { body, queues })
 }
 
-/// Sends one copy of a request to `upstream` in a task of its own; the
-/// answer is read to its end and dropped, a failure counted in
-/// `upstream_errors{kind="mirror"}` and logged at debug level.
+/// Sends one copy of a request to `upstream` in a task of its own (its
+/// handle returned); the answer is read to its end and dropped, a failure
+/// counted in `upstream_errors{kind="mirror"}` and logged at debug level.
 fn spawn(
     upstream: Arc<Upstream>,
     parts: &http::request::Parts,
     body: RequestBody,
     timeout: Duration,
     metrics: Arc<Metrics>,
-) {
+) -> Option<AbortHandle> {
     let authority = parts.uri.authority().cloned().or_else(|| {
         parts
             .headers
             .get(header::HOST)
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
     });
-    let Some(target) = parts.uri.path_and_query().cloned() else {
-        return;
-    };
+    let target = parts.uri.path_and_query().cloned()?;
     let empty = matches!(body, RequestBody::Empty);
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
@@ -264,7 +285,7 @@ fn spawn(
             request.headers_mut().remove(header::HOST);
         }
     }
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let Some(in_flight) = upstream.pick(&[]) else {
             debug!(upstream = %upstream.name, "mirror: no ready endpoint");
             metrics.upstream_error(&upstream.name, "mirror");
@@ -290,6 +311,7 @@ fn spawn(
         }
         drop(in_flight);
     });
+    Some(task.abort_handle())
 }
 
 #[cfg(test)]
@@ -305,6 +327,9 @@ mod tests {
             tx,
             queued: queued.clone(),
             upstream: Arc::from("shop/mirror:80"),
+            task: None,
+            ended: false,
+            metrics: None,
         };
         let body = MirrorBody {
             rx,
@@ -340,5 +365,25 @@ mod tests {
             error.to_string().contains("could not be copied whole"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_cannot_be_whole_aborts_the_mirror_task() {
+        let stuck = || tokio::spawn(std::future::pending::<()>());
+        let (mut queue, _body) = copy();
+        let task = stuck();
+        queue.task = Some(task.abort_handle());
+        drop(queue);
+        assert!(task.await.unwrap_err().is_cancelled());
+
+        // A copy that ended cleanly leaves the task to finish.
+        let (mut queue, _body) = copy();
+        let task = stuck();
+        queue.task = Some(task.abort_handle());
+        queue.ended = true;
+        drop(queue);
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        task.abort();
     }
 }
