@@ -179,6 +179,17 @@ struct Resource {
     events: Vec<(u64, &'static str, Value)>,
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
+    /// Bumped on every change of this resource (put, remove, expire): a
+    /// prerendered list is served only while this has not moved.
+    changed: u64,
+}
+
+/// A list response rendered ahead of the request (`FakeApiserver::prerender`),
+/// as a real apiserver serves lists from its watch cache: the bytes, and the
+/// resource's `changed` counter when they were rendered.
+struct Prerendered {
+    changed: u64,
+    body: Bytes,
 }
 
 struct Watch {
@@ -203,6 +214,8 @@ struct State {
     requests: Vec<Recorded>,
     /// API groups not served (their CRDs are not installed): 404.
     uninstalled: Vec<String>,
+    /// Rendered list responses by (plural, namespace, field selector).
+    prerendered: BTreeMap<(&'static str, Option<String>, String), Prerendered>,
 }
 
 /// The fake apiserver; stops when dropped.
@@ -379,6 +392,7 @@ impl State {
         let rv = self.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let resource = self.resource(t.plural);
+        resource.changed += 1;
         let kind = if resource
             .objects
             .insert((namespace, name), object.clone())
@@ -409,6 +423,7 @@ impl State {
         let rv = self.rv;
         let resource = self.resource(t.plural);
         let mut object = resource.objects.remove(&(ns.to_owned(), name.to_owned()))?;
+        resource.changed += 1;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         if record {
             resource.events.push((rv, "DELETED", object.clone()));
@@ -448,6 +463,27 @@ impl FakeApiserver {
             }
         });
         Self { addr, state, task }
+    }
+
+    /// Renders the list response of `kind` (all namespaces, or `namespace`)
+    /// filtered by `field_selector` (as sent, e.g. `type=kubernetes.io/tls`;
+    /// empty for none) now, and serves those bytes to every such list until
+    /// the kind changes: what a real apiserver does from its watch cache, so
+    /// that a benchmark measures the client and not the fake.
+    pub(crate) fn prerender(&self, kind: &str, namespace: Option<&str>, field_selector: &str) {
+        let t = type_of_kind(kind);
+        let mut state = self.state.lock().unwrap();
+        let selector = parse_selector(field_selector);
+        let body = render_list(&mut state, &t, namespace, &selector);
+        let changed = state.resource(t.plural).changed;
+        state.prerendered.insert(
+            (
+                t.plural,
+                namespace.map(str::to_owned),
+                field_selector.to_owned(),
+            ),
+            Prerendered { changed, body },
+        );
     }
 
     /// Stops serving an API group, as when its CRDs are not installed: every
@@ -534,7 +570,9 @@ impl FakeApiserver {
         let t = type_of_kind(kind);
         let mut state = self.state.lock().unwrap();
         let rv = state.rv;
-        state.resource(t.plural).compacted = rv + 1;
+        let resource = state.resource(t.plural);
+        resource.compacted = rv + 1;
+        resource.changed += 1;
         state.watches.retain(|w| {
             if w.plural == t.plural {
                 let _ =
@@ -666,11 +704,11 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
     }
     match (&method, name, sub) {
         (&Method::GET, None, None) => {
-            let selector = parse_selector(query.get("fieldSelector").map_or("", String::as_str));
+            let field_selector = query.get("fieldSelector").map_or("", String::as_str);
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
-                watch(state, t, namespace, selector, &query)
+                watch(state, t, namespace, parse_selector(field_selector), &query)
             } else {
-                list(state, t, namespace, &selector)
+                list(state, t, namespace, field_selector)
             }
         }
         (&Method::PATCH, Some(name), Some("status")) => {
@@ -780,26 +818,60 @@ fn list(
     state: &Arc<Mutex<State>>,
     t: &Type,
     namespace: Option<&str>,
-    selector: &[(String, bool, String)],
+    field_selector: &str,
 ) -> Response<Body> {
     let mut state = state.lock().unwrap();
+    let changed = state.resource(t.plural).changed;
+    let key = (
+        t.plural,
+        namespace.map(str::to_owned),
+        field_selector.to_owned(),
+    );
+    let body = match state.prerendered.get(&key) {
+        Some(p) if p.changed == changed => p.body.clone(),
+        _ => render_list(&mut state, t, namespace, &parse_selector(field_selector)),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(body)
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+/// The body of a list response.
+fn render_list(
+    state: &mut State,
+    t: &Type,
+    namespace: Option<&str>,
+    selector: &[(String, bool, String)],
+) -> Bytes {
     let rv = state.rv;
-    let items: Vec<Value> = state
+    // Written item by item: no second tree of the objects is built.
+    let mut body = serde_json::to_vec(&json!({
+        "apiVersion": t.group_version,
+        "kind": format!("{}List", t.kind),
+        "metadata": {"resourceVersion": rv.to_string()},
+    }))
+    .unwrap();
+    body.pop();
+    body.extend_from_slice(br#","items":["#);
+    let items = state
         .resource(t.plural)
         .objects
         .values()
-        .filter(|o| matches_filter(o, namespace, selector))
-        .cloned()
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "apiVersion": t.group_version,
-            "kind": format!("{}List", t.kind),
-            "metadata": {"resourceVersion": rv.to_string()},
-            "items": items,
-        }),
-    )
+        .filter(|o| matches_filter(o, namespace, selector));
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, item).unwrap();
+    }
+    body.extend_from_slice(b"]}");
+    Bytes::from(body)
 }
 
 fn watch(
