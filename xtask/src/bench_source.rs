@@ -39,6 +39,10 @@ pub(crate) struct Options {
     /// The fairlead binary (default: build and use target/release/fairlead).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Run fairlead under `perf record --call-graph dwarf` writing this file (the memory
+    /// and CPU figures are then perf's, not fairlead's).
+    #[arg(long)]
+    perf: Option<PathBuf>,
 }
 
 const NS: &str = "bench";
@@ -154,6 +158,23 @@ struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        // SIGINT to fairlead (under perf: perf's child); perf then writes
+        // its data and exits. SIGKILL if that takes too long.
+        let pid = self.0.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let target = children
+            .split_whitespace()
+            .next()
+            .map_or_else(|| pid.to_string(), str::to_owned);
+        let _ = Command::new("kill").args(["-INT", &target]).status();
+        let at = Instant::now();
+        while at.elapsed() < Duration::from_secs(10) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -249,8 +270,19 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let port = 15_453;
     let load_before = load_average();
     let at = Instant::now();
+    let mut command = match &options.perf {
+        Some(data) => {
+            let mut perf = Command::new("perf");
+            perf.args(["record", "--call-graph", "dwarf,32768", "-F", "2000", "-o"])
+                .arg(data)
+                .arg("--")
+                .arg(&bin);
+            perf
+        }
+        None => Command::new(&bin),
+    };
     let child = Killed(
-        Command::new(&bin)
+        command
             .args(["dns", "--kubeconfig"])
             .arg(&kubeconfig)
             .args([
@@ -259,7 +291,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
                 "--telemetry-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--upstream", "127.0.0.1:9"])
+            .args(["--upstream", "127.0.0.1:9", "--lameduck", "0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,

@@ -1,5 +1,5 @@
-//! A fake apiserver for tests, on 127.0.0.1: list and watch with
-//! resourceVersion, field selectors, bookmarks, `ERROR 410 Gone` on expired
+//! A fake apiserver for tests, on 127.0.0.1: list (paginated) and watch
+//! with resourceVersion, field selectors, bookmarks, `ERROR 410 Gone` on expired
 //! watches, dropped connections, and JSON merge patches of the status
 //! subresource. Just enough of the protocol for kube-rs's watcher, from the
 //! documented API conventions.
@@ -184,12 +184,20 @@ struct Resource {
     changed: u64,
 }
 
-/// A list response rendered ahead of the request (`FakeApiserver::prerender`),
-/// as a real apiserver serves lists from its watch cache: the bytes, and the
-/// resource's `changed` counter when they were rendered.
+/// The items of a list, each serialized, at one resourceVersion: what a
+/// list response (or a page of one) is assembled from.
+#[derive(Clone)]
+struct Rendered {
+    rv: u64,
+    items: Arc<[Bytes]>,
+}
+
+/// A list rendered ahead of the request (`FakeApiserver::prerender`), as a
+/// real apiserver serves lists from its watch cache; valid while the
+/// resource's `changed` counter is the one it was rendered at.
 struct Prerendered {
     changed: u64,
-    body: Bytes,
+    rendered: Rendered,
 }
 
 struct Watch {
@@ -467,14 +475,14 @@ impl FakeApiserver {
 
     /// Renders the list response of `kind` (all namespaces, or `namespace`)
     /// filtered by `field_selector` (as sent, e.g. `type=kubernetes.io/tls`;
-    /// empty for none) now, and serves those bytes to every such list until
+    /// empty for none) now, and serves those items to every such list until
     /// the kind changes: what a real apiserver does from its watch cache, so
     /// that a benchmark measures the client and not the fake.
     pub(crate) fn prerender(&self, kind: &str, namespace: Option<&str>, field_selector: &str) {
         let t = type_of_kind(kind);
         let mut state = self.state.lock().unwrap();
         let selector = parse_selector(field_selector);
-        let body = render_list(&mut state, &t, namespace, &selector);
+        let rendered = render_list(&mut state, &t, namespace, &selector);
         let changed = state.resource(t.plural).changed;
         state.prerendered.insert(
             (
@@ -482,7 +490,7 @@ impl FakeApiserver {
                 namespace.map(str::to_owned),
                 field_selector.to_owned(),
             ),
-            Prerendered { changed, body },
+            Prerendered { changed, rendered },
         );
     }
 
@@ -708,7 +716,7 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
                 watch(state, t, namespace, parse_selector(field_selector), &query)
             } else {
-                list(state, t, namespace, field_selector)
+                list(state, t, namespace, field_selector, &query)
             }
         }
         (&Method::PATCH, Some(name), Some("status")) => {
@@ -814,11 +822,15 @@ fn object_request(
     }
 }
 
+/// A list, paginated as the apiserver does (`limit`, `continue`): the
+/// continue token is the resourceVersion of the list and the offset of the
+/// next item, and every page comes from the list rendered for the first.
 fn list(
     state: &Arc<Mutex<State>>,
     t: &Type,
     namespace: Option<&str>,
     field_selector: &str,
+    query: &BTreeMap<String, String>,
 ) -> Response<Body> {
     let mut state = state.lock().unwrap();
     let changed = state.resource(t.plural).changed;
@@ -827,51 +839,77 @@ fn list(
         namespace.map(str::to_owned),
         field_selector.to_owned(),
     );
-    let body = match state.prerendered.get(&key) {
-        Some(p) if p.changed == changed => p.body.clone(),
+    let rendered = match state.prerendered.get(&key) {
+        Some(p) if p.changed == changed => p.rendered.clone(),
         _ => render_list(&mut state, t, namespace, &parse_selector(field_selector)),
     };
+    let (rv, offset) = query
+        .get("continue")
+        .and_then(|c| c.split_once(':'))
+        .and_then(|(rv, offset)| Some((rv.parse().ok()?, offset.parse().ok()?)))
+        .unwrap_or((rendered.rv, 0_usize));
+    if rv != rendered.rv {
+        // The list changed between pages: a real apiserver serves the old
+        // version from its cache; the fake says it is gone, and the client
+        // lists again from the start.
+        return status(StatusCode::GONE, "Expired", "the list changed; list again");
+    }
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let items = &rendered.items[offset.min(rendered.items.len())..];
+    let page = &items[..limit.min(items.len())];
+    let rest = items.len() - page.len();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if rest > 0 {
+        metadata["continue"] = json!(format!("{rv}:{}", offset + page.len()));
+        metadata["remainingItemCount"] = json!(rest);
+    }
+    let mut body = serde_json::to_vec(&json!({
+        "apiVersion": t.group_version,
+        "kind": format!("{}List", t.kind),
+        "metadata": metadata,
+    }))
+    .unwrap();
+    body.pop();
+    body.reserve(page.iter().map(|i| i.len() + 1).sum::<usize>() + 16);
+    body.extend_from_slice(br#","items":["#);
+    for (i, item) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
         .body(
-            Full::new(body)
+            Full::new(Bytes::from(body))
                 .map_err(|never: Infallible| match never {})
                 .boxed(),
         )
         .unwrap()
 }
 
-/// The body of a list response.
+/// The items of a list, serialized.
 fn render_list(
     state: &mut State,
     t: &Type,
     namespace: Option<&str>,
     selector: &[(String, bool, String)],
-) -> Bytes {
+) -> Rendered {
     let rv = state.rv;
-    // Written item by item: no second tree of the objects is built.
-    let mut body = serde_json::to_vec(&json!({
-        "apiVersion": t.group_version,
-        "kind": format!("{}List", t.kind),
-        "metadata": {"resourceVersion": rv.to_string()},
-    }))
-    .unwrap();
-    body.pop();
-    body.extend_from_slice(br#","items":["#);
     let items = state
         .resource(t.plural)
         .objects
         .values()
-        .filter(|o| matches_filter(o, namespace, selector));
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        serde_json::to_writer(&mut body, item).unwrap();
-    }
-    body.extend_from_slice(b"]}");
-    Bytes::from(body)
+        .filter(|o| matches_filter(o, namespace, selector))
+        .map(|o| Bytes::from(serde_json::to_vec(o).unwrap()))
+        .collect();
+    Rendered { rv, items }
 }
 
 fn watch(
