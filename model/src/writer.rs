@@ -1,7 +1,10 @@
 //! The one writer of the model: takes objects from a source, translates them,
 //! keeps the last good version of each, and publishes snapshots.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+// foldhash, not std's SipHash: these maps take every object at start-up.
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::SystemTime;
 
