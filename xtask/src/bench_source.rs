@@ -43,6 +43,9 @@ pub(crate) struct Options {
     /// and CPU figures are then perf's, not fairlead's).
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// fairlead's log filter (`RUST_LOG`); its log is shown when given.
+    #[arg(long)]
+    log: Option<String>,
 }
 
 const NS: &str = "bench";
@@ -269,6 +272,15 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     )?;
     let port = 15_453;
     let load_before = load_average();
+    let stamp = |what: &str| {
+        if options.log.is_some() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            println!("bench: {what} at {:.6} (Unix time)", now.as_secs_f64());
+        }
+    };
+    stamp("fairlead started");
     let at = Instant::now();
     let mut command = match &options.perf {
         Some(data) => {
@@ -292,18 +304,24 @@ pub(crate) fn run(options: &Options) -> Result<()> {
                 "127.0.0.1:0",
             ])
             .args(["--upstream", "127.0.0.1:9", "--lameduck", "0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", options.log.as_deref().unwrap_or("warn"))
+            .stdout(if options.log.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()?,
     );
     let last = options.services - 1;
     let last_name = format!("svc-{last}.{NS}.svc.cluster.local");
     wait_answer(port, &last_name, &vip(last))?;
     let to_answer = at.elapsed();
+    stamp("last Service answered");
     let pid = child.0.id().to_string();
     let cpu_to_answer = cpu_time(&pid);
     std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm) = (status_kib(&pid, "VmRSS:"), status_kib(&pid, "VmHWM:"));
+    let (anon, file) = (status_kib(&pid, "RssAnon:"), status_kib(&pid, "RssFile:"));
     let mut updates = Vec::new();
     for version in 1..=options.updates {
         let at = Instant::now();
@@ -341,6 +359,11 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         "resident memory once synced (peak)         {:>10.1} MiB ({:.1})   (goal ≤ 128 MiB)",
         mib(rss),
         mib(hwm)
+    );
+    println!(
+        "  of which anonymous (heap, stacks) / file  {:>9.1} MiB / {:.1} MiB",
+        mib(anon),
+        mib(file)
     );
     println!(
         "EndpointSlice update → answered, median    {:>10.1} ms (max {:.1}, {} updates)",
