@@ -152,17 +152,20 @@ impl<T> Tags<T> {
 
 /// A persistent map keyed by address, IPv4 addresses as `u32` and IPv6 as
 /// `u128` (an `IpAddr` key takes 17 bytes and its padding in every slot).
+/// A B-tree, not a hash trie: its nodes are full where a trie's leaves
+/// are mostly empty slots (at 10k Services x 10 endpoints the reverse map
+/// took about half the index as a trie).
 #[derive(Clone, Debug)]
 struct AddrMap<V> {
-    v4: FastMap<u32, V>,
-    v6: FastMap<u128, V>,
+    v4: imbl::OrdMap<u32, V>,
+    v6: imbl::OrdMap<u128, V>,
 }
 
 impl<V: Clone> AddrMap<V> {
     fn new() -> Self {
         Self {
-            v4: FastMap::default(),
-            v6: FastMap::default(),
+            v4: imbl::OrdMap::new(),
+            v6: imbl::OrdMap::new(),
         }
     }
 
