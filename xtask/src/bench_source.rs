@@ -8,7 +8,9 @@
 //! The fake renders every list fairlead asks for before fairlead starts, as
 //! a real apiserver serves lists from its watch cache, and the answers are
 //! polled with one UDP query from this process (no `dig` process per poll):
-//! the figures measure fairlead, not the bench.
+//! the figures measure fairlead, not the bench. The fake runs in this
+//! process: build the bench in release (`cargo run --release -p xtask --
+//! bench source`), or the fake's debug build competes with fairlead.
 
 #[path = "../../model/tests/fake_apiserver/mod.rs"]
 mod fake_apiserver;
