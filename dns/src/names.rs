@@ -12,10 +12,34 @@ use hickory_proto::rr::Name;
 #[must_use]
 pub fn dashed_ip(ip: IpAddr) -> String {
     match ip {
-        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
-        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+        // One allocation, no formatting machinery: the index makes one of
+        // these per endpoint.
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('-');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+            out
+        }
+        IpAddr::V6(v6) => v6
+            .to_string()
+            .chars()
+            .map(|c| if c == ':' { '-' } else { c })
+            .collect(),
     }
 }
+
+/// The longest label [`dashed_ip`] makes (a full IPv6 address).
+pub const DASHED_IP_MAX: usize = 39;
 
 /// The address a dashed label stands for (the inverse of [`dashed_ip`]).
 #[must_use]

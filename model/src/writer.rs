@@ -1,7 +1,10 @@
 //! The one writer of the model: takes objects from a source, translates them,
 //! keeps the last good version of each, and publishes snapshots.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+// foldhash, not std's SipHash: these maps take every object at start-up.
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -103,8 +106,9 @@ pub struct ModelWriter {
     specs: HashMap<ServiceKey, Option<Service>>,
     /// Last good translation of each EndpointSlice, by slice key.
     slices: HashMap<ObjectKey, Slice>,
-    /// Slice names per Service.
-    slices_by_service: HashMap<ServiceKey, BTreeSet<String>>,
+    /// Slice names per Service, sorted (a Vec: nearly every Service has
+    /// one slice, and a set's node is ten times the size of one name).
+    slices_by_service: HashMap<ServiceKey, Vec<String>>,
     /// TLS material of every Secret.
     secrets: HashMap<ObjectKey, SecretState>,
     source_problems: Vec<Problem>,
@@ -357,10 +361,13 @@ impl ModelWriter {
                     return Ok(());
                 }
                 self.unlink_slice(&key, dirty);
-                self.slices_by_service
+                let names = self
+                    .slices_by_service
                     .entry(slice.service.clone())
-                    .or_default()
-                    .insert(key.name.clone());
+                    .or_default();
+                if let Err(at) = names.binary_search(&key.name) {
+                    names.insert(at, key.name.clone());
+                }
                 dirty.services.insert(slice.service.clone());
                 self.slices.insert(key, slice);
             }
@@ -473,7 +480,9 @@ impl ModelWriter {
     fn unlink_slice(&mut self, key: &ObjectKey, dirty: &mut Dirty) {
         if let Some(old) = self.slices.remove(key) {
             if let Some(names) = self.slices_by_service.get_mut(&old.service) {
-                names.remove(&key.name);
+                if let Ok(at) = names.binary_search(&key.name) {
+                    names.remove(at);
+                }
                 if names.is_empty() {
                     self.slices_by_service.remove(&old.service);
                 }
@@ -783,7 +792,9 @@ impl ModelWriter {
             problems_changed |= self.resolve_ingress(&mut resolved);
             dirty_objects.extend(resolved.objects);
         }
+        // What changed, for the log (nothing is named when everything did).
         let mut services = Vec::new();
+        let mut spec_changed = false;
         for key in &dirty.services {
             let old = self.next.services.get(key);
             match (old, self.build_service(key)) {
@@ -794,30 +805,48 @@ impl ModelWriter {
                         _ => ServiceChange::Spec,
                     };
                     self.next.services.insert(key.clone(), Arc::new(new));
-                    services.push((key.clone(), change));
+                    spec_changed |= change == ServiceChange::Spec;
+                    if !dirty.everything {
+                        services.push((key.clone(), change));
+                    }
                 }
                 (Some(_), None) => {
                     self.next.services.remove(key);
-                    services.push((key.clone(), ServiceChange::Spec));
+                    spec_changed = true;
+                    if !dirty.everything {
+                        services.push((key.clone(), ServiceChange::Spec));
+                    }
                 }
                 (None, None) => {}
             }
         }
         self.specs.clear();
-        if dirty.ingress || services.iter().any(|(_, c)| *c == ServiceChange::Spec) {
+        if dirty.ingress || spec_changed {
             problems_changed |= self.resolve_ingress_backends();
         }
-        if services.is_empty() && dirty_objects.is_empty() && !problems_changed && !dirty.everything
+        if !spec_changed
+            && services.is_empty()
+            && dirty_objects.is_empty()
+            && !problems_changed
+            && !dirty.everything
         {
             return self.next.generation;
         }
         let generation = self.next.generation + 1;
         self.next.generation = generation;
+        // A generation that changed everything names nothing: a reader
+        // compares everything anyway, and the first sync would otherwise
+        // keep a key of every object in the log for a thousand generations.
+        let (services, objects) = if dirty.everything {
+            (Vec::new(), Vec::new())
+        } else {
+            (services, dirty_objects.into_iter().collect())
+        };
         self.next.log.push_back(Arc::new(Logged {
             generation,
             everything: dirty.everything,
             services,
-            objects: dirty_objects.into_iter().collect(),
+            objects,
         }));
         while self.next.log.len() > CHANGE_LOG_LEN {
             self.next.log.pop_front();

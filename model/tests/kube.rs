@@ -1358,3 +1358,48 @@ async fn an_ingress_naming_a_missing_service_gets_a_warning_event() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(reasons().len(), 2);
 }
+
+/// The fake paginates as the apiserver does (the benchmark relies on it):
+/// pages of `limit` objects with a continue token, from one rendering, and
+/// a prerendered list serves the same objects until the kind changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_paginates_lists_and_serves_prerendered_ones_until_they_change() {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, ListParams};
+
+    let server =
+        FakeApiserver::start((0..5).map(|i| service(&format!("s{i}"), 80)).collect()).await;
+    let api: Api<Service> = Api::all(server.client());
+    let list_all = |api: Api<Service>| async move {
+        let mut names = Vec::new();
+        let mut pages = 0;
+        let mut params = ListParams::default().limit(2);
+        loop {
+            let page = api.list(&params).await.unwrap();
+            pages += 1;
+            names.extend(page.items.iter().filter_map(|s| s.metadata.name.clone()));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => return (names, pages),
+            }
+        }
+    };
+    assert_eq!(
+        list_all(api.clone()).await,
+        (
+            vec![
+                "s0".into(),
+                "s1".into(),
+                "s2".into(),
+                "s3".into(),
+                "s4".into()
+            ],
+            3
+        )
+    );
+    server.prerender("Service", None, "");
+    assert_eq!(list_all(api.clone()).await.0.len(), 5);
+    // A change makes the prerendered list stale: the new object is listed.
+    server.apply(service("s5", 80));
+    assert_eq!(list_all(api).await.0.len(), 6);
+}

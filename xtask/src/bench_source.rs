@@ -1,19 +1,29 @@
 //! `cargo xtask bench source`: `fairlead dns --kubeconfig` fed by the fake
 //! apiserver of `model/tests` (in this process) with N Services × E
-//! endpoints: time from start to answering the last Service, resident
-//! memory once synced, one EndpointSlice update → answered; and the fake's
-//! own start-up time and memory (this process's growth while it loads).
+//! endpoints: time from start to answering the last Service (and the CPU
+//! fairlead used until then), resident memory once synced, one EndpointSlice
+//! update → answered; and the fake's own start-up time and memory (this
+//! process's growth while it loads).
+//!
+//! The fake renders every list fairlead asks for before fairlead starts, as
+//! a real apiserver serves lists from its watch cache, and the answers are
+//! polled with one UDP query from this process (no `dig` process per poll):
+//! the figures measure fairlead, not the bench. The fake runs in this
+//! process: build the bench in release (`cargo run --release -p xtask --
+//! bench source`), or the fake's debug build competes with fairlead.
 
 #[path = "../../model/tests/fake_apiserver/mod.rs"]
 mod fake_apiserver;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use fake_apiserver::FakeApiserver;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::{Value, json};
 
 /// Options of `cargo xtask bench source`.
@@ -31,6 +41,13 @@ pub(crate) struct Options {
     /// The fairlead binary (default: build and use target/release/fairlead).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Run fairlead under `perf record --call-graph dwarf` writing this file (the memory
+    /// and CPU figures are then perf's, not fairlead's).
+    #[arg(long)]
+    perf: Option<PathBuf>,
+    /// fairlead's log filter (`RUST_LOG`); its log is shown when given.
+    #[arg(long)]
+    log: Option<String>,
 }
 
 const NS: &str = "bench";
@@ -99,35 +116,42 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// The A records `dig` gets for `name` from 127.0.0.1:`port`.
-fn dig(port: u16, name: &str) -> Vec<String> {
-    Command::new("dig")
-        .args([
-            "+short",
-            "+tries=1",
-            "+time=1",
-            "-p",
-            &port.to_string(),
-            "@127.0.0.1",
-            name,
-            "A",
-        ])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| l.parse::<Ipv4Addr>().is_ok())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+/// The A records of `name` from 127.0.0.1:`port` (one UDP exchange).
+fn ask(port: u16, name: &str) -> Vec<String> {
+    let exchange = || -> Option<Vec<String>> {
+        let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        let mut message = Message::new(fastrand::u16(..), MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+        socket
+            .send_to(
+                &message.to_vec().ok()?,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            )
+            .ok()?;
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).ok()?;
+        let answer = Message::from_vec(&buf[..n]).ok()?;
+        Some(
+            answer
+                .answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    exchange().unwrap_or_default()
 }
 
 fn wait_answer(port: u16, name: &str, want: &str) -> Result<Duration> {
     let at = Instant::now();
     while at.elapsed() < TIMEOUT {
-        if dig(port, name).iter().any(|a| a == want) {
+        if ask(port, name).iter().any(|a| a == want) {
             return Ok(at.elapsed());
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -139,9 +163,52 @@ struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
+        // SIGINT to fairlead (under perf: perf's child); perf then writes
+        // its data and exits. SIGKILL if that takes too long.
+        let pid = self.0.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let target = children
+            .split_whitespace()
+            .next()
+            .map_or_else(|| pid.to_string(), str::to_owned);
+        let _ = Command::new("kill").args(["-INT", &target]).status();
+        let at = Instant::now();
+        while at.elapsed() < Duration::from_secs(10) {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// CPU time (user + system) of process `pid` so far.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 (11 and 12 after the name), in
+    // clock ticks; Linux reports them in USER_HZ = 100.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn binary(options: &Options) -> Result<PathBuf> {
@@ -176,6 +243,22 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let objects = objects(options);
     let at = Instant::now();
     let fake = runtime.block_on(FakeApiserver::start(objects));
+    // Every list `fairlead dns` makes (no --node-name: no Node watch).
+    for kind in [
+        "Service",
+        "EndpointSlice",
+        "Ingress",
+        "IngressClass",
+        "Namespace",
+        "GatewayClass",
+        "Gateway",
+        "HTTPRoute",
+        "GRPCRoute",
+        "ReferenceGrant",
+    ] {
+        fake.prerender(kind, None, "");
+    }
+    fake.prerender("Secret", None, fairlead_model::source::kube::TLS_SECRETS);
     let fake_start = at.elapsed();
     let fake_kib = status_kib("self", "VmRSS:").saturating_sub(before);
     let dir = tempfile::tempdir()?;
@@ -190,9 +273,30 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         ),
     )?;
     let port = 15_453;
+    let load_before = load_average();
+    let stamp = |what: &str| {
+        if options.log.is_some() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            println!("bench: {what} at {:.6} (Unix time)", now.as_secs_f64());
+        }
+    };
+    stamp("fairlead started");
     let at = Instant::now();
+    let mut command = match &options.perf {
+        Some(data) => {
+            let mut perf = Command::new("perf");
+            perf.args(["record", "--call-graph", "dwarf,32768", "-F", "2000", "-o"])
+                .arg(data)
+                .arg("--")
+                .arg(&bin);
+            perf
+        }
+        None => Command::new(&bin),
+    };
     let child = Killed(
-        Command::new(&bin)
+        command
             .args(["dns", "--kubeconfig"])
             .arg(&kubeconfig)
             .args([
@@ -201,18 +305,25 @@ pub(crate) fn run(options: &Options) -> Result<()> {
                 "--telemetry-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--upstream", "127.0.0.1:9"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .args(["--upstream", "127.0.0.1:9", "--lameduck", "0"])
+            .env("RUST_LOG", options.log.as_deref().unwrap_or("warn"))
+            .stdout(if options.log.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()?,
     );
     let last = options.services - 1;
     let last_name = format!("svc-{last}.{NS}.svc.cluster.local");
     wait_answer(port, &last_name, &vip(last))?;
     let to_answer = at.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
+    stamp("last Service answered");
     let pid = child.0.id().to_string();
+    let cpu_to_answer = cpu_time(&pid);
+    std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm) = (status_kib(&pid, "VmRSS:"), status_kib(&pid, "VmHWM:"));
+    let (anon, file) = (status_kib(&pid, "RssAnon:"), status_kib(&pid, "RssFile:"));
     let mut updates = Vec::new();
     for version in 1..=options.updates {
         let at = Instant::now();
@@ -231,7 +342,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         options.services, options.endpoints
     );
     println!(
-        "fake apiserver start-up (objects stored)   {:>10.2} s",
+        "fake apiserver start-up (objects stored, lists rendered) {:>6.2} s",
         fake_start.as_secs_f64()
     );
     println!(
@@ -243,9 +354,18 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         to_answer.as_secs_f64()
     );
     println!(
+        "fairlead CPU (user+system) until then     {:>10.2} s",
+        cpu_to_answer.as_secs_f64()
+    );
+    println!(
         "resident memory once synced (peak)         {:>10.1} MiB ({:.1})   (goal ≤ 128 MiB)",
         mib(rss),
         mib(hwm)
+    );
+    println!(
+        "  of which anonymous (heap, stacks) / file  {:>9.1} MiB / {:.1} MiB",
+        mib(anon),
+        mib(file)
     );
     println!(
         "EndpointSlice update → answered, median    {:>10.1} ms (max {:.1}, {} updates)",
@@ -264,13 +384,8 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         mib(rss_after)
     );
     println!(
-        "(dig polls every 5 ms; load average {})",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        "(polled every 5 ms over UDP; load average {load_before} at start, {} at the end)",
+        load_average()
     );
     Ok(())
 }

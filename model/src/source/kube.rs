@@ -33,7 +33,7 @@ pub mod leader;
 mod metrics;
 pub mod status;
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;

@@ -100,7 +100,13 @@ pub fn endpoint_slice(object: &discovery::EndpointSlice) -> Result<Slice, Vec<Fi
                 );
                 continue;
             };
-            let Some(address) = errors.ip(format!("endpoints[{i}].addresses[0]"), first) else {
+            // Parsed here, not with `Errors::ip`: its field path would be
+            // formatted for every endpoint, error or not.
+            let Ok(address) = first.trim().parse::<IpAddr>() else {
+                errors.push(
+                    format!("endpoints[{i}].addresses[0]"),
+                    format!("{first:?} is not an IP address"),
+                );
                 continue;
             };
             if IpFamily::of(&address) != family {
@@ -153,8 +159,27 @@ pub fn endpoint_slice(object: &discovery::EndpointSlice) -> Result<Slice, Vec<Fi
     errors.finish(Slice {
         service: ServiceKey::new(namespace, service_name),
         family,
-        endpoints: merge_endpoints_of([endpoints.iter()]),
+        endpoints: dedup_by_address(endpoints),
     })
+}
+
+/// The endpoints of one slice as [`merge_endpoints_of`] leaves them (sorted
+/// by address, each address once: the ready copy wins, then the serving
+/// one, then the first), without copying them.
+fn dedup_by_address(mut endpoints: Vec<Endpoint>) -> Arc<[Endpoint]> {
+    let rank = |e: &Endpoint| (e.conditions.ready, e.conditions.serving);
+    // Stable: the endpoints of one address stay in the slice's order.
+    endpoints.sort_by_key(|e| e.address);
+    endpoints.dedup_by(|later, kept| {
+        if later.address != kept.address {
+            return false;
+        }
+        if rank(later) > rank(kept) {
+            std::mem::swap(later, kept);
+        }
+        true
+    });
+    endpoints.into()
 }
 
 /// Merges the endpoints of a Service's slices, given in slice-name order.
@@ -235,6 +260,49 @@ mod tests {
                 serving: true,
                 terminating: true
             }
+        );
+    }
+
+    #[test]
+    fn one_slice_is_deduplicated_as_slices_are_merged() {
+        let s = slice(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.0.0.3"], "hostname": "a", "conditions": {"ready": false, "serving": false}},
+                {"addresses": ["10.0.0.1"], "hostname": "b"},
+                {"addresses": ["10.0.0.3"], "hostname": "c", "conditions": {"ready": false, "serving": true}},
+                {"addresses": ["10.0.0.3"], "hostname": "d", "conditions": {"ready": false, "serving": true}},
+                {"addresses": ["10.0.0.2"], "hostname": "e", "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.2"], "hostname": "f"},
+            ],
+        }))
+        .unwrap();
+        let hostnames: Vec<&str> = s
+            .endpoints
+            .iter()
+            .map(|e| e.hostname.as_deref().unwrap())
+            .collect();
+        assert_eq!(hostnames, ["b", "f", "c"]);
+        // Against the merge of several slices, on a list with duplicates of
+        // every rank in both orders.
+        let mut raw: Vec<Endpoint> = Vec::new();
+        for (n, e) in s
+            .endpoints
+            .iter()
+            .chain(s.endpoints.iter().rev())
+            .enumerate()
+        {
+            let mut e = e.clone();
+            e.hostname = Some(format!("h{n}"));
+            e.conditions.ready = n % 3 == 0;
+            e.conditions.serving = n % 2 == 0;
+            raw.push(e);
+        }
+        assert_eq!(
+            *dedup_by_address(raw.clone()),
+            *merge_endpoints_of([raw.iter()])
         );
     }
 

@@ -1,5 +1,5 @@
-//! A fake apiserver for tests, on 127.0.0.1: list and watch with
-//! resourceVersion, field selectors, bookmarks, `ERROR 410 Gone` on expired
+//! A fake apiserver for tests, on 127.0.0.1: list (paginated) and watch
+//! with resourceVersion, field selectors, bookmarks, `ERROR 410 Gone` on expired
 //! watches, dropped connections, and JSON merge patches of the status
 //! subresource. Just enough of the protocol for kube-rs's watcher, from the
 //! documented API conventions.
@@ -179,6 +179,25 @@ struct Resource {
     events: Vec<(u64, &'static str, Value)>,
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
+    /// Bumped on every change of this resource (put, remove, expire): a
+    /// prerendered list is served only while this has not moved.
+    changed: u64,
+}
+
+/// The items of a list, each serialized, at one resourceVersion: what a
+/// list response (or a page of one) is assembled from.
+#[derive(Clone)]
+struct Rendered {
+    rv: u64,
+    items: Arc<[Bytes]>,
+}
+
+/// A list rendered ahead of the request (`FakeApiserver::prerender`), as a
+/// real apiserver serves lists from its watch cache; valid while the
+/// resource's `changed` counter is the one it was rendered at.
+struct Prerendered {
+    changed: u64,
+    rendered: Rendered,
 }
 
 struct Watch {
@@ -203,6 +222,8 @@ struct State {
     requests: Vec<Recorded>,
     /// API groups not served (their CRDs are not installed): 404.
     uninstalled: Vec<String>,
+    /// Rendered list responses by (plural, namespace, field selector).
+    prerendered: BTreeMap<(&'static str, Option<String>, String), Prerendered>,
 }
 
 /// The fake apiserver; stops when dropped.
@@ -379,6 +400,7 @@ impl State {
         let rv = self.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let resource = self.resource(t.plural);
+        resource.changed += 1;
         let kind = if resource
             .objects
             .insert((namespace, name), object.clone())
@@ -409,6 +431,7 @@ impl State {
         let rv = self.rv;
         let resource = self.resource(t.plural);
         let mut object = resource.objects.remove(&(ns.to_owned(), name.to_owned()))?;
+        resource.changed += 1;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         if record {
             resource.events.push((rv, "DELETED", object.clone()));
@@ -448,6 +471,27 @@ impl FakeApiserver {
             }
         });
         Self { addr, state, task }
+    }
+
+    /// Renders the list response of `kind` (all namespaces, or `namespace`)
+    /// filtered by `field_selector` (as sent, e.g. `type=kubernetes.io/tls`;
+    /// empty for none) now, and serves those items to every such list until
+    /// the kind changes: what a real apiserver does from its watch cache, so
+    /// that a benchmark measures the client and not the fake.
+    pub(crate) fn prerender(&self, kind: &str, namespace: Option<&str>, field_selector: &str) {
+        let t = type_of_kind(kind);
+        let mut state = self.state.lock().unwrap();
+        let selector = parse_selector(field_selector);
+        let rendered = render_list(&mut state, &t, namespace, &selector);
+        let changed = state.resource(t.plural).changed;
+        state.prerendered.insert(
+            (
+                t.plural,
+                namespace.map(str::to_owned),
+                field_selector.to_owned(),
+            ),
+            Prerendered { changed, rendered },
+        );
     }
 
     /// Stops serving an API group, as when its CRDs are not installed: every
@@ -534,7 +578,9 @@ impl FakeApiserver {
         let t = type_of_kind(kind);
         let mut state = self.state.lock().unwrap();
         let rv = state.rv;
-        state.resource(t.plural).compacted = rv + 1;
+        let resource = state.resource(t.plural);
+        resource.compacted = rv + 1;
+        resource.changed += 1;
         state.watches.retain(|w| {
             if w.plural == t.plural {
                 let _ =
@@ -666,11 +712,11 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Response<B
     }
     match (&method, name, sub) {
         (&Method::GET, None, None) => {
-            let selector = parse_selector(query.get("fieldSelector").map_or("", String::as_str));
+            let field_selector = query.get("fieldSelector").map_or("", String::as_str);
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
-                watch(state, t, namespace, selector, &query)
+                watch(state, t, namespace, parse_selector(field_selector), &query)
             } else {
-                list(state, t, namespace, &selector)
+                list(state, t, namespace, field_selector, &query)
             }
         }
         (&Method::PATCH, Some(name), Some("status")) => {
@@ -776,30 +822,94 @@ fn object_request(
     }
 }
 
+/// A list, paginated as the apiserver does (`limit`, `continue`): the
+/// continue token is the resourceVersion of the list and the offset of the
+/// next item, and every page comes from the list rendered for the first.
 fn list(
     state: &Arc<Mutex<State>>,
     t: &Type,
     namespace: Option<&str>,
-    selector: &[(String, bool, String)],
+    field_selector: &str,
+    query: &BTreeMap<String, String>,
 ) -> Response<Body> {
     let mut state = state.lock().unwrap();
+    let changed = state.resource(t.plural).changed;
+    let key = (
+        t.plural,
+        namespace.map(str::to_owned),
+        field_selector.to_owned(),
+    );
+    let rendered = match state.prerendered.get(&key) {
+        Some(p) if p.changed == changed => p.rendered.clone(),
+        _ => render_list(&mut state, t, namespace, &parse_selector(field_selector)),
+    };
+    let (rv, offset) = query
+        .get("continue")
+        .and_then(|c| c.split_once(':'))
+        .and_then(|(rv, offset)| Some((rv.parse().ok()?, offset.parse().ok()?)))
+        .unwrap_or((rendered.rv, 0_usize));
+    if rv != rendered.rv {
+        // The list changed between pages: a real apiserver serves the old
+        // version from its cache; the fake says it is gone, and the client
+        // lists again from the start.
+        return status(StatusCode::GONE, "Expired", "the list changed; list again");
+    }
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let items = &rendered.items[offset.min(rendered.items.len())..];
+    let page = &items[..limit.min(items.len())];
+    let rest = items.len() - page.len();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if rest > 0 {
+        metadata["continue"] = json!(format!("{rv}:{}", offset + page.len()));
+        metadata["remainingItemCount"] = json!(rest);
+    }
+    let mut body = serde_json::to_vec(&json!({
+        "apiVersion": t.group_version,
+        "kind": format!("{}List", t.kind),
+        "metadata": metadata,
+    }))
+    .unwrap();
+    body.pop();
+    body.reserve(page.iter().map(|i| i.len() + 1).sum::<usize>() + 16);
+    body.extend_from_slice(br#","items":["#);
+    for (i, item) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        )
+        .unwrap()
+}
+
+/// The items of a list, serialized.
+fn render_list(
+    state: &mut State,
+    t: &Type,
+    namespace: Option<&str>,
+    selector: &[(String, bool, String)],
+) -> Rendered {
     let rv = state.rv;
-    let items: Vec<Value> = state
+    let items = state
         .resource(t.plural)
         .objects
         .values()
         .filter(|o| matches_filter(o, namespace, selector))
-        .cloned()
+        .map(|o| Bytes::from(serde_json::to_vec(o).unwrap()))
         .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "apiVersion": t.group_version,
-            "kind": format!("{}List", t.kind),
-            "metadata": {"resourceVersion": rv.to_string()},
-            "items": items,
-        }),
-    )
+    Rendered { rv, items }
 }
 
 fn watch(
