@@ -3,13 +3,11 @@
 //! seen a packet for its timeout), at an interval that adapts to how much there is to
 //! collect.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
-use fairlead_abi::{
-    Ct4Key, Ct6Key, Ct6Value, CtValue, Protocol, maps,
-    nodeport::{CT_ORIGINAL, CT_REPLY},
-};
+use fairlead_abi::{BackendId, Ct4Key, Ct6Key, Ct6Value, CtValue, Protocol, RevNatId, maps};
 use tracing::debug;
 
 use crate::Error;
@@ -126,6 +124,66 @@ pub(crate) fn collect(set: &mut impl MapSet, timeouts: &Timeouts) -> Result<GcRe
     Ok(report)
 }
 
+/// Deletes the flows of backends that left their external frontends: `gone` holds (backend
+/// id, the frontend's rev-NAT id) per family. Both directions of a flow name its backend.
+/// The programs do not look a known flow's backend up again, so without this a flow would
+/// keep going to a removed backend until it is idle; after it, its next packet is balanced
+/// anew over the frontend's current backends. Returns the entries deleted.
+pub(crate) fn forget_backends(
+    set: &mut impl MapSet,
+    gone4: &HashSet<(BackendId, RevNatId)>,
+    gone6: &HashSet<(BackendId, RevNatId)>,
+) -> Result<usize, Error> {
+    let mut deleted = 0;
+    if !gone4.is_empty() {
+        for name in [maps::CT4_TCP, maps::CT4_ANY] {
+            deleted += forget_in::<Ct4Key, CtValue>(set, name, |v| {
+                gone4.contains(&(v.backend_id, v.rev_nat_id))
+            })?;
+        }
+    }
+    if !gone6.is_empty() {
+        for name in [maps::CT6_TCP, maps::CT6_ANY] {
+            deleted += forget_in::<Ct6Key, Ct6Value>(set, name, |v| {
+                gone6.contains(&(v.backend_id, v.rev_nat_id))
+            })?;
+        }
+    }
+    if deleted > 0 {
+        debug!(deleted, "conntrack entries of removed backends deleted");
+    }
+    Ok(deleted)
+}
+
+/// Deletes the entries of one conntrack map whose value `doomed` picks.
+fn forget_in<K, V>(
+    set: &mut impl MapSet,
+    name: &'static str,
+    doomed: impl Fn(&V) -> bool,
+) -> Result<usize, Error>
+where
+    K: aya::Pod,
+    V: aya::Pod,
+{
+    let map = set.map_mut(name)?;
+    let mut ct = HashMap::<&mut MapData, K, V>::try_from(map).map_err(|source| Error::Map {
+        name,
+        action: "open",
+        source,
+    })?;
+    let keys: Vec<K> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| doomed(v))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &keys {
+        // Gone already (LRU eviction, GC): fine.
+        let _ = ct.remove(key);
+    }
+    Ok(keys.len())
+}
+
 /// One conntrack map: a flow is idle when both directions are (a reply entry follows its
 /// original's pair time, so one-way traffic keeps both, and the source-NAT port, alive).
 fn collect_map<K, V>(
@@ -196,7 +254,7 @@ where
 
 /// [`partner_key`] for IPv6.
 fn partner_key6(key: &Ct6Key, value: &Ct6Value) -> Option<Ct6Key> {
-    if key.direction != CT_ORIGINAL {
+    if value.has_flag(CtValue::FLAG_REPLY) {
         return None;
     }
     let (daddr, dport) = if value.has_flag(CtValue::FLAG_SNAT) {
@@ -210,14 +268,13 @@ fn partner_key6(key: &Ct6Key, value: &Ct6Value) -> Option<Ct6Key> {
         value.port,
         dport,
         key.protocol,
-        CT_REPLY,
     ))
 }
 
 /// The key of the other direction of the flow an entry belongs to, when it can be derived
 /// from the entry (the original direction names the backend and the source NAT).
 fn partner_key(key: &Ct4Key, value: &CtValue) -> Option<Ct4Key> {
-    if key.direction != CT_ORIGINAL {
+    if value.has_flag(CtValue::FLAG_REPLY) {
         return None;
     }
     let (daddr, dport) = if value.has_flag(CtValue::FLAG_SNAT) {
@@ -231,7 +288,6 @@ fn partner_key(key: &Ct4Key, value: &CtValue) -> Option<Ct4Key> {
         value.port,
         dport,
         key.protocol,
-        CT_REPLY,
     ))
 }
 

@@ -183,6 +183,9 @@ pub struct SyncReport {
     /// UDP backends removed from a frontend: (address, port). Connected UDP sockets to them
     /// are stale.
     pub removed_udp_backends: Vec<(IpAddr, u16)>,
+    /// Backends removed from an external frontend: (family, backend id, the frontend's
+    /// rev-NAT id). The per-packet path's conntrack entries that name them are stale.
+    pub removed_external_backends: Vec<(Family, BackendId, RevNatId)>,
 }
 
 /// Counts of what is programmed.
@@ -969,6 +972,21 @@ impl Reconciler {
     /// Bookkeeping of writes the kernel took, all of `frontend`.
     fn applied(&mut self, frontend: Frontend, ops: &[Op], report: &mut SyncReport) {
         report.writes += ops.len();
+        if let Some(p) = self.frontends.get(&frontend)
+            && (p.maglev.is_some()
+                || p.head
+                    .is_some_and(|h| h.has_flag(ServiceValue::FLAG_EXTERNAL)))
+        {
+            for op in ops {
+                if let Op::DeleteBackend { family, id } = op
+                    && p.backends.contains_key(id)
+                {
+                    report
+                        .removed_external_backends
+                        .push((*family, *id, p.rev_nat_id));
+                }
+            }
+        }
         if frontend.protocol == fairlead_abi::Protocol::Udp.raw()
             && let Some(p) = self.frontends.get(&frontend)
         {

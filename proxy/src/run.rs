@@ -402,6 +402,12 @@ impl Proxy {
                         let started = Instant::now();
                         let report = reconciler.sync(&snapshot, &mut datapath);
                         let elapsed = started.elapsed();
+                        if !report.removed_external_backends.is_empty()
+                            && let Err(e) =
+                                datapath.forget_backends(&report.removed_external_backends)
+                        {
+                            warn!(error = %e, "deleting the flows of removed backends failed");
+                        }
                         (datapath, reconciler, report, elapsed, snapshot.generation)
                     })
                     .await;

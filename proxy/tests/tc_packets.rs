@@ -1157,3 +1157,68 @@ fn source_nat_rewrites_both_directions_byte_for_byte() {
         assert_eq!(out, syn(LB_IP, 80, client, sport), "reply, XDP: {at_xdp}");
     }
 }
+
+/// The model of the `web` Service with one local endpoint per address of `backends`.
+fn with_backends(writer: &mut ModelWriter, backends: &[Ipv4Addr]) -> Arc<Snapshot> {
+    let mut eps = String::new();
+    for address in backends {
+        let _ = writeln!(
+            eps,
+            "  - {{addresses: [\"{address}\"], conditions: {{ready: true}}, nodeName: node-1}}"
+        );
+    }
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
+    );
+    load(writer, &yaml)
+}
+
+/// A known flow is translated from its conntrack entry alone (no backend lookup per
+/// packet), so a removed backend's flows keep their entries until user space deletes them
+/// (`Datapath::forget_backends`, after each sync): then their next packet is balanced anew
+/// over the remaining backends, and the other flows keep theirs.
+#[test]
+fn a_removed_backends_flows_are_balanced_anew_once_forgotten() {
+    if !privileged("tc_packets::a_removed_backends_flows_are_balanced_anew_once_forgotten") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
+    let (kept, removed) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11));
+    let report = reconciler.sync(&with_backends(&mut writer, &[kept, removed]), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.removed_external_backends.is_empty());
+
+    let flows: Vec<(Ipv4Addr, u16)> = (0..40_u16)
+        .map(|i| (Ipv4Addr::new(198, 51, 100, 9), 41_000 + i))
+        .collect();
+    let before = backends_of(&mut datapath, &flows);
+    let on_removed: usize = before.iter().map(|b| usize::from(*b == 11)).sum();
+    assert!(
+        on_removed > 0 && on_removed < flows.len(),
+        "both backends take flows: {before:?}"
+    );
+
+    let report = reconciler.sync(&with_backends(&mut writer, &[kept]), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        report.removed_external_backends.len(),
+        1,
+        "{:?}",
+        report.removed_external_backends
+    );
+    // Until the entries are deleted, the flows stay where conntrack says.
+    assert_eq!(backends_of(&mut datapath, &flows), before);
+
+    let deleted = datapath
+        .forget_backends(&report.removed_external_backends)
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert_eq!(
+        deleted,
+        2 * on_removed,
+        "both directions of each of its flows"
+    );
+    let after = backends_of(&mut datapath, &flows);
+    assert!(after.iter().all(|b| *b == 10), "{after:?}");
+}

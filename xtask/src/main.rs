@@ -58,6 +58,10 @@ enum Bench {
         /// direct and, when the rules are loaded, iptables).
         #[arg(long)]
         fairlead_only: bool,
+        /// Seconds each rule-set load (iptables-restore, nft -f) may take; one still
+        /// running then is stopped and reported as "> cap", so every size prints its row.
+        #[arg(long, default_value_t = 120)]
+        rules_timeout: u64,
         /// Only the NodePort benchmark (skip the socket load balancer's).
         #[arg(long)]
         nodeport_only: bool,
@@ -105,6 +109,7 @@ fn main() -> Result<()> {
                     endpoints,
                     connects,
                     fairlead_only,
+                    rules_timeout,
                     nodeport_only,
                     nodeport,
                 },
@@ -112,7 +117,13 @@ fn main() -> Result<()> {
             let figures = if nodeport_only {
                 Vec::new()
             } else {
-                bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only)?
+                bench_proxy::bench(
+                    &sizes,
+                    endpoints,
+                    connects,
+                    !fairlead_only,
+                    std::time::Duration::from_secs(rules_timeout),
+                )?
             };
             let ratios = bench_nodeport::run(&nodeport)?;
             bench_proxy::print_goals(&figures, ratios);
