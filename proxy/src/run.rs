@@ -408,6 +408,11 @@ impl Proxy {
                         {
                             warn!(error = %e, "deleting the flows of removed backends failed");
                         }
+                        if report.full {
+                            // A full sync (and the model's first load before it) freed far
+                            // more than the process keeps.
+                            crate::sys::release_freed_memory();
+                        }
                         (datapath, reconciler, report, elapsed, snapshot.generation)
                     })
                     .await;
