@@ -154,10 +154,10 @@ fn capped_ratio(
     }
 }
 
-struct Netns(String);
+pub(crate) struct Netns(pub(crate) String);
 
 impl Netns {
-    fn new(name: &str) -> Result<Self> {
+    pub(crate) fn new(name: &str) -> Result<Self> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run(Command::new("ip").args(["netns", "add", name]))?;
         run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
@@ -373,7 +373,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// Enters a network namespace on this thread.
-fn enter(netns: &str) -> Result<()> {
+pub(crate) fn enter(netns: &str) -> Result<()> {
     let file = File::open(format!("/var/run/netns/{netns}")).context("open netns")?;
     rustix::thread::move_into_link_name_space(
         rustix::fd::AsFd::as_fd(&file),

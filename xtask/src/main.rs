@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench_nodeport;
+mod bench_packets;
 mod bench_proxy;
 
 #[derive(Parser)]
@@ -65,6 +66,10 @@ enum Bench {
         /// Only the NodePort benchmark (skip the socket load balancer's).
         #[arg(long)]
         nodeport_only: bool,
+        /// First, the TC ingress program's time per packet of a NodePort flow
+        /// (`BPF_PROG_TEST_RUN`) over this many flows per round (0: not measured).
+        #[arg(long, default_value_t = 0)]
+        packet_runs: usize,
         /// The NodePort benchmark: wrk and iperf3 through a NodePort, fairlead against
         /// kube-proxy's nftables and iptables rules.
         #[command(flatten)]
@@ -111,9 +116,13 @@ fn main() -> Result<()> {
                     fairlead_only,
                     rules_timeout,
                     nodeport_only,
+                    packet_runs,
                     nodeport,
                 },
         } => {
+            if packet_runs > 0 {
+                bench_packets::run(packet_runs)?;
+            }
             let figures = if nodeport_only {
                 Vec::new()
             } else {
