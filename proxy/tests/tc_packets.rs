@@ -1222,3 +1222,42 @@ fn a_removed_backends_flows_are_balanced_anew_once_forgotten() {
     let after = backends_of(&mut datapath, &flows);
     assert!(after.iter().all(|b| *b == 10), "{after:?}");
 }
+
+/// An ICMPv6 error about a flow conntrack does not know (the node's own traffic: here a
+/// "packet too big" about a TCP connection of the node) goes on to the stack untouched.
+#[test]
+fn an_icmpv6_error_about_an_unknown_flow_goes_on_untouched() {
+    if !privileged("tc_packets::an_icmpv6_error_about_an_unknown_flow_goes_on_untouched") {
+        return;
+    }
+    let (datapath, _netns) = datapath();
+    let router: Ipv6Addr = "2001:db8:ff::1".parse().unwrap();
+    let node: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let peer: Ipv6Addr = "2001:db8:2::9".parse().unwrap();
+    let mut p = vec![0_u8; 14 + 40 + 8 + 48];
+    p[12..14].copy_from_slice(&0x86dd_u16.to_be_bytes());
+    p[14] = 0x60;
+    p[18..20].copy_from_slice(&56_u16.to_be_bytes());
+    p[20] = 58;
+    p[21] = 64;
+    p[22..38].copy_from_slice(&router.octets());
+    p[38..54].copy_from_slice(&node.octets());
+    // Packet too big, MTU 1280, quoting the node's packet: node:40000 -> peer:443, TCP.
+    p[54] = 2;
+    p[58..62].copy_from_slice(&1280_u32.to_be_bytes());
+    let quoted = &mut p[62..];
+    quoted[0] = 0x60;
+    quoted[4..6].copy_from_slice(&1400_u16.to_be_bytes());
+    quoted[6] = 6;
+    quoted[7] = 64;
+    quoted[8..24].copy_from_slice(&node.octets());
+    quoted[24..40].copy_from_slice(&peer.octets());
+    quoted[40..42].copy_from_slice(&40_000_u16.to_be_bytes());
+    quoted[42..44].copy_from_slice(&443_u16.to_be_bytes());
+    let (verdict, out) = run(program(&datapath, programs::TC_INGRESS6), &p);
+    assert_eq!(
+        verdict, TC_ACT_UNSPEC,
+        "not about a balanced flow: not ours"
+    );
+    assert_eq!(out, p, "untouched");
+}
