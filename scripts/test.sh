@@ -60,13 +60,14 @@ done
 
 # What reaches the HTTP/1.1 framing guard (ingress/src/framing.rs) from a
 # client socket, under libFuzzer: the stream cut into reads of random sizes,
-# through the guard into hyper's HTTP/1.1 server. The target builds
+# through the guard into hyper's HTTP/1.1 server, from the committed corpus
+# (corpus/h1, minimised after the 10 M-input campaign) and the seeds. The target builds
 # framing.rs alone with tokio and hyper (about 45 CPU-seconds, debug, no
 # sanitizer, as above); a crash leaves its input in ingress/fuzz/artifacts/h1.
 ingress_fuzz_seconds="${FAIRLEAD_INGRESS_FUZZ_SECONDS:-30}"
 echo "== fuzz: ingress HTTP/1.1 framing (cargo fuzz, ${ingress_fuzz_seconds} s)" >&2
 (
   cd ingress/fuzz
-  cargo +nightly fuzz run h1 --dev --sanitizer none "$ingress_corpus" seeds/h1 -- \
+  cargo +nightly fuzz run h1 --dev --sanitizer none "$ingress_corpus" corpus/h1 seeds/h1 -- \
     -max_total_time="$ingress_fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 )

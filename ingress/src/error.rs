@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// What can stop the gateway (request-level failures are HTTP responses, not
-/// errors).
+/// What can stop the gateway, or cut off a body it streams (other
+/// request-level failures are HTTP responses, not errors).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be opened.
@@ -29,4 +29,9 @@ pub enum Error {
     /// The model source went away before the gateway was cancelled.
     #[error("the model source stopped")]
     ModelClosed,
+    /// A body the gateway was streaming was cut off on purpose: a mirror's
+    /// copy that could not be complete, or a response still streaming when
+    /// its route's request timeout passed.
+    #[error("body cut off: {0}")]
+    BodyCut(&'static str),
 }

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod gateway_api;
 mod h2c;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -160,7 +160,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_errors",
-            "Upstream transport errors, by kind (connect, send, timeout)",
+            "Upstream transport errors, by kind (connect, send, timeout, mirror)",
             m.upstream_errors.clone(),
         );
         registry.register(

@@ -12,8 +12,11 @@
 //!
 //! Gateway API filters ([`crate::filters`]) of the matched route, when it
 //! has any: a redirect answers at once; otherwise the path and host are
-//! rewritten, request headers modified, bodiless requests copied to the
-//! mirrors (spawned, never awaited), and the response headers modified.
+//! rewritten, request headers modified, requests copied to the mirrors
+//! ([`crate::mirror`]: spawned, never awaited, bodies teed), and the
+//! response headers modified. A route's request timeout covers the whole
+//! exchange: 504 when the response headers are late, and a response body
+//! still streaming at the deadline is cut off.
 //!
 //! Retries go to another endpoint: always when the request was not sent (the
 //! connect failed, or a pooled connection turned out closed), and for
@@ -48,7 +51,7 @@ use crate::metrics::{Metrics, RequestLabels, UpstreamLabels};
 use crate::router::{
     BackendSpec, RouteTable, UpstreamProtocol, normalize_host, remove_dot_segments,
 };
-use crate::upstream::{Connection, RequestBody, Upstream, UpstreamBody};
+use crate::upstream::{BodyError, Connection, RequestBody, Upstream, UpstreamBody};
 
 /// Settings of the request path.
 #[derive(Clone, Debug)]
@@ -225,34 +228,53 @@ impl ConnInfo {
 pub enum ProxyBody {
     /// Streamed from an upstream.
     Upstream(UpstreamBody),
+    /// Streamed from an upstream until a deadline (a Gateway API route's
+    /// request timeout), then cut off.
+    Deadline(UpstreamBody, Pin<Box<tokio::time::Sleep>>),
     /// Generated here.
     Local(Option<Bytes>),
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let upstream = |poll: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>| {
+            poll.map(|frame| frame.map(|r| r.map_err(BodyError::from)))
+        };
         match self.get_mut() {
-            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Upstream(body) => upstream(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Deadline(body, deadline) => {
+                if let Poll::Ready(frame) = Pin::new(body).poll_frame(cx) {
+                    return upstream(Poll::Ready(frame));
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    debug!("response body cut off at the route's request timeout");
+                    return Poll::Ready(Some(Err(crate::Error::BodyCut(
+                        "the route's request timeout passed while the response streamed",
+                    )
+                    .into())));
+                }
+                Poll::Pending
+            }
             ProxyBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(body) => body.is_end_stream(),
+            ProxyBody::Upstream(body) | ProxyBody::Deadline(body, _) => body.is_end_stream(),
             ProxyBody::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(body) => body.size_hint(),
+            ProxyBody::Upstream(body) | ProxyBody::Deadline(body, _) => body.size_hint(),
             ProxyBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -581,30 +603,42 @@ async fn proxy(
     parts.extensions = http::Extensions::new();
     let Some(f) = filters else {
         let timeout = config.response_timeout;
+        let body = RequestBody::Client(body);
         return forward(shared, &upstream, parts, body, on_upgrade, timeout, outcome).await;
     };
-    if !f.mirrors.is_empty() && on_upgrade.is_none() {
-        if body.is_end_stream() {
-            for id in &f.mirrors {
-                if let Some(mirror) = routing.upstreams.get(*id).cloned().flatten() {
-                    spawn_mirror(mirror, &parts, config.response_timeout);
-                }
-            }
-        } else {
-            debug!(upstream = %upstream.name, "request with a body not mirrored");
-        }
-    }
+    let body = if f.mirrors.is_empty() || on_upgrade.is_some() {
+        RequestBody::Client(body)
+    } else {
+        let mirrors = f
+            .mirrors
+            .iter()
+            .filter_map(|id| routing.upstreams.get(*id).cloned().flatten())
+            .collect();
+        crate::mirror::mirror(
+            mirrors,
+            &parts,
+            body,
+            config.response_timeout,
+            &shared.metrics,
+        )
+    };
     let attempt = f.attempt_timeout(config.response_timeout);
     let exchange = forward(shared, &upstream, parts, body, on_upgrade, attempt, outcome);
     let mut response = match f.timeouts.request {
         Some(limit) => {
-            let left = limit.saturating_sub(started.elapsed());
-            if let Ok(response) = tokio::time::timeout(left, exchange).await {
-                response
-            } else {
+            let deadline = started + limit;
+            let Ok(response) = tokio::time::timeout_at(deadline.into(), exchange).await else {
                 outcome.error = Some("route request timeout".to_owned());
                 return local_response(StatusCode::GATEWAY_TIMEOUT);
-            }
+            };
+            // The timeout covers the response body too: one still
+            // streaming at the deadline is cut off.
+            response.map(|body| match body {
+                ProxyBody::Upstream(body) => {
+                    ProxyBody::Deadline(body, Box::pin(tokio::time::sleep_until(deadline.into())))
+                }
+                other => other,
+            })
         }
         None => exchange.await,
     };
@@ -623,73 +657,6 @@ fn filter_redirect(status: u16, location: String) -> Response<ProxyBody> {
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
     response.headers_mut().insert(header::LOCATION, value);
     response
-}
-
-/// Sends a copy of a request (without a body: only requests without one
-/// are mirrored) to `upstream`, fire and forget: the answer is read and
-/// dropped, failures are logged at debug level, the client's request never
-/// waits for it.
-fn spawn_mirror(upstream: Arc<Upstream>, parts: &http::request::Parts, timeout: Duration) {
-    let authority = parts.uri.authority().cloned().or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-    });
-    let Some(target) = parts.uri.path_and_query().cloned() else {
-        return;
-    };
-    let mut request = Request::new(RequestBody::Empty);
-    *request.method_mut() = parts.method.clone();
-    *request.headers_mut() = parts.headers.clone();
-    request.headers_mut().remove(header::CONTENT_LENGTH);
-    match upstream.protocol {
-        UpstreamProtocol::Http1 => {
-            *request.uri_mut() = Uri::from(target);
-            *request.version_mut() = Version::HTTP_11;
-            if let Some(a) = &authority
-                && !request.headers().contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(a.as_str())
-            {
-                request.headers_mut().insert(header::HOST, v);
-            }
-        }
-        UpstreamProtocol::H2c => {
-            let authority = authority.unwrap_or_else(|| Authority::from_static("localhost"));
-            *request.uri_mut() = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(target)
-                .build()
-                .unwrap_or_default();
-            *request.version_mut() = Version::HTTP_2;
-            request.headers_mut().remove(header::HOST);
-        }
-    }
-    tokio::spawn(async move {
-        let Some(in_flight) = upstream.pick(&[]) else {
-            debug!(upstream = %upstream.name, "mirror: no ready endpoint");
-            return;
-        };
-        let endpoint = in_flight.endpoint().clone();
-        let exchange = async {
-            let (mut connection, _) = upstream.connect(&endpoint).await.ok()?;
-            let response = connection.send(request).await.ok()?;
-            // Read the answer to its end, then drop it.
-            http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .ok()
-        };
-        if tokio::time::timeout(timeout, exchange)
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            debug!(upstream = %upstream.name, endpoint = %endpoint.addr, "mirror failed");
-        }
-        drop(in_flight);
-    });
 }
 
 fn redirect(host: &str, path: &str, query: Option<&str>, port: u16) -> Response<ProxyBody> {
@@ -737,7 +704,7 @@ async fn forward(
     shared: &Arc<Shared>,
     upstream: &Arc<Upstream>,
     parts: http::request::Parts,
-    body: Incoming,
+    body: RequestBody,
     mut on_upgrade: Option<OnUpgrade>,
     attempt_timeout: Duration,
     outcome: &mut Outcome,
@@ -748,7 +715,7 @@ async fn forward(
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS];
     let mut attempts = 0;
-    let mut request = Some(Request::from_parts(parts, RequestBody::Client(body)));
+    let mut request = Some(Request::from_parts(parts, body));
     let mut spare: Option<(Method, Uri, Version, HeaderMap)> = None;
     loop {
         let Some(in_flight) = upstream.pick(&tried[..attempts]) else {
@@ -966,6 +933,9 @@ fn forwarded_headers(
         .is_some_and(|v| has_token(v, "trailers"));
     strip_hop_by_hop(headers, upgrade);
     headers.remove(header::TE);
+    // Room for the headers added below, so the map grows (and rehashes)
+    // at most once.
+    headers.reserve(8);
     if te_trailers && protocol == UpstreamProtocol::H2c {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }

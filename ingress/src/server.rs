@@ -52,6 +52,9 @@ use crate::metrics::{
 };
 use crate::proxy::{ConnInfo, ProxyBody, Shared, local_response};
 
+/// hyper's default limit of headers in an HTTP/1.1 request.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Settings of client connections.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -77,7 +80,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             h2_max_streams: 128,
@@ -117,8 +120,14 @@ impl Server {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(config.header_timeout)
-            .max_headers(config.max_headers)
             .max_header_size(config.max_header_bytes);
+        // hyper's own limit is 100 headers, parsed into an inline array; a
+        // limit set explicitly is a buffer built per request (0.8% of the
+        // CPU of a proxied request in a profile), so only another limit
+        // is set.
+        if config.max_headers != HYPER_MAX_HEADERS {
+            h1.max_headers(config.max_headers);
+        }
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(config.h2_max_streams)
@@ -563,12 +572,12 @@ struct Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::upstream::BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::upstream::BodyError>>> {
         Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 

@@ -92,25 +92,37 @@ fn less_loaded(a: &Arc<Endpoint>, b: &Arc<Endpoint>) -> Arc<Endpoint> {
     }
 }
 
+/// The error of a body the gateway streams: the client's or the
+/// upstream's (`hyper::Error`), or the gateway's own cut ([`crate::Error::BodyCut`]).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body of a request sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
     /// The client's body, streamed.
     Client(Incoming),
+    /// The client's body, streamed and copied to mirrors.
+    Teed(crate::mirror::Tee),
+    /// A mirror's copy of a client's body.
+    Mirror(crate::mirror::MirrorBody),
     /// No body (a retried request that had none).
     Empty,
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Client(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(BodyError::from))),
+            RequestBody::Teed(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Mirror(body) => Pin::new(body).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -118,6 +130,8 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Teed(body) => body.is_end_stream(),
+            RequestBody::Mirror(body) => body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -125,6 +139,8 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Teed(body) => body.size_hint(),
+            RequestBody::Mirror(body) => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -400,8 +416,54 @@ impl Upstream {
         chosen.map(InFlight::new)
     }
 
-    /// A connection to `endpoint`: an idle pooled one, or a new one.
+    /// A connection to `endpoint`: an idle pooled one, or a new one (the
+    /// boolean: reused).
+    ///
+    /// The common case, a pooled connection ready to take a request, is
+    /// answered without awaiting anything; the rest (waiting for a pooled
+    /// connection, connecting, the handshake) is a boxed future, so the
+    /// request future that awaits this one stays small: it is moved into
+    /// place once per request (and boxed per HTTP/2 stream).
     pub async fn connect(
+        &self,
+        endpoint: &Arc<Endpoint>,
+    ) -> Result<(Connection, bool), ConnectError> {
+        if let Some(ready) = self.ready_pooled(endpoint) {
+            return Ok((ready, true));
+        }
+        Box::pin(self.connect_slow(endpoint)).await
+    }
+
+    /// A pooled connection ready for a request now, if there is one; idle
+    /// HTTP/1.1 connections that closed or timed out are dropped on the way.
+    fn ready_pooled(&self, endpoint: &Endpoint) -> Option<Connection> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                let mut idle = endpoint.idle.lock().ok()?;
+                while let Some(conn) = idle.last() {
+                    if conn.sender.is_closed() || conn.since.elapsed() >= self.config.idle_timeout {
+                        idle.pop();
+                        continue;
+                    }
+                    if !conn.sender.is_ready() {
+                        return None;
+                    }
+                    return idle.pop().map(|c| Connection::Http1(c.sender));
+                }
+                None
+            }
+            UpstreamProtocol::H2c => endpoint
+                .h2
+                .lock()
+                .ok()?
+                .as_ref()
+                .filter(|s| !s.is_closed())
+                .cloned()
+                .map(Connection::Http2),
+        }
+    }
+
+    async fn connect_slow(
         &self,
         endpoint: &Arc<Endpoint>,
     ) -> Result<(Connection, bool), ConnectError> {

@@ -626,7 +626,9 @@ fn gateway_api_listeners_on_their_own_ports_and_addresses() {
 
 /// `allowedRoutes.namespaces.from: Selector` on the labels of the route's
 /// Namespace: a route of a matching namespace is served, one of another
-/// is not, until its Namespace is labelled (at runtime).
+/// is not, until its Namespace is labelled (at runtime). And
+/// `allowedRoutes.kinds` (conformance `HTTPRouteDisallowedKind`): an
+/// HTTPRoute is not served by a listener that allows only GRPCRoutes.
 #[test]
 fn gateway_api_allowed_routes_namespace_selector() {
     let rt = runtime();
@@ -641,7 +643,15 @@ fn gateway_api_allowed_routes_namespace_selector() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
          metadata: {{name: web, namespace: infra}}\nspec:\n  gatewayClassName: fl\n  listeners:\n\
          \x20 - {{name: http, port: {port}, protocol: HTTP,\n\
-         \x20    allowedRoutes: {{namespaces: {{from: Selector, selector: {{matchExpressions: [{{key: env, operator: In, values: [prod]}}]}}}}}}}}\n"
+         \x20    allowedRoutes: {{namespaces: {{from: Selector, selector: {{matchExpressions: [{{key: env, operator: In, values: [prod]}}]}}}}}}}}\n\
+         \x20 - {{name: grpc-only, port: {port}, protocol: HTTP, hostname: kinds.test,\n\
+         \x20    allowedRoutes: {{namespaces: {{from: All}}, kinds: [{{kind: GRPCRoute}}]}}}}\n"
+    );
+    let disallowed = http_route(
+        "a",
+        "to-grpc-only",
+        "  parentRefs: [{name: web, namespace: infra, sectionName: grpc-only}]\n  hostnames: [kinds.test]\n\
+         \x20 rules: [{backendRefs: [{name: web, port: 80}]}]\n",
     );
     let route = |namespace: &str| {
         http_route(
@@ -665,6 +675,7 @@ fn gateway_api_allowed_routes_namespace_selector() {
             ("gateway.yaml", gateway),
             ("route-a.yaml", route("a")),
             ("route-b.yaml", route("b")),
+            ("disallowed.yaml", disallowed),
         ],
         &["--http", &http],
     );
@@ -679,6 +690,12 @@ fn gateway_api_allowed_routes_namespace_selector() {
     assert_eq!((r.status, r.field("name")), (200, "web"), "{r:?}");
     assert_eq!(get("b.test").status, 404);
     assert!(gw.log().contains("NotAllowedByListeners"), "{}", gw.log());
+    assert_eq!(get("kinds.test").status, 404);
+    assert!(
+        gw.log().contains("route problem") && gw.log().contains("a/to-grpc-only"),
+        "{}",
+        gw.log()
+    );
     gw.write("b.yaml", &ns("b", "prod"));
     gw.wait_for("namespace b relabelled", || get("b.test").status == 200);
 }

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::gateway_api::{CLASS, free_port, grpc_call, http_route, name_of};
 use crate::support::{Gateway, backend, curl, namespace, runtime, service};
 
@@ -333,7 +335,54 @@ fn gateway_api_filters() {
         assert!(Instant::now() < deadline, "the mirror got no copy");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // A mirror that never answers does not delay the request.
+    // A request body is mirrored too: with a length, and chunked.
+    let r = get("/mirror/post", &["--data-binary", "hello-mirror"]);
+    assert_eq!((r.status, r.field("body")), (200, "hello-mirror"), "{r:?}");
+    let big: Vec<u8> = (0..512 * 1024_u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &big).unwrap();
+    let data = format!("@{}", file.path().display());
+    let r = get(
+        "/mirror/chunked",
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &data,
+            "-o",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let mirrored = |path: &str| -> Option<Bytes> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = mirror
+                .bodies
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|(p, b)| (p == path).then(|| b.clone()));
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(
+        mirrored("/mirror/post").as_deref(),
+        Some(&b"hello-mirror"[..])
+    );
+    let copy = mirrored("/mirror/chunked").expect("the mirror got the chunked body");
+    assert!(
+        copy == big,
+        "the mirror's copy differs: {} bytes",
+        copy.len()
+    );
+
+    // A mirror that never answers does not delay the request, with or
+    // without a body: one that falls 1 MiB behind is cut off while the
+    // original streams on.
     let started = Instant::now();
     for _ in 0..3 {
         let r = get("/stuck-mirror", &[]);
@@ -344,6 +393,26 @@ fn gateway_api_filters() {
         "{:?}",
         started.elapsed()
     );
+    let huge = vec![b'x'; 16 << 20];
+    std::fs::write(file.path(), &huge).unwrap();
+    let started = Instant::now();
+    let r = get(
+        "/stuck-mirror/post",
+        &["--data-binary", &data, "-o", "/dev/null"],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let got = web
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|(p, b)| (p == "/stuck-mirror/post").then(|| b.len()));
+    assert_eq!(got, Some(huge.len()));
 }
 
 /// `timeouts.request` and `timeouts.backendRequest` (conformance
@@ -370,6 +439,12 @@ fn gateway_api_timeouts() {
   - matches: [{path: {value: /slow}}]
     timeouts: {request: 1m}
     backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /drip3}}]
+    timeouts: {request: 700ms}
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {value: /drip1}}]
+    timeouts: {request: 5s}
+    backendRefs: [{name: web, port: 80}]
 ",
     );
     let http = format!("127.0.0.1:{port}");
@@ -394,6 +469,25 @@ fn gateway_api_timeouts() {
         assert_eq!(r.status, status, "{path}: {r:?}");
         assert!(took < within, "{path}: {took:?}");
     }
+    // The request timeout covers the response body: one still streaming
+    // at the deadline is cut off (the headers had come in time)...
+    let started = Instant::now();
+    let r = get(port, "timeouts.test", "/drip3", &[]);
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.stderr.contains("curl: ("), "the body was not cut: {r:?}");
+    let lines = r.body.lines().filter(|l| l.starts_with("drip ")).count();
+    assert!((1..30).contains(&lines), "{lines} lines: {r:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // ... and one that ends in time arrives whole.
+    let r = get(port, "timeouts.test", "/drip1", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.stderr.is_empty(), "{r:?}");
+    assert_eq!(
+        r.body.lines().filter(|l| l.starts_with("drip ")).count(),
+        10,
+        "{r:?}"
+    );
 }
 
 /// Weighted backendRefs (conformance `HTTPRouteWeight`): traffic split by

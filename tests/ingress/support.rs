@@ -37,11 +37,15 @@ pub(crate) struct Backend {
     pub(crate) addr: SocketAddr,
     pub(crate) hits: Arc<AtomicUsize>,
     pub(crate) paths: Arc<Mutex<Vec<String>>>,
+    /// The path and body of each request, once its body was read whole.
+    pub(crate) bodies: Arc<Mutex<Vec<(String, Bytes)>>>,
 }
 
 /// Starts an HTTP backend on `ip` (port chosen by the kernel) that answers
 /// every request with a description of what it received. `/slow` waits a
-/// second first (`/slowN`: N seconds); `/ws` with an Upgrade is a WebSocket echo. With `h2c`, it
+/// second first (`/slowN`: N seconds); `/dripN` answers at once and sends
+/// its body over N seconds, a line every 100 ms; `/ws` with an Upgrade is a
+/// WebSocket echo. With `h2c`, it
 /// speaks HTTP/2 by prior knowledge and sends a `grpc-status` trailer.
 pub(crate) fn backend(rt: &Runtime, ip: [u8; 4], name: &str, h2c: bool) -> Backend {
     let listener = rt
@@ -53,6 +57,7 @@ pub(crate) fn backend(rt: &Runtime, ip: [u8; 4], name: &str, h2c: bool) -> Backe
         addr,
         hits: Arc::new(AtomicUsize::new(0)),
         paths: Arc::new(Mutex::new(Vec::new())),
+        bodies: Arc::new(Mutex::new(Vec::new())),
     };
     let b = backend.clone();
     rt.spawn(async move {
@@ -109,6 +114,20 @@ async fn handle(
         );
         return Ok(response);
     }
+    if let Some(secs) = path.strip_prefix("/drip") {
+        let ticks: u32 = secs.parse::<u32>().unwrap_or(1) * 10;
+        let lines = futures::stream::unfold(0, move |n| async move {
+            if n == ticks {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let line = Bytes::from(format!("drip {n}\n"));
+            Some((Ok::<_, Infallible>(hyper::body::Frame::data(line)), n + 1))
+        });
+        return Ok(Response::new(
+            http_body_util::StreamBody::new(lines).boxed(),
+        ));
+    }
     if let Some(secs) = path.strip_prefix("/slow") {
         // `/slow` waits a second, `/slowN` N seconds.
         let secs = secs.parse().unwrap_or(1);
@@ -145,12 +164,15 @@ async fn handle(
         let _ = writeln!(text, "h:{name}={}", header(req.headers(), name));
     }
     let _ = writeln!(text, "query={}", req.uri().query().unwrap_or(""));
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(http_body_util::Collected::to_bytes)
-        .unwrap_or_default();
+    // A body that broke off is not recorded.
+    let body = match req.into_body().collect().await {
+        Ok(body) => {
+            let body = body.to_bytes();
+            b.bodies.lock().unwrap().push((path.clone(), body.clone()));
+            body
+        }
+        Err(_) => Bytes::new(),
+    };
     let _ = writeln!(text, "body={}", String::from_utf8_lossy(&body));
     let full = Full::new(Bytes::from(text));
     let body = if h2c {
