@@ -95,6 +95,9 @@ pub(crate) fn now_secs() -> u32 {
     u32::try_from(now.tv_sec).unwrap_or(u32::MAX)
 }
 
+/// `BPF_NOEXIST`: insert only when the key is not there.
+const BPF_NOEXIST: u64 = 1;
+
 /// Deletes idle flows from the conntrack maps of both families.
 pub(crate) fn collect(set: &mut impl MapSet, timeouts: &Timeouts) -> Result<GcReport, Error> {
     let now = now_secs();
@@ -122,6 +125,61 @@ pub(crate) fn collect(set: &mut impl MapSet, timeouts: &Timeouts) -> Result<GcRe
         )?;
     }
     Ok(report)
+}
+
+/// Rewrites conntrack entries adopted from a fairlead whose keys named the direction (the
+/// byte after the protocol: 1 for a reply) to this layout: the key without it, the value
+/// with [`CtValue::FLAG_REPLY`]. Without this, the reply entries of the flows that crossed
+/// an upgrade would never match again. Returns the entries rewritten.
+pub(crate) fn migrate_directions(set: &mut impl MapSet) -> Result<usize, Error> {
+    let mut rewritten = 0;
+    for name in [maps::CT4_TCP, maps::CT4_ANY] {
+        rewritten += migrate_in::<16, 24>(set, name, 13, 22)?;
+    }
+    for name in [maps::CT6_TCP, maps::CT6_ANY] {
+        rewritten += migrate_in::<40, 48>(set, name, 37, 46)?;
+    }
+    if rewritten > 0 {
+        debug!(
+            rewritten,
+            "conntrack entries of the old key layout rewritten"
+        );
+    }
+    Ok(rewritten)
+}
+
+/// [`migrate_directions`] for one map, on raw bytes: `K` and `V` bytes a key and a value,
+/// the old direction at `direction` in the key, the flags at `flags` in the value.
+fn migrate_in<const K: usize, const V: usize>(
+    set: &mut impl MapSet,
+    name: &'static str,
+    direction: usize,
+    flags: usize,
+) -> Result<usize, Error> {
+    let map = set.map_mut(name)?;
+    let mut ct =
+        HashMap::<&mut MapData, [u8; K], [u8; V]>::try_from(map).map_err(|source| Error::Map {
+            name,
+            action: "open",
+            source,
+        })?;
+    let old: Vec<([u8; K], [u8; V])> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k[direction] != 0)
+        .collect();
+    for (key, value) in &old {
+        let mut new_key = *key;
+        new_key[direction] = 0;
+        let mut new_value = *value;
+        if key[direction] == 1 {
+            new_value[flags] |= CtValue::FLAG_REPLY;
+        }
+        // A flow the programs recorded anew since wins; the old entry goes either way.
+        let _ = ct.insert(new_key, new_value, BPF_NOEXIST);
+        let _ = ct.remove(key);
+    }
+    Ok(old.len())
 }
 
 /// Deletes the flows of backends that left their external frontends: `gone` holds (backend

@@ -212,6 +212,13 @@ impl Datapath {
         conntrack::collect(self, timeouts)
     }
 
+    /// Rewrites conntrack entries adopted from an earlier fairlead whose keys named the
+    /// direction (see [`CtValue::FLAG_REPLY`](crate::abi::CtValue::FLAG_REPLY)), so that
+    /// flows that cross the upgrade keep their translation. Returns the entries rewritten.
+    pub fn migrate_conntrack(&mut self) -> Result<usize, Error> {
+        conntrack::migrate_directions(self)
+    }
+
     /// Deletes the conntrack entries of backends removed from external frontends
     /// ([`SyncReport::removed_external_backends`](crate::SyncReport)), so that their flows
     /// are balanced anew at their next packet. Returns the entries deleted.

@@ -262,6 +262,9 @@ impl Proxy {
         }
         let started = Instant::now();
         let mut datapath = Datapath::load(&args.load_options())?;
+        if let Err(e) = datapath.migrate_conntrack() {
+            warn!(error = %e, "rewriting adopted conntrack entries failed");
+        }
         let loaded = started.elapsed();
         let reconciler = Reconciler::adopt(ctx.node_name.clone(), &datapath)?
             .with_maglev_size(args.maglev_table_size);

@@ -1261,3 +1261,57 @@ fn an_icmpv6_error_about_an_unknown_flow_goes_on_untouched() {
     );
     assert_eq!(out, p, "untouched");
 }
+
+/// A source-NATed flow recorded by a fairlead whose conntrack keys named the direction (a
+/// reply key with 1 after the protocol) keeps its translation after an upgrade: the agent
+/// rewrites adopted entries to the direction-free keys (`Datapath::migrate_conntrack`), and
+/// the flow's reply is translated as before, byte for byte.
+#[test]
+fn conntrack_entries_of_the_old_key_layout_are_migrated() {
+    if !privileged("tc_packets::conntrack_entries_of_the_old_key_layout_are_migrated") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let node = Ipv4Addr::new(172, 18, 0, 1);
+    let backend = Ipv4Addr::new(10, 244, 2, 10);
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    // The old layout: key {saddr, daddr, sport, dport, protocol, direction, pad}, value
+    // {address, nat_address, port, nat_port, last_seen, backend_id, rev_nat_id, flags, pad}.
+    let mut key = [0_u8; 16];
+    key[0..4].copy_from_slice(&backend.octets());
+    key[4..8].copy_from_slice(&node.octets());
+    key[8..10].copy_from_slice(&8080_u16.to_be_bytes());
+    key[10..12].copy_from_slice(&40_000_u16.to_be_bytes());
+    key[12] = 6;
+    key[13] = 1;
+    let mut value = [0_u8; 24];
+    value[0..4].copy_from_slice(&LB_IP.octets());
+    value[4..8].copy_from_slice(&client.octets());
+    value[8..10].copy_from_slice(&80_u16.to_be_bytes());
+    value[10..12].copy_from_slice(&40_000_u16.to_be_bytes());
+    value[16..20].copy_from_slice(&7_u32.to_ne_bytes());
+    value[20..22].copy_from_slice(&3_u16.to_ne_bytes());
+    value[22] = CtValue::FLAG_SNAT;
+    {
+        let map = datapath.ebpf_mut().map_mut(maps::CT4_TCP).expect("ct map");
+        let mut ct = HashMap::<&mut MapData, [u8; 16], [u8; 24]>::try_from(map).expect("ct");
+        ct.insert(key, value, 0).expect("insert");
+    }
+    let reply = syn(backend, 8080, node, 40_000);
+    let (verdict, out) = run(ingress(&datapath), &reply);
+    assert_eq!(verdict, TC_ACT_UNSPEC, "the old entry does not match");
+    assert_eq!(out, reply);
+
+    let rewritten = datapath
+        .migrate_conntrack()
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert_eq!(rewritten, 1);
+    let (verdict, out) = run(ingress(&datapath), &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        out,
+        syn(LB_IP, 80, client, 40_000),
+        "translated back, byte for byte"
+    );
+    assert_eq!(datapath.migrate_conntrack().ok(), Some(0), "once");
+}
