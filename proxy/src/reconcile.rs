@@ -643,19 +643,27 @@ impl Reconciler {
             .collect();
         // Slots: ids that stay keep their slot; the others fill the gaps.
         let count = desired_ids.len();
-        let wanted: HashSet<BackendId> = if current.slots.is_empty() && current.backends.is_empty()
-        {
+        let fresh = current.slots.is_empty() && current.backends.is_empty();
+        // Every backend the frontend keeps (slots and Maglev table): the others are deleted.
+        let wanted: HashSet<BackendId> = if fresh {
             // A new frontend (the bulk of a first sync): nothing to keep in place.
             HashSet::new()
         } else {
             ids.values().copied().collect()
+        };
+        // Only the slots' own backends keep their slot: a backend that stays for the Maglev
+        // table alone (an external Local frontend's local endpoint) must not hold a slot.
+        let in_slots: HashSet<BackendId> = if fresh {
+            HashSet::new()
+        } else {
+            desired_ids.iter().copied().collect()
         };
         let mut placed: HashSet<BackendId> = HashSet::new();
         let mut layout: Vec<Option<BackendId>> = vec![None; count];
         for (slot, value) in &current.slots {
             let index = usize::from(*slot) - 1;
             if index < count
-                && wanted.contains(&value.backend_id)
+                && in_slots.contains(&value.backend_id)
                 && placed.insert(value.backend_id)
             {
                 layout[index] = Some(value.backend_id);
