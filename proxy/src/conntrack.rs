@@ -3,13 +3,11 @@
 //! seen a packet for its timeout), at an interval that adapts to how much there is to
 //! collect.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData};
-use fairlead_abi::{
-    Ct4Key, Ct6Key, Ct6Value, CtValue, Protocol, maps,
-    nodeport::{CT_ORIGINAL, CT_REPLY},
-};
+use fairlead_abi::{BackendId, Ct4Key, Ct6Key, Ct6Value, CtValue, Protocol, RevNatId, maps};
 use tracing::debug;
 
 use crate::Error;
@@ -97,6 +95,9 @@ pub(crate) fn now_secs() -> u32 {
     u32::try_from(now.tv_sec).unwrap_or(u32::MAX)
 }
 
+/// `BPF_NOEXIST`: insert only when the key is not there.
+const BPF_NOEXIST: u64 = 1;
+
 /// Deletes idle flows from the conntrack maps of both families.
 pub(crate) fn collect(set: &mut impl MapSet, timeouts: &Timeouts) -> Result<GcReport, Error> {
     let now = now_secs();
@@ -124,6 +125,121 @@ pub(crate) fn collect(set: &mut impl MapSet, timeouts: &Timeouts) -> Result<GcRe
         )?;
     }
     Ok(report)
+}
+
+/// Rewrites conntrack entries adopted from a fairlead whose keys named the direction (the
+/// byte after the protocol: 1 for a reply) to this layout: the key without it, the value
+/// with [`CtValue::FLAG_REPLY`]. Without this, the reply entries of the flows that crossed
+/// an upgrade would never match again. Returns the entries rewritten.
+pub(crate) fn migrate_directions(set: &mut impl MapSet) -> Result<usize, Error> {
+    let mut rewritten = 0;
+    for name in [maps::CT4_TCP, maps::CT4_ANY] {
+        rewritten += migrate_in::<16, 24>(set, name, 13, 22)?;
+    }
+    for name in [maps::CT6_TCP, maps::CT6_ANY] {
+        rewritten += migrate_in::<40, 48>(set, name, 37, 46)?;
+    }
+    if rewritten > 0 {
+        debug!(
+            rewritten,
+            "conntrack entries of the old key layout rewritten"
+        );
+    }
+    Ok(rewritten)
+}
+
+/// [`migrate_directions`] for one map, on raw bytes: `K` and `V` bytes a key and a value,
+/// the old direction at `direction` in the key, the flags at `flags` in the value.
+fn migrate_in<const K: usize, const V: usize>(
+    set: &mut impl MapSet,
+    name: &'static str,
+    direction: usize,
+    flags: usize,
+) -> Result<usize, Error> {
+    let map = set.map_mut(name)?;
+    let mut ct =
+        HashMap::<&mut MapData, [u8; K], [u8; V]>::try_from(map).map_err(|source| Error::Map {
+            name,
+            action: "open",
+            source,
+        })?;
+    let old: Vec<([u8; K], [u8; V])> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k[direction] != 0)
+        .collect();
+    for (key, value) in &old {
+        let mut new_key = *key;
+        new_key[direction] = 0;
+        let mut new_value = *value;
+        if key[direction] == 1 {
+            new_value[flags] |= CtValue::FLAG_REPLY;
+        }
+        // A flow the programs recorded anew since wins; the old entry goes either way.
+        let _ = ct.insert(new_key, new_value, BPF_NOEXIST);
+        let _ = ct.remove(key);
+    }
+    Ok(old.len())
+}
+
+/// Deletes the flows of backends that left their external frontends: `gone` holds (backend
+/// id, the frontend's rev-NAT id) per family. Both directions of a flow name its backend.
+/// The programs do not look a known flow's backend up again, so without this a flow would
+/// keep going to a removed backend until it is idle; after it, its next packet is balanced
+/// anew over the frontend's current backends. Returns the entries deleted.
+pub(crate) fn forget_backends(
+    set: &mut impl MapSet,
+    gone4: &HashSet<(BackendId, RevNatId)>,
+    gone6: &HashSet<(BackendId, RevNatId)>,
+) -> Result<usize, Error> {
+    let mut deleted = 0;
+    if !gone4.is_empty() {
+        for name in [maps::CT4_TCP, maps::CT4_ANY] {
+            deleted += forget_in::<Ct4Key, CtValue>(set, name, |v| {
+                gone4.contains(&(v.backend_id, v.rev_nat_id))
+            })?;
+        }
+    }
+    if !gone6.is_empty() {
+        for name in [maps::CT6_TCP, maps::CT6_ANY] {
+            deleted += forget_in::<Ct6Key, Ct6Value>(set, name, |v| {
+                gone6.contains(&(v.backend_id, v.rev_nat_id))
+            })?;
+        }
+    }
+    if deleted > 0 {
+        debug!(deleted, "conntrack entries of removed backends deleted");
+    }
+    Ok(deleted)
+}
+
+/// Deletes the entries of one conntrack map whose value `doomed` picks.
+fn forget_in<K, V>(
+    set: &mut impl MapSet,
+    name: &'static str,
+    doomed: impl Fn(&V) -> bool,
+) -> Result<usize, Error>
+where
+    K: aya::Pod,
+    V: aya::Pod,
+{
+    let map = set.map_mut(name)?;
+    let mut ct = HashMap::<&mut MapData, K, V>::try_from(map).map_err(|source| Error::Map {
+        name,
+        action: "open",
+        source,
+    })?;
+    let keys: Vec<K> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| doomed(v))
+        .map(|(k, _)| k)
+        .collect();
+    for key in &keys {
+        // Gone already (LRU eviction, GC): fine.
+        let _ = ct.remove(key);
+    }
+    Ok(keys.len())
 }
 
 /// One conntrack map: a flow is idle when both directions are (a reply entry follows its
@@ -196,7 +312,7 @@ where
 
 /// [`partner_key`] for IPv6.
 fn partner_key6(key: &Ct6Key, value: &Ct6Value) -> Option<Ct6Key> {
-    if key.direction != CT_ORIGINAL {
+    if value.has_flag(CtValue::FLAG_REPLY) {
         return None;
     }
     let (daddr, dport) = if value.has_flag(CtValue::FLAG_SNAT) {
@@ -210,14 +326,13 @@ fn partner_key6(key: &Ct6Key, value: &Ct6Value) -> Option<Ct6Key> {
         value.port,
         dport,
         key.protocol,
-        CT_REPLY,
     ))
 }
 
 /// The key of the other direction of the flow an entry belongs to, when it can be derived
 /// from the entry (the original direction names the backend and the source NAT).
 fn partner_key(key: &Ct4Key, value: &CtValue) -> Option<Ct4Key> {
-    if key.direction != CT_ORIGINAL {
+    if value.has_flag(CtValue::FLAG_REPLY) {
         return None;
     }
     let (daddr, dport) = if value.has_flag(CtValue::FLAG_SNAT) {
@@ -231,7 +346,6 @@ fn partner_key(key: &Ct4Key, value: &CtValue) -> Option<Ct4Key> {
         value.port,
         dport,
         key.protocol,
-        CT_REPLY,
     ))
 }
 

@@ -3,7 +3,7 @@
 //! conntrack garbage collection. (The `post_bind` NodePort guard is installed with the
 //! socket programs, [`Datapath::install_pinned`].)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{HashMap, MapData};
@@ -11,12 +11,13 @@ use std::os::fd::AsFd as _;
 
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp};
-use fairlead_abi::{Be32, maps, programs};
+use fairlead_abi::{BackendId, Be32, RevNatId, maps, programs};
 use tracing::{info, warn};
 
 use crate::conntrack::{self, GcReport, Timeouts};
 use crate::links::{Hook, PinnedLinks};
 use crate::nodeaddr::NodeAddress;
+use crate::tables::Family;
 use crate::{Datapath, Error};
 
 impl Datapath {
@@ -209,6 +210,30 @@ impl Datapath {
     /// Deletes idle flows from the conntrack maps.
     pub fn collect_conntrack(&mut self, timeouts: &Timeouts) -> Result<GcReport, Error> {
         conntrack::collect(self, timeouts)
+    }
+
+    /// Rewrites conntrack entries adopted from an earlier fairlead whose keys named the
+    /// direction (see [`CtValue::FLAG_REPLY`](crate::abi::CtValue::FLAG_REPLY)), so that
+    /// flows that cross the upgrade keep their translation. Returns the entries rewritten.
+    pub fn migrate_conntrack(&mut self) -> Result<usize, Error> {
+        conntrack::migrate_directions(self)
+    }
+
+    /// Deletes the conntrack entries of backends removed from external frontends
+    /// ([`SyncReport::removed_external_backends`](crate::SyncReport)), so that their flows
+    /// are balanced anew at their next packet. Returns the entries deleted.
+    pub fn forget_backends(
+        &mut self,
+        removed: &[(Family, BackendId, RevNatId)],
+    ) -> Result<usize, Error> {
+        let pick = |family: Family| -> HashSet<(BackendId, RevNatId)> {
+            removed
+                .iter()
+                .filter(|(f, _, _)| *f == family)
+                .map(|&(_, id, rev_nat)| (id, rev_nat))
+                .collect()
+        };
+        conntrack::forget_backends(self, &pick(Family::V4), &pick(Family::V6))
     }
 }
 

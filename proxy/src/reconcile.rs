@@ -183,6 +183,9 @@ pub struct SyncReport {
     /// UDP backends removed from a frontend: (address, port). Connected UDP sockets to them
     /// are stale.
     pub removed_udp_backends: Vec<(IpAddr, u16)>,
+    /// Backends removed from an external frontend: (family, backend id, the frontend's
+    /// rev-NAT id). The per-packet path's conntrack entries that name them are stale.
+    pub removed_external_backends: Vec<(Family, BackendId, RevNatId)>,
 }
 
 /// Counts of what is programmed.
@@ -640,19 +643,27 @@ impl Reconciler {
             .collect();
         // Slots: ids that stay keep their slot; the others fill the gaps.
         let count = desired_ids.len();
-        let wanted: HashSet<BackendId> = if current.slots.is_empty() && current.backends.is_empty()
-        {
+        let fresh = current.slots.is_empty() && current.backends.is_empty();
+        // Every backend the frontend keeps (slots and Maglev table): the others are deleted.
+        let wanted: HashSet<BackendId> = if fresh {
             // A new frontend (the bulk of a first sync): nothing to keep in place.
             HashSet::new()
         } else {
             ids.values().copied().collect()
+        };
+        // Only the slots' own backends keep their slot: a backend that stays for the Maglev
+        // table alone (an external Local frontend's local endpoint) must not hold a slot.
+        let in_slots: HashSet<BackendId> = if fresh {
+            HashSet::new()
+        } else {
+            desired_ids.iter().copied().collect()
         };
         let mut placed: HashSet<BackendId> = HashSet::new();
         let mut layout: Vec<Option<BackendId>> = vec![None; count];
         for (slot, value) in &current.slots {
             let index = usize::from(*slot) - 1;
             if index < count
-                && wanted.contains(&value.backend_id)
+                && in_slots.contains(&value.backend_id)
                 && placed.insert(value.backend_id)
             {
                 layout[index] = Some(value.backend_id);
@@ -969,6 +980,21 @@ impl Reconciler {
     /// Bookkeeping of writes the kernel took, all of `frontend`.
     fn applied(&mut self, frontend: Frontend, ops: &[Op], report: &mut SyncReport) {
         report.writes += ops.len();
+        if let Some(p) = self.frontends.get(&frontend)
+            && (p.maglev.is_some()
+                || p.head
+                    .is_some_and(|h| h.has_flag(ServiceValue::FLAG_EXTERNAL)))
+        {
+            for op in ops {
+                if let Op::DeleteBackend { family, id } = op
+                    && p.backends.contains_key(id)
+                {
+                    report
+                        .removed_external_backends
+                        .push((*family, *id, p.rev_nat_id));
+                }
+            }
+        }
         if frontend.protocol == fairlead_abi::Protocol::Udp.raw()
             && let Some(p) = self.frontends.get(&frontend)
         {

@@ -262,6 +262,9 @@ impl Proxy {
         }
         let started = Instant::now();
         let mut datapath = Datapath::load(&args.load_options())?;
+        if let Err(e) = datapath.migrate_conntrack() {
+            warn!(error = %e, "rewriting adopted conntrack entries failed");
+        }
         let loaded = started.elapsed();
         let reconciler = Reconciler::adopt(ctx.node_name.clone(), &datapath)?
             .with_maglev_size(args.maglev_table_size);
@@ -402,6 +405,17 @@ impl Proxy {
                         let started = Instant::now();
                         let report = reconciler.sync(&snapshot, &mut datapath);
                         let elapsed = started.elapsed();
+                        if !report.removed_external_backends.is_empty()
+                            && let Err(e) =
+                                datapath.forget_backends(&report.removed_external_backends)
+                        {
+                            warn!(error = %e, "deleting the flows of removed backends failed");
+                        }
+                        if report.full {
+                            // A full sync (and the model's first load before it) freed far
+                            // more than the process keeps.
+                            crate::sys::release_freed_memory();
+                        }
                         (datapath, reconciler, report, elapsed, snapshot.generation)
                     })
                     .await;

@@ -1157,3 +1157,161 @@ fn source_nat_rewrites_both_directions_byte_for_byte() {
         assert_eq!(out, syn(LB_IP, 80, client, sport), "reply, XDP: {at_xdp}");
     }
 }
+
+/// The model of the `web` Service with one local endpoint per address of `backends`.
+fn with_backends(writer: &mut ModelWriter, backends: &[Ipv4Addr]) -> Arc<Snapshot> {
+    let mut eps = String::new();
+    for address in backends {
+        let _ = writeln!(
+            eps,
+            "  - {{addresses: [\"{address}\"], conditions: {{ready: true}}, nodeName: node-1}}"
+        );
+    }
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: 10.96.0.80\n  ports: [{{port: 80, targetPort: 8080}}]\n  externalIPs: [\"{LB_IP}\"]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: t, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n{eps}"
+    );
+    load(writer, &yaml)
+}
+
+/// A known flow is translated from its conntrack entry alone (no backend lookup per
+/// packet), so a removed backend's flows keep their entries until user space deletes them
+/// (`Datapath::forget_backends`, after each sync): then their next packet is balanced anew
+/// over the remaining backends, and the other flows keep theirs.
+#[test]
+fn a_removed_backends_flows_are_balanced_anew_once_forgotten() {
+    if !privileged("tc_packets::a_removed_backends_flows_are_balanced_anew_once_forgotten") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let (mut writer, _rx) = ModelWriter::new();
+    let mut reconciler = Reconciler::new(Some("node-1".to_owned()));
+    let (kept, removed) = (Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 1, 11));
+    let report = reconciler.sync(&with_backends(&mut writer, &[kept, removed]), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.removed_external_backends.is_empty());
+
+    let flows: Vec<(Ipv4Addr, u16)> = (0..40_u16)
+        .map(|i| (Ipv4Addr::new(198, 51, 100, 9), 41_000 + i))
+        .collect();
+    let before = backends_of(&mut datapath, &flows);
+    let on_removed: usize = before.iter().map(|b| usize::from(*b == 11)).sum();
+    assert!(
+        on_removed > 0 && on_removed < flows.len(),
+        "both backends take flows: {before:?}"
+    );
+
+    let report = reconciler.sync(&with_backends(&mut writer, &[kept]), &mut datapath);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(
+        report.removed_external_backends.len(),
+        1,
+        "{:?}",
+        report.removed_external_backends
+    );
+    // Until the entries are deleted, the flows stay where conntrack says.
+    assert_eq!(backends_of(&mut datapath, &flows), before);
+
+    let deleted = datapath
+        .forget_backends(&report.removed_external_backends)
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert_eq!(
+        deleted,
+        2 * on_removed,
+        "both directions of each of its flows"
+    );
+    let after = backends_of(&mut datapath, &flows);
+    assert!(after.iter().all(|b| *b == 10), "{after:?}");
+}
+
+/// An ICMPv6 error about a flow conntrack does not know (the node's own traffic: here a
+/// "packet too big" about a TCP connection of the node) goes on to the stack untouched.
+#[test]
+fn an_icmpv6_error_about_an_unknown_flow_goes_on_untouched() {
+    if !privileged("tc_packets::an_icmpv6_error_about_an_unknown_flow_goes_on_untouched") {
+        return;
+    }
+    let (datapath, _netns) = datapath();
+    let router: Ipv6Addr = "2001:db8:ff::1".parse().unwrap();
+    let node: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let peer: Ipv6Addr = "2001:db8:2::9".parse().unwrap();
+    let mut p = vec![0_u8; 14 + 40 + 8 + 48];
+    p[12..14].copy_from_slice(&0x86dd_u16.to_be_bytes());
+    p[14] = 0x60;
+    p[18..20].copy_from_slice(&56_u16.to_be_bytes());
+    p[20] = 58;
+    p[21] = 64;
+    p[22..38].copy_from_slice(&router.octets());
+    p[38..54].copy_from_slice(&node.octets());
+    // Packet too big, MTU 1280, quoting the node's packet: node:40000 -> peer:443, TCP.
+    p[54] = 2;
+    p[58..62].copy_from_slice(&1280_u32.to_be_bytes());
+    let quoted = &mut p[62..];
+    quoted[0] = 0x60;
+    quoted[4..6].copy_from_slice(&1400_u16.to_be_bytes());
+    quoted[6] = 6;
+    quoted[7] = 64;
+    quoted[8..24].copy_from_slice(&node.octets());
+    quoted[24..40].copy_from_slice(&peer.octets());
+    quoted[40..42].copy_from_slice(&40_000_u16.to_be_bytes());
+    quoted[42..44].copy_from_slice(&443_u16.to_be_bytes());
+    let (verdict, out) = run(program(&datapath, programs::TC_INGRESS6), &p);
+    assert_eq!(
+        verdict, TC_ACT_UNSPEC,
+        "not about a balanced flow: not ours"
+    );
+    assert_eq!(out, p, "untouched");
+}
+
+/// A source-NATed flow recorded by a fairlead whose conntrack keys named the direction (a
+/// reply key with 1 after the protocol) keeps its translation after an upgrade: the agent
+/// rewrites adopted entries to the direction-free keys (`Datapath::migrate_conntrack`), and
+/// the flow's reply is translated as before, byte for byte.
+#[test]
+fn conntrack_entries_of_the_old_key_layout_are_migrated() {
+    if !privileged("tc_packets::conntrack_entries_of_the_old_key_layout_are_migrated") {
+        return;
+    }
+    let (mut datapath, _netns) = datapath();
+    let node = Ipv4Addr::new(172, 18, 0, 1);
+    let backend = Ipv4Addr::new(10, 244, 2, 10);
+    let client = Ipv4Addr::new(198, 51, 100, 7);
+    // The old layout: key {saddr, daddr, sport, dport, protocol, direction, pad}, value
+    // {address, nat_address, port, nat_port, last_seen, backend_id, rev_nat_id, flags, pad}.
+    let mut key = [0_u8; 16];
+    key[0..4].copy_from_slice(&backend.octets());
+    key[4..8].copy_from_slice(&node.octets());
+    key[8..10].copy_from_slice(&8080_u16.to_be_bytes());
+    key[10..12].copy_from_slice(&40_000_u16.to_be_bytes());
+    key[12] = 6;
+    key[13] = 1;
+    let mut value = [0_u8; 24];
+    value[0..4].copy_from_slice(&LB_IP.octets());
+    value[4..8].copy_from_slice(&client.octets());
+    value[8..10].copy_from_slice(&80_u16.to_be_bytes());
+    value[10..12].copy_from_slice(&40_000_u16.to_be_bytes());
+    value[16..20].copy_from_slice(&7_u32.to_ne_bytes());
+    value[20..22].copy_from_slice(&3_u16.to_ne_bytes());
+    value[22] = CtValue::FLAG_SNAT;
+    {
+        let map = datapath.ebpf_mut().map_mut(maps::CT4_TCP).expect("ct map");
+        let mut ct = HashMap::<&mut MapData, [u8; 16], [u8; 24]>::try_from(map).expect("ct");
+        ct.insert(key, value, 0).expect("insert");
+    }
+    let reply = syn(backend, 8080, node, 40_000);
+    let (verdict, out) = run(ingress(&datapath), &reply);
+    assert_eq!(verdict, TC_ACT_UNSPEC, "the old entry does not match");
+    assert_eq!(out, reply);
+
+    let rewritten = datapath
+        .migrate_conntrack()
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+    assert_eq!(rewritten, 1);
+    let (verdict, out) = run(ingress(&datapath), &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        out,
+        syn(LB_IP, 80, client, 40_000),
+        "translated back, byte for byte"
+    );
+    assert_eq!(datapath.migrate_conntrack().ok(), Some(0), "once");
+}

@@ -90,21 +90,74 @@ fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Times `program < input` inside `netns`.
-fn timed_stdin(netns: &str, program: &[&str], input: &Path) -> Result<Duration> {
+/// Times `program < input` inside `netns`; `None` when it had not finished after `cap` (it
+/// is killed then: a rule set that takes longer is reported as "> cap").
+fn timed_stdin(
+    netns: &str,
+    program: &[&str],
+    input: &Path,
+    cap: Duration,
+) -> Result<Option<Duration>> {
     let started = Instant::now();
-    run(Command::new("ip")
+    // `ip netns exec` execs the program in place: the child is the program itself.
+    let mut child = Command::new("ip")
         .args(["netns", "exec", netns])
         .args(program)
         .stdin(File::open(input)?)
-        .stdout(Stdio::null()))?;
-    Ok(started.elapsed())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program:?}"))?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let elapsed = started.elapsed();
+            if !status.success() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                }
+                bail!("{program:?}: {status}: {}", stderr.trim());
+            }
+            return Ok(Some(elapsed));
+        }
+        if started.elapsed() >= cap {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(
+            if started.elapsed() < Duration::from_secs(1) {
+                1
+            } else {
+                50
+            },
+        ));
+    }
 }
 
-struct Netns(String);
+/// A rule-set time, or "> cap" when it was stopped there.
+fn capped(time: Option<Duration>, cap: Duration) -> String {
+    time.map_or_else(|| format!("> {:.0} s", cap.as_secs_f64()), ms)
+}
+
+/// `peer / fairlead`, or "> (cap / fairlead)" when the peer was stopped at the cap.
+fn capped_ratio(
+    time: Option<Duration>,
+    cap: Duration,
+    fairlead: Duration,
+    digits: usize,
+) -> String {
+    let ratio = |d: Duration| d.as_secs_f64() / fairlead.as_secs_f64().max(1e-12);
+    match time {
+        Some(d) => format!("{:.digits$}x", ratio(d)),
+        None => format!(">{:.digits$}x", ratio(cap)),
+    }
+}
+
+pub(crate) struct Netns(pub(crate) String);
 
 impl Netns {
-    fn new(name: &str) -> Result<Self> {
+    pub(crate) fn new(name: &str) -> Result<Self> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run(Command::new("ip").args(["netns", "add", name]))?;
         run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
@@ -320,7 +373,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// Enters a network namespace on this thread.
-fn enter(netns: &str) -> Result<()> {
+pub(crate) fn enter(netns: &str) -> Result<()> {
     let file = File::open(format!("/var/run/netns/{netns}")).context("open netns")?;
     rustix::thread::move_into_link_name_space(
         rustix::fd::AsFd::as_fd(&file),
@@ -473,8 +526,11 @@ impl Way {
 pub(crate) struct SizeFigures {
     pub(crate) services: usize,
     pub(crate) fairlead_sync: Duration,
-    /// (peer, full load, median of its one-change loads).
-    pub(crate) peers: Vec<(&'static str, Duration, Duration)>,
+    /// (peer, full load, median of its one-change loads); `None`: stopped at the cap (the
+    /// one-change loads are then not measured).
+    pub(crate) peers: Vec<(&'static str, Option<Duration>, Option<Duration>)>,
+    /// The cap on each rule-set load.
+    pub(crate) rules_cap: Duration,
     pub(crate) change_p50: Duration,
     pub(crate) change_p99: Duration,
     /// (label, latency), the floor first.
@@ -512,6 +568,7 @@ fn measure_connects(
     count: usize,
     peers_too: bool,
     ipt: &Path,
+    rules_cap: Duration,
     mut datapath: Datapath,
 ) -> Result<Vec<(&'static str, Latency)>> {
     const ROUNDS: usize = 10;
@@ -555,7 +612,13 @@ fn measure_connects(
                 "dev",
                 "lo",
             ]))?;
-            timed_stdin(&ns.0, program, file)?;
+            if timed_stdin(&ns.0, program, file, rules_cap)?.is_none() {
+                println!(
+                    "  connects: {label} left out (its rules were not loaded after {})",
+                    capped(None, rules_cap)
+                );
+                continue;
+            }
             let backend = Backend::start(&ns.0)?;
             // The backend first: it is dropped before its namespace.
             rule_sets.push((label, backend, ns));
@@ -638,6 +701,7 @@ pub(crate) fn bench(
     endpoints: usize,
     connect_count: usize,
     peers_too: bool,
+    rules_cap: Duration,
 ) -> Result<Vec<SizeFigures>> {
     let dir = std::env::temp_dir().join(format!("fairlead-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -743,7 +807,10 @@ pub(crate) fn bench(
         ];
         for (label, program, file) in all_peers.into_iter().filter(|_| peers_too) {
             let ns = Netns::new(&format!("fl-bench-rules-{}", std::process::id()))?;
-            let full = timed_stdin(&ns.0, &program, file)?;
+            let Some(full) = timed_stdin(&ns.0, &program, file, rules_cap)? else {
+                peers.push((label, None, None));
+                continue;
+            };
             let mut one = Vec::new();
             for g in 0..5 {
                 let change = dir.join("change.rules");
@@ -753,9 +820,15 @@ pub(crate) fn bench(
                     iptables_one_change(0, endpoints, g)
                 };
                 std::fs::write(&change, text)?;
-                one.push(timed_stdin(&ns.0, &program, &change)?);
+                let Some(time) = timed_stdin(&ns.0, &program, &change, rules_cap)? else {
+                    bail!(
+                        "{label}: one change took more than {}",
+                        capped(None, rules_cap)
+                    );
+                };
+                one.push(time);
             }
-            peers.push((label, full, median(one)));
+            peers.push((label, Some(full), Some(median(one))));
         }
         println!("  program all N:");
         println!(
@@ -769,9 +842,14 @@ pub(crate) fn bench(
         );
         for (label, full, _) in &peers {
             println!(
-                "    {label:<26} {:>12}   fairlead is {:.1}x faster",
-                ms(*full),
-                full.as_secs_f64() / fairlead_full.as_secs_f64()
+                "    {label:<26} {:>12}   fairlead is {} faster{}",
+                capped(*full, rules_cap),
+                capped_ratio(*full, rules_cap, fairlead_full, 1),
+                if full.is_none() {
+                    " (stopped at the cap, --rules-timeout)"
+                } else {
+                    ""
+                }
             );
         }
         println!("  one changed EndpointSlice:");
@@ -783,17 +861,27 @@ pub(crate) fn bench(
             ms(percentile(&changes_cpu, 99))
         );
         for (label, _, one) in &peers {
-            println!(
-                "    {label:<26} {:>12} median of 5   fairlead's p50 is {:.0}x faster",
-                ms(*one),
-                one.as_secs_f64() / change_p50.as_secs_f64()
-            );
+            match one {
+                Some(one) => println!(
+                    "    {label:<26} {:>12} median of 5   fairlead's p50 is {:.0}x faster",
+                    ms(*one),
+                    one.as_secs_f64() / change_p50.as_secs_f64()
+                ),
+                None => println!("    {label:<26} not measured (its full load was stopped)"),
+            }
         }
 
         // Connect + first byte.
         let connects = if connect_count > 0 {
-            let connects =
-                measure_connects(n, endpoints, connect_count, peers_too, &ipt, datapath)?;
+            let connects = measure_connects(
+                n,
+                endpoints,
+                connect_count,
+                peers_too,
+                &ipt,
+                rules_cap,
+                datapath,
+            )?;
             println!(
                 "  connect + first byte + close to a ClusterIP, {connect_count} per variant in 10 interleaved blocks (load average {}):",
                 load_average()
@@ -840,6 +928,7 @@ pub(crate) fn bench(
             services: n,
             fairlead_sync: fairlead_full,
             peers,
+            rules_cap,
             change_p50,
             change_p99,
             connects,
@@ -870,9 +959,9 @@ fn print_sweep(figures: &[SizeFigures]) {
         for (_, full, _) in &f.peers {
             let _ = write!(
                 line,
-                " {:>13} {:>8.1}x",
-                ms(*full),
-                full.as_secs_f64() / f.fairlead_sync.as_secs_f64()
+                " {:>13} {:>9}",
+                capped(*full, f.rules_cap),
+                capped_ratio(*full, f.rules_cap, f.fairlead_sync, 1)
             );
         }
         println!("{line}");
@@ -887,12 +976,19 @@ fn print_sweep(figures: &[SizeFigures]) {
             f.change_p99.as_secs_f64() * 1e3
         );
         for (_, _, one) in &f.peers {
-            let _ = write!(
-                line,
-                " {:>13} {:>8.0}x",
-                ms(*one),
-                one.as_secs_f64() / f.change_p50.as_secs_f64()
-            );
+            match one {
+                Some(one) => {
+                    let _ = write!(
+                        line,
+                        " {:>13} {:>8.0}x",
+                        ms(*one),
+                        one.as_secs_f64() / f.change_p50.as_secs_f64()
+                    );
+                }
+                None => {
+                    let _ = write!(line, " {:>13} {:>9}", "-", "-");
+                }
+            }
         }
         println!("{line}");
     }
@@ -910,7 +1006,12 @@ fn print_sweep(figures: &[SizeFigures]) {
     for f in figures {
         let floor = f.connects.first().map(|(_, l)| l.p50).unwrap_or_default();
         let mut line = format!("    {:>8}", f.services);
-        for (_, lat) in &f.connects {
+        // By label: a rule set that was not loaded (the cap) has no column at that size.
+        for label in &labels {
+            let Some(lat) = f.connect(label) else {
+                let _ = write!(line, " {:>24}", "not loaded");
+                continue;
+            };
             let _ = write!(
                 line,
                 " {:>7.1} ({:>6.1}) {:>+6.1}%",

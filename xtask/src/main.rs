@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench_nodeport;
+mod bench_packets;
 mod bench_proxy;
 
 #[derive(Parser)]
@@ -58,9 +59,17 @@ enum Bench {
         /// direct and, when the rules are loaded, iptables).
         #[arg(long)]
         fairlead_only: bool,
+        /// Seconds each rule-set load (iptables-restore, nft -f) may take; one still
+        /// running then is stopped and reported as "> cap", so every size prints its row.
+        #[arg(long, default_value_t = 120)]
+        rules_timeout: u64,
         /// Only the NodePort benchmark (skip the socket load balancer's).
         #[arg(long)]
         nodeport_only: bool,
+        /// First, the TC ingress program's time per packet of a NodePort flow
+        /// (`BPF_PROG_TEST_RUN`) over this many flows per round (0: not measured).
+        #[arg(long, default_value_t = 0)]
+        packet_runs: usize,
         /// The NodePort benchmark: wrk and iperf3 through a NodePort, fairlead against
         /// kube-proxy's nftables and iptables rules.
         #[command(flatten)]
@@ -105,14 +114,25 @@ fn main() -> Result<()> {
                     endpoints,
                     connects,
                     fairlead_only,
+                    rules_timeout,
                     nodeport_only,
+                    packet_runs,
                     nodeport,
                 },
         } => {
+            if packet_runs > 0 {
+                bench_packets::run(packet_runs)?;
+            }
             let figures = if nodeport_only {
                 Vec::new()
             } else {
-                bench_proxy::bench(&sizes, endpoints, connects, !fairlead_only)?
+                bench_proxy::bench(
+                    &sizes,
+                    endpoints,
+                    connects,
+                    !fairlead_only,
+                    std::time::Duration::from_secs(rules_timeout),
+                )?
             };
             let ratios = bench_nodeport::run(&nodeport)?;
             bench_proxy::print_goals(&figures, ratios);

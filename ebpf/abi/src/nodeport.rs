@@ -71,12 +71,13 @@ pub struct MaglevTable {
 /// limited alike (`net.ipv4.icmp_msgs_per_sec`, 1000 by default).
 pub const ICMP_REJECTS_PER_SEC: u32 = 1_000;
 
-/// Which direction of a flow a conntrack entry describes.
-pub const CT_ORIGINAL: u8 = 0;
-/// The reply direction (backend → client, or backend → node after source NAT).
-pub const CT_REPLY: u8 = 1;
-
 /// Key of the IPv4 conntrack maps: a packet's addresses and ports as seen on the wire.
+///
+/// The key does not say which direction of its flow an entry describes: the value does
+/// ([`CtValue::FLAG_REPLY`]), so that one lookup finds a packet's entry whichever way it
+/// goes. The two directions of one flow never share a tuple (the reply's source is the
+/// backend, the original's destination a frontend); a new flow whose reply tuple is taken
+/// gets another source-NAT port (`BPF_NOEXIST`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Ct4Key {
@@ -90,30 +91,20 @@ pub struct Ct4Key {
     pub dport: Be16,
     /// `IPPROTO_*`.
     pub protocol: u8,
-    /// [`CT_ORIGINAL`] or [`CT_REPLY`].
-    pub direction: u8,
-    _pad: u16,
+    _pad: [u8; 3],
 }
 
 impl Ct4Key {
     /// A key.
     #[must_use]
-    pub const fn new(
-        saddr: Be32,
-        daddr: Be32,
-        sport: Be16,
-        dport: Be16,
-        protocol: u8,
-        direction: u8,
-    ) -> Self {
+    pub const fn new(saddr: Be32, daddr: Be32, sport: Be16, dport: Be16, protocol: u8) -> Self {
         Self {
             saddr,
             daddr,
             sport,
             dport,
             protocol,
-            direction,
-            _pad: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -122,8 +113,13 @@ impl Ct4Key {
 ///
 /// Original direction: `address:port` is the backend (the new destination), `nat_address:
 /// nat_port` the source the node substituted ([`CtValue::FLAG_SNAT`]; else zero).
-/// Reply direction: `address:port` is the frontend (the new source of replies),
-/// `nat_address:nat_port` the client (the new destination, with [`CtValue::FLAG_SNAT`]).
+/// Reply direction ([`CtValue::FLAG_REPLY`]): `address:port` is the frontend (the new
+/// source of replies), `nat_address:nat_port` the client (the new destination, with
+/// [`CtValue::FLAG_SNAT`]).
+///
+/// An entry holds everything its packets' translation needs: the programs do not look the
+/// backend up again for a known flow. When a backend leaves its frontend, user space
+/// deletes the entries that name it, so that their flows are balanced anew.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtValue {
@@ -153,6 +149,9 @@ impl CtValue {
     pub const FLAG_CLOSING: u8 = 1 << 1;
     /// A reply was seen.
     pub const FLAG_SEEN_REPLY: u8 = 1 << 2;
+    /// The entry describes the reply direction of its flow (backend → client, or backend →
+    /// node after source NAT); without it, the original direction (client → frontend).
+    pub const FLAG_REPLY: u8 = 1 << 3;
 
     /// An entry.
     #[must_use]
@@ -204,9 +203,7 @@ pub struct Ct6Key {
     pub dport: Be16,
     /// `IPPROTO_*`.
     pub protocol: u8,
-    /// [`CT_ORIGINAL`] or [`CT_REPLY`].
-    pub direction: u8,
-    _pad: u16,
+    _pad: [u8; 3],
 }
 
 impl Ct6Key {
@@ -218,7 +215,6 @@ impl Ct6Key {
         sport: Be16,
         dport: Be16,
         protocol: u8,
-        direction: u8,
     ) -> Self {
         Self {
             saddr,
@@ -226,8 +222,7 @@ impl Ct6Key {
             sport,
             dport,
             protocol,
-            direction,
-            _pad: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -452,7 +447,6 @@ mod tests {
         assert_eq!(size_of::<Ct4Key>(), 16);
         assert_eq!(align_of::<Ct4Key>(), 4);
         assert_eq!(offset_of!(Ct4Key, protocol), 12);
-        assert_eq!(offset_of!(Ct4Key, direction), 13);
         assert_eq!(size_of::<CtValue>(), 24);
         assert_eq!(offset_of!(CtValue, last_seen_secs), 12);
         assert_eq!(offset_of!(CtValue, backend_id), 16);

@@ -177,13 +177,35 @@ impl Frame for TcContext {
         (rc == 0).then(|| unsafe { value.assume_init() })
     }
 
+    /// Direct packet access when the linear data holds the value (the verifier then makes
+    /// the program unclone a cloned skb's head first: its prologue), else the helper.
+    /// Neither updates the skb's checksum state: the checksum helpers below do.
     #[inline(always)]
     fn store<T: Copy>(&self, offset: usize, value: &T) -> Option<()> {
+        if let Some(at) = tc_at::<T>(self, offset) {
+            // SAFETY: `tc_at` checked that the linear data holds the whole `T`; byte-wise,
+            // as at XDP, so no copy of `value` lands on the stack.
+            unsafe {
+                ptr::copy_nonoverlapping(
+                    ptr::from_ref(value).cast::<u8>(),
+                    at.cast_mut().cast::<u8>(),
+                    size_of::<T>(),
+                );
+            }
+            return Some(());
+        }
         TcContext::store(self, offset, value, 0).ok()
     }
 
+    /// The IPv4 header checksum is a field like any other (no checksum state of the skb
+    /// covers it): updated here, as at XDP, when the linear data holds it.
     #[inline(always)]
     fn l3_csum_replace(&self, csum: usize, old: u32, new: u32, size: u64) -> Option<()> {
+        if let Some(at) = tc_at::<u16>(self, csum) {
+            // SAFETY: as in `store`.
+            let current = unsafe { at.read_unaligned() };
+            return Frame::store(self, csum, &csum_update(current, old, new, size));
+        }
         TcContext::l3_csum_replace(self, csum, u64::from(old), u64::from(new), size).ok()
     }
 

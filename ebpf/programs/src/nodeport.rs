@@ -14,6 +14,11 @@
 //!    is on another node; record both directions in conntrack. A frontend without any
 //!    endpoint answers with ICMP port unreachable ([`crate::reject`]).
 //!
+//! Cases 1 and 2 take one conntrack lookup: the keys are the packet's tuple without a
+//! direction, and the entry says which direction it describes ([`CtValue::FLAG_REPLY`]).
+//! A known flow's entry holds all its translation needs (no backend lookup per packet);
+//! user space deletes the entries of a backend that leaves its frontend.
+//!
 //! Translated packets are routed by [`crate::route`] (FIB lookup and redirect).
 //!
 //! Egress: a reply of a local backend leaving towards the client gets the frontend as
@@ -37,7 +42,7 @@ use fairlead_abi::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend4, Be16, Be32, Ct4Key, CtValue,
     Frag4Key, FragPorts, MaglevKey, Protocol, Reason, Scope, Service4Key, ServiceValue,
     SourceRange4Key,
-    nodeport::{CT_ORIGINAL, CT_REPLY, SNAT_PORT_COUNT, SNAT_PORT_MIN},
+    nodeport::{SNAT_PORT_COUNT, SNAT_PORT_MIN},
     sock::FAMILY_V4,
 };
 
@@ -93,14 +98,13 @@ struct Packet {
 }
 
 impl Packet {
-    fn key(&self, direction: u8) -> Ct4Key {
+    fn key(&self) -> Ct4Key {
         Ct4Key::new(
             self.saddr,
             self.daddr,
             self.sport,
             self.dport,
             self.protocol,
-            direction,
         )
     }
 
@@ -227,26 +231,17 @@ pub(crate) fn ingress<F: Frame>(ctx: &F) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
 
-    // 1. A known flow (first: for a packet from a client, the common case at ingress,
-    // one lookup instead of a reply lookup that misses first).
-    let original = packet.key(CT_ORIGINAL);
-    if let Some(entry) = ct.get_ptr_mut(original) {
+    // One lookup finds a known flow in either direction (the entry says which).
+    if let Some(entry) = ct.get_ptr_mut(packet.key()) {
         // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
         // until the program returns; racing writers store whole small fields.
         let value = unsafe { touch(entry, now, &packet) };
-        let backend_ok = copy_of(BACKENDS4.get_ptr(value.backend_id))
-            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
-        if backend_ok {
+        // 1. The original direction: translate it as its first packet was (the entry holds
+        // the backend's address; user space deletes the entries of a removed backend).
+        if !value.has_flag(CtValue::FLAG_REPLY) {
             return translate(ctx, &packet, &value);
         }
-        bump(Reason::CtStale);
-        let _ = ct.remove(original);
-    }
-
-    // 2. A reply to a node address (source-NATed flow).
-    if let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) {
-        // SAFETY: as above.
-        let value = unsafe { touch(entry, now, &packet) };
+        // 2. A reply to a node address (source-NATed flow).
         if value.has_flag(CtValue::FLAG_SNAT) {
             let route = match routed(
                 ctx,
@@ -324,12 +319,12 @@ pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
         return F::NEXT;
     };
     let ct = ct_map(packet.protocol);
-    let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
+    let Some(entry) = ct.get_ptr_mut(packet.key()) else {
         return F::NEXT;
     };
     // SAFETY: as in `ingress`.
     let value = unsafe { touch(entry, now_secs(), &packet) };
-    if value.has_flag(CtValue::FLAG_SNAT) {
+    if !value.has_flag(CtValue::FLAG_REPLY) || value.has_flag(CtValue::FLAG_SNAT) {
         return F::NEXT;
     }
     if rewrite(ctx, &packet, Side::Source, value.address, value.port).is_err() {
@@ -494,7 +489,7 @@ fn open_flow(
             packet.sport,
             backend_id,
             service.rev_nat_id,
-            CtValue::FLAG_SNAT | closing,
+            CtValue::FLAG_REPLY | CtValue::FLAG_SNAT | closing,
             now,
         );
         let mut port = packet.sport;
@@ -515,7 +510,6 @@ fn open_flow(
                 backend.port,
                 port,
                 packet.protocol,
-                CT_REPLY,
             );
             if ct.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok() {
                 found = true;
@@ -535,7 +529,7 @@ fn open_flow(
             Be16::from_raw(0),
             backend_id,
             service.rev_nat_id,
-            closing,
+            CtValue::FLAG_REPLY | closing,
             now,
         );
         let key = Ct4Key::new(
@@ -544,7 +538,6 @@ fn open_flow(
             backend.port,
             packet.sport,
             packet.protocol,
-            CT_REPLY,
         );
         if ct.insert(key, reply, 0).is_err() {
             bump(Reason::CtFull);
@@ -562,7 +555,7 @@ fn open_flow(
         if snat { CtValue::FLAG_SNAT } else { 0 } | closing,
         now,
     );
-    if ct.insert(packet.key(CT_ORIGINAL), value, 0).is_err() {
+    if ct.insert(packet.key(), value, 0).is_err() {
         bump(Reason::CtFull);
         return None;
     }

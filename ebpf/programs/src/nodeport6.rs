@@ -20,7 +20,7 @@ use fairlead_abi::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend6, Be16, Be32, Ct6Key, Ct6Value,
     CtValue, Frag6Key, FragPorts, MaglevKey, Protocol, Reason, Scope, Service6Key, ServiceValue,
     SourceRange6Key,
-    nodeport::{CT_ORIGINAL, CT_REPLY, SNAT_PORT_COUNT, SNAT_PORT_MIN},
+    nodeport::{SNAT_PORT_COUNT, SNAT_PORT_MIN},
     sock::FAMILY_V6,
 };
 
@@ -69,14 +69,13 @@ struct Packet {
 }
 
 impl Packet {
-    fn key(&self, direction: u8) -> Ct6Key {
+    fn key(&self) -> Ct6Key {
         Ct6Key::new(
             self.saddr,
             self.daddr,
             self.sport,
             self.dport,
             self.protocol,
-            direction,
         )
     }
 
@@ -242,33 +241,19 @@ const NO_ENTRY: i32 = i32::MIN;
 fn known_flow<F: Frame>(ctx: &F, packet: &Packet) -> i32 {
     let ct = ct_map(packet.protocol);
     let now = now_secs();
-    // One key, turned from the original to the reply direction: the stack is tight. The
-    // original direction first: for a packet from a client, the common case at ingress,
-    // one lookup instead of a reply lookup that misses first.
-    let mut key = packet.key(CT_ORIGINAL);
-    if let Some(entry) = ct.get_ptr_mut(key) {
+    // One lookup finds a known flow in either direction (the entry says which).
+    if let Some(entry) = ct.get_ptr_mut(packet.key()) {
         // SAFETY: a pointer from a successful lookup points to a live LRU element, valid
         // until the program returns; the references below only read it.
         let value = unsafe {
             touch(entry, now, packet);
             &*entry
         };
-        let backend_ok = copy_of(BACKENDS6.get_ptr(value.backend_id))
-            .is_some_and(|b| b.rev_nat_id == value.rev_nat_id);
-        if backend_ok {
+        // The original direction: the entry holds the backend (user space deletes the
+        // entries of a removed backend).
+        if !value.has_flag(CtValue::FLAG_REPLY) {
             return translate(ctx, packet, value);
         }
-        bump(Reason::CtStale);
-        let _ = ct.remove(key);
-    }
-
-    key.direction = CT_REPLY;
-    if let Some(entry) = ct.get_ptr_mut(key) {
-        // SAFETY: as above.
-        let value = unsafe {
-            touch(entry, now, packet);
-            &*entry
-        };
         if value.has_flag(CtValue::FLAG_SNAT) {
             let route = match routed(
                 ctx,
@@ -353,7 +338,7 @@ pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
         return F::NEXT;
     };
     let ct = ct_map(packet.protocol);
-    let Some(entry) = ct.get_ptr_mut(packet.key(CT_REPLY)) else {
+    let Some(entry) = ct.get_ptr_mut(packet.key()) else {
         return F::NEXT;
     };
     // SAFETY: as in `ingress`.
@@ -361,7 +346,7 @@ pub(crate) fn egress<F: Frame>(ctx: &F) -> i32 {
         touch(entry, now_secs(), &packet);
         &*entry
     };
-    if value.has_flag(CtValue::FLAG_SNAT) {
+    if !value.has_flag(CtValue::FLAG_REPLY) || value.has_flag(CtValue::FLAG_SNAT) {
         return F::NEXT;
     }
     if rewrite(ctx, &packet, Side::Source, &value.address, value.port).is_err() {
@@ -505,7 +490,7 @@ fn open_flow(
             packet.sport,
             backend_id,
             service.rev_nat_id,
-            CtValue::FLAG_SNAT | closing,
+            CtValue::FLAG_REPLY | CtValue::FLAG_SNAT | closing,
             now,
         );
         let mut port = packet.sport;
@@ -526,7 +511,6 @@ fn open_flow(
                 backend.port,
                 port,
                 packet.protocol,
-                CT_REPLY,
             );
             if ct.insert(key, reply, u64::from(BPF_NOEXIST)).is_ok() {
                 found = true;
@@ -546,7 +530,7 @@ fn open_flow(
             Be16::from_raw(0),
             backend_id,
             service.rev_nat_id,
-            closing,
+            CtValue::FLAG_REPLY | closing,
             now,
         );
         let key = Ct6Key::new(
@@ -555,7 +539,6 @@ fn open_flow(
             backend.port,
             packet.sport,
             packet.protocol,
-            CT_REPLY,
         );
         if ct.insert(key, reply, 0).is_err() {
             bump(Reason::CtFull);
@@ -573,7 +556,7 @@ fn open_flow(
         if snat { CtValue::FLAG_SNAT } else { 0 } | closing,
         now,
     );
-    if ct.insert(packet.key(CT_ORIGINAL), *out, 0).is_err() {
+    if ct.insert(packet.key(), *out, 0).is_err() {
         bump(Reason::CtFull);
         return false;
     }

@@ -17,10 +17,7 @@
 //! the stack routes the error. Errors about other packets go on untouched.
 
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::generated::bpf_csum_diff};
-use fairlead_abi::{
-    Be16, Be32, Ct4Key, Ct6Key, CtValue, Protocol, Reason,
-    nodeport::{CT_ORIGINAL, CT_REPLY},
-};
+use fairlead_abi::{Be16, Be32, Ct4Key, Ct6Key, CtValue, Protocol, Reason};
 
 use crate::{frame::Frame, lb::bump, nodeport::ct_map, nodeport6::ct_map as ct6_map};
 
@@ -96,14 +93,18 @@ fn translate<F: Frame>(ctx: &F) -> Option<bool> {
     let dport = Be16::from_raw(u16::from_ne_bytes([dport_high, dport_low]));
     let ct = ct_map(inner_protocol);
 
-    // To a backend, with source NAT: its reply entry says where the flow came from.
-    let reply = Ct4Key::new(dst, src, dport, sport, inner_protocol, CT_REPLY);
-    let (outer_dst, new_src, new_dst) = if let Some(value) = ct
-        .get_ptr(reply)
-        // SAFETY: a pointer from a successful lookup points to a live LRU element.
-        .map(|entry| unsafe { *entry })
-        .filter(|value| value.has_flag(CtValue::FLAG_SNAT))
-    {
+    // One lookup: the quoted packet's tuple turned around is the key of the flow's entry
+    // in the direction the error travels.
+    let key = Ct4Key::new(dst, src, dport, sport, inner_protocol);
+    // SAFETY: a pointer from a successful lookup points to a live LRU element.
+    let Some(value) = ct.get_ptr(key).map(|entry| unsafe { *entry }) else {
+        return Some(false);
+    };
+    let (outer_dst, new_src, new_dst) = if value.has_flag(CtValue::FLAG_REPLY) {
+        // To a backend, with source NAT: its reply entry says where the flow came from.
+        if !value.has_flag(CtValue::FLAG_SNAT) {
+            return Some(false);
+        }
         (
             value.nat_address,
             (value.nat_address, value.nat_port),
@@ -111,11 +112,6 @@ fn translate<F: Frame>(ctx: &F) -> Option<bool> {
         )
     } else {
         // A reply to a client: the flow's original entry names the backend.
-        let original = Ct4Key::new(dst, src, dport, sport, inner_protocol, CT_ORIGINAL);
-        // SAFETY: as above.
-        let Some(value) = ct.get_ptr(original).map(|entry| unsafe { *entry }) else {
-            return Some(false);
-        };
         let to = if value.has_flag(CtValue::FLAG_SNAT) {
             (value.nat_address, value.nat_port)
         } else {
@@ -205,27 +201,28 @@ fn translate6<F: Frame>(ctx: &F) -> Option<bool> {
     };
     let (sport, dport) = (Be16::from_raw(sport), Be16::from_raw(dport));
     let ct = ct6_map(inner_next);
-    let mut key = Ct6Key::new(dst, src, dport, sport, inner_next, CT_REPLY);
+    let key = Ct6Key::new(dst, src, dport, sport, inner_next);
     let mut to = Rewrite6 {
         from_src: (src, sport),
         from_dst: (dst, dport),
         ..Rewrite6::default()
     };
-    if let Some(entry) = ct.get_ptr(key)
-        // SAFETY: a pointer from a successful lookup points to a live LRU element.
-        && let value = unsafe { &*entry }
-        && value.has_flag(CtValue::FLAG_SNAT)
-    {
+    // Not about a balanced flow: on untouched (the node's own traffic gets its errors).
+    let Some(entry) = ct.get_ptr(key) else {
+        return Some(false);
+    };
+    // SAFETY: a pointer from a successful lookup points to a live LRU element.
+    let value = unsafe { &*entry };
+    if value.has_flag(CtValue::FLAG_REPLY) {
+        if !value.has_flag(CtValue::FLAG_SNAT) {
+            return Some(false);
+        }
         // To a backend, with source NAT: back to the client, as it sent the packet.
         to.outer = value.nat_address;
         to.src = (value.nat_address, value.nat_port);
         to.dst = (value.address, value.port);
     } else {
         // A reply to a client: to the backend, as it sent the reply.
-        key.direction = CT_ORIGINAL;
-        let entry = ct.get_ptr(key)?;
-        // SAFETY: as above.
-        let value = unsafe { &*entry };
         to.outer = value.address;
         to.src = (value.address, value.port);
         to.dst = if value.has_flag(CtValue::FLAG_SNAT) {

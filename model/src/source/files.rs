@@ -1013,14 +1013,15 @@ fn split_documents(
         match doc {
             // Empty documents (a trailing `---`, comments only) hold nothing.
             serde_json::Value::Null => {}
-            serde_json::Value::Object(ref map)
+            serde_json::Value::Object(mut map)
                 if map
                     .get("kind")
                     .and_then(|k| k.as_str())
                     .is_some_and(|k| k.ends_with("List"))
                     && map.get("items").is_some_and(serde_json::Value::is_array) =>
             {
-                let Some(serde_json::Value::Array(items)) = map.get("items").cloned() else {
+                // Moved out, not cloned: a List of 10k Services is hundreds of MiB as values.
+                let Some(serde_json::Value::Array(items)) = map.remove("items") else {
                     unreachable!("checked above")
                 };
                 for (j, item) in items.into_iter().enumerate() {
