@@ -117,20 +117,25 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// The A records of `name` from 127.0.0.1:`port` (one UDP exchange).
+///
+/// The socket is connected, so a query sent before fairlead has bound its
+/// port fails at once (the ICMP port-unreachable becomes ECONNREFUSED); an
+/// unconnected socket waited out its whole read timeout instead, which put
+/// a 500 ms floor under every start-up figure before 2026-12-05. The read
+/// timeout is short for the same reason: a lost answer costs one poll, not
+/// the figure.
 fn ask(port: u16, name: &str) -> Vec<String> {
     let exchange = || -> Option<Vec<String>> {
         let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
         socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
+            .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .ok()?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
             .ok()?;
         let mut message = Message::new(fastrand::u16(..), MessageType::Query, OpCode::Query);
         message.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
-        socket
-            .send_to(
-                &message.to_vec().ok()?,
-                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            )
-            .ok()?;
+        socket.send(&message.to_vec().ok()?).ok()?;
         let mut buf = [0u8; 4096];
         let n = socket.recv(&mut buf).ok()?;
         let answer = Message::from_vec(&buf[..n]).ok()?;
