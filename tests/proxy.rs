@@ -12,6 +12,9 @@
 //! Servers (tests/support/server.py) answer "<pod>:<port>"; clients (tests/support/client.py)
 //! report what answered and what `getpeername`/`recvfrom` said the peer was.
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -27,6 +30,7 @@ use fairlead_proxy::tables::LbMaps as _;
 use fairlead_proxy::testing::{
     KillOnDrop, TestCgroup, TestNetns, TestPinDir, privileged, run_with_timeout,
 };
+use ports::free_port;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -1371,14 +1375,6 @@ fn cleanup_removes_links_and_maps() {
         .output()
         .expect("cleanup");
     assert!(again.status.success());
-}
-
-/// A free TCP port on 127.0.0.1 (bound once, released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// `curl -i` of `http://127.0.0.1:<port>/`: (status, headers lower-cased, JSON body), or

@@ -10,15 +10,7 @@ use crate::support::{Gateway, backend, curl, example_ca, namespace, runtime, ser
 pub(crate) const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
     metadata: {name: fl}\nspec: {controllerName: fairlead.dev/gateway-controller}\n";
 
-/// A free port on loopback: Gateway listeners name their port, so the
-/// gateway's `--http` port must be known before it starts.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub(crate) use crate::ports::free_port;
 
 pub(crate) fn http_route(ns: &str, name: &str, spec: &str) -> String {
     format!(

@@ -10,6 +10,8 @@
 mod gateway_api;
 mod gateway_rules;
 mod h2;
+#[path = "../support/ports.rs"]
+mod ports;
 mod support;
 mod tls;
 
