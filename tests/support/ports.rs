@@ -3,9 +3,10 @@
 
 use std::sync::atomic::{AtomicU16, Ordering};
 
-/// The ports handed out: 20000..32000.
+/// The ports handed out: 20000..30000, below both the kernel's ephemeral
+/// range and the NodePort range (30000-32767) the kernel tests serve.
 const FIRST: u16 = 20_000;
-const RANGE: u16 = 12_000;
+const RANGE: u16 = 10_000;
 
 /// A free TCP port on 127.0.0.1, for a listener whose port must be known
 /// before the process under test starts (Gateway listeners name theirs).
