@@ -284,8 +284,12 @@ fn explain_a_running_node_and_flag_a_component_behind() {
     std::fs::write(manifests.path().join("demo.yaml"), &changed).unwrap();
     // Until the proxy and the ingress serve it (the model's side of a
     // disagreement names the new backend too, so that alone proves nothing).
+    // explain reads the model and each component one after the other, so
+    // the components can be read after a change the model read missed: wait
+    // for the model's own view too.
     let (code, out) = explain_until(&ns, &["service", "demo/a"], |_, out| {
         out.contains("10.244.5.3:8080 serving")
+            && out.contains("endpoint 10.244.5.3 ")
             && !out.contains("proxy serves generation")
             && !out.contains("ingress serves generation")
             && !out.contains("proxy: the backends of")
