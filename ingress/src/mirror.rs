@@ -19,9 +19,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::Request;
+use http::header;
 use http::uri::Authority;
-use http::{Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -30,7 +30,6 @@ use tracing::debug;
 
 use crate::Error;
 use crate::metrics::Metrics;
-use crate::router::UpstreamProtocol;
 use crate::upstream::{BodyError, RequestBody, Upstream};
 
 /// How far (in body bytes) a mirror may fall behind the original request
@@ -255,36 +254,14 @@ fn spawn(
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
     });
     let target = parts.uri.path_and_query().cloned()?;
-    let empty = matches!(body, RequestBody::Empty);
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.headers_mut() = parts.headers.clone();
-    if empty {
-        request.headers_mut().remove(header::CONTENT_LENGTH);
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.headers = parts.headers.clone();
+    if matches!(body, RequestBody::Empty) {
+        head.headers.remove(header::CONTENT_LENGTH);
     }
-    match upstream.protocol {
-        UpstreamProtocol::Http1 => {
-            *request.uri_mut() = Uri::from(target);
-            *request.version_mut() = Version::HTTP_11;
-            if let Some(a) = &authority
-                && !request.headers().contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(a.as_str())
-            {
-                request.headers_mut().insert(header::HOST, v);
-            }
-        }
-        UpstreamProtocol::H2c => {
-            let authority = authority.unwrap_or_else(|| Authority::from_static("localhost"));
-            *request.uri_mut() = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(target)
-                .build()
-                .unwrap_or_default();
-            *request.version_mut() = Version::HTTP_2;
-            request.headers_mut().remove(header::HOST);
-        }
-    }
+    crate::proxy::address_upstream(&mut head, upstream.protocol, target, authority, None);
+    let request = Request::from_parts(head, body);
     let task = tokio::spawn(async move {
         let Some(in_flight) = upstream.pick(&[]) else {
             debug!(upstream = %upstream.name, "mirror: no ready endpoint");

@@ -571,35 +571,13 @@ async fn proxy(
     let rewrite_host = rewrite
         .and_then(|r| r.hostname.as_deref())
         .and_then(|h| Authority::try_from(h).ok());
-    match upstream.protocol {
-        UpstreamProtocol::Http1 => {
-            parts.uri = Uri::from(target);
-            parts.version = Version::HTTP_11;
-            if let Some(h) = &rewrite_host
-                && let Ok(v) = HeaderValue::from_str(h.as_str())
-            {
-                parts.headers.insert(header::HOST, v);
-            } else if let Some(a) = &authority
-                && !parts.headers.contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(a.as_str())
-            {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-        UpstreamProtocol::H2c => {
-            let authority = rewrite_host
-                .or(authority)
-                .unwrap_or_else(|| Authority::from_static("localhost"));
-            parts.uri = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(target)
-                .build()
-                .unwrap_or_default();
-            parts.version = Version::HTTP_2;
-            parts.headers.remove(header::HOST);
-        }
-    }
+    address_upstream(
+        &mut parts,
+        upstream.protocol,
+        target,
+        authority,
+        rewrite_host,
+    );
     parts.extensions = http::Extensions::new();
     let Some(f) = filters else {
         let timeout = config.response_timeout;
@@ -646,6 +624,49 @@ async fn proxy(
         ops.apply(response.headers_mut());
     }
     response
+}
+
+/// Addresses a request head to an upstream speaking `protocol`: the
+/// target `target`, and the authority — `rewrite_host` (a URLRewrite
+/// filter's) when given, else the client's `authority` — as the Host header
+/// (HTTP/1.1, where a client's own Host header is kept unless rewritten) or
+/// the URI's authority (h2c). Used for the route's backend and its mirrors.
+pub(crate) fn address_upstream(
+    parts: &mut http::request::Parts,
+    protocol: UpstreamProtocol,
+    target: PathAndQuery,
+    authority: Option<Authority>,
+    rewrite_host: Option<Authority>,
+) {
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            parts.uri = Uri::from(target);
+            parts.version = Version::HTTP_11;
+            if let Some(h) = &rewrite_host
+                && let Ok(v) = HeaderValue::from_str(h.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
+            } else if let Some(a) = &authority
+                && !parts.headers.contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(a.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        UpstreamProtocol::H2c => {
+            let authority = rewrite_host
+                .or(authority)
+                .unwrap_or_else(|| Authority::from_static("localhost"));
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(target)
+                .build()
+                .unwrap_or_default();
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+    }
 }
 
 /// The answer of a `RequestRedirect` filter.
