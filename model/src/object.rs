@@ -111,64 +111,17 @@ const KINDS_READ: &str = "Service, EndpointSlice, Ingress, IngressClass, Secret,
 /// field through the k8s-openapi types, naming the field path on error.
 pub fn decode(value: serde_json::Value) -> Result<KubeObject, DecodeError> {
     let str_field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
-    let api_version = str_field("apiVersion").unwrap_or_default().to_owned();
-    let Some(kind_name) = str_field("kind").map(str::to_owned) else {
-        return Err(DecodeError {
-            object: None,
-            error: FieldError::new("kind", "missing: every object needs apiVersion and kind"),
-        });
-    };
     let meta = value.get("metadata");
     let meta_str = |name: &str| {
         meta.and_then(|m| m.get(name))
             .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
     };
-    let name = meta_str("name");
-    let namespace = meta_str("namespace");
-
-    let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_name) else {
-        return Err(DecodeError {
-            object: None,
-            error: FieldError::new(
-                "kind",
-                format!(
-                    "unsupported kind {kind_name} ({api_version}) {}{}: fairlead reads {KINDS_READ}",
-                    namespace
-                        .as_deref()
-                        .map(|n| format!("{n}/"))
-                        .unwrap_or_default(),
-                    name.as_deref().unwrap_or("<unnamed>")
-                ),
-            ),
-        });
-    };
-    let object = ObjectId {
-        kind,
-        namespace: if kind.namespaced() {
-            namespace.unwrap_or_else(|| "default".to_owned())
-        } else {
-            String::new()
-        },
-        name: name.clone().unwrap_or_default(),
-    };
-    let fail = |field: &str, message: String| DecodeError {
-        object: Some(object.clone()),
-        error: FieldError::new(field, message),
-    };
-    if api_version != kind.api_version() {
-        return Err(fail(
-            "apiVersion",
-            format!(
-                "{kind} must be apiVersion {}, got {api_version:?}",
-                kind.api_version()
-            ),
-        ));
-    }
-    if name.as_deref().unwrap_or_default().is_empty() {
-        return Err(fail("metadata.name", "missing".to_owned()));
-    }
-
+    let (kind, object) = check_head(
+        str_field("apiVersion").unwrap_or_default(),
+        str_field("kind"),
+        meta_str("name"),
+        meta_str("namespace"),
+    )?;
     let decoded = match kind {
         Kind::Service => typed(value).map(KubeObject::Service),
         Kind::EndpointSlice => typed(value).map(KubeObject::EndpointSlice),
@@ -187,6 +140,134 @@ pub fn decode(value: serde_json::Value) -> Result<KubeObject, DecodeError> {
         object: Some(object),
         error,
     })
+}
+
+/// Decodes one object from its JSON text, as [`decode`] decodes it from the
+/// parsed value, without building the value: the head (`apiVersion`, `kind`,
+/// `metadata.name` and `namespace`) and then the typed object are read from
+/// the text. Anything this fast path does not take as it is (a field of the
+/// wrong type, a key given twice, text that is not an object) goes through
+/// [`decode`], so the outcome and every error message are [`decode`]'s.
+///
+/// # Errors
+///
+/// As [`decode`].
+pub(crate) fn decode_json(text: &str) -> Result<KubeObject, DecodeError> {
+    fast_decode_json(text).unwrap_or_else(|| {
+        let value = serde_json::from_str(text).map_err(|e| DecodeError {
+            object: None,
+            error: FieldError::new("", format!("JSON syntax error: {e}")),
+        })?;
+        decode(value)
+    })
+}
+
+/// [`decode_json`]'s fast path; `None` where it defers to [`decode`].
+fn fast_decode_json(text: &str) -> Option<Result<KubeObject, DecodeError>> {
+    use std::borrow::Cow;
+    #[derive(serde::Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        namespace: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "apiVersion", borrow, default)]
+        api_version: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        metadata: Option<Meta<'a>>,
+    }
+    fn typed_json<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Option<Box<T>> {
+        serde_json::from_str(text).ok().map(Box::new)
+    }
+    let head: Head<'_> = serde_json::from_str(text).ok()?;
+    let meta = head.metadata.as_ref();
+    let (kind, object) = match check_head(
+        head.api_version.as_deref().unwrap_or_default(),
+        head.kind.as_deref(),
+        meta.and_then(|m| m.name.as_deref()),
+        meta.and_then(|m| m.namespace.as_deref()),
+    ) {
+        Ok(head) => head,
+        Err(e) => return Some(Err(e)),
+    };
+    let decoded = match kind {
+        Kind::Service => KubeObject::Service(typed_json(text)?),
+        Kind::EndpointSlice => KubeObject::EndpointSlice(typed_json(text)?),
+        Kind::Ingress => KubeObject::Ingress(typed_json(text)?),
+        Kind::IngressClass => KubeObject::IngressClass(typed_json(text)?),
+        Kind::Secret => KubeObject::Secret(typed_json(text)?),
+        Kind::Node => KubeObject::Node(typed_json(text)?),
+        Kind::Namespace => KubeObject::Namespace(typed_json(text)?),
+        Kind::GatewayClass => KubeObject::GatewayClass(typed_json(text)?),
+        Kind::Gateway => KubeObject::Gateway(typed_json(text)?),
+        Kind::HttpRoute => KubeObject::HttpRoute(typed_json(text)?),
+        Kind::GrpcRoute => KubeObject::GrpcRoute(typed_json(text)?),
+        Kind::ReferenceGrant => KubeObject::ReferenceGrant(typed_json(text)?),
+    };
+    // The typed object names itself as the head did (a namespace of a
+    // cluster-scoped kind is not part of its id either way).
+    debug_assert_eq!(decoded.id(), object);
+    Some(Ok(decoded))
+}
+
+/// Checks an object's head, the fields every object needs: `apiVersion`,
+/// `kind` and `metadata.name`. Returns the kind and the object's id.
+fn check_head(
+    api_version: &str,
+    kind_name: Option<&str>,
+    name: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<(Kind, ObjectId), DecodeError> {
+    let Some(kind_name) = kind_name else {
+        return Err(DecodeError {
+            object: None,
+            error: FieldError::new("kind", "missing: every object needs apiVersion and kind"),
+        });
+    };
+    let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_name) else {
+        return Err(DecodeError {
+            object: None,
+            error: FieldError::new(
+                "kind",
+                format!(
+                    "unsupported kind {kind_name} ({api_version}) {}{}: fairlead reads {KINDS_READ}",
+                    namespace.map(|n| format!("{n}/")).unwrap_or_default(),
+                    name.unwrap_or("<unnamed>")
+                ),
+            ),
+        });
+    };
+    let object = ObjectId {
+        kind,
+        namespace: if kind.namespaced() {
+            namespace.unwrap_or("default").to_owned()
+        } else {
+            String::new()
+        },
+        name: name.unwrap_or_default().to_owned(),
+    };
+    let fail = |field: &str, message: String| DecodeError {
+        object: Some(object.clone()),
+        error: FieldError::new(field, message),
+    };
+    if api_version != kind.api_version() {
+        return Err(fail(
+            "apiVersion",
+            format!(
+                "{kind} must be apiVersion {}, got {api_version:?}",
+                kind.api_version()
+            ),
+        ));
+    }
+    if name.unwrap_or_default().is_empty() {
+        return Err(fail("metadata.name", "missing".to_owned()));
+    }
+    Ok((kind, object))
 }
 
 /// Deserializes a typed object, naming the field path on error.

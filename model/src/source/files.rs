@@ -11,8 +11,11 @@
 //! the watcher reports an error or lost events, and when a `ConfigMap` mount
 //! swaps its data directory; [`ManifestDir::resync`] starts from scratch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
+
+// foldhash, not std's SipHash: these maps take every object of a file at start-up.
+use foldhash::{HashMap, HashMapExt, HashSet};
+use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::{Error, FieldError, Origin, Problem, Severity};
-use crate::object::{DecodeError, decode};
+use crate::object::{DecodeError, decode, decode_json};
 use crate::types::ObjectId;
 use crate::writer::{Change, ModelWriter};
 
@@ -752,12 +755,8 @@ fn read_manifest(root: &Path, rel: &Path, known: Option<u64>) -> Result<Read, Er
     if known == Some(hash) {
         return Ok(Read::Unchanged);
     }
-    let outcome = split_documents(rel, &content);
-    drop(content);
-    Ok(Read::Content {
-        hash,
-        outcome: outcome.map(|documents| decode_documents(rel, documents)),
-    })
+    let outcome = split_documents(rel, &content).map(|documents| decode_documents(rel, documents));
+    Ok(Read::Content { hash, outcome })
 }
 
 /// Files a worker may have parsed ahead of the one being put into the state.
@@ -861,19 +860,24 @@ impl Ahead {
 /// hash, change), the first definition of each, and its problems.
 fn decode_documents(
     rel: &Path,
-    documents: Vec<(String, serde_json::Value)>,
+    documents: Vec<(String, Document<'_>)>,
 ) -> (Vec<Parsed>, Vec<Problem>) {
     let mut objects: Vec<Parsed> = Vec::with_capacity(documents.len());
     // The document defining each id first.
     let mut first: HashMap<ObjectId, usize> = HashMap::with_capacity(documents.len());
     let mut problems = Vec::new();
-    for (document, value) in documents {
-        let hash = hash_of(&value);
+    // Decoding is most of a large file's time, and each object's is its
+    // own: on several threads when there are many.
+    let decoded = map_in_parallel(documents, |(document, content)| match content {
+        Document::Value(value) => (document, hash_of(&value), decode(value)),
+        Document::Json(text) => (document, hash_of(text.get()), decode_json(text.get())),
+    });
+    for (document, hash, decoded) in decoded {
         let origin = Some(Origin {
             file: rel.to_path_buf(),
             document: document.clone(),
         });
-        let change = match decode(value) {
+        let change = match decoded {
             Ok(object) => Change::Upsert { object, origin },
             Err(DecodeError {
                 object: Some(id),
@@ -927,9 +931,49 @@ fn change_origin(change: &Change) -> Option<&Origin> {
 }
 
 fn hash_of(value: &(impl Hash + ?Sized)) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
+    // Content hashes live as long as the process, so a fixed seed will do; foldhash
+    // rather than SipHash, which was a tenth of loading a large file.
+    std::hash::BuildHasher::hash_one(&foldhash::quality::FixedState::default(), value)
+}
+
+/// Objects of one file below this are decoded on the calling thread alone.
+const PARALLEL_OBJECTS: usize = 1024;
+
+/// `f` of every item, in order; on one thread per core when there are at
+/// least [`PARALLEL_OBJECTS`] items.
+fn map_in_parallel<T: Send, U: Send>(items: Vec<T>, f: impl Fn(T) -> U + Sync) -> Vec<U> {
+    let workers = if items.len() < PARALLEL_OBJECTS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    };
+    if workers <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let per_worker = items.len().div_ceil(workers);
+    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(workers);
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(per_worker).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Vec<U>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| match handle.join() {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
 }
 
 /// Whether a path names a manifest file (by extension; hidden names are not).
@@ -978,16 +1022,58 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
     Ok(())
 }
 
+/// One object of a file, not yet decoded.
+enum Document<'a> {
+    /// Parsed into a value (YAML, and JSON the fast path does not take).
+    Value(serde_json::Value),
+    /// The JSON text of one object, not parsed yet.
+    Json(&'a serde_json::value::RawValue),
+}
+
+/// The objects of a JSON file as text, without building their values: the
+/// items of a `kind: *List` or the file's one object. `None` where the file
+/// needs [`split_documents`]' value path: not one object, a key given twice,
+/// anything unusual. The labels are the value path's.
+fn json_objects(text: &str) -> Option<Vec<(String, Document<'_>)>> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow, default)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        items: Option<&'a RawValue>,
+    }
+    let top: Top<'_> = serde_json::from_str(text).ok()?;
+    let items = top.items.filter(|items| items.get().starts_with('['));
+    if let Some(items) = items
+        && top.kind.is_some_and(|kind| kind.ends_with("List"))
+    {
+        let items: Vec<&RawValue> = serde_json::from_str(items.get()).ok()?;
+        return Some(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(j, item)| (format!("1.{}", j + 1), Document::Json(item)))
+                .collect(),
+        );
+    }
+    let whole: &RawValue = serde_json::from_str(text).ok()?;
+    Some(vec![("1".to_owned(), Document::Json(whole))])
+}
+
 /// Splits a file into untyped objects, each with its document label. Lists
 /// are flattened (`2.3` is item 3 of document 2). The error names the
 /// document and what is wrong.
-fn split_documents(
+fn split_documents<'a>(
     rel: &Path,
-    content: &[u8],
-) -> Result<Vec<(String, serde_json::Value)>, (String, String)> {
+    content: &'a [u8],
+) -> Result<Vec<(String, Document<'a>)>, (String, String)> {
     let text =
         std::str::from_utf8(content).map_err(|e| ("1".to_owned(), format!("not UTF-8: {e}")))?;
     let is_json = rel.extension().is_some_and(|e| e == "json");
+    if is_json && let Some(objects) = json_objects(text) {
+        return Ok(objects);
+    }
     let mut docs = Vec::new();
     if is_json {
         let value: serde_json::Value = serde_json::from_str(text)
@@ -1025,10 +1111,10 @@ fn split_documents(
                     unreachable!("checked above")
                 };
                 for (j, item) in items.into_iter().enumerate() {
-                    out.push((format!("{label}.{}", j + 1), item));
+                    out.push((format!("{label}.{}", j + 1), Document::Value(item)));
                 }
             }
-            serde_json::Value::Object(_) => out.push((label, doc)),
+            serde_json::Value::Object(_) => out.push((label, Document::Value(doc))),
             _ => return Err((label, "a document must be a mapping (an object)".to_owned())),
         }
     }
@@ -1038,6 +1124,126 @@ fn split_documents(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a change says, comparable: the object or the error, and where it came from.
+    fn said(change: &Change) -> String {
+        match change {
+            Change::Upsert { object, origin } => format!("upsert {object:?} from {origin:?}"),
+            Change::Invalid { id, origin, error } => {
+                format!("invalid {id} from {origin:?}: {error}")
+            }
+            Change::Delete(id) => format!("delete {id}"),
+        }
+    }
+
+    /// Items of a List: Services and EndpointSlices, and every way an item can be wrong.
+    fn list_items(n: usize) -> Vec<serde_json::Value> {
+        let mut items = Vec::new();
+        for i in 0..n {
+            items.push(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("s{i}"), "namespace": "demo", "labels": {"app": "x"}},
+                "spec": {"clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+            }));
+            items.push(serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("s{i}-1"), "namespace": "demo",
+                             "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [{"addresses": [format!("10.1.{}.{}", i / 250, i % 250 + 1)],
+                               "conditions": {"ready": true}}]
+            }));
+        }
+        for bad in [
+            serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "port-text", "namespace": "demo"}, "spec": {"ports": [{"port": "eighty"}]}}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "demo"}, "spec": {}}),
+            serde_json::json!({"apiVersion": "v2", "kind": "Service", "metadata": {"name": "v2", "namespace": "demo"}}),
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "demo"}}),
+            serde_json::json!({"apiVersion": "v1", "metadata": {"name": "no-kind"}}),
+            serde_json::json!({"apiVersion": "v1", "kind": 7, "metadata": {"name": "kind-number"}}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": 7}}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cluster-scoped", "namespace": "ignored"}}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s3", "namespace": "demo"}, "spec": {"ports": [{"port": 81}]}}),
+            serde_json::json!(5),
+            serde_json::json!(null),
+            serde_json::json!(["not", "an", "object"]),
+        ] {
+            items.push(bad);
+        }
+        items
+    }
+
+    /// The changes and problems of a directory holding `file` with `text`,
+    /// with the file's name left out of the origins.
+    fn load_one(file: &str, text: &str) -> (Vec<String>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(file), text).unwrap();
+        let loaded = ManifestDir::new(dir.path()).load().unwrap();
+        let unnamed = |s: String| s.replace(file, "FILE");
+        (
+            loaded.changes.iter().map(|c| unnamed(said(c))).collect(),
+            loaded
+                .problems
+                .iter()
+                .map(|p| unnamed(p.to_string()))
+                .collect(),
+        )
+    }
+
+    /// The JSON fast path (objects decoded from their text, on several
+    /// threads for a large List) loads exactly what the value path loads:
+    /// the same List as YAML, with a key given twice (which the fast path
+    /// leaves to the value path), and small.
+    #[test]
+    fn a_json_list_loads_as_the_same_list_in_yaml() {
+        for n in [3, PARALLEL_OBJECTS] {
+            let items = list_items(n);
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            let json = serde_json::to_string_pretty(&list).unwrap();
+            let yaml = serde_norway::to_string(&list).unwrap();
+            let from_json = load_one("all.json", &json);
+            let from_yaml = load_one("all.yaml", &yaml);
+            assert!(from_json.0.len() > 2 * n, "{n}: {:?}", from_json.0.len());
+            assert_eq!(from_json, from_yaml, "{n} items");
+            // A key given twice: the value path takes the last, and so must the file.
+            let twice = json.replacen(
+                "\"kind\": \"List\"",
+                "\"kind\": \"Lost\", \"kind\": \"List\"",
+                1,
+            );
+            assert_ne!(twice, json);
+            assert_eq!(
+                load_one("all.json", &twice),
+                from_yaml,
+                "{n} items, a key twice"
+            );
+        }
+        // One object, not a List; and a document that is not an object.
+        let one = serde_json::to_string(&list_items(1)[0]).unwrap();
+        assert_eq!(load_one("one.json", &one), load_one("one.yaml", &one));
+        assert_eq!(load_one("n.json", "[1]"), load_one("n.yaml", "[1]"));
+        assert_eq!(load_one("n.json", "null"), load_one("n.yaml", "null"));
+    }
+
+    #[test]
+    fn json_text_decodes_as_its_value_does() {
+        for item in list_items(2) {
+            let text = item.to_string();
+            assert_eq!(
+                crate::object::decode_json(&text),
+                decode(item.clone()),
+                "{text}"
+            );
+        }
+        // A field given twice: the value path takes the last one.
+        let twice =
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "name": "b"}}"#;
+        let decoded = crate::object::decode_json(twice).unwrap();
+        assert_eq!(decoded.id().name, "b");
+        assert_eq!(Ok(decoded), decode(serde_json::from_str(twice).unwrap()));
+    }
 
     fn service(name: &str, port: u32) -> String {
         format!(
