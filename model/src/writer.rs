@@ -42,6 +42,27 @@ pub enum Change {
     },
     /// The object is gone.
     Delete(ObjectId),
+    /// An upsert already translated by [`Change::prepare`], on the source's
+    /// thread: the writer applies it as it would apply the upsert.
+    Translated {
+        /// Which object.
+        id: ObjectId,
+        /// Where it came from.
+        origin: Option<Origin>,
+        /// Its translation (or why it does not translate).
+        translation: Translation,
+    },
+}
+
+/// The translation of an object of a kind that comes by the thousand
+/// (Services, EndpointSlices), made away from the writer.
+#[derive(Clone, Debug)]
+pub struct Translation(Translated);
+
+#[derive(Clone, Debug)]
+enum Translated {
+    Service(Result<Service, Vec<FieldError>>),
+    Slice(Result<Slice, Vec<FieldError>>),
 }
 
 impl Change {
@@ -50,7 +71,31 @@ impl Change {
     pub fn id(&self) -> ObjectId {
         match self {
             Change::Upsert { object, .. } => object.id(),
-            Change::Invalid { id, .. } | Change::Delete(id) => id.clone(),
+            Change::Invalid { id, .. } | Change::Delete(id) | Change::Translated { id, .. } => {
+                id.clone()
+            }
+        }
+    }
+
+    /// Translates an upsert of a Service or an EndpointSlice now, on this
+    /// thread, and drops the object: the writer then only compares and
+    /// stores. Sources that decode on several threads call this there, so
+    /// that the one writer thread does less. Every other change is returned
+    /// as it is. The writer's outcome is the same either way.
+    #[must_use]
+    pub fn prepare(self) -> Change {
+        let Change::Upsert { object, origin } = self else {
+            return self;
+        };
+        let translation = match &object {
+            KubeObject::Service(o) => Translated::Service(translate::service(o)),
+            KubeObject::EndpointSlice(o) => Translated::Slice(translate::endpoint_slice(o)),
+            _ => return Change::Upsert { object, origin },
+        };
+        Change::Translated {
+            id: object.id(),
+            origin,
+            translation: Translation(translation),
         }
     }
 }
@@ -292,18 +337,23 @@ impl ModelWriter {
             Change::Upsert { object, origin } => {
                 let id = object.id();
                 let result = self.translate(&id, &object, dirty);
-                let entry = self.entry(&id);
-                entry.origin = origin;
-                entry.invalid = false;
-                let errors = problems(result.err().unwrap_or_default(), entry.origin.as_ref(), &id);
-                if !errors.is_empty() {
-                    warn!(object = %id, errors = errors.len(), "object rejected; its last good version stays in force");
-                }
-                // A Secret's errors are reported only while an Ingress references it.
-                if id.kind != Kind::Secret && errors != entry.errors {
-                    entry.errors = errors;
-                    dirty.problems = true;
-                }
+                self.upserted(&id, origin, result, dirty);
+            }
+            Change::Translated {
+                id,
+                origin,
+                translation,
+            } => {
+                let key = id.key();
+                let result = match translation.0 {
+                    Translated::Service(service) => {
+                        service.map(|service| self.put_service(key, service, dirty))
+                    }
+                    Translated::Slice(slice) => {
+                        slice.map(|slice| self.put_slice(key, slice, dirty))
+                    }
+                };
+                self.upserted(&id, origin, result, dirty);
             }
             Change::Invalid { id, origin, error } => {
                 warn!(object = %id, %error, "object does not decode; its last good version stays in force");
@@ -332,6 +382,59 @@ impl ModelWriter {
         }
     }
 
+    /// Records an upsert's outcome: where it came from and its errors.
+    fn upserted(
+        &mut self,
+        id: &ObjectId,
+        origin: Option<Origin>,
+        result: Result<(), Vec<FieldError>>,
+        dirty: &mut Dirty,
+    ) {
+        let entry = self.entry(id);
+        entry.origin = origin;
+        entry.invalid = false;
+        let errors = problems(result.err().unwrap_or_default(), entry.origin.as_ref(), id);
+        if !errors.is_empty() {
+            warn!(object = %id, errors = errors.len(), "object rejected; its last good version stays in force");
+        }
+        // A Secret's errors are reported only while an Ingress references it.
+        if id.kind != Kind::Secret && errors != entry.errors {
+            entry.errors = errors;
+            dirty.problems = true;
+        }
+    }
+
+    /// A Service's new translation (without endpoints) into the last-good state.
+    fn put_service(&mut self, key: ObjectKey, mut service: Service, dirty: &mut Dirty) {
+        let same = self.spec(&key).is_some_and(|old| {
+            // Compared without endpoints (shared, so compared by pointer).
+            service.endpoints = Arc::clone(&old.endpoints);
+            service == *old
+        });
+        if !same {
+            service.endpoints = Arc::from([]);
+            self.specs.insert(key.clone(), Some(service));
+            dirty.services.insert(key);
+        }
+    }
+
+    /// An EndpointSlice's new translation into the last-good state.
+    fn put_slice(&mut self, key: ObjectKey, slice: Slice, dirty: &mut Dirty) {
+        if self.slices.get(&key) == Some(&slice) {
+            return;
+        }
+        self.unlink_slice(&key, dirty);
+        let names = self
+            .slices_by_service
+            .entry(slice.service.clone())
+            .or_default();
+        if let Err(at) = names.binary_search(&key.name) {
+            names.insert(at, key.name.clone());
+        }
+        dirty.services.insert(slice.service.clone());
+        self.slices.insert(key, slice);
+    }
+
     /// Translates one object into the last-good state, marking what changed.
     /// On error nothing of the last good version is touched.
     fn translate(
@@ -342,34 +445,9 @@ impl ModelWriter {
     ) -> Result<(), Vec<FieldError>> {
         let key = id.key();
         match object {
-            KubeObject::Service(o) => {
-                let mut service = translate::service(o)?;
-                let same = self.spec(&key).is_some_and(|old| {
-                    // Compared without endpoints (shared, so compared by pointer).
-                    service.endpoints = Arc::clone(&old.endpoints);
-                    service == *old
-                });
-                if !same {
-                    service.endpoints = Arc::from([]);
-                    self.specs.insert(key.clone(), Some(service));
-                    dirty.services.insert(key);
-                }
-            }
+            KubeObject::Service(o) => self.put_service(key, translate::service(o)?, dirty),
             KubeObject::EndpointSlice(o) => {
-                let slice = translate::endpoint_slice(o)?;
-                if self.slices.get(&key) == Some(&slice) {
-                    return Ok(());
-                }
-                self.unlink_slice(&key, dirty);
-                let names = self
-                    .slices_by_service
-                    .entry(slice.service.clone())
-                    .or_default();
-                if let Err(at) = names.binary_search(&key.name) {
-                    names.insert(at, key.name.clone());
-                }
-                dirty.services.insert(slice.service.clone());
-                self.slices.insert(key, slice);
+                self.put_slice(key, translate::endpoint_slice(o)?, dirty);
             }
             KubeObject::Ingress(o) => {
                 let ingress = translate::ingress(o)?;

@@ -79,7 +79,15 @@ fn step_change(&(kind, i, variant, delete): &Step) -> Change {
             "spec": {"clusterIP": format!("10.96.0.{}", i + 1),
                      "ports": [{"name": "http", "port": 80 + u16::from(variant), "targetPort": "http"}]},
         })),
-        1 => slice(i, &(0, i, 8080, (0..=variant).map(|h| h + 1).collect())),
+        // A slice of Service `svc{i}` in the Services' namespace.
+        1 => object(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("svc{i}-1"), "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": format!("svc{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": (0..=variant).map(|h| json!({"addresses": [format!("10.1.{i}.{}", h + 1)]})).collect::<Vec<_>>(),
+        })),
         2 => object(json!({
             "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": {"name": format!("ing{i}"), "namespace": "ns"},
@@ -185,6 +193,42 @@ proptest! {
         prop_assert!(last.changes_since(Some(last.generation)).is_empty());
     }
 
+
+    /// A source may translate Services and EndpointSlices ahead, on its own
+    /// threads (`Change::prepare`): the writer then makes the same model,
+    /// batch after batch, rejected objects and their problems included.
+    #[test]
+    fn prepared_changes_make_the_same_model(batches in steps_strategy()) {
+        let (mut plain, _rx) = ModelWriter::new();
+        let (mut prepared, _ry) = ModelWriter::new();
+        plain.set_synced();
+        prepared.set_synced();
+        // Variant 2 of a Service does not translate: its last good version stays.
+        let change = |step: &Step| match step {
+            &(0, i, 2, false) => upsert(object(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("svc{i}"), "namespace": "ns"},
+                "spec": {"clusterIP": "not-an-address", "ports": [{"port": 80}]},
+            }))),
+            step => step_change(step),
+        };
+        let mut translated = 0;
+        for batch in &batches {
+            plain.apply(batch.iter().map(change));
+            prepared.apply(batch.iter().map(|step| {
+                let c = change(step).prepare();
+                translated += usize::from(matches!(c, Change::Translated { .. }));
+                c
+            }));
+            let (a, b) = (plain.snapshot(), prepared.snapshot());
+            prop_assert_eq!(a.generation, b.generation);
+            prop_assert_eq!(&a.services, &b.services);
+            prop_assert_eq!(&a.problems, &b.problems);
+            prop_assert_eq!(object_values(&a), object_values(&b));
+        }
+        let kinds = batches.iter().flatten().filter(|s| s.0 <= 1 && !s.3).count();
+        prop_assert_eq!(translated, kinds, "every Service and slice upsert comes translated");
+    }
 
     /// Every endpoint of a Service comes from a slice labelled with that
     /// Service's name in its namespace, and the named target port resolves to

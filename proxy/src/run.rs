@@ -411,11 +411,6 @@ impl Proxy {
                         {
                             warn!(error = %e, "deleting the flows of removed backends failed");
                         }
-                        if report.full {
-                            // A full sync (and the model's first load before it) freed far
-                            // more than the process keeps.
-                            crate::sys::release_freed_memory();
-                        }
                         (datapath, reconciler, report, elapsed, snapshot.generation)
                     })
                     .await;
@@ -425,6 +420,12 @@ impl Proxy {
                     let capacity = Table::ALL.map(|t| datapath.capacity(t));
                     metrics.observe_sync(elapsed, &report, &reconciler.stats(), &capacity);
                     log_sync(&report, elapsed, generation, reconciler.stats());
+                    if report.full {
+                        // A full sync (and the model's first load before it) freed far more
+                        // than the process keeps. Returned after the sync is reported, not
+                        // before: it takes a while and nothing waits for it.
+                        drop(spawn_blocking_in_span(crate::sys::release_freed_memory));
+                    }
                     if let Some(node) = &node_name {
                         let found = report.node_problems(node);
                         problems.send_if_modified(|held| {

@@ -79,6 +79,9 @@ pub struct ManifestDir {
     stale: bool,
     /// Read files on this thread only (tests compare both ways).
     sequential: bool,
+    /// Hand the writer Services and EndpointSlices translated
+    /// ([`Change::prepare`]) rather than as objects.
+    prepare: bool,
 }
 
 /// Everything a directory holds right now.
@@ -125,6 +128,7 @@ impl ManifestDir {
             duplicates: BTreeSet::new(),
             stale: false,
             sequential: false,
+            prepare: true,
         }
     }
 
@@ -140,9 +144,13 @@ impl ManifestDir {
     pub fn load(&mut self) -> Result<Loaded, Error> {
         self.forget();
         let paths = self.all_paths()?;
-        // Nothing was known: every object's served definition is an upsert.
+        // Nothing was known: every object's served definition is an upsert,
+        // with its object.
         let mut changes = Vec::new();
-        self.update(&paths, &mut |change| changes.push(change))?;
+        self.prepare = false;
+        let result = self.update(&paths, &mut |change| changes.push(change));
+        self.prepare = true;
+        result?;
         changes.sort_by(|a, b| change_origin(a).cmp(&change_origin(b)));
         Ok(Loaded {
             changes,
@@ -394,7 +402,7 @@ impl ManifestDir {
         sink: &mut dyn FnMut(Change),
     ) -> Result<(), Error> {
         let known = if force { None } else { self.content_of(rel) };
-        let read = read_manifest(&self.root, rel, known)?;
+        let read = read_manifest(&self.root, rel, known, self.prepare)?;
         self.accept(rel, read, update, sink);
         Ok(())
     }
@@ -431,13 +439,14 @@ impl ManifestDir {
             .map(|rel| (rel.as_path(), self.content_of(rel)))
             .collect();
         let ahead = Ahead::new(jobs.len());
+        let prepare = self.prepare;
         let root = self.root.clone();
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {
                     while let Some(i) = ahead.take() {
                         let (rel, known) = jobs[i];
-                        ahead.put(i, read_manifest(&root, rel, known));
+                        ahead.put(i, read_manifest(&root, rel, known, prepare));
                     }
                 });
             }
@@ -740,7 +749,14 @@ enum Read {
 
 /// Reads and parses `root`/`rel`, unless its content hash is `known`.
 /// Touches no state, so files can be read on several threads.
-fn read_manifest(root: &Path, rel: &Path, known: Option<u64>) -> Result<Read, Error> {
+/// With `prepare`, Services and EndpointSlices come translated
+/// ([`Change::prepare`]).
+fn read_manifest(
+    root: &Path,
+    rel: &Path,
+    known: Option<u64>,
+    prepare: bool,
+) -> Result<Read, Error> {
     let abs = root.join(rel);
     let is_file = is_manifest(rel) && std::fs::metadata(&abs).is_ok_and(|m| m.is_file());
     if !is_file {
@@ -755,7 +771,8 @@ fn read_manifest(root: &Path, rel: &Path, known: Option<u64>) -> Result<Read, Er
     if known == Some(hash) {
         return Ok(Read::Unchanged);
     }
-    let outcome = split_documents(rel, &content).map(|documents| decode_documents(rel, documents));
+    let outcome =
+        split_documents(rel, &content).map(|documents| decode_documents(rel, documents, prepare));
     Ok(Read::Content { hash, outcome })
 }
 
@@ -861,38 +878,47 @@ impl Ahead {
 fn decode_documents(
     rel: &Path,
     documents: Vec<(String, Document<'_>)>,
+    prepare: bool,
 ) -> (Vec<Parsed>, Vec<Problem>) {
     let mut objects: Vec<Parsed> = Vec::with_capacity(documents.len());
     // The document defining each id first.
     let mut first: HashMap<ObjectId, usize> = HashMap::with_capacity(documents.len());
     let mut problems = Vec::new();
-    // Decoding is most of a large file's time, and each object's is its
-    // own: on several threads when there are many.
-    let decoded = map_in_parallel(documents, |(document, content)| match content {
-        Document::Value(value) => (document, hash_of(&value), decode(value)),
-        Document::Json(text) => (document, hash_of(text.get()), decode_json(text.get())),
-    });
-    for (document, hash, decoded) in decoded {
+    // Decoding and translating are most of a large file's time, and each
+    // object's is its own: on several threads when there are many.
+    let decoded = map_in_parallel(documents, |(document, content)| {
+        let (hash, decoded) = match content {
+            Document::Value(value) => (hash_of(&value), decode(value)),
+            Document::Json(text) => (hash_of(text.get()), decode_json(text.get())),
+        };
         let origin = Some(Origin {
             file: rel.to_path_buf(),
             document: document.clone(),
         });
         let change = match decoded {
-            Ok(object) => Change::Upsert { object, origin },
+            Ok(object) if prepare => Ok(Change::Upsert { object, origin }.prepare()),
+            Ok(object) => Ok(Change::Upsert { object, origin }),
             Err(DecodeError {
                 object: Some(id),
                 error,
-            }) => Change::Invalid { id, origin, error },
+            }) => Ok(Change::Invalid { id, origin, error }),
             Err(DecodeError {
                 object: None,
                 error,
-            }) => {
-                problems.push(Problem {
-                    severity: Severity::Error,
-                    origin,
-                    object: None,
-                    error,
-                });
+            }) => Err(Problem {
+                severity: Severity::Error,
+                origin,
+                object: None,
+                error,
+            }),
+        };
+        (document, hash, change)
+    });
+    for (document, hash, change) in decoded {
+        let change = match change {
+            Ok(change) => change,
+            Err(problem) => {
+                problems.push(problem);
                 continue;
             }
         };
@@ -925,7 +951,9 @@ fn decode_documents(
 /// The origin of a change, to order changes as the files hold them.
 fn change_origin(change: &Change) -> Option<&Origin> {
     match change {
-        Change::Upsert { origin, .. } | Change::Invalid { origin, .. } => origin.as_ref(),
+        Change::Upsert { origin, .. }
+        | Change::Invalid { origin, .. }
+        | Change::Translated { origin, .. } => origin.as_ref(),
         Change::Delete(_) => None,
     }
 }
@@ -1133,6 +1161,11 @@ mod tests {
                 format!("invalid {id} from {origin:?}: {error}")
             }
             Change::Delete(id) => format!("delete {id}"),
+            Change::Translated {
+                id,
+                origin,
+                translation,
+            } => format!("translated {id} from {origin:?}: {translation:?}"),
         }
     }
 
@@ -1305,7 +1338,7 @@ mod tests {
         let rel = Path::new("f.yaml");
         let text = format!("{}---\n{}", service("a", 80), service("a", 81));
         let documents = split_documents(rel, text.as_bytes()).unwrap();
-        let (objects, problems) = decode_documents(rel, documents);
+        let (objects, problems) = decode_documents(rel, documents, false);
         assert_eq!(objects.len(), 1);
         assert_eq!(&*objects[0].1, "1");
         assert_eq!(problems.len(), 1);
