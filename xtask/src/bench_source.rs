@@ -13,7 +13,7 @@
 //! bench source`), or the fake's debug build competes with fairlead.
 
 #[path = "../../model/tests/fake_apiserver/mod.rs"]
-mod fake_apiserver;
+pub(crate) mod fake_apiserver;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -238,15 +238,22 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// The benchmark.
 #[allow(clippy::too_many_lines, reason = "the bench script, step by step")]
-pub(crate) fn run(options: &Options) -> Result<()> {
-    let bin = binary(options)?;
+/// The fake apiserver serving `objects`, on a runtime of its own, with a
+/// kubeconfig naming it (in the directory returned). Every list a fairlead
+/// component makes is rendered before this returns, as a watch cache has
+/// them. Keep all four alive while it is used.
+pub(crate) fn serve(
+    objects: Vec<Value>,
+) -> Result<(
+    tokio::runtime::Runtime,
+    FakeApiserver,
+    tempfile::TempDir,
+    PathBuf,
+)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let before = status_kib("self", "VmRSS:");
-    let objects = objects(options);
-    let at = Instant::now();
     let fake = runtime.block_on(FakeApiserver::start(objects));
     // Every list `fairlead dns` makes (no --node-name: no Node watch).
     for kind in [
@@ -264,8 +271,6 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         fake.prerender(kind, None, "");
     }
     fake.prerender("Secret", None, fairlead_model::source::kube::TLS_SECRETS);
-    let fake_start = at.elapsed();
-    let fake_kib = status_kib("self", "VmRSS:").saturating_sub(before);
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -277,6 +282,17 @@ pub(crate) fn run(options: &Options) -> Result<()> {
             fake.url()
         ),
     )?;
+    Ok((runtime, fake, dir, kubeconfig))
+}
+
+pub(crate) fn run(options: &Options) -> Result<()> {
+    let bin = binary(options)?;
+    let before = status_kib("self", "VmRSS:");
+    let objects = objects(options);
+    let at = Instant::now();
+    let (_runtime, fake, _dir, kubeconfig) = serve(objects)?;
+    let fake_start = at.elapsed();
+    let fake_kib = status_kib("self", "VmRSS:").saturating_sub(before);
     let port = 15_453;
     let load_before = load_average();
     let stamp = |what: &str| {
