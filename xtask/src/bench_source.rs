@@ -237,7 +237,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// The benchmark.
-#[allow(clippy::too_many_lines, reason = "the bench script, step by step")]
 /// The fake apiserver serving `objects`, on a runtime of its own, with a
 /// kubeconfig naming it (in the directory returned). Every list a fairlead
 /// component makes is rendered before this returns, as a watch cache has
@@ -285,6 +284,7 @@ pub(crate) fn serve(
     Ok((runtime, fake, dir, kubeconfig))
 }
 
+#[allow(clippy::too_many_lines, reason = "the bench script, step by step")]
 pub(crate) fn run(options: &Options) -> Result<()> {
     let bin = binary(options)?;
     let before = status_kib("self", "VmRSS:");
