@@ -59,3 +59,4 @@ pub use links::{Hook, Installed, PinnedLinks};
 pub use object::{ebpf_object, ebpf_object_is_placeholder};
 pub use reconcile::{Reconciler, SyncError, SyncReport};
 pub use run::{Args, Context, DEFAULT_BPFFS, Interfaces, Proxy};
+pub use sys::release_freed_memory;

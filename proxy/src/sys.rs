@@ -258,10 +258,11 @@ fn batch(
     }
 }
 
-/// Hands the allocator's free memory back to the kernel. glibc keeps what it freed in its
-/// arenas: after the first full sync at 10k Services that was most of the process's RSS
-/// (the manifests' JSON values, the sync's plans), never used again.
-pub(crate) fn release_freed_memory() {
+/// Hands the allocator's free memory back to the kernel (`malloc_trim`). glibc keeps what
+/// it freed in its arenas: after the first full sync at 10k Services that was most of the
+/// process's RSS (the manifests' JSON values, the sync's plans), never used again. The
+/// binary calls it too, once every component serves its first model.
+pub fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim takes no pointers; it only returns free pages of the allocator's
     // own arenas to the kernel.

@@ -1199,7 +1199,10 @@ fn verdict(value: f64, bound: f64, at_most: bool) -> String {
 }
 
 /// The table: each goal with this run's figure, met or missed by how much.
-#[expect(clippy::too_many_lines, reason = "one row per goal, in the issue's order")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one row per goal, in the issue's order"
+)]
 pub(crate) fn print_goals(
     figures: &[SizeFigures],
     nodeport: Option<crate::bench_nodeport::Ratios>,
