@@ -384,6 +384,25 @@ pub(crate) fn enter(netns: &str) -> Result<()> {
     Ok(())
 }
 
+/// The CPU of the connect measurements' clients, and of their backends: the same one.
+/// Unpinned, each block's new client thread landed on the backend's CPU or on the other
+/// one, and a variant's p50 was 36 or 70 µs by that alone (the 2026-12-05 runs: "direct"
+/// once at 70 µs and fairlead at 39). On one CPU every connect costs the same, and it
+/// is the strictest floor: the hooks' cost is the largest share of it (pinned to two
+/// CPUs, fairlead's +2.4 µs was +3.4% of 70 µs; on one, +1.4 µs is +4.0% of 36).
+const CLIENT_CPU: usize = 0;
+const BACKEND_CPU: usize = 0;
+
+/// Pins the calling thread to `cpu` (left unpinned on a machine without it).
+fn pin_to_cpu(cpu: usize) {
+    let cores = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpu < cores {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
+}
+
 /// A TCP server on 127.0.0.1:8080 in a network namespace: accepts, writes one byte (the
 /// "first byte" the client waits for) and closes, until dropped. The accept blocks (a
 /// polling accept would add its sleep to every connect).
@@ -400,6 +419,7 @@ impl Backend {
         let name = netns.to_owned();
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
+            pin_to_cpu(BACKEND_CPU);
             let listener = enter(&name).and_then(|()| {
                 TcpListener::bind((Ipv4Addr::LOCALHOST, BACKEND_PORT)).context("bind backend")
             });
@@ -448,6 +468,7 @@ impl Drop for Backend {
 fn connects(netns: &str, to: SocketAddr, count: usize) -> Result<(Vec<Duration>, Duration)> {
     let name = netns.to_owned();
     thread::spawn(move || -> Result<(Vec<Duration>, Duration)> {
+        pin_to_cpu(CLIENT_CPU);
         enter(&name)?;
         let mut lat = Vec::with_capacity(count);
         let started = Instant::now();
