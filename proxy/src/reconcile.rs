@@ -1253,6 +1253,28 @@ mod tests {
         )
     }
 
+    /// `count` Services `s0`, `s1`, ... with ClusterIPs 10.96.0.1, ... and two endpoints each.
+    fn numbered_services(count: usize) -> String {
+        let yaml: Vec<String> = (0..count)
+            .map(|i| {
+                service(
+                    &format!("s{i}"),
+                    &format!("10.96.0.{}", i + 1),
+                    &["10.0.0.1", "10.0.0.2"],
+                )
+            })
+            .collect();
+        yaml.join("\n---\n")
+    }
+
+    fn delete_service(w: &mut ModelWriter, name: &str) {
+        w.apply([Change::Delete(fairlead_model::ObjectId {
+            kind: fairlead_model::Kind::Service,
+            namespace: "ns".into(),
+            name: name.into(),
+        })]);
+    }
+
     fn model(yaml: &str) -> (ModelWriter, Arc<Snapshot>) {
         let (mut writer, _rx) = ModelWriter::new();
         writer.replace_all(changes(yaml), Vec::new(), true);
@@ -1332,11 +1354,7 @@ mod tests {
         );
 
         maps.log.clear();
-        w.apply([Change::Delete(fairlead_model::ObjectId {
-            kind: fairlead_model::Kind::Service,
-            namespace: "ns".into(),
-            name: "a".into(),
-        })]);
+        delete_service(&mut w, "a");
         r.sync(&w.snapshot(), &mut maps);
         assert_eq!(
             kinds(&maps.log),
@@ -1350,16 +1368,7 @@ mod tests {
     /// same sync, every count before the slots and backends it stops listing.
     #[test]
     fn a_sync_applies_its_writes_phase_by_phase() {
-        let yaml: Vec<String> = (0..20)
-            .map(|i| {
-                service(
-                    &format!("s{i}"),
-                    &format!("10.96.0.{}", i + 1),
-                    &["10.0.0.1", "10.0.0.2"],
-                )
-            })
-            .collect();
-        let (mut w, snapshot) = model(&yaml.join("\n---\n"));
+        let (mut w, snapshot) = model(&numbered_services(20));
         let mut maps = MemoryMaps::new();
         let mut r = Reconciler::new(None);
         r.sync(&snapshot, &mut maps);
@@ -1373,11 +1382,7 @@ mod tests {
 
         maps.log.clear();
         w.apply(changes(&service("s3", "10.96.0.4", &["10.0.0.2"])));
-        w.apply([Change::Delete(fairlead_model::ObjectId {
-            kind: fairlead_model::Kind::Service,
-            namespace: "ns".into(),
-            name: "s5".into(),
-        })]);
+        delete_service(&mut w, "s5");
         r.sync(&w.snapshot(), &mut maps);
         let phases: Vec<u8> = maps.log.iter().map(super::phase).collect();
         assert!(phases.is_sorted(), "{:?}", maps.log);
@@ -1393,25 +1398,12 @@ mod tests {
     /// them, each with its own frontend.
     #[test]
     fn by_phase_is_a_stable_sort_by_bucket() {
-        let yaml: Vec<String> = (0..12)
-            .map(|i| {
-                service(
-                    &format!("s{i}"),
-                    &format!("10.96.0.{}", i + 1),
-                    &["10.0.0.1", "10.0.0.2"],
-                )
-            })
-            .collect();
-        let (mut w, snapshot) = model(&yaml.join("\n---\n"));
+        let (mut w, snapshot) = model(&numbered_services(12));
         let mut maps = MemoryMaps::new();
         let mut r = Reconciler::new(None);
         r.sync(&snapshot, &mut maps);
         w.apply(changes(&service("s3", "10.96.0.4", &["10.0.0.3"])));
-        w.apply([Change::Delete(fairlead_model::ObjectId {
-            kind: fairlead_model::Kind::Service,
-            namespace: "ns".into(),
-            name: "s5".into(),
-        })]);
+        delete_service(&mut w, "s5");
         r.sync(&w.snapshot(), &mut maps);
         let mut ops: Vec<(crate::tables::Frontend, Op)> = maps
             .log
@@ -1594,11 +1586,7 @@ mod tests {
         assert_eq!(report.errors.len(), 1);
         assert_eq!(report.errors[0].kind(), "conflict");
         assert!(render_contents(&maps.contents().unwrap()).contains("10.0.0.1:8080"));
-        w.apply([Change::Delete(fairlead_model::ObjectId {
-            kind: fairlead_model::Kind::Service,
-            namespace: "ns".into(),
-            name: "a".into(),
-        })]);
+        delete_service(&mut w, "a");
         let report = r.sync(&w.snapshot(), &mut maps);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let text = render_contents(&maps.contents().unwrap());
