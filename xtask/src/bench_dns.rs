@@ -20,6 +20,8 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use serde_json::{Value, json};
 
+use crate::need;
+
 /// What the bench runs.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Options {
@@ -543,16 +545,6 @@ fn change_to_answer_file(cluster: &Cluster, dir: &Path, server: SocketAddr) -> R
         );
         std::thread::sleep(Duration::from_micros(500));
     }
-}
-
-fn need(tool: &str, package: &str) -> Result<()> {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()?
-        .success();
-    ensure!(found, "{tool} not found: apt-get install {package}");
-    Ok(())
 }
 
 #[allow(clippy::too_many_lines, reason = "the bench script, step by step")]

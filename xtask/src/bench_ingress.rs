@@ -28,6 +28,8 @@ use anyhow::{Context, Result, bail};
 use fairlead_model::source::ManifestDir;
 use fairlead_model::{IngressBackend, Locality, ModelWriter, PortRef, Purpose, Snapshot};
 
+use crate::need;
+
 /// Options of the ingress benchmark.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Options {
@@ -167,18 +169,6 @@ fn wait_port(port: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("nothing listens on port {port} after 20 s")
-}
-
-fn need(tool: &str, package: &str) -> Result<()> {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()?
-        .success();
-    if !found {
-        bail!("{tool} is missing: apt-get install {package}");
-    }
-    Ok(())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String> {

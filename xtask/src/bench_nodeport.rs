@@ -76,6 +76,8 @@ use fairlead_proxy::abi::maps;
 use fairlead_proxy::nodeaddr::node_addresses;
 use fairlead_proxy::{Datapath, LoadOptions, Reconciler};
 
+use crate::need;
+
 const EXT: &str = "flbench-ext";
 const NODE: &str = "flbench-node";
 const REMOTE: &str = "flbench-remote";
@@ -233,14 +235,6 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) -> Result<String> {
     let mut command = ns_command(ns, None, program, args);
     command.stdin(Stdio::null());
     run_bounded(command, Duration::from_secs(30))
-}
-
-/// Fails with the package to install when `tool` is not on `PATH`.
-fn need(tool: &str, package: &str) -> Result<()> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|dir| dir.join(tool).is_file());
-    ensure!(found, "{tool} not found: apt-get install {package}");
-    Ok(())
 }
 
 /// The three namespaces and their links, removed when dropped.
@@ -1509,14 +1503,11 @@ fn results(
     (out, ratios)
 }
 
-/// The NodePort benchmark; fairlead's ratios to nftables, when measured.
-#[expect(
-    clippy::too_many_lines,
-    reason = "the rounds, the tables and the profiles, in the order they are printed"
-)]
-pub(crate) fn run(o: &Options) -> Result<Option<Ratios>> {
+/// Fails, naming the package, when a tool the NodePort benchmark runs is missing (nothing
+/// when it is off).
+pub(crate) fn check_tools(o: &Options) -> Result<()> {
     if !o.enabled() {
-        return Ok(None);
+        return Ok(());
     }
     for (tool, package) in [
         ("wrk", "wrk"),
@@ -1534,6 +1525,15 @@ pub(crate) fn run(o: &Options) -> Result<Option<Ratios>> {
     if o.steer {
         need("ethtool", "ethtool")?;
     }
+    Ok(())
+}
+
+/// The NodePort benchmark; fairlead's ratios to nftables, when measured.
+pub(crate) fn run(o: &Options) -> Result<Option<Ratios>> {
+    if !o.enabled() {
+        return Ok(None);
+    }
+    check_tools(o)?;
     let iptables = if Path::new("/usr/sbin/iptables-legacy").exists() {
         "iptables-legacy"
     } else {

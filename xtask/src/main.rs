@@ -92,6 +92,14 @@ enum Bench {
 mod bench_ingress;
 mod bench_source;
 
+/// Fails with the package to install when `tool` is not on `PATH`.
+fn need(tool: &str, package: &str) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| dir.join(tool).is_file());
+    anyhow::ensure!(found, "{tool} not found: apt-get install {package}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::ExampleCert { out, names } => example_cert(&out, &names),
@@ -120,6 +128,8 @@ fn main() -> Result<()> {
                     nodeport,
                 },
         } => {
+            // Before the minutes of the sweep: a missing tool fails now, not at the end.
+            bench_nodeport::check_tools(&nodeport)?;
             if packet_runs > 0 {
                 bench_packets::run(packet_runs)?;
             }
