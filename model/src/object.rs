@@ -122,21 +122,7 @@ pub fn decode(value: serde_json::Value) -> Result<KubeObject, DecodeError> {
         meta_str("name"),
         meta_str("namespace"),
     )?;
-    let decoded = match kind {
-        Kind::Service => typed(value).map(KubeObject::Service),
-        Kind::EndpointSlice => typed(value).map(KubeObject::EndpointSlice),
-        Kind::Ingress => typed(value).map(KubeObject::Ingress),
-        Kind::IngressClass => typed(value).map(KubeObject::IngressClass),
-        Kind::Secret => typed(value).map(KubeObject::Secret),
-        Kind::Node => typed(value).map(KubeObject::Node),
-        Kind::Namespace => typed(value).map(KubeObject::Namespace),
-        Kind::GatewayClass => typed(value).map(KubeObject::GatewayClass),
-        Kind::Gateway => typed(value).map(KubeObject::Gateway),
-        Kind::HttpRoute => typed(value).map(KubeObject::HttpRoute),
-        Kind::GrpcRoute => typed(value).map(KubeObject::GrpcRoute),
-        Kind::ReferenceGrant => typed(value).map(KubeObject::ReferenceGrant),
-    };
-    decoded.map_err(|error| DecodeError {
+    read_kind(kind, value).map_err(|error| DecodeError {
         object: Some(object),
         error,
     })
@@ -181,9 +167,6 @@ fn fast_decode_json(text: &str) -> Option<Result<KubeObject, DecodeError>> {
         #[serde(borrow, default)]
         metadata: Option<Meta<'a>>,
     }
-    fn typed_json<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Option<Box<T>> {
-        serde_json::from_str(text).ok().map(Box::new)
-    }
     let head: Head<'_> = serde_json::from_str(text).ok()?;
     let meta = head.metadata.as_ref();
     let (kind, object) = match check_head(
@@ -195,20 +178,7 @@ fn fast_decode_json(text: &str) -> Option<Result<KubeObject, DecodeError>> {
         Ok(head) => head,
         Err(e) => return Some(Err(e)),
     };
-    let decoded = match kind {
-        Kind::Service => KubeObject::Service(typed_json(text)?),
-        Kind::EndpointSlice => KubeObject::EndpointSlice(typed_json(text)?),
-        Kind::Ingress => KubeObject::Ingress(typed_json(text)?),
-        Kind::IngressClass => KubeObject::IngressClass(typed_json(text)?),
-        Kind::Secret => KubeObject::Secret(typed_json(text)?),
-        Kind::Node => KubeObject::Node(typed_json(text)?),
-        Kind::Namespace => KubeObject::Namespace(typed_json(text)?),
-        Kind::GatewayClass => KubeObject::GatewayClass(typed_json(text)?),
-        Kind::Gateway => KubeObject::Gateway(typed_json(text)?),
-        Kind::HttpRoute => KubeObject::HttpRoute(typed_json(text)?),
-        Kind::GrpcRoute => KubeObject::GrpcRoute(typed_json(text)?),
-        Kind::ReferenceGrant => KubeObject::ReferenceGrant(typed_json(text)?),
-    };
+    let decoded = read_kind(kind, JsonText(text)).ok()?;
     // The typed object names itself as the head did (a namespace of a
     // cluster-scoped kind is not part of its id either way).
     debug_assert_eq!(decoded.id(), object);
@@ -271,12 +241,79 @@ fn check_head(
 }
 
 /// Deserializes a typed object, naming the field path on error.
-fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<Box<T>, FieldError> {
-    serde_path_to_error::deserialize::<_, T>(value)
-        .map(Box::new)
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            FieldError::new(path, e.into_inner().to_string())
-        })
+/// Where a kind's typed object is read from: a parsed value or JSON text.
+trait TypedSource {
+    type Error;
+    fn typed<T: DeserializeOwned>(self) -> Result<Box<T>, Self::Error>;
+}
+
+impl TypedSource for serde_json::Value {
+    /// Names the field path.
+    type Error = FieldError;
+    fn typed<T: DeserializeOwned>(self) -> Result<Box<T>, FieldError> {
+        serde_path_to_error::deserialize::<_, T>(self)
+            .map(Box::new)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                FieldError::new(path, e.into_inner().to_string())
+            })
+    }
+}
+
+/// One object's JSON text; its errors are left to the value path.
+struct JsonText<'a>(&'a str);
+
+impl TypedSource for JsonText<'_> {
+    type Error = serde_json::Error;
+    fn typed<T: DeserializeOwned>(self) -> Result<Box<T>, serde_json::Error> {
+        serde_json::from_str(self.0).map(Box::new)
+    }
+}
+
+/// The object of `kind` read from `source`: the one place each kind meets its type.
+fn read_kind<S: TypedSource>(kind: Kind, source: S) -> Result<KubeObject, S::Error> {
+    Ok(match kind {
+        Kind::Service => KubeObject::Service(source.typed()?),
+        Kind::EndpointSlice => KubeObject::EndpointSlice(source.typed()?),
+        Kind::Ingress => KubeObject::Ingress(source.typed()?),
+        Kind::IngressClass => KubeObject::IngressClass(source.typed()?),
+        Kind::Secret => KubeObject::Secret(source.typed()?),
+        Kind::Node => KubeObject::Node(source.typed()?),
+        Kind::Namespace => KubeObject::Namespace(source.typed()?),
+        Kind::GatewayClass => KubeObject::GatewayClass(source.typed()?),
+        Kind::Gateway => KubeObject::Gateway(source.typed()?),
+        Kind::HttpRoute => KubeObject::HttpRoute(source.typed()?),
+        Kind::GrpcRoute => KubeObject::GrpcRoute(source.typed()?),
+        Kind::ReferenceGrant => KubeObject::ReferenceGrant(source.typed()?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast path takes a well-formed object itself (the files tests show that it
+    /// decodes as the value path does) and leaves the unusual to the value path.
+    #[test]
+    fn the_fast_path_takes_the_common_case_and_defers_the_rest() {
+        let service = r#"{"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}}"#;
+        assert!(matches!(
+            fast_decode_json(service),
+            Some(Ok(KubeObject::Service(_)))
+        ));
+        let unknown_kind =
+            r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}}"#;
+        assert!(matches!(fast_decode_json(unknown_kind), Some(Err(_))));
+        for deferred in [
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "name": "b"}}"#,
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": [{"port": "eighty"}]}}"#,
+            r#"{"apiVersion": "v1", "kind": 7}"#,
+            "[1, 2]",
+        ] {
+            assert!(fast_decode_json(deferred).is_none(), "{deferred}");
+        }
+    }
 }

@@ -79,9 +79,6 @@ pub struct ManifestDir {
     stale: bool,
     /// Read files on this thread only (tests compare both ways).
     sequential: bool,
-    /// Hand the writer Services and EndpointSlices translated
-    /// ([`Change::prepare`]) rather than as objects.
-    prepare: bool,
 }
 
 /// Everything a directory holds right now.
@@ -108,6 +105,9 @@ struct Update {
     forced: HashSet<Arc<Path>>,
     /// Files read.
     read: usize,
+    /// Services and EndpointSlices go to the sink translated
+    /// ([`Change::prepare`]), not as objects.
+    prepare: bool,
 }
 
 /// Paths named by file events while the source waits for quiet.
@@ -128,7 +128,6 @@ impl ManifestDir {
             duplicates: BTreeSet::new(),
             stale: false,
             sequential: false,
-            prepare: true,
         }
     }
 
@@ -147,10 +146,7 @@ impl ManifestDir {
         // Nothing was known: every object's served definition is an upsert,
         // with its object.
         let mut changes = Vec::new();
-        self.prepare = false;
-        let result = self.update(&paths, &mut |change| changes.push(change));
-        self.prepare = true;
-        result?;
+        self.update(&paths, false, &mut |change| changes.push(change))?;
         changes.sort_by(|a, b| change_origin(a).cmp(&change_origin(b)));
         Ok(Loaded {
             changes,
@@ -181,7 +177,7 @@ impl ManifestDir {
     pub fn resync(&mut self, writer: &mut ModelWriter) -> Result<u64, Error> {
         self.forget();
         let paths = self.all_paths().inspect_err(|_| self.stale = true)?;
-        self.update(&paths, &mut |change| writer.stage(change))
+        self.update(&paths, true, &mut |change| writer.stage(change))
             .inspect_err(|_| self.stale = true)?;
         writer.stage_retain(|id| self.defs.contains_key(id));
         let problems = self.problems();
@@ -218,7 +214,7 @@ impl ManifestDir {
     fn apply(&mut self, paths: &BTreeSet<PathBuf>, writer: &mut ModelWriter) -> Result<u64, Error> {
         let mut changes = 0usize;
         let read = self
-            .update(paths, &mut |change| {
+            .update(paths, true, &mut |change| {
                 changes += 1;
                 writer.stage(change);
             })
@@ -280,13 +276,18 @@ impl ManifestDir {
     /// served definition of every object whose serving file or content
     /// changed, as its file is parsed; then reads again the files that now
     /// serve an object they did not serve before; then the deletes. Returns
-    /// how many files were read.
+    /// how many files were read. With `prepare`, Services and EndpointSlices
+    /// go to `sink` translated ([`Change::prepare`]).
     fn update(
         &mut self,
         paths: &BTreeSet<PathBuf>,
+        prepare: bool,
         sink: &mut dyn FnMut(Change),
     ) -> Result<usize, Error> {
-        let mut update = Update::default();
+        let mut update = Update {
+            prepare,
+            ..Update::default()
+        };
         self.read_files(paths, &mut update, sink)?;
         loop {
             // An object whose serving file changed to one not parsed in this
@@ -402,7 +403,7 @@ impl ManifestDir {
         sink: &mut dyn FnMut(Change),
     ) -> Result<(), Error> {
         let known = if force { None } else { self.content_of(rel) };
-        let read = read_manifest(&self.root, rel, known, self.prepare)?;
+        let read = read_manifest(&self.root, rel, known, update.prepare)?;
         self.accept(rel, read, update, sink);
         Ok(())
     }
@@ -439,7 +440,7 @@ impl ManifestDir {
             .map(|rel| (rel.as_path(), self.content_of(rel)))
             .collect();
         let ahead = Ahead::new(jobs.len());
-        let prepare = self.prepare;
+        let prepare = update.prepare;
         let root = self.root.clone();
         std::thread::scope(|scope| {
             for _ in 0..workers {
