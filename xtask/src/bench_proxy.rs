@@ -1246,23 +1246,19 @@ pub(crate) fn print_goals(
             "< 250 ms",
             &verdict(ms_of(f.fairlead_sync), 250.0, true),
         );
-        if let Some(start) = &f.start {
-            row(
-                &format!("process start -> first sync, {n} Services from manifests"),
-                &format!("{:.2} s", start.synced.as_secs_f64()),
-                "< 0.5 s",
-                &verdict(start.synced.as_secs_f64(), 0.5, true),
-            );
-        }
-        if let Some(start) = &f.start_apiserver {
-            row(
-                &format!(
-                    "process start -> first sync, {n} Services from an apiserver (the fake one)"
-                ),
-                &format!("{:.2} s", start.synced.as_secs_f64()),
-                "< 0.5 s",
-                &verdict(start.synced.as_secs_f64(), 0.5, true),
-            );
+        for (start, from) in [
+            (&f.start, "manifests"),
+            (&f.start_apiserver, "an apiserver (the fake one)"),
+        ] {
+            if let Some(start) = start {
+                let seconds = start.synced.as_secs_f64();
+                row(
+                    &format!("process start -> first sync, {n} Services from {from}"),
+                    &format!("{seconds:.2} s"),
+                    "< 0.5 s",
+                    &verdict(seconds, 0.5, true),
+                );
+            }
         }
         row(
             &format!("one EndpointSlice change, p50 / p99 (of {CHANGES}, {n} Services)"),
